@@ -1,0 +1,169 @@
+//! The audit event schema: one variant per event kind. This is the single place that decides
+//! how an event looks on disk; `EVENTS.md` documents it field by field.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+/// One audited occurrence.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// When it happened, stored as RFC 3339 UTC with microseconds (finer digits are dropped).
+    #[serde(with = "rfc3339_micros")]
+    pub time: SystemTime,
+    /// The session it belongs to, if any.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub session: Option<String>,
+    /// What happened.
+    #[serde(flatten)]
+    pub body: EventBody,
+}
+
+impl Event {
+    /// An event stamped with the current time, truncated to the microseconds that are stored,
+    /// so that the event reads back equal to itself.
+    pub fn now(session: Option<String>, body: EventBody) -> Event {
+        let since_epoch = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let micros = Duration::new(
+            since_epoch.as_secs(),
+            since_epoch.subsec_micros().saturating_mul(1_000),
+        );
+        Event {
+            time: UNIX_EPOCH + micros,
+            session,
+            body,
+        }
+    }
+}
+
+/// The kind-specific part of an event; `kind` on disk names the variant in snake_case.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum EventBody {
+    /// A client session was authenticated and opened.
+    SessionOpen {
+        /// Database user the session acts as.
+        user: String,
+        /// `"human"` or `"agent"`.
+        actor: String,
+        /// Name of the configured connection (target database).
+        connection: String,
+        /// Wire protocol, e.g. `"postgres"`.
+        protocol: String,
+        /// Client socket address.
+        client_addr: String,
+        /// Whether the client connection uses TLS.
+        tls: bool,
+        /// Client-supplied application name.
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        application_name: Option<String>,
+    },
+    /// A session ended.
+    SessionClose {
+        /// Why it ended, if not a normal client disconnect.
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        reason: Option<String>,
+        /// Number of statements the session submitted.
+        statements: u64,
+    },
+    /// A client failed to authenticate.
+    AuthFailure {
+        /// User name the client claimed.
+        user: String,
+        /// Connection the client asked for.
+        connection: String,
+        /// Wire protocol.
+        protocol: String,
+        /// Client socket address.
+        client_addr: String,
+        /// Why authentication failed.
+        reason: String,
+    },
+    /// A request, recorded before it is forwarded.
+    Statement {
+        /// Identifier of the statement, unique within the gateway process.
+        statement_id: u64,
+        /// Database user.
+        user: String,
+        /// Connection name.
+        connection: String,
+        /// The statement text.
+        statement: String,
+        /// Bound parameters as text; `None` is SQL NULL.
+        params: Vec<Option<String>>,
+        /// `"allow"` or `"deny"`.
+        decision: String,
+        /// Why the policy decided so.
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        reason: Option<String>,
+    },
+    /// How a statement ended.
+    Result {
+        /// The `statement_id` of the `Statement` event this completes.
+        statement_id: u64,
+        /// `"ok"`, `"error"` or `"not_executed"`.
+        status: String,
+        /// Command tag returned by the database, e.g. `"SELECT 3"`.
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        tag: Option<String>,
+        /// Rows returned or affected.
+        rows: u64,
+        /// Wall time from forwarding to completion, in milliseconds. Must be finite.
+        #[serde(serialize_with = "finite_f64")]
+        duration_ms: f64,
+        /// The database error, when `status` is `"error"`.
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        error: Option<ErrorInfo>,
+    },
+}
+
+/// An error reported by the database.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorInfo {
+    /// SQLSTATE code, e.g. `"42P01"`.
+    pub code: String,
+    /// Human-readable message.
+    pub message: String,
+}
+
+/// Refuses NaN and infinities, which JSON cannot represent (serde_json would write `null`,
+/// a record that could never be read back).
+fn finite_f64<S: serde::Serializer>(value: &f64, serializer: S) -> Result<S::Ok, S::Error> {
+    if value.is_finite() {
+        serializer.serialize_f64(*value)
+    } else {
+        Err(serde::ser::Error::custom(format!(
+            "duration_ms must be finite, got {value}"
+        )))
+    }
+}
+
+/// `SystemTime` as RFC 3339 UTC with exactly six fractional digits.
+mod rfc3339_micros {
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    use serde::{de, ser, Deserialize, Deserializer, Serializer};
+
+    /// First second of year 10000, which RFC 3339 cannot express.
+    const YEAR_10000: u64 = 253_402_300_800;
+
+    pub fn serialize<S: Serializer>(time: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
+        // humantime panics before 1970 and fails after 9999; check both first.
+        match time.duration_since(UNIX_EPOCH) {
+            Ok(since) if since.as_secs() < YEAR_10000 => {
+                serializer.serialize_str(&humantime::format_rfc3339_micros(*time).to_string())
+            }
+            _ => Err(ser::Error::custom(
+                "event time must be between 1970 and 9999",
+            )),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SystemTime, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        humantime::parse_rfc3339(&text)
+            .map_err(|err| de::Error::custom(format!("invalid time {text:?}: {err}")))
+    }
+}

@@ -1,0 +1,26 @@
+//! Append-only, hash-chained audit log with group commit, reader and verifier.
+//!
+//! The log lives in a directory of segments `audit-000001.jsonl`, `audit-000002.jsonl`, … with
+//! one JSON record per line (see `EVENTS.md` for the event schema and the line format). Every
+//! record carries the hash of the one before it, so edits, deletions and reordering are
+//! detected by [`verify`].
+//!
+//! One [`AuditWriter`] per directory and process owns a dedicated thread that writes everything
+//! queued since its last write with one `write` and one `fdatasync` (group commit).
+
+mod error;
+mod event;
+mod lines;
+mod reader;
+mod record;
+mod recover;
+mod segment;
+mod verify;
+mod writer;
+
+pub use error::AuditError;
+pub use event::{ErrorInfo, Event, EventBody};
+pub use reader::{read_all, read_from, Records};
+pub use record::{Record, GENESIS_HASH};
+pub use verify::{verify, VerifyError, VerifyErrorKind, VerifyReport};
+pub use writer::{AuditWriter, Durability, Position, WriterOptions};

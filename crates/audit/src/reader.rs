@@ -1,0 +1,97 @@
+//! Reading records back, from any record position onwards.
+
+use std::path::Path;
+
+use crate::error::AuditError;
+use crate::lines::{Line, LineError, LineProblem, LogLines};
+use crate::record::{self, Record};
+use crate::segment;
+use crate::writer::Position;
+
+/// Iterator over records, in log order, across segments. It parses records but does not check
+/// the hash chain (use [`verify`](crate::verify) for that). It ends after the first error, and
+/// quietly before a final line that is still being appended.
+pub struct Records {
+    lines: LogLines,
+    /// The seq the first record must have, for reads from a [`Position`].
+    first_seq: Option<u64>,
+    failed: bool,
+}
+
+/// Reads records starting at `start` (a position returned by the writer), continuing through
+/// all later segments. The first record is checked to be `start.seq`.
+pub fn read_from(dir: &Path, start: Position) -> Result<Records, AuditError> {
+    let segments: Vec<u32> = segment::list(dir)?
+        .into_iter()
+        .filter(|&number| number >= start.segment)
+        .collect();
+    if segments.first() != Some(&start.segment) {
+        let path = dir.join(segment::file_name(start.segment));
+        return Err(AuditError::io(
+            format!("cannot open {}", path.display()),
+            std::io::ErrorKind::NotFound.into(),
+        ));
+    }
+    Ok(Records {
+        lines: LogLines::new(dir, segments, start.offset),
+        first_seq: Some(start.seq),
+        failed: false,
+    })
+}
+
+/// Reads every record in `dir`, oldest first.
+pub fn read_all(dir: &Path) -> Result<Records, AuditError> {
+    Ok(Records {
+        lines: LogLines::new(dir, segment::list(dir)?, 0),
+        first_seq: None,
+        failed: false,
+    })
+}
+
+impl Records {
+    fn decode(&mut self, line: Result<Line, LineError>) -> Result<Record, AuditError> {
+        let line = line.map_err(|err| {
+            let file = segment::file_name(err.segment);
+            match err.problem {
+                LineProblem::Io(source) => AuditError::io(format!("cannot read {file}"), source),
+                LineProblem::Torn => AuditError::Malformed {
+                    file,
+                    offset: err.offset,
+                    detail: "segment ends in the middle of a line, but a later segment exists"
+                        .to_string(),
+                },
+            }
+        })?;
+        let file = || segment::file_name(line.segment);
+        let record = record::parse_line(&line.bytes).map_err(|detail| AuditError::Malformed {
+            file: file(),
+            offset: line.offset,
+            detail,
+        })?;
+        if let Some(expected) = self.first_seq.take() {
+            if record.seq != expected {
+                return Err(AuditError::PositionMismatch {
+                    file: file(),
+                    offset: line.offset,
+                    expected,
+                    found: record.seq,
+                });
+            }
+        }
+        Ok(record)
+    }
+}
+
+impl Iterator for Records {
+    type Item = Result<Record, AuditError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        let line = self.lines.next()?;
+        let record = self.decode(line);
+        self.failed = record.is_err();
+        Some(record)
+    }
+}

@@ -1,0 +1,139 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, UNIX_EPOCH};
+
+use sluice_audit::{ErrorInfo, Event, EventBody};
+
+/// 2026-11-18T11:06:40.123456Z: microsecond precision, so it reads back equal.
+pub fn time() -> std::time::SystemTime {
+    UNIX_EPOCH + Duration::from_micros(1_795_000_000_123_456)
+}
+
+/// One event of every kind, with optional fields both set and unset.
+pub fn every_kind() -> Vec<Event> {
+    let session = Some("s-1".to_string());
+    let bodies = vec![
+        EventBody::SessionOpen {
+            user: "alice".into(),
+            actor: "human".into(),
+            connection: "prod".into(),
+            protocol: "postgres".into(),
+            client_addr: "10.0.0.1:5555".into(),
+            tls: true,
+            application_name: Some("psql".into()),
+        },
+        EventBody::SessionOpen {
+            user: "bot".into(),
+            actor: "agent".into(),
+            connection: "prod".into(),
+            protocol: "postgres".into(),
+            client_addr: "10.0.0.2:5555".into(),
+            tls: false,
+            application_name: None,
+        },
+        EventBody::AuthFailure {
+            user: "mallory".into(),
+            connection: "prod".into(),
+            protocol: "postgres".into(),
+            client_addr: "10.0.0.3:1".into(),
+            reason: "bad password".into(),
+        },
+        EventBody::Statement {
+            statement_id: 7,
+            user: "alice".into(),
+            connection: "prod".into(),
+            statement: "SELECT $1, $2 -- \"quoted\"\nnext line ü".into(),
+            params: vec![Some("1".into()), None],
+            decision: "allow".into(),
+            reason: None,
+        },
+        EventBody::Statement {
+            statement_id: 8,
+            user: "alice".into(),
+            connection: "prod".into(),
+            statement: "DROP TABLE t".into(),
+            params: vec![],
+            decision: "deny".into(),
+            reason: Some("rule no-drop".into()),
+        },
+        EventBody::Result {
+            statement_id: 7,
+            status: "ok".into(),
+            tag: Some("SELECT 1".into()),
+            rows: 1,
+            duration_ms: 0.25,
+            error: None,
+        },
+        EventBody::Result {
+            statement_id: 9,
+            status: "error".into(),
+            tag: None,
+            rows: 0,
+            duration_ms: 3.0,
+            error: Some(ErrorInfo {
+                code: "42P01".into(),
+                message: "relation \"t\" does not exist".into(),
+            }),
+        },
+        EventBody::SessionClose {
+            reason: Some("idle timeout".into()),
+            statements: 2,
+        },
+        EventBody::SessionClose {
+            reason: None,
+            statements: 0,
+        },
+    ];
+    bodies
+        .into_iter()
+        .enumerate()
+        .map(|(i, body)| Event {
+            time: time(),
+            session: (i != 2).then(|| session.clone()).flatten(),
+            body,
+        })
+        .collect()
+}
+
+/// A statement event with a recognisable text.
+pub fn statement(id: u64) -> Event {
+    Event {
+        time: time(),
+        session: Some("s-1".into()),
+        body: EventBody::Statement {
+            statement_id: id,
+            user: "alice".into(),
+            connection: "prod".into(),
+            statement: format!("SELECT {id}"),
+            params: vec![],
+            decision: "allow".into(),
+            reason: None,
+        },
+    }
+}
+
+pub fn segment_path(dir: &Path, number: u32) -> PathBuf {
+    dir.join(format!("audit-{number:06}.jsonl"))
+}
+
+/// Lines of a segment, without their '\n'.
+pub fn read_lines(dir: &Path, number: u32) -> Vec<String> {
+    fs::read_to_string(segment_path(dir, number))
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Replaces a segment's content with `lines`, each terminated by '\n'.
+pub fn write_lines(dir: &Path, number: u32, lines: &[String]) {
+    let mut text = String::new();
+    for line in lines {
+        text.push_str(line);
+        text.push('\n');
+    }
+    fs::write(segment_path(dir, number), text).unwrap();
+}

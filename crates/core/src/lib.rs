@@ -1,0 +1,149 @@
+//! Protocol-neutral vocabulary shared by the protocol frontends and the gateway pipeline.
+//!
+//! A frontend (PostgreSQL today; MySQL, HTTP/AWS and SSH later) turns wire traffic into
+//! these types and hands them to a [`Pipeline`]. The pipeline decides, records and — later —
+//! masks, without knowing which wire format carried the request. Nothing here does I/O.
+
+use std::future::Future;
+use std::time::Duration;
+
+/// Whether a person or a non-human caller (AI agent, CI job, service account) acted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActorKind {
+    Human,
+    Agent,
+}
+
+impl ActorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActorKind::Human => "human",
+            ActorKind::Agent => "agent",
+        }
+    }
+}
+
+/// Who is asking: established by the frontend's authentication step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub user: String,
+    pub groups: Vec<String>,
+    pub actor: ActorKind,
+}
+
+/// One client session through the gateway, as the pipeline sees it.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    /// Random, unique id (hex); also the key of the session index.
+    pub id: String,
+    pub identity: Identity,
+    /// The sluice connection name (for PostgreSQL: the `database` of the startup packet).
+    pub connection: String,
+    /// Wire protocol name, e.g. `postgres`.
+    pub protocol: &'static str,
+    pub client_addr: String,
+    pub tls: bool,
+    /// Client-supplied program name (`application_name` for PostgreSQL), if any.
+    pub application_name: Option<String>,
+}
+
+/// One statement (or API call) a client asked to run, already split and with secrets redacted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// Position of this request within its session, starting at 1.
+    pub id: u64,
+    /// The statement text as it will be recorded (secrets such as passwords redacted).
+    pub text: String,
+    /// Bound parameter values rendered as text (`None` for SQL NULL).
+    pub params: Vec<Option<String>>,
+}
+
+/// What the pipeline decided for one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Allow,
+    /// Refused; the reason is shown to the client and recorded.
+    Deny {
+        reason: String,
+    },
+}
+
+/// How a request ended at the target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutcomeStatus {
+    /// Completed; `tag` is the protocol's completion tag (e.g. `INSERT 0 1`).
+    Ok { tag: String, rows: u64 },
+    /// The target (or the gateway) reported an error.
+    Error {
+        code: String,
+        message: String,
+        rows: u64,
+    },
+    /// Never ran: refused, or skipped because an earlier statement in the batch failed.
+    NotExecuted { reason: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub request_id: u64,
+    pub status: OutcomeStatus,
+    pub duration: Duration,
+}
+
+/// Why authentication failed. The text is safe to show to the client: it never contains
+/// the presented secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthFailure {
+    #[error("password authentication failed for user \"{0}\"")]
+    BadCredentials(String),
+    #[error("token for user \"{0}\" has expired")]
+    Expired(String),
+    #[error("user \"{user}\" may not use connection \"{connection}\"")]
+    NotAllowed { user: String, connection: String },
+    #[error("connection \"{0}\" does not exist")]
+    UnknownConnection(String),
+    #[error("authentication is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Raised when the gateway cannot record a session; the frontend must then refuse it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("audit log unavailable: {0}")]
+pub struct RecordError(pub String);
+
+/// The protocol-neutral services a frontend calls for every session.
+///
+/// Frontends call these in order: `authenticate`, `session_opened`, then any number of
+/// `requests`/`outcome`, then `session_closed`. The implementation owns policy and audit;
+/// the frontend owns the wire.
+pub trait Pipeline: Send + Sync + 'static {
+    /// Checks the presented secret for `user` on `connection`. Failures are recorded by
+    /// the implementation.
+    fn authenticate(
+        &self,
+        user: &str,
+        secret: &str,
+        connection: &str,
+        client_addr: &str,
+        protocol: &'static str,
+    ) -> impl Future<Output = Result<Identity, AuthFailure>> + Send;
+
+    fn session_opened(
+        &self,
+        session: &SessionInfo,
+    ) -> impl Future<Output = Result<(), RecordError>> + Send;
+
+    /// Decides and records a batch of requests. Resolves only once every request event is
+    /// durable, so the frontend may forward the allowed ones as soon as it returns.
+    /// Returns one decision per request, in order.
+    fn requests(
+        &self,
+        session: &SessionInfo,
+        requests: Vec<Request>,
+    ) -> impl Future<Output = Vec<Decision>> + Send;
+
+    /// Records how a request ended. Does not wait for the disk.
+    fn outcome(&self, session: &SessionInfo, outcome: Outcome);
+
+    fn session_closed(&self, session: &SessionInfo, reason: Option<String>);
+}

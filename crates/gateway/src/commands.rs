@@ -1,0 +1,272 @@
+//! The administrative commands. They work on the same data directory as a running
+//! gateway (SQLite in WAL mode; the audit log is only read).
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+use sluice_auth::{parse_ttl, Tokens};
+use sluice_store::{SessionFilter, Store};
+
+use crate::config::Config;
+use crate::views::{rfc3339_ms, session_detail, SessionSummary};
+use crate::{SessionsCommand, TokensCommand, UsersCommand};
+
+fn open_store(config: &Config) -> Result<Arc<Store>> {
+    let path = config.store_path();
+    Ok(Arc::new(Store::open(&path).with_context(|| {
+        format!("cannot open the metadata store {}", path.display())
+    })?))
+}
+
+fn print_json(value: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+pub fn users(config: &Config, cmd: UsersCommand) -> Result<ExitCode> {
+    let store = open_store(config)?;
+    match cmd {
+        UsersCommand::Add { name, groups } => {
+            if name.is_empty()
+                || name.len() > 63
+                || name.chars().any(|c| c.is_control() || c == '\0')
+            {
+                bail!("user names must be 1-63 printable characters");
+            }
+            let user = store.add_user(&name, &groups)?;
+            eprintln!(
+                "added user {} (groups: {})",
+                user.name,
+                user.groups.join(", ")
+            );
+        }
+        UsersCommand::List { out } => {
+            let users = store.list_users()?;
+            if out.json {
+                let list: Vec<_> = users
+                    .iter()
+                    .map(|u| json!({ "name": u.name, "groups": u.groups, "created": rfc3339_ms(u.created_ms) }))
+                    .collect();
+                print_json(&list)?;
+            } else {
+                for u in users {
+                    println!("{}\t{}", u.name, u.groups.join(","));
+                }
+            }
+        }
+        UsersCommand::Remove { name } => {
+            if !store.remove_user(&name)? {
+                bail!("no user named {name:?}");
+            }
+            eprintln!("removed user {name} and their tokens");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn tokens(config: &Config, cmd: TokensCommand) -> Result<ExitCode> {
+    let store = open_store(config)?;
+    let tokens = Tokens::new(store.clone());
+    match cmd {
+        TokensCommand::Issue { user, ttl } => {
+            let ttl = parse_ttl(&ttl)?;
+            let issued = tokens.issue(&user, ttl)?;
+            eprintln!(
+                "issued token {} for {} (expires {})",
+                issued.id,
+                issued.user,
+                humantime::format_rfc3339_seconds(issued.expires)
+            );
+            println!("{}", issued.token);
+        }
+        TokensCommand::List { user, out } => {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0);
+            let list = store.list_tokens(user.as_deref())?;
+            let rows: Vec<_> = list
+                .iter()
+                .map(|t| {
+                    let state = if t.revoked_ms.is_some() {
+                        "revoked"
+                    } else if t.expires_ms <= now {
+                        "expired"
+                    } else {
+                        "active"
+                    };
+                    json!({
+                        "id": t.id, "user": t.user, "state": state,
+                        "created": rfc3339_ms(t.created_ms), "expires": rfc3339_ms(t.expires_ms),
+                        "last_used": t.last_used_ms.map(rfc3339_ms),
+                    })
+                })
+                .collect();
+            if out.json {
+                print_json(&rows)?;
+            } else {
+                for r in rows {
+                    println!(
+                        "{}\t{}\t{}\texpires {}",
+                        r["id"].as_str().unwrap_or_default(),
+                        r["user"].as_str().unwrap_or_default(),
+                        r["state"].as_str().unwrap_or_default(),
+                        r["expires"].as_str().unwrap_or_default()
+                    );
+                }
+            }
+        }
+        TokensCommand::Revoke { id } => {
+            if !tokens.revoke(&id)? {
+                bail!("no active token with id {id:?}");
+            }
+            eprintln!("revoked token {id}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn sessions(config: &Config, cmd: SessionsCommand) -> Result<ExitCode> {
+    let store = open_store(config)?;
+    match cmd {
+        SessionsCommand::List {
+            user,
+            connection,
+            limit,
+            out,
+        } => {
+            let rows = store.list_sessions(&SessionFilter {
+                user,
+                connection,
+                limit,
+                ..SessionFilter::default()
+            })?;
+            let list: Vec<SessionSummary> = rows.iter().map(SessionSummary::from).collect();
+            if out.json {
+                print_json(&list)?;
+            } else {
+                for s in list {
+                    println!(
+                        "{}  {}  {:<12} {:<16} {:<22} {:>5} stmts  {}",
+                        s.id,
+                        s.start,
+                        s.user,
+                        s.connection,
+                        s.client_addr,
+                        s.statements,
+                        match (&s.end, &s.end_reason) {
+                            (None, _) => "open".to_owned(),
+                            (Some(_), Some(r)) => format!("ended: {r}"),
+                            (Some(_), None) => "ended".to_owned(),
+                        }
+                    );
+                }
+            }
+        }
+        SessionsCommand::Show { id, out } => {
+            let Some(row) = store.get_session(&id)? else {
+                bail!("no session with id {id:?}");
+            };
+            let detail = session_detail(&config.audit_dir(), &row)?;
+            if out.json {
+                print_json(&detail)?;
+            } else {
+                print_session(&detail);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_session(d: &crate::views::SessionDetail) {
+    let s = &d.summary;
+    println!(
+        "session {}  {} ({}) -> {}  from {}",
+        s.id, s.user, s.actor, s.connection, s.client_addr
+    );
+    println!(
+        "started {}  ended {}{}",
+        s.start,
+        s.end.as_deref().unwrap_or("(open)"),
+        s.end_reason
+            .as_deref()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default()
+    );
+    for e in &d.events {
+        let time = e["time"].as_str().unwrap_or_default();
+        match e["kind"].as_str() {
+            Some("statement") => {
+                let outcome = match e["status"].as_str() {
+                    Some("ok") => format!(
+                        "ok {} ({} rows, {:.2} ms)",
+                        e["tag"].as_str().unwrap_or_default(),
+                        e["rows"],
+                        e["duration_ms"].as_f64().unwrap_or(0.0)
+                    ),
+                    Some("error") => format!(
+                        "error {}: {}",
+                        e["error"]["code"].as_str().unwrap_or_default(),
+                        e["error"]["message"].as_str().unwrap_or_default()
+                    ),
+                    Some(other) => format!(
+                        "{other}: {}",
+                        e["error"]["message"].as_str().unwrap_or_default()
+                    ),
+                    None => "(no result recorded)".to_owned(),
+                };
+                println!(
+                    "  {time}  #{}  {}",
+                    e["statement_id"],
+                    e["statement"].as_str().unwrap_or_default()
+                );
+                if let Some(params) = e["params"].as_array().filter(|p| !p.is_empty()) {
+                    println!("      params: {}", serde_json::Value::Array(params.clone()));
+                }
+                println!("      -> {outcome}");
+            }
+            Some(kind) => println!("  {time}  {kind}"),
+            None => {}
+        }
+    }
+}
+
+pub fn audit_verify(config: &Config, json_out: bool) -> Result<ExitCode> {
+    let dir = config.audit_dir();
+    if !dir.exists() {
+        bail!(
+            "no audit log at {} (has the gateway run with this config?)",
+            dir.display()
+        );
+    }
+    match sluice_audit::verify(&dir) {
+        Ok(report) => {
+            if json_out {
+                print_json(&json!({
+                    "ok": true, "events": report.events, "segments": report.segments,
+                    "head_hash": report.head_hash,
+                }))?;
+            } else {
+                println!(
+                    "audit log intact: {} events in {} segment(s), head {}",
+                    report.events, report.segments, report.head_hash
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            if json_out {
+                print_json(&json!({
+                    "ok": false, "error": e.to_string(), "segment": e.segment,
+                    "line": e.line, "seq": e.seq,
+                }))?;
+            } else {
+                println!("audit log FAILED verification: {e}");
+            }
+            Ok(ExitCode::from(3))
+        }
+    }
+}

@@ -1,0 +1,347 @@
+//! The configuration file: the only place that knows its format.
+//!
+//! One YAML file (see `sluice.example.yaml`), strict: unknown keys and bad values are
+//! errors naming the key. A few settings can be overridden by environment variables
+//! (`SLUICE_DATA_DIR`, `SLUICE_LISTEN_POSTGRES`, `SLUICE_LISTEN_API`,
+//! `SLUICE_AUDIT_DURABILITY`) so the same file works across environments.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+/// Used when no `--config` is given: a working single-process install against the
+/// PostgreSQL on this machine.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../default-config.yaml");
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub listen: Listen,
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
+    #[serde(default)]
+    pub audit: AuditConfig,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub connections: Vec<Connection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    #[serde(default = "default_api")]
+    pub api: SocketAddr,
+    #[serde(default = "default_postgres")]
+    pub postgres: SocketAddr,
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Listen {
+            api: default_api(),
+            postgres: default_postgres(),
+        }
+    }
+}
+
+/// Certificate and key (PEM) for client-facing TLS; generated under `data_dir` if absent.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    #[serde(default)]
+    pub durability: Durability,
+}
+
+/// When a statement may be forwarded relative to its audit record reaching the disk.
+#[derive(Debug, Default, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// After the record is fsynced (group commit): survives power loss.
+    #[default]
+    Fsync,
+    /// After the record is written to the OS: survives a killed gateway, not power loss.
+    Write,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Largest Query/Parse/Bind message accepted from a client.
+    #[serde(default = "default_max_message")]
+    pub max_message_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_bytes: default_max_message(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Postgres,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Connection {
+    pub name: String,
+    pub kind: Kind,
+    /// `embedded` (the default) or, later, the name of a remote agent.
+    #[serde(default = "default_agent")]
+    pub agent: String,
+    /// `host:port` of the target.
+    pub address: String,
+    pub database: String,
+    pub user: String,
+    /// Literal, `env:NAME` or `file:PATH`; resolved by the agent at connect time.
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub tls: UpstreamTls,
+    /// CA bundle for `tls: verify-full`.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default = "default_connect_timeout", with = "humantime_serde_compat")]
+    pub connect_timeout: Duration,
+    /// Who may open sessions: `user:NAME`, `group:NAME`. Absent: every authenticated user.
+    #[serde(default)]
+    pub allow: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpstreamTls {
+    Disable,
+    #[default]
+    Prefer,
+    Require,
+    VerifyFull,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./sluice-data")
+}
+fn default_api() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_postgres() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 15432))
+}
+fn default_agent() -> String {
+    "embedded".into()
+}
+fn default_max_message() -> usize {
+    64 << 20
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// `connect_timeout: 5s` style durations.
+mod humantime_serde_compat {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A parsed `allow` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    User(String),
+    Group(String),
+}
+
+impl Principal {
+    fn parse(s: &str) -> Result<Principal> {
+        match s.split_once(':') {
+            Some(("user", name)) if !name.is_empty() => Ok(Principal::User(name.into())),
+            Some(("group", name)) if !name.is_empty() => Ok(Principal::Group(name.into())),
+            _ => bail!("expected `user:NAME` or `group:NAME`, got {s:?}"),
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path` (or the embedded default), applies environment overrides, validates.
+    pub fn load(path: Option<&Path>) -> Result<Config> {
+        let (text, origin) = match path {
+            Some(p) => (
+                std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read config file {}", p.display()))?,
+                p.display().to_string(),
+            ),
+            None => (
+                EMBEDDED_DEFAULT.to_owned(),
+                "embedded default config".to_owned(),
+            ),
+        };
+        let mut config: Config =
+            serde_yaml_ng::from_str(&text).with_context(|| format!("invalid config ({origin})"))?;
+        config
+            .apply_env()
+            .with_context(|| format!("invalid environment override for {origin}"))?;
+        config
+            .validate()
+            .with_context(|| format!("invalid config ({origin})"))?;
+        Ok(config)
+    }
+
+    fn apply_env(&mut self) -> Result<()> {
+        if let Ok(v) = std::env::var("SLUICE_DATA_DIR") {
+            self.data_dir = PathBuf::from(v);
+        }
+        if let Ok(v) = std::env::var("SLUICE_LISTEN_POSTGRES") {
+            self.listen.postgres = v.parse().context("SLUICE_LISTEN_POSTGRES")?;
+        }
+        if let Ok(v) = std::env::var("SLUICE_LISTEN_API") {
+            self.listen.api = v.parse().context("SLUICE_LISTEN_API")?;
+        }
+        if let Ok(v) = std::env::var("SLUICE_AUDIT_DURABILITY") {
+            self.audit.durability = match v.as_str() {
+                "fsync" => Durability::Fsync,
+                "write" => Durability::Write,
+                other => bail!("SLUICE_AUDIT_DURABILITY: expected fsync or write, got {other:?}"),
+            };
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<()> {
+        if !self.listen.api.ip().is_loopback() {
+            // The API takes bearer tokens and is served without TLS today.
+            bail!("listen.api: {} is not a loopback address; the API is served without TLS, so it must stay on loopback", self.listen.api);
+        }
+        if self.limits.max_message_bytes < 1024 {
+            bail!("limits.max_message_bytes: must be at least 1024");
+        }
+        let mut names = HashSet::new();
+        for (i, c) in self.connections.iter().enumerate() {
+            let at = |field: &str| format!("connections[{i}].{field}");
+            if c.name.is_empty()
+                || !c
+                    .name
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '-' | '_' | '.'))
+            {
+                bail!(
+                    "{}: {:?} must be non-empty and use only letters, digits, '-', '_' and '.'",
+                    at("name"),
+                    c.name
+                );
+            }
+            if !names.insert(c.name.as_str()) {
+                bail!("{}: duplicate connection name {:?}", at("name"), c.name);
+            }
+            if c.agent != "embedded" {
+                bail!(
+                    "{}: remote agents are not supported yet; use `embedded`",
+                    at("agent")
+                );
+            }
+            match c.address.rsplit_once(':') {
+                Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {}
+                _ => bail!("{}: {:?} must be host:port", at("address"), c.address),
+            }
+            if c.tls == UpstreamTls::VerifyFull && c.ca_file.is_none() {
+                bail!("{}: tls: verify-full needs ca_file", at("ca_file"));
+            }
+            for p in c.allow.iter().flatten() {
+                Principal::parse(p).with_context(|| at("allow"))?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn store_path(&self) -> PathBuf {
+        self.data_dir.join("sluice.db")
+    }
+
+    pub fn audit_dir(&self) -> PathBuf {
+        self.data_dir.join("audit")
+    }
+
+    /// Who may use each connection (`None`: everyone authenticated).
+    pub fn allow_lists(&self) -> HashMap<String, Option<Vec<Principal>>> {
+        self.connections
+            .iter()
+            .map(|c| {
+                let allow = c.allow.as_ref().map(|list| {
+                    list.iter()
+                        .filter_map(|p| Principal::parse(p).ok())
+                        .collect()
+                });
+                (c.name.clone(), allow)
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> Result<Config> {
+        let config: Config = serde_yaml_ng::from_str(yaml)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let c = parse(EMBEDDED_DEFAULT).unwrap();
+        assert_eq!(c.listen.postgres.port(), 15432);
+        assert!(c.listen.postgres.ip().is_loopback());
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = parse("connections:\n  - name: a\n    kind: postgres\n    address: h:1\n    database: d\n    user: u\n    pasword: x\n")
+            .unwrap_err();
+        let text = format!("{err:#}");
+        assert!(text.contains("pasword"), "{text}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let err = parse(
+            "connections:\n  - {name: a, kind: postgres, address: nohost, database: d, user: u}\n",
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("connections[0].address"));
+        let err = parse(
+            "connections:\n  - {name: a, kind: oracle, address: h:1, database: d, user: u}\n",
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("oracle"));
+        let err = parse("listen: {postgres: 'not an address'}\n").unwrap_err();
+        assert!(format!("{err:#}").contains("listen"));
+        let err = parse("connections:\n  - {name: a, kind: postgres, address: h:1, database: d, user: u}\n  - {name: a, kind: postgres, address: h:1, database: d, user: u}\n").unwrap_err();
+        assert!(format!("{err:#}").contains("duplicate"));
+        let err = parse("connections:\n  - {name: a, kind: postgres, address: h:1, database: d, user: u, allow: [everyone]}\n").unwrap_err();
+        assert!(format!("{err:#}").contains("allow"));
+    }
+}

@@ -1,0 +1,199 @@
+//! `sluice gateway`: wires configuration, store, audit log, agent and listeners together.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use sluice_agent::{EmbeddedAgent, PostgresTarget, SecretRef};
+use sluice_audit::{AuditWriter, WriterOptions};
+use sluice_auth::Tokens;
+use sluice_postgres::{Frontend, FrontendConfig, TlsMode};
+use sluice_store::Store;
+use tokio::net::TcpListener;
+use tracing::{error, info};
+
+use crate::api::{self, ApiState};
+use crate::config::{self, Config, UpstreamTls};
+use crate::metrics::Metrics;
+use crate::pipeline::GatewayPipeline;
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+pub async fn run(config: Config) -> Result<()> {
+    create_private_dir(&config.data_dir)?;
+    // One gateway per data directory: two writers would fork the audit chain.
+    let lock_path = config.data_dir.join("gateway.lock");
+    let lock = File::create(&lock_path)
+        .with_context(|| format!("cannot create {}", lock_path.display()))?;
+    lock.try_lock().map_err(|_| {
+        anyhow::anyhow!(
+            "another sluice gateway is already using data_dir {}",
+            config.data_dir.display()
+        )
+    })?;
+
+    let store = Arc::new(Store::open(&config.store_path()).with_context(|| {
+        format!(
+            "cannot open the metadata store {}",
+            config.store_path().display()
+        )
+    })?);
+    let stale = store.end_open_sessions(now_ms(), "gateway restarted")?;
+    if stale > 0 {
+        info!(
+            sessions = stale,
+            "marked sessions left open by a previous run as ended"
+        );
+    }
+    let durability = match config.audit.durability {
+        config::Durability::Fsync => sluice_audit::Durability::Fsync,
+        config::Durability::Write => sluice_audit::Durability::Write,
+    };
+    let audit = AuditWriter::open(
+        &config.audit_dir(),
+        WriterOptions {
+            durability,
+            ..WriterOptions::default()
+        },
+    )
+    .with_context(|| {
+        format!(
+            "cannot open the audit log in {}",
+            config.audit_dir().display()
+        )
+    })?;
+    let tls = crate::tls::acceptor(&config)?;
+    let agent = Arc::new(EmbeddedAgent::new(postgres_targets(&config)?));
+    let metrics = Arc::new(Metrics::new());
+    let pipeline = Arc::new(GatewayPipeline::new(
+        audit.clone(),
+        store.clone(),
+        config.allow_lists(),
+        metrics.clone(),
+    ));
+    let frontend = Arc::new(Frontend::new(
+        pipeline,
+        agent,
+        FrontendConfig {
+            tls: Some(tls),
+            max_message_bytes: config.limits.max_message_bytes,
+        },
+    ));
+
+    let pg_listener = TcpListener::bind(config.listen.postgres)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (listen.postgres)",
+                config.listen.postgres
+            )
+        })?;
+    let api_listener = TcpListener::bind(config.listen.api)
+        .await
+        .with_context(|| format!("cannot listen on {} (listen.api)", config.listen.api))?;
+    let router = api::router(ApiState {
+        store: store.clone(),
+        tokens: Tokens::new(store.clone()),
+        metrics,
+        audit: audit.clone(),
+    });
+    info!(
+        postgres = %config.listen.postgres,
+        api = %config.listen.api,
+        data_dir = %config.data_dir.display(),
+        connections = config.connections.len(),
+        "sluice gateway ready"
+    );
+
+    tokio::select! {
+        r = frontend.serve(pg_listener) => r.context("postgres listener failed")?,
+        r = axum::serve(api_listener, router) => r.context("api listener failed")?,
+        () = shutdown_signal() => info!("shutting down"),
+    }
+    if let Err(e) = audit.flush().await {
+        error!(error = %e, "audit log flush failed at shutdown");
+    }
+    store.end_open_sessions(now_ms(), "gateway stopped")?;
+    drop(lock);
+    Ok(())
+}
+
+fn postgres_targets(config: &Config) -> Result<HashMap<String, PostgresTarget>> {
+    let mut targets = HashMap::new();
+    for c in &config.connections {
+        let config::Kind::Postgres = c.kind;
+        let tls = match c.tls {
+            UpstreamTls::Disable => TlsMode::Disable,
+            UpstreamTls::Prefer => TlsMode::Prefer,
+            UpstreamTls::Require => TlsMode::Require,
+            UpstreamTls::VerifyFull => {
+                let path = c
+                    .ca_file
+                    .as_ref()
+                    .context("tls: verify-full needs ca_file")?;
+                let ca_pem = std::fs::read(path).with_context(|| {
+                    format!(
+                        "connection {}: cannot read ca_file {}",
+                        c.name,
+                        path.display()
+                    )
+                })?;
+                TlsMode::VerifyFull { ca_pem }
+            }
+        };
+        targets.insert(
+            c.name.clone(),
+            PostgresTarget {
+                address: c.address.clone(),
+                database: c.database.clone(),
+                user: c.user.clone(),
+                password: c.password.as_deref().map(SecretRef::parse),
+                tls,
+                connect_timeout: c.connect_timeout,
+            },
+        );
+    }
+    Ok(targets)
+}
+
+fn create_private_dir(path: &std::path::Path) -> Result<()> {
+    std::fs::create_dir_all(path)
+        .with_context(|| format!("cannot create data_dir {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot restrict permissions of {}", path.display()))?;
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

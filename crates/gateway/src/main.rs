@@ -1,0 +1,183 @@
+//! `sluice`: the gateway and its command-line tools in one binary.
+
+mod api;
+mod commands;
+mod config;
+mod gateway;
+mod metrics;
+mod pipeline;
+mod tls;
+mod views;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::Config;
+
+/// Exit codes: 0 success, 1 error, 2 usage error, 3 audit log failed verification.
+#[derive(Parser)]
+#[command(name = "sluice", version, about = "Identity-aware access gateway for databases and APIs", long_about = None)]
+#[command(
+    after_help = "Exit codes: 0 success, 1 error, 2 usage error, 3 audit log failed verification.\nConfiguration: --config FILE (or SLUICE_CONFIG); without it, the embedded defaults."
+)]
+struct Cli {
+    /// Configuration file (YAML). Defaults to the embedded configuration.
+    #[arg(long, global = true, env = "SLUICE_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (listeners, embedded agent, audit log).
+    Gateway {
+        /// Log format on stderr.
+        #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "SLUICE_LOG_FORMAT")]
+        log_format: LogFormat,
+    },
+    /// Manage local users.
+    #[command(subcommand)]
+    Users(UsersCommand),
+    /// Issue, list and revoke access tokens.
+    #[command(subcommand)]
+    Tokens(TokensCommand),
+    /// Inspect recorded sessions.
+    #[command(subcommand)]
+    Sessions(SessionsCommand),
+    /// Check the audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Args)]
+struct JsonFlag {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum UsersCommand {
+    /// Add a user.
+    Add {
+        name: String,
+        /// Group membership (repeatable).
+        #[arg(long = "group")]
+        groups: Vec<String>,
+    },
+    /// List users.
+    List {
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Remove a user and their tokens.
+    Remove { name: String },
+}
+
+#[derive(Subcommand)]
+enum TokensCommand {
+    /// Issue a token for a user; prints the token alone on stdout.
+    Issue {
+        user: String,
+        /// Lifetime, e.g. 30m, 12h, 7d.
+        #[arg(long, default_value = "12h")]
+        ttl: String,
+    },
+    /// List tokens (ids and expiry; never the secrets).
+    List {
+        #[arg(long)]
+        user: Option<String>,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Revoke a token by its id (see `tokens list`).
+    Revoke { id: String },
+}
+
+#[derive(Subcommand)]
+enum SessionsCommand {
+    /// List sessions, newest first.
+    List {
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        connection: Option<String>,
+        /// Most sessions to list.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Show one session with every statement, its parameters and outcome.
+    Show {
+        id: String,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Verify the hash chain of the whole audit log.
+    Verify {
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let log_format = match &cli.command {
+        Command::Gateway { log_format } => Some(*log_format),
+        _ => None,
+    };
+    init_logging(log_format);
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let config = Config::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Gateway { .. } => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(gateway::run(config))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Users(cmd) => commands::users(&config, cmd),
+        Command::Tokens(cmd) => commands::tokens(&config, cmd),
+        Command::Sessions(cmd) => commands::sessions(&config, cmd),
+        Command::Audit(AuditCommand::Verify { out }) => commands::audit_verify(&config, out.json),
+    }
+}
+
+/// Structured logs on stderr; level from `SLUICE_LOG` (default `info` for the gateway,
+/// `warn` for the command-line tools so their stdout stays clean).
+fn init_logging(gateway: Option<LogFormat>) {
+    use tracing_subscriber::EnvFilter;
+    let default = if gateway.is_some() { "info" } else { "warn" };
+    let filter = EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match gateway {
+        Some(LogFormat::Json) => builder.json().init(),
+        _ => builder.init(),
+    }
+}

@@ -1,0 +1,277 @@
+//! The session pipeline: authentication, decisions and the audit record for every
+//! request, whichever protocol carried it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sluice_audit::{AuditWriter, ErrorInfo, Event, EventBody};
+use sluice_auth::{AuthError, Tokens};
+use sluice_core::{
+    AuthFailure, Decision, Identity, Outcome, OutcomeStatus, Pipeline, RecordError, Request,
+    SessionInfo,
+};
+use sluice_store::{SessionRow, Store};
+use tracing::{error, warn};
+
+use crate::config::Principal;
+use crate::metrics::Metrics;
+
+pub struct GatewayPipeline {
+    audit: AuditWriter,
+    store: Arc<Store>,
+    tokens: Tokens,
+    /// Connection name → who may use it (`None`: every authenticated user).
+    allow: HashMap<String, Option<Vec<Principal>>>,
+    metrics: Arc<Metrics>,
+    /// Statements seen per open session, for the session-close record.
+    statement_counts: Mutex<HashMap<String, u64>>,
+}
+
+impl GatewayPipeline {
+    pub fn new(
+        audit: AuditWriter,
+        store: Arc<Store>,
+        allow: HashMap<String, Option<Vec<Principal>>>,
+        metrics: Arc<Metrics>,
+    ) -> GatewayPipeline {
+        GatewayPipeline {
+            tokens: Tokens::new(store.clone()),
+            audit,
+            store,
+            allow,
+            metrics,
+            statement_counts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn auth_failed(
+        &self,
+        user: &str,
+        connection: &str,
+        client_addr: &str,
+        protocol: &str,
+        failure: &AuthFailure,
+    ) {
+        self.metrics.auth_failures.inc();
+        self.audit.append(Event::now(
+            None,
+            EventBody::AuthFailure {
+                user: user.to_owned(),
+                connection: connection.to_owned(),
+                protocol: protocol.to_owned(),
+                client_addr: client_addr.to_owned(),
+                reason: failure.to_string(),
+            },
+        ));
+    }
+
+    fn counts(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+        self.statement_counts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn allowed(allow: &[Principal], identity: &Identity) -> bool {
+    allow.iter().any(|p| match p {
+        Principal::User(u) => *u == identity.user,
+        Principal::Group(g) => identity.groups.contains(g),
+    })
+}
+
+impl Pipeline for GatewayPipeline {
+    async fn authenticate(
+        &self,
+        user: &str,
+        secret: &str,
+        connection: &str,
+        client_addr: &str,
+        protocol: &'static str,
+    ) -> Result<Identity, AuthFailure> {
+        let tokens = self.tokens.clone();
+        let presented = secret.to_owned();
+        let verified =
+            tokio::task::spawn_blocking(move || tokens.verify(&presented, SystemTime::now()))
+                .await
+                .map_err(|e| AuthFailure::Unavailable(e.to_string()));
+        let result = match verified {
+            Err(failure) => Err(failure),
+            Ok(Err(AuthError::Expired { .. })) => Err(AuthFailure::Expired(user.to_owned())),
+            Ok(Err(AuthError::Store(e))) => {
+                error!(error = %e, "token store unavailable");
+                Err(AuthFailure::Unavailable("metadata store error".into()))
+            }
+            Ok(Err(_)) => Err(AuthFailure::BadCredentials(user.to_owned())),
+            // The token must belong to the user named in the startup packet, so that the
+            // name a client shows everywhere is the one that was authenticated.
+            Ok(Ok(v)) if v.identity.user != user => {
+                Err(AuthFailure::BadCredentials(user.to_owned()))
+            }
+            Ok(Ok(v)) => match self.allow.get(connection) {
+                None => Err(AuthFailure::UnknownConnection(connection.to_owned())),
+                Some(Some(list)) if !allowed(list, &v.identity) => Err(AuthFailure::NotAllowed {
+                    user: user.to_owned(),
+                    connection: connection.to_owned(),
+                }),
+                Some(_) => Ok(v.identity),
+            },
+        };
+        if let Err(failure) = &result {
+            self.auth_failed(user, connection, client_addr, protocol, failure);
+        }
+        result
+    }
+
+    async fn session_opened(&self, session: &SessionInfo) -> Result<(), RecordError> {
+        let event = Event::now(
+            Some(session.id.clone()),
+            EventBody::SessionOpen {
+                user: session.identity.user.clone(),
+                actor: session.identity.actor.as_str().to_owned(),
+                connection: session.connection.clone(),
+                protocol: session.protocol.to_owned(),
+                client_addr: session.client_addr.clone(),
+                tls: session.tls,
+                application_name: session.application_name.clone(),
+            },
+        );
+        let positions = self
+            .audit
+            .append_durable(vec![event])
+            .await
+            .map_err(|e| RecordError(e.to_string()))?;
+        let position = positions
+            .first()
+            .ok_or_else(|| RecordError("the audit log returned no position".into()))?;
+        let row = SessionRow {
+            id: session.id.clone(),
+            user: session.identity.user.clone(),
+            actor: session.identity.actor.as_str().to_owned(),
+            connection: session.connection.clone(),
+            protocol: session.protocol.to_owned(),
+            client_addr: session.client_addr.clone(),
+            started_ms: now_ms(),
+            ended_ms: None,
+            end_reason: None,
+            statements: 0,
+            audit_segment: position.segment,
+            audit_offset: position.offset,
+            audit_seq: position.seq,
+        };
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.insert_session(&row))
+            .await
+            .map_err(|e| RecordError(e.to_string()))?
+            .map_err(|e| RecordError(format!("session index: {e}")))?;
+        self.counts().insert(session.id.clone(), 0);
+        self.metrics.session_opened(session.protocol);
+        Ok(())
+    }
+
+    async fn requests(&self, session: &SessionInfo, requests: Vec<Request>) -> Vec<Decision> {
+        let n = requests.len();
+        if let Some(count) = self.counts().get_mut(&session.id) {
+            *count += n as u64;
+        }
+        let events = requests
+            .into_iter()
+            .map(|r| {
+                Event::now(
+                    Some(session.id.clone()),
+                    EventBody::Statement {
+                        statement_id: r.id,
+                        user: session.identity.user.clone(),
+                        connection: session.connection.clone(),
+                        statement: r.text,
+                        params: r.params,
+                        decision: "allow".into(),
+                        reason: None,
+                    },
+                )
+            })
+            .collect();
+        match self.audit.append_durable(events).await {
+            Ok(_) => {
+                self.metrics.statements_allowed.inc_by(n as u64);
+                vec![Decision::Allow; n]
+            }
+            Err(e) => {
+                // Fail closed: nothing runs unrecorded.
+                error!(error = %e, session = %session.id, "audit append failed; refusing statements");
+                self.metrics.statements_refused.inc_by(n as u64);
+                vec![
+                    Decision::Deny {
+                        reason: "sluice cannot record this statement (audit log unavailable), so it was not run".into()
+                    };
+                    n
+                ]
+            }
+        }
+    }
+
+    fn outcome(&self, session: &SessionInfo, outcome: Outcome) {
+        let duration_ms = outcome.duration.as_secs_f64() * 1000.0;
+        let body = match outcome.status {
+            OutcomeStatus::Ok { tag, rows } => EventBody::Result {
+                statement_id: outcome.request_id,
+                status: "ok".into(),
+                tag: Some(tag),
+                rows,
+                duration_ms,
+                error: None,
+            },
+            OutcomeStatus::Error {
+                code,
+                message,
+                rows,
+            } => EventBody::Result {
+                statement_id: outcome.request_id,
+                status: "error".into(),
+                tag: None,
+                rows,
+                duration_ms,
+                error: Some(ErrorInfo { code, message }),
+            },
+            OutcomeStatus::NotExecuted { reason } => EventBody::Result {
+                statement_id: outcome.request_id,
+                status: "not_executed".into(),
+                tag: None,
+                rows: 0,
+                duration_ms,
+                error: Some(ErrorInfo {
+                    code: String::new(),
+                    message: reason,
+                }),
+            },
+        };
+        self.audit
+            .append(Event::now(Some(session.id.clone()), body));
+    }
+
+    fn session_closed(&self, session: &SessionInfo, reason: Option<String>) {
+        let statements = self.counts().remove(&session.id).unwrap_or(0);
+        self.audit.append(Event::now(
+            Some(session.id.clone()),
+            EventBody::SessionClose {
+                reason: reason.clone(),
+                statements,
+            },
+        ));
+        self.metrics.session_closed();
+        let store = self.store.clone();
+        let id = session.id.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = store.end_session(&id, now_ms(), reason.as_deref(), statements) {
+                warn!(session = %id, error = %e, "cannot mark session ended in the index");
+            }
+        });
+    }
+}

@@ -1,0 +1,76 @@
+//! Client-facing TLS: the configured certificate, or a self-signed one generated on
+//! first start and kept under `data_dir/tls`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::TlsAcceptor;
+use tracing::info;
+
+use crate::config::Config;
+
+pub fn acceptor(config: &Config) -> Result<TlsAcceptor> {
+    let (cert_path, key_path) = match &config.tls {
+        Some(files) => (files.cert.clone(), files.key.clone()),
+        None => ensure_self_signed(&config.data_dir.join("tls"))?,
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)
+        .with_context(|| format!("cannot read TLS certificate {}", cert_path.display()))?
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("invalid TLS certificate {}", cert_path.display()))?;
+    let key = PrivateKeyDer::from_pem_file(&key_path)
+        .with_context(|| format!("cannot read TLS key {}", key_path.display()))?;
+    let mut server =
+        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .context("TLS protocol versions")?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .context("TLS certificate and key do not match")?;
+    // PostgreSQL 17 clients ask for ALPN "postgresql" (required for direct SSL).
+    server.alpn_protocols = vec![b"postgresql".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(server)))
+}
+
+fn ensure_self_signed(dir: &Path) -> Result<(PathBuf, PathBuf)> {
+    let cert = dir.join("server.crt");
+    let key = dir.join("server.key");
+    if cert.exists() && key.exists() {
+        return Ok((cert, key));
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
+    let generated =
+        rcgen::generate_simple_self_signed(names).context("generating a TLS certificate")?;
+    std::fs::write(&cert, generated.cert.pem())
+        .with_context(|| format!("cannot write {}", cert.display()))?;
+    write_private(&key, generated.key_pair.serialize_pem().as_bytes())?;
+    info!(cert = %cert.display(), "generated a self-signed TLS certificate");
+    Ok((cert, key))
+}
+
+/// Writes a file only its owner can read.
+pub fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    file.write_all(contents)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}

@@ -1,0 +1,149 @@
+//! What `sessions list|show` (and the API) return: sessions from the index, and a
+//! session's audit records with each statement joined to its result.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+use serde_json::{json, Value};
+use sluice_audit::{EventBody, Position, Record};
+use sluice_store::SessionRow;
+
+pub fn rfc3339_ms(ms: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn rfc3339_micros(t: SystemTime) -> String {
+    humantime::format_rfc3339_micros(t).to_string()
+}
+
+#[derive(Debug, Serialize)]
+pub struct SessionSummary {
+    pub id: String,
+    pub user: String,
+    pub actor: String,
+    pub connection: String,
+    pub protocol: String,
+    pub client_addr: String,
+    pub start: String,
+    pub end: Option<String>,
+    pub end_reason: Option<String>,
+    pub statements: u64,
+}
+
+impl From<&SessionRow> for SessionSummary {
+    fn from(r: &SessionRow) -> Self {
+        SessionSummary {
+            id: r.id.clone(),
+            user: r.user.clone(),
+            actor: r.actor.clone(),
+            connection: r.connection.clone(),
+            protocol: r.protocol.clone(),
+            client_addr: r.client_addr.clone(),
+            start: rfc3339_ms(r.started_ms),
+            end: r.ended_ms.map(rfc3339_ms),
+            end_reason: r.end_reason.clone(),
+            statements: r.statements,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct SessionDetail {
+    #[serde(flatten)]
+    pub summary: SessionSummary,
+    /// In log order. Statement events carry their result (rows, duration_ms, error).
+    pub events: Vec<Value>,
+}
+
+/// Reads the session's records from the audit log, starting where the index says the
+/// session began and stopping at its close record.
+pub fn session_detail(audit_dir: &Path, row: &SessionRow) -> Result<SessionDetail> {
+    let start = Position {
+        segment: row.audit_segment,
+        offset: row.audit_offset,
+        seq: row.audit_seq,
+    };
+    let records = sluice_audit::read_from(audit_dir, start)
+        .with_context(|| format!("cannot read the audit log in {}", audit_dir.display()))?;
+    let mut events: Vec<Value> = Vec::new();
+    let mut by_statement: HashMap<u64, usize> = HashMap::new();
+    for record in records {
+        let record = record.context("reading the audit log")?;
+        if record.event.session.as_deref() != Some(row.id.as_str()) {
+            continue;
+        }
+        let closed = matches!(record.event.body, EventBody::SessionClose { .. });
+        add_event(&mut events, &mut by_statement, record);
+        if closed {
+            break;
+        }
+    }
+    Ok(SessionDetail {
+        summary: SessionSummary::from(row),
+        events,
+    })
+}
+
+fn add_event(events: &mut Vec<Value>, by_statement: &mut HashMap<u64, usize>, r: Record) {
+    let time = rfc3339_micros(r.event.time);
+    match r.event.body {
+        EventBody::SessionOpen {
+            tls,
+            application_name,
+            client_addr,
+            ..
+        } => events.push(json!({
+            "seq": r.seq, "time": time, "kind": "session_open",
+            "client_addr": client_addr, "tls": tls, "application_name": application_name,
+        })),
+        EventBody::Statement {
+            statement_id,
+            statement,
+            params,
+            decision,
+            reason,
+            ..
+        } => {
+            by_statement.insert(statement_id, events.len());
+            events.push(json!({
+                "seq": r.seq, "time": time, "kind": "statement",
+                "statement_id": statement_id, "statement": statement, "params": params,
+                "decision": decision, "reason": reason,
+                "status": null, "tag": null, "rows": null, "duration_ms": null, "error": null,
+            }));
+        }
+        EventBody::Result {
+            statement_id,
+            status,
+            tag,
+            rows,
+            duration_ms,
+            error,
+        } => {
+            let error = error.map(|e| json!({ "code": e.code, "message": e.message }));
+            match by_statement.get(&statement_id).and_then(|i| events.get_mut(*i)) {
+                Some(Value::Object(stmt)) => {
+                    stmt.insert("status".into(), json!(status));
+                    stmt.insert("tag".into(), json!(tag));
+                    stmt.insert("rows".into(), json!(rows));
+                    stmt.insert("duration_ms".into(), json!(duration_ms));
+                    stmt.insert("error".into(), error.unwrap_or(Value::Null));
+                    stmt.insert("result_seq".into(), json!(r.seq));
+                }
+                _ => events.push(json!({
+                    "seq": r.seq, "time": time, "kind": "result", "statement_id": statement_id,
+                    "status": status, "tag": tag, "rows": rows, "duration_ms": duration_ms, "error": error,
+                })),
+            }
+        }
+        EventBody::SessionClose { reason, statements } => events.push(json!({
+            "seq": r.seq, "time": time, "kind": "session_close",
+            "reason": reason, "statements": statements,
+        })),
+        EventBody::AuthFailure { .. } => {}
+    }
+}

@@ -1,0 +1,485 @@
+//! The client-facing side: accepting connections, TLS, startup, authentication with a
+//! sluice token, cancel requests, and handing the session to the proxy loop.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::BytesMut;
+use rand::Rng;
+use sluice_core::{AuthFailure, Pipeline, SessionInfo};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, info, warn};
+
+use crate::codec::{self, FirstPacket, Startup};
+use crate::session;
+use crate::stream::BoxStream;
+use crate::upstream::{CancelKey, Upstream, UpstreamError};
+
+/// Opens authenticated target connections; implemented by the agent.
+pub trait Connector: Send + Sync + 'static {
+    /// Connects to the target behind `connection`, forwarding the client's startup
+    /// parameters (never `user` or `database`).
+    fn connect(
+        &self,
+        connection: &str,
+        client_params: &[(String, String)],
+    ) -> impl Future<Output = Result<Upstream, UpstreamError>> + Send;
+
+    /// Sends a CancelRequest for a running query to the target behind `connection`.
+    fn cancel(
+        &self,
+        connection: &str,
+        key: &CancelKey,
+    ) -> impl Future<Output = Result<(), UpstreamError>> + Send;
+}
+
+pub struct FrontendConfig {
+    /// TLS for clients; `None` turns SSLRequest down.
+    pub tls: Option<TlsAcceptor>,
+    /// Largest Query/Parse/Bind message accepted (CopyData streams whatever its size).
+    pub max_message_bytes: usize,
+}
+
+/// Where a client's cancel key leads.
+struct CancelTarget {
+    connection: String,
+    upstream: CancelKey,
+}
+
+/// The PostgreSQL frontend of the gateway.
+pub struct Frontend<P, C> {
+    pipeline: Arc<P>,
+    connector: Arc<C>,
+    config: FrontendConfig,
+    cancels: Mutex<HashMap<(i32, i32), CancelTarget>>,
+}
+
+/// Startup parameters the gateway owns and does not forward.
+const GATEWAY_PARAMS: &[&str] = &["user", "database", "replication"];
+
+/// Largest password message accepted before authentication.
+const MAX_PASSWORD_MESSAGE: usize = 4096;
+
+/// Errors ending a connection before its session started; each becomes a FATAL
+/// ErrorResponse (when the client can still read one) in [`Frontend::handle`].
+#[derive(Debug)]
+struct Refusal {
+    code: &'static str,
+    message: String,
+}
+
+impl Refusal {
+    fn new(code: &'static str, message: impl Into<String>) -> Refusal {
+        Refusal {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// The end of a connection that did not become a session.
+enum Early {
+    /// Send this FATAL error, then close.
+    Refuse(BoxStream, Refusal),
+    /// Close without a word (cancel requests, clients that hang up at the password prompt).
+    Close,
+}
+
+impl<P: Pipeline, C: Connector> Frontend<P, C> {
+    pub fn new(pipeline: Arc<P>, connector: Arc<C>, config: FrontendConfig) -> Self {
+        Frontend {
+            pipeline,
+            connector,
+            config,
+            cancels: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Accepts connections until the listener fails.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
+        loop {
+            let (tcp, peer) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let fe = self.clone();
+            tokio::spawn(async move { fe.handle(tcp, peer).await });
+        }
+    }
+
+    async fn handle(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr) {
+        let _ = tcp.set_nodelay(true);
+        match self.startup(tcp, peer).await {
+            Ok(()) => {}
+            Err(Early::Close) => {}
+            Err(Early::Refuse(mut stream, refusal)) => {
+                debug!(%peer, code = refusal.code, message = %refusal.message, "connection refused");
+                let mut out = BytesMut::new();
+                codec::error_response(&mut out, "FATAL", refusal.code, &refusal.message);
+                let _ = stream.write_all(&out).await;
+                let _ = stream.shutdown().await;
+            }
+        }
+    }
+
+    async fn startup(&self, tcp: TcpStream, peer: SocketAddr) -> Result<(), Early> {
+        let (mut stream, tls, startup) = match self.negotiate(tcp).await {
+            Ok(Negotiated::Startup(stream, tls, startup)) => (stream, tls, startup),
+            Ok(Negotiated::Cancel { pid, key }) => {
+                self.cancel(pid, &key).await;
+                return Err(Early::Close);
+            }
+            Err(e) => return Err(e),
+        };
+
+        let major = startup.version >> 16;
+        let minor = startup.version & 0xffff;
+        if major != 3 {
+            return Err(Early::Refuse(
+                stream,
+                Refusal::new(
+                    "0A000",
+                    format!("unsupported frontend protocol {major}.{minor}: sluice speaks 3.0"),
+                ),
+            ));
+        }
+        let protocol_options: Vec<&str> = startup
+            .params
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .filter(|k| k.starts_with("_pq_."))
+            .collect();
+        if minor > 0 || !protocol_options.is_empty() {
+            let mut out = BytesMut::new();
+            codec::negotiate_protocol_version(&mut out, &protocol_options);
+            if stream.write_all(&out).await.is_err() {
+                return Err(Early::Close);
+            }
+        }
+
+        let Some(user) = startup
+            .param("user")
+            .filter(|u| !u.is_empty())
+            .map(str::to_owned)
+        else {
+            return Err(Early::Refuse(
+                stream,
+                Refusal::new("28000", "no user name specified in the startup packet"),
+            ));
+        };
+        // As in PostgreSQL, the database defaults to the user name.
+        let connection = startup.param("database").unwrap_or(&user).to_owned();
+        if startup
+            .param("replication")
+            .is_some_and(|v| !matches!(v, "false" | "off" | "no" | "0"))
+        {
+            return Err(Early::Refuse(
+                stream,
+                Refusal::new(
+                    "42501",
+                    "replication connections are not allowed through sluice",
+                ),
+            ));
+        }
+        if !tls && !peer.ip().is_loopback() {
+            return Err(Early::Refuse(
+                stream,
+                Refusal::new(
+                    "28000",
+                    "sluice accepts tokens only over TLS from non-loopback addresses: connect with sslmode=require",
+                ),
+            ));
+        }
+
+        let token = match self.read_password(&mut stream).await {
+            Ok(Some(token)) => token,
+            Ok(None) => return Err(Early::Close),
+            Err(refusal) => return Err(Early::Refuse(stream, refusal)),
+        };
+        let client_addr = peer.to_string();
+        let identity = match self
+            .pipeline
+            .authenticate(&user, &token, &connection, &client_addr, "postgres")
+            .await
+        {
+            Ok(identity) => identity,
+            Err(failure) => return Err(Early::Refuse(stream, auth_refusal(&failure))),
+        };
+        drop(token);
+
+        let forwarded: Vec<(String, String)> = startup
+            .params
+            .into_iter()
+            .filter(|(k, _)| !GATEWAY_PARAMS.contains(&k.as_str()) && !k.starts_with("_pq_."))
+            .collect();
+        let application_name = forwarded
+            .iter()
+            .find(|(k, _)| k == "application_name")
+            .map(|(_, v)| v.clone());
+        let upstream = match self.connector.connect(&connection, &forwarded).await {
+            Ok(u) => u,
+            Err(e) => {
+                warn!(%connection, error = %e, "cannot open target connection");
+                return Err(Early::Refuse(stream, upstream_refusal(&connection, &e)));
+            }
+        };
+
+        let info = Arc::new(SessionInfo {
+            id: session_id(),
+            identity,
+            connection: connection.clone(),
+            protocol: "postgres",
+            client_addr,
+            tls,
+            application_name,
+        });
+        if let Err(e) = self.pipeline.session_opened(&info).await {
+            return Err(Early::Refuse(stream, Refusal::new("57P03", e.to_string())));
+        }
+
+        let (pid, key) = self.register_cancel(&connection, upstream.cancel.clone());
+        let mut out = BytesMut::new();
+        codec::auth_request(&mut out, 0);
+        out.extend_from_slice(&upstream.startup_frames);
+        codec::backend_key_data(&mut out, pid, key);
+        codec::ready_for_query(&mut out, upstream.txn_status);
+        let reason = if let Err(e) = stream.write_all(&out).await {
+            Some(format!("connection error: {e}"))
+        } else {
+            info!(session = %info.id, user = %info.identity.user, %connection, "session started");
+            session::run(
+                self.pipeline.clone(),
+                info.clone(),
+                stream,
+                upstream.stream,
+                upstream.txn_status,
+                self.config.max_message_bytes,
+            )
+            .await
+        };
+        lock(&self.cancels).remove(&(pid, key));
+        info!(session = %info.id, reason = reason.as_deref().unwrap_or("client closed"), "session ended");
+        self.pipeline.session_closed(&info, reason);
+        Ok(())
+    }
+
+    /// Reads the untyped first packets: SSL/GSS negotiation, then a startup or cancel.
+    async fn negotiate(&self, tcp: TcpStream) -> Result<Negotiated, Early> {
+        let mut gss_declined = false;
+        // PostgreSQL 17 "direct SSL": a TLS ClientHello (record type 0x16) instead of SSLRequest.
+        let mut first = [0u8; 1];
+        let mut conn = match (tcp.peek(&mut first).await, &self.config.tls) {
+            (Ok(1), Some(acceptor)) if first[0] == 0x16 => Conn::Tls(Box::new(
+                acceptor.accept(tcp).await.map_err(|_| Early::Close)?,
+            )),
+            _ => Conn::Plain(tcp),
+        };
+        loop {
+            let read = match &mut conn {
+                Conn::Plain(s) => read_first_packet(s).await,
+                Conn::Tls(s) => read_first_packet(s.as_mut()).await,
+            };
+            let body = match read {
+                Ok(body) => body,
+                Err(Some(refusal)) => return Err(Early::Refuse(conn.boxed(), refusal)),
+                Err(None) => return Err(Early::Close),
+            };
+            let packet = match codec::parse_first_packet(&body) {
+                Ok(p) => p,
+                Err(e) => {
+                    return Err(Early::Refuse(
+                        conn.boxed(),
+                        Refusal::new("08P01", format!("invalid startup packet: {e}")),
+                    ))
+                }
+            };
+            conn = match (packet, conn) {
+                (FirstPacket::SslRequest, Conn::Plain(mut tcp)) => match &self.config.tls {
+                    Some(acceptor) => {
+                        tcp.write_all(b"S").await.map_err(|_| Early::Close)?;
+                        // We have read exactly the 8-byte SSLRequest, so nothing sent in
+                        // plaintext ahead of the handshake can leak into the TLS session
+                        // (CVE-2021-23222): such bytes fail the handshake instead.
+                        Conn::Tls(Box::new(
+                            acceptor.accept(tcp).await.map_err(|_| Early::Close)?,
+                        ))
+                    }
+                    None => {
+                        tcp.write_all(b"N").await.map_err(|_| Early::Close)?;
+                        Conn::Plain(tcp)
+                    }
+                },
+                (FirstPacket::GssEncRequest, Conn::Plain(mut tcp)) if !gss_declined => {
+                    gss_declined = true;
+                    tcp.write_all(b"N").await.map_err(|_| Early::Close)?;
+                    Conn::Plain(tcp)
+                }
+                (FirstPacket::SslRequest | FirstPacket::GssEncRequest, conn) => {
+                    return Err(Early::Refuse(
+                        conn.boxed(),
+                        Refusal::new("08P01", "unexpected encryption request"),
+                    ))
+                }
+                (FirstPacket::Cancel { pid, key }, _) => {
+                    return Ok(Negotiated::Cancel { pid, key })
+                }
+                (FirstPacket::Startup(startup), conn) => {
+                    let tls = matches!(conn, Conn::Tls(_));
+                    return Ok(Negotiated::Startup(conn.boxed(), tls, startup));
+                }
+            };
+        }
+    }
+
+    /// Asks for the token as a cleartext password. `Ok(None)`: the client hung up, as psql
+    /// does when it has no password yet and will prompt for one.
+    async fn read_password(&self, stream: &mut BoxStream) -> Result<Option<String>, Refusal> {
+        let mut out = BytesMut::new();
+        codec::auth_request(&mut out, 3);
+        if stream.write_all(&out).await.is_err() {
+            return Ok(None);
+        }
+        let mut header = [0u8; 5];
+        if stream.read_exact(&mut header).await.is_err() {
+            return Ok(None);
+        }
+        let h = codec::parse_header(&header)
+            .map_err(|e| Refusal::new("08P01", format!("invalid password message: {e}")))?
+            .ok_or_else(|| Refusal::new("08P01", "invalid password message"))?;
+        if h.tag != b'p' {
+            return Err(Refusal::new(
+                "08P01",
+                format!(
+                    "expected a password message, got type {}",
+                    h.tag.escape_ascii()
+                ),
+            ));
+        }
+        if h.body_len > MAX_PASSWORD_MESSAGE {
+            return Err(Refusal::new("08P01", "password message too long"));
+        }
+        let mut body = vec![0u8; h.body_len];
+        if stream.read_exact(&mut body).await.is_err() {
+            return Ok(None);
+        }
+        let mut pos = 0;
+        let token = codec::read_cstr(&body, &mut pos, "password")
+            .map_err(|_| Refusal::new("08P01", "invalid password message"))?;
+        Ok(Some(token.to_owned()))
+    }
+
+    fn register_cancel(&self, connection: &str, upstream: CancelKey) -> (i32, i32) {
+        let mut cancels = lock(&self.cancels);
+        let mut rng = rand::thread_rng();
+        loop {
+            let key = (rng.gen_range(1..i32::MAX), rng.gen::<i32>());
+            if !cancels.contains_key(&key) {
+                cancels.insert(
+                    key,
+                    CancelTarget {
+                        connection: connection.to_owned(),
+                        upstream,
+                    },
+                );
+                return key;
+            }
+        }
+    }
+
+    async fn cancel(&self, pid: i32, key: &[u8]) {
+        let Ok(key) = <[u8; 4]>::try_from(key) else {
+            return;
+        };
+        let target = {
+            let cancels = lock(&self.cancels);
+            cancels
+                .get(&(pid, i32::from_be_bytes(key)))
+                .map(|t| (t.connection.clone(), t.upstream.clone()))
+        };
+        // Unknown keys are ignored silently, as PostgreSQL does.
+        if let Some((connection, upstream)) = target {
+            if let Err(e) = self.connector.cancel(&connection, &upstream).await {
+                warn!(%connection, error = %e, "cancel request to the target failed");
+            }
+        }
+    }
+}
+
+/// The client socket while encryption is being negotiated.
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl Conn {
+    fn boxed(self) -> BoxStream {
+        match self {
+            Conn::Plain(s) => Box::new(s),
+            Conn::Tls(s) => s,
+        }
+    }
+}
+
+enum Negotiated {
+    Startup(BoxStream, bool, Startup),
+    Cancel { pid: i32, key: Vec<u8> },
+}
+
+/// Reads one untyped packet; `Err(None)` when the client went away.
+async fn read_first_packet<S: AsyncRead + Unpin>(
+    stream: &mut S,
+) -> Result<Vec<u8>, Option<Refusal>> {
+    let len = stream.read_i32().await.map_err(|_| None)?;
+    if len < 8 || len as usize > codec::MAX_STARTUP_PACKET {
+        return Err(Some(Refusal::new(
+            "08P01",
+            format!("invalid startup packet length {len}"),
+        )));
+    }
+    let mut body = vec![0u8; len as usize - 4];
+    stream.read_exact(&mut body).await.map_err(|_| None)?;
+    Ok(body)
+}
+
+fn auth_refusal(failure: &AuthFailure) -> Refusal {
+    let code = match failure {
+        AuthFailure::BadCredentials(_) | AuthFailure::Expired(_) => "28P01",
+        AuthFailure::NotAllowed { .. } => "28000",
+        AuthFailure::UnknownConnection(_) => "3D000",
+        AuthFailure::Unavailable(_) => "57P03",
+    };
+    Refusal::new(code, failure.to_string())
+}
+
+/// What the client is told when the target cannot be reached. Rejections by the target
+/// are summarised: its message may name the target's own user, which callers never see.
+fn upstream_refusal(connection: &str, e: &UpstreamError) -> Refusal {
+    let detail = match e {
+        UpstreamError::Rejected { code, .. } => {
+            format!("the target refused the gateway's credentials (SQLSTATE {code})")
+        }
+        other => other.to_string(),
+    };
+    Refusal::new(
+        "08001",
+        format!("cannot open connection \"{connection}\": {detail}"),
+    )
+}
+
+fn session_id() -> String {
+    let bytes: [u8; 8] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

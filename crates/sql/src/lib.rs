@@ -1,0 +1,13 @@
+//! SQL text handling that does not depend on a wire protocol: statement splitting, secret redaction.
+//!
+//! Both follow PostgreSQL's lexical rules (with `standard_conforming_strings = on`) closely enough
+//! to find statement boundaries and string constants; neither is a SQL parser. Neither panics, on
+//! any input.
+
+mod conninfo;
+mod lexer;
+mod redact;
+mod split;
+
+pub use redact::redact_secrets;
+pub use split::{split_statements, Statement};

@@ -1,0 +1,330 @@
+//! Opening the database: file creation, connection settings and schema migrations.
+
+use std::fs::{self, OpenOptions};
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use rusqlite::{Connection, Transaction, TransactionBehavior};
+
+use crate::error::StoreError;
+
+/// How long a connection waits for another process's write lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Ordered schema migrations. Entry `i` upgrades the schema from version `i` to `i + 1`;
+/// the current version is kept in `PRAGMA user_version`. Append only; never edit an entry
+/// that has shipped.
+const MIGRATIONS: &[&str] = &[
+    // Version 1: users, groups, tokens, session index.
+    "
+    CREATE TABLE users (
+        name       TEXT    NOT NULL PRIMARY KEY,
+        created_ms INTEGER NOT NULL
+    ) STRICT;
+
+    CREATE TABLE user_groups (
+        user_name  TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+        group_name TEXT NOT NULL,
+        PRIMARY KEY (user_name, group_name)
+    ) STRICT;
+
+    CREATE TABLE tokens (
+        id           TEXT    NOT NULL PRIMARY KEY,
+        user_name    TEXT    NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+        hash         TEXT    NOT NULL UNIQUE,
+        created_ms   INTEGER NOT NULL,
+        expires_ms   INTEGER NOT NULL,
+        revoked_ms   INTEGER,
+        last_used_ms INTEGER
+    ) STRICT;
+    CREATE INDEX tokens_by_user ON tokens(user_name);
+
+    -- No foreign key to users: the session index must outlive removed users.
+    CREATE TABLE sessions (
+        id            TEXT    NOT NULL PRIMARY KEY,
+        user_name     TEXT    NOT NULL,
+        actor         TEXT    NOT NULL,
+        connection    TEXT    NOT NULL,
+        protocol      TEXT    NOT NULL,
+        client_addr   TEXT    NOT NULL,
+        started_ms    INTEGER NOT NULL,
+        ended_ms      INTEGER,
+        end_reason    TEXT,
+        statements    INTEGER NOT NULL DEFAULT 0,
+        audit_segment INTEGER NOT NULL,
+        audit_offset  INTEGER NOT NULL,
+        audit_seq     INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX sessions_by_start ON sessions(started_ms);
+    CREATE INDEX sessions_by_user ON sessions(user_name, started_ms);
+    CREATE INDEX sessions_by_connection ON sessions(connection, started_ms);
+    ",
+];
+
+/// Handle to the metadata database.
+///
+/// One SQLite connection behind a mutex: `Send + Sync`, shareable through an `Arc`.
+/// Several processes may each hold a `Store` on the same file.
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path` and migrates it to the current
+    /// schema. Missing parent directories are created; on unix the file is restricted to
+    /// mode 0600 because it holds token hashes.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        prepare_file(path)?;
+        Store::init(Connection::open(path)?)
+    }
+
+    /// Opens a private in-memory database with the current schema (for tests).
+    pub fn open_in_memory() -> Result<Store, StoreError> {
+        Store::init(Connection::open_in_memory()?)
+    }
+
+    fn init(mut conn: Connection) -> Result<Store, StoreError> {
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        // WAL lets readers proceed while another process writes. The pragma answers with
+        // the resulting mode ("memory" for in-memory databases), which needs no check.
+        conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get::<_, String>(0))?;
+        // NORMAL is durable against application crashes and is the usual pairing with WAL.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        migrate(&mut conn)?;
+        Ok(Store {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// Runs `f` in a read transaction, so all its queries see one consistent snapshot.
+    pub(crate) fn read<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.transaction(TransactionBehavior::Deferred, f)
+    }
+
+    /// Runs `f` in a write transaction and commits it if `f` succeeds.
+    ///
+    /// The write lock is taken at the start (IMMEDIATE): a transaction that read first and
+    /// upgraded later could fail with `SQLITE_BUSY` without waiting if another process
+    /// wrote in between.
+    pub(crate) fn write<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.transaction(TransactionBehavior::Immediate, f)
+    }
+
+    fn transaction<T>(
+        &self,
+        behavior: TransactionBehavior,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(behavior)?;
+        let value = f(&tx)?;
+        tx.commit()?;
+        Ok(value)
+    }
+
+    /// Locks the connection.
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while the lock was held cannot leave a half-applied write behind: an
+        // unfinished transaction is rolled back when dropped. A poisoned lock is usable.
+        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Creates the parent directory and the file (mode 0600 on unix) and tightens the mode
+/// of an existing file that is readable by group or others.
+fn prepare_file(path: &Path) -> Result<(), StoreError> {
+    let io_err = |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).map_err(io_err)?;
+    }
+    let mut options = OpenOptions::new();
+    options.write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path).map_err(io_err)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(path).map_err(io_err)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(io_err)?;
+        }
+    }
+    Ok(())
+}
+
+/// Applies the migrations the database has not seen yet, in one transaction.
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    // IMMEDIATE takes the write lock up front, so two processes opening a fresh file at
+    // the same time serialize here and the second one sees the first one's version.
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let version: usize = tx.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    if version > MIGRATIONS.len() {
+        return Err(StoreError::SchemaTooNew {
+            found: version,
+            supported: MIGRATIONS.len(),
+        });
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", index + 1)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn user_version(store: &Store) -> usize {
+        store
+            .conn()
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn migrations_are_idempotent_on_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sluice.db");
+        let store = Store::open(&path).unwrap();
+        assert_eq!(user_version(&store), MIGRATIONS.len());
+        store.add_user("alice", &["dba".to_string()]).unwrap();
+        drop(store);
+
+        let store = Store::open(&path).unwrap();
+        assert_eq!(user_version(&store), MIGRATIONS.len());
+        assert_eq!(store.list_users().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn connection_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("sluice.db")).unwrap();
+        let conn = store.conn();
+        let mode: String = conn
+            .pragma_query_value(None, "journal_mode", |row| row.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        let fk: i64 = conn
+            .pragma_query_value(None, "foreign_keys", |row| row.get(0))
+            .unwrap();
+        assert_eq!(fk, 1);
+        let sync: i64 = conn
+            .pragma_query_value(None, "synchronous", |row| row.get(0))
+            .unwrap();
+        assert_eq!(sync, 1, "NORMAL");
+        let busy: i64 = conn
+            .pragma_query_value(None, "busy_timeout", |row| row.get(0))
+            .unwrap();
+        assert_eq!(busy, 5000);
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sluice.db");
+        let store = Store::open(&path).unwrap();
+        store
+            .conn()
+            .pragma_update(None, "user_version", MIGRATIONS.len() + 1)
+            .unwrap();
+        drop(store);
+        assert!(matches!(
+            Store::open(&path),
+            Err(StoreError::SchemaTooNew { .. })
+        ));
+    }
+
+    #[test]
+    fn creates_parent_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a/b/sluice.db");
+        Store::open(&path).unwrap();
+        assert!(path.is_file());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn file_mode_is_0600() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sluice.db");
+        Store::open(&path).unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+
+        // An existing file readable by others is tightened on open.
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        Store::open(&path).unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn store_is_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Store>();
+    }
+
+    #[test]
+    fn concurrent_writers_on_one_file_wait_for_each_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sluice.db");
+        let writers: Vec<_> = ["a", "b", "c"]
+            .into_iter()
+            .map(|prefix| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    let store = Store::open(&path).unwrap();
+                    for i in 0..30 {
+                        store.add_user(&format!("{prefix}{i}"), &[]).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.join().unwrap();
+        }
+        assert_eq!(Store::open(&path).unwrap().list_users().unwrap().len(), 90);
+    }
+
+    #[test]
+    fn two_handles_on_one_file_see_each_others_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sluice.db");
+        let gateway = Store::open(&path).unwrap();
+        let cli = Store::open(&path).unwrap();
+
+        cli.add_user("alice", &["dev".to_string()]).unwrap();
+        assert!(gateway.get_user("alice").unwrap().is_some());
+
+        gateway.add_user("bob", &[]).unwrap();
+        let names: Vec<String> = cli
+            .list_users()
+            .unwrap()
+            .into_iter()
+            .map(|u| u.name)
+            .collect();
+        assert_eq!(names, ["alice", "bob"]);
+
+        assert!(cli.remove_user("bob").unwrap());
+        assert!(gateway.get_user("bob").unwrap().is_none());
+    }
+}

@@ -1,0 +1,27 @@
+//! Errors returned by the store.
+
+use std::path::PathBuf;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database file or its directory could not be created or secured.
+    #[error("cannot prepare store file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// SQLite reported an error (including lock contention beyond the busy timeout).
+    #[error("store database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The database was written by a newer sluice with a schema this build does not know.
+    #[error("store schema version {found} is newer than the supported version {supported}")]
+    SchemaTooNew { found: usize, supported: usize },
+    #[error("user \"{0}\" already exists")]
+    UserExists(String),
+    #[error("user \"{0}\" does not exist")]
+    UserNotFound(String),
+    #[error("session \"{0}\" does not exist")]
+    SessionNotFound(String),
+}

@@ -1,0 +1,21 @@
+//! Metadata store (SQLite): users, groups, tokens, session index.
+//!
+//! The gateway process and the CLI (`sluice users add`, `sluice tokens issue`,
+//! `sluice sessions list`) open the same database file concurrently, so every connection
+//! runs in WAL mode with a busy timeout. The schema is versioned with `PRAGMA user_version`
+//! and migrated when the store is opened.
+//!
+//! Every method takes `&self` and blocks on SQLite; async callers should use
+//! `tokio::task::spawn_blocking`.
+
+mod db;
+mod error;
+mod sessions;
+mod tokens;
+mod users;
+
+pub use db::Store;
+pub use error::StoreError;
+pub use sessions::{SessionFilter, SessionRow};
+pub use tokens::{NewToken, TokenRecord};
+pub use users::User;
