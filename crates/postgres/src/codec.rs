@@ -273,10 +273,10 @@ fn read_params<'a>(
             _ => formats[i],
         };
         let len = read_i32(body, pos, what)?;
-        let value = if len < 0 {
-            None
-        } else {
-            Some(read_bytes(body, pos, len as usize, what)?)
+        let value = match len {
+            -1 => None,
+            len if len < -1 => return Err(CodecError::Malformed { what }),
+            len => Some(read_bytes(body, pos, len as usize, what)?),
         };
         params.push(Param {
             binary: format == 1,

@@ -382,14 +382,11 @@ impl<P: Pipeline, C: Connector> Frontend<P, C> {
         let mut rng = rand::thread_rng();
         loop {
             let key = (rng.gen_range(1..i32::MAX), rng.gen::<i32>());
-            if !cancels.contains_key(&key) {
-                cancels.insert(
-                    key,
-                    CancelTarget {
-                        connection: connection.to_owned(),
-                        upstream,
-                    },
-                );
+            if let std::collections::hash_map::Entry::Vacant(slot) = cancels.entry(key) {
+                slot.insert(CancelTarget {
+                    connection: connection.to_owned(),
+                    upstream,
+                });
                 return key;
             }
         }

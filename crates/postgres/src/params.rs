@@ -91,9 +91,10 @@ mod tests {
 
     #[test]
     fn renders_text_binary_and_null() {
+        let forty_two = 42i32.to_be_bytes();
         let params = [
             p(false, b"hello"),
-            p(true, &42i32.to_be_bytes()),
+            p(true, &forty_two),
             Param {
                 binary: false,
                 value: None,

@@ -45,8 +45,14 @@ enum Expect {
     /// One statement execution (an Execute, or one statement of a simple Query).
     Exec(Exec),
     FunctionCall(Exec),
-    /// ReadyForQuery ends a Sync or a simple Query.
+    /// ReadyForQuery ending a simple Query.
     Ready,
+    /// ReadyForQuery answering a Sync. During COPY FROM STDIN the server ignores Syncs,
+    /// so these are dropped when copy-in mode starts.
+    SyncReady,
+    /// The client ended a COPY FROM STDIN (CopyDone/CopyFail) before the gateway saw the
+    /// server enter copy-in mode.
+    ClientCopyEnded,
     /// Gateway-built frames; `then_ready` appends a ReadyForQuery with the current status;
     /// `close_after` ends the session once they are written (FATAL errors).
     Inject {
@@ -63,9 +69,17 @@ struct Exec {
     rows: u64,
 }
 
+/// The answers owed by the server, and whether it is in copy-in mode.
+#[derive(Default)]
+struct Queue {
+    items: VecDeque<Expect>,
+    /// The server sent CopyInResponse and the client has not ended the copy yet.
+    copy_in: bool,
+}
+
 /// State both directions share.
 struct Shared {
-    expect: Mutex<VecDeque<Expect>>,
+    expect: Mutex<Queue>,
     /// Wakes the server-to-client task when an injection may be due.
     wake: Notify,
     /// Parameter types the server reported for named statements (ParameterDescription),
@@ -75,7 +89,49 @@ struct Shared {
 
 impl Shared {
     fn push(&self, e: Expect) {
-        lock(&self.expect).push_back(e);
+        lock(&self.expect).items.push_back(e);
+    }
+
+    /// The client sent Sync: the server answers it unless it is in copy-in mode.
+    fn push_sync(&self) {
+        let mut q = lock(&self.expect);
+        if !q.copy_in {
+            q.items.push_back(Expect::SyncReady);
+        }
+    }
+
+    /// The client sent CopyDone or CopyFail.
+    fn client_copy_ended(&self) {
+        let mut q = lock(&self.expect);
+        if q.copy_in {
+            q.copy_in = false;
+        } else {
+            q.items.push_back(Expect::ClientCopyEnded);
+        }
+    }
+
+    /// The server sent CopyInResponse for the command at the front of the queue: Syncs
+    /// the client sent after it, up to the client's end of the copy, are ignored by the
+    /// server and will get no ReadyForQuery.
+    fn server_copy_in(&self) {
+        let mut q = lock(&self.expect);
+        let mut ended = false;
+        let mut kept = VecDeque::with_capacity(q.items.len());
+        for (i, e) in q.items.drain(..).enumerate() {
+            if i > 0 && !ended {
+                match e {
+                    Expect::SyncReady => continue,
+                    Expect::ClientCopyEnded => {
+                        ended = true;
+                        continue;
+                    }
+                    _ => {}
+                }
+            }
+            kept.push_back(e);
+        }
+        q.items = kept;
+        q.copy_in = !ended;
     }
 }
 
@@ -97,7 +153,7 @@ pub(crate) async fn run<P: Pipeline>(
     let (client_r, client_w) = tokio::io::split(client);
     let (up_r, up_w) = tokio::io::split(upstream);
     let shared = Arc::new(Shared {
-        expect: Mutex::new(VecDeque::new()),
+        expect: Mutex::new(Queue::default()),
         wake: Notify::new(),
         statement_types: Mutex::new(HashMap::new()),
     });
@@ -115,9 +171,9 @@ pub(crate) async fn run<P: Pipeline>(
         skip_until_sync: false,
     };
     let s2c = ServerToClient {
-        pipeline,
-        info,
-        shared,
+        pipeline: pipeline.clone(),
+        info: info.clone(),
+        shared: shared.clone(),
         upstream: up_r,
         client: client_w,
         txn_status,
@@ -153,7 +209,25 @@ pub(crate) async fn run<P: Pipeline>(
             }
         }
     };
+    // Whatever was still owed an answer ended with the session; record that. Queue
+    // updates happen under the lock in synchronous code, so an aborted task cannot
+    // record the same statement again.
+    fail_pending(&shared, pipeline.as_ref(), &info);
     reason
+}
+
+fn fail_pending<P: Pipeline>(shared: &Shared, pipeline: &P, info: &SessionInfo) {
+    let mut q = lock(&shared.expect);
+    for e in q.items.drain(..) {
+        if let Expect::Exec(e) | Expect::FunctionCall(e) = e {
+            let outcome = e.finish(OutcomeStatus::Error {
+                code: "08006".into(),
+                message: "the session ended before the statement completed".into(),
+                rows: 0,
+            });
+            pipeline.outcome(info, outcome);
+        }
+    }
 }
 
 /// How long a queued FATAL error may wait for earlier answers before the session is cut.
@@ -213,6 +287,10 @@ enum Action {
         function_call: bool,
     },
     Sync {
+        range: std::ops::Range<usize>,
+    },
+    /// CopyDone or CopyFail.
+    CopyEnd {
         range: std::ops::Range<usize>,
     },
     Terminate,
@@ -441,7 +519,8 @@ impl<P: Pipeline> ClientToServer<P> {
                 }
             }
             (b'S', None) => Ok(Action::Sync { range }),
-            (b'H' | b'd' | b'c' | b'f', None) => fwd(None),
+            (b'c' | b'f', None) => Ok(Action::CopyEnd { range }),
+            (b'H' | b'd', None) => fwd(None),
             (b'X', None) => Ok(Action::Terminate),
             (other, _) => Err(format!(
                 "invalid frontend message type {}",
@@ -503,9 +582,9 @@ impl<P: Pipeline> ClientToServer<P> {
                         None => {
                             let mut q = lock(&self.shared.expect);
                             for r in &requests[first..first + count] {
-                                q.push_back(Expect::Exec(Exec::new(r.id)));
+                                q.items.push_back(Expect::Exec(Exec::new(r.id)));
                             }
-                            q.push_back(Expect::Ready);
+                            q.items.push_back(Expect::Ready);
                             drop(q);
                             out.extend_from_slice(&buf[range]);
                         }
@@ -556,7 +635,11 @@ impl<P: Pipeline> ClientToServer<P> {
                 }
                 Action::Sync { range } => {
                     self.skip_until_sync = false;
-                    self.shared.push(Expect::Ready);
+                    self.shared.push_sync();
+                    out.extend_from_slice(&buf[range]);
+                }
+                Action::CopyEnd { range } => {
+                    self.shared.client_copy_ended();
                     out.extend_from_slice(&buf[range]);
                 }
                 Action::Terminate => {
@@ -661,7 +744,6 @@ impl<P: Pipeline> ServerToClient<P> {
                 buf.reserve(READ_BUFFER);
             }
         };
-        self.fail_pending("the session ended before the statement completed");
         result
     }
 
@@ -728,26 +810,37 @@ impl<P: Pipeline> ServerToClient<P> {
 
     /// Updates the queue for one server frame. Returns true when an injection became due.
     fn observe(&mut self, tag: u8, body: &[u8]) -> bool {
-        let mut q = lock(&self.shared.expect);
+        if tag == b'G' {
+            self.shared.server_copy_in();
+        }
+        let mut guard = lock(&self.shared.expect);
+        if matches!(tag, b'C' | b'E') {
+            // Any copy is over once the server completes or fails the command.
+            guard.copy_in = false;
+        }
+        let q = &mut guard.items;
         match tag {
             b'D' => {
                 if let Some(Expect::Exec(e)) = q.front_mut() {
                     e.rows += 1;
                 }
             }
-            b'1' => pop_if(&mut q, |e| matches!(e, Expect::ParseComplete)),
-            b'2' => pop_if(&mut q, |e| matches!(e, Expect::BindComplete)),
-            b'3' => pop_if(&mut q, |e| matches!(e, Expect::CloseComplete)),
+            b'1' => pop_if(q, |e| matches!(e, Expect::ParseComplete)),
+            b'2' => pop_if(q, |e| matches!(e, Expect::BindComplete)),
+            b'3' => pop_if(q, |e| matches!(e, Expect::CloseComplete)),
             b't' => {
                 if let Some(Expect::DescribeStatement { name }) = q.front() {
                     let types = parse_param_description(body);
                     lock(&self.shared.statement_types).insert(name.clone(), types);
                 }
             }
-            b'T' | b'n' => pop_if(&mut q, |e| {
+            b'T' | b'n' => pop_if(q, |e| {
                 matches!(e, Expect::DescribeStatement { .. } | Expect::DescribePortal)
             }),
             b'C' | b'I' | b's' => {
+                if !matches!(q.front(), Some(Expect::Exec(_))) {
+                    tracing::warn!(session = %self.info.id, tag = %tag.escape_ascii(), front = ?q.front(), "completion without a pending execution");
+                }
                 if let Some(Expect::Exec(_)) = q.front() {
                     if let Some(Expect::Exec(e)) = q.pop_front() {
                         let tag_text = match tag {
@@ -784,7 +877,10 @@ impl<P: Pipeline> ServerToClient<P> {
                 let fields = codec::parse_error_fields(body);
                 let mut first = true;
                 while let Some(front) = q.front() {
-                    if matches!(front, Expect::Ready | Expect::Inject { .. }) {
+                    if matches!(
+                        front,
+                        Expect::Ready | Expect::SyncReady | Expect::Inject { .. }
+                    ) {
                         break;
                     }
                     if let Some(Expect::Exec(e) | Expect::FunctionCall(e)) = q.pop_front() {
@@ -807,7 +903,7 @@ impl<P: Pipeline> ServerToClient<P> {
                 self.txn_status = body.first().copied().unwrap_or(b'I');
                 while let Some(e) = q.pop_front() {
                     match e {
-                        Expect::Ready => break,
+                        Expect::Ready | Expect::SyncReady => break,
                         Expect::Exec(e) | Expect::FunctionCall(e) => self.pipeline.outcome(
                             &self.info,
                             not_executed(e.request_id, "the server did not run it"),
@@ -823,7 +919,7 @@ impl<P: Pipeline> ServerToClient<P> {
 
     fn front_is_inject(&self) -> bool {
         matches!(
-            lock(&self.shared.expect).front(),
+            lock(&self.shared.expect).items.front(),
             Some(Expect::Inject { .. })
         )
     }
@@ -833,7 +929,8 @@ impl<P: Pipeline> ServerToClient<P> {
     async fn write_due_injections(&mut self) -> Result<(), String> {
         loop {
             let (frames, close_after) = {
-                let mut q = lock(&self.shared.expect);
+                let mut guard = lock(&self.shared.expect);
+                let q = &mut guard.items;
                 if !matches!(q.front(), Some(Expect::Inject { .. })) {
                     break;
                 }
@@ -857,20 +954,6 @@ impl<P: Pipeline> ServerToClient<P> {
             }
         }
         Ok(())
-    }
-
-    fn fail_pending(&self, reason: &str) {
-        let mut q = lock(&self.shared.expect);
-        for e in q.drain(..) {
-            if let Expect::Exec(e) | Expect::FunctionCall(e) = e {
-                let outcome = e.finish(OutcomeStatus::Error {
-                    code: "08006".into(),
-                    message: reason.into(),
-                    rows: 0,
-                });
-                self.pipeline.outcome(&self.info, outcome);
-            }
-        }
     }
 }
 

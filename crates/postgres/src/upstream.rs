@@ -245,7 +245,7 @@ async fn authenticate(
             }
             10 => {
                 let mechanisms = sasl_mechanisms(&body[4..]);
-                if !mechanisms.iter().any(|m| *m == sasl::SCRAM_SHA_256) {
+                if !mechanisms.contains(&sasl::SCRAM_SHA_256) {
                     return Err(UpstreamError::UnsupportedAuth(format!(
                         "SASL {}",
                         mechanisms.join(", ")

@@ -1,0 +1,218 @@
+//! Who may connect: tokens, expiry, revocation, allow lists, upstream auth methods.
+
+use crate::support::{pg, Gateway};
+
+#[test]
+fn tokens_wrong_expired_revoked_and_foreign_are_refused_and_audited() {
+    pg().create_db("auth_db");
+    let gw = Gateway::start("auth_db", "");
+    let token = gw.user_token("frank");
+    let good = gw.conninfo("auth_db", "frank", &token);
+    assert!(gw.psql(&good, &["-c", "SELECT 1"]).0);
+
+    let (ok, _, err) = gw.psql(
+        &gw.conninfo("auth_db", "frank", "slu_notatoken"),
+        &["-c", "SELECT 1"],
+    );
+    assert!(
+        !ok && err.contains("password authentication failed for user \"frank\""),
+        "{err}"
+    );
+
+    // A valid token presented under another user name.
+    let other = gw.user_token("grace");
+    let (ok, _, err) = gw.psql(
+        &gw.conninfo("auth_db", "frank", &other),
+        &["-c", "SELECT 1"],
+    );
+    assert!(
+        !ok && err.contains("password authentication failed"),
+        "{err}"
+    );
+
+    // Expired.
+    let short = gw
+        .cli_ok(&["tokens", "issue", "frank", "--ttl", "1s"])
+        .trim()
+        .to_owned();
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let (ok, _, err) = gw.psql(
+        &gw.conninfo("auth_db", "frank", &short),
+        &["-c", "SELECT 1"],
+    );
+    assert!(!ok && err.contains("expired"), "{err}");
+
+    // Revoked, while the gateway runs.
+    let list = gw.cli_json(&["tokens", "list", "--user", "frank", "--json"]);
+    let id = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["state"] == "active")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    gw.cli_ok(&["tokens", "revoke", &id]);
+    let (ok, _, err) = gw.psql(&good, &["-c", "SELECT 1"]);
+    assert!(
+        !ok && err.contains("password authentication failed"),
+        "{err}"
+    );
+
+    // Unknown connection (after a valid token, so names are not revealed to strangers).
+    let (ok, _, err) = gw.psql(&gw.conninfo("nope", "grace", &other), &["-c", "SELECT 1"]);
+    assert!(
+        !ok && err.contains("connection \"nope\" does not exist"),
+        "{err}"
+    );
+
+    // Every failure is in the audit log, and no token appears anywhere.
+    let records: Vec<serde_json::Value> = sluice_audit::read_all(&gw.data_dir().join("audit"))
+        .unwrap()
+        .map(|r| serde_json::to_value(r.unwrap().event).unwrap())
+        .collect();
+    let failures = records
+        .iter()
+        .filter(|e| e["kind"] == "auth_failure")
+        .count();
+    assert!(failures >= 5, "{failures} auth failures recorded");
+    let written = gw.everything_written();
+    for secret in [&token, &other, &short] {
+        let secret_part = &secret[secret.len() - 20..];
+        assert!(
+            !written.contains(secret_part),
+            "a token leaked into the logs or data"
+        );
+    }
+    assert!(
+        !written.contains(crate::support::PG_PASSWORD),
+        "the target password leaked"
+    );
+}
+
+#[test]
+fn allow_lists_and_upstream_auth_methods() {
+    pg().create_db("auth_methods");
+    let target = pg().port;
+    let extra = format!(
+        "  - {{ name: via-md5, kind: postgres, address: 127.0.0.1:{target}, database: auth_methods, user: md5user, password: md5-pass-1, tls: disable }}\n\
+         \x20 - {{ name: via-clear, kind: postgres, address: 127.0.0.1:{target}, database: auth_methods, user: clearuser, password: clear-pass-1, tls: disable }}\n\
+         \x20 - {{ name: via-tls, kind: postgres, address: 127.0.0.1:{target}, database: auth_methods, user: tlsonly, password: tls-pass-1, tls: require }}\n\
+         \x20 - {{ name: tls-refused, kind: postgres, address: 127.0.0.1:{target}, database: auth_methods, user: tlsonly, password: tls-pass-1, tls: disable }}\n\
+         \x20 - {{ name: bad-password, kind: postgres, address: 127.0.0.1:{target}, database: auth_methods, user: postgres, password: wrong-Target-Pass }}\n\
+         \x20 - {{ name: down, kind: postgres, address: 127.0.0.1:1, database: x, user: postgres, connect_timeout: 2s }}\n\
+         \x20 - {{ name: admins-only, kind: postgres, address: 127.0.0.1:{target}, database: auth_methods, user: postgres, password: env:SLUICE_TEST_TARGET_PASSWORD, allow: [group:dba] }}\n"
+    );
+    let gw = Gateway::start("auth_methods", &extra);
+    let token = gw.user_token("heidi");
+    let run = |conn: &str| {
+        gw.psql(
+            &gw.conninfo(conn, "heidi", &token),
+            &[
+                "-c",
+                "SELECT current_user, (SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid())",
+            ],
+        )
+    };
+
+    let (ok, out, err) = run("via-md5");
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "md5user|f");
+    let (ok, out, err) = run("via-clear");
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "clearuser|f");
+    let (ok, out, err) = run("via-tls");
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "tlsonly|t", "TLS to the target");
+    let (ok, out, err) = run("auth_methods");
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "postgres|t", "SCRAM, TLS preferred by default");
+
+    let (ok, _, err) = run("tls-refused");
+    assert!(
+        !ok && err.contains("cannot open connection \"tls-refused\""),
+        "{err}"
+    );
+    let (ok, _, err) = run("bad-password");
+    assert!(
+        !ok && err.contains("the target refused the gateway's credentials (SQLSTATE 28P01)"),
+        "{err}"
+    );
+    assert!(!err.contains("wrong-Target-Pass"));
+    let (ok, _, err) = run("down");
+    assert!(
+        !ok && err.contains("cannot open connection \"down\""),
+        "{err}"
+    );
+    let (ok, _, err) = run("admins-only");
+    assert!(
+        !ok && err.contains("may not use connection \"admins-only\""),
+        "{err}"
+    );
+
+    // The gateway kept serving through all of that.
+    assert!(run("auth_methods").0);
+    let written = gw.everything_written();
+    for secret in [
+        "md5-pass-1",
+        "clear-pass-1",
+        "tls-pass-1",
+        "wrong-Target-Pass",
+    ] {
+        assert!(!written.contains(secret), "{secret} leaked");
+    }
+}
+
+fn http_get(port: u16, path: &str, bearer: Option<&str>) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let auth = bearer
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap();
+    let status = response[9..12].parse().unwrap();
+    (status, response)
+}
+
+#[test]
+fn api_routes_need_a_token_and_metrics_count_traffic() {
+    pg().create_db("api_db");
+    let gw = Gateway::start("api_db", "");
+    let token = gw.user_token("olivia");
+    assert!(
+        gw.psql(
+            &gw.conninfo("api_db", "olivia", &token),
+            &["-c", "SELECT 1; SELECT 2"]
+        )
+        .0
+    );
+    let bad = format!("{} sslmode=disable", gw.conninfo("api_db", "olivia", "bad"));
+    assert!(!gw.psql(&bad, &["-c", "SELECT 1"]).0);
+
+    assert_eq!(http_get(gw.api_port, "/healthz", None).0, 200);
+    let (status, body) = http_get(gw.api_port, "/metrics", None);
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(
+        http_get(gw.api_port, "/metrics", Some("slu_wrong_token")).0,
+        401
+    );
+    let (status, body) = http_get(gw.api_port, "/metrics", Some(&token));
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("sluice_statements_allowed_total 2"), "{body}");
+    assert!(body.contains("sluice_auth_failures_total 1"), "{body}");
+    assert!(
+        body.contains("sluice_sessions_total{protocol=\"postgres\"} 1"),
+        "{body}"
+    );
+    let (status, body) = http_get(gw.api_port, "/api/v1/sessions", Some(&token));
+    assert_eq!(status, 200);
+    assert!(body.contains("\"user\":\"olivia\""), "{body}");
+    assert_eq!(http_get(gw.api_port, "/api/v1/sessions", None).0, 401);
+}

@@ -1,0 +1,232 @@
+//! Hostile and broken clients: each gets a clear error or a clean close, and the
+//! gateway keeps serving everyone else with the audit log intact.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use sluice_postgres::codec;
+
+use crate::support::{pg, Gateway};
+
+fn connect(gw: &Gateway) -> TcpStream {
+    let s = TcpStream::connect(("127.0.0.1", gw.pg_port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+/// Reads messages until the server closes or `stop` tag is seen; returns (tag, body) pairs.
+fn read_messages(s: &mut TcpStream, stop: u8) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    loop {
+        let mut header = [0u8; 5];
+        if s.read_exact(&mut header).is_err() {
+            return out;
+        }
+        let len = i32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+        let mut body = vec![0u8; len - 4];
+        if s.read_exact(&mut body).is_err() {
+            return out;
+        }
+        let tag = header[0];
+        out.push((tag, body));
+        if tag == stop {
+            return out;
+        }
+    }
+}
+
+fn error_code(messages: &[(u8, Vec<u8>)]) -> Option<(String, String)> {
+    messages.iter().find(|(t, _)| *t == b'E').map(|(_, b)| {
+        let f = codec::parse_error_fields(b);
+        (f.code, f.message)
+    })
+}
+
+/// A raw client logged in through the gateway, positioned after ReadyForQuery.
+fn logged_in(gw: &Gateway, db: &str, user: &str, token: &str) -> TcpStream {
+    let mut s = connect(gw);
+    let mut out = BytesMut::new();
+    codec::startup_message(&mut out, &[("user", user), ("database", db)]);
+    s.write_all(&out).unwrap();
+    let m = read_messages(&mut s, b'R');
+    assert_eq!(m.last().unwrap().0, b'R');
+    let mut out = BytesMut::new();
+    codec::password_message(&mut out, token.as_bytes());
+    s.write_all(&out).unwrap();
+    let m = read_messages(&mut s, b'Z');
+    assert_eq!(m.last().unwrap().0, b'Z', "{:?}", error_code(&m));
+    s
+}
+
+#[test]
+fn malformed_and_oversized_input_is_refused_cleanly() {
+    pg().create_db("bad_db");
+    let gw = Gateway::start("bad_db", "");
+    let token = gw.user_token("mallory");
+
+    // A 2 GiB startup packet length before authentication.
+    let mut s = connect(&gw);
+    s.write_all(&[0x7f, 0xff, 0xff, 0xff, 0, 3, 0, 0]).unwrap();
+    let (code, msg) = error_code(&read_messages(&mut s, 0)).unwrap();
+    assert_eq!(code, "08P01");
+    assert!(msg.contains("invalid startup packet length"), "{msg}");
+
+    // Garbage, truncated packets, and a client that hangs up mid-packet.
+    let mut s = connect(&gw);
+    s.write_all(b"\0\0\0\x10GET / HTTP/1.1\r\n").unwrap();
+    assert!(error_code(&read_messages(&mut s, 0)).is_some());
+    let mut s = connect(&gw);
+    s.write_all(&[0, 0, 0, 40, 0, 3]).unwrap();
+    drop(s);
+    // A startup packet with an unterminated parameter.
+    let mut s = connect(&gw);
+    s.write_all(&[0, 0, 0, 13, 0, 3, 0, 0, b'u', b's', b'e', b'r', b'x'])
+        .unwrap();
+    let (code, _) = error_code(&read_messages(&mut s, 0)).unwrap();
+    assert_eq!(code, "08P01");
+    // Password message that is far too long.
+    let mut s = connect(&gw);
+    let mut out = BytesMut::new();
+    codec::startup_message(&mut out, &[("user", "mallory"), ("database", "bad_db")]);
+    s.write_all(&out).unwrap();
+    read_messages(&mut s, b'R');
+    s.write_all(&[b'p', 0x10, 0, 0, 0]).unwrap();
+    let (code, msg) = error_code(&read_messages(&mut s, 0)).unwrap();
+    assert_eq!(code, "08P01", "{msg}");
+
+    // After login: a 2 GiB Query length.
+    let mut s = logged_in(&gw, "bad_db", "mallory", &token);
+    s.write_all(&[b'Q', 0x7f, 0xff, 0xff, 0xff, b'S']).unwrap();
+    let (code, msg) = error_code(&read_messages(&mut s, 0)).unwrap();
+    assert_eq!(code, "08P01");
+    assert!(msg.contains("exceeds the gateway's limit"), "{msg}");
+
+    // After login: a length below the minimum, and an unknown message type.
+    let mut s = logged_in(&gw, "bad_db", "mallory", &token);
+    s.write_all(&[b'Q', 0, 0, 0, 2]).unwrap();
+    assert_eq!(error_code(&read_messages(&mut s, 0)).unwrap().0, "08P01");
+    let mut s = logged_in(&gw, "bad_db", "mallory", &token);
+    s.write_all(&[b'Y', 0, 0, 0, 4]).unwrap();
+    let (code, msg) = error_code(&read_messages(&mut s, 0)).unwrap();
+    assert_eq!(code, "08P01");
+    assert!(msg.contains("invalid frontend message type"), "{msg}");
+
+    // A Bind whose parameter claims more bytes than the message holds.
+    let mut s = logged_in(&gw, "bad_db", "mallory", &token);
+    let mut out = BytesMut::new();
+    out.extend_from_slice(b"P\0\0\0\x11\0SELECT $1\0\0\0");
+    out.extend_from_slice(&[
+        b'B', 0, 0, 0, 20, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0x7f, 0xff, 0xff, 0, 0, 0, 0,
+    ]);
+    s.write_all(&out).unwrap();
+    let m = read_messages(&mut s, 0);
+    assert_eq!(error_code(&m).unwrap().0, "08P01");
+
+    // A client that vanishes in the middle of a large result.
+    let mut s = logged_in(&gw, "bad_db", "mallory", &token);
+    let sql = "SELECT repeat('y', 1000) FROM generate_series(1, 200000)\0";
+    let mut out = BytesMut::new();
+    out.extend_from_slice(b"Q");
+    out.extend_from_slice(&((sql.len() + 4) as i32).to_be_bytes());
+    out.extend_from_slice(sql.as_bytes());
+    s.write_all(&out).unwrap();
+    let mut some = [0u8; 65536];
+    s.read_exact(&mut some).unwrap();
+    drop(s);
+
+    // Everyone else is still served, and the log verifies.
+    let (ok, out, err) = gw.psql(
+        &gw.conninfo("bad_db", "mallory", &token),
+        &["-c", "SELECT 42"],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "42");
+    gw.wait_sessions_closed();
+    let verify = gw.verify();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+    let vanished = gw
+        .all_statements()
+        .into_iter()
+        .find(|s| {
+            s["statement"]
+                .as_str()
+                .unwrap()
+                .starts_with("SELECT repeat('y'")
+        })
+        .unwrap();
+    assert_eq!(vanished["status"], "error", "{vanished}");
+}
+
+#[test]
+fn protocol_negotiation_and_encryption_requests() {
+    pg().create_db("nego_db");
+    let gw = Gateway::start("nego_db", "");
+    let token = gw.user_token("nina");
+
+    // GSSENCRequest is declined with 'N'; the client may then go on in plaintext.
+    let mut s = connect(&gw);
+    s.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30]).unwrap();
+    let mut answer = [0u8; 1];
+    s.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"N");
+    // Protocol 3.2 with a _pq_ option: NegotiateProtocolVersion, then a normal login.
+    let mut out = BytesMut::new();
+    codec::startup_message(
+        &mut out,
+        &[
+            ("user", "nina"),
+            ("database", "nego_db"),
+            ("_pq_.unknown", "1"),
+        ],
+    );
+    out[7] = 2; // minor version 2
+    s.write_all(&out).unwrap();
+    let m = read_messages(&mut s, b'R');
+    assert_eq!(m[0].0, b'v', "NegotiateProtocolVersion first");
+    assert_eq!(&m[0].1[..4], &196608i32.to_be_bytes());
+    let mut out = BytesMut::new();
+    codec::password_message(&mut out, token.as_bytes());
+    s.write_all(&out).unwrap();
+    let m = read_messages(&mut s, b'Z');
+    assert_eq!(m.last().unwrap().0, b'Z');
+    // Server parameters reach the client.
+    assert!(m
+        .iter()
+        .any(|(t, b)| *t == b'S' && b.starts_with(b"server_version\0")));
+
+    // Plaintext sent right after SSLRequest must not be taken as post-TLS data.
+    let mut s = connect(&gw);
+    let mut out = BytesMut::new();
+    codec::ssl_request(&mut out);
+    codec::startup_message(&mut out, &[("user", "nina"), ("database", "nego_db")]);
+    s.write_all(&out).unwrap();
+    let mut answer = [0u8; 1];
+    s.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"S");
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert!(
+        !rest.windows(1).any(|w| w == b"R"),
+        "no authentication request may follow injected plaintext"
+    );
+
+    // Replication connections are refused.
+    let mut s = connect(&gw);
+    let mut out = BytesMut::new();
+    codec::startup_message(
+        &mut out,
+        &[
+            ("user", "nina"),
+            ("database", "nego_db"),
+            ("replication", "database"),
+        ],
+    );
+    s.write_all(&out).unwrap();
+    assert_eq!(error_code(&read_messages(&mut s, 0)).unwrap().0, "42501");
+}

@@ -1,0 +1,271 @@
+//! psql and pgbench through the gateway, and what the audit log says about them.
+
+use std::process::Command;
+
+use crate::support::{pg, Gateway};
+
+#[test]
+fn psql_statements_are_proxied_and_each_is_audited() {
+    pg().create_db("psql_basic");
+    let gw = Gateway::start("psql_basic", "");
+    let token = gw.user_token("alice");
+    let conn = gw.conninfo("psql_basic", "alice", &token);
+
+    let (ok, out, err) = gw.psql(&conn, &["-c", "CREATE TABLE t(id int primary key, v text)"]);
+    assert!(ok, "{err}");
+    // One Query message with three statements; the second fails and aborts the third.
+    let (ok, out2, err2) = gw.psql(&conn, &["-c", "INSERT INTO t VALUES (1, 'a'); INSERT INTO t VALUES (1, 'dup'); INSERT INTO t VALUES (3, 'c')"]);
+    assert!(!ok);
+    assert!(err2.contains("duplicate key"), "{err2}");
+    let _ = (out, out2);
+    // Transactions, and a result set.
+    let (ok, out, err) = gw.psql(
+        &conn,
+        &[
+            "-c",
+            "BEGIN; INSERT INTO t VALUES (2, 'b'); COMMIT;",
+            "-c",
+            "SELECT id, v FROM t ORDER BY id",
+        ],
+    );
+    assert!(ok, "{err}");
+    // One Query message is one implicit transaction: the failed string rolled back entirely.
+    assert_eq!(out.trim(), "2|b");
+
+    gw.wait_sessions_closed();
+    let statements: Vec<_> = gw.all_statements();
+    let texts: Vec<&str> = statements
+        .iter()
+        .map(|s| s["statement"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        texts,
+        [
+            "CREATE TABLE t(id int primary key, v text)",
+            "INSERT INTO t VALUES (1, 'a')",
+            "INSERT INTO t VALUES (1, 'dup')",
+            "INSERT INTO t VALUES (3, 'c')",
+            "BEGIN",
+            "INSERT INTO t VALUES (2, 'b')",
+            "COMMIT",
+            "SELECT id, v FROM t ORDER BY id",
+        ]
+    );
+    let by_text = |t: &str| statements.iter().find(|s| s["statement"] == t).unwrap();
+    assert_eq!(by_text("INSERT INTO t VALUES (1, 'a')")["status"], "ok");
+    let dup = by_text("INSERT INTO t VALUES (1, 'dup')");
+    assert_eq!(dup["status"], "error");
+    assert_eq!(dup["error"]["code"], "23505");
+    assert_eq!(
+        by_text("INSERT INTO t VALUES (3, 'c')")["status"],
+        "not_executed"
+    );
+    let select = by_text("SELECT id, v FROM t ORDER BY id");
+    assert_eq!(select["rows"], 1);
+    assert_eq!(select["tag"], "SELECT 1");
+    assert!(select["duration_ms"].as_f64().unwrap() >= 0.0);
+    for s in &statements {
+        assert!(s["time"].is_string() && s["params"].is_array(), "{s}");
+    }
+
+    // Session records: who, from where, when.
+    let sessions = gw.sessions();
+    assert_eq!(sessions.len(), 3);
+    for s in &sessions {
+        assert_eq!(s["user"], "alice");
+        assert_eq!(s["connection"], "psql_basic");
+        assert!(s["client_addr"].as_str().unwrap().starts_with("127.0.0.1:"));
+        assert!(s["start"].is_string() && s["end"].is_string());
+    }
+    let detail = gw.session(sessions[0]["id"].as_str().unwrap());
+    let kinds: Vec<&str> = detail["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds.first(), Some(&"session_open"));
+    assert_eq!(kinds.last(), Some(&"session_close"));
+
+    // Human-readable output exists too.
+    let text = gw.cli_ok(&["sessions", "show", sessions[0]["id"].as_str().unwrap()]);
+    assert!(text.contains("SELECT id, v FROM t ORDER BY id"), "{text}");
+    assert!(gw.verify().status.success());
+}
+
+#[test]
+fn psql_over_tls_copy_both_ways_and_notices() {
+    pg().create_db("psql_copy");
+    let gw = Gateway::start("psql_copy", "");
+    let token = gw.user_token("bob");
+    let conn = format!(
+        "{} sslmode=require",
+        gw.conninfo("psql_copy", "bob", &token)
+    );
+    let csv = gw.dir.path().join("in.csv");
+    let data: String = (1..=5000).map(|i| format!("{i},name {i}\n")).collect();
+    std::fs::write(&csv, &data).unwrap();
+    let out_csv = gw.dir.path().join("out.csv");
+    let script = format!(
+        "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid();\n\
+         CREATE TABLE people(id int, name text);\n\
+         \\copy people FROM '{}' WITH (FORMAT csv)\n\
+         \\copy (SELECT * FROM people ORDER BY id) TO '{}' WITH (FORMAT csv)\n\
+         DO $$ BEGIN RAISE NOTICE 'hello from the server'; END $$;\n\
+         SELECT count(*) FROM people;\n",
+        csv.display(),
+        out_csv.display()
+    );
+    let (ok, out, err) = gw.psql(&conn, &["-c", "SHOW ssl"]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "on");
+    let mut child = Command::new("psql")
+        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
+        .arg(&conn)
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("hello from the server"),
+        "notice must reach the client: {stderr}"
+    );
+    assert!(stdout.contains("5000"), "{stdout}");
+    assert_eq!(std::fs::read_to_string(&out_csv).unwrap(), data);
+
+    gw.wait_sessions_closed();
+    let statements = gw.all_statements();
+    let copy_in = statements
+        .iter()
+        .find(|s| s["statement"].as_str().unwrap().contains("FROM STDIN"))
+        .expect("COPY FROM audited");
+    assert_eq!(copy_in["rows"], 5000);
+    let copy_out = statements
+        .iter()
+        .find(|s| s["statement"].as_str().unwrap().contains("TO STDOUT"))
+        .expect("COPY TO audited");
+    assert_eq!(copy_out["rows"], 5000);
+    // The client connected with TLS and that is on record.
+    let detail = gw.session(gw.sessions()[0]["id"].as_str().unwrap());
+    assert_eq!(detail["events"][0]["tls"], true);
+}
+
+/// pgbench in all three query modes through the gateway; every transaction's
+/// statements are on record.
+#[test]
+fn pgbench_simple_extended_prepared() {
+    pg().create_db("bench_it");
+    let init = Command::new("pgbench")
+        .env("PGPASSWORD", crate::support::PG_PASSWORD)
+        .args([
+            "-i",
+            "-s",
+            "1",
+            "-q",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-p",
+            &pg().port.to_string(),
+            "bench_it",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let gw = Gateway::start("bench_it", "");
+    let token = gw.user_token("bench");
+    for mode in ["simple", "extended", "prepared"] {
+        let out = Command::new("pgbench")
+            .env("PGPASSWORD", &token)
+            .args(["-n", "-M", mode, "-c", "4", "-j", "2", "-t", "50"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &gw.pg_port.to_string(),
+                "-U",
+                "bench",
+                "bench_it",
+            ])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "pgbench -M {mode}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains("number of transactions actually processed: 200/200"),
+            "{stdout}"
+        );
+    }
+    gw.wait_sessions_closed();
+    let statements = gw.all_statements();
+    // TPC-B-like: BEGIN, 3 UPDATEs, SELECT, INSERT, END per transaction; 600 transactions.
+    let updates = statements
+        .iter()
+        .filter(|s| {
+            s["statement"]
+                .as_str()
+                .unwrap()
+                .starts_with("UPDATE pgbench_accounts")
+        })
+        .count();
+    assert_eq!(updates, 600);
+    let history = statements
+        .iter()
+        .filter(|s| {
+            s["statement"]
+                .as_str()
+                .unwrap()
+                .starts_with("INSERT INTO pgbench_history")
+        })
+        .count();
+    assert_eq!(history, 600);
+    assert!(
+        statements.iter().all(|s| s["status"] == "ok"),
+        "every statement succeeded"
+    );
+    // Extended and prepared modes carry their values as parameters, joined to the SQL.
+    let with_params = statements
+        .iter()
+        .filter(|s| s["statement"].as_str().unwrap().contains("$1"))
+        .count();
+    assert_eq!(with_params, 2 * 200 * 5);
+    let sample = statements
+        .iter()
+        .find(|s| {
+            s["statement"]
+                .as_str()
+                .unwrap()
+                .starts_with("UPDATE pgbench_accounts SET abalance = abalance + $1")
+        })
+        .unwrap();
+    assert_eq!(sample["params"].as_array().unwrap().len(), 2);
+    let rows: i64 = pg()
+        .psql_admin("bench_it", "SELECT count(*) FROM pgbench_history")
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(rows, 600);
+    assert!(gw.verify().status.success());
+}

@@ -1,0 +1,10 @@
+//! Integration tests: a real `sluice` process between real clients (psql, pgbench,
+//! tokio-postgres, raw sockets) and a real PostgreSQL started for this test run.
+#![allow(clippy::unwrap_used)]
+
+mod audit;
+mod auth;
+mod bad_input;
+mod clients;
+mod support;
+mod tokio_pg;

@@ -1,0 +1,428 @@
+//! Test harness: one real PostgreSQL per test process (initdb into a temp dir, SCRAM
+//! auth, TLS on), and a real `sluice gateway` process per test.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+/// Superuser password of the test server; used as the target credential.
+pub const PG_PASSWORD: &str = "t4rget-Secret-9f1c";
+
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr").port()
+}
+
+fn wait_for_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{what} did not start listening on port {port}");
+}
+
+/// What a command is, for messages: program and arguments, never its environment
+/// (which carries passwords).
+fn describe(cmd: &Command) -> String {
+    let args: Vec<_> = cmd
+        .get_args()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    format!("{} {}", cmd.get_program().to_string_lossy(), args.join(" "))
+}
+
+fn run(cmd: &mut Command) -> String {
+    let what = describe(cmd);
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A PostgreSQL server for this test process.
+pub struct TestPg {
+    pub port: u16,
+    /// Keeps the server alive: the wrapper stops PostgreSQL when this pipe closes, which
+    /// happens when the test process exits, however it exits.
+    _guard: std::sync::Mutex<Child>,
+}
+
+pub fn pg() -> &'static TestPg {
+    static PG: OnceLock<TestPg> = OnceLock::new();
+    PG.get_or_init(start_pg)
+}
+
+fn start_pg() -> TestPg {
+    let dir = tempfile::Builder::new()
+        .prefix("sluice-test-pg-")
+        .tempdir()
+        .expect("temp dir")
+        .keep();
+    let data = dir.join("data");
+    run(Command::new("chown").args(["postgres:postgres"]).arg(&dir));
+    std::fs::write(dir.join("pw"), PG_PASSWORD).expect("write pwfile");
+    run(Command::new("chown")
+        .args(["postgres:postgres"])
+        .arg(dir.join("pw")));
+    run(Command::new("runuser")
+        .args(["-u", "postgres", "--"])
+        .arg(format!("{PG_BIN}/initdb"))
+        .args(["-A", "scram-sha-256", "-U", "postgres", "--no-sync", "-D"])
+        .arg(&data)
+        .arg(format!("--pwfile={}", dir.join("pw").display())));
+    // Self-signed certificate so connections with `tls: require` can be tested.
+    run(Command::new("openssl")
+        .args([
+            "req",
+            "-new",
+            "-x509",
+            "-days",
+            "2",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-out",
+        ])
+        .arg(data.join("server.crt"))
+        .arg("-keyout")
+        .arg(data.join("server.key")));
+    run(Command::new("chown")
+        .args(["postgres:postgres"])
+        .arg(data.join("server.crt"))
+        .arg(data.join("server.key")));
+    run(Command::new("chmod")
+        .arg("600")
+        .arg(data.join("server.key")));
+    // Roles with other password methods; `tlsonly` may only log in over TLS.
+    let hba = "local all all trust\n\
+               hostssl all tlsonly 127.0.0.1/32 scram-sha-256\n\
+               host all tlsonly 127.0.0.1/32 reject\n\
+               host all md5user 127.0.0.1/32 md5\n\
+               host all clearuser 127.0.0.1/32 password\n\
+               host all all 127.0.0.1/32 scram-sha-256\n";
+    std::fs::write(data.join("pg_hba.conf"), hba).expect("write pg_hba.conf");
+    let port = free_port();
+    let script = format!(
+        "{PG_BIN}/postgres -D {data} -p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={dir} \
+         -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c ssl=on -c max_connections=200 \
+         -c log_min_messages=warning >{dir}/postgres.log 2>&1 & pid=$!; cat >/dev/null; kill -INT $pid; wait $pid",
+        data = data.display(),
+        dir = dir.display(),
+    );
+    let child = Command::new("runuser")
+        .args(["-u", "postgres", "--", "sh", "-c", &script])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("start postgres");
+    wait_for_port(port, "postgres");
+    let pg = TestPg {
+        port,
+        _guard: std::sync::Mutex::new(child),
+    };
+    pg.psql_admin(
+        "postgres",
+        "SET password_encryption = 'md5'; CREATE ROLE md5user LOGIN SUPERUSER PASSWORD 'md5-pass-1'; \
+         SET password_encryption = 'scram-sha-256'; CREATE ROLE clearuser LOGIN SUPERUSER PASSWORD 'clear-pass-1'; \
+         CREATE ROLE tlsonly LOGIN SUPERUSER PASSWORD 'tls-pass-1';",
+    );
+    pg
+}
+
+impl TestPg {
+    /// Runs SQL directly against the server (not through sluice), as the superuser.
+    pub fn psql_admin(&self, db: &str, sql: &str) -> String {
+        run(Command::new("psql")
+            .env("PGPASSWORD", PG_PASSWORD)
+            .args([
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+            ])
+            .args(["-p", &self.port.to_string(), "-d", db, "-c", sql]))
+    }
+
+    /// A fresh database for one test, so tests can run in parallel.
+    pub fn create_db(&self, name: &str) {
+        self.psql_admin(
+            "postgres",
+            &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+        );
+        self.psql_admin("postgres", &format!("CREATE DATABASE {name}"));
+    }
+}
+
+/// A running `sluice gateway` process with its own data directory.
+pub struct Gateway {
+    pub pg_port: u16,
+    pub api_port: u16,
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    child: Option<Child>,
+}
+
+pub fn sluice_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_sluice")
+}
+
+impl Gateway {
+    /// Starts a gateway with one connection `name` → database `db` on the test server,
+    /// plus any extra YAML under `connections:`.
+    pub fn start(db: &str, extra_connections: &str) -> Gateway {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let pg_port = free_port();
+        let api_port = free_port();
+        let config = dir.path().join("sluice.yaml");
+        let yaml = format!(
+            "listen: {{ api: 127.0.0.1:{api_port}, postgres: 127.0.0.1:{pg_port} }}\n\
+             data_dir: {data}\n\
+             connections:\n\
+             \x20 - name: {db}\n\
+             \x20   kind: postgres\n\
+             \x20   address: 127.0.0.1:{target}\n\
+             \x20   database: {db}\n\
+             \x20   user: postgres\n\
+             \x20   password: env:SLUICE_TEST_TARGET_PASSWORD\n\
+             {extra_connections}",
+            data = dir.path().join("data").display(),
+            target = pg().port,
+        );
+        std::fs::write(&config, yaml).expect("write config");
+        let mut gw = Gateway {
+            pg_port,
+            api_port,
+            dir,
+            config,
+            child: None,
+        };
+        gw.spawn();
+        gw
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("gateway log");
+        let child = Command::new(sluice_bin())
+            .args(["gateway", "--config"])
+            .arg(&self.config)
+            .env("SLUICE_TEST_TARGET_PASSWORD", PG_PASSWORD)
+            .env("SLUICE_LOG", "info,sluice_postgres=debug")
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("start sluice gateway");
+        self.child = Some(child);
+        wait_for_port(self.pg_port, "sluice gateway");
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("gateway.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("gateway running").id()
+    }
+
+    /// Runs a `sluice` CLI command against this gateway's config.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(sluice_bin())
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .output()
+            .expect("run sluice")
+    }
+
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "sluice {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn cli_json(&self, args: &[&str]) -> serde_json::Value {
+        serde_json::from_str(&self.cli_ok(args)).expect("valid JSON")
+    }
+
+    /// Adds `user` and returns a fresh token for them.
+    pub fn user_token(&self, user: &str) -> String {
+        self.cli_ok(&["users", "add", user, "--group", "engineers"]);
+        self.cli_ok(&["tokens", "issue", user, "--ttl", "1h"])
+            .trim()
+            .to_owned()
+    }
+
+    pub fn conninfo(&self, db: &str, user: &str, token: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} dbname={db} user={user} password={token}",
+            self.pg_port
+        )
+    }
+
+    /// Runs psql through the gateway; returns (success, stdout, stderr).
+    pub fn psql(&self, conninfo: &str, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new("psql")
+            .args(["-X", "-q", "-A", "-t"])
+            .arg(conninfo)
+            .args(args)
+            .output()
+            .expect("run psql");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    pub fn sessions(&self) -> Vec<serde_json::Value> {
+        match self.cli_json(&["sessions", "list", "--json", "--limit", "1000"]) {
+            serde_json::Value::Array(a) => a,
+            other => panic!("sessions list is not an array: {other}"),
+        }
+    }
+
+    pub fn session(&self, id: &str) -> serde_json::Value {
+        self.cli_json(&["sessions", "show", id, "--json"])
+    }
+
+    /// Every statement event of every session, oldest session first.
+    pub fn all_statements(&self) -> Vec<serde_json::Value> {
+        let mut sessions = self.sessions();
+        sessions.reverse();
+        let mut out = Vec::new();
+        for s in sessions {
+            let id = s["id"].as_str().expect("session id").to_owned();
+            let detail = self.session(&id);
+            for e in detail["events"].as_array().expect("events") {
+                if e["kind"] == "statement" {
+                    out.push(e.clone());
+                }
+            }
+        }
+        out
+    }
+
+    /// Waits until the session index shows no open session (results are recorded
+    /// asynchronously after the client has its answer).
+    pub fn wait_sessions_closed(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.sessions().iter().all(|s| !s["end"].is_null()) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("sessions still open: {:?}", self.sessions());
+    }
+
+    pub fn verify(&self) -> std::process::Output {
+        self.cli(&["audit", "verify"])
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-9", &c.id().to_string()])
+                .status();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Every file under the data directory plus the log, as text, for secret scans.
+    pub fn everything_written(&self) -> String {
+        let mut all = self.log();
+        collect_text(&self.data_dir(), &mut all);
+        all
+    }
+
+    /// Peak resident memory of the gateway process in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM")
+    }
+}
+
+fn collect_text(dir: &Path, out: &mut String) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            collect_text(&path, out);
+        } else if let Ok(bytes) = std::fs::read(&path) {
+            out.push_str(&String::from_utf8_lossy(&bytes));
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- gateway log ---\n{}", self.log());
+        }
+    }
+}
