@@ -83,7 +83,7 @@ pub enum EventBody {
     },
     /// A request, recorded before it is forwarded.
     Statement {
-        /// Identifier of the statement, unique within the gateway process.
+        /// Position of the statement within its session, from 1; with `session` it identifies the statement.
         statement_id: u64,
         /// Database user.
         user: String,

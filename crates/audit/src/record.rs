@@ -39,7 +39,8 @@ pub struct Record {
 
 /// An event serialized to its JSON fields, without the enclosing braces, ready to be framed.
 ///
-/// Serializing happens on the submitting task so the single writer thread only frames and hashes.
+/// Serializing happens before the log lock is taken, so the lock covers only framing,
+/// hashing and the write.
 #[derive(Debug)]
 pub(crate) struct EncodedEvent(Vec<u8>);
 

@@ -326,12 +326,13 @@ impl<P: Pipeline> ClientToServer<P> {
                     return Err(C2sEnd::Fatal(message));
                 }
             };
+            let ids: Vec<u64> = requests.iter().map(|r| r.id).collect();
             let decisions = if requests.is_empty() {
                 Vec::new()
             } else {
-                self.pipeline.requests(&self.info, requests.clone()).await
+                self.pipeline.requests(&self.info, requests).await
             };
-            let terminate = self.apply(&buf, actions, &requests, &decisions, &mut out);
+            let terminate = self.apply(&buf, actions, &ids, &decisions, &mut out);
             buf.advance(consumed);
             if let Some(len) = streaming {
                 let n = len.min(buf.len());
@@ -549,7 +550,7 @@ impl<P: Pipeline> ClientToServer<P> {
         &mut self,
         buf: &[u8],
         actions: Vec<Action>,
-        requests: &[Request],
+        ids: &[u64],
         decisions: &[Decision],
         out: &mut BytesMut,
     ) -> bool {
@@ -571,7 +572,7 @@ impl<P: Pipeline> ClientToServer<P> {
                     count,
                 } => {
                     if self.skip_until_sync {
-                        self.skipped(&requests[first..first + count]);
+                        self.skipped(&ids[first..first + count]);
                         continue;
                     }
                     let denied = (first..first + count).find_map(|i| match decision(i) {
@@ -581,8 +582,8 @@ impl<P: Pipeline> ClientToServer<P> {
                     match denied {
                         None => {
                             let mut q = lock(&self.shared.expect);
-                            for r in &requests[first..first + count] {
-                                q.items.push_back(Expect::Exec(Exec::new(r.id)));
+                            for id in &ids[first..first + count] {
+                                q.items.push_back(Expect::Exec(Exec::new(*id)));
                             }
                             q.items.push_back(Expect::Ready);
                             drop(q);
@@ -591,10 +592,10 @@ impl<P: Pipeline> ClientToServer<P> {
                         // A multi-statement string runs all or nothing through the gateway:
                         // refuse the whole string rather than run a prefix of it.
                         Some(reason) => {
-                            for r in &requests[first..first + count] {
+                            for id in &ids[first..first + count] {
                                 self.pipeline.outcome(
                                     &self.info,
-                                    not_executed(r.id, "refused by the gateway"),
+                                    not_executed(*id, "refused by the gateway"),
                                 );
                             }
                             let mut frames = BytesMut::new();
@@ -609,10 +610,10 @@ impl<P: Pipeline> ClientToServer<P> {
                     function_call,
                 } => {
                     if self.skip_until_sync {
-                        self.skipped(&requests[index..=index]);
+                        self.skipped(&ids[index..=index]);
                         continue;
                     }
-                    let id = requests[index].id;
+                    let id = ids[index];
                     match decision(index) {
                         Decision::Allow => {
                             let exec = Exec::new(id);
@@ -662,11 +663,11 @@ impl<P: Pipeline> ClientToServer<P> {
     }
 
     /// Records requests discarded after an earlier refusal in the same batch.
-    fn skipped(&self, requests: &[Request]) {
-        for r in requests {
+    fn skipped(&self, ids: &[u64]) {
+        for id in ids {
             self.pipeline.outcome(
                 &self.info,
-                not_executed(r.id, "an earlier statement in the batch was refused"),
+                not_executed(*id, "an earlier statement in the batch was refused"),
             );
         }
     }
