@@ -5,7 +5,7 @@ set -euo pipefail
 
 usage() {
   cat <<'EOF'
-Usage: bench/pgbench.sh [--json] [--no-write-durability] [--help]
+Usage: bench/pgbench.sh [--json] [--no-fsync-durability] [--help]
 
 Starts a private PostgreSQL 15 (fsync=off, scale 10), PgBouncer (session pooling) and the sluice
 gateway on free loopback ports, runs `pgbench -S` against each of them for every combination of
@@ -14,8 +14,8 @@ Everything it starts is stopped on exit.
 
 Options:
   --json                   print the results as one JSON array on stdout (progress goes to stderr)
-  --with-write-durability  also measure sluice with `audit: { durability: write }` (default)
-  --no-write-durability    measure sluice with `durability: fsync` only (saves ~25% runtime)
+  --with-fsync-durability  also measure sluice with `audit: { durability: fsync }` (default)
+  --no-fsync-durability    measure sluice with its default `durability: write` only (saves ~25% runtime)
   --no-sluice              baselines only (direct and PgBouncer); no sluice build or runs
   -h, --help               this text
 
@@ -40,8 +40,8 @@ WITH_SLUICE=1
 for arg in "$@"; do
   case "$arg" in
     --json) JSON=1 ;;
-    --with-write-durability) WITH_WRITE=1 ;;
-    --no-write-durability) WITH_WRITE=0 ;;
+    --with-fsync-durability) WITH_WRITE=1 ;;
+    --no-fsync-durability) WITH_WRITE=0 ;;
     --no-sluice) WITH_SLUICE=0; WITH_WRITE=0 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "unknown argument: $arg (try --help)" >&2; exit 2 ;;
@@ -274,12 +274,12 @@ EOF
 
 TARGETS="direct pgbouncer"
 if [[ "$WITH_SLUICE" == 1 ]]; then
-  start_sluice sluice fsync "$S_API" "$S_PG"
+  start_sluice sluice write "$S_API" "$S_PG"
   TARGETS="$TARGETS sluice"
 fi
 if [[ "$WITH_WRITE" == 1 ]]; then
-  start_sluice sluice_write write "$SW_API" "$SW_PG"
-  TARGETS="$TARGETS sluice_write"
+  start_sluice sluice_fsync fsync "$SW_API" "$SW_PG"
+  TARGETS="$TARGETS sluice_fsync"
 fi
 
 # ---------------------------------------------------------------- runs
@@ -371,21 +371,21 @@ fs_type="$(df -T "$TMP" | awk 'NR == 2 { print $2 }')"
   echo "versions: $("$PGBENCH" --version), $("$PGBOUNCER" --version | head -n 1), $([[ -n "$SLUICE_BIN" ]] && { "$SLUICE_BIN" --version 2>/dev/null || echo "sluice (no --version)"; } || echo "no sluice")"
   echo "setup:    PostgreSQL fsync=off shared_buffers=256MB, pgbench -i -s $SCALE; PgBouncer session pool 20;"
   if [[ "$WITH_SLUICE" == 1 ]]; then
-    echo "          sluice audit durability fsync$([[ $WITH_WRITE == 1 ]] && echo " and write") (audit log on $fs_type);"
+    echo "          sluice audit durability write (default)$([[ $WITH_WRITE == 1 ]] && echo " and fsync") (audit log on $fs_type);"
     echo "          sluice client sslmode=$SLUICE_SSLMODE; everything on 127.0.0.1, no TLS to PostgreSQL/PgBouncer"
   fi
   echo "script:   $INVOCATION (BENCH_DURATION=$DURATION)"
   echo "command:  pgbench -n -S -M <mode> -c <clients> -j <min(clients,nproc)> -T $DURATION"
   echo
   header="mode      clients  direct_tps  pgbouncer_tps  pgbouncer_ratio  sluice_tps  sluice_ratio"
-  [[ "$WITH_WRITE" == 1 ]] && header="$header  sluice_write_tps  sluice_write_ratio"
+  [[ "$WITH_WRITE" == 1 ]] && header="$header  sluice_fsync_tps  sluice_fsync_ratio"
   echo "$header"
   for mode in $MODES; do for clients in $CLIENTS; do
     d="${TPS[direct,$mode,$clients]:-}"; b="${TPS[pgbouncer,$mode,$clients]:-}"; s="${TPS[sluice,$mode,$clients]:-}"
     line="$(printf '%-9s %-8s %-11s %-14s %-16s %-11s %-12s' "$mode" "$clients" "$(fmt "$d")" \
       "$(fmt "$b")" "$(ratio "$b" "$d")" "$(fmt "$s")" "$(ratio "$s" "$d")")"
     if [[ "$WITH_WRITE" == 1 ]]; then
-      w="${TPS[sluice_write,$mode,$clients]:-}"
+      w="${TPS[sluice_fsync,$mode,$clients]:-}"
       line="$(printf '%s  %-16s  %s' "$line" "$(fmt "$w")" "$(ratio "$w" "$d")")"
     fi
     echo "${line%"${line##*[! ]}"}"
@@ -408,8 +408,8 @@ cp "$TMP/report.txt" "$RESULTS_DIR/pgbench-latest.txt"
       "$mode" "$clients" "$((clients < NPROC ? clients : NPROC))" "$DURATION" "$(num "$d")" "$(num "$b")" \
       "$(num "$(ratio "$b" "$d")")" "$(num "$s")" "$(num "$(ratio "$s" "$d")")"
     if [[ "$WITH_WRITE" == 1 ]]; then
-      w="${TPS[sluice_write,$mode,$clients]:-}"
-      printf ', "sluice_write_tps": %s, "sluice_write_ratio": %s' "$(num "$w")" "$(num "$(ratio "$w" "$d")")"
+      w="${TPS[sluice_fsync,$mode,$clients]:-}"
+      printf ', "sluice_fsync_tps": %s, "sluice_fsync_ratio": %s' "$(num "$w")" "$(num "$(ratio "$w" "$d")")"
     fi
     printf '}'
   done; done

@@ -64,6 +64,10 @@ const GATEWAY_PARAMS: &[&str] = &["user", "database", "replication"];
 /// Largest password message accepted before authentication.
 const MAX_PASSWORD_MESSAGE: usize = 4096;
 
+/// How long a client may take from connecting to presenting its token (PostgreSQL's
+/// `authentication_timeout` default), so idle unauthenticated sockets cannot pile up.
+const AUTHENTICATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Errors ending a connection before its session started; each becomes a FATAL
 /// ErrorResponse (when the client can still read one) in [`Frontend::handle`].
 #[derive(Debug)]
@@ -132,7 +136,10 @@ impl<P: Pipeline, C: Connector> Frontend<P, C> {
     }
 
     async fn startup(&self, tcp: TcpStream, peer: SocketAddr) -> Result<(), Early> {
-        let (mut stream, tls, startup) = match self.negotiate(tcp).await {
+        let negotiated = tokio::time::timeout(AUTHENTICATION_TIMEOUT, self.negotiate(tcp))
+            .await
+            .map_err(|_| Early::Close)?;
+        let (mut stream, tls, startup) = match negotiated {
             Ok(Negotiated::Startup(stream, tls, startup)) => (stream, tls, startup),
             Ok(Negotiated::Cancel { pid, key }) => {
                 self.cancel(pid, &key).await;
@@ -200,10 +207,17 @@ impl<P: Pipeline, C: Connector> Frontend<P, C> {
             ));
         }
 
-        let token = match self.read_password(&mut stream).await {
-            Ok(Some(token)) => token,
-            Ok(None) => return Err(Early::Close),
-            Err(refusal) => return Err(Early::Refuse(stream, refusal)),
+        let password = tokio::time::timeout(AUTHENTICATION_TIMEOUT, self.read_password(&mut stream)).await;
+        let token = match password {
+            Ok(Ok(Some(token))) => token,
+            Ok(Ok(None)) => return Err(Early::Close),
+            Ok(Err(refusal)) => return Err(Early::Refuse(stream, refusal)),
+            Err(_) => {
+                return Err(Early::Refuse(
+                    stream,
+                    Refusal::new("08006", "authentication timed out"),
+                ))
+            }
         };
         let client_addr = peer.to_string();
         let identity = match self
