@@ -95,6 +95,12 @@ pub enum EventBody {
         params: Vec<Option<String>>,
         /// `"allow"` or `"deny"`.
         decision: String,
+        /// `true` when this defines a named prepared statement rather than running it.
+        #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+        prepare: bool,
+        /// The named prepared statement this defines or runs.
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        statement_name: Option<String>,
         /// Why the policy decided so.
         #[serde(skip_serializing_if = "Option::is_none", default)]
         reason: Option<String>,

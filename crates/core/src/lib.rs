@@ -52,10 +52,22 @@ pub struct SessionInfo {
 pub struct Request {
     /// Position of this request within its session, starting at 1.
     pub id: u64,
+    pub kind: RequestKind,
     /// The statement text as it will be recorded (secrets such as passwords redacted).
     pub text: String,
     /// Bound parameter values rendered as text (`None` for SQL NULL).
     pub params: Vec<Option<String>>,
+    /// The prepared statement it defines or runs, when it has a name.
+    pub statement_name: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestKind {
+    /// The statement runs now.
+    Execute,
+    /// A named prepared statement is defined; it runs later through executions that name
+    /// it. Recorded so that every text the target can run is on record before it is sent.
+    Prepare,
 }
 
 /// What the pipeline decided for one request.

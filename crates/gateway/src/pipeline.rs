@@ -9,7 +9,7 @@ use sluice_audit::{AuditWriter, ErrorInfo, Event, EventBody};
 use sluice_auth::{AuthError, Tokens};
 use sluice_core::{
     AuthFailure, Decision, Identity, Outcome, OutcomeStatus, Pipeline, RecordError, Request,
-    SessionInfo,
+    RequestKind, SessionInfo,
 };
 use sluice_store::{SessionRow, Store};
 use tracing::{error, warn};
@@ -193,6 +193,8 @@ impl Pipeline for GatewayPipeline {
                         statement: r.text,
                         params: r.params,
                         decision: "allow".into(),
+                        prepare: r.kind == RequestKind::Prepare,
+                        statement_name: r.statement_name,
                         reason: None,
                     },
                 )

@@ -106,12 +106,15 @@ fn add_event(events: &mut Vec<Value>, by_statement: &mut HashMap<u64, usize>, r:
             params,
             decision,
             reason,
+            prepare,
+            statement_name,
             ..
         } => {
             by_statement.insert(statement_id, events.len());
             events.push(json!({
-                "seq": r.seq, "time": time, "kind": "statement",
+                "seq": r.seq, "time": time, "kind": if prepare { "prepare" } else { "statement" },
                 "statement_id": statement_id, "statement": statement, "params": params,
+                "statement_name": statement_name,
                 "decision": decision, "reason": reason,
                 "status": null, "tag": null, "rows": null, "duration_ms": null, "error": null,
             }));

@@ -66,6 +66,23 @@ pub fn read_cstr<'a>(
     Ok(s)
 }
 
+/// Like [`read_cstr`] for SQL text: bytes that are not UTF-8 (a client_encoding such as
+/// LATIN1) are recorded with replacement characters rather than ending the session. The
+/// statement delimiters the gateway looks for are ASCII, so they are unaffected.
+pub fn read_cstr_lossy<'a>(
+    body: &'a [u8],
+    pos: &mut usize,
+    what: &'static str,
+) -> Result<std::borrow::Cow<'a, str>, CodecError> {
+    let rest = body.get(*pos..).ok_or(CodecError::Malformed { what })?;
+    let end = rest
+        .iter()
+        .position(|&b| b == 0)
+        .ok_or(CodecError::Malformed { what })?;
+    *pos += end + 1;
+    Ok(String::from_utf8_lossy(&rest[..end]))
+}
+
 pub fn read_i16(body: &[u8], pos: &mut usize, what: &'static str) -> Result<i16, CodecError> {
     let b = body
         .get(*pos..*pos + 2)
@@ -158,11 +175,11 @@ pub fn parse_first_packet(body: &[u8]) -> Result<FirstPacket, CodecError> {
 #[derive(Debug, PartialEq, Eq)]
 pub enum FrontendMessage<'a> {
     Query {
-        sql: &'a str,
+        sql: std::borrow::Cow<'a, str>,
     },
     Parse {
         name: &'a str,
-        sql: &'a str,
+        sql: std::borrow::Cow<'a, str>,
         param_types: Vec<u32>,
     },
     Bind {
@@ -195,11 +212,11 @@ pub fn parse_frontend(tag: u8, body: &[u8]) -> Result<Option<FrontendMessage<'_>
     let mut pos = 0;
     let msg = match tag {
         b'Q' => FrontendMessage::Query {
-            sql: read_cstr(body, &mut pos, "Query")?,
+            sql: read_cstr_lossy(body, &mut pos, "Query")?,
         },
         b'P' => {
             let name = read_cstr(body, &mut pos, "Parse")?;
-            let sql = read_cstr(body, &mut pos, "Parse")?;
+            let sql = read_cstr_lossy(body, &mut pos, "Parse")?;
             let n = read_i16(body, &mut pos, "Parse")?;
             let mut param_types = Vec::with_capacity(n.max(0) as usize);
             for _ in 0..n.max(0) {

@@ -207,7 +207,8 @@ impl<P: Pipeline, C: Connector> Frontend<P, C> {
             ));
         }
 
-        let password = tokio::time::timeout(AUTHENTICATION_TIMEOUT, self.read_password(&mut stream)).await;
+        let password =
+            tokio::time::timeout(AUTHENTICATION_TIMEOUT, self.read_password(&mut stream)).await;
         let token = match password {
             Ok(Ok(Some(token))) => token,
             Ok(Ok(None)) => return Err(Early::Close),

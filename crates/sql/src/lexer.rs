@@ -82,13 +82,20 @@ impl Token {
     }
 }
 
-/// Splits `sql` into tokens that together cover all of it, in order.
+/// Splits `sql` into tokens that together cover all of it, in order, with
+/// `standard_conforming_strings` on (PostgreSQL's default since 9.1).
 pub(crate) fn tokenize(sql: &str) -> Vec<Token> {
+    tokenize_with(sql, true)
+}
+
+/// Like [`tokenize`]; with `standard_conforming_strings` off, a backslash escapes the next
+/// character inside plain `'...'` (and `N'...'`) strings too.
+pub(crate) fn tokenize_with(sql: &str, standard_conforming_strings: bool) -> Vec<Token> {
     let bytes = sql.as_bytes();
     let mut tokens = Vec::new();
     let mut start = 0;
     while start < bytes.len() {
-        let (kind, end) = scan_token(bytes, start);
+        let (kind, end) = scan_token(bytes, start, standard_conforming_strings);
         tokens.push(Token { kind, start, end });
         start = end;
     }
@@ -101,8 +108,13 @@ pub(crate) fn next_significant(tokens: &[Token], index: usize) -> Option<usize> 
 }
 
 /// Scans the token starting at `pos` (< `b.len()`); returns its kind and end (> `pos`).
-fn scan_token(b: &[u8], pos: usize) -> (TokenKind, usize) {
+fn scan_token(b: &[u8], pos: usize, scs: bool) -> (TokenKind, usize) {
     let next = b.get(pos + 1).copied();
+    let plain = if scs {
+        LiteralKind::Standard
+    } else {
+        LiteralKind::Escape
+    };
     match b[pos] {
         c if is_space(c) => (TokenKind::Whitespace, skip_while(b, pos, is_space)),
         b'-' if next == Some(b'-') => (
@@ -110,7 +122,7 @@ fn scan_token(b: &[u8], pos: usize) -> (TokenKind, usize) {
             skip_while(b, pos, |c| c != b'\n' && c != b'\r'),
         ),
         b'/' if next == Some(b'*') => block_comment(b, pos),
-        b'\'' => quoted_literal(b, pos + 1, LiteralKind::Standard),
+        b'\'' => quoted_literal(b, pos + 1, plain),
         b'"' => quoted_ident(b, pos + 1),
         b'$' => dollar(b, pos),
         b';' => (TokenKind::Semicolon, pos + 1),
@@ -122,20 +134,19 @@ fn scan_token(b: &[u8], pos: usize) -> (TokenKind, usize) {
             TokenKind::Number,
             skip_while(b, pos, |c| c.is_ascii_digit() || c == b'.' || c == b'_'),
         ),
-        c if is_ident_start(c) => prefixed_quote(b, pos)
+        c if is_ident_start(c) => prefixed_quote(b, pos, plain)
             .unwrap_or_else(|| (TokenKind::Word, skip_while(b, pos, is_ident_cont))),
         _ => (TokenKind::Other, pos + 1),
     }
 }
 
 /// A quote with a letter prefix (`E'`, `N'`, `B'`, `X'`, `U&'`, `U&"`) starting at `pos`.
-fn prefixed_quote(b: &[u8], pos: usize) -> Option<(TokenKind, usize)> {
+fn prefixed_quote(b: &[u8], pos: usize, plain: LiteralKind) -> Option<(TokenKind, usize)> {
     let prefix = b[pos].to_ascii_lowercase();
     match (prefix, b.get(pos + 1), b.get(pos + 2)) {
         (b'e', Some(b'\''), _) => Some(quoted_literal(b, pos + 2, LiteralKind::Escape)),
-        (b'n' | b'b' | b'x', Some(b'\''), _) => {
-            Some(quoted_literal(b, pos + 2, LiteralKind::Standard))
-        }
+        (b'n', Some(b'\''), _) => Some(quoted_literal(b, pos + 2, plain)),
+        (b'b' | b'x', Some(b'\''), _) => Some(quoted_literal(b, pos + 2, LiteralKind::Standard)),
         (b'u', Some(b'&'), Some(b'\'')) => Some(quoted_literal(b, pos + 3, LiteralKind::Unicode)),
         (b'u', Some(b'&'), Some(b'"')) => Some(quoted_ident(b, pos + 3)),
         _ => None,

@@ -10,4 +10,4 @@ mod redact;
 mod split;
 
 pub use redact::redact_secrets;
-pub use split::{split_statements, Statement};
+pub use split::{split_statements, split_statements_strict, Statement};

@@ -1,6 +1,6 @@
 //! Splitting a simple-Query string into the statements the server executes.
 
-use crate::lexer::{is_space, next_significant, tokenize, Token, TokenKind};
+use crate::lexer::{is_space, next_significant, tokenize_with, Token, TokenKind};
 
 /// One statement of a multi-statement SQL string (PostgreSQL lexical rules).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,7 +23,24 @@ pub struct Statement<'a> {
 ///
 /// Never panics; every returned text is a slice of `sql`, in order, not overlapping.
 pub fn split_statements(sql: &str) -> Vec<Statement<'_>> {
-    let tokens = tokenize(sql);
+    split_with(sql, true)
+}
+
+/// [`split_statements`] for a gateway that cannot know the session's
+/// `standard_conforming_strings` (a client may turn it off, even in a message pipelined
+/// behind the one being split): `None` when the statements would differ with it off —
+/// only possible when a backslash sits in a plain string. Refusing such a message is the
+/// safe answer; otherwise the server could run text the gateway took for a comment.
+pub fn split_statements_strict(sql: &str) -> Option<Vec<Statement<'_>>> {
+    let on = split_with(sql, true);
+    if !sql.contains('\\') {
+        return Some(on);
+    }
+    (split_with(sql, false) == on).then_some(on)
+}
+
+fn split_with(sql: &str, standard_conforming_strings: bool) -> Vec<Statement<'_>> {
+    let tokens = tokenize_with(sql, standard_conforming_strings);
     let mut statements = Vec::new();
     let mut start = 0;
     let mut nesting = Nesting::default();
@@ -250,5 +267,33 @@ mod tests {
         for (sql, expected) in cases {
             assert_eq!(texts(sql), *expected, "input {sql:?}");
         }
+    }
+}
+
+#[cfg(test)]
+mod strict_tests {
+    use super::*;
+
+    #[test]
+    fn backslash_that_changes_statement_boundaries_is_ambiguous() {
+        // With standard_conforming_strings off the server reads `'\'; --'` as one string and
+        // runs the DELETE; with it on, the DELETE is inside a comment.
+        assert_eq!(
+            split_statements_strict("SELECT '\\'; --'; DELETE FROM t"),
+            None
+        );
+        assert_eq!(split_statements_strict("SELECT '\\'; SELECT 2 --'"), None);
+    }
+
+    #[test]
+    fn backslashes_that_do_not_matter_are_fine() {
+        let s = split_statements_strict("SELECT 'C:\\temp'; SELECT 2").map(|v| v.len());
+        assert_eq!(s, Some(2));
+        let s = split_statements_strict("SELECT E'a\\'b'; SELECT $$x\\$$").map(|v| v.len());
+        assert_eq!(s, Some(2));
+        assert_eq!(
+            split_statements_strict("SELECT 1; SELECT 2").map(|v| v.len()),
+            Some(2)
+        );
     }
 }

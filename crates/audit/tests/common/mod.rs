@@ -48,6 +48,8 @@ pub fn every_kind() -> Vec<Event> {
             statement: "SELECT $1, $2 -- \"quoted\"\nnext line ü".into(),
             params: vec![Some("1".into()), None],
             decision: "allow".into(),
+            prepare: true,
+            statement_name: Some("s1".into()),
             reason: None,
         },
         EventBody::Statement {
@@ -57,6 +59,8 @@ pub fn every_kind() -> Vec<Event> {
             statement: "DROP TABLE t".into(),
             params: vec![],
             decision: "deny".into(),
+            prepare: false,
+            statement_name: None,
             reason: Some("rule no-drop".into()),
         },
         EventBody::Result {
@@ -110,6 +114,8 @@ pub fn statement(id: u64) -> Event {
             statement: format!("SELECT {id}"),
             params: vec![],
             decision: "allow".into(),
+            prepare: false,
+            statement_name: None,
             reason: None,
         },
     }

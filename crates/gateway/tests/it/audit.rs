@@ -81,7 +81,10 @@ fn kill_9_under_insert_load_loses_no_executed_statement() {
     let mut audited = HashSet::new();
     for record in sluice_audit::read_all(&gw.data_dir().join("audit")).unwrap() {
         if let sluice_audit::EventBody::Statement {
-            statement, params, ..
+            statement,
+            params,
+            prepare: false,
+            ..
         } = record.unwrap().event.body
         {
             if let Some(v) = statement

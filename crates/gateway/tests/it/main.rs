@@ -6,5 +6,6 @@ mod audit;
 mod auth;
 mod bad_input;
 mod clients;
+mod evasion;
 mod support;
 mod tokio_pg;

@@ -1,0 +1,218 @@
+//! Attempts to make the target run something other than what the audit log says.
+
+use std::io::Write;
+
+use bytes::{BufMut, BytesMut};
+
+use crate::bad_input::{error_code, logged_in, read_messages};
+use crate::support::{pg, Gateway};
+
+fn msg(out: &mut BytesMut, tag: u8, body: &[u8]) {
+    out.put_u8(tag);
+    out.put_i32(body.len() as i32 + 4);
+    out.put_slice(body);
+}
+
+fn parse(out: &mut BytesMut, name: &str, sql: &str) {
+    msg(out, b'P', format!("{name}\0{sql}\0\0\0").as_bytes());
+}
+
+fn bind(out: &mut BytesMut, portal: &str, statement: &str) {
+    msg(
+        out,
+        b'B',
+        format!("{portal}\0{statement}\0\0\0\0\0\0\0").as_bytes(),
+    );
+}
+
+fn execute(out: &mut BytesMut, portal: &str) {
+    msg(out, b'E', format!("{portal}\0\0\0\0\0").as_bytes());
+}
+
+fn query(out: &mut BytesMut, sql: &str) {
+    msg(out, b'Q', format!("{sql}\0").as_bytes());
+}
+
+fn sync(out: &mut BytesMut) {
+    msg(out, b'S', b"");
+}
+
+fn rows(db: &str) -> String {
+    pg().psql_admin(db, "SELECT count(*) FROM victim")
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn standard_conforming_strings_off_cannot_hide_a_statement() {
+    pg().create_db("evade_scs");
+    pg().psql_admin(
+        "evade_scs",
+        "CREATE TABLE victim(id int); INSERT INTO victim VALUES (1), (2)",
+    );
+    let gw = Gateway::start("evade_scs", "");
+    let token = gw.user_token("eve");
+    // With standard_conforming_strings off the server reads '\'; --' as one string and
+    // would run the DELETE that a standard lexer takes for a comment.
+    let out = std::process::Command::new("psql")
+        .env("PGOPTIONS", "-c standard_conforming_strings=off")
+        .args(["-X", "-A", "-t"])
+        .arg(gw.conninfo("evade_scs", "eve", &token))
+        .args(["-c", "SELECT '\\'; --'; DELETE FROM victim"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("cannot tell where the statements"),
+        "{stderr}"
+    );
+    assert_eq!(rows("evade_scs"), "2", "nothing was deleted");
+    // Backslashes that cannot change statement boundaries still work.
+    let (ok, out, err) = gw.psql(
+        &gw.conninfo("evade_scs", "eve", &token),
+        &["-c", "SELECT 'C:\\temp' AS p"],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "C:\\temp");
+}
+
+#[test]
+fn redefining_a_named_statement_cannot_change_what_is_recorded() {
+    pg().create_db("evade_names");
+    pg().psql_admin(
+        "evade_names",
+        "CREATE TABLE victim(id int); INSERT INTO victim VALUES (1), (2)",
+    );
+    let gw = Gateway::start("evade_names", "");
+    let token = gw.user_token("eve");
+    let mut s = logged_in(&gw, "evade_names", "eve", &token);
+    let mut out = BytesMut::new();
+    parse(&mut out, "s", "DELETE FROM victim");
+    sync(&mut out);
+    parse(&mut out, "s", "SELECT 1"); // rejected by the server: "s" already exists
+    sync(&mut out);
+    bind(&mut out, "", "s");
+    execute(&mut out, "");
+    sync(&mut out);
+    s.write_all(&out).unwrap();
+    for _ in 0..3 {
+        read_messages(&mut s, b'Z');
+    }
+    drop(s);
+    assert_eq!(rows("evade_names"), "0", "the server ran the DELETE");
+    gw.wait_sessions_closed();
+    let statements = gw.all_statements();
+    let executed: Vec<_> = statements
+        .iter()
+        .filter(|e| e["kind"] == "statement")
+        .collect();
+    assert_eq!(executed.len(), 1, "{statements:#?}");
+    assert_eq!(executed[0]["statement"], "DELETE FROM victim");
+    assert_eq!(executed[0]["statement_name"], "s");
+    assert_eq!(executed[0]["rows"], 2);
+    let prepared: Vec<_> = gw.session(gw.sessions()[0]["id"].as_str().unwrap())["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "prepare")
+        .cloned()
+        .collect();
+    assert_eq!(
+        prepared.len(),
+        1,
+        "the rejected redefinition is not recorded as defined"
+    );
+    assert_eq!(prepared[0]["statement"], "DELETE FROM victim");
+}
+
+#[test]
+fn a_query_inside_a_failed_batch_keeps_the_record_aligned() {
+    pg().create_db("evade_batch");
+    pg().psql_admin(
+        "evade_batch",
+        "CREATE TABLE victim(id int); INSERT INTO victim VALUES (1), (2)",
+    );
+    let gw = Gateway::start("evade_batch", "");
+    let token = gw.user_token("eve");
+    let mut s = logged_in(&gw, "evade_batch", "eve", &token);
+    let mut out = BytesMut::new();
+    parse(&mut out, "", "SELECT 1/0");
+    bind(&mut out, "", "");
+    execute(&mut out, "");
+    query(&mut out, "DELETE FROM victim"); // discarded by the server after the error
+    sync(&mut out);
+    s.write_all(&out).unwrap();
+    let m = read_messages(&mut s, b'Z');
+    assert_eq!(error_code(&m).unwrap().0, "22012");
+    let mut out = BytesMut::new();
+    query(&mut out, "SELECT count(*) FROM victim");
+    s.write_all(&out).unwrap();
+    let m = read_messages(&mut s, b'Z');
+    assert!(error_code(&m).is_none());
+    drop(s);
+    assert_eq!(rows("evade_batch"), "2");
+    gw.wait_sessions_closed();
+    let statements = gw.all_statements();
+    let by = |t: &str| {
+        statements
+            .iter()
+            .find(|e| e["statement"] == t)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(by("SELECT 1/0")["error"]["code"], "22012");
+    assert_eq!(by("DELETE FROM victim")["status"], "not_executed");
+    let count = by("SELECT count(*) FROM victim");
+    assert_eq!(count["status"], "ok");
+    assert_eq!(count["rows"], 1);
+}
+
+#[test]
+fn a_failed_copy_leaves_the_session_in_step() {
+    pg().create_db("evade_copy");
+    pg().psql_admin("evade_copy", "CREATE TABLE victim(id int)");
+    let gw = Gateway::start("evade_copy", "");
+    let token = gw.user_token("eve");
+    // Bad data early, and enough of it that psql is still sending when the server fails.
+    let csv = gw.dir.path().join("bad.csv");
+    let mut data = String::from("not-a-number\n");
+    data.extend((0..200_000).map(|i| format!("{i}\n")));
+    std::fs::write(&csv, data).unwrap();
+    let mut child = std::process::Command::new("psql")
+        .args(["-X", "-A", "-t"])
+        .arg(gw.conninfo("evade_copy", "eve", &token))
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let script = format!(
+        "\\copy victim FROM '{}'\nSELECT 41 + 1;\nSELECT count(*) FROM victim;\n",
+        csv.display()
+    );
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid input syntax"));
+    assert_eq!(stdout.lines().collect::<Vec<_>>(), ["42", "0"]);
+    gw.wait_sessions_closed();
+    let statements = gw.all_statements();
+    let copy = statements
+        .iter()
+        .find(|e| e["statement"].as_str().unwrap().contains("FROM STDIN"))
+        .unwrap();
+    assert_eq!(copy["error"]["code"], "22P02");
+    let after = statements
+        .iter()
+        .find(|e| e["statement"] == "SELECT 41 + 1")
+        .unwrap();
+    assert_eq!(after["status"], "ok", "{after}");
+    assert_eq!(after["rows"], 1);
+}

@@ -1,0 +1,614 @@
+//! Client to server: frame what the client sends, turn every execution into a
+//! [`Request`], and forward only once the pipeline has decided and recorded it.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::{Buf, BytesMut};
+use sluice_core::{Decision, Outcome, Pipeline, Request, RequestKind, SessionInfo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+
+use super::names::{Define, Statement, Undo};
+use super::queue::{not_executed, Exec, Expect, State};
+use super::{io_reason, lock, Shared, READ_BUFFER};
+use crate::codec::{self, FrontendMessage};
+use crate::params::render_params;
+use crate::stream::BoxStream;
+
+/// Why the client-to-server direction stopped with an error.
+pub(super) enum C2sEnd {
+    Io(String),
+    /// A protocol violation; a FATAL ErrorResponse is queued for the client.
+    Fatal(String),
+}
+
+pub(super) struct ClientToServer<P> {
+    pub pipeline: Arc<P>,
+    pub info: Arc<SessionInfo>,
+    pub shared: Arc<Shared>,
+    pub client: ReadHalf<BoxStream>,
+    pub upstream: WriteHalf<BoxStream>,
+    pub next_request: u64,
+    pub max_message: usize,
+    /// After the gateway refused an extended-protocol message, everything up to Sync is
+    /// discarded, exactly as the server does after an error.
+    pub skip_until_sync: bool,
+}
+
+/// One frontend message of a read, and what to do with it once decided.
+enum Action {
+    /// Forward, queueing what the server will answer.
+    Forward {
+        range: Range<usize>,
+        expect: Option<Expect>,
+    },
+    /// Parse: `request` when a named statement is recorded.
+    Parse {
+        range: Range<usize>,
+        request: Option<usize>,
+        undo: Option<Undo>,
+    },
+    Bind {
+        range: Range<usize>,
+        undo: Option<Undo>,
+    },
+    Close {
+        range: Range<usize>,
+        kind: u8,
+        name: String,
+    },
+    /// A simple Query whose statements are `requests[first..first + count]`.
+    Query {
+        range: Range<usize>,
+        first: usize,
+        count: usize,
+    },
+    /// An Execute or FunctionCall: `requests[index]`.
+    Execute {
+        range: Range<usize>,
+        index: usize,
+        function_call: bool,
+    },
+    Sync {
+        range: Range<usize>,
+    },
+    /// Flush and CopyData: answered by nothing, forwarded even while skipping.
+    Pass {
+        range: Range<usize>,
+    },
+    /// CopyDone or CopyFail.
+    CopyEnd {
+        range: Range<usize>,
+    },
+    /// Refused by the gateway before any decision (the text cannot be recorded
+    /// faithfully). A Query gets an error and ReadyForQuery; an extended-protocol message
+    /// an error, and the rest of its batch is discarded.
+    Refuse {
+        message: String,
+        query: bool,
+    },
+    Terminate,
+}
+
+/// What one read held: actions, the requests they carry, bytes consumed, and the total
+/// length of a large CopyData to stream (when the read ends inside one).
+struct Scan {
+    actions: Vec<Action>,
+    requests: Vec<Request>,
+    consumed: usize,
+    streaming: Option<usize>,
+}
+
+impl<P: Pipeline> ClientToServer<P> {
+    pub async fn run(mut self) -> Result<(), C2sEnd> {
+        let mut buf = BytesMut::with_capacity(READ_BUFFER);
+        // Bytes of a large pass-through message (CopyData) still to forward as they come.
+        let mut passthrough: usize = 0;
+        loop {
+            match self.client.read_buf(&mut buf).await {
+                Ok(0) => {
+                    self.end_upstream().await;
+                    return Ok(());
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.end_upstream().await;
+                    return Err(C2sEnd::Io(io_reason(e)));
+                }
+            }
+            let mut out = BytesMut::new();
+            if passthrough > 0 {
+                let n = passthrough.min(buf.len());
+                out.extend_from_slice(&buf.split_to(n));
+                passthrough -= n;
+            }
+            let scan = match self.scan(&buf) {
+                Ok(scan) => scan,
+                Err(message) => {
+                    let mut frames = BytesMut::new();
+                    codec::error_response(&mut frames, "FATAL", "08P01", &message);
+                    self.inject(frames, false, true);
+                    return Err(C2sEnd::Fatal(message));
+                }
+            };
+            let ids: Vec<u64> = scan.requests.iter().map(|r| r.id).collect();
+            let decisions = if scan.requests.is_empty() {
+                Vec::new()
+            } else {
+                self.pipeline.requests(&self.info, scan.requests).await
+            };
+            let terminate = self.apply(&buf, scan.actions, &ids, &decisions, &mut out);
+            buf.advance(scan.consumed);
+            if let Some(len) = scan.streaming {
+                let n = len.min(buf.len());
+                out.extend_from_slice(&buf.split_to(n));
+                passthrough = len - n;
+            }
+            if !out.is_empty() {
+                let sent = async {
+                    self.upstream.write_all(&out).await?;
+                    self.upstream.flush().await
+                };
+                sent.await.map_err(|e| C2sEnd::Io(io_reason(e)))?;
+            }
+            if terminate {
+                return Ok(());
+            }
+            if buf.capacity() - buf.len() < 1024 {
+                buf.reserve(READ_BUFFER);
+            }
+        }
+    }
+
+    /// The client is gone: tell the server to finish what it was sent and end the backend,
+    /// so its remaining answers are still recorded.
+    async fn end_upstream(&mut self) {
+        let _ = self.upstream.write_all(b"X\0\0\0\x04").await;
+        let _ = self.upstream.flush().await;
+    }
+
+    /// Walks the complete messages at the start of `buf`.
+    fn scan(&mut self, buf: &[u8]) -> Result<Scan, String> {
+        let mut scan = Scan {
+            actions: Vec::new(),
+            requests: Vec::new(),
+            consumed: 0,
+            streaming: None,
+        };
+        let mut skipping = self.skip_until_sync;
+        let mut pos = 0;
+        while let Some(h) = codec::parse_header(&buf[pos..]).map_err(|e| e.to_string())? {
+            let total = 5 + h.body_len;
+            if buf.len() - pos < total {
+                if h.tag == b'd' {
+                    // CopyData can be any size: forward it as it arrives.
+                    scan.streaming = Some(total);
+                    break;
+                }
+                if h.body_len > self.max_message {
+                    return Err(format!(
+                        "message of {} bytes exceeds the gateway's limit of {} bytes",
+                        h.body_len, self.max_message
+                    ));
+                }
+                break;
+            }
+            let range = pos..pos + total;
+            let body = &buf[pos + 5..pos + total];
+            pos += total;
+            match h.tag {
+                b'S' => skipping = false,
+                b'H' | b'd' => {}
+                _ if skipping => continue,
+                _ => {}
+            }
+            let action = self.classify(h.tag, body, range, &mut scan.requests)?;
+            if matches!(action, Action::Refuse { query: false, .. }) {
+                skipping = true;
+            }
+            scan.actions.push(action);
+        }
+        scan.consumed = pos;
+        Ok(scan)
+    }
+
+    fn next_id(&mut self) -> u64 {
+        let id = self.next_request;
+        self.next_request += 1;
+        id
+    }
+
+    fn classify(
+        &mut self,
+        tag: u8,
+        body: &[u8],
+        range: Range<usize>,
+        requests: &mut Vec<Request>,
+    ) -> Result<Action, String> {
+        let msg = codec::parse_frontend(tag, body).map_err(|e| e.to_string())?;
+        let action = match (tag, msg) {
+            (_, Some(FrontendMessage::Query { sql })) => {
+                let Some(statements) = sluice_sql::split_statements_strict(&sql) else {
+                    return Ok(Action::Refuse {
+                        message: "sluice cannot tell where the statements of this query string end: a backslash in a quoted string makes it depend on standard_conforming_strings; use E'' strings or send the statements separately".into(),
+                        query: true,
+                    });
+                };
+                let first = requests.len();
+                for stmt in statements {
+                    let id = self.next_id();
+                    requests.push(Request {
+                        id,
+                        kind: RequestKind::Execute,
+                        text: sluice_sql::redact_secrets(stmt.text).into_owned(),
+                        params: Vec::new(),
+                        statement_name: None,
+                    });
+                }
+                Action::Query {
+                    range,
+                    first,
+                    count: requests.len() - first,
+                }
+            }
+            (
+                _,
+                Some(FrontendMessage::Parse {
+                    name,
+                    sql,
+                    param_types,
+                }),
+            ) => {
+                let text = sluice_sql::redact_secrets(&sql).into_owned();
+                let statement = Statement {
+                    sql: Arc::from(text.as_str()),
+                    declared: param_types,
+                    reported: None,
+                };
+                let define = lock(&self.shared.state).names.parse(name, statement);
+                match define {
+                    Define::Ambiguous => return Ok(ambiguous("prepared statement", name)),
+                    Define::Duplicate => Action::Parse {
+                        range,
+                        request: None,
+                        undo: None,
+                    },
+                    // Named statements live on and run later by name: their text is
+                    // recorded now, before the server ever sees it.
+                    Define::Defined(undo) if !name.is_empty() => {
+                        let id = self.next_id();
+                        requests.push(Request {
+                            id,
+                            kind: RequestKind::Prepare,
+                            text,
+                            params: Vec::new(),
+                            statement_name: Some(name.to_owned()),
+                        });
+                        Action::Parse {
+                            range,
+                            request: Some(requests.len() - 1),
+                            undo: Some(undo),
+                        }
+                    }
+                    Define::Defined(undo) => Action::Parse {
+                        range,
+                        request: None,
+                        undo: Some(undo),
+                    },
+                }
+            }
+            (
+                _,
+                Some(FrontendMessage::Bind {
+                    portal,
+                    statement,
+                    params,
+                }),
+            ) => {
+                let mut state = lock(&self.shared.state);
+                let (sql, types) = match state.names.statement(statement) {
+                    Some(s) => (s.sql.clone(), state.names.param_types(s)),
+                    None => (
+                        Arc::from(format!("<unknown prepared statement \"{statement}\">")),
+                        Vec::new(),
+                    ),
+                };
+                let params = render_params(&params, &types);
+                let epoch = state.epoch();
+                match state.names.bind(portal, statement, sql, params, epoch) {
+                    Define::Ambiguous => return Ok(ambiguous("portal", portal)),
+                    Define::Duplicate => Action::Bind { range, undo: None },
+                    Define::Defined(undo) => Action::Bind {
+                        range,
+                        undo: Some(undo),
+                    },
+                }
+            }
+            (_, Some(FrontendMessage::Execute { portal })) => {
+                let (text, params, statement_name) = {
+                    let state = lock(&self.shared.state);
+                    match state.names.portal(portal) {
+                        Some(p) => (
+                            p.sql.to_string(),
+                            p.params.clone(),
+                            Some(p.statement.clone()).filter(|s| !s.is_empty()),
+                        ),
+                        // A cursor opened with DECLARE is a portal the client may Execute.
+                        None => (format!("FETCH ALL FROM \"{portal}\""), Vec::new(), None),
+                    }
+                };
+                let id = self.next_id();
+                requests.push(Request {
+                    id,
+                    kind: RequestKind::Execute,
+                    text,
+                    params,
+                    statement_name,
+                });
+                Action::Execute {
+                    range,
+                    index: requests.len() - 1,
+                    function_call: false,
+                }
+            }
+            (_, Some(FrontendMessage::FunctionCall { oid, args })) => {
+                let id = self.next_id();
+                requests.push(Request {
+                    id,
+                    kind: RequestKind::Execute,
+                    text: format!("<fast-path function call, oid {oid}>"),
+                    params: render_params(&args, &[]),
+                    statement_name: None,
+                });
+                Action::Execute {
+                    range,
+                    index: requests.len() - 1,
+                    function_call: true,
+                }
+            }
+            (_, Some(FrontendMessage::Close { kind, name })) => {
+                lock(&self.shared.state).names.start_close(kind, name);
+                Action::Close {
+                    range,
+                    kind,
+                    name: name.to_owned(),
+                }
+            }
+            (b'D', None) => {
+                let mut pos = 1;
+                let name =
+                    codec::read_cstr(body, &mut pos, "Describe").map_err(|e| e.to_string())?;
+                let expect = match body.first() {
+                    Some(b'S') => Expect::DescribeStatement {
+                        name: name.to_owned(),
+                    },
+                    Some(b'P') => Expect::DescribePortal,
+                    _ => return Err("malformed Describe message".into()),
+                };
+                Action::Forward {
+                    range,
+                    expect: Some(expect),
+                }
+            }
+            (b'S', None) => Action::Sync { range },
+            (b'c' | b'f', None) => Action::CopyEnd { range },
+            (b'H' | b'd', None) => Action::Pass { range },
+            (b'X', None) => Action::Terminate,
+            (other, _) => {
+                return Err(format!(
+                    "invalid frontend message type {}",
+                    other.escape_ascii()
+                ))
+            }
+        };
+        Ok(action)
+    }
+
+    /// Applies decisions: forwards what may pass into `out`, queues what the server owes
+    /// and the gateway's own answers. Returns true when the client asked to terminate.
+    fn apply(
+        &mut self,
+        buf: &[u8],
+        actions: Vec<Action>,
+        ids: &[u64],
+        decisions: &[Decision],
+        out: &mut BytesMut,
+    ) -> bool {
+        // Fail closed: a request without a decision is not run.
+        let missing = Decision::Deny {
+            reason: "sluice made no decision for this statement".into(),
+        };
+        let decision = |i: usize| decisions.get(i).unwrap_or(&missing);
+        let mut outcomes: Vec<Outcome> = Vec::new();
+        let mut terminate = false;
+        let shared = self.shared.clone();
+        let mut state = lock(&shared.state);
+        for action in actions {
+            let skipping = self.skip_until_sync;
+            match action {
+                Action::Forward { range, expect } => {
+                    if skipping {
+                        continue;
+                    }
+                    if let Some(e) = expect {
+                        outcomes.extend(state.push(e));
+                    }
+                    out.extend_from_slice(&buf[range]);
+                }
+                Action::Pass { range } => out.extend_from_slice(&buf[range]),
+                Action::Parse {
+                    range,
+                    request,
+                    undo,
+                } => {
+                    let denied = request.and_then(|i| deny_reason(decision(i)));
+                    if skipping || denied.is_some() {
+                        if let Some(undo) = undo {
+                            state.names.undo(undo, false);
+                        }
+                        if let Some(i) = request {
+                            outcomes.push(not_executed(ids[i], "refused by the gateway"));
+                        }
+                        if let Some(reason) = denied.filter(|_| !skipping) {
+                            self.refuse(&mut state, &reason, false, &mut outcomes);
+                        }
+                        continue;
+                    }
+                    let exec = request.map(|i| Exec::new(ids[i]));
+                    outcomes.extend(state.push(Expect::ParseComplete { exec, undo }));
+                    out.extend_from_slice(&buf[range]);
+                }
+                Action::Bind { range, undo } => {
+                    if skipping {
+                        if let Some(undo) = undo {
+                            state.names.undo(undo, false);
+                        }
+                        continue;
+                    }
+                    outcomes.extend(state.push(Expect::BindComplete { undo }));
+                    out.extend_from_slice(&buf[range]);
+                }
+                Action::Close { range, kind, name } => {
+                    if skipping {
+                        state.names.finish_close(kind, &name, false);
+                        continue;
+                    }
+                    outcomes.extend(state.push(Expect::CloseComplete { kind, name }));
+                    out.extend_from_slice(&buf[range]);
+                }
+                Action::Query {
+                    range,
+                    first,
+                    count,
+                } => {
+                    let batch = &ids[first..first + count];
+                    if skipping {
+                        outcomes.extend(batch.iter().map(|id| {
+                            not_executed(*id, "an earlier message in the batch was refused")
+                        }));
+                        continue;
+                    }
+                    match (first..first + count).find_map(|i| deny_reason(decision(i))) {
+                        None => {
+                            for id in batch {
+                                outcomes.extend(state.push(Expect::QueryExec(Exec::new(*id))));
+                            }
+                            outcomes.extend(state.push(Expect::Ready));
+                            out.extend_from_slice(&buf[range]);
+                        }
+                        // A multi-statement string runs all or nothing through the gateway.
+                        Some(reason) => {
+                            outcomes.extend(
+                                batch
+                                    .iter()
+                                    .map(|id| not_executed(*id, "refused by the gateway")),
+                            );
+                            self.refuse(&mut state, &reason, true, &mut outcomes);
+                        }
+                    }
+                }
+                Action::Execute {
+                    range,
+                    index,
+                    function_call,
+                } => {
+                    let id = ids[index];
+                    if skipping {
+                        outcomes.push(not_executed(
+                            id,
+                            "an earlier message in the batch was refused",
+                        ));
+                        continue;
+                    }
+                    match deny_reason(decision(index)) {
+                        None if function_call => {
+                            outcomes.extend(state.push(Expect::FunctionCall(Exec::new(id))));
+                            outcomes.extend(state.push(Expect::Ready));
+                            out.extend_from_slice(&buf[range]);
+                        }
+                        None => {
+                            outcomes.extend(state.push(Expect::Exec(Exec::new(id))));
+                            out.extend_from_slice(&buf[range]);
+                        }
+                        Some(reason) => {
+                            outcomes.push(not_executed(id, "refused by the gateway"));
+                            self.refuse(&mut state, &reason, function_call, &mut outcomes);
+                        }
+                    }
+                }
+                Action::Sync { range } => {
+                    self.skip_until_sync = false;
+                    state.push_sync();
+                    out.extend_from_slice(&buf[range]);
+                }
+                Action::CopyEnd { range } => {
+                    state.client_copy_ended();
+                    out.extend_from_slice(&buf[range]);
+                }
+                Action::Refuse { message, query } => {
+                    if !skipping {
+                        self.refuse(&mut state, &message, query, &mut outcomes);
+                    }
+                }
+                Action::Terminate => {
+                    // Forward Terminate so the target ends the backend cleanly.
+                    out.extend_from_slice(b"X\0\0\0\x04");
+                    terminate = true;
+                    break;
+                }
+            }
+        }
+        drop(state);
+        self.shared.wake.notify_one();
+        for o in outcomes {
+            self.pipeline.outcome(&self.info, o);
+        }
+        terminate
+    }
+
+    /// Queues the gateway's refusal. A Query or FunctionCall gets its ReadyForQuery; an
+    /// extended-protocol message discards the rest of its batch, as a server error would.
+    fn refuse(
+        &mut self,
+        state: &mut State,
+        reason: &str,
+        with_ready: bool,
+        outcomes: &mut Vec<Outcome>,
+    ) {
+        let mut frames = BytesMut::new();
+        codec::error_response(&mut frames, "ERROR", "42501", reason);
+        outcomes.extend(state.push(Expect::Inject {
+            frames,
+            then_ready: with_ready,
+            close_after: false,
+        }));
+        if !with_ready {
+            self.skip_until_sync = true;
+        }
+    }
+
+    fn inject(&self, frames: BytesMut, then_ready: bool, close_after: bool) {
+        let _ = lock(&self.shared.state).push(Expect::Inject {
+            frames,
+            then_ready,
+            close_after,
+        });
+        self.shared.wake.notify_one();
+    }
+}
+
+fn deny_reason(d: &Decision) -> Option<String> {
+    match d {
+        Decision::Allow => None,
+        Decision::Deny { reason } => Some(reason.clone()),
+    }
+}
+
+fn ambiguous(what: &str, name: &str) -> Action {
+    Action::Refuse {
+        message: format!(
+            "sluice cannot tell which definition of {what} \"{name}\" the server will use; wait for the answer to the previous Close or Sync before redefining it"
+        ),
+        query: false,
+    }
+}

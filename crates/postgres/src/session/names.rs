@@ -1,0 +1,307 @@
+//! Prepared statements and portals as the server has them, so that every Execute is
+//! recorded with the SQL that really runs.
+//!
+//! The gateway sees Parse/Bind/Close before the server answers them, so it predicts the
+//! server: an unnamed statement or portal is always replaced; a second definition of a
+//! named one is rejected by the server (42P05 / 42P03), so the first stays; a Close takes
+//! effect only once CloseComplete confirms it; named portals end with their transaction.
+//! Where the prediction could be wrong, the definition is refused instead.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+#[derive(Debug)]
+pub(super) struct Statement {
+    /// Statement text, secrets redacted.
+    pub sql: Arc<str>,
+    /// Parameter types given in Parse (0 = unspecified).
+    pub declared: Vec<u32>,
+    /// Parameter types the server reported in ParameterDescription.
+    pub reported: Option<Vec<u32>>,
+}
+
+#[derive(Debug)]
+pub(super) struct Portal {
+    /// The prepared statement it was bound from.
+    pub statement: String,
+    pub sql: Arc<str>,
+    pub params: Vec<Option<String>>,
+    /// Number of ReadyForQuery-producing messages sent before this Bind.
+    epoch: u64,
+}
+
+struct Entry<T> {
+    value: T,
+    /// A Close was sent and not yet confirmed.
+    closing: bool,
+}
+
+/// The result of a Parse or Bind, as the server will see it.
+#[derive(Debug)]
+pub(super) enum Define {
+    /// Defined; undo it if the server skips or fails the message.
+    Defined(Undo),
+    /// The server will reject the definition; the existing one stays.
+    Duplicate,
+    /// The gateway cannot tell what the server will have; the message must be refused.
+    Ambiguous,
+}
+
+/// What a Parse or Bind replaced, to restore when the server does not carry it out.
+#[derive(Debug)]
+pub(super) enum Undo {
+    Statement {
+        name: String,
+        previous: Option<Statement>,
+    },
+    Portal {
+        name: String,
+        previous: Option<Portal>,
+    },
+}
+
+#[derive(Default)]
+pub(super) struct Names {
+    statements: HashMap<String, Entry<Statement>>,
+    portals: HashMap<String, Entry<Portal>>,
+}
+
+impl Names {
+    pub fn parse(&mut self, name: &str, statement: Statement) -> Define {
+        match self.statements.get(name) {
+            Some(e) if !name.is_empty() && e.closing => Define::Ambiguous,
+            Some(_) if !name.is_empty() => Define::Duplicate,
+            _ => {
+                let previous = self.statements.insert(
+                    name.to_owned(),
+                    Entry {
+                        value: statement,
+                        closing: false,
+                    },
+                );
+                Define::Defined(Undo::Statement {
+                    name: name.to_owned(),
+                    previous: previous.map(|e| e.value),
+                })
+            }
+        }
+    }
+
+    /// `epoch`: ReadyForQuery-producing messages sent so far.
+    pub fn bind(
+        &mut self,
+        name: &str,
+        statement: &str,
+        sql: Arc<str>,
+        params: Vec<Option<String>>,
+        epoch: u64,
+    ) -> Define {
+        match self.portals.get(name) {
+            // Same batch: the server rejects the duplicate.
+            Some(e) if !name.is_empty() && e.value.epoch == epoch && !e.closing => {
+                Define::Duplicate
+            }
+            // An earlier batch: whether its transaction (and so the portal) ended is not
+            // known yet.
+            Some(_) if !name.is_empty() => Define::Ambiguous,
+            _ => {
+                let previous = self.portals.insert(
+                    name.to_owned(),
+                    Entry {
+                        value: Portal {
+                            statement: statement.to_owned(),
+                            sql,
+                            params,
+                            epoch,
+                        },
+                        closing: false,
+                    },
+                );
+                Define::Defined(Undo::Portal {
+                    name: name.to_owned(),
+                    previous: previous.map(|e| e.value),
+                })
+            }
+        }
+    }
+
+    pub fn statement(&self, name: &str) -> Option<&Statement> {
+        self.statements.get(name).map(|e| &e.value)
+    }
+
+    pub fn portal(&self, name: &str) -> Option<&Portal> {
+        self.portals.get(name).map(|e| &e.value)
+    }
+
+    /// Types for rendering bind values: declared ones, completed by reported ones.
+    pub fn param_types(&self, statement: &Statement) -> Vec<u32> {
+        match &statement.reported {
+            Some(reported) => reported
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    statement
+                        .declared
+                        .get(i)
+                        .copied()
+                        .filter(|d| *d != 0)
+                        .unwrap_or(*t)
+                })
+                .collect(),
+            None => statement.declared.clone(),
+        }
+    }
+
+    pub fn set_reported(&mut self, statement: &str, types: Vec<u32>) {
+        if let Some(e) = self.statements.get_mut(statement) {
+            e.value.reported = Some(types);
+        }
+    }
+
+    /// A Close for `kind` (`S` or `P`) `name` was sent.
+    pub fn start_close(&mut self, kind: u8, name: &str) {
+        let closing = match kind {
+            b'S' => self.statements.get_mut(name).map(|e| &mut e.closing),
+            _ => self.portals.get_mut(name).map(|e| &mut e.closing),
+        };
+        if let Some(c) = closing {
+            *c = true;
+        }
+    }
+
+    /// The server confirmed the Close (`took_effect`) or skipped it after an error.
+    pub fn finish_close(&mut self, kind: u8, name: &str, took_effect: bool) {
+        if took_effect {
+            match kind {
+                b'S' => self.statements.remove(name).map(|_| ()),
+                _ => self.portals.remove(name).map(|_| ()),
+            };
+            return;
+        }
+        let closing = match kind {
+            b'S' => self.statements.get_mut(name).map(|e| &mut e.closing),
+            _ => self.portals.get_mut(name).map(|e| &mut e.closing),
+        };
+        if let Some(c) = closing {
+            *c = false;
+        }
+    }
+
+    /// The server did not carry out a Parse or Bind: `failed` when that message itself
+    /// failed, otherwise it was skipped after an earlier error.
+    pub fn undo(&mut self, undo: Undo, failed: bool) {
+        match undo {
+            // A Parse of the unnamed statement drops the old one before it can fail.
+            Undo::Statement { name, .. } if failed && name.is_empty() => {
+                self.statements.remove(&name);
+            }
+            Undo::Statement { name, previous } => restore(&mut self.statements, name, previous),
+            Undo::Portal { name, previous } => restore(&mut self.portals, name, previous),
+        }
+    }
+
+    /// A transaction ended at the `epoch`-th ReadyForQuery: portals bound before it are gone.
+    pub fn transaction_ended(&mut self, epoch: u64) {
+        self.portals.retain(|_, e| e.value.epoch >= epoch);
+    }
+}
+
+fn restore<T>(map: &mut HashMap<String, Entry<T>>, name: String, previous: Option<T>) {
+    match previous {
+        Some(value) => {
+            map.insert(
+                name,
+                Entry {
+                    value,
+                    closing: false,
+                },
+            );
+        }
+        None => {
+            map.remove(&name);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stmt(sql: &str) -> Statement {
+        Statement {
+            sql: Arc::from(sql),
+            declared: Vec::new(),
+            reported: None,
+        }
+    }
+
+    #[test]
+    fn named_statements_are_not_redefined() {
+        let mut n = Names::default();
+        assert!(matches!(
+            n.parse("s", stmt("DELETE FROM t")),
+            Define::Defined(_)
+        ));
+        assert!(matches!(n.parse("s", stmt("SELECT 1")), Define::Duplicate));
+        assert_eq!(
+            &*n.statement("s").map(|s| s.sql.clone()).unwrap_or_default(),
+            "DELETE FROM t"
+        );
+        assert!(matches!(n.parse("", stmt("SELECT 1")), Define::Defined(_)));
+        // A skipped Parse of the unnamed statement leaves the old one in place...
+        let Define::Defined(undo) = n.parse("", stmt("SELECT 2")) else {
+            panic!()
+        };
+        n.undo(undo, false);
+        assert_eq!(
+            &*n.statement("").map(|s| s.sql.clone()).unwrap_or_default(),
+            "SELECT 1"
+        );
+        // ...a failed one drops it, as the server does.
+        let Define::Defined(undo) = n.parse("", stmt("SELEC 3")) else {
+            panic!()
+        };
+        n.undo(undo, true);
+        assert!(n.statement("").is_none());
+    }
+
+    #[test]
+    fn close_takes_effect_only_when_confirmed() {
+        let mut n = Names::default();
+        n.parse("s", stmt("DELETE FROM t"));
+        n.start_close(b'S', "s");
+        assert!(matches!(n.parse("s", stmt("SELECT 1")), Define::Ambiguous));
+        n.finish_close(b'S', "s", false);
+        assert!(
+            n.statement("s").is_some(),
+            "a skipped Close keeps the statement"
+        );
+        n.start_close(b'S', "s");
+        n.finish_close(b'S', "s", true);
+        assert!(matches!(n.parse("s", stmt("SELECT 1")), Define::Defined(_)));
+    }
+
+    #[test]
+    fn named_portals_end_with_their_transaction() {
+        let mut n = Names::default();
+        let sql: Arc<str> = Arc::from("SELECT 1");
+        assert!(matches!(
+            n.bind("p", "s", sql.clone(), vec![], 0),
+            Define::Defined(_)
+        ));
+        assert!(matches!(
+            n.bind("p", "s", sql.clone(), vec![], 0),
+            Define::Duplicate
+        ));
+        assert!(matches!(
+            n.bind("p", "s", sql.clone(), vec![], 1),
+            Define::Ambiguous
+        ));
+        n.transaction_ended(1);
+        assert!(n.portal("p").is_none());
+        assert!(matches!(
+            n.bind("p", "s", sql, vec![], 1),
+            Define::Defined(_)
+        ));
+    }
+}

@@ -1,0 +1,153 @@
+//! Server to client: forward the target's bytes as they arrive, settle the answer queue
+//! frame by frame, write the gateway's own answers at the right place, record outcomes.
+
+use std::sync::Arc;
+
+use bytes::{Buf, BytesMut};
+use sluice_core::{Pipeline, SessionInfo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+
+use super::{io_reason, lock, Shared, READ_BUFFER};
+use crate::codec;
+use crate::stream::BoxStream;
+
+/// Server messages whose body the gateway reads are buffered whole up to this size.
+const MAX_INSPECTED_SERVER_MESSAGE: usize = 16 << 20;
+
+pub(super) struct ServerToClient<P> {
+    pub pipeline: Arc<P>,
+    pub info: Arc<SessionInfo>,
+    pub shared: Arc<Shared>,
+    pub upstream: ReadHalf<BoxStream>,
+    pub client: WriteHalf<BoxStream>,
+    /// The client stopped reading: answers are still read and recorded, not written.
+    pub client_gone: bool,
+}
+
+/// Server messages the gateway must read whole.
+fn needs_body(tag: u8) -> bool {
+    matches!(tag, b'C' | b'E' | b'Z' | b't')
+}
+
+impl<P: Pipeline> ServerToClient<P> {
+    /// Runs until the server closes the connection.
+    pub async fn run(mut self) -> Result<(), String> {
+        let mut buf = BytesMut::with_capacity(READ_BUFFER);
+        // Bytes of the current pass-through frame not yet received.
+        let mut passthrough: usize = 0;
+        loop {
+            tokio::select! {
+                read = self.upstream.read_buf(&mut buf) => {
+                    if read.map_err(io_reason)? == 0 {
+                        return Ok(());
+                    }
+                }
+                () = self.shared.wake.notified() => {
+                    if passthrough == 0 {
+                        self.write_due_injections().await?;
+                    }
+                    continue;
+                }
+            }
+            self.process(&mut buf, &mut passthrough).await?;
+            if buf.capacity() - buf.len() < 1024 {
+                buf.reserve(READ_BUFFER);
+            }
+        }
+    }
+
+    /// Writes to the client; once the client is gone, answers are dropped so that the
+    /// server's remaining answers can still be read and recorded.
+    async fn send(&mut self, bytes: &[u8]) {
+        if self.client_gone || bytes.is_empty() {
+            return;
+        }
+        if self.client.write_all(bytes).await.is_err() {
+            self.client_gone = true;
+        }
+    }
+
+    /// Forwards everything complete in `buf`, settling the queue frame by frame.
+    async fn process(&mut self, buf: &mut BytesMut, passthrough: &mut usize) -> Result<(), String> {
+        let mut pos = 0; // next unexamined byte
+        let mut written = 0; // bytes of buf already sent to the client
+        if *passthrough > 0 {
+            let n = (*passthrough).min(buf.len());
+            pos = n;
+            *passthrough -= n;
+        }
+        // Injections are written at frame boundaries only, before the next frame is
+        // observed, so they land exactly where the client expects them.
+        let mut inject_due = *passthrough == 0 && lock(&self.shared.state).front_is_inject();
+        loop {
+            if inject_due && *passthrough == 0 {
+                self.send(&buf[written..pos]).await;
+                written = pos;
+                self.write_due_injections().await?;
+            }
+            if *passthrough > 0 {
+                break;
+            }
+            let Some(h) = codec::parse_header(&buf[pos..]).map_err(|e| e.to_string())? else {
+                break;
+            };
+            let total = 5 + h.body_len;
+            let available = buf.len() - pos;
+            if available < total {
+                if needs_body(h.tag) {
+                    if h.body_len > MAX_INSPECTED_SERVER_MESSAGE {
+                        return Err(format!(
+                            "server message of {} bytes is too large",
+                            h.body_len
+                        ));
+                    }
+                    break; // wait for the rest of this frame
+                }
+                // Large DataRow/CopyData: account for it now, stream its bytes as they
+                // come. An injection this makes due waits for the frame's end.
+                self.observe(h.tag, &[]);
+                *passthrough = total - available;
+                pos = buf.len();
+                break;
+            }
+            inject_due = self.observe(h.tag, &buf[pos + 5..pos + total]);
+            pos += total;
+        }
+        self.send(&buf[written..pos]).await;
+        if !self.client_gone && self.client.flush().await.is_err() {
+            self.client_gone = true;
+        }
+        buf.advance(pos);
+        Ok(())
+    }
+
+    /// Settles one frame; records outcomes. Returns true when an injection is now due.
+    fn observe(&self, tag: u8, body: &[u8]) -> bool {
+        let (outcomes, inject_due) = {
+            let mut state = lock(&self.shared.state);
+            let outcomes = state.observe(tag, body);
+            (outcomes, state.front_is_inject())
+        };
+        for o in outcomes {
+            self.pipeline.outcome(&self.info, o);
+        }
+        inject_due
+    }
+
+    /// Writes every injection now at the front of the queue. An injection that closes the
+    /// session (a FATAL error) ends this direction with its reason.
+    async fn write_due_injections(&mut self) -> Result<(), String> {
+        loop {
+            let Some((frames, close_after)) = lock(&self.shared.state).pop_inject() else {
+                return Ok(());
+            };
+            self.send(&frames).await;
+            if !self.client_gone && self.client.flush().await.is_err() {
+                self.client_gone = true;
+            }
+            if close_after {
+                return Err("closed by the gateway after a protocol error".into());
+            }
+        }
+    }
+}
