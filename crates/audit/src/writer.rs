@@ -102,6 +102,11 @@ struct Log {
     dirty: bool,
     /// A failure whose submitter was not told; the next flush reports it.
     unreported: Option<AuditError>,
+    /// An fdatasync failed. After that, a later successful sync proves nothing (the
+    /// kernel may have dropped the dirty pages), so every later append fails until the
+    /// log is reopened — the gateway then refuses statements instead of running them
+    /// unrecorded.
+    sync_failed: Option<AuditError>,
 }
 
 impl Log {
@@ -130,7 +135,15 @@ impl Log {
 
     /// Writes pending lines followed by `lines` (already chained after them).
     fn write(&mut self, lines: &[u8]) -> Result<(), AuditError> {
-        self.prepare()?;
+        if let Some(err) = &self.sync_failed {
+            return Err(err.clone());
+        }
+        if let Err(err) = self.prepare() {
+            // Nothing of this write counts; rewind the chain to what is in the file.
+            self.pending.clear();
+            self.head = self.written_head.clone();
+            return Err(err);
+        }
         let result = if self.pending.is_empty() {
             self.file.write_all(lines)
         } else {
@@ -196,8 +209,7 @@ impl Log {
 struct SyncStatus {
     /// Every record up to this seq is on stable storage.
     synced_seq: u64,
-    /// The latest failed sync covered records up to this seq.
-    failed_through: u64,
+    /// A sync failed: nothing after `synced_seq` will ever be confirmed.
     error: Option<AuditError>,
 }
 
@@ -280,6 +292,7 @@ impl AuditWriter {
             written_seq: tail.seq,
             dirty: false,
             unreported: None,
+            sync_failed: None,
         }));
         let (status, _) = watch::channel(SyncStatus {
             synced_seq: tail.seq,
@@ -389,10 +402,8 @@ impl AuditWriter {
                 if current.synced_seq >= seq {
                     return Ok(());
                 }
-                if current.failed_through >= seq {
-                    if let Some(err) = &current.error {
-                        return Err(err.clone());
-                    }
+                if let Some(err) = &current.error {
+                    return Err(err.clone());
                 }
             }
             status
@@ -449,7 +460,7 @@ impl Syncer {
                         log.unreported = Some(err);
                     }
                 }
-                if log.written_seq > synced {
+                if log.written_seq > synced && log.sync_failed.is_none() {
                     Some((log.file.try_clone(), log.written_seq, log.path()))
                 } else {
                     None
@@ -465,12 +476,13 @@ impl Syncer {
                     }
                     Err(err) => {
                         let err = AuditError::io(format!("cannot sync {path}"), err);
-                        tracing::error!(error = %err, "audit log sync failed");
-                        lock(&self.log).unreported = Some(err.clone());
-                        self.status.send_modify(|s| {
-                            s.failed_through = seq;
-                            s.error = Some(err);
-                        });
+                        tracing::error!(error = %err, seq, "audit log sync failed; refusing further appends");
+                        {
+                            let mut log = lock(&self.log);
+                            log.unreported = Some(err.clone());
+                            log.sync_failed = Some(err.clone());
+                        }
+                        self.status.send_modify(|s| s.error = Some(err));
                     }
                 }
             }

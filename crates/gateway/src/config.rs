@@ -102,7 +102,7 @@ pub enum Kind {
     Postgres,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Connection {
     pub name: String,
@@ -127,6 +127,28 @@ pub struct Connection {
     /// Who may open sessions: `user:NAME`, `group:NAME`. Absent: every authenticated user.
     #[serde(default)]
     pub allow: Option<Vec<String>>,
+}
+
+/// Never prints a literal password.
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let password = self.password.as_deref().map(|p| {
+            if p.starts_with("env:") || p.starts_with("file:") {
+                p
+            } else {
+                "<literal>"
+            }
+        });
+        f.debug_struct("Connection")
+            .field("name", &self.name)
+            .field("address", &self.address)
+            .field("database", &self.database)
+            .field("user", &self.user)
+            .field("password", &password)
+            .field("tls", &self.tls)
+            .field("allow", &self.allow)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Default, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -310,6 +332,12 @@ mod tests {
         let config: Config = serde_yaml_ng::from_str(yaml)?;
         config.validate()?;
         Ok(config)
+    }
+
+    #[test]
+    fn debug_never_shows_a_literal_password() {
+        let c = parse("connections:\n  - {name: a, kind: postgres, address: h:1, database: d, user: u, password: hunter2}\n").unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"));
     }
 
     #[test]

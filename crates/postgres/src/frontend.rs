@@ -472,14 +472,21 @@ fn auth_refusal(failure: &AuthFailure) -> Refusal {
     Refusal::new(code, failure.to_string())
 }
 
-/// What the client is told when the target cannot be reached. Rejections by the target
-/// are summarised: its message may name the target's own user, which callers never see.
+/// What the client is told when the target cannot be reached: the kind of failure, not
+/// the gateway's internals (addresses, variable names, file paths stay in its log).
 fn upstream_refusal(connection: &str, e: &UpstreamError) -> Refusal {
     let detail = match e {
         UpstreamError::Rejected { code, .. } => {
             format!("the target refused the gateway's credentials (SQLSTATE {code})")
         }
-        other => other.to_string(),
+        UpstreamError::Connect { .. } | UpstreamError::Timeout(_) => {
+            "the target is unreachable".to_owned()
+        }
+        UpstreamError::Tls(_) | UpstreamError::TlsUnavailable => {
+            "TLS to the target failed".to_owned()
+        }
+        UpstreamError::NoRoute(_) => "no agent serves it".to_owned(),
+        _ => "the gateway could not log in to the target (see the gateway log)".to_owned(),
     };
     Refusal::new(
         "08001",

@@ -77,6 +77,8 @@ pub enum UpstreamError {
     MissingPassword,
     #[error("the target rejected the gateway's login (SQLSTATE {code}): {message}")]
     Rejected { code: String, message: String },
+    #[error("the target asked for a {0} password over a connection whose server is not verified; use tls: verify-full, or tls: disable to accept that risk")]
+    UnsafeAuth(&'static str),
     #[error("the target asked for an unsupported authentication method ({0})")]
     UnsupportedAuth(String),
     #[error("protocol error from the target: {0}")]
@@ -103,7 +105,7 @@ async fn connect_inner(
     opts: &UpstreamOptions,
     client_params: &[(String, String)],
 ) -> Result<Upstream, UpstreamError> {
-    let mut stream = open_stream(opts).await?;
+    let (mut stream, _tls) = open_stream(opts).await?;
 
     let mut params: Vec<(&str, &str)> = vec![("user", &opts.user), ("database", &opts.database)];
     params.extend(client_params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
@@ -166,7 +168,8 @@ async fn connect_inner(
     }
 }
 
-async fn open_stream(opts: &UpstreamOptions) -> Result<BoxStream, UpstreamError> {
+/// Opens the connection; the flag says whether TLS was established.
+async fn open_stream(opts: &UpstreamOptions) -> Result<(BoxStream, bool), UpstreamError> {
     let mut tcp =
         TcpStream::connect(&opts.address)
             .await
@@ -176,7 +179,7 @@ async fn open_stream(opts: &UpstreamOptions) -> Result<BoxStream, UpstreamError>
             })?;
     tcp.set_nodelay(true)?;
     if opts.tls == TlsMode::Disable {
-        return Ok(Box::new(tcp));
+        return Ok((Box::new(tcp), false));
     }
     let mut out = BytesMut::new();
     codec::ssl_request(&mut out);
@@ -194,9 +197,9 @@ async fn open_stream(opts: &UpstreamOptions) -> Result<BoxStream, UpstreamError>
             let tls = tls::connect_upstream(tcp, host, &opts.tls)
                 .await
                 .map_err(|e| UpstreamError::Tls(e.to_string()))?;
-            Ok(Box::new(tls))
+            Ok((Box::new(tls), true))
         }
-        b'N' if opts.tls == TlsMode::Prefer => Ok(Box::new(tcp)),
+        b'N' if opts.tls == TlsMode::Prefer => Ok((Box::new(tcp), false)),
         b'N' => Err(UpstreamError::TlsUnavailable),
         _ => Err(UpstreamError::Protocol(
             "unexpected answer to SSLRequest".into(),
@@ -234,6 +237,13 @@ async fn authenticate(
         let mut out = BytesMut::new();
         match code {
             0 => return Ok(()),
+            3 | 5 if !password_may_be_revealed(&opts.tls) => {
+                return Err(UpstreamError::UnsafeAuth(if code == 3 {
+                    "cleartext"
+                } else {
+                    "MD5"
+                }))
+            }
             3 => codec::password_message(&mut out, password()?.as_bytes()),
             5 => {
                 let salt: [u8; 4] = body
@@ -284,6 +294,14 @@ async fn authenticate(
         }
         stream.write_all(&out).await?;
     }
+}
+
+/// Cleartext and MD5 hand the password (or a hash that logs in as well) to whoever
+/// answers: only to a verified server, or where the operator chose plain TCP explicitly.
+/// A man in the middle can otherwise answer `N` to SSLRequest (`prefer`) or terminate
+/// TLS itself (`require`) and ask for it. SCRAM never reveals the password.
+fn password_may_be_revealed(mode: &TlsMode) -> bool {
+    matches!(mode, TlsMode::Disable | TlsMode::VerifyFull { .. })
 }
 
 fn sasl_mechanisms(body: &[u8]) -> Vec<&str> {
@@ -339,7 +357,7 @@ async fn read_message(
 /// Sends a CancelRequest for `key` to the target on a new connection.
 pub async fn send_cancel(opts: &UpstreamOptions, key: &CancelKey) -> Result<(), UpstreamError> {
     let fut = async {
-        let mut stream = open_stream(opts).await?;
+        let (mut stream, _) = open_stream(opts).await?;
         let mut out = BytesMut::new();
         codec::cancel_request(&mut out, key.pid, &key.key);
         stream.write_all(&out).await?;

@@ -101,6 +101,7 @@ fn allow_lists_and_upstream_auth_methods() {
          \x20 - {{ name: via-tls, kind: postgres, address: 127.0.0.1:{target}, database: auth_methods, user: tlsonly, password: tls-pass-1, tls: require }}\n\
          \x20 - {{ name: tls-refused, kind: postgres, address: 127.0.0.1:{target}, database: auth_methods, user: tlsonly, password: tls-pass-1, tls: disable }}\n\
          \x20 - {{ name: bad-password, kind: postgres, address: 127.0.0.1:{target}, database: auth_methods, user: postgres, password: wrong-Target-Pass }}\n\
+         \x20 - {{ name: md5-unverified, kind: postgres, address: 127.0.0.1:{target}, database: auth_methods, user: md5user, password: md5-pass-1, tls: prefer }}\n\
          \x20 - {{ name: down, kind: postgres, address: 127.0.0.1:1, database: x, user: postgres, connect_timeout: 2s }}\n\
          \x20 - {{ name: admins-only, kind: postgres, address: 127.0.0.1:{target}, database: auth_methods, user: postgres, password: env:SLUICE_TEST_TARGET_PASSWORD, allow: [group:dba] }}\n"
     );
@@ -140,10 +141,24 @@ fn allow_lists_and_upstream_auth_methods() {
         "{err}"
     );
     assert!(!err.contains("wrong-Target-Pass"));
+    // MD5 would hand a replayable hash to whoever answers; only to a verified server or
+    // over a connection explicitly configured as plain.
+    let (ok, _, err) = run("md5-unverified");
+    assert!(
+        !ok && err.contains("cannot open connection \"md5-unverified\""),
+        "{err}"
+    );
+    assert!(gw
+        .log()
+        .contains("asked for a MD5 password over a connection whose server is not verified"));
     let (ok, _, err) = run("down");
     assert!(
-        !ok && err.contains("cannot open connection \"down\""),
+        !ok && err.contains("cannot open connection \"down\": the target is unreachable"),
         "{err}"
+    );
+    assert!(
+        !err.contains("127.0.0.1:1"),
+        "internal addresses stay in the log: {err}"
     );
     let (ok, _, err) = run("admins-only");
     assert!(
