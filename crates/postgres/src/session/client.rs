@@ -558,8 +558,13 @@ impl<P: Pipeline> ClientToServer<P> {
                 }
             }
         }
+        let inject_due = state.front_is_inject();
         drop(state);
-        self.shared.wake.notify_one();
+        // The server direction writes injections; wake it only when one is waiting at
+        // the front (otherwise it will reach them as answers arrive).
+        if inject_due {
+            self.shared.wake.notify_one();
+        }
         for o in outcomes {
             self.pipeline.outcome(&self.info, o);
         }
