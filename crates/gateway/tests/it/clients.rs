@@ -269,3 +269,138 @@ fn pgbench_simple_extended_prepared() {
     assert_eq!(rows, 600);
     assert!(gw.verify().status.success());
 }
+
+/// psycopg 3: binary results, pipeline mode with an error, executemany, prepared
+/// statements, server-side cursors, COPY both ways.
+#[test]
+fn psycopg3_through_the_gateway() {
+    pg().create_db("psycopg_db");
+    let gw = Gateway::start("psycopg_db", "");
+    let token = gw.user_token("pat");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/clients/psycopg_check.py"
+    );
+    let out = Command::new("python3")
+        .arg(script)
+        .env("SLUICE_DSN", gw.conninfo("psycopg_db", "pat", &token))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(
+        seen["binary_row"],
+        serde_json::json!([1, "rex", 12.5, "2020-01-02"])
+    );
+    assert_eq!(seen["pipeline_error"], "23505");
+    assert_eq!(
+        seen["count_after_pipeline"], 51,
+        "the failed pipeline rolled back"
+    );
+    assert_eq!(seen["server_side_rows"], 51);
+    assert_eq!(seen["copy_out_rows"], 51);
+    assert_eq!(seen["final_count"], 551);
+
+    gw.wait_sessions_closed();
+    let statements = gw.all_statements();
+    let inserts = statements
+        .iter()
+        .filter(|s| {
+            s["statement"] == "INSERT INTO pets VALUES ($1, $2, $3, $4)" && s["status"] == "ok"
+        })
+        .count();
+    assert_eq!(
+        inserts, 51,
+        "one record per executed row, joined with its parameters"
+    );
+    let dup = statements
+        .iter()
+        .find(|s| s["statement"] == "INSERT INTO pets VALUES (1, 'duplicate', 1, '2020-01-01')")
+        .unwrap();
+    assert_eq!(dup["error"]["code"], "23505");
+    let after = statements
+        .iter()
+        .find(|s| s["statement"] == "INSERT INTO pets VALUES (101, 'b', 1, '2020-01-01')")
+        .unwrap();
+    assert_eq!(after["status"], "not_executed");
+    assert!(statements.iter().any(|s| s["statement"]
+        .as_str()
+        .unwrap()
+        .starts_with("FETCH FORWARD 7")));
+    assert!(gw.verify().status.success());
+}
+
+/// PostgreSQL JDBC: named server-side statements, binary transfer, batches, a fetchSize
+/// cursor (PortalSuspended), and an error inside a batch.
+#[test]
+fn jdbc_through_the_gateway() {
+    let jar = "/usr/share/java/postgresql.jar";
+    assert!(
+        std::path::Path::new(jar).exists(),
+        "install libpostgresql-jdbc-java (scripts/test does)"
+    );
+    pg().create_db("jdbc_db");
+    let gw = Gateway::start("jdbc_db", "");
+    let token = gw.user_token("jay");
+    let classes = gw.dir.path().join("classes");
+    let source = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/JdbcCheck.java");
+    let javac = Command::new("javac")
+        .args(["-cp", jar, "-d"])
+        .arg(&classes)
+        .arg(source)
+        .output()
+        .unwrap();
+    assert!(
+        javac.status.success(),
+        "{}",
+        String::from_utf8_lossy(&javac.stderr)
+    );
+    let url = format!("jdbc:postgresql://127.0.0.1:{}/jdbc_db", gw.pg_port);
+    let out = Command::new("java")
+        .arg("-cp")
+        .arg(format!("{jar}:{}", classes.display()))
+        .args(["JdbcCheck", &url, "jay", &token])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        ["batch=200", "cursor=200", "batch_error=23505", "count=200"]
+    );
+
+    gw.wait_sessions_closed();
+    let statements = gw.all_statements();
+    let inserts = statements
+        .iter()
+        .filter(|s| {
+            s["statement"] == "INSERT INTO orders VALUES ($1, $2, $3)" && s["status"] == "ok"
+        })
+        .count();
+    assert_eq!(inserts, 200);
+    let fetches: Vec<_> = statements
+        .iter()
+        .filter(|s| s["statement"] == "SELECT id FROM orders ORDER BY id")
+        .collect();
+    assert!(
+        fetches.len() >= 7,
+        "a fetchSize cursor runs one Execute per 30 rows"
+    );
+    let rows: u64 = fetches.iter().map(|s| s["rows"].as_u64().unwrap()).sum();
+    assert_eq!(rows, 200);
+    let dup = statements
+        .iter()
+        .find(|s| s["error"]["code"] == "23505")
+        .unwrap();
+    assert_eq!(dup["params"][0], "1");
+    assert!(gw.verify().status.success());
+}
