@@ -119,26 +119,8 @@ fn psql_over_tls_copy_both_ways_and_notices() {
     let (ok, out, err) = gw.psql(&conn, &["-c", "SHOW ssl"]);
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "on");
-    let mut child = Command::new("psql")
-        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
-        .arg(&conn)
-        .args(["-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(script.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    let (ok, stdout, stderr) = gw.psql_script(&conn, &["-v", "ON_ERROR_STOP=1"], &script);
+    assert!(ok, "{stderr}");
     assert!(
         stderr.contains("hello from the server"),
         "notice must reach the client: {stderr}"

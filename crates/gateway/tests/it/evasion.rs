@@ -179,28 +179,13 @@ fn a_failed_copy_leaves_the_session_in_step() {
     let mut data = String::from("not-a-number\n");
     data.extend((0..200_000).map(|i| format!("{i}\n")));
     std::fs::write(&csv, data).unwrap();
-    let mut child = std::process::Command::new("psql")
-        .args(["-X", "-A", "-t"])
-        .arg(gw.conninfo("evade_copy", "eve", &token))
-        .args(["-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
     let script = format!(
         "\\copy victim FROM '{}'\nSELECT 41 + 1;\nSELECT count(*) FROM victim;\n",
         csv.display()
     );
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(script.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid input syntax"));
+    let (_, stdout, stderr) =
+        gw.psql_script(&gw.conninfo("evade_copy", "eve", &token), &[], &script);
+    assert!(stderr.contains("invalid input syntax"), "{stderr}");
     assert_eq!(stdout.lines().collect::<Vec<_>>(), ["42", "0"]);
     gw.wait_sessions_closed();
     let statements = gw.all_statements();

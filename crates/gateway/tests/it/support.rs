@@ -306,6 +306,37 @@ impl Gateway {
         )
     }
 
+    /// Runs a psql script (stdin) through the gateway; returns (success, stdout, stderr).
+    pub fn psql_script(
+        &self,
+        conninfo: &str,
+        flags: &[&str],
+        script: &str,
+    ) -> (bool, String, String) {
+        use std::io::Write;
+        let mut child = Command::new("psql")
+            .args(["-X", "-A", "-t"])
+            .args(flags)
+            .arg(conninfo)
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run psql");
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(script.as_bytes())
+                .expect("write the psql script");
+        }
+        let out = child.wait_with_output().expect("psql finished");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     pub fn sessions(&self) -> Vec<serde_json::Value> {
         match self.cli_json(&["sessions", "list", "--json", "--limit", "1000"]) {
             serde_json::Value::Array(a) => a,
