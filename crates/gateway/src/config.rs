@@ -86,12 +86,16 @@ pub struct Limits {
     /// Largest Query/Parse/Bind message accepted from a client.
     #[serde(default = "default_max_message")]
     pub max_message_bytes: usize,
+    /// Client connections served at once (authenticated or not).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_message_bytes: default_max_message(),
+            max_connections: default_max_connections(),
         }
     }
 }
@@ -175,6 +179,9 @@ fn default_agent() -> String {
 }
 fn default_max_message() -> usize {
     64 << 20
+}
+fn default_max_connections() -> usize {
+    1000
 }
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(10)
@@ -260,6 +267,9 @@ impl Config {
         }
         if self.limits.max_message_bytes < 1024 {
             bail!("limits.max_message_bytes: must be at least 1024");
+        }
+        if self.limits.max_connections == 0 {
+            bail!("limits.max_connections: must be at least 1");
         }
         let mut names = HashSet::new();
         for (i, c) in self.connections.iter().enumerate() {

@@ -84,6 +84,7 @@ pub async fn run(config: Config) -> Result<()> {
         FrontendConfig {
             tls: Some(tls),
             max_message_bytes: config.limits.max_message_bytes,
+            max_connections: config.limits.max_connections,
         },
     ));
 

@@ -42,6 +42,9 @@ pub struct FrontendConfig {
     pub tls: Option<TlsAcceptor>,
     /// Largest Query/Parse/Bind message accepted (CopyData streams whatever its size).
     pub max_message_bytes: usize,
+    /// Client connections served at once, authenticated or not; more are refused with
+    /// SQLSTATE 53300 so that a flood cannot exhaust the gateway.
+    pub max_connections: usize,
 }
 
 /// Where a client's cancel key leads.
@@ -105,6 +108,7 @@ impl<P: Pipeline, C: Connector> Frontend<P, C> {
 
     /// Accepts connections until the listener fails.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
+        let slots = Arc::new(tokio::sync::Semaphore::new(self.config.max_connections));
         loop {
             let (tcp, peer) = match listener.accept().await {
                 Ok(c) => c,
@@ -115,9 +119,49 @@ impl<P: Pipeline, C: Connector> Frontend<P, C> {
                     continue;
                 }
             };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                tokio::spawn(self.clone().refuse_busy(tcp, peer));
+                continue;
+            };
             let fe = self.clone();
-            tokio::spawn(async move { fe.handle(tcp, peer).await });
+            tokio::spawn(async move {
+                fe.handle(tcp, peer).await;
+                drop(slot);
+            });
         }
+    }
+
+    /// Turns away a client over the connection limit the way PostgreSQL does: encryption
+    /// is declined (no TLS handshakes for a flood), the startup packet is read, then
+    /// "too many clients". A CancelRequest is still honoured: cancelling is how an
+    /// overloaded system gets relief.
+    async fn refuse_busy(self: Arc<Self>, mut tcp: TcpStream, peer: SocketAddr) {
+        warn!(%peer, "connection refused: too many connections");
+        let answer = async {
+            for _ in 0..3 {
+                let body = read_first_packet(&mut tcp).await.ok()?;
+                match codec::parse_first_packet(&body).ok()? {
+                    FirstPacket::SslRequest | FirstPacket::GssEncRequest => {
+                        tcp.write_all(b"N").await.ok()?;
+                    }
+                    FirstPacket::Cancel { pid, key } => {
+                        self.cancel(pid, &key).await;
+                        return None;
+                    }
+                    FirstPacket::Startup(_) => break,
+                }
+            }
+            let mut out = BytesMut::new();
+            codec::error_response(
+                &mut out,
+                "FATAL",
+                "53300",
+                "sorry, too many clients already",
+            );
+            tcp.write_all(&out).await.ok()?;
+            tcp.shutdown().await.ok()
+        };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), answer).await;
     }
 
     async fn handle(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr) {

@@ -233,3 +233,21 @@ fn protocol_negotiation_and_encryption_requests() {
     s.write_all(&out).unwrap();
     assert_eq!(error_code(&read_messages(&mut s, 0)).unwrap().0, "42501");
 }
+
+#[test]
+fn a_connection_flood_is_turned_away_and_others_are_served_after_it() {
+    pg().create_db("flood_db");
+    let gw = Gateway::start_with("flood_db", "", "limits: { max_connections: 3 }");
+    let token = gw.user_token("fred");
+    let conn = gw.conninfo("flood_db", "fred", &token);
+    // Three sockets that never authenticate take every slot.
+    let idle: Vec<TcpStream> = (0..3).map(|_| connect(&gw)).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let (ok, _, err) = gw.psql(&conn, &["-c", "SELECT 1"]);
+    assert!(!ok && err.contains("too many clients"), "{err}");
+    drop(idle);
+    std::thread::sleep(Duration::from_millis(200));
+    let (ok, out, err) = gw.psql(&conn, &["-c", "SELECT 1"]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "1");
+}

@@ -187,6 +187,11 @@ impl Gateway {
     /// Starts a gateway with one connection `name` → database `db` on the test server,
     /// plus any extra YAML under `connections:`.
     pub fn start(db: &str, extra_connections: &str) -> Gateway {
+        Gateway::start_with(db, extra_connections, "")
+    }
+
+    /// Like [`Gateway::start`], with more top-level YAML (e.g. `limits:`).
+    pub fn start_with(db: &str, extra_connections: &str, extra_yaml: &str) -> Gateway {
         let dir = tempfile::tempdir().expect("temp dir");
         let pg_port = free_port();
         let api_port = free_port();
@@ -194,6 +199,7 @@ impl Gateway {
         let yaml = format!(
             "listen: {{ api: 127.0.0.1:{api_port}, postgres: 127.0.0.1:{pg_port} }}\n\
              data_dir: {data}\n\
+             {extra_yaml}\n\
              connections:\n\
              \x20 - name: {db}\n\
              \x20   kind: postgres\n\
