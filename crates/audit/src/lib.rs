@@ -22,5 +22,5 @@ pub use error::AuditError;
 pub use event::{ErrorInfo, Event, EventBody};
 pub use reader::{read_all, read_from, Records};
 pub use record::{Record, GENESIS_HASH};
-pub use verify::{verify, VerifyError, VerifyErrorKind, VerifyReport};
+pub use verify::{verify, verify_with_anchor, Anchor, VerifyError, VerifyErrorKind, VerifyReport};
 pub use writer::{AuditWriter, Durability, Position, WriterOptions};

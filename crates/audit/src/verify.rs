@@ -59,6 +59,23 @@ pub enum VerifyErrorKind {
         /// The I/O error.
         detail: String,
     },
+    /// The log ends before a record the gateway had recorded as durable (kept outside the
+    /// log): the newest events were removed.
+    Truncated {
+        /// The last seq in the log.
+        last_seq: u64,
+        /// The seq the gateway recorded.
+        anchored_seq: u64,
+    },
+    /// The record at the anchored seq is not the one the gateway recorded.
+    AnchorMismatch,
+}
+
+/// The newest durable record as the gateway noted it outside the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Anchor {
+    pub seq: u64,
+    pub hash: String,
 }
 
 impl fmt::Display for VerifyError {
@@ -95,6 +112,18 @@ impl fmt::Display for VerifyError {
             VerifyErrorKind::Unreadable { detail } => {
                 write!(f, "could not read {}: {detail}", self.segment)
             }
+            VerifyErrorKind::Truncated {
+                last_seq,
+                anchored_seq,
+            } => write!(
+                f,
+                "events were dropped from the end: the log ends at seq {last_seq} but the gateway recorded seq {anchored_seq} as written, so {} event(s) are missing",
+                anchored_seq.saturating_sub(*last_seq)
+            ),
+            VerifyErrorKind::AnchorMismatch => write!(
+                f,
+                "{what} is not the event the gateway recorded at that position: the log was rewritten"
+            ),
         }
     }
 }
@@ -104,6 +133,15 @@ impl std::error::Error for VerifyError {}
 /// Verifies the log in `dir` and returns the first problem. A final line without `'\n'` in
 /// the last segment is an append in progress and is not checked.
 pub fn verify(dir: &Path) -> Result<VerifyReport, VerifyError> {
+    verify_with_anchor(dir, None)
+}
+
+/// [`verify`], also checking that the log still holds the record `anchor` names (the
+/// gateway keeps it outside the log), which catches removal of the newest records.
+pub fn verify_with_anchor(
+    dir: &Path,
+    anchor: Option<&Anchor>,
+) -> Result<VerifyReport, VerifyError> {
     let segments = segment::list(dir).map_err(|err| VerifyError {
         segment: dir.display().to_string(),
         line: 0,
@@ -151,8 +189,22 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, VerifyError> {
         if actual != record.hash {
             return Err(problem(seq, VerifyErrorKind::Changed));
         }
+        if anchor.is_some_and(|a| a.seq == record.seq && a.hash != record.hash) {
+            return Err(problem(seq, VerifyErrorKind::AnchorMismatch));
+        }
         events = record.seq;
         prev_hash = record.hash;
+    }
+    if let Some(a) = anchor.filter(|a| a.seq > events) {
+        return Err(VerifyError {
+            segment: dir.display().to_string(),
+            line: 0,
+            seq: None,
+            kind: VerifyErrorKind::Truncated {
+                last_seq: events,
+                anchored_seq: a.seq,
+            },
+        });
     }
     Ok(VerifyReport {
         events,

@@ -209,6 +209,8 @@ impl Log {
 struct SyncStatus {
     /// Every record up to this seq is on stable storage.
     synced_seq: u64,
+    /// Hash of the record at `synced_seq`.
+    synced_hash: String,
     /// A sync failed: nothing after `synced_seq` will ever be confirmed.
     error: Option<AuditError>,
 }
@@ -276,6 +278,7 @@ impl AuditWriter {
         })?;
         let tail = recover::recover(dir)?;
         let file = open_segment(dir, tail.segment)?;
+        let tail_hash = tail.hash.clone();
         let head = Head {
             seq: tail.seq,
             hash: tail.hash,
@@ -296,7 +299,8 @@ impl AuditWriter {
         }));
         let (status, _) = watch::channel(SyncStatus {
             synced_seq: tail.seq,
-            ..SyncStatus::default()
+            synced_hash: tail_hash,
+            error: None,
         });
         let request = Arc::new((Mutex::new(SyncRequest::default()), Condvar::new()));
         let syncs = Arc::new(AtomicU64::new(0));
@@ -419,6 +423,13 @@ impl AuditWriter {
         (log.head.seq, log.head.hash.clone())
     }
 
+    /// Seq and hash of the newest record known to be on stable storage. The gateway keeps
+    /// it outside the log so that `verify` can tell when the newest records were removed.
+    pub fn synced_head(&self) -> (u64, String) {
+        let status = self.inner.status.borrow();
+        (status.synced_seq, status.synced_hash.clone())
+    }
+
     /// Number of `fdatasync` calls made so far: one per group commit.
     pub fn syncs(&self) -> u64 {
         self.inner.syncs.load(Ordering::Relaxed)
@@ -461,18 +472,26 @@ impl Syncer {
                     }
                 }
                 if log.written_seq > synced && log.sync_failed.is_none() {
-                    Some((log.file.try_clone(), log.written_seq, log.path()))
+                    Some((
+                        log.file.try_clone(),
+                        log.written_seq,
+                        log.written_head.hash.clone(),
+                        log.path(),
+                    ))
                 } else {
                     None
                 }
             };
-            if let Some((file, seq, path)) = target {
+            if let Some((file, seq, hash, path)) = target {
                 let result = file.and_then(|f| f.sync_data());
                 self.syncs.fetch_add(1, Ordering::Relaxed);
                 match result {
                     Ok(()) => {
                         synced = seq;
-                        self.status.send_modify(|s| s.synced_seq = seq);
+                        self.status.send_modify(|s| {
+                            s.synced_seq = seq;
+                            s.synced_hash = hash;
+                        });
                     }
                     Err(err) => {
                         let err = AuditError::io(format!("cannot sync {path}"), err);

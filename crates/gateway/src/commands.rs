@@ -242,7 +242,15 @@ pub fn audit_verify(config: &Config, json_out: bool) -> Result<ExitCode> {
             dir.display()
         );
     }
-    match sluice_audit::verify(&dir) {
+    // The head the gateway recorded outside the log, when there is a store to read it from.
+    let anchor = if config.store_path().exists() {
+        open_store(config)?
+            .audit_anchor()?
+            .map(|(seq, hash)| sluice_audit::Anchor { seq, hash })
+    } else {
+        None
+    };
+    match sluice_audit::verify_with_anchor(&dir, anchor.as_ref()) {
         Ok(report) => {
             if json_out {
                 print_json(&json!({

@@ -113,6 +113,7 @@ pub async fn run(config: Config) -> Result<()> {
         "sluice gateway ready"
     );
 
+    tokio::spawn(anchor_audit_log(audit.clone(), store.clone()));
     tokio::select! {
         r = frontend.serve(pg_listener) => r.context("postgres listener failed")?,
         r = axum::serve(api_listener, router) => r.context("api listener failed")?,
@@ -121,9 +122,34 @@ pub async fn run(config: Config) -> Result<()> {
     if let Err(e) = audit.flush().await {
         error!(error = %e, "audit log flush failed at shutdown");
     }
+    let (seq, hash) = audit.synced_head();
+    store.set_audit_anchor(seq, &hash, now_ms())?;
     store.end_open_sessions(now_ms(), "gateway stopped")?;
     drop(lock);
     Ok(())
+}
+
+/// Notes the audit log's durable head in the metadata store every few seconds, so that
+/// `sluice audit verify` can tell when the newest records were removed — something the
+/// hash chain alone cannot show.
+async fn anchor_audit_log(audit: AuditWriter, store: Arc<Store>) {
+    let mut last = 0;
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+    loop {
+        tick.tick().await;
+        let (seq, hash) = audit.synced_head();
+        if seq <= last {
+            continue;
+        }
+        let store = store.clone();
+        match tokio::task::spawn_blocking(move || store.set_audit_anchor(seq, &hash, now_ms()))
+            .await
+        {
+            Ok(Ok(())) => last = seq,
+            Ok(Err(e)) => error!(error = %e, "cannot record the audit log's head"),
+            Err(e) => error!(error = %e, "cannot record the audit log's head"),
+        }
+    }
 }
 
 fn postgres_targets(config: &Config) -> Result<HashMap<String, PostgresTarget>> {

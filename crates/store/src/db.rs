@@ -60,6 +60,16 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX sessions_by_user ON sessions(user_name, started_ms);
     CREATE INDEX sessions_by_connection ON sessions(connection, started_ms);
     ",
+    // Version 2: where the audit log was known to be durable, kept outside the log so
+    // that removing its newest records is detected.
+    "
+    CREATE TABLE audit_anchor (
+        id         INTEGER NOT NULL PRIMARY KEY CHECK (id = 1),
+        seq        INTEGER NOT NULL,
+        hash       TEXT    NOT NULL,
+        updated_ms INTEGER NOT NULL
+    ) STRICT;
+    ",
 ];
 
 /// Handle to the metadata database.

@@ -8,6 +8,7 @@
 //! Every method takes `&self` and blocks on SQLite; async callers should use
 //! `tokio::task::spawn_blocking`.
 
+mod anchor;
 mod db;
 mod error;
 mod sessions;

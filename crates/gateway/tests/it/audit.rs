@@ -167,6 +167,10 @@ fn verify_names_changed_dropped_and_reordered_events() {
     let mut swapped = lines.clone();
     swapped.swap(target, target + 1);
     check(swapped.join("\n") + "\n", "out of order");
+    // The newest events removed: the chain alone is still valid, the gateway's anchor
+    // (kept in the metadata store) is not reached.
+    let truncated = lines[..lines.len() - 3].join("\n") + "\n";
+    check(truncated, "dropped from the end");
     // JSON output for scripts.
     let out = gw.cli(&["audit", "verify", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
