@@ -386,3 +386,66 @@ fn jdbc_through_the_gateway() {
     assert_eq!(dup["params"][0], "1");
     assert!(gw.verify().status.success());
 }
+
+/// pg_dump through the gateway, restored through the gateway into another connection
+/// with psql; clients verify the gateway's generated certificate (verify-full).
+#[test]
+fn pg_dump_and_restore_through_the_gateway_with_verified_tls() {
+    pg().create_db("dump_src");
+    pg().create_db("dump_dst");
+    pg().psql_admin(
+        "dump_src",
+        "CREATE TABLE a(id int primary key, t text); INSERT INTO a SELECT g, md5(g::text) FROM generate_series(1, 20000) g;
+         CREATE TABLE b(id int references a, n numeric); INSERT INTO b SELECT g, g * 1.5 FROM generate_series(1, 5000) g;
+         CREATE VIEW v AS SELECT a.t, b.n FROM a JOIN b USING (id);",
+    );
+    let extra = format!(
+        "  - {{ name: dump_dst, kind: postgres, address: 127.0.0.1:{}, database: dump_dst, user: postgres, password: env:SLUICE_TEST_TARGET_PASSWORD }}\n",
+        pg().port
+    );
+    let gw = Gateway::start("dump_src", &extra);
+    let token = gw.user_token("dora");
+    let ca = gw.data_dir().join("tls/server.crt");
+    let verified = |db: &str| {
+        format!(
+            "{} sslmode=verify-full sslrootcert={}",
+            gw.conninfo(db, "dora", &token)
+                .replace("host=127.0.0.1", "host=localhost"),
+            ca.display()
+        )
+    };
+    let dump = Command::new("pg_dump")
+        .args(["--no-owner", "--no-privileges", "-d"])
+        .arg(verified("dump_src"))
+        .output()
+        .unwrap();
+    assert!(
+        dump.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dump.stderr)
+    );
+    let script = String::from_utf8(dump.stdout).unwrap();
+    assert!(script.contains("COPY public.a"));
+    let (ok, _, err) = gw.psql_script(
+        &verified("dump_dst"),
+        &["-v", "ON_ERROR_STOP=1", "-q"],
+        &script,
+    );
+    assert!(ok, "{err}");
+    let count = pg().psql_admin("dump_dst", "SELECT (SELECT count(*) FROM a) || '/' || (SELECT count(*) FROM b) || '/' || (SELECT count(*) FROM v)");
+    assert_eq!(count.trim(), "20000/5000/5000");
+    gw.wait_sessions_closed();
+    let statements = gw.all_statements();
+    let copies: Vec<_> = statements
+        .iter()
+        .filter(|s| {
+            s["statement"]
+                .as_str()
+                .unwrap()
+                .starts_with("COPY public.a")
+        })
+        .collect();
+    assert_eq!(copies.len(), 2, "dumped and restored");
+    assert!(copies.iter().all(|c| c["rows"] == 20000));
+    assert!(gw.verify().status.success());
+}
