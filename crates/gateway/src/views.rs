@@ -96,10 +96,10 @@ fn add_event(events: &mut Vec<Value>, by_statement: &mut HashMap<u64, usize>, r:
             application_name,
             client_addr,
             ..
-        } => events.push(json!({
+        } => events.push(with_statement_keys(json!({
             "seq": r.seq, "time": time, "kind": "session_open",
             "client_addr": client_addr, "tls": tls, "application_name": application_name,
-        })),
+        }))),
         EventBody::Statement {
             statement_id,
             statement,
@@ -137,16 +137,27 @@ fn add_event(events: &mut Vec<Value>, by_statement: &mut HashMap<u64, usize>, r:
                     stmt.insert("error".into(), error.unwrap_or(Value::Null));
                     stmt.insert("result_seq".into(), json!(r.seq));
                 }
-                _ => events.push(json!({
+                _ => events.push(with_statement_keys(json!({
                     "seq": r.seq, "time": time, "kind": "result", "statement_id": statement_id,
                     "status": status, "tag": tag, "rows": rows, "duration_ms": duration_ms, "error": error,
-                })),
+                }))),
             }
         }
-        EventBody::SessionClose { reason, statements } => events.push(json!({
+        EventBody::SessionClose { reason, statements } => events.push(with_statement_keys(json!({
             "seq": r.seq, "time": time, "kind": "session_close",
             "reason": reason, "statements": statements,
-        })),
+        }))),
         EventBody::AuthFailure { .. } => {}
     }
+}
+
+/// Every event in a session view has the same core keys (`null` where they do not apply),
+/// so scripts can read any event the same way.
+fn with_statement_keys(mut event: Value) -> Value {
+    if let Value::Object(map) = &mut event {
+        for key in ["statement", "params", "rows", "duration_ms", "error"] {
+            map.entry(key).or_insert(Value::Null);
+        }
+    }
+    event
 }

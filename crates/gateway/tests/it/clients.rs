@@ -86,6 +86,19 @@ fn psql_statements_are_proxied_and_each_is_audited() {
         .collect();
     assert_eq!(kinds.first(), Some(&"session_open"));
     assert_eq!(kinds.last(), Some(&"session_close"));
+    for e in detail["events"].as_array().unwrap() {
+        for key in [
+            "time",
+            "kind",
+            "statement",
+            "params",
+            "rows",
+            "duration_ms",
+            "error",
+        ] {
+            assert!(e.get(key).is_some(), "{key} missing in {e}");
+        }
+    }
 
     // Human-readable output exists too.
     let text = gw.cli_ok(&["sessions", "show", sessions[0]["id"].as_str().unwrap()]);
