@@ -251,3 +251,37 @@ fn a_connection_flood_is_turned_away_and_others_are_served_after_it() {
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "1");
 }
+
+#[test]
+fn a_second_gateway_on_the_same_data_or_port_refuses_to_start() {
+    pg().create_db("twice_db");
+    let gw = Gateway::start("twice_db", "");
+    // Same config: the data directory is locked (and the ports are taken).
+    let out = std::process::Command::new(crate::support::sluice_bin())
+        .args(["gateway", "--config"])
+        .arg(&gw.config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("another sluice gateway is already using data_dir"),
+        "{stderr}"
+    );
+    // Another data directory, same PostgreSQL port: a clear error naming the key.
+    let out = std::process::Command::new(crate::support::sluice_bin())
+        .args(["gateway", "--config"])
+        .arg(&gw.config)
+        .env("SLUICE_DATA_DIR", gw.dir.path().join("other-data"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("(listen.postgres)"), "{stderr}");
+    // The first gateway is unaffected.
+    let token = gw.user_token("tim");
+    assert!(
+        gw.psql(&gw.conninfo("twice_db", "tim", &token), &["-c", "SELECT 1"])
+            .0
+    );
+}
