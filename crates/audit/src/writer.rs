@@ -10,7 +10,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, TryLockError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -96,6 +96,9 @@ struct Log {
     written_head: Head,
     /// Chained lines of fire-and-forget records not written yet.
     pending: Vec<u8>,
+    /// Fire-and-forget records handed over while another caller held the lock; the next
+    /// holder chains them before anything else.
+    handoff: mpsc::Receiver<EncodedEvent>,
     /// Seq of the last record that reached the file.
     written_seq: u64,
     /// A failed write may have left bytes beyond `len` that must be cut off first.
@@ -110,6 +113,15 @@ struct Log {
 }
 
 impl Log {
+    /// Chains records handed over while the lock was busy, in the order they came.
+    fn take_handoffs(&mut self) {
+        while let Ok(event) = self.handoff.try_recv() {
+            let mut line = Vec::with_capacity(512);
+            self.chain(std::slice::from_ref(&event), &mut line);
+            self.pending.extend_from_slice(&line);
+        }
+    }
+
     fn path(&self) -> String {
         self.dir
             .join(segment::file_name(self.segment))
@@ -225,6 +237,9 @@ struct SyncRequest {
 struct Inner {
     durability: Durability,
     log: Arc<Mutex<Log>>,
+    /// Where `append` leaves a record instead of waiting for a busy lock: waiting would
+    /// put the session's thread to sleep (a futex round trip) for a record nobody awaits.
+    handoff: mpsc::Sender<EncodedEvent>,
     request: Arc<(Mutex<SyncRequest>, Condvar)>,
     status: watch::Sender<SyncStatus>,
     syncs: Arc<AtomicU64>,
@@ -279,6 +294,7 @@ impl AuditWriter {
         let tail = recover::recover(dir)?;
         let file = open_segment(dir, tail.segment)?;
         let tail_hash = tail.hash.clone();
+        let (handoff, handoff_rx) = mpsc::channel();
         let head = Head {
             seq: tail.seq,
             hash: tail.hash,
@@ -292,6 +308,7 @@ impl AuditWriter {
             written_head: head.clone(),
             head,
             pending: Vec::new(),
+            handoff: handoff_rx,
             written_seq: tail.seq,
             dirty: false,
             unreported: None,
@@ -318,6 +335,7 @@ impl AuditWriter {
             inner: Arc::new(Inner {
                 durability: opts.durability,
                 log,
+                handoff,
                 request,
                 status,
                 syncs,
@@ -339,6 +357,7 @@ impl AuditWriter {
             .collect::<Result<Vec<_>, _>>()?;
         let (positions, seq) = {
             let mut log = lock(&self.inner.log);
+            log.take_handoffs();
             // Rotate before chaining so the positions name the segment the lines land in.
             log.prepare()?;
             let mut lines = Vec::with_capacity(events.len() * 512);
@@ -363,7 +382,17 @@ impl AuditWriter {
                 return;
             }
         };
-        let mut log = lock(&self.inner.log);
+        let mut log = match self.inner.log.try_lock() {
+            Ok(log) => log,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => {
+                // The holder (or the next one) chains it; the receiver lives as long as
+                // the log, so the send cannot fail while this handle exists.
+                let _ = self.inner.handoff.send(encoded);
+                return;
+            }
+        };
+        log.take_handoffs();
         let mut line = Vec::with_capacity(512);
         log.chain(std::slice::from_ref(&encoded), &mut line);
         log.pending.extend_from_slice(&line);
@@ -381,6 +410,7 @@ impl AuditWriter {
     pub async fn flush(&self) -> Result<(), AuditError> {
         let seq = {
             let mut log = lock(&self.inner.log);
+            log.take_handoffs();
             if !log.pending.is_empty() {
                 log.write(&[])?;
             }
@@ -465,6 +495,7 @@ impl Syncer {
             // so appends go on meanwhile.
             let target = {
                 let mut log = lock(&self.log);
+                log.take_handoffs();
                 if !log.pending.is_empty() {
                     if let Err(err) = log.write(&[]) {
                         tracing::error!(error = %err, "audit events dropped");

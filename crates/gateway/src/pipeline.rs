@@ -260,19 +260,30 @@ impl Pipeline for GatewayPipeline {
 
     fn session_closed(&self, session: &SessionInfo, reason: Option<String>) {
         let statements = self.counts().remove(&session.id).unwrap_or(0);
-        self.audit.append(Event::now(
+        let event = Event::now(
             Some(session.id.clone()),
             EventBody::SessionClose {
                 reason: reason.clone(),
                 statements,
             },
-        ));
+        );
         self.metrics.session_closed();
+        let audit = self.audit.clone();
         let store = self.store.clone();
         let id = session.id.clone();
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = store.end_session(&id, now_ms(), reason.as_deref(), statements) {
-                warn!(session = %id, error = %e, "cannot mark session ended in the index");
+        // The close record is written (after every record of the session, which were
+        // appended before it) before the index says the session ended, so a session shown
+        // as ended is complete in the log.
+        tokio::spawn(async move {
+            if let Err(e) = audit.append_durable(vec![event]).await {
+                error!(session = %id, error = %e, "cannot record the session's end");
+            }
+            let ended = tokio::task::spawn_blocking(move || {
+                store.end_session(&id, now_ms(), reason.as_deref(), statements)
+            })
+            .await;
+            if !matches!(ended, Ok(Ok(()))) {
+                warn!("cannot mark a session ended in the index");
             }
         });
     }
