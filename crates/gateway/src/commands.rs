@@ -159,7 +159,7 @@ pub fn sessions(config: &Config, cmd: SessionsCommand) -> Result<ExitCode> {
                         s.statements,
                         match (&s.end, &s.end_reason) {
                             (None, _) => "open".to_owned(),
-                            (Some(_), Some(r)) => format!("ended: {r}"),
+                            (Some(_), Some(r)) => format!("ended: {}", printable(r)),
                             (Some(_), None) => "ended".to_owned(),
                         }
                     );
@@ -181,6 +181,23 @@ pub fn sessions(config: &Config, cmd: SessionsCommand) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Text from the log made safe for a terminal: statements and error messages are chosen
+/// by clients, and an escape sequence or a line that looks like another record must not
+/// mislead the auditor reading them. Control characters are shown escaped; continuation
+/// lines are indented under their statement.
+fn printable(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\n' => out.push_str("\n         "),
+            '\t' => out.push('\t'),
+            c if c.is_control() => out.extend(c.escape_unicode()),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 fn print_session(d: &crate::views::SessionDetail) {
     let s = &d.summary;
     println!(
@@ -193,7 +210,7 @@ fn print_session(d: &crate::views::SessionDetail) {
         s.end.as_deref().unwrap_or("(open)"),
         s.end_reason
             .as_deref()
-            .map(|r| format!(" ({r})"))
+            .map(|r| format!(" ({})", printable(r)))
             .unwrap_or_default()
     );
     for e in &d.events {
@@ -210,18 +227,18 @@ fn print_session(d: &crate::views::SessionDetail) {
                     Some("error") => format!(
                         "error {}: {}",
                         e["error"]["code"].as_str().unwrap_or_default(),
-                        e["error"]["message"].as_str().unwrap_or_default()
+                        printable(e["error"]["message"].as_str().unwrap_or_default())
                     ),
                     Some(other) => format!(
                         "{other}: {}",
-                        e["error"]["message"].as_str().unwrap_or_default()
+                        printable(e["error"]["message"].as_str().unwrap_or_default())
                     ),
                     None => "(no result recorded)".to_owned(),
                 };
                 println!(
                     "  {time}  #{}  {}",
                     e["statement_id"],
-                    e["statement"].as_str().unwrap_or_default()
+                    printable(e["statement"].as_str().unwrap_or_default())
                 );
                 if let Some(params) = e["params"].as_array().filter(|p| !p.is_empty()) {
                     println!("      params: {}", serde_json::Value::Array(params.clone()));
@@ -276,5 +293,22 @@ pub fn audit_verify(config: &Config, json_out: bool) -> Result<ExitCode> {
             }
             Ok(ExitCode::from(3))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn terminal_escapes_and_fake_lines_are_neutralised() {
+        let evil = "SELECT 1\x1b[2J\n  2026-01-01  #9  DROP TABLE x";
+        let shown = printable(evil);
+        assert!(!shown.contains('\x1b'));
+        assert!(shown.contains("\\u{1b}[2J"));
+        assert!(
+            shown.contains("\n           2026-01-01"),
+            "continuation lines are indented: {shown:?}"
+        );
     }
 }

@@ -170,7 +170,7 @@ impl<P: Pipeline, C: Connector> Frontend<P, C> {
             Ok(()) => {}
             Err(Early::Close) => {}
             Err(Early::Refuse(mut stream, refusal)) => {
-                debug!(%peer, code = refusal.code, message = %refusal.message, "connection refused");
+                debug!(%peer, code = refusal.code, message = ?refusal.message, "connection refused");
                 let mut out = BytesMut::new();
                 codec::error_response(&mut out, "FATAL", refusal.code, &refusal.message);
                 let _ = stream.write_all(&out).await;
