@@ -59,6 +59,9 @@ pub enum EventBody {
         /// Client-supplied application name.
         #[serde(skip_serializing_if = "Option::is_none", default)]
         application_name: Option<String>,
+        /// Other settings the client asked for at startup (e.g. `options: -c role=x`).
+        #[serde(skip_serializing_if = "Vec::is_empty", default)]
+        settings: Vec<(String, String)>,
     },
     /// A session ended.
     SessionClose {

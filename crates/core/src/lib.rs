@@ -45,6 +45,9 @@ pub struct SessionInfo {
     pub tls: bool,
     /// Client-supplied program name (`application_name` for PostgreSQL), if any.
     pub application_name: Option<String>,
+    /// Other settings the client asked for at startup (PostgreSQL: `options`,
+    /// `search_path`, `DateStyle`, …), which can change what its statements mean.
+    pub client_settings: Vec<(String, String)>,
 }
 
 /// One statement (or API call) a client asked to run, already split and with secrets redacted.

@@ -141,6 +141,7 @@ impl Pipeline for GatewayPipeline {
                 client_addr: session.client_addr.clone(),
                 tls: session.tls,
                 application_name: session.application_name.clone(),
+                settings: session.client_settings.clone(),
             },
         );
         let positions = self

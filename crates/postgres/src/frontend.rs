@@ -284,6 +284,13 @@ impl<P: Pipeline, C: Connector> Frontend<P, C> {
             .iter()
             .find(|(k, _)| k == "application_name")
             .map(|(_, v)| v.clone());
+        // Encoding and application name are routine; anything else (options, search_path,
+        // role, …) is recorded with the session.
+        let client_settings = forwarded
+            .iter()
+            .filter(|(k, _)| !matches!(k.as_str(), "application_name" | "client_encoding"))
+            .cloned()
+            .collect();
         let upstream = match self.connector.connect(&connection, &forwarded).await {
             Ok(u) => u,
             Err(e) => {
@@ -300,6 +307,7 @@ impl<P: Pipeline, C: Connector> Frontend<P, C> {
             client_addr,
             tls,
             application_name,
+            client_settings,
         });
         if let Err(e) = self.pipeline.session_opened(&info).await {
             return Err(Early::Refuse(stream, Refusal::new("57P03", e.to_string())));

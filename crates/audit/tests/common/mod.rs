@@ -24,6 +24,7 @@ pub fn every_kind() -> Vec<Event> {
             client_addr: "10.0.0.1:5555".into(),
             tls: true,
             application_name: Some("psql".into()),
+            settings: vec![("options".into(), "-c search_path=app".into())],
         },
         EventBody::SessionOpen {
             user: "bot".into(),
@@ -33,6 +34,7 @@ pub fn every_kind() -> Vec<Event> {
             client_addr: "10.0.0.2:5555".into(),
             tls: false,
             application_name: None,
+            settings: Vec::new(),
         },
         EventBody::AuthFailure {
             user: "mallory".into(),

@@ -68,6 +68,13 @@ fn standard_conforming_strings_off_cannot_hide_a_statement() {
         "{stderr}"
     );
     assert_eq!(rows("evade_scs"), "2", "nothing was deleted");
+    // The setting the client asked for is on the session's record.
+    gw.wait_sessions_closed();
+    let detail = gw.session(gw.sessions()[0]["id"].as_str().unwrap());
+    assert_eq!(
+        detail["events"][0]["settings"]["options"],
+        "-c standard_conforming_strings=off"
+    );
     // Backslashes that cannot change statement boundaries still work.
     let (ok, out, err) = gw.psql(
         &gw.conninfo("evade_scs", "eve", &token),
