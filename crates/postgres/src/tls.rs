@@ -123,3 +123,89 @@ pub async fn connect_upstream(
         .await
         .map_err(|e| rustls::Error::General(e.to_string()))
 }
+
+/// The `tls-server-end-point` channel binding data (RFC 5929) for the server
+/// certificate of `stream`: the certificate hashed with the hash of its signature
+/// algorithm (SHA-256 for SHA-1/SHA-256 signatures). `None` when the algorithm is one the
+/// RFC leaves undefined (e.g. Ed25519) or unknown; SCRAM then runs without binding.
+pub fn server_end_point(stream: &TlsStream<TcpStream>) -> Option<Vec<u8>> {
+    use sha2::{Digest, Sha256, Sha384, Sha512};
+    let cert = stream.get_ref().1.peer_certificates()?.first()?;
+    let der = cert.as_ref();
+    match signature_algorithm(der)? {
+        SigHash::Sha256 => Some(Sha256::digest(der).to_vec()),
+        SigHash::Sha384 => Some(Sha384::digest(der).to_vec()),
+        SigHash::Sha512 => Some(Sha512::digest(der).to_vec()),
+    }
+}
+
+enum SigHash {
+    Sha256,
+    Sha384,
+    Sha512,
+}
+
+/// The hash of a certificate's `signatureAlgorithm` (the second element of the outer
+/// SEQUENCE), read with a minimal DER walk.
+fn signature_algorithm(der: &[u8]) -> Option<SigHash> {
+    let (_, cert) = der_element(der, 0x30)?;
+    let (rest, _tbs) = der_element(cert, 0x30)?;
+    let (_, alg) = der_element(rest, 0x30)?;
+    let (_, oid) = der_element(alg, 0x06)?;
+    const RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01];
+    const ECDSA: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03];
+    match oid {
+        [p @ .., 0x05 | 0x0b] if p == RSA => Some(SigHash::Sha256),
+        [p @ .., 0x0c] if p == RSA => Some(SigHash::Sha384),
+        [p @ .., 0x0d] if p == RSA => Some(SigHash::Sha512),
+        [p @ .., 0x02] if p == ECDSA => Some(SigHash::Sha256),
+        [p @ .., 0x03] if p == ECDSA => Some(SigHash::Sha384),
+        [p @ .., 0x04] if p == ECDSA => Some(SigHash::Sha512),
+        _ => None,
+    }
+}
+
+/// Splits a DER element with `tag` off the front of `input`: (rest, contents).
+fn der_element(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
+    let (&t, input) = input.split_first()?;
+    if t != tag {
+        return None;
+    }
+    let (&first, mut input) = input.split_first()?;
+    let len = if first < 0x80 {
+        usize::from(first)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || input.len() < n {
+            return None;
+        }
+        let len = input[..n]
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+        input = &input[n..];
+        len
+    };
+    if input.len() < len {
+        return None;
+    }
+    Some((&input[len..], &input[..len]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn der_walk_never_panics_and_reads_lengths() {
+        assert!(der_element(&[0x30, 0x82, 0x00], 0x30).is_none());
+        assert!(der_element(&[0x30, 0x03, 1, 2], 0x30).is_none());
+        assert_eq!(
+            der_element(&[0x30, 0x02, 1, 2, 9], 0x30),
+            Some((&[9u8][..], &[1u8, 2][..]))
+        );
+        for len in 0..64 {
+            let junk: Vec<u8> = (0..len).map(|i| (i * 53 % 251) as u8).collect();
+            let _ = signature_algorithm(&junk);
+        }
+    }
+}

@@ -105,7 +105,7 @@ async fn connect_inner(
     opts: &UpstreamOptions,
     client_params: &[(String, String)],
 ) -> Result<Upstream, UpstreamError> {
-    let (mut stream, _tls) = open_stream(opts).await?;
+    let (mut stream, binding) = open_stream(opts).await?;
 
     let mut params: Vec<(&str, &str)> = vec![("user", &opts.user), ("database", &opts.database)];
     params.extend(client_params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
@@ -114,7 +114,7 @@ async fn connect_inner(
     stream.write_all(&out).await?;
 
     let mut buf = BytesMut::with_capacity(8192);
-    authenticate(&mut stream, &mut buf, opts).await?;
+    authenticate(&mut stream, &mut buf, opts, binding).await?;
 
     // After AuthenticationOk: ParameterStatus*, BackendKeyData, ReadyForQuery.
     let mut startup_frames = BytesMut::new();
@@ -168,8 +168,16 @@ async fn connect_inner(
     }
 }
 
-/// Opens the connection; the flag says whether TLS was established.
-async fn open_stream(opts: &UpstreamOptions) -> Result<(BoxStream, bool), UpstreamError> {
+/// What the connection's TLS offers SCRAM.
+enum Binding {
+    /// Plain TCP: channel binding is impossible.
+    NoTls,
+    /// TLS, with `tls-server-end-point` data when the certificate allows it.
+    Tls(Option<Vec<u8>>),
+}
+
+/// Opens the connection, with TLS as the connection's mode asks.
+async fn open_stream(opts: &UpstreamOptions) -> Result<(BoxStream, Binding), UpstreamError> {
     let mut tcp =
         TcpStream::connect(&opts.address)
             .await
@@ -179,7 +187,7 @@ async fn open_stream(opts: &UpstreamOptions) -> Result<(BoxStream, bool), Upstre
             })?;
     tcp.set_nodelay(true)?;
     if opts.tls == TlsMode::Disable {
-        return Ok((Box::new(tcp), false));
+        return Ok((Box::new(tcp), Binding::NoTls));
     }
     let mut out = BytesMut::new();
     codec::ssl_request(&mut out);
@@ -197,9 +205,10 @@ async fn open_stream(opts: &UpstreamOptions) -> Result<(BoxStream, bool), Upstre
             let tls = tls::connect_upstream(tcp, host, &opts.tls)
                 .await
                 .map_err(|e| UpstreamError::Tls(e.to_string()))?;
-            Ok((Box::new(tls), true))
+            let binding = tls::server_end_point(&tls);
+            Ok((Box::new(tls), Binding::Tls(binding)))
         }
-        b'N' if opts.tls == TlsMode::Prefer => Ok((Box::new(tcp), false)),
+        b'N' if opts.tls == TlsMode::Prefer => Ok((Box::new(tcp), Binding::NoTls)),
         b'N' => Err(UpstreamError::TlsUnavailable),
         _ => Err(UpstreamError::Protocol(
             "unexpected answer to SSLRequest".into(),
@@ -211,6 +220,7 @@ async fn authenticate(
     stream: &mut BoxStream,
     buf: &mut BytesMut,
     opts: &UpstreamOptions,
+    binding: Binding,
 ) -> Result<(), UpstreamError> {
     let password = || {
         opts.password
@@ -261,13 +271,31 @@ async fn authenticate(
                         mechanisms.join(", ")
                     )));
                 }
-                // Channel binding is not offered ('n'): the TLS leg, when used, is already
-                // verified according to the connection's TLS mode.
-                let s = sasl::ScramSha256::new(
-                    password()?.as_bytes(),
-                    sasl::ChannelBinding::unsupported(),
-                );
-                codec::sasl_initial_response(&mut out, sasl::SCRAM_SHA_256, s.message());
+                // Over TLS, bind the login to this TLS session (SCRAM-SHA-256-PLUS) so that
+                // a man in the middle of an unverified TLS connection cannot relay it.
+                let (mechanism, channel_binding) = match &binding {
+                    Binding::Tls(Some(end_point))
+                        if mechanisms.contains(&sasl::SCRAM_SHA_256_PLUS) =>
+                    {
+                        tracing::debug!("SCRAM with tls-server-end-point channel binding");
+                        (
+                            sasl::SCRAM_SHA_256_PLUS,
+                            sasl::ChannelBinding::tls_server_end_point(end_point.clone()),
+                        )
+                    }
+                    // The gateway could bind but the server offered no -PLUS: say so ('y'),
+                    // so a server that really did offer it detects the downgrade.
+                    Binding::Tls(Some(_)) => {
+                        (sasl::SCRAM_SHA_256, sasl::ChannelBinding::unrequested())
+                    }
+                    // No binding data (plain TCP, or a certificate algorithm RFC 5929
+                    // leaves undefined): the gateway cannot bind ('n').
+                    Binding::Tls(None) | Binding::NoTls => {
+                        (sasl::SCRAM_SHA_256, sasl::ChannelBinding::unsupported())
+                    }
+                };
+                let s = sasl::ScramSha256::new(password()?.as_bytes(), channel_binding);
+                codec::sasl_initial_response(&mut out, mechanism, s.message());
                 scram = Some(s);
             }
             11 => {

@@ -125,6 +125,11 @@ fn allow_lists_and_upstream_auth_methods() {
     assert_eq!(out.trim(), "clearuser|f");
     let (ok, out, err) = run("via-tls");
     assert!(ok, "{err}");
+    // PostgreSQL offers SCRAM-SHA-256-PLUS over TLS; the gateway binds its login to the
+    // TLS session, and the server accepting it proves the binding data is right.
+    assert!(gw
+        .log()
+        .contains("SCRAM with tls-server-end-point channel binding"));
     assert_eq!(out.trim(), "tlsonly|t", "TLS to the target");
     let (ok, out, err) = run("auth_methods");
     assert!(ok, "{err}");
