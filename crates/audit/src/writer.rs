@@ -148,6 +148,9 @@ impl Log {
     /// Writes pending lines followed by `lines` (already chained after them).
     fn write(&mut self, lines: &[u8]) -> Result<(), AuditError> {
         if let Some(err) = &self.sync_failed {
+            // Nothing more is written; do not let buffered records pile up either.
+            self.pending.clear();
+            self.head = self.written_head.clone();
             return Err(err.clone());
         }
         if let Err(err) = self.prepare() {
@@ -205,9 +208,12 @@ impl Log {
                     std::io::Error::other("segment numbers exhausted"),
                 )
             })?;
-            self.file
-                .sync_data()
-                .map_err(|err| AuditError::io(format!("cannot sync {}", self.path()), err))?;
+            if let Err(err) = self.file.sync_data() {
+                // Sticky, as for the sync thread: a later success would prove nothing.
+                let err = AuditError::io(format!("cannot sync {}", self.path()), err);
+                self.sync_failed = Some(err.clone());
+                return Err(err);
+            }
             self.file = open_segment(&self.dir, next)?;
             self.segment = next;
             self.len = 0;

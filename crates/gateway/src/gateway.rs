@@ -26,7 +26,10 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-pub async fn run(config: Config) -> Result<()> {
+/// Runs until a shutdown signal. Returns the data directory's lock, which the caller
+/// releases only after the runtime (and with it every task still holding the audit log)
+/// is gone, so a new gateway can never write alongside this one.
+pub async fn run(config: Config) -> Result<File> {
     create_private_dir(&config.data_dir)?;
     // One gateway per data directory: two writers would fork the audit chain.
     let lock_path = config.data_dir.join("gateway.lock");
@@ -125,8 +128,7 @@ pub async fn run(config: Config) -> Result<()> {
     let (seq, hash) = audit.synced_head();
     store.set_audit_anchor(seq, &hash, now_ms())?;
     store.end_open_sessions(now_ms(), "gateway stopped")?;
-    drop(lock);
-    Ok(())
+    Ok(lock)
 }
 
 /// Notes the audit log's durable head in the metadata store every few seconds, so that

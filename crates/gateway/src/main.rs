@@ -157,7 +157,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            runtime.block_on(gateway::run(config))?;
+            let lock = runtime.block_on(gateway::run(config))?;
+            drop(runtime);
+            drop(lock);
             Ok(ExitCode::SUCCESS)
         }
         Command::Users(cmd) => commands::users(&config, cmd),

@@ -277,7 +277,9 @@ impl Pipeline for GatewayPipeline {
         // as ended is complete in the log.
         tokio::spawn(async move {
             if let Err(e) = audit.append_durable(vec![event]).await {
+                // The index keeps it open; the next start closes it as "gateway restarted".
                 error!(session = %id, error = %e, "cannot record the session's end");
+                return;
             }
             let ended = tokio::task::spawn_blocking(move || {
                 store.end_session(&id, now_ms(), reason.as_deref(), statements)

@@ -228,6 +228,7 @@ async fn authenticate(
             .ok_or(UpstreamError::MissingPassword)
     };
     let mut scram: Option<sasl::ScramSha256> = None;
+    let mut scram_verified = false;
     loop {
         let (tag, body) = read_message(stream, buf).await?;
         match tag {
@@ -246,6 +247,13 @@ async fn authenticate(
             .map_err(|e| UpstreamError::Protocol(e.to_string()))?;
         let mut out = BytesMut::new();
         match code {
+            // A server that started SCRAM must prove itself (SASLFinal) before it may
+            // declare the login done; otherwise anyone in the middle could.
+            0 if scram.as_ref().is_some_and(|_| !scram_verified) => {
+                return Err(UpstreamError::Protocol(
+                    "the target ended SCRAM without proving it knows the password".into(),
+                ))
+            }
             0 => return Ok(()),
             3 | 5 if !password_may_be_revealed(&opts.tls) => {
                 return Err(UpstreamError::UnsafeAuth(if code == 3 {
@@ -312,6 +320,7 @@ async fn authenticate(
                     .ok_or_else(|| UpstreamError::Protocol("SASLFinal before SASL".into()))?;
                 s.finish(&body[4..])
                     .map_err(|e| UpstreamError::Protocol(format!("SCRAM server proof: {e}")))?;
+                scram_verified = true;
                 continue;
             }
             other => {

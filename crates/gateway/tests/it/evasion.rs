@@ -125,12 +125,12 @@ fn redefining_a_named_statement_cannot_change_what_is_recorded() {
         .filter(|e| e["kind"] == "prepare")
         .cloned()
         .collect();
-    assert_eq!(
-        prepared.len(),
-        1,
-        "the rejected redefinition is not recorded as defined"
-    );
+    // Both definitions are on record; the server refused the second one.
+    assert_eq!(prepared.len(), 2);
     assert_eq!(prepared[0]["statement"], "DELETE FROM victim");
+    assert_eq!(prepared[0]["status"], "ok");
+    assert_eq!(prepared[1]["statement"], "SELECT 1");
+    assert_eq!(prepared[1]["error"]["code"], "42P05");
 }
 
 #[test]
@@ -207,4 +207,76 @@ fn a_failed_copy_leaves_the_session_in_step() {
         .unwrap();
     assert_eq!(after["status"], "ok", "{after}");
     assert_eq!(after["rows"], 1);
+}
+
+fn describe_statement(out: &mut BytesMut, name: &str) {
+    msg(out, b'D', format!("S{name}\0").as_bytes());
+}
+
+/// Every text the server may run is on record before the server sees it, even when the
+/// gateway cannot know which definition a later Execute will use.
+#[test]
+fn skipped_or_deallocated_definitions_cannot_hide_a_statement() {
+    pg().create_db("evade_defs");
+    pg().psql_admin(
+        "evade_defs",
+        "CREATE TABLE victim(id int); INSERT INTO victim VALUES (1), (2)",
+    );
+    let gw = Gateway::start("evade_defs", "");
+    let token = gw.user_token("eve");
+
+    // An unnamed statement defined but not executed; a later redefinition that the
+    // server skips (an earlier message of its batch fails); then an Execute of "".
+    let mut s = logged_in(&gw, "evade_defs", "eve", &token);
+    let mut out = BytesMut::new();
+    parse(&mut out, "", "DELETE FROM victim WHERE id = 1");
+    sync(&mut out);
+    describe_statement(&mut out, "nosuch");
+    parse(&mut out, "", "SELECT 1");
+    sync(&mut out);
+    bind(&mut out, "", "");
+    execute(&mut out, "");
+    sync(&mut out);
+    s.write_all(&out).unwrap();
+    for _ in 0..3 {
+        read_messages(&mut s, b'Z');
+    }
+
+    // A named statement deallocated with SQL, then redefined under the same name.
+    let mut out = BytesMut::new();
+    parse(&mut out, "s", "SELECT 2");
+    sync(&mut out);
+    s.write_all(&out).unwrap();
+    read_messages(&mut s, b'Z');
+    let mut out = BytesMut::new();
+    query(&mut out, "DEALLOCATE s");
+    s.write_all(&out).unwrap();
+    read_messages(&mut s, b'Z');
+    let mut out = BytesMut::new();
+    parse(&mut out, "s", "DELETE FROM victim WHERE id = 2");
+    sync(&mut out);
+    s.write_all(&out).unwrap();
+    read_messages(&mut s, b'Z');
+    let mut out = BytesMut::new();
+    bind(&mut out, "", "s");
+    execute(&mut out, "");
+    sync(&mut out);
+    s.write_all(&out).unwrap();
+    read_messages(&mut s, b'Z');
+    drop(s);
+    assert_eq!(rows("evade_defs"), "0", "the server ran both DELETEs");
+
+    gw.wait_sessions_closed();
+    let events = gw.session(gw.sessions()[0]["id"].as_str().unwrap())["events"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let recorded = |text: &str| events.iter().any(|e| e["statement"] == text);
+    assert!(recorded("DELETE FROM victim WHERE id = 1"), "{events:#?}");
+    assert!(recorded("DELETE FROM victim WHERE id = 2"), "{events:#?}");
+    // The redefinition was accepted, so the Execute after it is recorded with its text.
+    let last = events.iter().rfind(|e| e["kind"] == "statement").unwrap();
+    assert_eq!(last["statement"], "DELETE FROM victim WHERE id = 2");
+    assert_eq!(last["statement_name"], "s");
+    assert_eq!(last["rows"], 1);
 }

@@ -15,6 +15,9 @@ use crate::codec::{self, FrontendMessage};
 use crate::params::render_params;
 use crate::stream::BoxStream;
 
+/// Answers a session may owe before the gateway stops reading from its client.
+const MAX_OWED: usize = 100_000;
+
 /// Why the client-to-server direction stopped with an error.
 pub(super) enum C2sEnd {
     Io(String),
@@ -42,15 +45,20 @@ enum Action {
         range: Range<usize>,
         expect: Option<Expect>,
     },
-    /// Parse: `request` when a named statement is recorded.
+    /// Parse: `request` when the definition is recorded.
     Parse {
         range: Range<usize>,
         request: Option<usize>,
         undo: Option<Undo>,
+        redefine: Option<(String, Statement)>,
+        /// The text of an unnamed statement, recorded unless this read also executes it.
+        unnamed_text: Option<String>,
     },
     Bind {
         range: Range<usize>,
         undo: Option<Undo>,
+        /// The portal, when bound from the unnamed statement.
+        from_unnamed: Option<String>,
     },
     Close {
         range: Range<usize>,
@@ -68,6 +76,7 @@ enum Action {
         range: Range<usize>,
         index: usize,
         function_call: bool,
+        portal: String,
     },
     Sync {
         range: Range<usize>,
@@ -90,6 +99,13 @@ enum Action {
     Terminate,
 }
 
+/// An unnamed Parse seen in the current read, and the portal bound from it.
+struct UnnamedParse {
+    action: usize,
+    text: String,
+    portal: Option<String>,
+}
+
 /// What one read held: actions, the requests they carry, bytes consumed, and the total
 /// length of a large CopyData to stream (when the read ends inside one).
 struct Scan {
@@ -105,6 +121,11 @@ impl<P: Pipeline> ClientToServer<P> {
         // Bytes of a large pass-through message (CopyData) still to forward as they come.
         let mut passthrough: usize = 0;
         loop {
+            // A client that sends without reading the answers would make the queue of
+            // owed answers (and refusals) grow without end: stop reading until it drains.
+            while lock(&self.shared.state).owed() > MAX_OWED {
+                self.shared.progress.notified().await;
+            }
             match self.client.read_buf(&mut buf).await {
                 Ok(0) => {
                     self.end_upstream().await;
@@ -176,6 +197,9 @@ impl<P: Pipeline> ClientToServer<P> {
             streaming: None,
         };
         let mut skipping = self.skip_until_sync;
+        // An unnamed statement defined in this read and not (yet) executed in it: its
+        // text is recorded on its own, since it could run in a later batch.
+        let mut unnamed: Option<UnnamedParse> = None;
         let mut pos = 0;
         while let Some(h) = codec::parse_header(&buf[pos..]).map_err(|e| e.to_string())? {
             let total = 5 + h.body_len;
@@ -203,13 +227,60 @@ impl<P: Pipeline> ClientToServer<P> {
                 _ => {}
             }
             let action = self.classify(h.tag, body, range, &mut scan.requests)?;
-            if matches!(action, Action::Refuse { query: false, .. }) {
-                skipping = true;
+            match &action {
+                Action::Refuse { query: false, .. } => skipping = true,
+                Action::Parse {
+                    unnamed_text: Some(text),
+                    ..
+                } => {
+                    if let Some(u) = unnamed.take() {
+                        self.record_unnamed(u, &mut scan);
+                    }
+                    unnamed = Some(UnnamedParse {
+                        action: scan.actions.len(),
+                        text: text.clone(),
+                        portal: None,
+                    });
+                }
+                Action::Bind {
+                    from_unnamed: Some(portal),
+                    ..
+                } => {
+                    if let Some(u) = unnamed.as_mut() {
+                        u.portal = Some(portal.clone());
+                    }
+                }
+                // Its Execute records the text.
+                Action::Execute { portal, .. }
+                    if unnamed.as_ref().and_then(|u| u.portal.as_ref()) == Some(portal) =>
+                {
+                    unnamed = None;
+                }
+                _ => {}
             }
             scan.actions.push(action);
         }
+        if let Some(u) = unnamed {
+            self.record_unnamed(u, &mut scan);
+        }
         scan.consumed = pos;
         Ok(scan)
+    }
+
+    /// Records an unnamed statement's text as a prepare request of its own.
+    fn record_unnamed(&mut self, u: UnnamedParse, scan: &mut Scan) {
+        let id = self.next_id();
+        scan.requests.push(Request {
+            id,
+            kind: RequestKind::Prepare,
+            text: u.text,
+            params: Vec::new(),
+            statement_name: None,
+        });
+        let index = scan.requests.len() - 1;
+        if let Some(Action::Parse { request, .. }) = scan.actions.get_mut(u.action) {
+            *request = Some(index);
+        }
     }
 
     fn next_id(&mut self) -> u64 {
@@ -268,11 +339,25 @@ impl<P: Pipeline> ClientToServer<P> {
                 let define = lock(&self.shared.state).names.parse(name, statement);
                 match define {
                     Define::Ambiguous => return Ok(ambiguous("prepared statement", name)),
-                    Define::Duplicate => Action::Parse {
-                        range,
-                        request: None,
-                        undo: None,
-                    },
+                    // Recorded too: the server accepts it after all if the name was
+                    // deallocated with SQL, which the gateway does not track.
+                    Define::Duplicate(statement) => {
+                        let id = self.next_id();
+                        requests.push(Request {
+                            id,
+                            kind: RequestKind::Prepare,
+                            text,
+                            params: Vec::new(),
+                            statement_name: Some(name.to_owned()),
+                        });
+                        Action::Parse {
+                            range,
+                            request: Some(requests.len() - 1),
+                            undo: None,
+                            redefine: statement.map(|st| (name.to_owned(), st)),
+                            unnamed_text: None,
+                        }
+                    }
                     // Named statements live on and run later by name: their text is
                     // recorded now, before the server ever sees it.
                     Define::Defined(undo) if !name.is_empty() => {
@@ -288,12 +373,16 @@ impl<P: Pipeline> ClientToServer<P> {
                             range,
                             request: Some(requests.len() - 1),
                             undo: Some(undo),
+                            redefine: None,
+                            unnamed_text: None,
                         }
                     }
                     Define::Defined(undo) => Action::Parse {
                         range,
                         request: None,
                         undo: Some(undo),
+                        redefine: None,
+                        unnamed_text: Some(text),
                     },
                 }
             }
@@ -315,12 +404,18 @@ impl<P: Pipeline> ClientToServer<P> {
                 };
                 let params = render_params(&params, &types);
                 let epoch = state.epoch();
+                let from_unnamed = statement.is_empty().then(|| portal.to_owned());
                 match state.names.bind(portal, statement, sql, params, epoch) {
                     Define::Ambiguous => return Ok(ambiguous("portal", portal)),
-                    Define::Duplicate => Action::Bind { range, undo: None },
+                    Define::Duplicate(_) => Action::Bind {
+                        range,
+                        undo: None,
+                        from_unnamed,
+                    },
                     Define::Defined(undo) => Action::Bind {
                         range,
                         undo: Some(undo),
+                        from_unnamed,
                     },
                 }
             }
@@ -349,6 +444,7 @@ impl<P: Pipeline> ClientToServer<P> {
                     range,
                     index: requests.len() - 1,
                     function_call: false,
+                    portal: portal.to_owned(),
                 }
             }
             (_, Some(FrontendMessage::FunctionCall { oid, args })) => {
@@ -364,6 +460,7 @@ impl<P: Pipeline> ClientToServer<P> {
                     range,
                     index: requests.len() - 1,
                     function_call: true,
+                    portal: String::new(),
                 }
             }
             (_, Some(FrontendMessage::Close { kind, name })) => {
@@ -440,11 +537,13 @@ impl<P: Pipeline> ClientToServer<P> {
                     range,
                     request,
                     undo,
+                    redefine,
+                    unnamed_text: _,
                 } => {
                     let denied = request.and_then(|i| deny_reason(decision(i)));
                     if skipping || denied.is_some() {
                         if let Some(undo) = undo {
-                            state.names.undo(undo, false);
+                            state.defer_undo(undo, false);
                         }
                         if let Some(i) = request {
                             outcomes.push(not_executed(ids[i], "refused by the gateway"));
@@ -455,13 +554,17 @@ impl<P: Pipeline> ClientToServer<P> {
                         continue;
                     }
                     let exec = request.map(|i| Exec::new(ids[i]));
-                    outcomes.extend(state.push(Expect::ParseComplete { exec, undo }));
+                    outcomes.extend(state.push(Expect::ParseComplete {
+                        exec,
+                        undo,
+                        redefine,
+                    }));
                     out.extend_from_slice(&buf[range]);
                 }
-                Action::Bind { range, undo } => {
+                Action::Bind { range, undo, .. } => {
                     if skipping {
                         if let Some(undo) = undo {
-                            state.names.undo(undo, false);
+                            state.defer_undo(undo, false);
                         }
                         continue;
                     }
@@ -511,6 +614,7 @@ impl<P: Pipeline> ClientToServer<P> {
                     range,
                     index,
                     function_call,
+                    ..
                 } => {
                     let id = ids[index];
                     if skipping {
@@ -558,6 +662,7 @@ impl<P: Pipeline> ClientToServer<P> {
                 }
             }
         }
+        state.apply_undos();
         let inject_due = state.front_is_inject();
         drop(state);
         // The server direction writes injections; wake it only when one is waiting at

@@ -41,6 +41,8 @@ struct Shared {
     state: Mutex<State>,
     /// Wakes the server-to-client direction when an injection may be due.
     wake: Notify,
+    /// Wakes the client-to-server direction when answers were settled.
+    progress: Notify,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -67,6 +69,7 @@ pub(crate) async fn run<P: Pipeline>(
     let shared = Arc::new(Shared {
         state: Mutex::new(State::new(txn_status)),
         wake: Notify::new(),
+        progress: Notify::new(),
     });
     let c2s = ClientToServer {
         pipeline: pipeline.clone(),

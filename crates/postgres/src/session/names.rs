@@ -41,8 +41,9 @@ struct Entry<T> {
 pub(super) enum Define {
     /// Defined; undo it if the server skips or fails the message.
     Defined(Undo),
-    /// The server will reject the definition; the existing one stays.
-    Duplicate,
+    /// The server should reject the definition (the name exists); the existing one stays
+    /// unless the server accepts it after all (SQL `DEALLOCATE` is not tracked here).
+    Duplicate(Option<Statement>),
     /// The gateway cannot tell what the server will have; the message must be refused.
     Ambiguous,
 }
@@ -70,7 +71,7 @@ impl Names {
     pub fn parse(&mut self, name: &str, statement: Statement) -> Define {
         match self.statements.get(name) {
             Some(e) if !name.is_empty() && e.closing => Define::Ambiguous,
-            Some(_) if !name.is_empty() => Define::Duplicate,
+            Some(_) if !name.is_empty() => Define::Duplicate(Some(statement)),
             _ => {
                 let previous = self.statements.insert(
                     name.to_owned(),
@@ -99,7 +100,7 @@ impl Names {
         match self.portals.get(name) {
             // Same batch: the server rejects the duplicate.
             Some(e) if !name.is_empty() && e.value.epoch == epoch && !e.closing => {
-                Define::Duplicate
+                Define::Duplicate(None)
             }
             // An earlier batch: whether its transaction (and so the portal) ended is not
             // known yet.
@@ -150,6 +151,17 @@ impl Names {
                 .collect(),
             None => statement.declared.clone(),
         }
+    }
+
+    /// The server accepted a definition the gateway took for a duplicate.
+    pub fn redefine(&mut self, name: String, statement: Statement) {
+        self.statements.insert(
+            name,
+            Entry {
+                value: statement,
+                closing: false,
+            },
+        );
     }
 
     pub fn set_reported(&mut self, statement: &str, types: Vec<u32>) {
@@ -242,7 +254,10 @@ mod tests {
             n.parse("s", stmt("DELETE FROM t")),
             Define::Defined(_)
         ));
-        assert!(matches!(n.parse("s", stmt("SELECT 1")), Define::Duplicate));
+        assert!(matches!(
+            n.parse("s", stmt("SELECT 1")),
+            Define::Duplicate(_)
+        ));
         assert_eq!(
             &*n.statement("s").map(|s| s.sql.clone()).unwrap_or_default(),
             "DELETE FROM t"
@@ -291,7 +306,7 @@ mod tests {
         ));
         assert!(matches!(
             n.bind("p", "s", sql.clone(), vec![], 0),
-            Define::Duplicate
+            Define::Duplicate(_)
         ));
         assert!(matches!(
             n.bind("p", "s", sql.clone(), vec![], 1),

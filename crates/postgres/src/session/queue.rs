@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use sluice_core::{Outcome, OutcomeStatus};
 
-use super::names::{Names, Undo};
+use super::names::{Names, Statement, Undo};
 use crate::codec;
 
 /// One answer the server owes.
@@ -24,6 +24,8 @@ pub(super) enum Expect {
     ParseComplete {
         exec: Option<Exec>,
         undo: Option<Undo>,
+        /// A definition taken for a duplicate name; applied if the server accepts it.
+        redefine: Option<(String, Statement)>,
     },
     BindComplete {
         undo: Option<Undo>,
@@ -137,6 +139,8 @@ pub(super) struct State {
     readies_seen: u64,
     /// Transaction status of the latest ReadyForQuery.
     pub txn_status: u8,
+    /// Undos collected while settling a batch; applied newest first.
+    undos: Vec<(Undo, bool)>,
 }
 
 impl State {
@@ -150,6 +154,25 @@ impl State {
     /// ReadyForQuery-producing messages queued so far (the epoch of a Bind).
     pub fn epoch(&self) -> u64 {
         self.readies_queued
+    }
+
+    /// Answers the server owes now (bounds what a client that does not read may queue).
+    pub fn owed(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Remembers that a definition did not happen (`failed`: it failed itself, rather
+    /// than being skipped); see [`State::apply_undos`].
+    pub fn defer_undo(&mut self, undo: Undo, failed: bool) {
+        self.undos.push((undo, failed));
+    }
+
+    /// Applies collected undos newest first, so each restores what the one before it had
+    /// replaced.
+    pub fn apply_undos(&mut self) {
+        while let Some((undo, failed)) = self.undos.pop() {
+            self.names.undo(undo, failed);
+        }
     }
 
     /// Queues what the server owes for a message about to be forwarded. When the server
@@ -178,14 +201,14 @@ impl State {
         };
         match e {
             Expect::Exec(e) | Expect::QueryExec(e) | Expect::FunctionCall(e) => skipped(e),
-            Expect::ParseComplete { exec, undo } => {
+            Expect::ParseComplete { exec, undo, .. } => {
                 if let Some(undo) = undo {
-                    self.names.undo(undo, false);
+                    self.defer_undo(undo, false);
                 }
                 exec.map(skipped).unwrap_or_default()
             }
             Expect::BindComplete { undo: Some(undo) } => {
-                self.names.undo(undo, false);
+                self.defer_undo(undo, false);
                 Vec::new()
             }
             Expect::CloseComplete { kind, name } => {
@@ -241,6 +264,11 @@ impl State {
     /// pass-through DataRow/CopyData). Returns the outcomes of statements it completed.
     pub fn observe(&mut self, tag: u8, body: &[u8]) -> Vec<Outcome> {
         let mut outcomes = Vec::new();
+        // A CopyDone the client sent before a COPY that then failed to start is owed
+        // nothing: drop it once any other answer arrives.
+        if tag != b'G' && matches!(self.queue.front(), Some(Expect::ClientCopyEnded)) {
+            self.queue.pop_front();
+        }
         match tag {
             b'G' => self.copy_in_started(),
             b'D' => {
@@ -250,13 +278,18 @@ impl State {
             }
             b'1' => {
                 if let Some(Expect::ParseComplete { .. }) = self.queue.front() {
-                    if let Some(Expect::ParseComplete { exec: Some(e), .. }) =
+                    if let Some(Expect::ParseComplete { exec, redefine, .. }) =
                         self.queue.pop_front()
                     {
-                        outcomes.push(e.finish(OutcomeStatus::Ok {
-                            tag: "PARSE".into(),
-                            rows: 0,
-                        }));
+                        if let Some((name, statement)) = redefine {
+                            self.names.redefine(name, statement);
+                        }
+                        if let Some(e) = exec {
+                            outcomes.push(e.finish(OutcomeStatus::Ok {
+                                tag: "PARSE".into(),
+                                rows: 0,
+                            }));
+                        }
                     }
                 }
             }
@@ -411,15 +444,15 @@ impl State {
                 }
             };
             match self.queue.pop_front() {
-                Some(Expect::ParseComplete { exec, undo }) => {
+                Some(Expect::ParseComplete { exec, undo, .. }) => {
                     if let Some(e) = exec {
                         record(e, outcomes);
                     }
                     if let Some(undo) = undo {
-                        self.names.undo(undo, failed);
+                        self.undos.push((undo, failed));
                     }
                 }
-                Some(Expect::BindComplete { undo: Some(undo) }) => self.names.undo(undo, failed),
+                Some(Expect::BindComplete { undo: Some(undo) }) => self.undos.push((undo, failed)),
                 Some(Expect::Exec(e)) => record(e, outcomes),
                 Some(Expect::QueryExec(e) | Expect::FunctionCall(e)) => {
                     outcomes.push(not_executed(
@@ -444,9 +477,7 @@ impl State {
         for e in fatal.into_iter().rev() {
             self.queue.push_front(e);
         }
-        // The batch's transaction is over (implicit) or aborted (explicit): its portals
-        // cannot run again.
-        self.names.transaction_ended(self.readies_seen + 1);
+        self.apply_undos();
     }
 
     fn ready(&mut self, body: &[u8], outcomes: &mut Vec<Outcome>) {
@@ -526,6 +557,7 @@ mod tests {
         s.push(Expect::ParseComplete {
             exec: None,
             undo: None,
+            redefine: None,
         });
         s.push(Expect::BindComplete { undo: None });
         s.push(Expect::Exec(Exec::new(1)));

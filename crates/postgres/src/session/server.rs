@@ -50,6 +50,7 @@ impl<P: Pipeline> ServerToClient<P> {
                 }
             }
             self.process(&mut buf, &mut passthrough).await?;
+            self.shared.progress.notify_one();
             if buf.capacity() - buf.len() < 1024 {
                 buf.reserve(READ_BUFFER);
             }
