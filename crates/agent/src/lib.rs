@@ -42,12 +42,12 @@ impl EmbeddedAgent {
             .postgres
             .get(connection)
             .ok_or_else(|| UpstreamError::NoRoute(connection.to_owned()))?;
-        let password = match &target.password {
-            Some(secret) => Some(secret.resolve().map_err(|e| {
-                UpstreamError::Protocol(format!("credential for \"{connection}\" unavailable: {e}"))
-            })?),
-            None => None,
-        };
+        // Resolved on every connect (so rotation works), but only needed if the target
+        // asks for a password: a server that trusts the gateway needs none.
+        let password = target
+            .password
+            .as_ref()
+            .map(|secret| secret.resolve().map_err(|e| e.to_string()));
         Ok(UpstreamOptions {
             address: target.address.clone(),
             database: target.database.clone(),

@@ -22,8 +22,9 @@ pub struct UpstreamOptions {
     pub address: String,
     pub database: String,
     pub user: String,
-    /// Already resolved from its `env:`/`file:` reference by the agent.
-    pub password: Option<String>,
+    /// Resolved from its `env:`/`file:` reference by the agent; `Err` says why it is
+    /// unavailable, which matters only if the target asks for a password.
+    pub password: Option<Result<String, String>>,
     pub tls: TlsMode,
     pub connect_timeout: Duration,
 }
@@ -75,6 +76,8 @@ pub enum UpstreamError {
     TlsUnavailable,
     #[error("the target asked for a password but the connection has none configured")]
     MissingPassword,
+    #[error("the target asked for a password, but it is unavailable: {0}")]
+    PasswordUnavailable(String),
     #[error("the target rejected the gateway's login (SQLSTATE {code}): {message}")]
     Rejected { code: String, message: String },
     #[error("the target asked for a {0} password over a connection whose server is not verified; use tls: verify-full, or tls: disable to accept that risk")]
@@ -222,10 +225,10 @@ async fn authenticate(
     opts: &UpstreamOptions,
     binding: Binding,
 ) -> Result<(), UpstreamError> {
-    let password = || {
-        opts.password
-            .as_deref()
-            .ok_or(UpstreamError::MissingPassword)
+    let password = || match &opts.password {
+        Some(Ok(p)) => Ok(p.as_str()),
+        Some(Err(why)) => Err(UpstreamError::PasswordUnavailable(why.clone())),
+        None => Err(UpstreamError::MissingPassword),
     };
     let mut scram: Option<sasl::ScramSha256> = None;
     let mut scram_verified = false;

@@ -102,6 +102,7 @@ fn allow_lists_and_upstream_auth_methods() {
          \x20 - {{ name: tls-refused, kind: postgres, address: 127.0.0.1:{target}, database: auth_methods, user: tlsonly, password: tls-pass-1, tls: disable }}\n\
          \x20 - {{ name: bad-password, kind: postgres, address: 127.0.0.1:{target}, database: auth_methods, user: postgres, password: wrong-Target-Pass }}\n\
          \x20 - {{ name: md5-unverified, kind: postgres, address: 127.0.0.1:{target}, database: auth_methods, user: md5user, password: md5-pass-1, tls: prefer }}\n\
+         \x20 - {{ name: no-secret, kind: postgres, address: 127.0.0.1:{target}, database: auth_methods, user: postgres, password: env:SLUICE_TEST_SURELY_UNSET_VAR }}\n\
          \x20 - {{ name: down, kind: postgres, address: 127.0.0.1:1, database: x, user: postgres, connect_timeout: 2s }}\n\
          \x20 - {{ name: admins-only, kind: postgres, address: 127.0.0.1:{target}, database: auth_methods, user: postgres, password: env:SLUICE_TEST_TARGET_PASSWORD, allow: [group:dba] }}\n"
     );
@@ -156,6 +157,17 @@ fn allow_lists_and_upstream_auth_methods() {
     assert!(gw
         .log()
         .contains("asked for a MD5 password over a connection whose server is not verified"));
+    // The secret is resolved when the target asks for it: unavailable, it is a clear
+    // failure in the log, and the client is not told the variable's name.
+    let (ok, _, err) = run("no-secret");
+    assert!(
+        !ok && err.contains("cannot open connection \"no-secret\""),
+        "{err}"
+    );
+    assert!(!err.contains("SLUICE_TEST_SURELY_UNSET_VAR"), "{err}");
+    assert!(gw
+        .log()
+        .contains("environment variable SLUICE_TEST_SURELY_UNSET_VAR is not set"));
     let (ok, _, err) = run("down");
     assert!(
         !ok && err.contains("cannot open connection \"down\": the target is unreachable"),
