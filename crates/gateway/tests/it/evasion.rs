@@ -273,6 +273,17 @@ fn skipped_or_deallocated_definitions_cannot_hide_a_statement() {
         .clone();
     let recorded = |text: &str| events.iter().any(|e| e["statement"] == text);
     assert!(recorded("DELETE FROM victim WHERE id = 1"), "{events:#?}");
+    // The Execute after the skipped redefinition waited for the server to settle the
+    // earlier batches, so its record carries the text that really ran.
+    let first_run = events
+        .iter()
+        .find(|e| e["kind"] == "statement" && e["statement_name"].is_null())
+        .unwrap();
+    assert_eq!(
+        first_run["statement"], "DELETE FROM victim WHERE id = 1",
+        "{events:#?}"
+    );
+    assert_eq!(first_run["rows"], 1);
     assert!(recorded("DELETE FROM victim WHERE id = 2"), "{events:#?}");
     // The redefinition was accepted, so the Execute after it is recorded with its text.
     let last = events.iter().rfind(|e| e["kind"] == "statement").unwrap();

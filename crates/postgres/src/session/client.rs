@@ -3,6 +3,7 @@
 
 use std::ops::Range;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use sluice_core::{Decision, Outcome, Pipeline, Request, RequestKind, SessionInfo};
@@ -17,6 +18,9 @@ use crate::stream::BoxStream;
 
 /// Answers a session may owe before the gateway stops reading from its client.
 const MAX_OWED: usize = 100_000;
+
+/// Longest wait for the server to settle a definition a message depends on.
+const SETTLE_WAIT: Duration = Duration::from_secs(30);
 
 /// Why the client-to-server direction stopped with an error.
 pub(super) enum C2sEnd {
@@ -36,6 +40,10 @@ pub(super) struct ClientToServer<P> {
     /// After the gateway refused an extended-protocol message, everything up to Sync is
     /// discarded, exactly as the server does after an error.
     pub skip_until_sync: bool,
+    /// Since when a message has been waiting for the server to settle a definition.
+    pub waiting_since: Option<Instant>,
+    /// Batch ends (Sync, Query, FunctionCall) read so far, counted as they are read.
+    pub batches: u64,
 }
 
 /// One frontend message of a read, and what to do with it once decided.
@@ -89,6 +97,9 @@ enum Action {
     CopyEnd {
         range: Range<usize>,
     },
+    /// The message depends on a definition the server has not settled yet: stop here and
+    /// read it again once the server has answered.
+    Wait,
     /// Refused by the gateway before any decision (the text cannot be recorded
     /// faithfully). A Query gets an error and ReadyForQuery; an extended-protocol message
     /// an error, and the rest of its batch is discarded.
@@ -113,6 +124,8 @@ struct Scan {
     requests: Vec<Request>,
     consumed: usize,
     streaming: Option<usize>,
+    /// Stopped before a message that must wait for the server's answers.
+    waiting: bool,
 }
 
 impl<P: Pipeline> ClientToServer<P> {
@@ -120,21 +133,29 @@ impl<P: Pipeline> ClientToServer<P> {
         let mut buf = BytesMut::with_capacity(READ_BUFFER);
         // Bytes of a large pass-through message (CopyData) still to forward as they come.
         let mut passthrough: usize = 0;
+        // A message at the front of `buf` waits for the server's answers.
+        let mut waiting = false;
         loop {
-            // A client that sends without reading the answers would make the queue of
-            // owed answers (and refusals) grow without end: stop reading until it drains.
-            while lock(&self.shared.state).owed() > MAX_OWED {
-                self.shared.progress.notified().await;
-            }
-            match self.client.read_buf(&mut buf).await {
-                Ok(0) => {
-                    self.end_upstream().await;
-                    return Ok(());
+            if waiting {
+                // Messages already sent answer it; a Sync ended their batch, so they come
+                // without further input. Re-read `buf` after each settled read.
+                let _ = tokio::time::timeout(SETTLE_WAIT, self.shared.progress.notified()).await;
+            } else {
+                // A client that sends without reading the answers would make the queue of
+                // owed answers (and refusals) grow without end: stop reading until it drains.
+                while lock(&self.shared.state).owed() > MAX_OWED {
+                    self.shared.progress.notified().await;
                 }
-                Ok(_) => {}
-                Err(e) => {
-                    self.end_upstream().await;
-                    return Err(C2sEnd::Io(io_reason(e)));
+                match self.client.read_buf(&mut buf).await {
+                    Ok(0) => {
+                        self.end_upstream().await;
+                        return Ok(());
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        self.end_upstream().await;
+                        return Err(C2sEnd::Io(io_reason(e)));
+                    }
                 }
             }
             let mut out = BytesMut::new();
@@ -152,6 +173,10 @@ impl<P: Pipeline> ClientToServer<P> {
                     return Err(C2sEnd::Fatal(message));
                 }
             };
+            waiting = scan.waiting;
+            if !waiting {
+                self.waiting_since = None;
+            }
             let ids: Vec<u64> = scan.requests.iter().map(|r| r.id).collect();
             let decisions = if scan.requests.is_empty() {
                 Vec::new()
@@ -195,6 +220,7 @@ impl<P: Pipeline> ClientToServer<P> {
             requests: Vec::new(),
             consumed: 0,
             streaming: None,
+            waiting: false,
         };
         let mut skipping = self.skip_until_sync;
         // An unnamed statement defined in this read and not (yet) executed in it: its
@@ -219,6 +245,7 @@ impl<P: Pipeline> ClientToServer<P> {
             }
             let range = pos..pos + total;
             let body = &buf[pos + 5..pos + total];
+            let start = pos;
             pos += total;
             match h.tag {
                 b'S' => skipping = false,
@@ -227,6 +254,22 @@ impl<P: Pipeline> ClientToServer<P> {
                 _ => {}
             }
             let action = self.classify(h.tag, body, range, &mut scan.requests)?;
+            if matches!(action, Action::Wait) {
+                pos = start;
+                scan.waiting = true;
+                break;
+            }
+            if matches!(action, Action::Sync { .. } | Action::Query { .. })
+                || matches!(
+                    action,
+                    Action::Execute {
+                        function_call: true,
+                        ..
+                    }
+                )
+            {
+                self.batches += 1;
+            }
             match &action {
                 Action::Refuse { query: false, .. } => skipping = true,
                 Action::Parse {
@@ -265,6 +308,19 @@ impl<P: Pipeline> ClientToServer<P> {
         }
         scan.consumed = pos;
         Ok(scan)
+    }
+
+    /// Waits for the server to settle a definition from an earlier batch; refuses instead
+    /// once it has waited [`SETTLE_WAIT`] (a server that never answers must not hang the
+    /// session).
+    fn wait_or_refuse(&mut self, what: &str, name: &str) -> Action {
+        let started = *self.waiting_since.get_or_insert_with(Instant::now);
+        if started.elapsed() < SETTLE_WAIT {
+            Action::Wait
+        } else {
+            self.waiting_since = None;
+            ambiguous(what, name)
+        }
     }
 
     /// Records an unnamed statement's text as a prepare request of its own.
@@ -336,7 +392,10 @@ impl<P: Pipeline> ClientToServer<P> {
                     declared: param_types,
                     reported: None,
                 };
-                let define = lock(&self.shared.state).names.parse(name, statement);
+                let define = {
+                    let mut state = lock(&self.shared.state);
+                    state.names.parse(name, statement, self.batches)
+                };
                 match define {
                     Define::Ambiguous => return Ok(ambiguous("prepared statement", name)),
                     // Recorded too: the server accepts it after all if the name was
@@ -394,7 +453,12 @@ impl<P: Pipeline> ClientToServer<P> {
                     params,
                 }),
             ) => {
-                let mut state = lock(&self.shared.state);
+                let shared = self.shared.clone();
+                let mut state = lock(&shared.state);
+                if state.names.statement_unsettled(statement, self.batches) {
+                    drop(state);
+                    return Ok(self.wait_or_refuse("prepared statement", statement));
+                }
                 let (sql, types) = match state.names.statement(statement) {
                     Some(s) => (s.sql.clone(), state.names.param_types(s)),
                     None => (
@@ -405,7 +469,10 @@ impl<P: Pipeline> ClientToServer<P> {
                 let params = render_params(&params, &types);
                 let epoch = state.epoch();
                 let from_unnamed = statement.is_empty().then(|| portal.to_owned());
-                match state.names.bind(portal, statement, sql, params, epoch) {
+                match state
+                    .names
+                    .bind(portal, statement, sql, params, epoch, self.batches)
+                {
                     Define::Ambiguous => return Ok(ambiguous("portal", portal)),
                     Define::Duplicate(_) => Action::Bind {
                         range,
@@ -420,8 +487,13 @@ impl<P: Pipeline> ClientToServer<P> {
                 }
             }
             (_, Some(FrontendMessage::Execute { portal })) => {
+                let shared = self.shared.clone();
                 let (text, params, statement_name) = {
-                    let state = lock(&self.shared.state);
+                    let state = lock(&shared.state);
+                    if state.names.portal_unsettled(portal, self.batches) {
+                        drop(state);
+                        return Ok(self.wait_or_refuse("portal", portal));
+                    }
                     match state.names.portal(portal) {
                         Some(p) => (
                             p.sql.to_string(),
@@ -654,6 +726,8 @@ impl<P: Pipeline> ClientToServer<P> {
                         self.refuse(&mut state, &message, query, &mut outcomes);
                     }
                 }
+                // `scan` stops before a waiting message; it never reaches here.
+                Action::Wait => {}
                 Action::Terminate => {
                     // Forward Terminate so the target ends the backend cleanly.
                     out.extend_from_slice(b"X\0\0\0\x04");

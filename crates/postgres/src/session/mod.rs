@@ -80,6 +80,8 @@ pub(crate) async fn run<P: Pipeline>(
         next_request: 1,
         max_message,
         skip_until_sync: false,
+        waiting_since: None,
+        batches: 0,
     };
     let s2c = ServerToClient {
         pipeline: pipeline.clone(),

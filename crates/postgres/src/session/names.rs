@@ -34,6 +34,23 @@ struct Entry<T> {
     value: T,
     /// A Close was sent and not yet confirmed.
     closing: bool,
+    /// Defined in this batch (the client's count of Syncs before it) and not yet
+    /// confirmed by the server.
+    pending: Option<u64>,
+    /// Which definition this is: a confirmation settles only its own definition, not a
+    /// later one made under the same name meanwhile.
+    id: u64,
+}
+
+impl<T> Entry<T> {
+    fn confirmed(value: T) -> Entry<T> {
+        Entry {
+            value,
+            closing: false,
+            pending: None,
+            id: 0,
+        }
+    }
 }
 
 /// The result of a Parse or Bind, as the server will see it.
@@ -54,10 +71,13 @@ pub(super) enum Undo {
     Statement {
         name: String,
         previous: Option<Statement>,
+        /// The definition this undoes (see `Entry::id`).
+        id: u64,
     },
     Portal {
         name: String,
         previous: Option<Portal>,
+        id: u64,
     },
 }
 
@@ -65,24 +85,32 @@ pub(super) enum Undo {
 pub(super) struct Names {
     statements: HashMap<String, Entry<Statement>>,
     portals: HashMap<String, Entry<Portal>>,
+    /// Last definition id handed out.
+    last_id: u64,
 }
 
 impl Names {
-    pub fn parse(&mut self, name: &str, statement: Statement) -> Define {
+    /// `batch`: the client's count of batch ends (Sync, Query, FunctionCall) before it.
+    pub fn parse(&mut self, name: &str, statement: Statement, batch: u64) -> Define {
         match self.statements.get(name) {
             Some(e) if !name.is_empty() && e.closing => Define::Ambiguous,
             Some(_) if !name.is_empty() => Define::Duplicate(Some(statement)),
             _ => {
+                self.last_id += 1;
+                let id = self.last_id;
                 let previous = self.statements.insert(
                     name.to_owned(),
                     Entry {
                         value: statement,
                         closing: false,
+                        pending: Some(batch),
+                        id,
                     },
                 );
                 Define::Defined(Undo::Statement {
                     name: name.to_owned(),
                     previous: previous.map(|e| e.value),
+                    id,
                 })
             }
         }
@@ -96,6 +124,7 @@ impl Names {
         sql: Arc<str>,
         params: Vec<Option<String>>,
         epoch: u64,
+        batch: u64,
     ) -> Define {
         match self.portals.get(name) {
             // Same batch: the server rejects the duplicate.
@@ -106,6 +135,8 @@ impl Names {
             // known yet.
             Some(_) if !name.is_empty() => Define::Ambiguous,
             _ => {
+                self.last_id += 1;
+                let id = self.last_id;
                 let previous = self.portals.insert(
                     name.to_owned(),
                     Entry {
@@ -116,13 +147,50 @@ impl Names {
                             epoch,
                         },
                         closing: false,
+                        pending: Some(batch),
+                        id,
                     },
                 );
                 Define::Defined(Undo::Portal {
                     name: name.to_owned(),
                     previous: previous.map(|e| e.value),
+                    id,
                 })
             }
+        }
+    }
+
+    /// The statement `name` was defined by an earlier batch than `batch` and the server
+    /// has not confirmed it yet: what it will hold is not known until it answers.
+    pub fn statement_unsettled(&self, name: &str, batch: u64) -> bool {
+        self.statements
+            .get(name)
+            .is_some_and(|e| e.pending.is_some_and(|p| p < batch))
+    }
+
+    /// Like [`Names::statement_unsettled`] for a portal.
+    pub fn portal_unsettled(&self, name: &str, batch: u64) -> bool {
+        self.portals
+            .get(name)
+            .is_some_and(|e| e.pending.is_some_and(|p| p < batch))
+    }
+
+    /// The server confirmed the definition an undo record describes.
+    pub fn confirm(&mut self, undo: &Undo) {
+        let pending = match undo {
+            Undo::Statement { name, id, .. } => self
+                .statements
+                .get_mut(name)
+                .filter(|e| e.id == *id)
+                .map(|e| &mut e.pending),
+            Undo::Portal { name, id, .. } => self
+                .portals
+                .get_mut(name)
+                .filter(|e| e.id == *id)
+                .map(|e| &mut e.pending),
+        };
+        if let Some(p) = pending {
+            *p = None;
         }
     }
 
@@ -155,13 +223,7 @@ impl Names {
 
     /// The server accepted a definition the gateway took for a duplicate.
     pub fn redefine(&mut self, name: String, statement: Statement) {
-        self.statements.insert(
-            name,
-            Entry {
-                value: statement,
-                closing: false,
-            },
-        );
+        self.statements.insert(name, Entry::confirmed(statement));
     }
 
     pub fn set_reported(&mut self, statement: &str, types: Vec<u32>) {
@@ -207,8 +269,8 @@ impl Names {
             Undo::Statement { name, .. } if failed && name.is_empty() => {
                 self.statements.remove(&name);
             }
-            Undo::Statement { name, previous } => restore(&mut self.statements, name, previous),
-            Undo::Portal { name, previous } => restore(&mut self.portals, name, previous),
+            Undo::Statement { name, previous, .. } => restore(&mut self.statements, name, previous),
+            Undo::Portal { name, previous, .. } => restore(&mut self.portals, name, previous),
         }
     }
 
@@ -221,13 +283,7 @@ impl Names {
 fn restore<T>(map: &mut HashMap<String, Entry<T>>, name: String, previous: Option<T>) {
     match previous {
         Some(value) => {
-            map.insert(
-                name,
-                Entry {
-                    value,
-                    closing: false,
-                },
-            );
+            map.insert(name, Entry::confirmed(value));
         }
         None => {
             map.remove(&name);
@@ -251,20 +307,23 @@ mod tests {
     fn named_statements_are_not_redefined() {
         let mut n = Names::default();
         assert!(matches!(
-            n.parse("s", stmt("DELETE FROM t")),
+            n.parse("s", stmt("DELETE FROM t"), 0),
             Define::Defined(_)
         ));
         assert!(matches!(
-            n.parse("s", stmt("SELECT 1")),
+            n.parse("s", stmt("SELECT 1"), 0),
             Define::Duplicate(_)
         ));
         assert_eq!(
             &*n.statement("s").map(|s| s.sql.clone()).unwrap_or_default(),
             "DELETE FROM t"
         );
-        assert!(matches!(n.parse("", stmt("SELECT 1")), Define::Defined(_)));
+        assert!(matches!(
+            n.parse("", stmt("SELECT 1"), 0),
+            Define::Defined(_)
+        ));
         // A skipped Parse of the unnamed statement leaves the old one in place...
-        let Define::Defined(undo) = n.parse("", stmt("SELECT 2")) else {
+        let Define::Defined(undo) = n.parse("", stmt("SELECT 2"), 0) else {
             panic!()
         };
         n.undo(undo, false);
@@ -273,7 +332,7 @@ mod tests {
             "SELECT 1"
         );
         // ...a failed one drops it, as the server does.
-        let Define::Defined(undo) = n.parse("", stmt("SELEC 3")) else {
+        let Define::Defined(undo) = n.parse("", stmt("SELEC 3"), 0) else {
             panic!()
         };
         n.undo(undo, true);
@@ -281,11 +340,43 @@ mod tests {
     }
 
     #[test]
+    fn definitions_from_an_earlier_batch_are_unsettled_until_confirmed() {
+        let mut n = Names::default();
+        let Define::Defined(undo) = n.parse("s", stmt("DELETE FROM t"), 3) else {
+            panic!()
+        };
+        assert!(
+            !n.statement_unsettled("s", 3),
+            "same batch: settled by the batch itself"
+        );
+        assert!(n.statement_unsettled("s", 4));
+        n.confirm(&undo);
+        assert!(!n.statement_unsettled("s", 4));
+    }
+
+    #[test]
+    fn a_confirmation_settles_only_its_own_definition() {
+        let mut n = Names::default();
+        let Define::Defined(first) = n.parse("", stmt("DELETE FROM t"), 0) else {
+            panic!()
+        };
+        n.parse("", stmt("SELECT 1"), 1);
+        n.confirm(&first);
+        assert!(
+            n.statement_unsettled("", 2),
+            "the later definition is still unsettled"
+        );
+    }
+
+    #[test]
     fn close_takes_effect_only_when_confirmed() {
         let mut n = Names::default();
-        n.parse("s", stmt("DELETE FROM t"));
+        n.parse("s", stmt("DELETE FROM t"), 0);
         n.start_close(b'S', "s");
-        assert!(matches!(n.parse("s", stmt("SELECT 1")), Define::Ambiguous));
+        assert!(matches!(
+            n.parse("s", stmt("SELECT 1"), 0),
+            Define::Ambiguous
+        ));
         n.finish_close(b'S', "s", false);
         assert!(
             n.statement("s").is_some(),
@@ -293,7 +384,10 @@ mod tests {
         );
         n.start_close(b'S', "s");
         n.finish_close(b'S', "s", true);
-        assert!(matches!(n.parse("s", stmt("SELECT 1")), Define::Defined(_)));
+        assert!(matches!(
+            n.parse("s", stmt("SELECT 1"), 0),
+            Define::Defined(_)
+        ));
     }
 
     #[test]
@@ -301,21 +395,21 @@ mod tests {
         let mut n = Names::default();
         let sql: Arc<str> = Arc::from("SELECT 1");
         assert!(matches!(
-            n.bind("p", "s", sql.clone(), vec![], 0),
+            n.bind("p", "s", sql.clone(), vec![], 0, 0),
             Define::Defined(_)
         ));
         assert!(matches!(
-            n.bind("p", "s", sql.clone(), vec![], 0),
+            n.bind("p", "s", sql.clone(), vec![], 0, 0),
             Define::Duplicate(_)
         ));
         assert!(matches!(
-            n.bind("p", "s", sql.clone(), vec![], 1),
+            n.bind("p", "s", sql.clone(), vec![], 1, 1),
             Define::Ambiguous
         ));
         n.transaction_ended(1);
         assert!(n.portal("p").is_none());
         assert!(matches!(
-            n.bind("p", "s", sql, vec![], 1),
+            n.bind("p", "s", sql, vec![], 1, 1),
             Define::Defined(_)
         ));
     }

@@ -278,9 +278,15 @@ impl State {
             }
             b'1' => {
                 if let Some(Expect::ParseComplete { .. }) = self.queue.front() {
-                    if let Some(Expect::ParseComplete { exec, redefine, .. }) =
-                        self.queue.pop_front()
+                    if let Some(Expect::ParseComplete {
+                        exec,
+                        redefine,
+                        undo,
+                    }) = self.queue.pop_front()
                     {
+                        if let Some(undo) = &undo {
+                            self.names.confirm(undo);
+                        }
                         if let Some((name, statement)) = redefine {
                             self.names.redefine(name, statement);
                         }
@@ -293,7 +299,14 @@ impl State {
                     }
                 }
             }
-            b'2' => self.pop_if(|e| matches!(e, Expect::BindComplete { .. })),
+            b'2' => {
+                if let Some(Expect::BindComplete { .. }) = self.queue.front() {
+                    if let Some(Expect::BindComplete { undo: Some(undo) }) = self.queue.pop_front()
+                    {
+                        self.names.confirm(&undo);
+                    }
+                }
+            }
             b'3' => {
                 if let Some(Expect::CloseComplete { .. }) = self.queue.front() {
                     if let Some(Expect::CloseComplete { kind, name }) = self.queue.pop_front() {
