@@ -325,18 +325,28 @@ impl<P: Pipeline> ClientToServer<P> {
 
     /// Records an unnamed statement's text as a prepare request of its own.
     fn record_unnamed(&mut self, u: UnnamedParse, scan: &mut Scan) {
-        let id = self.next_id();
-        scan.requests.push(Request {
-            id,
-            kind: RequestKind::Prepare,
-            text: u.text,
-            params: Vec::new(),
-            statement_name: None,
-        });
-        let index = scan.requests.len() - 1;
+        let index = self.push_prepare(&mut scan.requests, u.text, None);
         if let Some(Action::Parse { request, .. }) = scan.actions.get_mut(u.action) {
             *request = Some(index);
         }
+    }
+
+    /// Queues the record of a statement definition; returns its index in `requests`.
+    fn push_prepare(
+        &mut self,
+        requests: &mut Vec<Request>,
+        text: String,
+        name: Option<&str>,
+    ) -> usize {
+        let id = self.next_id();
+        requests.push(Request {
+            id,
+            kind: RequestKind::Prepare,
+            text,
+            params: Vec::new(),
+            statement_name: name.map(str::to_owned),
+        });
+        requests.len() - 1
     }
 
     fn next_id(&mut self) -> u64 {
@@ -401,17 +411,10 @@ impl<P: Pipeline> ClientToServer<P> {
                     // Recorded too: the server accepts it after all if the name was
                     // deallocated with SQL, which the gateway does not track.
                     Define::Duplicate(statement) => {
-                        let id = self.next_id();
-                        requests.push(Request {
-                            id,
-                            kind: RequestKind::Prepare,
-                            text,
-                            params: Vec::new(),
-                            statement_name: Some(name.to_owned()),
-                        });
+                        let index = self.push_prepare(requests, text, Some(name));
                         Action::Parse {
                             range,
-                            request: Some(requests.len() - 1),
+                            request: Some(index),
                             undo: None,
                             redefine: statement.map(|st| (name.to_owned(), st)),
                             unnamed_text: None,
@@ -420,17 +423,10 @@ impl<P: Pipeline> ClientToServer<P> {
                     // Named statements live on and run later by name: their text is
                     // recorded now, before the server ever sees it.
                     Define::Defined(undo) if !name.is_empty() => {
-                        let id = self.next_id();
-                        requests.push(Request {
-                            id,
-                            kind: RequestKind::Prepare,
-                            text,
-                            params: Vec::new(),
-                            statement_name: Some(name.to_owned()),
-                        });
+                        let index = self.push_prepare(requests, text, Some(name));
                         Action::Parse {
                             range,
-                            request: Some(requests.len() - 1),
+                            request: Some(index),
                             undo: Some(undo),
                             redefine: None,
                             unnamed_text: None,
