@@ -63,6 +63,24 @@ pub(super) enum Expect {
 }
 
 impl Expect {
+    /// The entry's kind, for logs (its contents can hold statement text and bind values).
+    fn kind(&self) -> &'static str {
+        match self {
+            Expect::ParseComplete { .. } => "ParseComplete",
+            Expect::BindComplete { .. } => "BindComplete",
+            Expect::CloseComplete { .. } => "CloseComplete",
+            Expect::DescribeStatement { .. } => "DescribeStatement",
+            Expect::DescribePortal => "DescribePortal",
+            Expect::Exec(_) => "Exec",
+            Expect::QueryExec(_) => "QueryExec",
+            Expect::FunctionCall(_) => "FunctionCall",
+            Expect::Ready => "Ready",
+            Expect::SyncReady => "SyncReady",
+            Expect::ClientCopyEnded => "ClientCopyEnded",
+            Expect::Inject { .. } => "Inject",
+        }
+    }
+
     /// A ReadyForQuery will settle it.
     fn is_ready(&self) -> bool {
         matches!(self, Expect::Ready | Expect::SyncReady)
@@ -341,7 +359,11 @@ impl State {
                         outcomes.push(e.finish(OutcomeStatus::Ok { tag, rows }));
                     }
                 } else {
-                    tracing::warn!(front = ?self.queue.front(), "completion without a pending execution");
+                    // Only the kind of entry: its contents can hold bind values.
+                    tracing::warn!(
+                        front = self.queue.front().map(Expect::kind),
+                        "completion without a pending execution"
+                    );
                 }
             }
             b'V' => {
