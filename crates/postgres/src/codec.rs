@@ -333,6 +333,23 @@ pub fn parse_error_fields(body: &[u8]) -> ErrorFields {
     fields
 }
 
+/// Name and value of a ParameterStatus message.
+pub fn parse_parameter_status(body: &[u8]) -> Option<(&str, &str)> {
+    let mut pos = 0;
+    let name = read_cstr(body, &mut pos, "ParameterStatus").ok()?;
+    let value = read_cstr(body, &mut pos, "ParameterStatus").ok()?;
+    Some((name, value))
+}
+
+/// Client encodings in which a byte of a multibyte character can be `\` or `;`, so the
+/// gateway could split statements differently from the server.
+pub fn encoding_hides_delimiters(encoding: &str) -> bool {
+    matches!(
+        encoding.to_ascii_uppercase().as_str(),
+        "SJIS" | "SHIFT_JIS_2004" | "BIG5" | "GBK" | "GB18030" | "UHC" | "JOHAB"
+    )
+}
+
 /// Row count of a CommandComplete tag: its last number (`INSERT 0 5` → 5, `SELECT 3` → 3).
 pub fn rows_from_tag(tag: &str) -> Option<u64> {
     tag.rsplit(' ').next().and_then(|n| n.parse().ok())

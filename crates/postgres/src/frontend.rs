@@ -323,12 +323,14 @@ impl<P: Pipeline, C: Connector> Frontend<P, C> {
             Some(format!("connection error: {e}"))
         } else {
             info!(session = %info.id, user = %info.identity.user, %connection, "session started");
+            let encoding = client_encoding(&upstream.startup_frames);
             session::run(
                 self.pipeline.clone(),
                 info.clone(),
                 stream,
                 upstream.stream,
                 upstream.txn_status,
+                encoding.as_deref(),
                 self.config.max_message_bytes,
             )
             .await
@@ -544,6 +546,21 @@ fn upstream_refusal(connection: &str, e: &UpstreamError) -> Refusal {
         "08001",
         format!("cannot open connection \"{connection}\": {detail}"),
     )
+}
+
+/// The client_encoding the target reported at startup.
+fn client_encoding(frames: &[u8]) -> Option<String> {
+    let mut pos = 0;
+    while let Ok(Some(h)) = codec::parse_header(&frames[pos..]) {
+        let body = frames.get(pos + 5..pos + 5 + h.body_len)?;
+        if h.tag == b'S' {
+            if let Some(("client_encoding", value)) = codec::parse_parameter_status(body) {
+                return Some(value.to_owned());
+            }
+        }
+        pos += 5 + h.body_len;
+    }
+    None
 }
 
 fn session_id() -> String {

@@ -291,3 +291,50 @@ fn skipped_or_deallocated_definitions_cannot_hide_a_statement() {
     assert_eq!(last["statement_name"], "s");
     assert_eq!(last["rows"], 1);
 }
+
+/// In SJIS (and similar encodings) a multibyte character can end in `\`, so the server can
+/// split a string differently from the gateway: non-ASCII statements are refused there,
+/// even when the encoding is switched by a statement pipelined just before.
+#[test]
+fn multibyte_encodings_cannot_hide_a_statement() {
+    pg().create_db("evade_enc");
+    pg().psql_admin(
+        "evade_enc",
+        "CREATE TABLE victim(id int); INSERT INTO victim VALUES (1), (2)",
+    );
+    let gw = Gateway::start("evade_enc", "");
+    let token = gw.user_token("eve");
+    // 0x81 0x5C is one SJIS character: the server reads the string as closed and runs
+    // the DELETE, while a UTF-8 reading sees an escaped quote.
+    let mut attack = b"SELECT E'\x81\\'; DELETE FROM victim; --'".to_vec();
+    attack.push(0);
+    let mut s = logged_in(&gw, "evade_enc", "eve", &token);
+    let mut out = BytesMut::new();
+    query(&mut out, "SET client_encoding TO 'SJIS'");
+    msg(&mut out, b'Q', &attack);
+    s.write_all(&out).unwrap();
+    read_messages(&mut s, b'Z');
+    let m = read_messages(&mut s, b'Z');
+    let (code, message) = error_code(&m).expect("refused");
+    assert_eq!(code, "42501");
+    assert!(message.contains("client_encoding SJIS"), "{message}");
+    // ASCII statements still work in that encoding.
+    let mut out = BytesMut::new();
+    query(&mut out, "SELECT count(*) FROM victim");
+    s.write_all(&out).unwrap();
+    let m = read_messages(&mut s, b'Z');
+    assert!(error_code(&m).is_none());
+    drop(s);
+    assert_eq!(rows("evade_enc"), "2", "nothing was deleted");
+
+    // A session that starts in SJIS is held to the same rule.
+    let out = std::process::Command::new("psql")
+        .env("PGCLIENTENCODING", "SJIS")
+        .args(["-X", "-A", "-t"])
+        .arg(gw.conninfo("evade_enc", "eve", &token))
+        .args(["-c", "SELECT 'é'"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("client_encoding SJIS"));
+}

@@ -44,6 +44,11 @@ pub(super) struct ClientToServer<P> {
     pub waiting_since: Option<Instant>,
     /// Batch ends (Sync, Query, FunctionCall) read so far, counted as they are read.
     pub batches: u64,
+    /// Reads scanned so far.
+    pub scans: u64,
+    /// The scan in which a statement that may change client_encoding was read; later
+    /// statements wait until the server has answered it.
+    pub encoding_barrier: Option<u64>,
 }
 
 /// One frontend message of a read, and what to do with it once decided.
@@ -222,6 +227,7 @@ impl<P: Pipeline> ClientToServer<P> {
             streaming: None,
             waiting: false,
         };
+        self.scans += 1;
         let mut skipping = self.skip_until_sync;
         // An unnamed statement defined in this read and not (yet) executed in it: its
         // text is recorded on its own, since it could run in a later batch.
@@ -310,6 +316,40 @@ impl<P: Pipeline> ClientToServer<P> {
         Ok(scan)
     }
 
+    /// Statement text is split as the server reads it only when no multibyte character
+    /// can contain `\` or `;`. Stops a Query or Parse (returns its action) while a
+    /// statement that may change client_encoding is unanswered, and refuses non-ASCII
+    /// text in an encoding where the split could differ from the server's.
+    fn encoding_gate(&mut self, tag: u8, body: &[u8], sql: &str) -> Option<Action> {
+        let (unsafe_encoding, owed) = {
+            let state = lock(&self.shared.state);
+            (state.unsafe_encoding.clone(), state.owed())
+        };
+        match self.encoding_barrier {
+            Some(scan) if scan == self.scans || owed > 0 => {
+                return Some(self.wait_or_refuse("client encoding", "client_encoding"));
+            }
+            Some(_) => self.encoding_barrier = None,
+            None => {}
+        }
+        if let Some(encoding) = unsafe_encoding {
+            if body.iter().any(|b| *b >= 0x80) {
+                return Some(Action::Refuse {
+                    message: format!("sluice cannot record statements in client_encoding {encoding} faithfully when they hold non-ASCII characters; use client_encoding UTF8 (the server converts)"),
+                    query: tag == b'Q',
+                });
+            }
+        }
+        let lower = sql.to_ascii_lowercase();
+        if ["client_encoding", "names", "reset", "discard"]
+            .iter()
+            .any(|k| lower.contains(k))
+        {
+            self.encoding_barrier = Some(self.scans);
+        }
+        None
+    }
+
     /// Waits for the server to settle a definition from an earlier batch; refuses instead
     /// once it has waited [`SETTLE_WAIT`] (a server that never answers must not hang the
     /// session).
@@ -365,6 +405,9 @@ impl<P: Pipeline> ClientToServer<P> {
         let msg = codec::parse_frontend(tag, body).map_err(|e| e.to_string())?;
         let action = match (tag, msg) {
             (_, Some(FrontendMessage::Query { sql })) => {
+                if let Some(stop) = self.encoding_gate(tag, body, &sql) {
+                    return Ok(stop);
+                }
                 let Some(statements) = sluice_sql::split_statements_strict(&sql) else {
                     return Ok(Action::Refuse {
                         message: "sluice cannot tell where the statements of this query string end: a backslash in a quoted string makes it depend on standard_conforming_strings; use E'' strings or send the statements separately".into(),
@@ -396,6 +439,9 @@ impl<P: Pipeline> ClientToServer<P> {
                     param_types,
                 }),
             ) => {
+                if let Some(stop) = self.encoding_gate(tag, body, &sql) {
+                    return Ok(stop);
+                }
                 let text = sluice_sql::redact_secrets(&sql).into_owned();
                 let statement = Statement {
                     sql: Arc::from(text.as_str()),

@@ -62,12 +62,13 @@ pub(crate) async fn run<P: Pipeline>(
     client: BoxStream,
     upstream: BoxStream,
     txn_status: u8,
+    client_encoding: Option<&str>,
     max_message: usize,
 ) -> Option<String> {
     let (client_r, client_w) = tokio::io::split(client);
     let (up_r, up_w) = tokio::io::split(upstream);
     let shared = Arc::new(Shared {
-        state: Mutex::new(State::new(txn_status)),
+        state: Mutex::new(State::new(txn_status, client_encoding)),
         wake: Notify::new(),
         progress: Notify::new(),
     });
@@ -82,6 +83,8 @@ pub(crate) async fn run<P: Pipeline>(
         skip_until_sync: false,
         waiting_since: None,
         batches: 0,
+        scans: 0,
+        encoding_barrier: None,
     };
     let s2c = ServerToClient {
         pipeline: pipeline.clone(),

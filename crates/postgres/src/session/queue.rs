@@ -159,14 +159,26 @@ pub(super) struct State {
     pub txn_status: u8,
     /// Undos collected while settling a batch; applied newest first.
     undos: Vec<(Undo, bool)>,
+    /// The session's client_encoding when it is one whose multibyte characters can
+    /// contain `\` or `;` (see `codec::encoding_hides_delimiters`).
+    pub unsafe_encoding: Option<String>,
 }
 
 impl State {
-    pub fn new(txn_status: u8) -> State {
-        State {
+    pub fn new(txn_status: u8, client_encoding: Option<&str>) -> State {
+        let mut state = State {
             txn_status,
             ..State::default()
+        };
+        if let Some(e) = client_encoding {
+            state.set_client_encoding(e);
         }
+        state
+    }
+
+    pub fn set_client_encoding(&mut self, encoding: &str) {
+        self.unsafe_encoding =
+            codec::encoding_hides_delimiters(encoding).then(|| encoding.to_owned());
     }
 
     /// ReadyForQuery-producing messages queued so far (the epoch of a Bind).
@@ -374,6 +386,11 @@ impl State {
                             rows: 1,
                         }));
                     }
+                }
+            }
+            b'S' => {
+                if let Some(("client_encoding", value)) = codec::parse_parameter_status(body) {
+                    self.set_client_encoding(value);
                 }
             }
             b'E' => self.error(body, &mut outcomes),
@@ -588,7 +605,7 @@ mod tests {
 
     #[test]
     fn extended_error_discards_to_sync_including_a_query_in_between() {
-        let mut s = State::new(b'I');
+        let mut s = State::new(b'I', None);
         s.push(Expect::ParseComplete {
             exec: None,
             undo: None,
@@ -619,7 +636,7 @@ mod tests {
 
     #[test]
     fn messages_after_an_error_and_before_sync_are_not_queued() {
-        let mut s = State::new(b'I');
+        let mut s = State::new(b'I', None);
         s.push(Expect::Exec(Exec::new(1)));
         s.observe(b'E', &error("22012"));
         assert_eq!(
@@ -634,7 +651,7 @@ mod tests {
 
     #[test]
     fn syncs_during_copy_in_are_ignored_and_a_failed_copy_leaves_nothing_behind() {
-        let mut s = State::new(b'I');
+        let mut s = State::new(b'I', None);
         // Extended-protocol COPY: Execute, Sync, then the data and CopyDone, then Sync.
         s.push(Expect::Exec(Exec::new(1)));
         s.push_sync();
@@ -661,7 +678,7 @@ mod tests {
 
     #[test]
     fn function_call_has_its_own_ready_for_query() {
-        let mut s = State::new(b'I');
+        let mut s = State::new(b'I', None);
         s.push(Expect::FunctionCall(Exec::new(1)));
         s.push(Expect::Ready);
         s.push(Expect::QueryExec(Exec::new(2)));
@@ -673,7 +690,7 @@ mod tests {
 
     #[test]
     fn injections_wait_for_earlier_answers() {
-        let mut s = State::new(b'T');
+        let mut s = State::new(b'T', None);
         s.push(Expect::QueryExec(Exec::new(1)));
         s.push(Expect::Ready);
         s.push(Expect::Inject {

@@ -26,7 +26,7 @@ pub(super) struct ServerToClient<P> {
 
 /// Server messages the gateway must read whole.
 fn needs_body(tag: u8) -> bool {
-    matches!(tag, b'C' | b'E' | b'Z' | b't')
+    matches!(tag, b'C' | b'E' | b'Z' | b't' | b'S')
 }
 
 impl<P: Pipeline> ServerToClient<P> {
