@@ -15,6 +15,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
 use crate::codec::{self, FirstPacket, Startup};
+use crate::lock;
 use crate::session;
 use crate::stream::BoxStream;
 use crate::upstream::{CancelKey, Upstream, UpstreamError};
@@ -566,8 +567,4 @@ fn client_encoding(frames: &[u8]) -> Option<String> {
 fn session_id() -> String {
     let bytes: [u8; 8] = rand::random();
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -17,5 +17,11 @@ pub mod tls;
 pub mod upstream;
 
 pub use frontend::{Connector, Frontend, FrontendConfig};
+
+/// Locks a mutex whose state stays consistent between operations: recovering from a
+/// poisoned lock is better than dropping every later session or outcome.
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
 pub use tls::TlsMode;
 pub use upstream::{CancelKey, Upstream, UpstreamError, UpstreamOptions};

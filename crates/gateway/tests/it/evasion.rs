@@ -37,6 +37,18 @@ fn sync(out: &mut BytesMut) {
     msg(out, b'S', b"");
 }
 
+/// A database with a two-row `victim` table behind a fresh gateway, and a token for eve.
+fn victim_gateway(db: &str) -> (Gateway, String) {
+    pg().create_db(db);
+    pg().psql_admin(
+        db,
+        "CREATE TABLE victim(id int); INSERT INTO victim VALUES (1), (2)",
+    );
+    let gw = Gateway::start(db, "");
+    let token = gw.user_token("eve");
+    (gw, token)
+}
+
 fn rows(db: &str) -> String {
     pg().psql_admin(db, "SELECT count(*) FROM victim")
         .trim()
@@ -45,13 +57,7 @@ fn rows(db: &str) -> String {
 
 #[test]
 fn standard_conforming_strings_off_cannot_hide_a_statement() {
-    pg().create_db("evade_scs");
-    pg().psql_admin(
-        "evade_scs",
-        "CREATE TABLE victim(id int); INSERT INTO victim VALUES (1), (2)",
-    );
-    let gw = Gateway::start("evade_scs", "");
-    let token = gw.user_token("eve");
+    let (gw, token) = victim_gateway("evade_scs");
     // With standard_conforming_strings off the server reads '\'; --' as one string and
     // would run the DELETE that a standard lexer takes for a comment.
     let out = std::process::Command::new("psql")
@@ -86,13 +92,7 @@ fn standard_conforming_strings_off_cannot_hide_a_statement() {
 
 #[test]
 fn redefining_a_named_statement_cannot_change_what_is_recorded() {
-    pg().create_db("evade_names");
-    pg().psql_admin(
-        "evade_names",
-        "CREATE TABLE victim(id int); INSERT INTO victim VALUES (1), (2)",
-    );
-    let gw = Gateway::start("evade_names", "");
-    let token = gw.user_token("eve");
+    let (gw, token) = victim_gateway("evade_names");
     let mut s = logged_in(&gw, "evade_names", "eve", &token);
     let mut out = BytesMut::new();
     parse(&mut out, "s", "DELETE FROM victim");
@@ -135,13 +135,7 @@ fn redefining_a_named_statement_cannot_change_what_is_recorded() {
 
 #[test]
 fn a_query_inside_a_failed_batch_keeps_the_record_aligned() {
-    pg().create_db("evade_batch");
-    pg().psql_admin(
-        "evade_batch",
-        "CREATE TABLE victim(id int); INSERT INTO victim VALUES (1), (2)",
-    );
-    let gw = Gateway::start("evade_batch", "");
-    let token = gw.user_token("eve");
+    let (gw, token) = victim_gateway("evade_batch");
     let mut s = logged_in(&gw, "evade_batch", "eve", &token);
     let mut out = BytesMut::new();
     parse(&mut out, "", "SELECT 1/0");
@@ -217,13 +211,7 @@ fn describe_statement(out: &mut BytesMut, name: &str) {
 /// gateway cannot know which definition a later Execute will use.
 #[test]
 fn skipped_or_deallocated_definitions_cannot_hide_a_statement() {
-    pg().create_db("evade_defs");
-    pg().psql_admin(
-        "evade_defs",
-        "CREATE TABLE victim(id int); INSERT INTO victim VALUES (1), (2)",
-    );
-    let gw = Gateway::start("evade_defs", "");
-    let token = gw.user_token("eve");
+    let (gw, token) = victim_gateway("evade_defs");
 
     // An unnamed statement defined but not executed; a later redefinition that the
     // server skips (an earlier message of its batch fails); then an Execute of "".
@@ -297,13 +285,7 @@ fn skipped_or_deallocated_definitions_cannot_hide_a_statement() {
 /// even when the encoding is switched by a statement pipelined just before.
 #[test]
 fn multibyte_encodings_cannot_hide_a_statement() {
-    pg().create_db("evade_enc");
-    pg().psql_admin(
-        "evade_enc",
-        "CREATE TABLE victim(id int); INSERT INTO victim VALUES (1), (2)",
-    );
-    let gw = Gateway::start("evade_enc", "");
-    let token = gw.user_token("eve");
+    let (gw, token) = victim_gateway("evade_enc");
     // 0x81 0x5C is one SJIS character: the server reads the string as closed and runs
     // the DELETE, while a UTF-8 reading sees an escaped quote.
     let mut attack = b"SELECT E'\x81\\'; DELETE FROM victim; --'".to_vec();

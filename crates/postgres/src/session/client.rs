@@ -340,10 +340,15 @@ impl<P: Pipeline> ClientToServer<P> {
                 });
             }
         }
-        let lower = sql.to_ascii_lowercase();
-        if ["client_encoding", "names", "reset", "discard"]
-            .iter()
-            .any(|k| lower.contains(k))
+        // Case-insensitive search without copying the statement (this runs per statement).
+        let mentions = |word: &[u8]| {
+            sql.as_bytes()
+                .windows(word.len())
+                .any(|w| w.eq_ignore_ascii_case(word))
+        };
+        if [&b"client_encoding"[..], b"names", b"reset", b"discard"]
+            .into_iter()
+            .any(mentions)
         {
             self.encoding_barrier = Some(self.scans);
         }

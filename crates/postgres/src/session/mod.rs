@@ -17,7 +17,7 @@ mod names;
 mod queue;
 mod server;
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sluice_core::{Pipeline, SessionInfo};
@@ -26,6 +26,7 @@ use tokio::sync::Notify;
 use self::client::{C2sEnd, ClientToServer};
 use self::queue::State;
 use self::server::ServerToClient;
+use crate::lock;
 use crate::stream::BoxStream;
 
 const READ_BUFFER: usize = 64 << 10;
@@ -43,12 +44,6 @@ struct Shared {
     wake: Notify,
     /// Wakes the client-to-server direction when answers were settled.
     progress: Notify,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // The guarded state stays consistent between statements; recovering from a poisoned
-    // lock is better than dropping every later outcome.
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn io_reason(e: std::io::Error) -> String {

@@ -38,17 +38,73 @@ struct Entry<T> {
     /// confirmed by the server.
     pending: Option<u64>,
     /// Which definition this is: a confirmation settles only its own definition, not a
-    /// later one made under the same name meanwhile.
+    /// later one made under the same name meanwhile (0: known to the server).
     id: u64,
 }
 
-impl<T> Entry<T> {
-    fn confirmed(value: T) -> Entry<T> {
-        Entry {
+/// Named definitions of one kind (statements or portals) and their settlement state.
+struct Table<T> {
+    entries: HashMap<String, Entry<T>>,
+}
+
+impl<T> Default for Table<T> {
+    fn default() -> Self {
+        Table {
+            entries: HashMap::new(),
+        }
+    }
+}
+
+impl<T> Table<T> {
+    fn get(&self, name: &str) -> Option<&T> {
+        self.entries.get(name).map(|e| &e.value)
+    }
+
+    /// Defines `name` as definition `id` of `batch`, not yet confirmed; returns what it
+    /// replaced.
+    fn define(&mut self, name: &str, value: T, batch: u64, id: u64) -> Option<T> {
+        let entry = Entry {
             value,
             closing: false,
-            pending: None,
-            id: 0,
+            pending: Some(batch),
+            id,
+        };
+        self.entries.insert(name.to_owned(), entry).map(|e| e.value)
+    }
+
+    /// Puts back what the server has: `value`, or nothing.
+    fn restore(&mut self, name: String, value: Option<T>) {
+        match value {
+            Some(value) => {
+                let entry = Entry {
+                    value,
+                    closing: false,
+                    pending: None,
+                    id: 0,
+                };
+                self.entries.insert(name, entry);
+            }
+            None => {
+                self.entries.remove(&name);
+            }
+        }
+    }
+
+    fn unsettled(&self, name: &str, batch: u64) -> bool {
+        self.entries
+            .get(name)
+            .is_some_and(|e| e.pending.is_some_and(|p| p < batch))
+    }
+
+    fn confirm(&mut self, name: &str, id: u64) {
+        if let Some(e) = self.entries.get_mut(name).filter(|e| e.id == id) {
+            e.pending = None;
+        }
+    }
+
+    fn set_closing(&mut self, name: &str, closing: bool) {
+        if let Some(e) = self.entries.get_mut(name) {
+            e.closing = closing;
         }
     }
 }
@@ -83,33 +139,29 @@ pub(super) enum Undo {
 
 #[derive(Default)]
 pub(super) struct Names {
-    statements: HashMap<String, Entry<Statement>>,
-    portals: HashMap<String, Entry<Portal>>,
+    statements: Table<Statement>,
+    portals: Table<Portal>,
     /// Last definition id handed out.
     last_id: u64,
 }
 
 impl Names {
+    fn next_id(&mut self) -> u64 {
+        self.last_id += 1;
+        self.last_id
+    }
+
     /// `batch`: the client's count of batch ends (Sync, Query, FunctionCall) before it.
     pub fn parse(&mut self, name: &str, statement: Statement, batch: u64) -> Define {
-        match self.statements.get(name) {
+        match self.statements.entries.get(name) {
             Some(e) if !name.is_empty() && e.closing => Define::Ambiguous,
             Some(_) if !name.is_empty() => Define::Duplicate(Some(statement)),
             _ => {
-                self.last_id += 1;
-                let id = self.last_id;
-                let previous = self.statements.insert(
-                    name.to_owned(),
-                    Entry {
-                        value: statement,
-                        closing: false,
-                        pending: Some(batch),
-                        id,
-                    },
-                );
+                let id = self.next_id();
+                let previous = self.statements.define(name, statement, batch, id);
                 Define::Defined(Undo::Statement {
                     name: name.to_owned(),
-                    previous: previous.map(|e| e.value),
+                    previous,
                     id,
                 })
             }
@@ -126,7 +178,7 @@ impl Names {
         epoch: u64,
         batch: u64,
     ) -> Define {
-        match self.portals.get(name) {
+        match self.portals.entries.get(name) {
             // Same batch: the server rejects the duplicate.
             Some(e) if !name.is_empty() && e.value.epoch == epoch && !e.closing => {
                 Define::Duplicate(None)
@@ -135,25 +187,17 @@ impl Names {
             // known yet.
             Some(_) if !name.is_empty() => Define::Ambiguous,
             _ => {
-                self.last_id += 1;
-                let id = self.last_id;
-                let previous = self.portals.insert(
-                    name.to_owned(),
-                    Entry {
-                        value: Portal {
-                            statement: statement.to_owned(),
-                            sql,
-                            params,
-                            epoch,
-                        },
-                        closing: false,
-                        pending: Some(batch),
-                        id,
-                    },
-                );
+                let id = self.next_id();
+                let portal = Portal {
+                    statement: statement.to_owned(),
+                    sql,
+                    params,
+                    epoch,
+                };
+                let previous = self.portals.define(name, portal, batch, id);
                 Define::Defined(Undo::Portal {
                     name: name.to_owned(),
-                    previous: previous.map(|e| e.value),
+                    previous,
                     id,
                 })
             }
@@ -163,43 +207,28 @@ impl Names {
     /// The statement `name` was defined by an earlier batch than `batch` and the server
     /// has not confirmed it yet: what it will hold is not known until it answers.
     pub fn statement_unsettled(&self, name: &str, batch: u64) -> bool {
-        self.statements
-            .get(name)
-            .is_some_and(|e| e.pending.is_some_and(|p| p < batch))
+        self.statements.unsettled(name, batch)
     }
 
     /// Like [`Names::statement_unsettled`] for a portal.
     pub fn portal_unsettled(&self, name: &str, batch: u64) -> bool {
-        self.portals
-            .get(name)
-            .is_some_and(|e| e.pending.is_some_and(|p| p < batch))
+        self.portals.unsettled(name, batch)
     }
 
     /// The server confirmed the definition an undo record describes.
     pub fn confirm(&mut self, undo: &Undo) {
-        let pending = match undo {
-            Undo::Statement { name, id, .. } => self
-                .statements
-                .get_mut(name)
-                .filter(|e| e.id == *id)
-                .map(|e| &mut e.pending),
-            Undo::Portal { name, id, .. } => self
-                .portals
-                .get_mut(name)
-                .filter(|e| e.id == *id)
-                .map(|e| &mut e.pending),
-        };
-        if let Some(p) = pending {
-            *p = None;
+        match undo {
+            Undo::Statement { name, id, .. } => self.statements.confirm(name, *id),
+            Undo::Portal { name, id, .. } => self.portals.confirm(name, *id),
         }
     }
 
     pub fn statement(&self, name: &str) -> Option<&Statement> {
-        self.statements.get(name).map(|e| &e.value)
+        self.statements.get(name)
     }
 
     pub fn portal(&self, name: &str) -> Option<&Portal> {
-        self.portals.get(name).map(|e| &e.value)
+        self.portals.get(name)
     }
 
     /// Types for rendering bind values: declared ones, completed by reported ones.
@@ -223,41 +252,30 @@ impl Names {
 
     /// The server accepted a definition the gateway took for a duplicate.
     pub fn redefine(&mut self, name: String, statement: Statement) {
-        self.statements.insert(name, Entry::confirmed(statement));
+        self.statements.restore(name, Some(statement));
     }
 
     pub fn set_reported(&mut self, statement: &str, types: Vec<u32>) {
-        if let Some(e) = self.statements.get_mut(statement) {
+        if let Some(e) = self.statements.entries.get_mut(statement) {
             e.value.reported = Some(types);
         }
     }
 
     /// A Close for `kind` (`S` or `P`) `name` was sent.
     pub fn start_close(&mut self, kind: u8, name: &str) {
-        let closing = match kind {
-            b'S' => self.statements.get_mut(name).map(|e| &mut e.closing),
-            _ => self.portals.get_mut(name).map(|e| &mut e.closing),
-        };
-        if let Some(c) = closing {
-            *c = true;
+        match kind {
+            b'S' => self.statements.set_closing(name, true),
+            _ => self.portals.set_closing(name, true),
         }
     }
 
     /// The server confirmed the Close (`took_effect`) or skipped it after an error.
     pub fn finish_close(&mut self, kind: u8, name: &str, took_effect: bool) {
-        if took_effect {
-            match kind {
-                b'S' => self.statements.remove(name).map(|_| ()),
-                _ => self.portals.remove(name).map(|_| ()),
-            };
-            return;
-        }
-        let closing = match kind {
-            b'S' => self.statements.get_mut(name).map(|e| &mut e.closing),
-            _ => self.portals.get_mut(name).map(|e| &mut e.closing),
-        };
-        if let Some(c) = closing {
-            *c = false;
+        match (kind, took_effect) {
+            (b'S', true) => self.statements.restore(name.to_owned(), None),
+            (_, true) => self.portals.restore(name.to_owned(), None),
+            (b'S', false) => self.statements.set_closing(name, false),
+            (_, false) => self.portals.set_closing(name, false),
         }
     }
 
@@ -267,27 +285,16 @@ impl Names {
         match undo {
             // A Parse of the unnamed statement drops the old one before it can fail.
             Undo::Statement { name, .. } if failed && name.is_empty() => {
-                self.statements.remove(&name);
+                self.statements.restore(name, None)
             }
-            Undo::Statement { name, previous, .. } => restore(&mut self.statements, name, previous),
-            Undo::Portal { name, previous, .. } => restore(&mut self.portals, name, previous),
+            Undo::Statement { name, previous, .. } => self.statements.restore(name, previous),
+            Undo::Portal { name, previous, .. } => self.portals.restore(name, previous),
         }
     }
 
     /// A transaction ended at the `epoch`-th ReadyForQuery: portals bound before it are gone.
     pub fn transaction_ended(&mut self, epoch: u64) {
-        self.portals.retain(|_, e| e.value.epoch >= epoch);
-    }
-}
-
-fn restore<T>(map: &mut HashMap<String, Entry<T>>, name: String, previous: Option<T>) {
-    match previous {
-        Some(value) => {
-            map.insert(name, Entry::confirmed(value));
-        }
-        None => {
-            map.remove(&name);
-        }
+        self.portals.entries.retain(|_, e| e.value.epoch >= epoch);
     }
 }
 
