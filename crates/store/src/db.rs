@@ -98,7 +98,24 @@ impl Store {
         conn.busy_timeout(BUSY_TIMEOUT)?;
         // WAL lets readers proceed while another process writes. The pragma answers with
         // the resulting mode ("memory" for in-memory databases), which needs no check.
-        conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get::<_, String>(0))?;
+        // Switching a fresh file to WAL needs it to itself, and SQLite answers BUSY at once
+        // instead of waiting when another process (the gateway and a CLI command on a new
+        // install) opens it at the same moment: retry within the busy timeout.
+        let started = std::time::Instant::now();
+        loop {
+            match conn
+                .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get::<_, String>(0))
+            {
+                Ok(_) => break,
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::DatabaseBusy
+                        && started.elapsed() < BUSY_TIMEOUT =>
+                {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
         // NORMAL is durable against application crashes and is the usual pairing with WAL.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
