@@ -5,8 +5,10 @@
 //! record carries the hash of the one before it, so edits, deletions and reordering are
 //! detected by [`verify`].
 //!
-//! One [`AuditWriter`] per directory and process owns a dedicated thread that writes everything
-//! queued since its last write with one `write` and one `fdatasync` (group commit).
+//! One [`AuditWriter`] per directory and process: callers chain and `write` their records under
+//! one lock (so the lock's order is the chain's order), and a background thread runs one
+//! `fdatasync` for everything written so far (group commit). [`verify_with_anchor`] also
+//! checks the log still reaches a head noted outside it.
 
 mod error;
 mod event;
