@@ -17,11 +17,13 @@ Options:
   --with-fsync-durability  also measure sluice with `audit: { durability: fsync }` (default)
   --no-fsync-durability    measure sluice with its default `durability: write` only (saves ~25% runtime)
   --no-sluice              baselines only (direct and PgBouncer); no sluice build or runs
+  --no-relay               skip the bare tokio relay (bench/relay), the floor for a tokio proxy
   -h, --help               this text
 
 Environment:
   SLUICE_BIN          sluice binary to use; unset: `cargo build --release -p sluice-gateway` in the
                       repo and use target/release/sluice (honours CARGO_TARGET_DIR)
+  RELAY_BIN           bench-relay binary to use; unset: built like sluice (-p sluice-bench-relay)
   BENCH_DURATION      seconds per pgbench run (default 10)
   BENCH_WARMUP        seconds of direct warm-up before measuring (default 3; 0 disables)
   BENCH_CLIENTS       client counts (default "1 16"); -j is min(clients, nproc)
@@ -37,12 +39,14 @@ EOF
 JSON=0
 WITH_WRITE=1
 WITH_SLUICE=1
+WITH_RELAY=1
 for arg in "$@"; do
   case "$arg" in
     --json) JSON=1 ;;
     --with-fsync-durability) WITH_WRITE=1 ;;
     --no-fsync-durability) WITH_WRITE=0 ;;
-    --no-sluice) WITH_SLUICE=0; WITH_WRITE=0 ;;
+    --no-sluice) WITH_SLUICE=0; WITH_WRITE=0; WITH_RELAY=0 ;;
+    --no-relay) WITH_RELAY=0 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "unknown argument: $arg (try --help)" >&2; exit 2 ;;
   esac
@@ -78,6 +82,7 @@ PGDATA=""
 PG_STARTED=0
 PGB_PIDFILE=""
 PGBENCH_PID=""
+RELAY_PID=""
 declare -a SLUICE_PIDS=()
 declare -A SLUICE_PID=() SLUICE_ENV=()
 
@@ -100,6 +105,7 @@ cleanup() {
   trap - EXIT INT TERM
   [[ -n "$PGBENCH_PID" ]] && stop_pid "$PGBENCH_PID" 5
   for pid in "${SLUICE_PIDS[@]}"; do stop_pid "$pid" 10; done
+  [[ -n "$RELAY_PID" ]] && stop_pid "$RELAY_PID" 5
   if [[ -n "$PGB_PIDFILE" && -s "$PGB_PIDFILE" ]]; then
     stop_pid "$(cat "$PGB_PIDFILE")" 10
   fi
@@ -174,12 +180,21 @@ elif [[ -z "${SLUICE_BIN:-}" ]]; then
 fi
 [[ "$WITH_SLUICE" == 0 || -x "$SLUICE_BIN" ]] || die "sluice binary not found: $SLUICE_BIN"
 
+if [[ "$WITH_RELAY" == 0 ]]; then
+  RELAY_BIN=""
+elif [[ -z "${RELAY_BIN:-}" ]]; then
+  log "building the bare relay (cargo build --release -p sluice-bench-relay)"
+  (cd "$REPO" && cargo build --release -p sluice-bench-relay >&2)
+  RELAY_BIN="${CARGO_TARGET_DIR:-$REPO/target}/release/bench-relay"
+fi
+[[ "$WITH_RELAY" == 0 || -x "$RELAY_BIN" ]] || die "bench-relay binary not found: $RELAY_BIN"
+
 # ---------------------------------------------------------------- PostgreSQL
 TMP="$(mktemp -d "${BENCH_TMPDIR:-${TMPDIR:-/tmp}}/sluice-bench.XXXXXX")"
 chown "$RUN_AS": "$TMP"
 chmod 755 "$TMP"
 PGDATA="$TMP/pgdata"
-read -r PG_PORT PGB_PORT S_API S_PG SW_API SW_PG <<<"$(free_ports 6)"
+read -r PG_PORT PGB_PORT S_API S_PG SW_API SW_PG RELAY_PORT <<<"$(free_ports 7)"
 
 log "scratch dir $TMP"
 printf '%s\n' "$PG_PASSWORD" >"$TMP/pwfile"
@@ -273,6 +288,14 @@ EOF
 }
 
 TARGETS="direct pgbouncer"
+if [[ "$WITH_RELAY" == 1 ]]; then
+  log "starting the bare relay on 127.0.0.1:$RELAY_PORT"
+  "$RELAY_BIN" "127.0.0.1:$RELAY_PORT" "127.0.0.1:$PG_PORT" >"$TMP/relay.log" 2>&1 &
+  RELAY_PID=$!
+  wait_port "$RELAY_PORT" "bench-relay" "$RELAY_PID" "$TMP/relay.log"
+  RELAY_ENV="$(pgenv "$RELAY_PORT" postgres "$PG_PASSWORD")"
+  TARGETS="$TARGETS relay"
+fi
 if [[ "$WITH_SLUICE" == 1 ]]; then
   start_sluice sluice write "$S_API" "$S_PG"
   TARGETS="$TARGETS sluice"
@@ -292,6 +315,7 @@ run_pgbench() { # target mode clients -> TPS[target,mode,clients]
   case "$target" in
     direct) envvar="$DIRECT_ENV" ;;
     pgbouncer) envvar="$PGB_ENV" ;;
+    relay) envvar="$RELAY_ENV" ;;
     *) envvar="${SLUICE_ENV[$target]}" ;;
   esac
   out="$TMP/run-$target-$mode-$clients.log"
@@ -370,6 +394,7 @@ fs_type="$(df -T "$TMP" | awk 'NR == 2 { print $2 }')"
   echo "host:     $(uname -sr), nproc=$NPROC, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)"
   echo "versions: $("$PGBENCH" --version), $("$PGBOUNCER" --version | head -n 1), $([[ -n "$SLUICE_BIN" ]] && { "$SLUICE_BIN" --version 2>/dev/null || echo "sluice (no --version)"; } || echo "no sluice")"
   echo "setup:    PostgreSQL fsync=off shared_buffers=256MB, pgbench -i -s $SCALE; PgBouncer session pool 20;"
+  [[ "$WITH_RELAY" == 1 ]] && echo "          relay = bench/relay: bare tokio byte copy (no parsing, no audit), the floor for a tokio proxy;"
   if [[ "$WITH_SLUICE" == 1 ]]; then
     echo "          sluice audit durability write (default)$([[ $WITH_WRITE == 1 ]] && echo " and fsync") (audit log on $fs_type);"
     echo "          sluice client sslmode=$SLUICE_SSLMODE; everything on 127.0.0.1, no TLS to PostgreSQL/PgBouncer"
@@ -377,13 +402,14 @@ fs_type="$(df -T "$TMP" | awk 'NR == 2 { print $2 }')"
   echo "script:   $INVOCATION (BENCH_DURATION=$DURATION)"
   echo "command:  pgbench -n -S -M <mode> -c <clients> -j <min(clients,nproc)> -T $DURATION"
   echo
-  header="mode      clients  direct_tps  pgbouncer_tps  pgbouncer_ratio  sluice_tps  sluice_ratio"
+  header="mode      clients  direct_tps  pgbouncer_tps  pgbouncer_ratio  relay_tps  relay_ratio  sluice_tps  sluice_ratio"
   [[ "$WITH_WRITE" == 1 ]] && header="$header  sluice_fsync_tps  sluice_fsync_ratio"
   echo "$header"
   for mode in $MODES; do for clients in $CLIENTS; do
     d="${TPS[direct,$mode,$clients]:-}"; b="${TPS[pgbouncer,$mode,$clients]:-}"; s="${TPS[sluice,$mode,$clients]:-}"
-    line="$(printf '%-9s %-8s %-11s %-14s %-16s %-11s %-12s' "$mode" "$clients" "$(fmt "$d")" \
-      "$(fmt "$b")" "$(ratio "$b" "$d")" "$(fmt "$s")" "$(ratio "$s" "$d")")"
+    r="${TPS[relay,$mode,$clients]:-}"
+    line="$(printf '%-9s %-8s %-11s %-14s %-16s %-10s %-12s %-11s %-12s' "$mode" "$clients" "$(fmt "$d")" \
+      "$(fmt "$b")" "$(ratio "$b" "$d")" "$(fmt "$r")" "$(ratio "$r" "$d")" "$(fmt "$s")" "$(ratio "$s" "$d")")"
     if [[ "$WITH_WRITE" == 1 ]]; then
       w="${TPS[sluice_fsync,$mode,$clients]:-}"
       line="$(printf '%s  %-16s  %s' "$line" "$(fmt "$w")" "$(ratio "$w" "$d")")"
@@ -404,9 +430,10 @@ cp "$TMP/report.txt" "$RESULTS_DIR/pgbench-latest.txt"
     d="${TPS[direct,$mode,$clients]:-}"; b="${TPS[pgbouncer,$mode,$clients]:-}"; s="${TPS[sluice,$mode,$clients]:-}"
     [[ $first == 1 ]] || echo ","
     first=0
-    printf '  {"mode": "%s", "clients": %s, "jobs": %s, "duration_s": %s, "direct_tps": %s, "pgbouncer_tps": %s, "pgbouncer_ratio": %s, "sluice_tps": %s, "sluice_ratio": %s' \
+    r="${TPS[relay,$mode,$clients]:-}"
+    printf '  {"mode": "%s", "clients": %s, "jobs": %s, "duration_s": %s, "direct_tps": %s, "pgbouncer_tps": %s, "pgbouncer_ratio": %s, "relay_tps": %s, "relay_ratio": %s, "sluice_tps": %s, "sluice_ratio": %s' \
       "$mode" "$clients" "$((clients < NPROC ? clients : NPROC))" "$DURATION" "$(num "$d")" "$(num "$b")" \
-      "$(num "$(ratio "$b" "$d")")" "$(num "$s")" "$(num "$(ratio "$s" "$d")")"
+      "$(num "$(ratio "$b" "$d")")" "$(num "$r")" "$(num "$(ratio "$r" "$d")")" "$(num "$s")" "$(num "$(ratio "$s" "$d")")"
     if [[ "$WITH_WRITE" == 1 ]]; then
       w="${TPS[sluice_fsync,$mode,$clients]:-}"
       printf ', "sluice_fsync_tps": %s, "sluice_fsync_ratio": %s' "$(num "$w")" "$(num "$(ratio "$w" "$d")")"

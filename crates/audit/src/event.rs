@@ -162,7 +162,7 @@ mod rfc3339_micros {
         // humantime panics before 1970 and fails after 9999; check both first.
         match time.duration_since(UNIX_EPOCH) {
             Ok(since) if since.as_secs() < YEAR_10000 => {
-                serializer.serialize_str(&humantime::format_rfc3339_micros(*time).to_string())
+                serializer.collect_str(&humantime::format_rfc3339_micros(*time))
             }
             _ => Err(ser::Error::custom(
                 "event time must be between 1970 and 9999",

@@ -37,42 +37,63 @@ pub struct Record {
     pub event: Event,
 }
 
-/// An event serialized to its JSON fields, without the enclosing braces, ready to be framed.
+/// An event serialized to a JSON object, ready to be framed: its fields (without the enclosing
+/// braces) go into the line.
 ///
 /// Serializing happens before the log lock is taken, so the lock covers only framing,
 /// hashing and the write.
 #[derive(Debug)]
 pub(crate) struct EncodedEvent(Vec<u8>);
 
-/// Serializes an event's fields.
+impl EncodedEvent {
+    /// The object's fields, without its braces.
+    fn fields(&self) -> &[u8] {
+        &self.0[1..self.0.len() - 1]
+    }
+}
+
+/// Serializes an event.
 pub(crate) fn encode_event(event: &Event) -> Result<EncodedEvent, AuditError> {
     let json = serde_json::to_vec(event).map_err(|err| AuditError::Encode(err.to_string()))?;
     // An `Event` always serializes to a non-empty object (`time` is mandatory): `{...}`.
+    // Checked here because `fields` relies on it.
     match json.as_slice() {
-        [b'{', fields @ .., b'}'] if !fields.is_empty() => Ok(EncodedEvent(fields.to_vec())),
+        [b'{', fields @ .., b'}'] if !fields.is_empty() => Ok(EncodedEvent(json)),
         _ => Err(AuditError::Encode(
             "event did not serialize to a non-empty JSON object".to_string(),
         )),
     }
 }
 
+/// Lowercase hex of a SHA-256 digest.
+fn hex_digest(digest: &[u8]) -> [u8; HASH_HEX_LEN] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut hex = [0u8; HASH_HEX_LEN];
+    for (pair, byte) in hex.chunks_exact_mut(2).zip(digest) {
+        pair[0] = DIGITS[usize::from(byte >> 4)];
+        pair[1] = DIGITS[usize::from(byte & 0x0f)];
+    }
+    hex
+}
+
 /// Appends the complete line (with `'\n'`) for record `seq` to `out` and returns its hash.
 pub(crate) fn append_line(seq: u64, prev: &str, event: &EncodedEvent, out: &mut Vec<u8>) -> String {
     let start = out.len();
     out.extend_from_slice(b"{\"seq\":");
-    out.extend_from_slice(seq.to_string().as_bytes());
+    out.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
     out.push(b',');
-    out.extend_from_slice(&event.0);
+    out.extend_from_slice(event.fields());
     out.extend_from_slice(b",\"prev\":\"");
     out.extend_from_slice(prev.as_bytes());
     out.extend_from_slice(b"\"}");
-    let hash = hex::encode(Sha256::digest(&out[start..]));
+    let hash = hex_digest(&Sha256::digest(&out[start..]));
     out.pop(); // the body's closing brace; the suffix brings its own
     out.extend_from_slice(HASH_KEY);
-    out.extend_from_slice(hash.as_bytes());
+    out.extend_from_slice(&hash);
     out.extend_from_slice(HASH_END);
     out.push(b'\n');
-    hash
+    // Hex digits are ASCII, so nothing is replaced.
+    String::from_utf8_lossy(&hash).into_owned()
 }
 
 /// Splits a line (without `'\n'`) into its body minus the closing brace, and the stored hash.
@@ -113,7 +134,7 @@ pub(crate) fn content_hash(line: &[u8]) -> Result<String, String> {
     let mut hasher = Sha256::new();
     hasher.update(body);
     hasher.update(b"}");
-    Ok(hex::encode(hasher.finalize()))
+    Ok(String::from_utf8_lossy(&hex_digest(&hasher.finalize())).into_owned())
 }
 
 /// The seq of a line, if it parses at all. Used to tell reordering from loss.
