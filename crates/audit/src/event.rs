@@ -98,6 +98,9 @@ pub enum EventBody {
         params: Vec<Option<String>>,
         /// `"allow"` or `"deny"`.
         decision: String,
+        /// The policy rule that decided, when one did.
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        rule: Option<String>,
         /// `true` when this defines a named prepared statement rather than running it.
         #[serde(skip_serializing_if = "std::ops::Not::not", default)]
         prepare: bool,

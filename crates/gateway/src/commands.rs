@@ -243,6 +243,16 @@ fn print_session(d: &crate::views::SessionDetail) {
                 if let Some(params) = e["params"].as_array().filter(|p| !p.is_empty()) {
                     println!("      params: {}", serde_json::Value::Array(params.clone()));
                 }
+                if e["decision"].as_str() == Some("deny") {
+                    println!(
+                        "      denied{}: {}",
+                        e["rule"]
+                            .as_str()
+                            .map(|r| format!(" by policy {}", printable(r)))
+                            .unwrap_or_default(),
+                        printable(e["reason"].as_str().unwrap_or_default())
+                    );
+                }
                 println!("      -> {outcome}");
             }
             Some(kind) => println!("  {time}  {kind}"),
@@ -294,6 +304,81 @@ pub fn audit_verify(config: &Config, json_out: bool) -> Result<ExitCode> {
             Ok(ExitCode::from(3))
         }
     }
+}
+
+/// Who `policy check` judges for.
+pub struct PolicySubject {
+    pub connection: String,
+    pub user: String,
+    pub groups: Vec<String>,
+    pub agent: bool,
+}
+
+pub fn policy_check(
+    config: &Config,
+    subject: &PolicySubject,
+    sql: &str,
+    json_out: bool,
+) -> Result<ExitCode> {
+    if !config
+        .connections
+        .iter()
+        .any(|c| c.name == subject.connection)
+    {
+        bail!("no connection named {:?} in the config", subject.connection);
+    }
+    let policy = config.policy()?;
+    let mut groups = subject.groups.clone();
+    if config.store_path().exists() {
+        if let Some(user) = open_store(config)?.get_user(&subject.user)? {
+            groups.extend(user.groups);
+        }
+    }
+    groups.sort();
+    groups.dedup();
+    let identity = sluice_core::Identity {
+        user: subject.user.clone(),
+        groups,
+        actor: if subject.agent {
+            sluice_core::ActorKind::Agent
+        } else {
+            sluice_core::ActorKind::Human
+        },
+    };
+    let mut session = sluice_policy::SessionPolicy::default();
+    let mut refused = false;
+    let mut results = Vec::new();
+    for statement in sluice_sql::split_statements(sql) {
+        let verdict = policy.judge(&identity, &subject.connection, statement.text, &mut session);
+        let (decision, rule) = match &verdict {
+            sluice_policy::Verdict::Allow => ("allow", None),
+            sluice_policy::Verdict::Deny { rule, .. } => ("deny", Some(rule.clone())),
+            sluice_policy::Verdict::NotUnderstood { .. } => ("deny", None),
+        };
+        refused |= decision != "allow";
+        results.push(serde_json::json!({
+            "statement": statement.text.trim(),
+            "decision": decision,
+            "rule": rule,
+            "reason": verdict.refusal(),
+        }));
+    }
+    if json_out {
+        print_json(&results)?;
+    } else {
+        for r in &results {
+            let statement = printable(r["statement"].as_str().unwrap_or_default());
+            match r["reason"].as_str() {
+                None => println!("allow  {statement}"),
+                Some(reason) => println!("deny   {statement}\n       {}", printable(reason)),
+            }
+        }
+    }
+    Ok(if refused {
+        ExitCode::from(4)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 #[cfg(test)]

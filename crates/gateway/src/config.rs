@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
+use sluice_policy::{Policy, Principal, RuleSpec, Unparsed};
 
 /// Used when no `--config` is given: a working single-process install against the
 /// PostgreSQL on this machine.
@@ -32,6 +33,9 @@ pub struct Config {
     pub limits: Limits,
     #[serde(default)]
     pub connections: Vec<Connection>,
+    /// Per-statement rules, checked in order; the first that matches decides.
+    #[serde(default)]
+    pub policies: Vec<RuleSpec>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -128,9 +132,21 @@ pub struct Connection {
     pub ca_file: Option<PathBuf>,
     #[serde(default = "default_connect_timeout", with = "humantime_serde_compat")]
     pub connect_timeout: Duration,
-    /// Who may open sessions: `user:NAME`, `group:NAME`. Absent: every authenticated user.
+    /// Who may open sessions: `user:NAME`, `group:NAME`, `agent:NAME`, `agent:*`. Absent:
+    /// every authenticated user.
     #[serde(default)]
     pub allow: Option<Vec<String>>,
+    /// What happens to a statement sluice cannot parse when policies cover this connection.
+    #[serde(default)]
+    pub unparsed_statements: UnparsedStatements,
+}
+
+#[derive(Debug, Default, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum UnparsedStatements {
+    #[default]
+    Deny,
+    Allow,
 }
 
 /// Never prints a literal password.
@@ -195,23 +211,6 @@ mod humantime_serde_compat {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
         humantime::parse_duration(&s).map_err(serde::de::Error::custom)
-    }
-}
-
-/// A parsed `allow` entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Principal {
-    User(String),
-    Group(String),
-}
-
-impl Principal {
-    fn parse(s: &str) -> Result<Principal> {
-        match s.split_once(':') {
-            Some(("user", name)) if !name.is_empty() => Ok(Principal::User(name.into())),
-            Some(("group", name)) if !name.is_empty() => Ok(Principal::Group(name.into())),
-            _ => bail!("expected `user:NAME` or `group:NAME`, got {s:?}"),
-        }
     }
 }
 
@@ -303,10 +302,29 @@ impl Config {
                 bail!("{}: tls: verify-full needs ca_file", at("ca_file"));
             }
             for p in c.allow.iter().flatten() {
-                Principal::parse(p).with_context(|| at("allow"))?;
+                Principal::parse(p)
+                    .map_err(anyhow::Error::msg)
+                    .with_context(|| at("allow"))?;
             }
         }
+        self.policy().context("policies")?;
         Ok(())
+    }
+
+    /// The validated policy rules.
+    pub fn policy(&self) -> Result<Policy> {
+        let connections: Vec<(String, Unparsed)> = self
+            .connections
+            .iter()
+            .map(|c| {
+                let unparsed = match c.unparsed_statements {
+                    UnparsedStatements::Deny => Unparsed::Deny,
+                    UnparsedStatements::Allow => Unparsed::Allow,
+                };
+                (c.name.clone(), unparsed)
+            })
+            .collect();
+        Ok(Policy::new(&self.policies, &connections)?)
     }
 
     pub fn store_path(&self) -> PathBuf {

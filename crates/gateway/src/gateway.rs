@@ -79,6 +79,7 @@ pub async fn run(config: Config) -> Result<File> {
         audit.clone(),
         store.clone(),
         config.allow_lists(),
+        Arc::new(config.policy()?),
         metrics.clone(),
     ));
     let frontend = Arc::new(Frontend::new(

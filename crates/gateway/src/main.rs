@@ -16,11 +16,12 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::Config;
 
-/// Exit codes: 0 success, 1 error, 2 usage error, 3 audit log failed verification.
+/// Exit codes: 0 success, 1 error, 2 usage error, 3 audit log failed verification,
+/// 4 `policy check`: the statement would be refused.
 #[derive(Parser)]
 #[command(name = "sluice", version, about = "Identity-aware access gateway for databases and APIs", long_about = None)]
 #[command(
-    after_help = "Exit codes: 0 success, 1 error, 2 usage error, 3 audit log failed verification.\nConfiguration: --config FILE (or SLUICE_CONFIG); without it, the embedded defaults."
+    after_help = "Exit codes: 0 success, 1 error, 2 usage error, 3 audit log failed verification, 4 `policy check`: the statement would be refused.\nConfiguration: --config FILE (or SLUICE_CONFIG); without it, the embedded defaults."
 )]
 struct Cli {
     /// Configuration file (YAML). Defaults to the embedded configuration.
@@ -50,6 +51,9 @@ enum Command {
     /// Check the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Try statements against the configured policies.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -126,6 +130,30 @@ enum SessionsCommand {
 }
 
 #[derive(Subcommand)]
+enum PolicyCommand {
+    /// Print what the policies decide for SQL run by a user on a connection, without running
+    /// it. Exit 0 when every statement would be allowed, 4 when one would be refused.
+    Check {
+        /// Connection name.
+        #[arg(long)]
+        connection: String,
+        /// The user the statements run as; their groups come from the user store.
+        #[arg(long)]
+        user: String,
+        /// Extra group memberships to assume (repeatable).
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// Judge as a non-human identity (AI agent, CI job).
+        #[arg(long)]
+        agent: bool,
+        /// The SQL; several statements are judged in order, as in one session.
+        sql: String,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+}
+
+#[derive(Subcommand)]
 enum AuditCommand {
     /// Verify the hash chain of the whole audit log.
     Verify {
@@ -166,6 +194,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Tokens(cmd) => commands::tokens(&config, cmd),
         Command::Sessions(cmd) => commands::sessions(&config, cmd),
         Command::Audit(AuditCommand::Verify { out }) => commands::audit_verify(&config, out.json),
+        Command::Policy(PolicyCommand::Check {
+            connection,
+            user,
+            groups,
+            agent,
+            sql,
+            out,
+        }) => commands::policy_check(
+            &config,
+            &commands::PolicySubject {
+                connection,
+                user,
+                groups,
+                agent,
+            },
+            &sql,
+            out.json,
+        ),
     }
 }
 

@@ -11,10 +11,10 @@ use sluice_core::{
     AuthFailure, Decision, Identity, Outcome, OutcomeStatus, Pipeline, RecordError, Request,
     RequestKind, SessionInfo,
 };
+use sluice_policy::{Policy, Principal, SessionPolicy, Verdict};
 use sluice_store::{SessionRow, Store};
 use tracing::{error, warn};
 
-use crate::config::Principal;
 use crate::metrics::Metrics;
 
 pub struct GatewayPipeline {
@@ -23,9 +23,17 @@ pub struct GatewayPipeline {
     tokens: Tokens,
     /// Connection name → who may use it (`None`: every authenticated user).
     allow: HashMap<String, Option<Vec<Principal>>>,
+    policy: Arc<Policy>,
     metrics: Arc<Metrics>,
-    /// Statements seen per open session, for the session-close record.
-    statement_counts: Mutex<HashMap<String, u64>>,
+    sessions: Mutex<HashMap<String, OpenSession>>,
+}
+
+/// What the pipeline keeps per open session.
+struct OpenSession {
+    /// Statements seen, for the session-close record.
+    statements: u64,
+    /// The session's SQL-level prepared statements, as policy saw them.
+    policy: SessionPolicy,
 }
 
 impl GatewayPipeline {
@@ -33,6 +41,7 @@ impl GatewayPipeline {
         audit: AuditWriter,
         store: Arc<Store>,
         allow: HashMap<String, Option<Vec<Principal>>>,
+        policy: Arc<Policy>,
         metrics: Arc<Metrics>,
     ) -> GatewayPipeline {
         GatewayPipeline {
@@ -40,8 +49,9 @@ impl GatewayPipeline {
             audit,
             store,
             allow,
+            policy,
             metrics,
-            statement_counts: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(HashMap::new()),
         }
     }
 
@@ -66,10 +76,33 @@ impl GatewayPipeline {
         ));
     }
 
-    fn counts(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
-        self.statement_counts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, OpenSession>> {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Judges each request against the policy, in order (a `PREPARE` earlier in the batch
+    /// defines what a later `EXECUTE` runs).
+    fn judge(&self, session: &SessionInfo, requests: &[Request]) -> Vec<Verdict> {
+        // Taken out of the map so that parsing runs without holding the map's lock; a
+        // session's requests come one batch at a time, so nothing else touches it meanwhile.
+        let mut state = match self.sessions().get_mut(&session.id) {
+            Some(open) => {
+                open.statements += requests.len() as u64;
+                std::mem::take(&mut open.policy)
+            }
+            None => SessionPolicy::with_startup_settings(&session.client_settings),
+        };
+        let verdicts = requests
+            .iter()
+            .map(|r| {
+                self.policy
+                    .judge(&session.identity, &session.connection, &r.text, &mut state)
+            })
+            .collect();
+        if let Some(open) = self.sessions().get_mut(&session.id) {
+            open.policy = state;
+        }
+        verdicts
     }
 }
 
@@ -81,10 +114,7 @@ fn now_ms() -> i64 {
 }
 
 fn allowed(allow: &[Principal], identity: &Identity) -> bool {
-    allow.iter().any(|p| match p {
-        Principal::User(u) => *u == identity.user,
-        Principal::Group(g) => identity.groups.contains(g),
-    })
+    allow.iter().any(|p| p.covers(identity))
 }
 
 impl Pipeline for GatewayPipeline {
@@ -172,19 +202,40 @@ impl Pipeline for GatewayPipeline {
             .await
             .map_err(|e| RecordError(e.to_string()))?
             .map_err(|e| RecordError(format!("session index: {e}")))?;
-        self.counts().insert(session.id.clone(), 0);
+        self.sessions().insert(
+            session.id.clone(),
+            OpenSession {
+                statements: 0,
+                policy: SessionPolicy::with_startup_settings(&session.client_settings),
+            },
+        );
         self.metrics.session_opened(session.protocol);
         Ok(())
     }
 
     async fn requests(&self, session: &SessionInfo, requests: Vec<Request>) -> Vec<Decision> {
         let n = requests.len();
-        if let Some(count) = self.counts().get_mut(&session.id) {
-            *count += n as u64;
-        }
+        let verdicts = self.judge(session, &requests);
+        let decisions: Vec<Decision> = verdicts
+            .iter()
+            .map(|v| match v.refusal() {
+                None => Decision::Allow,
+                Some(reason) => Decision::Deny { reason },
+            })
+            .collect();
         let events = requests
             .into_iter()
-            .map(|r| {
+            .zip(&verdicts)
+            .zip(&decisions)
+            .map(|((r, verdict), decision)| {
+                let (decision, reason) = match decision {
+                    Decision::Allow => ("allow", None),
+                    Decision::Deny { reason } => ("deny", Some(reason.clone())),
+                };
+                let rule = match verdict {
+                    Verdict::Deny { rule, .. } => Some(rule.clone()),
+                    Verdict::Allow | Verdict::NotUnderstood { .. } => None,
+                };
                 Event::now(
                     Some(session.id.clone()),
                     EventBody::Statement {
@@ -193,18 +244,24 @@ impl Pipeline for GatewayPipeline {
                         connection: session.connection.clone(),
                         statement: r.text,
                         params: r.params,
-                        decision: "allow".into(),
+                        decision: decision.into(),
+                        rule,
                         prepare: r.kind == RequestKind::Prepare,
                         statement_name: r.statement_name,
-                        reason: None,
+                        reason,
                     },
                 )
             })
             .collect();
         match self.audit.append_durable(events).await {
             Ok(_) => {
-                self.metrics.statements_allowed.inc_by(n as u64);
-                vec![Decision::Allow; n]
+                let refused = decisions
+                    .iter()
+                    .filter(|d| matches!(d, Decision::Deny { .. }))
+                    .count() as u64;
+                self.metrics.statements_refused.inc_by(refused);
+                self.metrics.statements_allowed.inc_by(n as u64 - refused);
+                decisions
             }
             Err(e) => {
                 // Fail closed: nothing runs unrecorded.
@@ -260,7 +317,10 @@ impl Pipeline for GatewayPipeline {
     }
 
     fn session_closed(&self, session: &SessionInfo, reason: Option<String>) {
-        let statements = self.counts().remove(&session.id).unwrap_or(0);
+        let statements = self
+            .sessions()
+            .remove(&session.id)
+            .map_or(0, |open| open.statements);
         let event = Event::now(
             Some(session.id.clone()),
             EventBody::SessionClose {

@@ -107,6 +107,7 @@ fn add_event(events: &mut Vec<Value>, by_statement: &mut HashMap<u64, usize>, r:
             statement,
             params,
             decision,
+            rule,
             reason,
             prepare,
             statement_name,
@@ -117,7 +118,7 @@ fn add_event(events: &mut Vec<Value>, by_statement: &mut HashMap<u64, usize>, r:
                 "seq": r.seq, "time": time, "kind": if prepare { "prepare" } else { "statement" },
                 "statement_id": statement_id, "statement": statement, "params": params,
                 "statement_name": statement_name,
-                "decision": decision, "reason": reason,
+                "decision": decision, "rule": rule, "reason": reason,
                 "status": null, "tag": null, "rows": null, "duration_ms": null, "error": null,
             }));
         }

@@ -1,4 +1,5 @@
-//! SQL text handling that does not depend on a wire protocol: statement splitting, secret redaction.
+//! SQL text handling that does not depend on a wire protocol: statement splitting, secret
+//! redaction, fingerprints.
 //!
 //! Both follow PostgreSQL's lexical rules (with `standard_conforming_strings = on`) closely enough
 //! to find statement boundaries and string constants; neither is a SQL parser. Neither panics, on
@@ -7,7 +8,9 @@
 mod conninfo;
 mod lexer;
 mod redact;
+mod shape;
 mod split;
 
 pub use redact::redact_secrets;
+pub use shape::{fingerprint, first_word_is, significant_tokens};
 pub use split::{split_statements, split_statements_strict, Statement};

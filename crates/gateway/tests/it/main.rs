@@ -7,5 +7,6 @@ mod auth;
 mod bad_input;
 mod clients;
 mod evasion;
+mod policy;
 mod support;
 mod tokio_pg;

@@ -1,0 +1,725 @@
+//! What a SQL statement does, read from its parse tree: the facts rules match on.
+//!
+//! The statement is parsed with `sqlparser` (PostgreSQL dialect) and walked once. Every
+//! statement in the tree counts, not only the outermost one: the writes inside a CTE
+//! (`WITH d AS (DELETE …) SELECT …`), the statement under `EXPLAIN [ANALYZE]` and under
+//! `PREPARE … AS`, the query of `COPY (…) TO`, `CREATE TABLE … AS`. A statement the parser
+//! cannot read, or dynamic SQL it cannot see into (`DO` blocks, `EXECUTE IMMEDIATE`), is
+//! [`NotUnderstood`]: the caller decides whether that is refused.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::ops::ControlFlow;
+
+use sqlparser::ast::{
+    visit_relations, CopySource, Expr, FromTable, Function, ObjectName, ObjectNamePart, Query,
+    Reset, Set, SetExpr, Statement, TableFactor, TableObject, Value, Visit, Visitor,
+};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+
+/// Statements longer than this many tokens are not parsed: a parse tree that deep (a chain of
+/// 100 000 `+` is one) costs more than it is worth and could exhaust the stack.
+const MAX_TOKENS: usize = 20_000;
+
+/// What kind of operation a statement (or a statement inside it) is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Select,
+    Insert,
+    Update,
+    Delete,
+    Merge,
+    Create,
+    Alter,
+    Drop,
+    Truncate,
+    Grant,
+    Revoke,
+    Copy,
+    Call,
+    Set,
+    Transaction,
+    Explain,
+    Prepare,
+    Execute,
+    Deallocate,
+    /// Parsed and understood, but none of the above: `SHOW`, `VACUUM`, `LISTEN`, `LOCK`, …
+    Other,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Select => "select",
+            Kind::Insert => "insert",
+            Kind::Update => "update",
+            Kind::Delete => "delete",
+            Kind::Merge => "merge",
+            Kind::Create => "create",
+            Kind::Alter => "alter",
+            Kind::Drop => "drop",
+            Kind::Truncate => "truncate",
+            Kind::Grant => "grant",
+            Kind::Revoke => "revoke",
+            Kind::Copy => "copy",
+            Kind::Call => "call",
+            Kind::Set => "set",
+            Kind::Transaction => "transaction",
+            Kind::Explain => "explain",
+            Kind::Prepare => "prepare",
+            Kind::Execute => "execute",
+            Kind::Deallocate => "deallocate",
+            Kind::Other => "other",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A table (or other relation) name as the server resolves it: unquoted parts folded to
+/// lower case, quoted parts exactly as written. `schema` is `None` when the statement does not
+/// name one (the session's `search_path` decides, so rules treat it as any schema).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TableName {
+    pub schema: Option<String>,
+    pub name: String,
+}
+
+impl fmt::Display for TableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.schema {
+            Some(schema) => write!(f, "{schema}.{}", self.name),
+            None => f.write_str(&self.name),
+        }
+    }
+}
+
+/// One operation in a statement: the statement itself or one nested in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Operation {
+    pub kind: Kind,
+    /// What it acts on: the target of a write or DDL statement, every relation a query reads.
+    pub tables: Vec<TableName>,
+    /// For `UPDATE` and `DELETE`: whether a `WHERE` clause limits the rows. A clause that
+    /// refers to no column at all (`WHERE true`, `WHERE 1 = 1`) limits nothing and counts as
+    /// absent. `None` for other kinds.
+    pub has_where: Option<bool>,
+}
+
+/// What a statement does to the session's SQL-level prepared statements.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEffect {
+    /// `PREPARE name AS …`: the facts of the prepared statement are this statement's.
+    Prepare(String),
+    /// `EXECUTE name`: runs what was prepared under `name`.
+    Execute(String),
+    /// `DEALLOCATE name`.
+    Deallocate(String),
+    /// `DEALLOCATE ALL`, `DISCARD ALL`.
+    DeallocateAll,
+    /// `SET search_path …`, `RESET search_path`, `set_config(…)`: where unqualified table
+    /// names resolve from now on.
+    SearchPath(PathChange),
+}
+
+/// A change of the session's `search_path`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathChange {
+    /// Set to these schemas (names resolved like identifiers).
+    Set(Vec<String>),
+    /// Back to the default.
+    Reset,
+    /// Changed to something sluice cannot tell (`SET LOCAL`, `set_config`, an expression).
+    Unknown,
+}
+
+/// Everything rules can match on, for one statement text.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Facts {
+    /// The outermost statement first, then the ones nested in it, in tree order.
+    pub operations: Vec<Operation>,
+    /// Every relation the statement names anywhere.
+    pub tables: BTreeSet<TableName>,
+    /// Every function it calls (`CALL` included), by name as resolved (`schema.name` when a
+    /// schema is written).
+    pub functions: BTreeSet<String>,
+    pub effects: Vec<SessionEffect>,
+}
+
+impl Facts {
+    /// The kind of the outermost statement (`None` for an empty statement).
+    pub fn kind(&self) -> Option<Kind> {
+        self.operations.first().map(|op| op.kind)
+    }
+
+    /// Adds `other`'s facts (a prepared statement run by `EXECUTE`) to these.
+    pub fn absorb(&mut self, other: &Facts) {
+        self.operations.extend(other.operations.iter().cloned());
+        self.tables.extend(other.tables.iter().cloned());
+        self.functions.extend(other.functions.iter().cloned());
+    }
+}
+
+/// Why a statement could not be judged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotUnderstood {
+    #[error("sluice cannot parse this statement: {0}")]
+    Parse(String),
+    #[error("sluice cannot see into dynamic SQL ({0})")]
+    Dynamic(&'static str),
+    #[error(
+        "the statement is too long for sluice's policy parser (more than {MAX_TOKENS} tokens)"
+    )]
+    TooLong,
+}
+
+/// Reads the facts of `sql` (one statement, or several: all are judged).
+pub fn classify(sql: &str) -> Result<Facts, NotUnderstood> {
+    if sluice_sql::significant_tokens(sql) > MAX_TOKENS {
+        return Err(NotUnderstood::TooLong);
+    }
+    if sluice_sql::first_word_is(sql, "do") {
+        return Err(NotUnderstood::Dynamic("a DO block"));
+    }
+    let statements = Parser::parse_sql(&PostgreSqlDialect {}, sql)
+        .map_err(|err| NotUnderstood::Parse(err.to_string()))?;
+    let mut walk = Walk::default();
+    for statement in &statements {
+        if let ControlFlow::Break(reason) = statement.visit(&mut walk) {
+            return Err(reason);
+        }
+    }
+    Ok(walk.facts)
+}
+
+/// One pass over the tree, collecting facts.
+#[derive(Default)]
+struct Walk {
+    facts: Facts,
+}
+
+impl Visitor for Walk {
+    type Break = NotUnderstood;
+
+    fn pre_visit_statement(&mut self, statement: &Statement) -> ControlFlow<NotUnderstood> {
+        let operation = operation(statement)?;
+        if let Some(effect) = effect(statement) {
+            self.facts.effects.push(effect);
+        }
+        self.facts.operations.push(operation);
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<NotUnderstood> {
+        // `SELECT … INTO new_table` creates a table.
+        if let SetExpr::Select(select) = query.body.as_ref() {
+            if let Some(into) = &select.into {
+                let tables: Vec<TableName> =
+                    into.targets.iter().filter_map(expr_table_name).collect();
+                self.facts.tables.extend(tables.iter().cloned());
+                self.facts.operations.push(Operation {
+                    kind: Kind::Create,
+                    tables,
+                    has_where: None,
+                });
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_relation(&mut self, relation: &ObjectName) -> ControlFlow<NotUnderstood> {
+        self.facts.tables.insert(table_name(relation));
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<NotUnderstood> {
+        // A set-returning function in FROM (`FROM dblink(…)`) is a function call too.
+        match factor {
+            TableFactor::Table {
+                name,
+                args: Some(_),
+                ..
+            } => {
+                self.facts.functions.insert(function_name(name));
+            }
+            TableFactor::Function { name, .. } => {
+                self.facts.functions.insert(function_name(name));
+            }
+            _ => {}
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<NotUnderstood> {
+        if let Expr::Function(Function { name, .. }) = expr {
+            let name = function_name(name);
+            // `set_config('search_path', …)` moves where unqualified names resolve.
+            if name.rsplit('.').next() == Some("set_config") {
+                self.facts
+                    .effects
+                    .push(SessionEffect::SearchPath(PathChange::Unknown));
+            }
+            self.facts.functions.insert(name);
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+/// The operation `statement` itself performs (not counting statements nested in it).
+fn operation(statement: &Statement) -> ControlFlow<NotUnderstood, Operation> {
+    let op = |kind: Kind, tables: Vec<TableName>| Operation {
+        kind,
+        tables,
+        has_where: None,
+    };
+    let operation = match statement {
+        Statement::Query(query) => op(Kind::Select, relations(query.as_ref())),
+        Statement::Insert(insert) => match &insert.table {
+            TableObject::TableName(name) => op(Kind::Insert, vec![table_name(name)]),
+            TableObject::TableFunction(_) | TableObject::TableQuery(_) => {
+                op(Kind::Insert, relations(&insert.table))
+            }
+        },
+        Statement::Update(update) => Operation {
+            kind: Kind::Update,
+            tables: relations(&update.table),
+            has_where: Some(limits_rows(update.selection.as_ref())),
+        },
+        Statement::Delete(delete) => {
+            let mut tables: Vec<TableName> = delete.tables.iter().map(table_name).collect();
+            match &delete.from {
+                FromTable::WithFromKeyword(from) | FromTable::WithoutKeyword(from) => {
+                    for table in from {
+                        tables.extend(relations(&table.relation));
+                    }
+                }
+            }
+            Operation {
+                kind: Kind::Delete,
+                tables,
+                has_where: Some(limits_rows(delete.selection.as_ref())),
+            }
+        }
+        Statement::Merge(merge) => op(Kind::Merge, relations(&merge.table)),
+        Statement::Drop { names, .. } => op(Kind::Drop, names.iter().map(table_name).collect()),
+        Statement::Truncate(truncate) => op(
+            Kind::Truncate,
+            truncate
+                .table_names
+                .iter()
+                .map(|target| table_name(&target.name))
+                .collect(),
+        ),
+        Statement::Copy { source, .. } => match source {
+            CopySource::Table { table_name: t, .. } => op(Kind::Copy, vec![table_name(t)]),
+            CopySource::Query(query) => op(Kind::Copy, relations(query.as_ref())),
+        },
+        Statement::Call(function) => op(Kind::Call, vec![table_name(&function.name)]),
+        Statement::Explain { .. } | Statement::ExplainTable { .. } => op(Kind::Explain, Vec::new()),
+        Statement::Prepare { .. } => op(Kind::Prepare, Vec::new()),
+        Statement::Execute {
+            immediate: true, ..
+        } => return ControlFlow::Break(NotUnderstood::Dynamic("EXECUTE IMMEDIATE")),
+        Statement::Execute { name: None, .. } => {
+            return ControlFlow::Break(NotUnderstood::Dynamic("EXECUTE without a name"))
+        }
+        Statement::Execute { .. } => op(Kind::Execute, Vec::new()),
+        Statement::Deallocate { .. } => op(Kind::Deallocate, Vec::new()),
+        Statement::StartTransaction { .. }
+        | Statement::Commit { .. }
+        | Statement::Rollback { .. }
+        | Statement::Savepoint { .. }
+        | Statement::ReleaseSavepoint { .. } => op(Kind::Transaction, Vec::new()),
+        Statement::Set(_) | Statement::Reset(_) => op(Kind::Set, Vec::new()),
+        Statement::Grant(_) | Statement::GrantRole(_) | Statement::AlterDefaultPrivileges(_) => {
+            op(Kind::Grant, Vec::new())
+        }
+        Statement::Revoke(_) | Statement::RevokeRole(_) => op(Kind::Revoke, Vec::new()),
+        Statement::Declare { .. } | Statement::Fetch { .. } => {
+            op(Kind::Select, relations(statement))
+        }
+        other => {
+            let kind = ddl_kind(other).unwrap_or(Kind::Other);
+            op(kind, relations(other))
+        }
+    };
+    ControlFlow::Continue(operation)
+}
+
+/// `CREATE …`, `ALTER …`, `DROP …` statements other than the ones matched by name above,
+/// told apart by the variant's name so that new variants in `sqlparser` land in the right
+/// group without a change here.
+fn ddl_kind(statement: &Statement) -> Option<Kind> {
+    let debug = format!("{statement:?}");
+    let variant = debug
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .next()
+        .unwrap_or_default();
+    if variant.starts_with("Create") {
+        Some(Kind::Create)
+    } else if variant.starts_with("Alter") || variant == "RenameTable" || variant == "Comment" {
+        Some(Kind::Alter)
+    } else if variant.starts_with("Drop") {
+        Some(Kind::Drop)
+    } else {
+        None
+    }
+}
+
+/// What a statement does to SQL-level prepared statements.
+fn effect(statement: &Statement) -> Option<SessionEffect> {
+    match statement {
+        Statement::Prepare { name, .. } => Some(SessionEffect::Prepare(ident(name))),
+        Statement::Execute {
+            name: Some(name), ..
+        } => Some(SessionEffect::Execute(table_name(name).name)),
+        Statement::Deallocate { name, .. } => {
+            if name.quote_style.is_none() && name.value.eq_ignore_ascii_case("all") {
+                Some(SessionEffect::DeallocateAll)
+            } else {
+                Some(SessionEffect::Deallocate(ident(name)))
+            }
+        }
+        Statement::Discard { object_type } => {
+            let what = object_type.to_string();
+            (what.eq_ignore_ascii_case("all") || what.eq_ignore_ascii_case("plans"))
+                .then_some(SessionEffect::DeallocateAll)
+        }
+        Statement::Set(set) => search_path_set(set).map(SessionEffect::SearchPath),
+        Statement::Reset(reset) => match &reset.reset {
+            Reset::ALL => Some(SessionEffect::SearchPath(PathChange::Reset)),
+            Reset::ConfigurationParameter(name) if is_search_path(name) => {
+                Some(SessionEffect::SearchPath(PathChange::Reset))
+            }
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn is_search_path(name: &ObjectName) -> bool {
+    table_name(name).name == "search_path"
+}
+
+/// What a `SET` does to `search_path`, if it touches it.
+fn search_path_set(set: &Set) -> Option<PathChange> {
+    match set {
+        Set::SingleAssignment {
+            scope,
+            variable,
+            values,
+            ..
+        } if is_search_path(variable) => {
+            if scope.is_some() {
+                // `SET LOCAL` ends with the transaction, which policy does not follow.
+                return Some(PathChange::Unknown);
+            }
+            let mut schemas = Vec::new();
+            for value in values {
+                match value {
+                    Expr::Identifier(id)
+                        if id.quote_style.is_none() && id.value.eq_ignore_ascii_case("default") =>
+                    {
+                        return Some(PathChange::Reset)
+                    }
+                    Expr::Identifier(id) => schemas.push(ident(id)),
+                    Expr::Value(value) => match &value.value {
+                        Value::SingleQuotedString(text) if !text.contains(',') => {
+                            schemas.push(text.clone())
+                        }
+                        _ => return Some(PathChange::Unknown),
+                    },
+                    _ => return Some(PathChange::Unknown),
+                }
+            }
+            Some(PathChange::Set(schemas))
+        }
+        Set::SingleAssignment { .. } => None,
+        Set::ParenthesizedAssignments { variables, .. } => variables
+            .iter()
+            .any(is_search_path)
+            .then_some(PathChange::Unknown),
+        Set::MultipleAssignments { assignments } => assignments
+            .iter()
+            .any(|a| is_search_path(&a.name))
+            .then_some(PathChange::Unknown),
+        _ => None,
+    }
+}
+
+/// Every relation named inside `node`.
+fn relations<V: Visit>(node: &V) -> Vec<TableName> {
+    let mut found = Vec::new();
+    let _ = visit_relations(node, |relation| {
+        let name = table_name(relation);
+        if !found.contains(&name) {
+            found.push(name);
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    found
+}
+
+/// Whether a WHERE clause can limit the rows: it exists and mentions a column.
+fn limits_rows(selection: Option<&Expr>) -> bool {
+    let Some(selection) = selection else {
+        return false;
+    };
+    let mut mentions_column = false;
+    let _ = sqlparser::ast::visit_expressions(selection, |expr| {
+        if matches!(expr, Expr::Identifier(_) | Expr::CompoundIdentifier(_)) {
+            mentions_column = true;
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    });
+    mentions_column
+}
+
+/// An identifier as the server resolves it.
+fn ident(ident: &sqlparser::ast::Ident) -> String {
+    if ident.quote_style.is_some() {
+        ident.value.clone()
+    } else {
+        ident.value.to_lowercase()
+    }
+}
+
+fn parts(name: &ObjectName) -> Vec<String> {
+    name.0
+        .iter()
+        .map(|part| match part {
+            ObjectNamePart::Identifier(id) => ident(id),
+            other => other.to_string(),
+        })
+        .collect()
+}
+
+/// `[catalog.]schema.table` or `table`.
+fn table_name(name: &ObjectName) -> TableName {
+    let mut parts = parts(name);
+    let table = parts.pop().unwrap_or_default();
+    TableName {
+        schema: parts.pop(),
+        name: table,
+    }
+}
+
+/// The table an identifier expression names (`SELECT … INTO schema.t`).
+fn expr_table_name(expr: &Expr) -> Option<TableName> {
+    let idents: Vec<String> = match expr {
+        Expr::Identifier(id) => vec![ident(id)],
+        Expr::CompoundIdentifier(ids) => ids.iter().map(ident).collect(),
+        _ => return None,
+    };
+    let mut idents = idents;
+    let name = idents.pop()?;
+    Some(TableName {
+        schema: idents.pop(),
+        name,
+    })
+}
+
+fn function_name(name: &ObjectName) -> String {
+    parts(name).join(".")
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn kinds(sql: &str) -> Vec<Kind> {
+        classify(sql)
+            .unwrap()
+            .operations
+            .iter()
+            .map(|op| op.kind)
+            .collect()
+    }
+
+    fn t(schema: Option<&str>, name: &str) -> TableName {
+        TableName {
+            schema: schema.map(str::to_owned),
+            name: name.to_owned(),
+        }
+    }
+
+    #[test]
+    fn plain_statements() {
+        assert_eq!(kinds("select 1"), [Kind::Select]);
+        assert_eq!(kinds("INSERT INTO t VALUES (1)"), [Kind::Insert]);
+        assert_eq!(kinds("update t set a = 1 where id = 2"), [Kind::Update]);
+        assert_eq!(kinds("DELETE FROM t"), [Kind::Delete]);
+        assert_eq!(kinds("drop table t"), [Kind::Drop]);
+        assert_eq!(kinds("TRUNCATE t"), [Kind::Truncate]);
+        assert_eq!(kinds("alter table t add column b int"), [Kind::Alter]);
+        assert_eq!(kinds("create table t (a int)"), [Kind::Create]);
+        assert_eq!(kinds("create index i on t (a)"), [Kind::Create]);
+        assert_eq!(kinds("grant select on t to bob"), [Kind::Grant]);
+        assert_eq!(kinds("revoke select on t from bob"), [Kind::Revoke]);
+        assert_eq!(kinds("set search_path = x"), [Kind::Set]);
+        assert_eq!(kinds("begin"), [Kind::Transaction]);
+        assert_eq!(kinds("commit"), [Kind::Transaction]);
+        assert_eq!(kinds("copy t to stdout"), [Kind::Copy]);
+        assert_eq!(kinds("call p(1)"), [Kind::Call]);
+        assert_eq!(kinds("show search_path"), [Kind::Other]);
+        assert_eq!(classify("").unwrap().kind(), None);
+    }
+
+    #[test]
+    fn nested_statements_count() {
+        assert_eq!(
+            kinds("WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d"),
+            [Kind::Select, Kind::Delete]
+        );
+        assert_eq!(
+            kinds("explain analyze delete from t"),
+            [Kind::Explain, Kind::Delete]
+        );
+        assert_eq!(
+            kinds("prepare p (int) as delete from t where id = $1"),
+            [Kind::Prepare, Kind::Delete]
+        );
+        assert_eq!(
+            kinds("select * into t2 from t"),
+            [Kind::Select, Kind::Create]
+        );
+        let facts = classify("create table t2 as select * from secret.t").unwrap();
+        assert_eq!(facts.kind(), Some(Kind::Create));
+        assert!(facts.tables.contains(&t(Some("secret"), "t")));
+    }
+
+    #[test]
+    fn names_are_resolved_like_the_server_does() {
+        let facts = classify(r#"DELETE FROM "Public"."Users" WHERE id = 1"#).unwrap();
+        assert_eq!(facts.operations[0].tables, [t(Some("Public"), "Users")]);
+        let facts = classify("delete from PUBLIC.USERS where id = 1").unwrap();
+        assert_eq!(facts.operations[0].tables, [t(Some("public"), "users")]);
+        let facts = classify("update db.s.t set a = 1 where b = 2").unwrap();
+        assert_eq!(facts.operations[0].tables, [t(Some("s"), "t")]);
+    }
+
+    #[test]
+    fn where_clauses() {
+        let has_where = |sql: &str| classify(sql).unwrap().operations[0].has_where;
+        assert_eq!(has_where("delete from t where id = 1"), Some(true));
+        assert_eq!(has_where("delete from t"), Some(false));
+        assert_eq!(has_where("update t set a = 1 where true"), Some(false));
+        assert_eq!(has_where("update t set a = 1 where 1 = 1"), Some(false));
+        assert_eq!(has_where("update t set a = 1 where t.a > 0"), Some(true));
+        assert_eq!(has_where("select 1"), None);
+    }
+
+    #[test]
+    fn functions_anywhere() {
+        let facts = classify("select pg_terminate_backend(pid) from pg_stat_activity").unwrap();
+        assert!(facts.functions.contains("pg_terminate_backend"));
+        let facts = classify("select * from dblink('host=x', 'select 1') as r(a int)").unwrap();
+        assert!(facts.functions.contains("dblink"));
+        let facts = classify("SELECT PG_CATALOG.PG_READ_FILE('/etc/passwd')").unwrap();
+        assert!(facts.functions.contains("pg_catalog.pg_read_file"));
+        let facts = classify("select 1 where exists (select lo_export(1, '/tmp/x'))").unwrap();
+        assert!(facts.functions.contains("lo_export"));
+    }
+
+    #[test]
+    fn prepared_statements_at_sql_level() {
+        let facts = classify("PREPARE Wipe AS DELETE FROM t").unwrap();
+        assert_eq!(facts.effects, [SessionEffect::Prepare("wipe".into())]);
+        let facts = classify("execute wipe").unwrap();
+        assert_eq!(facts.effects, [SessionEffect::Execute("wipe".into())]);
+        assert_eq!(
+            classify("deallocate all").unwrap().effects,
+            [SessionEffect::DeallocateAll]
+        );
+        assert_eq!(
+            classify("DEALLOCATE PREPARE wipe").unwrap().effects,
+            [SessionEffect::Deallocate("wipe".into())]
+        );
+        assert_eq!(
+            classify("discard all").unwrap().effects,
+            [SessionEffect::DeallocateAll]
+        );
+    }
+
+    #[test]
+    fn search_path_changes() {
+        let change = |sql: &str| classify(sql).unwrap().effects;
+        assert_eq!(
+            change("SET search_path TO Secret, \"App\""),
+            [SessionEffect::SearchPath(PathChange::Set(vec![
+                "secret".into(),
+                "App".into()
+            ]))]
+        );
+        assert_eq!(
+            change("set search_path = 'x'"),
+            [SessionEffect::SearchPath(PathChange::Set(vec!["x".into()]))]
+        );
+        assert_eq!(
+            change("set search_path to default"),
+            [SessionEffect::SearchPath(PathChange::Reset)]
+        );
+        assert_eq!(
+            change("reset all"),
+            [SessionEffect::SearchPath(PathChange::Reset)]
+        );
+        assert_eq!(
+            change("set local search_path = x"),
+            [SessionEffect::SearchPath(PathChange::Unknown)]
+        );
+        assert_eq!(
+            change("select set_config('search_path', 'x', false)"),
+            [SessionEffect::SearchPath(PathChange::Unknown)]
+        );
+        assert!(change("set work_mem = '1MB'").is_empty());
+    }
+
+    #[test]
+    fn what_cannot_be_understood() {
+        assert!(matches!(
+            classify("DO $$ BEGIN EXECUTE 'drop table t'; END $$"),
+            Err(NotUnderstood::Dynamic(_))
+        ));
+        assert!(matches!(
+            classify("/* x */ do 'begin null; end'"),
+            Err(NotUnderstood::Dynamic(_))
+        ));
+        assert!(matches!(classify("selec 1"), Err(NotUnderstood::Parse(_))));
+        let deep = format!("select 1{}", "+1".repeat(MAX_TOKENS));
+        assert_eq!(classify(&deep), Err(NotUnderstood::TooLong));
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod stack_tests {
+    use super::*;
+
+    /// The longest statements still parsed must not exhaust a tokio worker's 2 MiB stack:
+    /// a left-deep chain of operators builds a tree as deep as the chain is long.
+    #[test]
+    fn longest_accepted_statements_fit_a_worker_stack() {
+        let chains = [
+            format!("select 1{}", "+1".repeat(MAX_TOKENS / 2 - 2)),
+            format!("select 1{}", " or true".repeat(MAX_TOKENS / 2 - 2)),
+            format!("select 1{}", "::int".repeat(MAX_TOKENS / 2 - 2)),
+            format!("select {}1", "-".repeat(MAX_TOKENS - 3)),
+            format!("select {}1", "not ".repeat(MAX_TOKENS - 3)),
+        ];
+        for sql in chains {
+            let outcome = std::thread::Builder::new()
+                .stack_size(2 << 20)
+                .spawn(move || classify(&sql).is_ok())
+                .unwrap()
+                .join();
+            assert!(outcome.is_ok(), "classification overflowed the stack");
+        }
+    }
+}

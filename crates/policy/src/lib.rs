@@ -1,0 +1,239 @@
+//! Per-statement policy.
+//!
+//! [`classify`] reads what a SQL statement does from its parse tree; [`Rule`]s match on those
+//! facts; [`Policy::judge`] decides one statement for one identity on one connection. Nothing
+//! here knows a wire protocol, a socket or the audit log: the gateway's pipeline asks, records
+//! the verdict and tells the protocol frontend what to do.
+
+mod classify;
+mod rules;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use sluice_core::Identity;
+
+pub use classify::{
+    classify, Facts, Kind, NotUnderstood, Operation, PathChange, SessionEffect, TableName,
+};
+pub use rules::{Action, MatchSpec, Principal, Rule, RuleSpec, SearchPath};
+
+/// Classifications kept, by statement fingerprint. When full, the cache starts over: simpler
+/// than LRU, and a working set of distinct statement shapes this large is rare.
+const CACHE_ENTRIES: usize = 10_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("policy {rule:?}: {what}")]
+    Invalid { rule: String, what: String },
+    #[error("two policies are named {0:?}; names must be unique")]
+    Duplicate(String),
+}
+
+/// What to do with a statement sluice cannot understand, on a connection that has rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Unparsed {
+    /// Refuse it (the default: fail closed).
+    #[default]
+    Deny,
+    /// Let it through (recorded as not understood).
+    Allow,
+}
+
+/// The decision on one statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Allow,
+    /// A rule matched.
+    Deny {
+        rule: String,
+        message: Option<String>,
+    },
+    /// The statement could not be judged and the connection refuses such statements.
+    NotUnderstood {
+        reason: String,
+    },
+}
+
+impl Verdict {
+    /// The text the client sees for a refusal.
+    pub fn refusal(&self) -> Option<String> {
+        match self {
+            Verdict::Allow => None,
+            Verdict::Deny { rule, message } => Some(match message {
+                Some(message) => format!("statement denied by sluice policy \"{rule}\": {message}"),
+                None => format!("statement denied by sluice policy \"{rule}\""),
+            }),
+            Verdict::NotUnderstood { reason } => Some(format!(
+                "statement refused: {reason}; this connection has policies, so sluice runs only statements it understands"
+            )),
+        }
+    }
+}
+
+/// What policy follows in one session: its SQL-level prepared statements (`PREPARE name AS
+/// …`), so that `EXECUTE name` is judged as what it runs, and its `search_path`, so that a
+/// rule on `secret.*` still sees `keys` after `SET search_path = secret`.
+#[derive(Debug, Default)]
+pub struct SessionPolicy {
+    prepared: HashMap<String, Arc<Facts>>,
+    search_path: SearchPath,
+}
+
+impl SessionPolicy {
+    /// A session whose client set these parameters at startup (PostgreSQL: `search_path`
+    /// itself, or `options` that may set it).
+    pub fn with_startup_settings(settings: &[(String, String)]) -> SessionPolicy {
+        let sets_path = settings.iter().any(|(key, value)| {
+            key.eq_ignore_ascii_case("search_path")
+                || value.to_ascii_lowercase().contains("search_path")
+        });
+        SessionPolicy {
+            search_path: if sets_path {
+                SearchPath::Unknown
+            } else {
+                SearchPath::default()
+            },
+            ..SessionPolicy::default()
+        }
+    }
+}
+
+/// All rules, validated, with the classification cache.
+#[derive(Debug, Default)]
+pub struct Policy {
+    rules: Vec<Rule>,
+    unparsed: HashMap<String, Unparsed>,
+    cache: Mutex<HashMap<String, Result<Arc<Facts>, NotUnderstood>>>,
+}
+
+impl Policy {
+    /// Validates `specs`. `connections` are the configured connection names with what each does
+    /// with statements it cannot understand.
+    pub fn new(
+        specs: &[RuleSpec],
+        connections: &[(String, Unparsed)],
+    ) -> Result<Policy, PolicyError> {
+        let known = |name: &str| connections.iter().any(|(c, _)| c == name);
+        let mut rules: Vec<Rule> = Vec::with_capacity(specs.len());
+        for spec in specs {
+            if rules.iter().any(|r| r.name == spec.name) {
+                return Err(PolicyError::Duplicate(spec.name.clone()));
+            }
+            rules.push(Rule::from_spec(spec, &known)?);
+        }
+        Ok(Policy {
+            rules,
+            unparsed: connections.iter().cloned().collect(),
+            cache: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// Whether any rule covers `connection`: only then are its statements parsed.
+    pub fn governs(&self, connection: &str) -> bool {
+        self.rules.iter().any(|r| r.covers_connection(connection))
+    }
+
+    /// Decides `sql` (one statement as the client sent it) for `identity` on `connection`,
+    /// and updates the session's prepared statements.
+    pub fn judge(
+        &self,
+        identity: &Identity,
+        connection: &str,
+        sql: &str,
+        session: &mut SessionPolicy,
+    ) -> Verdict {
+        if !self.governs(connection) {
+            return Verdict::Allow;
+        }
+        let not_understood = |reason: String| match self.unparsed.get(connection) {
+            Some(Unparsed::Allow) => Verdict::Allow,
+            _ => Verdict::NotUnderstood { reason },
+        };
+        let facts = match self.facts(sql) {
+            Ok(facts) => facts,
+            Err(reason) => return not_understood(reason.to_string()),
+        };
+        // `EXECUTE name` is judged as the statement it runs.
+        let mut judged = facts.as_ref().clone();
+        for effect in &facts.effects {
+            if let SessionEffect::Execute(name) = effect {
+                match session.prepared.get(name) {
+                    Some(prepared) => judged.absorb(prepared),
+                    None => {
+                        return not_understood(format!(
+                            "prepared statement \"{name}\" was not prepared through sluice in this session"
+                        ))
+                    }
+                }
+            }
+        }
+        let verdict = self.decide(identity, connection, &judged, &session.search_path);
+        if verdict == Verdict::Allow {
+            for effect in &facts.effects {
+                match effect {
+                    SessionEffect::Prepare(name) => {
+                        let mut prepared = facts.as_ref().clone();
+                        prepared.effects.clear();
+                        session.prepared.insert(name.clone(), Arc::new(prepared));
+                    }
+                    SessionEffect::Deallocate(name) => {
+                        session.prepared.remove(name);
+                    }
+                    SessionEffect::DeallocateAll => session.prepared.clear(),
+                    SessionEffect::SearchPath(change) => session.search_path.apply(change),
+                    SessionEffect::Execute(_) => {}
+                }
+            }
+        }
+        verdict
+    }
+
+    /// The first matching rule that applies, in file order.
+    pub fn decide(
+        &self,
+        identity: &Identity,
+        connection: &str,
+        facts: &Facts,
+        search_path: &SearchPath,
+    ) -> Verdict {
+        self.rules
+            .iter()
+            .find(|rule| {
+                rule.covers_connection(connection)
+                    && rule.applies_to(identity)
+                    && rule.matches(facts, search_path)
+            })
+            .map_or(Verdict::Allow, |rule| match rule.action {
+                Action::Deny => Verdict::Deny {
+                    rule: rule.name.clone(),
+                    message: rule.message.clone(),
+                },
+            })
+    }
+
+    /// Classifies `sql`, through the cache. Statements that differ only in constants, case,
+    /// comments or spacing share a fingerprint and so a classification: none of those can
+    /// change what a statement does.
+    fn facts(&self, sql: &str) -> Result<Arc<Facts>, NotUnderstood> {
+        let key = sluice_sql::fingerprint(sql);
+        if let Some(hit) = lock(&self.cache).get(&key) {
+            return hit.clone();
+        }
+        let classified = classify(sql).map(Arc::new);
+        let mut cache = lock(&self.cache);
+        if cache.len() >= CACHE_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(key, classified.clone());
+        classified
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

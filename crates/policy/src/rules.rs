@@ -1,0 +1,446 @@
+//! Rules as written in the config file, their validation, and matching against [`Facts`].
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use serde::Deserialize;
+use sluice_core::{ActorKind, Identity};
+
+use crate::classify::{Facts, Kind, PathChange, TableName};
+use crate::PolicyError;
+
+/// One rule as written under `policies:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSpec {
+    pub name: String,
+    /// Connections the rule covers; empty or absent: all of them.
+    #[serde(default)]
+    pub connections: Vec<String>,
+    /// Who the rule applies to (`user:NAME`, `group:NAME`, `agent:NAME`, `agent:*`);
+    /// empty or absent: everyone.
+    #[serde(default)]
+    pub applies_to: Vec<String>,
+    /// Who the rule never applies to, in the same notation.
+    #[serde(default)]
+    pub except: Vec<String>,
+    #[serde(rename = "match")]
+    pub matcher: MatchSpec,
+    pub action: String,
+    /// Shown to the client with the refusal.
+    #[serde(default)]
+    pub message: Option<String>,
+    #[serde(default)]
+    pub reviewers: Vec<String>,
+    #[serde(default)]
+    pub mode: Option<String>,
+}
+
+/// The `match:` of a rule. Every criterion given must hold; within a list, any entry.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchSpec {
+    /// Statement kinds: select, insert, update, delete, merge, ddl (= create, alter, drop,
+    /// truncate), create, alter, drop, truncate, grant, revoke, copy, call, set, transaction,
+    /// explain, prepare, execute, deallocate, other.
+    #[serde(default)]
+    pub statement: Vec<String>,
+    /// Table globs, `schema.table` or `table` (any schema); `*` matches any run of characters.
+    #[serde(default)]
+    pub tables: Vec<String>,
+    /// `absent` or `present`: whether an UPDATE/DELETE limits its rows with a WHERE clause.
+    #[serde(default, rename = "where")]
+    pub where_clause: Option<String>,
+    /// Function globs, `name` or `schema.name`.
+    #[serde(default)]
+    pub functions: Vec<String>,
+}
+
+/// Who a rule names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    User(String),
+    Group(String),
+    /// A non-human identity by name, or every non-human identity (`agent:*`).
+    Agent(Option<String>),
+}
+
+impl Principal {
+    pub fn parse(text: &str) -> Result<Principal, String> {
+        match text.split_once(':') {
+            Some(("user", name)) if !name.is_empty() => Ok(Principal::User(name.into())),
+            Some(("group", name)) if !name.is_empty() => Ok(Principal::Group(name.into())),
+            Some(("agent", "*")) => Ok(Principal::Agent(None)),
+            Some(("agent", name)) if !name.is_empty() => Ok(Principal::Agent(Some(name.into()))),
+            _ => Err(format!(
+                "expected `user:NAME`, `group:NAME`, `agent:NAME` or `agent:*`, got {text:?}"
+            )),
+        }
+    }
+
+    pub fn covers(&self, identity: &Identity) -> bool {
+        match self {
+            Principal::User(name) => identity.user == *name,
+            Principal::Group(group) => identity.groups.iter().any(|g| g == group),
+            Principal::Agent(name) => {
+                identity.actor == ActorKind::Agent
+                    && name.as_ref().is_none_or(|n| identity.user == *n)
+            }
+        }
+    }
+}
+
+/// What a matching rule does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Deny,
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Action::Deny => f.write_str("deny"),
+        }
+    }
+}
+
+/// A validated rule.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub name: String,
+    pub connections: Vec<String>,
+    pub applies_to: Vec<Principal>,
+    pub except: Vec<Principal>,
+    pub action: Action,
+    pub message: Option<String>,
+    matcher: Matcher,
+}
+
+#[derive(Debug, Clone)]
+struct Matcher {
+    kinds: BTreeSet<Kind>,
+    tables: Vec<TablePattern>,
+    where_present: Option<bool>,
+    functions: Vec<String>,
+}
+
+/// Where a session's unqualified table names may resolve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SearchPath {
+    /// These schemas (after `pg_catalog`, which the server always searches first).
+    Known(Vec<String>),
+    /// Changed in a way sluice cannot follow: an unqualified name may be in any schema.
+    Unknown,
+}
+
+impl Default for SearchPath {
+    /// sluice assumes the server's default, `"$user", public`, finds tables in `public`.
+    fn default() -> Self {
+        SearchPath::Known(vec!["public".into()])
+    }
+}
+
+impl SearchPath {
+    pub(crate) fn apply(&mut self, change: &PathChange) {
+        *self = match change {
+            PathChange::Set(schemas) => SearchPath::Known(schemas.clone()),
+            PathChange::Reset => SearchPath::default(),
+            PathChange::Unknown => SearchPath::Unknown,
+        };
+    }
+
+    /// Whether an unqualified name may resolve into a schema matching `pattern`.
+    fn may_reach(&self, pattern: &str) -> bool {
+        match self {
+            SearchPath::Unknown => true,
+            SearchPath::Known(schemas) => {
+                glob(pattern, "pg_catalog") || schemas.iter().any(|s| glob(pattern, s))
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct TablePattern {
+    schema: Option<String>,
+    table: String,
+}
+
+impl TablePattern {
+    fn matches(&self, table: &TableName, path: &SearchPath) -> bool {
+        let schema_ok = match (&self.schema, &table.schema) {
+            (None, _) => true,
+            (Some(pattern), None) => path.may_reach(pattern),
+            (Some(pattern), Some(schema)) => glob(pattern, schema),
+        };
+        schema_ok && glob(&self.table, &table.name)
+    }
+}
+
+impl Rule {
+    /// Validates `spec`; `known_connection` tells which connection names exist.
+    pub fn from_spec(
+        spec: &RuleSpec,
+        known_connection: &dyn Fn(&str) -> bool,
+    ) -> Result<Rule, PolicyError> {
+        let invalid = |what: String| PolicyError::Invalid {
+            rule: spec.name.clone(),
+            what,
+        };
+        if spec.name.trim().is_empty() {
+            return Err(invalid("`name` must not be empty".into()));
+        }
+        for connection in &spec.connections {
+            if !known_connection(connection) {
+                return Err(invalid(format!(
+                    "`connections` names {connection:?}, which is not a configured connection"
+                )));
+            }
+        }
+        let principals = |list: &[String], key: &str| {
+            list.iter()
+                .map(|p| Principal::parse(p).map_err(|e| invalid(format!("`{key}`: {e}"))))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let applies_to = principals(&spec.applies_to, "applies_to")?;
+        let except = principals(&spec.except, "except")?;
+        let action = match spec.action.as_str() {
+            "deny" => Action::Deny,
+            "review" => return Err(invalid(
+                "`action: review` (review holds) is not available in this build yet; use `deny`"
+                    .into(),
+            )),
+            other => {
+                return Err(invalid(format!(
+                    "`action` must be `deny` or `review`, got {other:?}"
+                )))
+            }
+        };
+        if !spec.reviewers.is_empty() || spec.mode.is_some() {
+            return Err(invalid(
+                "`reviewers` and `mode` belong to `action: review` rules".into(),
+            ));
+        }
+        let mut kinds = BTreeSet::new();
+        for name in &spec.matcher.statement {
+            kinds.extend(
+                kind_selector(name).map_err(|e| invalid(format!("`match.statement`: {e}")))?,
+            );
+        }
+        let tables = spec
+            .matcher
+            .tables
+            .iter()
+            .map(|t| table_pattern(t).map_err(|e| invalid(format!("`match.tables`: {e}"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        let where_present = match spec.matcher.where_clause.as_deref() {
+            None => None,
+            Some("absent") => Some(false),
+            Some("present") => Some(true),
+            Some(other) => {
+                return Err(invalid(format!(
+                    "`match.where` must be `absent` or `present`, got {other:?}"
+                )))
+            }
+        };
+        let functions = spec
+            .matcher
+            .functions
+            .iter()
+            .map(|f| {
+                let f = f.trim();
+                if f.is_empty() {
+                    Err(invalid("`match.functions` has an empty entry".into()))
+                } else {
+                    Ok(f.to_ascii_lowercase())
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Rule {
+            name: spec.name.clone(),
+            connections: spec.connections.clone(),
+            applies_to,
+            except,
+            action,
+            message: spec.message.clone(),
+            matcher: Matcher {
+                kinds,
+                tables,
+                where_present,
+                functions,
+            },
+        })
+    }
+
+    /// Whether the rule covers `connection` at all.
+    pub fn covers_connection(&self, connection: &str) -> bool {
+        self.connections.is_empty() || self.connections.iter().any(|c| c == connection)
+    }
+
+    /// Whether the rule applies to `identity`.
+    pub fn applies_to(&self, identity: &Identity) -> bool {
+        let named =
+            self.applies_to.is_empty() || self.applies_to.iter().any(|p| p.covers(identity));
+        named && !self.except.iter().any(|p| p.covers(identity))
+    }
+
+    /// Whether the statement described by `facts`, run in a session with `path`, matches.
+    pub fn matches(&self, facts: &Facts, path: &SearchPath) -> bool {
+        let m = &self.matcher;
+        let tables_ok = |tables: &[&TableName]| {
+            m.tables.is_empty()
+                || tables
+                    .iter()
+                    .any(|t| m.tables.iter().any(|p| p.matches(t, path)))
+        };
+        let functions_ok = m.functions.is_empty()
+            || facts
+                .functions
+                .iter()
+                .any(|f| m.functions.iter().any(|p| function_matches(p, f)));
+        if !functions_ok {
+            return false;
+        }
+        if m.kinds.is_empty() {
+            // Tables anywhere in the statement; WHERE on any UPDATE or DELETE in it.
+            let where_ok = m.where_present.is_none_or(|want| {
+                facts
+                    .operations
+                    .iter()
+                    .any(|op| op.has_where.is_some_and(|has| has == want))
+            });
+            return where_ok && tables_ok(&facts.tables.iter().collect::<Vec<_>>());
+        }
+        // One operation of a named kind must meet the other criteria itself, so that
+        // "DELETE without WHERE on users" is not met by a DELETE with WHERE next to a read.
+        facts.operations.iter().any(|op| {
+            m.kinds.contains(&op.kind)
+                && m.where_present
+                    .is_none_or(|want| op.has_where == Some(want))
+                && tables_ok(&op.tables.iter().collect::<Vec<_>>())
+        })
+    }
+}
+
+/// The kinds a `match.statement` entry stands for.
+fn kind_selector(name: &str) -> Result<Vec<Kind>, String> {
+    let kinds = match name.trim().to_ascii_lowercase().as_str() {
+        "select" => vec![Kind::Select],
+        "insert" => vec![Kind::Insert],
+        "update" => vec![Kind::Update],
+        "delete" => vec![Kind::Delete],
+        "merge" => vec![Kind::Merge],
+        "ddl" => vec![Kind::Create, Kind::Alter, Kind::Drop, Kind::Truncate],
+        "create" => vec![Kind::Create],
+        "alter" => vec![Kind::Alter],
+        "drop" => vec![Kind::Drop],
+        "truncate" => vec![Kind::Truncate],
+        "grant" => vec![Kind::Grant],
+        "revoke" => vec![Kind::Revoke],
+        "copy" => vec![Kind::Copy],
+        "call" => vec![Kind::Call],
+        "set" => vec![Kind::Set],
+        "transaction" => vec![Kind::Transaction],
+        "explain" => vec![Kind::Explain],
+        "prepare" => vec![Kind::Prepare],
+        "execute" => vec![Kind::Execute],
+        "deallocate" => vec![Kind::Deallocate],
+        "other" => vec![Kind::Other],
+        _ => {
+            return Err(format!(
+                "unknown statement kind {name:?} (known: select, insert, update, delete, merge, ddl, create, alter, drop, truncate, grant, revoke, copy, call, set, transaction, explain, prepare, execute, deallocate, other; DO blocks are never understood, see `unparsed_statements`)"
+            ))
+        }
+    };
+    Ok(kinds)
+}
+
+fn table_pattern(text: &str) -> Result<TablePattern, String> {
+    let text = text.trim();
+    let parts: Vec<&str> = text.split('.').collect();
+    match parts.as_slice() {
+        [table] if !table.is_empty() => Ok(TablePattern {
+            schema: None,
+            table: table.to_ascii_lowercase(),
+        }),
+        [schema, table] if !schema.is_empty() && !table.is_empty() => Ok(TablePattern {
+            schema: Some(schema.to_ascii_lowercase()),
+            table: table.to_ascii_lowercase(),
+        }),
+        _ => Err(format!("expected `schema.table` or `table`, got {text:?}")),
+    }
+}
+
+/// `name` patterns match a function by name in any schema; `schema.name` patterns need the
+/// statement to name that schema.
+fn function_matches(pattern: &str, function: &str) -> bool {
+    if pattern.contains('.') {
+        glob(pattern, function)
+    } else {
+        let bare = function.rsplit('.').next().unwrap_or(function);
+        glob(pattern, bare)
+    }
+}
+
+/// `*` matches any run of characters; everything else matches itself, ignoring ASCII case
+/// (a rule naming `Users` must not miss `users`: over-matching is the safe side).
+pub(crate) fn glob(pattern: &str, text: &str) -> bool {
+    let pattern: Vec<char> = pattern.chars().map(|c| c.to_ascii_lowercase()).collect();
+    let text: Vec<char> = text.chars().map(|c| c.to_ascii_lowercase()).collect();
+    // Iterative matcher with backtracking to the last `*`: linear-ish, no recursion.
+    let (mut p, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        if p < pattern.len() && pattern[p] == '*' {
+            star = Some((p, t));
+            p += 1;
+        } else if p < pattern.len() && pattern[p] == text[t] {
+            p += 1;
+            t += 1;
+        } else if let Some((sp, st)) = star {
+            p = sp + 1;
+            t = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    pattern[p..].iter().all(|c| *c == '*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        assert!(glob("prod_*", "prod_users"));
+        assert!(glob("*", ""));
+        assert!(glob("a*b*c", "aXXbYYc"));
+        assert!(!glob("a*b*c", "aXXbYY"));
+        assert!(glob("Users", "users"));
+        assert!(!glob("user", "users"));
+    }
+
+    #[test]
+    fn principals() {
+        let alice = Identity {
+            user: "alice".into(),
+            groups: vec!["dba".into()],
+            actor: ActorKind::Human,
+        };
+        let cursor = Identity {
+            user: "cursor".into(),
+            groups: vec![],
+            actor: ActorKind::Agent,
+        };
+        assert!(Principal::parse("group:dba")
+            .unwrap_or(Principal::Agent(None))
+            .covers(&alice));
+        assert!(Principal::Agent(None).covers(&cursor));
+        assert!(!Principal::Agent(None).covers(&alice));
+        assert!(Principal::Agent(Some("cursor".into())).covers(&cursor));
+        assert!(Principal::parse("role:x").is_err());
+        assert!(Principal::parse("user:").is_err());
+    }
+}

@@ -1,0 +1,317 @@
+//! Policy decisions end to end (rules as written in YAML, statements as clients send them),
+//! including the evasion forms a hostile client would try.
+
+#![allow(clippy::unwrap_used)]
+
+use sluice_core::{ActorKind, Identity};
+use sluice_policy::{Policy, RuleSpec, SessionPolicy, Unparsed, Verdict};
+
+const RULES: &str = r#"
+- { name: no-drop, connections: [prod], match: { statement: [drop, truncate] }, action: deny, message: ask a DBA }
+- { name: unbounded-writes, match: { statement: [update, delete], where: absent }, action: deny }
+- { name: no-secrets, match: { tables: ["secret.*"] }, action: deny, except: [group:dba] }
+- { name: agents-read-only, applies_to: ["agent:*"], match: { statement: [insert, update, delete, merge, ddl, copy, grant, revoke, call] }, action: deny }
+- { name: no-kill, match: { functions: [pg_terminate_backend, "pg_read_*", dblink] }, action: deny }
+"#;
+
+fn policy(unparsed: Unparsed) -> Policy {
+    let specs: Vec<RuleSpec> = serde_yaml_ng::from_str(RULES).unwrap();
+    Policy::new(
+        &specs,
+        &[("prod".into(), unparsed), ("staging".into(), unparsed)],
+    )
+    .unwrap()
+}
+
+fn person(groups: &[&str]) -> Identity {
+    Identity {
+        user: "alice".into(),
+        groups: groups.iter().map(|g| g.to_string()).collect(),
+        actor: ActorKind::Human,
+    }
+}
+
+fn agent() -> Identity {
+    Identity {
+        user: "cursor".into(),
+        groups: vec![],
+        actor: ActorKind::Agent,
+    }
+}
+
+/// The rule that refused `sql` in a fresh session (`""` for not understood), or `None`.
+fn rule(policy: &Policy, who: &Identity, connection: &str, sql: &str) -> Option<String> {
+    let mut session = SessionPolicy::default();
+    match policy.judge(who, connection, sql, &mut session) {
+        Verdict::Allow => None,
+        Verdict::Deny { rule, .. } => Some(rule),
+        Verdict::NotUnderstood { .. } => Some(String::new()),
+    }
+}
+
+#[test]
+fn case_comments_whitespace_and_quoting_do_not_change_the_decision() {
+    let p = policy(Unparsed::Deny);
+    let alice = person(&[]);
+    for sql in [
+        "DROP TABLE users",
+        "drop table users",
+        "DrOp/**/TaBlE users",
+        "/* leading */ drop -- comment\n table\t\"users\"",
+        "drop /* a /* nested */ comment */ table users",
+        "  \n drop table public.users cascade",
+        "truncate only users",
+    ] {
+        assert_eq!(
+            rule(&p, &alice, "prod", sql).as_deref(),
+            Some("no-drop"),
+            "{sql}"
+        );
+    }
+    // The rule names only `prod`.
+    assert_eq!(rule(&p, &alice, "staging", "drop table users"), None);
+}
+
+#[test]
+fn hidden_statements_are_judged() {
+    let p = policy(Unparsed::Deny);
+    let alice = person(&[]);
+    for sql in [
+        "WITH gone AS (DELETE FROM orders RETURNING *) SELECT count(*) FROM gone",
+        "with x as (select 1) update orders set paid = true",
+        "EXPLAIN ANALYZE DELETE FROM orders",
+        "explain (analyze, buffers) update orders set paid = false",
+        "PREPARE wipe AS DELETE FROM orders",
+        "delete from orders where 1 = 1",
+        "update orders set a = 1 where true",
+    ] {
+        assert_eq!(
+            rule(&p, &alice, "prod", sql).as_deref(),
+            Some("unbounded-writes"),
+            "{sql}"
+        );
+    }
+    assert_eq!(
+        rule(&p, &alice, "prod", "delete from orders where id = 7"),
+        None
+    );
+    assert_eq!(
+        rule(&p, &alice, "prod", "explain analyze truncate orders").as_deref(),
+        Some("no-drop")
+    );
+}
+
+#[test]
+fn sql_prepare_then_execute_is_judged_as_what_it_runs() {
+    let p = policy(Unparsed::Deny);
+    let who = agent();
+    let mut session = SessionPolicy::default();
+    // Reading is fine for the agent, so the PREPARE passes and EXECUTE runs a read.
+    assert_eq!(
+        p.judge(
+            &who,
+            "prod",
+            "prepare q (int) as select * from orders where id = $1",
+            &mut session
+        ),
+        Verdict::Allow
+    );
+    assert_eq!(
+        p.judge(&who, "prod", "EXECUTE q(1)", &mut session),
+        Verdict::Allow
+    );
+    // A write cannot be prepared, so it cannot be executed either.
+    assert!(matches!(
+        p.judge(
+            &who,
+            "prod",
+            "prepare w as insert into orders values (1)",
+            &mut session
+        ),
+        Verdict::Deny { .. }
+    ));
+    assert!(matches!(
+        p.judge(&who, "prod", "execute w", &mut session),
+        Verdict::NotUnderstood { .. }
+    ));
+    // A name sluice did not see prepared is not understood; a deallocated one is gone.
+    assert_eq!(
+        p.judge(&who, "prod", "deallocate q", &mut session),
+        Verdict::Allow
+    );
+    assert!(matches!(
+        p.judge(&who, "prod", "execute q(1)", &mut session),
+        Verdict::NotUnderstood { .. }
+    ));
+}
+
+#[test]
+fn identities_scope_rules() {
+    let p = policy(Unparsed::Deny);
+    assert_eq!(
+        rule(&p, &person(&[]), "prod", "select * from secret.keys").as_deref(),
+        Some("no-secrets")
+    );
+    assert_eq!(
+        rule(&p, &person(&["dba"]), "prod", "select * from secret.keys"),
+        None
+    );
+    assert_eq!(
+        rule(&p, &agent(), "prod", "insert into orders values (1)").as_deref(),
+        Some("agents-read-only")
+    );
+    assert_eq!(
+        rule(&p, &person(&[]), "prod", "insert into orders values (1)"),
+        None
+    );
+    assert_eq!(
+        rule(&p, &agent(), "prod", "copy orders from stdin").as_deref(),
+        Some("agents-read-only")
+    );
+}
+
+#[test]
+fn tables_follow_the_search_path() {
+    let p = policy(Unparsed::Deny);
+    let alice = person(&[]);
+    let mut session = SessionPolicy::default();
+    assert_eq!(
+        p.judge(&alice, "prod", "select * from keys", &mut session),
+        Verdict::Allow
+    );
+    assert_eq!(
+        p.judge(
+            &alice,
+            "prod",
+            "SET search_path TO secret, public",
+            &mut session
+        ),
+        Verdict::Allow
+    );
+    assert!(matches!(
+        p.judge(&alice, "prod", "select * from keys", &mut session),
+        Verdict::Deny { .. }
+    ));
+    p.judge(&alice, "prod", "reset search_path", &mut session);
+    assert_eq!(
+        p.judge(&alice, "prod", "select * from keys", &mut session),
+        Verdict::Allow
+    );
+    // A change sluice cannot follow makes every unqualified name suspect.
+    p.judge(
+        &alice,
+        "prod",
+        "select set_config('search_path', 'sec' || 'ret', false)",
+        &mut session,
+    );
+    assert!(matches!(
+        p.judge(&alice, "prod", "select * from keys", &mut session),
+        Verdict::Deny { .. }
+    ));
+    let mut started_with_path =
+        SessionPolicy::with_startup_settings(&[("options".into(), "-c search_path=secret".into())]);
+    assert!(matches!(
+        p.judge(&alice, "prod", "select * from keys", &mut started_with_path),
+        Verdict::Deny { .. }
+    ));
+}
+
+#[test]
+fn functions_are_matched_wherever_they_are_called() {
+    let p = policy(Unparsed::Deny);
+    let alice = person(&[]);
+    for sql in [
+        "select pg_terminate_backend(123)",
+        "SELECT Pg_Catalog.PG_TERMINATE_BACKEND(pid) FROM pg_stat_activity",
+        "select * from orders where exists (select pg_read_file('/etc/passwd'))",
+        "select * from dblink('host=x', 'select 1') as t(a int)",
+        "insert into orders select pg_read_binary_file('/x')",
+    ] {
+        assert_eq!(
+            rule(&p, &alice, "prod", sql).as_deref(),
+            Some("no-kill"),
+            "{sql}"
+        );
+    }
+}
+
+#[test]
+fn what_sluice_cannot_understand_is_refused_unless_the_connection_allows_it() {
+    let strict = policy(Unparsed::Deny);
+    let lenient = policy(Unparsed::Allow);
+    let alice = person(&[]);
+    for sql in [
+        "DO $$ BEGIN EXECUTE 'DROP TABLE users'; END $$",
+        "selct * from users",
+        "drop tablee users",
+    ] {
+        assert_eq!(
+            rule(&strict, &alice, "prod", sql).as_deref(),
+            Some(""),
+            "{sql}"
+        );
+        assert_eq!(rule(&lenient, &alice, "prod", sql), None, "{sql}");
+    }
+    // A connection no rule covers is never parsed, so nothing there is refused.
+    let specs: Vec<RuleSpec> = serde_yaml_ng::from_str(
+        "[{ name: r, connections: [prod], match: { statement: [drop] }, action: deny }]",
+    )
+    .unwrap();
+    let scoped = Policy::new(
+        &specs,
+        &[
+            ("prod".into(), Unparsed::Deny),
+            ("dev".into(), Unparsed::Deny),
+        ],
+    )
+    .unwrap();
+    assert_eq!(rule(&scoped, &alice, "dev", "selct 1"), None);
+}
+
+#[test]
+fn the_cache_never_mixes_up_statements() {
+    let p = policy(Unparsed::Deny);
+    let alice = person(&[]);
+    // Same fingerprint (constants differ): same decision, from the cache the second time.
+    assert_eq!(
+        rule(&p, &alice, "prod", "delete from orders where id = 1"),
+        None
+    );
+    assert_eq!(
+        rule(&p, &alice, "prod", "delete from orders where id = 2"),
+        None
+    );
+    // Different shapes are never confused.
+    assert_eq!(
+        rule(&p, &alice, "prod", "delete from orders").as_deref(),
+        Some("unbounded-writes")
+    );
+    assert_eq!(
+        rule(&p, &alice, "prod", r#"select * from secret."Keys""#).as_deref(),
+        Some("no-secrets")
+    );
+}
+
+#[test]
+fn invalid_rules_are_rejected_with_the_rule_and_key_named() {
+    let connections = [("prod".to_string(), Unparsed::Deny)];
+    let err = |yaml: &str| {
+        let specs: Vec<RuleSpec> = serde_yaml_ng::from_str(yaml).unwrap();
+        Policy::new(&specs, &connections).unwrap_err().to_string()
+    };
+    assert!(err("[{name: a, match: {statement: [dropp]}, action: deny}]").contains("dropp"));
+    assert!(err("[{name: a, connections: [nope], match: {}, action: deny}]").contains("nope"));
+    assert!(err("[{name: a, match: {}, action: allow}]").contains("action"));
+    assert!(err("[{name: a, match: {where: sometimes}, action: deny}]").contains("where"));
+    assert!(
+        err("[{name: a, applies_to: [role:x], match: {}, action: deny}]").contains("applies_to")
+    );
+    assert!(
+        err("[{name: a, match: {}, action: deny}, {name: a, match: {}, action: deny}]")
+            .contains("unique")
+    );
+    assert!(serde_yaml_ng::from_str::<Vec<RuleSpec>>(
+        "[{name: a, match: {statment: [drop]}, action: deny}]"
+    )
+    .is_err());
+}

@@ -1,0 +1,74 @@
+//! Cheap facts about a statement's tokens, for callers that must decide whether (and under
+//! which key) to parse it.
+
+use crate::lexer::{tokenize, TokenKind};
+
+/// Number of tokens that are not whitespace or comments.
+pub fn significant_tokens(sql: &str) -> usize {
+    tokenize(sql).iter().filter(|t| !t.is_trivia()).count()
+}
+
+/// Whether the first token that is not whitespace or a comment is the keyword `word`
+/// (compared ignoring ASCII case; a quoted identifier never matches).
+pub fn first_word_is(sql: &str, word: &str) -> bool {
+    tokenize(sql)
+        .iter()
+        .find(|t| !t.is_trivia())
+        .is_some_and(|t| t.kind == TokenKind::Word && t.text(sql).eq_ignore_ascii_case(word))
+}
+
+/// The statement with every constant replaced by `?`, keywords and unquoted identifiers in
+/// lower case (the server folds them too), comments dropped and whitespace collapsed.
+/// Statements that differ only in their constants, case, comments or spacing get the same
+/// fingerprint; statements that differ in anything else (a quoted identifier, a parameter
+/// number, an operator) do not.
+pub fn fingerprint(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut space = false;
+    for token in tokenize(sql) {
+        match token.kind {
+            TokenKind::Whitespace | TokenKind::LineComment | TokenKind::BlockComment { .. } => {
+                space = !out.is_empty();
+                continue;
+            }
+            _ => {}
+        }
+        if space {
+            out.push(' ');
+            space = false;
+        }
+        match token.kind {
+            TokenKind::Literal(_) | TokenKind::Number => out.push('?'),
+            TokenKind::Word => out.extend(token.text(sql).chars().map(|c| c.to_ascii_lowercase())),
+            _ => out.push_str(token.text(sql)),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprints_ignore_constants_case_and_comments() {
+        let a = fingerprint("SELECT * FROM t WHERE id = 42 AND name = 'bob'");
+        let b = fingerprint("select *  from T /* hi */ where ID = 7 and NAME = $$x$$ -- c\n");
+        assert_eq!(a, b);
+        assert_eq!(a, "select * from t where id = ? and name = ?");
+        assert_ne!(
+            fingerprint(r#"select * from "T""#),
+            fingerprint("select * from t")
+        );
+        assert_ne!(fingerprint("select $1"), fingerprint("select $2"));
+        assert_ne!(fingerprint("drop table t"), fingerprint("select table t"));
+    }
+
+    #[test]
+    fn first_words_and_token_counts() {
+        assert!(first_word_is("/* x */ -- y\n DO $$ begin end $$", "do"));
+        assert!(!first_word_is(r#""do" 1"#, "do"));
+        assert!(!first_word_is("done", "do"));
+        assert_eq!(significant_tokens("select /* a */ 1 , 2"), 4);
+    }
+}
