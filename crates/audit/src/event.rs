@@ -110,6 +110,39 @@ pub enum EventBody {
         /// Why the policy decided so.
         #[serde(skip_serializing_if = "Option::is_none", default)]
         reason: Option<String>,
+        /// The review that held this statement, when one did.
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        review: Option<ReviewRef>,
+    },
+    /// A statement was held for review.
+    ReviewCreated {
+        review_id: String,
+        /// The `statement_id` of the held statement within its session.
+        statement_id: u64,
+        rule: String,
+        /// `"hold"` or `"fail"`.
+        mode: String,
+        requester: String,
+        connection: String,
+        statement: String,
+        params: Vec<Option<String>>,
+        /// SHA-256 (hex) of the normalized statement text and its parameters.
+        statement_hash: String,
+        reviewers: Vec<String>,
+        min_approvals: u32,
+        /// How long the review waits for a decision, in seconds.
+        timeout_s: u64,
+    },
+    /// A review was decided or ended undecided.
+    ReviewDecided {
+        review_id: String,
+        /// `"approved"`, `"denied"`, `"expired"` or `"withdrawn"`.
+        status: String,
+        /// Who decided (approvers comma-separated); absent when nobody did.
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        by: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        reason: Option<String>,
     },
     /// How a statement ended.
     Result {
@@ -129,6 +162,21 @@ pub enum EventBody {
         #[serde(skip_serializing_if = "Option::is_none", default)]
         error: Option<ErrorInfo>,
     },
+}
+
+/// The review behind a statement's decision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReviewRef {
+    pub id: String,
+    /// `"approved"`, `"denied"`, `"expired"`, `"withdrawn"`, or `"pending"` (fail mode: the
+    /// statement was refused and the review filed).
+    pub status: String,
+    /// Who decided (approvers comma-separated).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub by: Option<String>,
+    /// When it was decided (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub at: Option<String>,
 }
 
 /// An error reported by the database.

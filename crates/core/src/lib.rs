@@ -5,6 +5,7 @@
 //! masks, without knowing which wire format carried the request. Nothing here does I/O.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 /// Whether a person or a non-human caller (AI agent, CI job, service account) acted.
@@ -81,6 +82,20 @@ pub enum Decision {
     Deny {
         reason: String,
     },
+    /// The client withdrew the request while it was held for review.
+    Withdrawn {
+        reason: String,
+    },
+}
+
+/// How the pipeline reaches the client of a session while it holds one of its requests
+/// for review. Implemented by each protocol frontend.
+pub trait HoldChannel: Send + Sync {
+    /// Tells the client something without ending the request (PostgreSQL: a NoticeResponse).
+    fn notice(&self, message: &str);
+
+    /// Resolves when the client withdraws the request (PostgreSQL: a CancelRequest).
+    fn withdrawn(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
 }
 
 /// How a request ended at the target.
@@ -150,11 +165,13 @@ pub trait Pipeline: Send + Sync + 'static {
 
     /// Decides and records a batch of requests. Resolves only once every request event is
     /// durable, so the frontend may forward the allowed ones as soon as it returns.
-    /// Returns one decision per request, in order.
+    /// Returns one decision per request, in order. A request held for review keeps it
+    /// pending until the review is decided; `hold` reaches the client meanwhile.
     fn requests(
         &self,
         session: &SessionInfo,
         requests: Vec<Request>,
+        hold: &dyn HoldChannel,
     ) -> impl Future<Output = Vec<Decision>> + Send;
 
     /// Records how a request ended. Does not wait for the disk.

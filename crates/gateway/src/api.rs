@@ -4,18 +4,20 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use sluice_audit::AuditWriter;
 use sluice_auth::Tokens;
+use sluice_core::Identity;
 use sluice_store::{SessionFilter, Store};
 
 use crate::metrics::Metrics;
-use crate::views::SessionSummary;
+use crate::reviews::{ReviewError, Reviews};
+use crate::views::{review_json, SessionSummary};
 
 #[derive(Clone)]
 pub struct ApiState {
@@ -23,6 +25,7 @@ pub struct ApiState {
     pub tokens: Tokens,
     pub metrics: Arc<Metrics>,
     pub audit: AuditWriter,
+    pub reviews: Arc<Reviews>,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -30,11 +33,15 @@ pub fn router(state: ApiState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .route("/api/v1/sessions", get(sessions))
+        .route("/api/v1/reviews", get(list_reviews))
+        .route("/api/v1/reviews/{id}", get(show_review))
+        .route("/api/v1/reviews/{id}/approve", post(approve_review))
+        .route("/api/v1/reviews/{id}/deny", post(deny_review))
         .with_state(state)
 }
 
-/// Checks the bearer token; the error response never echoes it.
-async fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), Response> {
+/// Checks the bearer token and returns whose it is; the error response never echoes it.
+async fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<Identity, Response> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -45,7 +52,7 @@ async fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), Response
     };
     let tokens = state.tokens.clone();
     match tokio::task::spawn_blocking(move || tokens.verify(&token, SystemTime::now())).await {
-        Ok(Ok(_)) => Ok(()),
+        Ok(Ok(verified)) => Ok(verified.identity),
         _ => Err(unauthorized("invalid or expired token")),
     }
 }
@@ -107,5 +114,94 @@ async fn sessions(
             Json(serde_json::json!({ "error": "metadata store unavailable" })),
         )
             .into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct ReviewQuery {
+    status: Option<String>,
+    limit: Option<u32>,
+}
+
+/// A reviewer's decision; the body is optional.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct DecisionBody {
+    reason: Option<String>,
+}
+
+fn review_error(e: &ReviewError) -> Response {
+    let status = match e {
+        ReviewError::NotFound(_) => StatusCode::NOT_FOUND,
+        ReviewError::NotAReviewer { .. } | ReviewError::SelfApproval(_) => StatusCode::FORBIDDEN,
+        ReviewError::NotPending { .. } | ReviewError::AlreadyApproved(_) => StatusCode::CONFLICT,
+        ReviewError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    (status, Json(serde_json::json!({ "error": e.to_string() }))).into_response()
+}
+
+async fn list_reviews(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Query(q): Query<ReviewQuery>,
+) -> Response {
+    if let Err(r) = authorize(&state, &headers).await {
+        return r;
+    }
+    match state
+        .reviews
+        .list(q.status, q.limit.unwrap_or(100).min(1000))
+        .await
+    {
+        Ok(rows) => Json(rows.iter().map(review_json).collect::<Vec<_>>()).into_response(),
+        Err(e) => review_error(&e),
+    }
+}
+
+async fn show_review(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(r) = authorize(&state, &headers).await {
+        return r;
+    }
+    match state.reviews.get(&id).await {
+        Ok(row) => Json(review_json(&row)).into_response(),
+        Err(e) => review_error(&e),
+    }
+}
+
+async fn approve_review(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Option<Json<DecisionBody>>,
+) -> Response {
+    let who = match authorize(&state, &headers).await {
+        Ok(who) => who,
+        Err(r) => return r,
+    };
+    let reason = body.and_then(|Json(b)| b.reason);
+    match state.reviews.approve(&id, &who, reason).await {
+        Ok(row) => Json(review_json(&row)).into_response(),
+        Err(e) => review_error(&e),
+    }
+}
+
+async fn deny_review(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Option<Json<DecisionBody>>,
+) -> Response {
+    let who = match authorize(&state, &headers).await {
+        Ok(who) => who,
+        Err(r) => return r,
+    };
+    let reason = body.and_then(|Json(b)| b.reason);
+    match state.reviews.deny(&id, &who, reason).await {
+        Ok(row) => Json(review_json(&row)).into_response(),
+        Err(e) => review_error(&e),
     }
 }

@@ -346,20 +346,25 @@ pub fn policy_check(
         },
     };
     let mut session = sluice_policy::SessionPolicy::default();
-    let mut refused = false;
+    let (mut refused, mut held) = (false, false);
     let mut results = Vec::new();
     for statement in sluice_sql::split_statements(sql) {
         let verdict = policy.judge(&identity, &subject.connection, statement.text, &mut session);
-        let (decision, rule) = match &verdict {
-            sluice_policy::Verdict::Allow => ("allow", None),
-            sluice_policy::Verdict::Deny { rule, .. } => ("deny", Some(rule.clone())),
-            sluice_policy::Verdict::NotUnderstood { .. } => ("deny", None),
+        let (decision, rule, mode) = match &verdict {
+            sluice_policy::Verdict::Allow => ("allow", None, None),
+            sluice_policy::Verdict::Deny { rule, .. } => ("deny", Some(rule.clone()), None),
+            sluice_policy::Verdict::Review { rule, mode, .. } => {
+                ("review", Some(rule.clone()), Some(mode.as_str()))
+            }
+            sluice_policy::Verdict::NotUnderstood { .. } => ("deny", None, None),
         };
-        refused |= decision != "allow";
+        refused |= decision == "deny";
+        held |= decision == "review";
         results.push(serde_json::json!({
             "statement": statement.text.trim(),
             "decision": decision,
             "rule": rule,
+            "mode": mode,
             "reason": verdict.refusal(),
         }));
     }
@@ -368,17 +373,183 @@ pub fn policy_check(
     } else {
         for r in &results {
             let statement = printable(r["statement"].as_str().unwrap_or_default());
-            match r["reason"].as_str() {
-                None => println!("allow  {statement}"),
-                Some(reason) => println!("deny   {statement}\n       {}", printable(reason)),
+            match (r["decision"].as_str(), r["reason"].as_str()) {
+                (Some("review"), _) => println!(
+                    "review {statement}\n       held for review by policy {} ({} mode)",
+                    printable(r["rule"].as_str().unwrap_or_default()),
+                    r["mode"].as_str().unwrap_or_default()
+                ),
+                (_, None) => println!("allow  {statement}"),
+                (_, Some(reason)) => println!("deny   {statement}\n       {}", printable(reason)),
             }
         }
     }
     Ok(if refused {
         ExitCode::from(4)
+    } else if held {
+        ExitCode::from(5)
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// What `sluice reviews` was asked to do.
+pub enum ReviewsVerb {
+    List {
+        status: String,
+        limit: u32,
+        json: bool,
+    },
+    Show {
+        id: String,
+        json: bool,
+    },
+    Decide {
+        id: String,
+        approve: bool,
+        reason: Option<String>,
+        json: bool,
+    },
+}
+
+pub fn reviews(
+    config: &Config,
+    gateway: Option<String>,
+    token: String,
+    verb: ReviewsVerb,
+) -> Result<ExitCode> {
+    let gateway = gateway.unwrap_or_else(|| format!("http://{}", config.listen.api));
+    let client = crate::api_client::ApiClient::new(&gateway, token)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (method, path, body, json) = match &verb {
+        ReviewsVerb::List {
+            status,
+            limit,
+            json,
+        } => {
+            let filter = if status == "all" {
+                String::new()
+            } else {
+                format!("status={}&", url_component(status))
+            };
+            (
+                hyper::Method::GET,
+                format!("/api/v1/reviews?{filter}limit={limit}"),
+                None,
+                *json,
+            )
+        }
+        ReviewsVerb::Show { id, json } => (
+            hyper::Method::GET,
+            format!("/api/v1/reviews/{}", url_component(id)),
+            None,
+            *json,
+        ),
+        ReviewsVerb::Decide {
+            id,
+            approve,
+            reason,
+            json,
+        } => (
+            hyper::Method::POST,
+            format!(
+                "/api/v1/reviews/{}/{}",
+                url_component(id),
+                if *approve { "approve" } else { "deny" }
+            ),
+            Some(serde_json::json!({ "reason": reason })),
+            *json,
+        ),
+    };
+    let (status, value) = runtime.block_on(client.call(method, &path, body))?;
+    if !status.is_success() {
+        let message = value["error"].as_str().unwrap_or("request failed");
+        bail!("{} ({status})", printable(message));
+    }
+    if json {
+        print_json(&value)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    match verb {
+        ReviewsVerb::List { .. } => {
+            let rows = value.as_array().cloned().unwrap_or_default();
+            if rows.is_empty() {
+                println!("no reviews");
+            }
+            for r in rows {
+                println!(
+                    "{}  {:<9} {} on {} by policy {}: {}",
+                    printable(r["id"].as_str().unwrap_or_default()),
+                    printable(r["status"].as_str().unwrap_or_default()),
+                    printable(r["requester"].as_str().unwrap_or_default()),
+                    printable(r["connection"].as_str().unwrap_or_default()),
+                    printable(r["rule"].as_str().unwrap_or_default()),
+                    printable(r["statement"].as_str().unwrap_or_default()),
+                );
+            }
+        }
+        ReviewsVerb::Show { .. } | ReviewsVerb::Decide { .. } => print_review(&value),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_review(r: &serde_json::Value) {
+    let text = |key: &str| printable(r[key].as_str().unwrap_or_default());
+    println!("review {}  {}", text("id"), text("status"));
+    println!(
+        "  requested by {} ({}) on {} at {}, session {}",
+        text("requester"),
+        text("actor"),
+        text("connection"),
+        text("created"),
+        text("session")
+    );
+    println!(
+        "  policy {} ({} mode), expires {}",
+        text("rule"),
+        text("mode"),
+        text("expires")
+    );
+    println!("  statement: {}", text("statement"));
+    if let Some(params) = r["params"].as_array().filter(|p| !p.is_empty()) {
+        println!("  params: {}", serde_json::Value::Array(params.clone()));
+    }
+    println!(
+        "  reviewers: {} (approvals needed: {})",
+        r["reviewers"], r["min_approvals"]
+    );
+    for a in r["approvals"].as_array().into_iter().flatten() {
+        println!(
+            "  approved by {} at {}",
+            printable(a["approver"].as_str().unwrap_or_default()),
+            printable(a["at"].as_str().unwrap_or_default())
+        );
+    }
+    if let Some(by) = r["decided_by"].as_str() {
+        println!(
+            "  decided by {} at {}{}",
+            printable(by),
+            text("decided"),
+            r["reason"]
+                .as_str()
+                .map(|reason| format!(": {}", printable(reason)))
+                .unwrap_or_default()
+        );
+    }
+}
+
+/// Percent-encodes everything but unreserved characters, for a path or query component.
+fn url_component(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 #[cfg(test)]

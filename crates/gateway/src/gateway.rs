@@ -18,6 +18,7 @@ use crate::api::{self, ApiState};
 use crate::config::{self, Config, UpstreamTls};
 use crate::metrics::Metrics;
 use crate::pipeline::GatewayPipeline;
+use crate::reviews::Reviews;
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -75,11 +76,17 @@ pub async fn run(config: Config) -> Result<File> {
     let tls = crate::tls::acceptor(&config)?;
     let agent = Arc::new(EmbeddedAgent::new(postgres_targets(&config)?));
     let metrics = Arc::new(Metrics::new());
+    let reviews = Arc::new(Reviews::new(
+        store.clone(),
+        audit.clone(),
+        format!("http://{}", config.listen.api),
+    ));
     let pipeline = Arc::new(GatewayPipeline::new(
         audit.clone(),
         store.clone(),
         config.allow_lists(),
         Arc::new(config.policy()?),
+        reviews.clone(),
         metrics.clone(),
     ));
     let frontend = Arc::new(Frontend::new(
@@ -108,6 +115,7 @@ pub async fn run(config: Config) -> Result<File> {
         tokens: Tokens::new(store.clone()),
         metrics,
         audit: audit.clone(),
+        reviews,
     });
     info!(
         postgres = %config.listen.postgres,

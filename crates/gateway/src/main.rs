@@ -1,11 +1,13 @@
 //! `sluice`: the gateway and its command-line tools in one binary.
 
 mod api;
+mod api_client;
 mod commands;
 mod config;
 mod gateway;
 mod metrics;
 mod pipeline;
+mod reviews;
 mod tls;
 mod views;
 
@@ -17,11 +19,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::config::Config;
 
 /// Exit codes: 0 success, 1 error, 2 usage error, 3 audit log failed verification,
-/// 4 `policy check`: the statement would be refused.
+/// 4 `policy check`: a statement would be refused, 5: one would be held for review.
 #[derive(Parser)]
 #[command(name = "sluice", version, about = "Identity-aware access gateway for databases and APIs", long_about = None)]
 #[command(
-    after_help = "Exit codes: 0 success, 1 error, 2 usage error, 3 audit log failed verification, 4 `policy check`: the statement would be refused.\nConfiguration: --config FILE (or SLUICE_CONFIG); without it, the embedded defaults."
+    after_help = "Exit codes: 0 success, 1 error, 2 usage error, 3 audit log failed verification, 4 `policy check`: a statement would be refused, 5: one would be held for review.\nConfiguration: --config FILE (or SLUICE_CONFIG); without it, the embedded defaults."
 )]
 struct Cli {
     /// Configuration file (YAML). Defaults to the embedded configuration.
@@ -54,6 +56,57 @@ enum Command {
     /// Try statements against the configured policies.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// List, inspect, approve and deny reviews of held statements (through the gateway's API,
+    /// as the holder of the token).
+    Reviews(ReviewsArgs),
+}
+
+#[derive(Args)]
+struct ReviewsArgs {
+    /// The gateway's API, e.g. http://127.0.0.1:8080 (default: listen.api of the config).
+    #[arg(long, env = "SLUICE_GATEWAY", global = true)]
+    gateway: Option<String>,
+    /// Your sluice token; every decision is made as its holder.
+    #[arg(long, env = "SLUICE_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+    #[command(subcommand)]
+    command: ReviewsCommand,
+}
+
+#[derive(Subcommand)]
+enum ReviewsCommand {
+    /// List reviews, newest first.
+    List {
+        /// pending (default), approved, denied, expired, withdrawn, used, or all.
+        #[arg(long, default_value = "pending")]
+        status: String,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Show one review: the statement, its parameters, rule, reviewers and approvals.
+    Show {
+        id: String,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Approve a review (you must be one of its reviewers, and not its requester).
+    Approve {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Deny a review (a reviewer, or the requester withdrawing it).
+    Deny {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -132,7 +185,8 @@ enum SessionsCommand {
 #[derive(Subcommand)]
 enum PolicyCommand {
     /// Print what the policies decide for SQL run by a user on a connection, without running
-    /// it. Exit 0 when every statement would be allowed, 4 when one would be refused.
+    /// it. Exit 0 when every statement would be allowed, 4 when one would be refused, 5 when
+    /// one would be held for review.
     Check {
         /// Connection name.
         #[arg(long)]
@@ -194,6 +248,33 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Tokens(cmd) => commands::tokens(&config, cmd),
         Command::Sessions(cmd) => commands::sessions(&config, cmd),
         Command::Audit(AuditCommand::Verify { out }) => commands::audit_verify(&config, out.json),
+        Command::Reviews(args) => commands::reviews(
+            &config,
+            args.gateway,
+            args.token.unwrap_or_default(),
+            match args.command {
+                ReviewsCommand::List { status, limit, out } => commands::ReviewsVerb::List {
+                    status,
+                    limit,
+                    json: out.json,
+                },
+                ReviewsCommand::Show { id, out } => {
+                    commands::ReviewsVerb::Show { id, json: out.json }
+                }
+                ReviewsCommand::Approve { id, reason, out } => commands::ReviewsVerb::Decide {
+                    id,
+                    approve: true,
+                    reason,
+                    json: out.json,
+                },
+                ReviewsCommand::Deny { id, reason, out } => commands::ReviewsVerb::Decide {
+                    id,
+                    approve: false,
+                    reason,
+                    json: out.json,
+                },
+            },
+        ),
         Command::Policy(PolicyCommand::Check {
             connection,
             user,

@@ -5,17 +5,19 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use sluice_audit::{AuditWriter, ErrorInfo, Event, EventBody};
+use sluice_audit::{AuditWriter, ErrorInfo, Event, EventBody, ReviewRef};
 use sluice_auth::{AuthError, Tokens};
 use sluice_core::{
-    AuthFailure, Decision, Identity, Outcome, OutcomeStatus, Pipeline, RecordError, Request,
-    RequestKind, SessionInfo,
+    AuthFailure, Decision, HoldChannel, Identity, Outcome, OutcomeStatus, Pipeline, RecordError,
+    Request, RequestKind, SessionInfo,
 };
-use sluice_policy::{Policy, Principal, SessionPolicy, Verdict};
+use sluice_policy::{Policy, Principal, Review, ReviewMode, SessionPolicy, Verdict};
+use sluice_store::ReviewRow;
 use sluice_store::{SessionRow, Store};
 use tracing::{error, warn};
 
 use crate::metrics::Metrics;
+use crate::reviews::{HeldStatement, Reviews, Waited};
 
 pub struct GatewayPipeline {
     audit: AuditWriter,
@@ -24,6 +26,7 @@ pub struct GatewayPipeline {
     /// Connection name → who may use it (`None`: every authenticated user).
     allow: HashMap<String, Option<Vec<Principal>>>,
     policy: Arc<Policy>,
+    reviews: Arc<Reviews>,
     metrics: Arc<Metrics>,
     sessions: Mutex<HashMap<String, OpenSession>>,
 }
@@ -42,6 +45,7 @@ impl GatewayPipeline {
         store: Arc<Store>,
         allow: HashMap<String, Option<Vec<Principal>>>,
         policy: Arc<Policy>,
+        reviews: Arc<Reviews>,
         metrics: Arc<Metrics>,
     ) -> GatewayPipeline {
         GatewayPipeline {
@@ -50,6 +54,7 @@ impl GatewayPipeline {
             store,
             allow,
             policy,
+            reviews,
             metrics,
             sessions: Mutex::new(HashMap::new()),
         }
@@ -103,6 +108,155 @@ impl GatewayPipeline {
             open.policy = state;
         }
         verdicts
+    }
+}
+
+/// A `review` verdict, borrowed.
+struct Held<'a> {
+    rule: &'a str,
+    message: Option<&'a str>,
+    review: &'a Review,
+    mode: ReviewMode,
+}
+
+impl GatewayPipeline {
+    /// Files a review for `request` and decides it: in `hold` mode after waiting for the
+    /// decision, in `fail` mode at once (unless an approval of this exact statement waits
+    /// to be used).
+    async fn review(
+        &self,
+        session: &SessionInfo,
+        request: &Request,
+        held: &Held<'_>,
+        hold: &dyn HoldChannel,
+    ) -> (Decision, Option<ReviewRef>) {
+        let unavailable = |e: crate::reviews::ReviewError| {
+            error!(session = %session.id, error = %e, "cannot file a review; refusing the statement");
+            (
+                Decision::Deny {
+                    reason: format!(
+                        "statement needs review by policy \"{}\", but sluice cannot file the review: {e}",
+                        held.rule
+                    ),
+                },
+                None,
+            )
+        };
+        if held.mode == ReviewMode::Fail {
+            match self
+                .reviews
+                .use_approval(
+                    &session.identity,
+                    &session.connection,
+                    &request.text,
+                    &request.params,
+                )
+                .await
+            {
+                Ok(Some(row)) => return (Decision::Allow, Some(review_ref(&row))),
+                Ok(None) => {}
+                Err(e) => return unavailable(e),
+            }
+        }
+        let statement = HeldStatement {
+            session_id: &session.id,
+            statement_id: request.id,
+            identity: &session.identity,
+            connection: &session.connection,
+            rule: held.rule,
+            mode: held.mode.as_str(),
+            statement: &request.text,
+            params: &request.params,
+            reviewer_names: held.review.reviewers.iter().map(principal_name).collect(),
+            min_approvals: held.review.min_approvals,
+            timeout: held.review.timeout,
+            approval_window: held.review.approval_window,
+        };
+        let row = match self.reviews.file(&statement).await {
+            Ok(row) => row,
+            Err(e) => return unavailable(e),
+        };
+        let why = match held.message {
+            Some(message) => format!("policy \"{}\": {message}", held.rule),
+            None => format!("policy \"{}\"", held.rule),
+        };
+        if held.mode == ReviewMode::Fail {
+            return (
+                Decision::Deny {
+                    reason: format!(
+                        "statement held for review {id} ({why}); once a reviewer approves it (sluice reviews approve {id}), run the same statement again",
+                        id = row.id
+                    ),
+                },
+                Some(review_ref(&row)),
+            );
+        }
+        hold.notice(&format!(
+            "statement held for review {id} ({why}); waiting up to {timeout} for approval: sluice reviews approve {id}, or {url}; cancel the query to withdraw it",
+            id = row.id,
+            timeout = humantime::format_duration(held.review.timeout),
+            url = self.reviews.url(&row.id),
+        ));
+        let waited = match self.reviews.wait(&row.id, hold.withdrawn()).await {
+            Ok(waited) => waited,
+            Err(e) => return unavailable(e),
+        };
+        match waited {
+            Waited::Approved(row) => (Decision::Allow, Some(review_ref(&row))),
+            Waited::Denied(row) => (
+                Decision::Deny {
+                    reason: format!(
+                        "review {} denied by {}{}",
+                        row.id,
+                        row.decided_by.as_deref().unwrap_or("a reviewer"),
+                        row.reason
+                            .as_deref()
+                            .map(|r| format!(": {r}"))
+                            .unwrap_or_default()
+                    ),
+                },
+                Some(review_ref(&row)),
+            ),
+            Waited::Expired(row) => (
+                Decision::Deny {
+                    reason: format!(
+                        "review {} was not decided in time; the statement did not run",
+                        row.id
+                    ),
+                },
+                Some(review_ref(&row)),
+            ),
+            Waited::Withdrawn(row) => (
+                Decision::Withdrawn {
+                    reason: format!(
+                        "canceling statement held for review {}: withdrawn by the client",
+                        row.id
+                    ),
+                },
+                Some(review_ref(&row)),
+            ),
+        }
+    }
+}
+
+fn principal_name(p: &Principal) -> String {
+    match p {
+        Principal::User(u) => format!("user:{u}"),
+        Principal::Group(g) => format!("group:{g}"),
+        Principal::Agent(Some(a)) => format!("agent:{a}"),
+        Principal::Agent(None) => "agent:*".to_owned(),
+    }
+}
+
+fn review_ref(row: &ReviewRow) -> ReviewRef {
+    ReviewRef {
+        id: row.id.clone(),
+        status: row.status.clone(),
+        by: row.decided_by.clone(),
+        at: row.decided_ms.map(|ms| {
+            let time = UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+            humantime::format_rfc3339_millis(time).to_string()
+        }),
     }
 }
 
@@ -213,27 +367,54 @@ impl Pipeline for GatewayPipeline {
         Ok(())
     }
 
-    async fn requests(&self, session: &SessionInfo, requests: Vec<Request>) -> Vec<Decision> {
+    async fn requests(
+        &self,
+        session: &SessionInfo,
+        requests: Vec<Request>,
+        hold: &dyn HoldChannel,
+    ) -> Vec<Decision> {
         let n = requests.len();
         let verdicts = self.judge(session, &requests);
-        let decisions: Vec<Decision> = verdicts
-            .iter()
-            .map(|v| match v.refusal() {
-                None => Decision::Allow,
-                Some(reason) => Decision::Deny { reason },
-            })
-            .collect();
+        let mut decisions = Vec::with_capacity(n);
+        let mut review_refs = Vec::with_capacity(n);
+        for (request, verdict) in requests.iter().zip(&verdicts) {
+            let (decision, review) = match verdict {
+                Verdict::Review {
+                    rule,
+                    message,
+                    review,
+                    mode,
+                } => {
+                    let held = Held {
+                        rule,
+                        message: message.as_deref(),
+                        review,
+                        mode: *mode,
+                    };
+                    self.review(session, request, &held, hold).await
+                }
+                other => match other.refusal() {
+                    None => (Decision::Allow, None),
+                    Some(reason) => (Decision::Deny { reason }, None),
+                },
+            };
+            decisions.push(decision);
+            review_refs.push(review);
+        }
         let events = requests
             .into_iter()
             .zip(&verdicts)
             .zip(&decisions)
-            .map(|((r, verdict), decision)| {
+            .zip(review_refs)
+            .map(|(((r, verdict), decision), review)| {
                 let (decision, reason) = match decision {
                     Decision::Allow => ("allow", None),
-                    Decision::Deny { reason } => ("deny", Some(reason.clone())),
+                    Decision::Deny { reason } | Decision::Withdrawn { reason } => {
+                        ("deny", Some(reason.clone()))
+                    }
                 };
                 let rule = match verdict {
-                    Verdict::Deny { rule, .. } => Some(rule.clone()),
+                    Verdict::Deny { rule, .. } | Verdict::Review { rule, .. } => Some(rule.clone()),
                     Verdict::Allow | Verdict::NotUnderstood { .. } => None,
                 };
                 Event::now(
@@ -249,6 +430,7 @@ impl Pipeline for GatewayPipeline {
                         prepare: r.kind == RequestKind::Prepare,
                         statement_name: r.statement_name,
                         reason,
+                        review,
                     },
                 )
             })
@@ -257,7 +439,7 @@ impl Pipeline for GatewayPipeline {
             Ok(_) => {
                 let refused = decisions
                     .iter()
-                    .filter(|d| matches!(d, Decision::Deny { .. }))
+                    .filter(|d| !matches!(d, Decision::Allow))
                     .count() as u64;
                 self.metrics.statements_refused.inc_by(refused);
                 self.metrics.statements_allowed.inc_by(n as u64 - refused);

@@ -111,6 +111,7 @@ fn add_event(events: &mut Vec<Value>, by_statement: &mut HashMap<u64, usize>, r:
             reason,
             prepare,
             statement_name,
+            review,
             ..
         } => {
             by_statement.insert(statement_id, events.len());
@@ -118,7 +119,7 @@ fn add_event(events: &mut Vec<Value>, by_statement: &mut HashMap<u64, usize>, r:
                 "seq": r.seq, "time": time, "kind": if prepare { "prepare" } else { "statement" },
                 "statement_id": statement_id, "statement": statement, "params": params,
                 "statement_name": statement_name,
-                "decision": decision, "rule": rule, "reason": reason,
+                "decision": decision, "rule": rule, "reason": reason, "review": review,
                 "status": null, "tag": null, "rows": null, "duration_ms": null, "error": null,
             }));
         }
@@ -150,6 +151,26 @@ fn add_event(events: &mut Vec<Value>, by_statement: &mut HashMap<u64, usize>, r:
             "seq": r.seq, "time": time, "kind": "session_close",
             "reason": reason, "statements": statements,
         }))),
+        EventBody::ReviewCreated {
+            review_id,
+            statement_id,
+            rule,
+            mode,
+            reviewers,
+            ..
+        } => events.push(with_statement_keys(json!({
+            "seq": r.seq, "time": time, "kind": "review_created", "review_id": review_id,
+            "statement_id": statement_id, "rule": rule, "mode": mode, "reviewers": reviewers,
+        }))),
+        EventBody::ReviewDecided {
+            review_id,
+            status,
+            by,
+            reason,
+        } => events.push(with_statement_keys(json!({
+            "seq": r.seq, "time": time, "kind": "review_decided", "review_id": review_id,
+            "status": status, "by": by, "reason": reason,
+        }))),
         EventBody::AuthFailure { .. } => {}
     }
 }
@@ -163,4 +184,37 @@ fn with_statement_keys(mut event: Value) -> Value {
         }
     }
     event
+}
+
+/// A review as the API and `sluice reviews` show it.
+pub fn review_json(r: &sluice_store::ReviewRow) -> Value {
+    let time = |ms: i64| {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+        humantime::format_rfc3339_millis(t).to_string()
+    };
+    json!({
+        "id": r.id,
+        "status": r.status,
+        "requester": r.requester,
+        "actor": r.actor,
+        "connection": r.connection,
+        "session": r.session_id,
+        "rule": r.rule,
+        "mode": r.mode,
+        "statement": r.statement,
+        "params": serde_json::from_str::<Value>(&r.params).unwrap_or(Value::Null),
+        "statement_hash": r.statement_hash,
+        "reviewers": serde_json::from_str::<Value>(&r.reviewers).unwrap_or(Value::Null),
+        "min_approvals": r.min_approvals,
+        "approvals": r.approvals.iter().map(|a| json!({
+            "approver": a.approver, "at": time(a.at_ms), "reason": a.reason,
+        })).collect::<Vec<_>>(),
+        "created": time(r.created_ms),
+        "expires": time(r.expires_ms),
+        "decided": r.decided_ms.map(time),
+        "decided_by": r.decided_by,
+        "reason": r.reason,
+        "use_by": r.use_by_ms.map(time),
+        "used": r.used_ms.map(time),
+    })
 }

@@ -16,7 +16,9 @@ use sluice_core::Identity;
 pub use classify::{
     classify, Facts, Kind, NotUnderstood, Operation, PathChange, SessionEffect, TableName,
 };
-pub use rules::{Action, MatchSpec, Principal, Rule, RuleSpec, SearchPath};
+pub use rules::{
+    Action, MatchSpec, ModeOverride, Principal, Review, ReviewMode, Rule, RuleSpec, SearchPath,
+};
 
 /// Classifications kept, by statement fingerprint. When full, the cache starts over: simpler
 /// than LRU, and a working set of distinct statement shapes this large is rare.
@@ -44,10 +46,18 @@ pub enum Unparsed {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     Allow,
-    /// A rule matched.
+    /// A `deny` rule matched.
     Deny {
         rule: String,
         message: Option<String>,
+    },
+    /// A `review` rule matched (and no `deny` rule did).
+    Review {
+        rule: String,
+        message: Option<String>,
+        review: Review,
+        /// The mode for this identity.
+        mode: ReviewMode,
     },
     /// The statement could not be judged and the connection refuses such statements.
     NotUnderstood {
@@ -56,10 +66,10 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    /// The text the client sees for a refusal.
+    /// The text the client sees for a refusal (`None` for allow and review).
     pub fn refusal(&self) -> Option<String> {
         match self {
-            Verdict::Allow => None,
+            Verdict::Allow | Verdict::Review { .. } => None,
             Verdict::Deny { rule, message } => Some(match message {
                 Some(message) => format!("statement denied by sluice policy \"{rule}\": {message}"),
                 None => format!("statement denied by sluice policy \"{rule}\""),
@@ -173,7 +183,9 @@ impl Policy {
             }
         }
         let verdict = self.decide(identity, connection, &judged, &session.search_path);
-        if verdict == Verdict::Allow {
+        // A held statement's effects count too: if it is refused later, the server never
+        // sees it and a stale entry only makes a later EXECUTE be judged as the statement.
+        if matches!(verdict, Verdict::Allow | Verdict::Review { .. }) {
             for effect in &facts.effects {
                 match effect {
                     SessionEffect::Prepare(name) => {
@@ -193,7 +205,8 @@ impl Policy {
         verdict
     }
 
-    /// The first matching rule that applies, in file order.
+    /// The strictest rule that applies and matches: the first `deny` in file order, else the
+    /// first `review`.
     pub fn decide(
         &self,
         identity: &Identity,
@@ -201,19 +214,32 @@ impl Policy {
         facts: &Facts,
         search_path: &SearchPath,
     ) -> Verdict {
-        self.rules
-            .iter()
-            .find(|rule| {
-                rule.covers_connection(connection)
-                    && rule.applies_to(identity)
-                    && rule.matches(facts, search_path)
-            })
-            .map_or(Verdict::Allow, |rule| match rule.action {
-                Action::Deny => Verdict::Deny {
-                    rule: rule.name.clone(),
-                    message: rule.message.clone(),
-                },
-            })
+        let mut verdict = Verdict::Allow;
+        for rule in self.rules.iter().filter(|rule| {
+            rule.covers_connection(connection)
+                && rule.applies_to(identity)
+                && rule.matches(facts, search_path)
+        }) {
+            match &rule.action {
+                Action::Deny => {
+                    return Verdict::Deny {
+                        rule: rule.name.clone(),
+                        message: rule.message.clone(),
+                    }
+                }
+                Action::Review(review) => {
+                    if verdict == Verdict::Allow {
+                        verdict = Verdict::Review {
+                            rule: rule.name.clone(),
+                            message: rule.message.clone(),
+                            mode: review.mode_for(identity),
+                            review: review.clone(),
+                        };
+                    }
+                }
+            }
+        }
+        verdict
     }
 
     /// Classifies `sql`, through the cache. Statements that differ only in constants, case,

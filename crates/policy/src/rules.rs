@@ -2,6 +2,7 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
+use std::time::Duration;
 
 use serde::Deserialize;
 use sluice_core::{ActorKind, Identity};
@@ -30,10 +31,33 @@ pub struct RuleSpec {
     /// Shown to the client with the refusal.
     #[serde(default)]
     pub message: Option<String>,
+    /// `review` rules: who may approve (`user:`, `group:` principals).
     #[serde(default)]
     pub reviewers: Vec<String>,
+    /// `review` rules: `hold` (the client waits; default) or `fail` (the client gets an
+    /// error with the review id at once; the same statement passes once after approval).
     #[serde(default)]
     pub mode: Option<String>,
+    /// `review` rules: a different mode for some identities.
+    #[serde(default)]
+    pub mode_overrides: Vec<ModeOverride>,
+    /// `review` rules: distinct approvals needed (default 1).
+    #[serde(default)]
+    pub min_approvals: Option<u32>,
+    /// `review` rules: how long a review waits for a decision (default 15m).
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// `review` rules in `fail` mode: how long an approval may be used (default 10m).
+    #[serde(default)]
+    pub approval_window: Option<String>,
+}
+
+/// `{ principal: agent:*, mode: fail }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModeOverride {
+    pub principal: String,
+    pub mode: String,
 }
 
 /// The `match:` of a rule. Every criterion given must hold; within a list, any entry.
@@ -90,16 +114,66 @@ impl Principal {
     }
 }
 
-/// What a matching rule does.
+/// How a client waits for a review.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReviewMode {
+    /// The statement is parked; the client waits for the decision.
+    Hold,
+    /// The client gets an error with the review id at once; after approval the same
+    /// statement passes once.
+    Fail,
+}
+
+impl ReviewMode {
+    fn parse(text: &str) -> Result<ReviewMode, String> {
+        match text {
+            "hold" => Ok(ReviewMode::Hold),
+            "fail" => Ok(ReviewMode::Fail),
+            other => Err(format!("expected `hold` or `fail`, got {other:?}")),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReviewMode::Hold => "hold",
+            ReviewMode::Fail => "fail",
+        }
+    }
+}
+
+/// What a `review` rule asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Review {
+    pub reviewers: Vec<Principal>,
+    pub mode: ReviewMode,
+    pub mode_overrides: Vec<(Principal, ReviewMode)>,
+    pub min_approvals: u32,
+    pub timeout: Duration,
+    pub approval_window: Duration,
+}
+
+impl Review {
+    /// The mode for `identity`: the first override that covers it, else the rule's.
+    pub fn mode_for(&self, identity: &Identity) -> ReviewMode {
+        self.mode_overrides
+            .iter()
+            .find(|(p, _)| p.covers(identity))
+            .map_or(self.mode, |(_, mode)| *mode)
+    }
+}
+
+/// What a matching rule does.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     Deny,
+    Review(Review),
 }
 
 impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Action::Deny => f.write_str("deny"),
+            Action::Review(_) => f.write_str("review"),
         }
     }
 }
@@ -205,22 +279,27 @@ impl Rule {
         let applies_to = principals(&spec.applies_to, "applies_to")?;
         let except = principals(&spec.except, "except")?;
         let action = match spec.action.as_str() {
-            "deny" => Action::Deny,
-            "review" => return Err(invalid(
-                "`action: review` (review holds) is not available in this build yet; use `deny`"
-                    .into(),
-            )),
+            "deny" => {
+                if !spec.reviewers.is_empty()
+                    || spec.mode.is_some()
+                    || !spec.mode_overrides.is_empty()
+                    || spec.min_approvals.is_some()
+                    || spec.timeout.is_some()
+                    || spec.approval_window.is_some()
+                {
+                    return Err(invalid(
+                        "`reviewers`, `mode`, `mode_overrides`, `min_approvals`, `timeout` and `approval_window` belong to `action: review` rules".into(),
+                    ));
+                }
+                Action::Deny
+            }
+            "review" => Action::Review(review(spec).map_err(invalid)?),
             other => {
                 return Err(invalid(format!(
                     "`action` must be `deny` or `review`, got {other:?}"
                 )))
             }
         };
-        if !spec.reviewers.is_empty() || spec.mode.is_some() {
-            return Err(invalid(
-                "`reviewers` and `mode` belong to `action: review` rules".into(),
-            ));
-        }
         let mut kinds = BTreeSet::new();
         for name in &spec.matcher.statement {
             kinds.extend(
@@ -320,6 +399,63 @@ impl Rule {
                 && tables_ok(&op.tables.iter().collect::<Vec<_>>())
         })
     }
+}
+
+/// The review settings of a `review` rule.
+fn review(spec: &RuleSpec) -> Result<Review, String> {
+    let reviewers = spec
+        .reviewers
+        .iter()
+        .map(|p| match Principal::parse(p) {
+            Ok(Principal::Agent(_)) => Err(format!(
+                "`reviewers`: {p:?}: agents cannot approve reviews; name users or groups"
+            )),
+            Ok(principal) => Ok(principal),
+            Err(e) => Err(format!("`reviewers`: {e}")),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if reviewers.is_empty() {
+        return Err("`action: review` needs `reviewers` (e.g. [group:dba])".into());
+    }
+    let mode = spec
+        .mode
+        .as_deref()
+        .map_or(Ok(ReviewMode::Hold), ReviewMode::parse)
+        .map_err(|e| format!("`mode`: {e}"))?;
+    let mode_overrides = spec
+        .mode_overrides
+        .iter()
+        .map(|o| {
+            let principal =
+                Principal::parse(&o.principal).map_err(|e| format!("`mode_overrides`: {e}"))?;
+            let mode = ReviewMode::parse(&o.mode).map_err(|e| format!("`mode_overrides`: {e}"))?;
+            Ok((principal, mode))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    let min_approvals = spec.min_approvals.unwrap_or(1);
+    if min_approvals == 0 {
+        return Err("`min_approvals` must be at least 1".into());
+    }
+    let duration = |value: &Option<String>, key: &str, default: Duration| match value {
+        None => Ok(default),
+        Some(text) => match humantime::parse_duration(text) {
+            Ok(d) if !d.is_zero() => Ok(d),
+            Ok(_) => Err(format!("`{key}` must be longer than zero")),
+            Err(e) => Err(format!("`{key}`: {text:?}: {e}")),
+        },
+    };
+    Ok(Review {
+        reviewers,
+        mode,
+        mode_overrides,
+        min_approvals,
+        timeout: duration(&spec.timeout, "timeout", Duration::from_secs(15 * 60))?,
+        approval_window: duration(
+            &spec.approval_window,
+            "approval_window",
+            Duration::from_secs(10 * 60),
+        )?,
+    })
 }
 
 /// The kinds a `match.statement` entry stands for.

@@ -45,6 +45,7 @@ fn rule(policy: &Policy, who: &Identity, connection: &str, sql: &str) -> Option<
     match policy.judge(who, connection, sql, &mut session) {
         Verdict::Allow => None,
         Verdict::Deny { rule, .. } => Some(rule),
+        Verdict::Review { rule, .. } => Some(format!("review:{rule}")),
         Verdict::NotUnderstood { .. } => Some(String::new()),
     }
 }
@@ -302,6 +303,22 @@ fn invalid_rules_are_rejected_with_the_rule_and_key_named() {
     assert!(err("[{name: a, match: {statement: [dropp]}, action: deny}]").contains("dropp"));
     assert!(err("[{name: a, connections: [nope], match: {}, action: deny}]").contains("nope"));
     assert!(err("[{name: a, match: {}, action: allow}]").contains("action"));
+    assert!(err("[{name: a, match: {}, action: review}]").contains("reviewers"));
+    assert!(
+        err("[{name: a, match: {}, action: review, reviewers: [\"agent:*\"]}]")
+            .contains("agents cannot approve")
+    );
+    assert!(
+        err("[{name: a, match: {}, action: review, reviewers: [group:dba], mode: later}]")
+            .contains("mode")
+    );
+    assert!(
+        err("[{name: a, match: {}, action: review, reviewers: [group:dba], timeout: soon}]")
+            .contains("timeout")
+    );
+    assert!(
+        err("[{name: a, match: {}, action: deny, reviewers: [group:dba]}]").contains("reviewers")
+    );
     assert!(err("[{name: a, match: {where: sometimes}, action: deny}]").contains("where"));
     assert!(
         err("[{name: a, applies_to: [role:x], match: {}, action: deny}]").contains("applies_to")
@@ -314,4 +331,50 @@ fn invalid_rules_are_rejected_with_the_rule_and_key_named() {
         "[{name: a, match: {statment: [drop]}, action: deny}]"
     )
     .is_err());
+}
+
+#[test]
+fn deny_beats_review_and_modes_follow_the_identity() {
+    let specs: Vec<RuleSpec> = serde_yaml_ng::from_str(
+        r#"
+- name: writes-need-review
+  match: { statement: [insert, update, delete] }
+  action: review
+  reviewers: [group:dba]
+  mode_overrides: [{ principal: "agent:*", mode: fail }]
+  min_approvals: 2
+  timeout: 5m
+- { name: unbounded, match: { statement: [delete], where: absent }, action: deny }
+"#,
+    )
+    .unwrap();
+    let p = Policy::new(&specs, &[("prod".into(), Unparsed::Deny)]).unwrap();
+    let mut session = SessionPolicy::default();
+    assert!(matches!(
+        p.judge(&person(&[]), "prod", "delete from t", &mut session),
+        Verdict::Deny { rule, .. } if rule == "unbounded"
+    ));
+    match p.judge(
+        &person(&[]),
+        "prod",
+        "delete from t where id = 1",
+        &mut session,
+    ) {
+        Verdict::Review {
+            rule, mode, review, ..
+        } => {
+            assert_eq!(rule, "writes-need-review");
+            assert_eq!(mode, sluice_policy::ReviewMode::Hold);
+            assert_eq!(review.min_approvals, 2);
+            assert_eq!(review.timeout, std::time::Duration::from_secs(300));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        p.judge(&agent(), "prod", "insert into t values (1)", &mut session),
+        Verdict::Review {
+            mode: sluice_policy::ReviewMode::Fail,
+            ..
+        }
+    ));
 }

@@ -11,6 +11,7 @@ use rand::Rng;
 use sluice_core::{AuthFailure, Pipeline, SessionInfo};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
@@ -52,6 +53,8 @@ pub struct FrontendConfig {
 struct CancelTarget {
     connection: String,
     upstream: CancelKey,
+    /// Wakes the session when it holds a statement for review: a cancel withdraws it.
+    withdraw: Arc<Notify>,
 }
 
 /// The PostgreSQL frontend of the gateway.
@@ -314,7 +317,9 @@ impl<P: Pipeline, C: Connector> Frontend<P, C> {
             return Err(Early::Refuse(stream, Refusal::new("57P03", e.to_string())));
         }
 
-        let (pid, key) = self.register_cancel(&connection, upstream.cancel.clone());
+        let withdraw = Arc::new(Notify::new());
+        let (pid, key) =
+            self.register_cancel(&connection, upstream.cancel.clone(), withdraw.clone());
         let mut out = BytesMut::new();
         codec::auth_request(&mut out, 0);
         out.extend_from_slice(&upstream.startup_frames);
@@ -330,9 +335,12 @@ impl<P: Pipeline, C: Connector> Frontend<P, C> {
                 info.clone(),
                 stream,
                 upstream.stream,
-                upstream.txn_status,
-                encoding.as_deref(),
-                self.config.max_message_bytes,
+                session::Start {
+                    txn_status: upstream.txn_status,
+                    client_encoding: encoding.as_deref(),
+                    max_message: self.config.max_message_bytes,
+                    withdraw,
+                },
             )
             .await
         };
@@ -447,7 +455,12 @@ impl<P: Pipeline, C: Connector> Frontend<P, C> {
         Ok(Some(token.to_owned()))
     }
 
-    fn register_cancel(&self, connection: &str, upstream: CancelKey) -> (i32, i32) {
+    fn register_cancel(
+        &self,
+        connection: &str,
+        upstream: CancelKey,
+        withdraw: Arc<Notify>,
+    ) -> (i32, i32) {
         let mut cancels = lock(&self.cancels);
         let mut rng = rand::thread_rng();
         loop {
@@ -456,6 +469,7 @@ impl<P: Pipeline, C: Connector> Frontend<P, C> {
                 slot.insert(CancelTarget {
                     connection: connection.to_owned(),
                     upstream,
+                    withdraw,
                 });
                 return key;
             }
@@ -468,9 +482,12 @@ impl<P: Pipeline, C: Connector> Frontend<P, C> {
         };
         let target = {
             let cancels = lock(&self.cancels);
-            cancels
-                .get(&(pid, i32::from_be_bytes(key)))
-                .map(|t| (t.connection.clone(), t.upstream.clone()))
+            cancels.get(&(pid, i32::from_be_bytes(key))).map(|t| {
+                // A statement held for review is withdrawn; one running is cancelled below.
+                // Only a waiting hold is woken: no permit is stored for a later one.
+                t.withdraw.notify_waiters();
+                (t.connection.clone(), t.upstream.clone())
+            })
         };
         // Unknown keys are ignored silently, as PostgreSQL does.
         if let Some((connection, upstream)) = target {

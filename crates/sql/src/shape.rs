@@ -17,12 +17,23 @@ pub fn first_word_is(sql: &str, word: &str) -> bool {
         .is_some_and(|t| t.kind == TokenKind::Word && t.text(sql).eq_ignore_ascii_case(word))
 }
 
+/// The statement as the server reads it, written one way: keywords and unquoted identifiers
+/// in lower case, comments dropped, whitespace collapsed, constants kept exactly. Two texts
+/// with the same normal form run the same statement with the same values.
+pub fn normalize(sql: &str) -> String {
+    shape(sql, false)
+}
+
 /// The statement with every constant replaced by `?`, keywords and unquoted identifiers in
 /// lower case (the server folds them too), comments dropped and whitespace collapsed.
 /// Statements that differ only in their constants, case, comments or spacing get the same
 /// fingerprint; statements that differ in anything else (a quoted identifier, a parameter
 /// number, an operator) do not.
 pub fn fingerprint(sql: &str) -> String {
+    shape(sql, true)
+}
+
+fn shape(sql: &str, hide_constants: bool) -> String {
     let mut out = String::with_capacity(sql.len());
     let mut space = false;
     for token in tokenize(sql) {
@@ -38,7 +49,7 @@ pub fn fingerprint(sql: &str) -> String {
             space = false;
         }
         match token.kind {
-            TokenKind::Literal(_) | TokenKind::Number => out.push('?'),
+            TokenKind::Literal(_) | TokenKind::Number if hide_constants => out.push('?'),
             TokenKind::Word => out.extend(token.text(sql).chars().map(|c| c.to_ascii_lowercase())),
             _ => out.push_str(token.text(sql)),
         }
@@ -62,6 +73,19 @@ mod tests {
         );
         assert_ne!(fingerprint("select $1"), fingerprint("select $2"));
         assert_ne!(fingerprint("drop table t"), fingerprint("select table t"));
+    }
+
+    #[test]
+    fn normal_forms_keep_constants() {
+        assert_eq!(
+            normalize("DELETE  FROM t /* x */ WHERE id = 42 AND n = 'Bob'"),
+            "delete from t where id = 42 and n = 'Bob'"
+        );
+        assert_ne!(
+            normalize("delete from t where id = 1"),
+            normalize("delete from t where id = 2")
+        );
+        assert_eq!(normalize("  select 1 ; "), "select 1 ;");
     }
 
     #[test]

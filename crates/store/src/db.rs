@@ -70,6 +70,41 @@ const MIGRATIONS: &[&str] = &[
         updated_ms INTEGER NOT NULL
     ) STRICT;
     ",
+    // Version 3: reviews of held statements and who approved them.
+    "
+    CREATE TABLE reviews (
+        id             TEXT    NOT NULL PRIMARY KEY,
+        created_ms     INTEGER NOT NULL,
+        expires_ms     INTEGER NOT NULL,
+        requester      TEXT    NOT NULL,
+        actor          TEXT    NOT NULL,
+        connection     TEXT    NOT NULL,
+        session_id     TEXT    NOT NULL,
+        rule           TEXT    NOT NULL,
+        mode           TEXT    NOT NULL,
+        statement      TEXT    NOT NULL,
+        params         TEXT    NOT NULL,
+        statement_hash TEXT    NOT NULL,
+        reviewers      TEXT    NOT NULL,
+        min_approvals  INTEGER NOT NULL,
+        use_window_ms  INTEGER NOT NULL,
+        status         TEXT    NOT NULL,
+        decided_ms     INTEGER,
+        decided_by     TEXT,
+        reason         TEXT,
+        use_by_ms      INTEGER,
+        used_ms        INTEGER
+    ) STRICT;
+    CREATE INDEX reviews_by_status ON reviews(status, created_ms);
+    CREATE INDEX reviews_by_hash ON reviews(statement_hash, requester, connection);
+    CREATE TABLE review_approvals (
+        review_id  TEXT    NOT NULL REFERENCES reviews(id),
+        approver   TEXT    NOT NULL,
+        at_ms      INTEGER NOT NULL,
+        reason     TEXT,
+        PRIMARY KEY (review_id, approver)
+    ) STRICT;
+    ",
 ];
 
 /// Handle to the metadata database.

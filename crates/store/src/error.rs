@@ -24,4 +24,12 @@ pub enum StoreError {
     UserNotFound(String),
     #[error("session \"{0}\" does not exist")]
     SessionNotFound(String),
+    #[error("review \"{0}\" does not exist")]
+    ReviewNotFound(String),
+    #[error("review \"{id}\" is {status}, not pending")]
+    ReviewNotPending { id: String, status: String },
+    #[error("review \"{0}\": a requester cannot approve their own review")]
+    SelfApproval(String),
+    #[error("review \"{0}\": already approved by this reviewer")]
+    AlreadyApproved(String),
 }

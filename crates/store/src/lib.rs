@@ -1,4 +1,4 @@
-//! Metadata store (SQLite): users, groups, tokens, session index.
+//! Metadata store (SQLite): users, groups, tokens, session index, reviews.
 //!
 //! The gateway process and the CLI (`sluice users add`, `sluice tokens issue`,
 //! `sluice sessions list`) open the same database file concurrently, so every connection
@@ -11,12 +11,14 @@
 mod anchor;
 mod db;
 mod error;
+mod reviews;
 mod sessions;
 mod tokens;
 mod users;
 
 pub use db::Store;
 pub use error::StoreError;
+pub use reviews::{Approval, NewReview, ReviewRow};
 pub use sessions::{SessionFilter, SessionRow};
 pub use tokens::{NewToken, TokenRecord};
 pub use users::User;

@@ -54,6 +54,12 @@ pub fn every_kind() -> Vec<Event> {
             prepare: true,
             statement_name: Some("s1".into()),
             reason: None,
+            review: Some(sluice_audit::ReviewRef {
+                id: "r-1".into(),
+                status: "approved".into(),
+                by: Some("bob".into()),
+                at: Some("2026-01-01T00:00:00.000000Z".into()),
+            }),
         },
         EventBody::Statement {
             statement_id: 8,
@@ -66,6 +72,27 @@ pub fn every_kind() -> Vec<Event> {
             prepare: false,
             statement_name: None,
             reason: Some("rule no-drop".into()),
+            review: None,
+        },
+        EventBody::ReviewCreated {
+            review_id: "r-1".into(),
+            statement_id: 9,
+            rule: "writes".into(),
+            mode: "hold".into(),
+            requester: "alice".into(),
+            connection: "prod".into(),
+            statement: "DELETE FROM t WHERE id = $1".into(),
+            params: vec![Some("3".into())],
+            statement_hash: "ab".repeat(32),
+            reviewers: vec!["group:dba".into()],
+            min_approvals: 1,
+            timeout_s: 900,
+        },
+        EventBody::ReviewDecided {
+            review_id: "r-1".into(),
+            status: "approved".into(),
+            by: Some("bob".into()),
+            reason: Some("looks fine".into()),
         },
         EventBody::Result {
             statement_id: 7,
@@ -122,6 +149,7 @@ pub fn statement(id: u64) -> Event {
             prepare: false,
             statement_name: None,
             reason: None,
+            review: None,
         },
     }
 }

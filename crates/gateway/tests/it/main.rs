@@ -8,5 +8,6 @@ mod bad_input;
 mod clients;
 mod evasion;
 mod policy;
+mod reviews;
 mod support;
 mod tokio_pg;

@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 
 use super::names::{Define, Statement, Undo};
 use super::queue::{not_executed, Exec, Expect, State};
-use super::{io_reason, lock, Shared, READ_BUFFER};
+use super::{io_reason, lock, ClientHold, Shared, READ_BUFFER};
 use crate::codec::{self, FrontendMessage};
 use crate::params::render_params;
 use crate::stream::BoxStream;
@@ -33,6 +33,8 @@ pub(super) struct ClientToServer<P> {
     pub pipeline: Arc<P>,
     pub info: Arc<SessionInfo>,
     pub shared: Arc<Shared>,
+    /// How the pipeline reaches the client while it holds a statement for review.
+    pub hold: ClientHold,
     pub client: ReadHalf<BoxStream>,
     pub upstream: WriteHalf<BoxStream>,
     pub next_request: u64,
@@ -186,7 +188,9 @@ impl<P: Pipeline> ClientToServer<P> {
             let decisions = if scan.requests.is_empty() {
                 Vec::new()
             } else {
-                self.pipeline.requests(&self.info, scan.requests).await
+                self.pipeline
+                    .requests(&self.info, scan.requests, &self.hold)
+                    .await
             };
             let terminate = self.apply(&buf, scan.actions, &ids, &decisions, &mut out);
             buf.advance(scan.consumed);
@@ -667,8 +671,8 @@ impl<P: Pipeline> ClientToServer<P> {
                         if let Some(i) = request {
                             outcomes.push(not_executed(ids[i], "refused by the gateway"));
                         }
-                        if let Some(reason) = denied.filter(|_| !skipping) {
-                            self.refuse(&mut state, &reason, false, &mut outcomes);
+                        if let Some((code, reason)) = denied.filter(|_| !skipping) {
+                            self.refuse(&mut state, code, &reason, false, &mut outcomes);
                         }
                         continue;
                     }
@@ -719,13 +723,13 @@ impl<P: Pipeline> ClientToServer<P> {
                             out.extend_from_slice(&buf[range]);
                         }
                         // A multi-statement string runs all or nothing through the gateway.
-                        Some(reason) => {
+                        Some((code, reason)) => {
                             outcomes.extend(
                                 batch
                                     .iter()
                                     .map(|id| not_executed(*id, "refused by the gateway")),
                             );
-                            self.refuse(&mut state, &reason, true, &mut outcomes);
+                            self.refuse(&mut state, code, &reason, true, &mut outcomes);
                         }
                     }
                 }
@@ -753,9 +757,9 @@ impl<P: Pipeline> ClientToServer<P> {
                             outcomes.extend(state.push(Expect::Exec(Exec::new(id))));
                             out.extend_from_slice(&buf[range]);
                         }
-                        Some(reason) => {
+                        Some((code, reason)) => {
                             outcomes.push(not_executed(id, "refused by the gateway"));
-                            self.refuse(&mut state, &reason, function_call, &mut outcomes);
+                            self.refuse(&mut state, code, &reason, function_call, &mut outcomes);
                         }
                     }
                 }
@@ -770,7 +774,7 @@ impl<P: Pipeline> ClientToServer<P> {
                 }
                 Action::Refuse { message, query } => {
                     if !skipping {
-                        self.refuse(&mut state, &message, query, &mut outcomes);
+                        self.refuse(&mut state, "42501", &message, query, &mut outcomes);
                     }
                 }
                 // `scan` stops before a waiting message; it never reaches here.
@@ -802,12 +806,13 @@ impl<P: Pipeline> ClientToServer<P> {
     fn refuse(
         &mut self,
         state: &mut State,
+        code: &str,
         reason: &str,
         with_ready: bool,
         outcomes: &mut Vec<Outcome>,
     ) {
         let mut frames = BytesMut::new();
-        codec::error_response(&mut frames, "ERROR", "42501", reason);
+        codec::error_response(&mut frames, "ERROR", code, reason);
         outcomes.extend(state.push(Expect::Inject {
             frames,
             then_ready: with_ready,
@@ -828,10 +833,12 @@ impl<P: Pipeline> ClientToServer<P> {
     }
 }
 
-fn deny_reason(d: &Decision) -> Option<String> {
+/// The refusal for a decision: SQLSTATE and message.
+fn deny_reason(d: &Decision) -> Option<(&'static str, String)> {
     match d {
         Decision::Allow => None,
-        Decision::Deny { reason } => Some(reason.clone()),
+        Decision::Deny { reason } => Some(("42501", reason.clone())),
+        Decision::Withdrawn { reason } => Some(("57014", reason.clone())),
     }
 }
 

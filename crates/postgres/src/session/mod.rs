@@ -20,14 +20,18 @@ mod server;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sluice_core::{Pipeline, SessionInfo};
+use std::future::Future;
+use std::pin::Pin;
+
+use bytes::BytesMut;
+use sluice_core::{HoldChannel, Pipeline, SessionInfo};
 use tokio::sync::Notify;
 
 use self::client::{C2sEnd, ClientToServer};
 use self::queue::State;
 use self::server::ServerToClient;
-use crate::lock;
 use crate::stream::BoxStream;
+use crate::{codec, lock};
 
 const READ_BUFFER: usize = 64 << 10;
 
@@ -40,14 +44,46 @@ const DRAIN: Duration = Duration::from_secs(10);
 /// State both directions share.
 struct Shared {
     state: Mutex<State>,
+    /// NoticeResponse frames for the client that do not answer anything (a statement held
+    /// for review says so); written at the next frame boundary.
+    notices: Mutex<BytesMut>,
     /// Wakes the server-to-client direction when an injection may be due.
     wake: Notify,
     /// Wakes the client-to-server direction when answers were settled.
     progress: Notify,
 }
 
+/// The client side of a held statement: notices go out through the server-to-client
+/// direction, a CancelRequest for this session withdraws.
+struct ClientHold {
+    shared: Arc<Shared>,
+    withdraw: Arc<Notify>,
+}
+
+impl HoldChannel for ClientHold {
+    fn notice(&self, message: &str) {
+        codec::notice_response(&mut lock(&self.shared.notices), "01000", message);
+        self.shared.wake.notify_one();
+    }
+
+    fn withdrawn(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(self.withdraw.notified())
+    }
+}
+
 fn io_reason(e: std::io::Error) -> String {
     format!("connection error: {e}")
+}
+
+/// How a session starts out, besides its two streams.
+pub(crate) struct Start<'a> {
+    /// The transaction status of the target's first ReadyForQuery.
+    pub txn_status: u8,
+    pub client_encoding: Option<&'a str>,
+    /// Largest Query/Parse/Bind accepted from the client.
+    pub max_message: usize,
+    /// Notified when the client sends a CancelRequest for this session.
+    pub withdraw: Arc<Notify>,
 }
 
 /// Runs the session until either side closes. Returns why it ended.
@@ -56,21 +92,31 @@ pub(crate) async fn run<P: Pipeline>(
     info: Arc<SessionInfo>,
     client: BoxStream,
     upstream: BoxStream,
-    txn_status: u8,
-    client_encoding: Option<&str>,
-    max_message: usize,
+    start: Start<'_>,
 ) -> Option<String> {
+    let Start {
+        txn_status,
+        client_encoding,
+        max_message,
+        withdraw,
+    } = start;
     let (client_r, client_w) = tokio::io::split(client);
     let (up_r, up_w) = tokio::io::split(upstream);
     let shared = Arc::new(Shared {
         state: Mutex::new(State::new(txn_status, client_encoding)),
+        notices: Mutex::new(BytesMut::new()),
         wake: Notify::new(),
         progress: Notify::new(),
     });
+    let hold = ClientHold {
+        shared: shared.clone(),
+        withdraw,
+    };
     let c2s = ClientToServer {
         pipeline: pipeline.clone(),
         info: info.clone(),
         shared: shared.clone(),
+        hold,
         client: client_r,
         upstream: up_w,
         next_request: 1,

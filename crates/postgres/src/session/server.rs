@@ -45,6 +45,7 @@ impl<P: Pipeline> ServerToClient<P> {
                 () = self.shared.wake.notified() => {
                     if passthrough == 0 {
                         self.write_due_injections().await?;
+                        self.write_notices().await;
                     }
                     continue;
                 }
@@ -115,11 +116,26 @@ impl<P: Pipeline> ServerToClient<P> {
             pos += total;
         }
         self.send(&buf[written..pos]).await;
+        if *passthrough == 0 {
+            self.write_notices().await;
+        }
         if !self.client_gone && self.client.flush().await.is_err() {
             self.client_gone = true;
         }
         buf.advance(pos);
         Ok(())
+    }
+
+    /// Writes pending notices; call only at a frame boundary of the client stream.
+    async fn write_notices(&mut self) {
+        let notices = std::mem::take(&mut *lock(&self.shared.notices));
+        if notices.is_empty() {
+            return;
+        }
+        self.send(&notices).await;
+        if !self.client_gone && self.client.flush().await.is_err() {
+            self.client_gone = true;
+        }
     }
 
     /// Settles one frame; records outcomes. Returns true when an injection is now due.
