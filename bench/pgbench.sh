@@ -18,6 +18,7 @@ Options:
   --no-fsync-durability    measure sluice with its default `durability: write` only (saves ~25% runtime)
   --no-sluice              baselines only (direct and PgBouncer); no sluice build or runs
   --no-relay               skip the bare tokio relay (bench/relay), the floor for a tokio proxy
+  --no-policies            skip sluice with a realistic policy rule set (sluice_policies)
   -h, --help               this text
 
 Environment:
@@ -40,13 +41,15 @@ JSON=0
 WITH_WRITE=1
 WITH_SLUICE=1
 WITH_RELAY=1
+WITH_POLICIES=1
 for arg in "$@"; do
   case "$arg" in
     --json) JSON=1 ;;
     --with-fsync-durability) WITH_WRITE=1 ;;
     --no-fsync-durability) WITH_WRITE=0 ;;
-    --no-sluice) WITH_SLUICE=0; WITH_WRITE=0; WITH_RELAY=0 ;;
+    --no-sluice) WITH_SLUICE=0; WITH_WRITE=0; WITH_RELAY=0; WITH_POLICIES=0 ;;
     --no-relay) WITH_RELAY=0 ;;
+    --no-policies) WITH_POLICIES=0 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "unknown argument: $arg (try --help)" >&2; exit 2 ;;
   esac
@@ -194,7 +197,7 @@ TMP="$(mktemp -d "${BENCH_TMPDIR:-${TMPDIR:-/tmp}}/sluice-bench.XXXXXX")"
 chown "$RUN_AS": "$TMP"
 chmod 755 "$TMP"
 PGDATA="$TMP/pgdata"
-read -r PG_PORT PGB_PORT S_API S_PG SW_API SW_PG RELAY_PORT <<<"$(free_ports 7)"
+read -r PG_PORT PGB_PORT S_API S_PG SW_API SW_PG RELAY_PORT SP_API SP_PG <<<"$(free_ports 9)"
 
 log "scratch dir $TMP"
 printf '%s\n' "$PG_PASSWORD" >"$TMP/pwfile"
@@ -257,13 +260,25 @@ wait_port "$PGB_PORT" pgbouncer "" "$TMP/pgbouncer/pgbouncer.log"
 PGB_ENV="$(pgenv "$PGB_PORT" postgres "$PG_PASSWORD")"
 
 # ---------------------------------------------------------------- sluice
-start_sluice() { # name durability api_port pg_port -> sets SLUICE_ENV_<name>, config in $TMP/<name>.yaml
-  local name="$1" durability="$2" api="$3" pgport="$4"
+# The rule set of sluice_policies: what a team would run on a production connection. None of
+# the rules matches pgbench's SELECT, so every statement is parsed (once per shape), judged
+# and allowed.
+POLICIES_YAML='policies:
+  - { name: no-drop, match: { statement: [drop, truncate] }, action: deny }
+  - { name: unbounded-writes, match: { statement: [update, delete], where: absent }, action: deny }
+  - { name: secrets, match: { tables: ["secret.*", "*.api_keys"] }, except: [group:dba], action: deny }
+  - { name: agents-read-only, applies_to: ["agent:*"], match: { statement: [insert, update, delete, merge, ddl, copy] }, action: deny }
+  - { name: no-file-access, match: { functions: ["pg_read_*", lo_export, "dblink*"] }, action: deny }
+  - { name: ddl-needs-review, match: { statement: [ddl] }, action: review, reviewers: [group:dba] }'
+
+start_sluice() { # name durability api_port pg_port [extra yaml] -> sets SLUICE_ENV_<name>, config in $TMP/<name>.yaml
+  local name="$1" durability="$2" api="$3" pgport="$4" extra="${5:-}"
   local cfg="$TMP/$name.yaml" logf="$TMP/$name.log" pid token
   cat >"$cfg" <<EOF
 listen: { api: 127.0.0.1:$api, postgres: 127.0.0.1:$pgport }
 data_dir: $TMP/$name-data
 audit: { durability: $durability }
+$extra
 connections:
   - name: bench
     kind: postgres
@@ -299,6 +314,10 @@ fi
 if [[ "$WITH_SLUICE" == 1 ]]; then
   start_sluice sluice write "$S_API" "$S_PG"
   TARGETS="$TARGETS sluice"
+fi
+if [[ "$WITH_POLICIES" == 1 ]]; then
+  start_sluice sluice_policies write "$SP_API" "$SP_PG" "$POLICIES_YAML"
+  TARGETS="$TARGETS sluice_policies"
 fi
 if [[ "$WITH_WRITE" == 1 ]]; then
   start_sluice sluice_fsync fsync "$SW_API" "$SW_PG"
@@ -395,6 +414,7 @@ fs_type="$(df -T "$TMP" | awk 'NR == 2 { print $2 }')"
   echo "versions: $("$PGBENCH" --version), $("$PGBOUNCER" --version | head -n 1), $([[ -n "$SLUICE_BIN" ]] && { "$SLUICE_BIN" --version 2>/dev/null || echo "sluice (no --version)"; } || echo "no sluice")"
   echo "setup:    PostgreSQL fsync=off shared_buffers=256MB, pgbench -i -s $SCALE; PgBouncer session pool 20;"
   [[ "$WITH_RELAY" == 1 ]] && echo "          relay = bench/relay: bare tokio byte copy (no parsing, no audit), the floor for a tokio proxy;"
+  [[ "$WITH_POLICIES" == 1 ]] && echo "          policies = sluice (write) with six realistic policy rules (bench/pgbench.sh POLICIES_YAML);"
   if [[ "$WITH_SLUICE" == 1 ]]; then
     echo "          sluice audit durability write (default)$([[ $WITH_WRITE == 1 ]] && echo " and fsync") (audit log on $fs_type);"
     echo "          sluice client sslmode=$SLUICE_SSLMODE; everything on 127.0.0.1, no TLS to PostgreSQL/PgBouncer"
@@ -403,6 +423,7 @@ fs_type="$(df -T "$TMP" | awk 'NR == 2 { print $2 }')"
   echo "command:  pgbench -n -S -M <mode> -c <clients> -j <min(clients,nproc)> -T $DURATION"
   echo
   header="mode      clients  direct_tps  pgbouncer_tps  pgbouncer_ratio  relay_tps  relay_ratio  sluice_tps  sluice_ratio"
+  [[ "$WITH_POLICIES" == 1 ]] && header="$header  policies_tps  policies_ratio  policies_vs_sluice"
   [[ "$WITH_WRITE" == 1 ]] && header="$header  sluice_fsync_tps  sluice_fsync_ratio"
   echo "$header"
   for mode in $MODES; do for clients in $CLIENTS; do
@@ -410,6 +431,10 @@ fs_type="$(df -T "$TMP" | awk 'NR == 2 { print $2 }')"
     r="${TPS[relay,$mode,$clients]:-}"
     line="$(printf '%-9s %-8s %-11s %-14s %-16s %-10s %-12s %-11s %-12s' "$mode" "$clients" "$(fmt "$d")" \
       "$(fmt "$b")" "$(ratio "$b" "$d")" "$(fmt "$r")" "$(ratio "$r" "$d")" "$(fmt "$s")" "$(ratio "$s" "$d")")"
+    if [[ "$WITH_POLICIES" == 1 ]]; then
+      p="${TPS[sluice_policies,$mode,$clients]:-}"
+      line="$(printf '%s  %-12s  %-14s  %-18s' "$line" "$(fmt "$p")" "$(ratio "$p" "$d")" "$(ratio "$p" "$s")")"
+    fi
     if [[ "$WITH_WRITE" == 1 ]]; then
       w="${TPS[sluice_fsync,$mode,$clients]:-}"
       line="$(printf '%s  %-16s  %s' "$line" "$(fmt "$w")" "$(ratio "$w" "$d")")"
@@ -434,6 +459,11 @@ cp "$TMP/report.txt" "$RESULTS_DIR/pgbench-latest.txt"
     printf '  {"mode": "%s", "clients": %s, "jobs": %s, "duration_s": %s, "direct_tps": %s, "pgbouncer_tps": %s, "pgbouncer_ratio": %s, "relay_tps": %s, "relay_ratio": %s, "sluice_tps": %s, "sluice_ratio": %s' \
       "$mode" "$clients" "$((clients < NPROC ? clients : NPROC))" "$DURATION" "$(num "$d")" "$(num "$b")" \
       "$(num "$(ratio "$b" "$d")")" "$(num "$r")" "$(num "$(ratio "$r" "$d")")" "$(num "$s")" "$(num "$(ratio "$s" "$d")")"
+    if [[ "$WITH_POLICIES" == 1 ]]; then
+      p="${TPS[sluice_policies,$mode,$clients]:-}"
+      printf ', "policies_tps": %s, "policies_ratio": %s, "policies_vs_sluice": %s' "$(num "$p")" \
+        "$(num "$(ratio "$p" "$d")")" "$(num "$(ratio "$p" "$s")")"
+    fi
     if [[ "$WITH_WRITE" == 1 ]]; then
       w="${TPS[sluice_fsync,$mode,$clients]:-}"
       printf ', "sluice_fsync_tps": %s, "sluice_fsync_ratio": %s' "$(num "$w")" "$(num "$(ratio "$w" "$d")")"

@@ -14,14 +14,14 @@ use crate::config::Config;
 use crate::views::{rfc3339_ms, session_detail, SessionSummary};
 use crate::{SessionsCommand, TokensCommand, UsersCommand};
 
-fn open_store(config: &Config) -> Result<Arc<Store>> {
+pub(crate) fn open_store(config: &Config) -> Result<Arc<Store>> {
     let path = config.store_path();
     Ok(Arc::new(Store::open(&path).with_context(|| {
         format!("cannot open the metadata store {}", path.display())
     })?))
 }
 
-fn print_json(value: &impl serde::Serialize) -> Result<()> {
+pub(crate) fn print_json(value: &impl serde::Serialize) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
@@ -185,7 +185,7 @@ pub fn sessions(config: &Config, cmd: SessionsCommand) -> Result<ExitCode> {
 /// by clients, and an escape sequence or a line that looks like another record must not
 /// mislead the auditor reading them. Control characters are shown escaped; continuation
 /// lines are indented under their statement.
-fn printable(s: &str) -> String {
+pub(crate) fn printable(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {

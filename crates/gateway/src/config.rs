@@ -36,6 +36,54 @@ pub struct Config {
     /// Per-statement rules, checked in order; the first that matches decides.
     #[serde(default)]
     pub policies: Vec<RuleSpec>,
+    #[serde(default)]
+    pub notifications: Notifications,
+}
+
+/// Where review events are sent.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Notifications {
+    #[serde(default)]
+    pub webhooks: Vec<WebhookSpec>,
+}
+
+/// One outgoing webhook.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSpec {
+    /// `http://` or `https://` URL (receivers' TLS certificates are verified).
+    pub url: String,
+    #[serde(default)]
+    pub format: WebhookFormat,
+    /// HMAC-SHA256 signing key: literal, `env:NAME` or `file:PATH`.
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// `review_created`, `review_decided`; absent: both.
+    #[serde(default)]
+    pub events: Vec<String>,
+}
+
+/// Never prints the URL's path (Slack-style URLs carry a secret there) or the secret.
+impl std::fmt::Debug for WebhookSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let origin: String = self.url.split('/').take(3).collect::<Vec<_>>().join("/");
+        f.debug_struct("WebhookSpec")
+            .field("url", &format!("{origin}/…"))
+            .field("format", &self.format)
+            .field("events", &self.events)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookFormat {
+    /// `{"event": …, "review": {…}, "review_url": …}`.
+    #[default]
+    Json,
+    /// `{"text": …}`, for Slack incoming webhooks and compatible receivers.
+    Slack,
 }
 
 #[derive(Debug, Deserialize)]
@@ -139,6 +187,16 @@ pub struct Connection {
     /// What happens to a statement sluice cannot parse when policies cover this connection.
     #[serde(default)]
     pub unparsed_statements: UnparsedStatements,
+}
+
+impl Connection {
+    /// What policy does with statements it cannot parse on this connection.
+    pub fn unparsed(&self) -> Unparsed {
+        match self.unparsed_statements {
+            UnparsedStatements::Deny => Unparsed::Deny,
+            UnparsedStatements::Allow => Unparsed::Allow,
+        }
+    }
 }
 
 #[derive(Debug, Default, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -308,6 +366,7 @@ impl Config {
             }
         }
         self.policy().context("policies")?;
+        crate::webhooks::Notifier::validate(&self.notifications.webhooks)?;
         Ok(())
     }
 
@@ -316,13 +375,7 @@ impl Config {
         let connections: Vec<(String, Unparsed)> = self
             .connections
             .iter()
-            .map(|c| {
-                let unparsed = match c.unparsed_statements {
-                    UnparsedStatements::Deny => Unparsed::Deny,
-                    UnparsedStatements::Allow => Unparsed::Allow,
-                };
-                (c.name.clone(), unparsed)
-            })
+            .map(|c| (c.name.clone(), c.unparsed()))
             .collect();
         Ok(Policy::new(&self.policies, &connections)?)
     }
@@ -360,6 +413,15 @@ mod tests {
         let config: Config = serde_yaml_ng::from_str(yaml)?;
         config.validate()?;
         Ok(config)
+    }
+
+    #[test]
+    fn the_example_config_is_valid() {
+        let config = parse(include_str!("../../../sluice.example.yaml")).unwrap();
+        assert!(!config.policies.is_empty());
+        assert_eq!(config.notifications.webhooks.len(), 1);
+        let debug = format!("{:?}", config.notifications.webhooks[0]);
+        assert!(!debug.contains("/sluice"), "{debug}");
     }
 
     #[test]

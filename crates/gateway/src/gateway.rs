@@ -19,6 +19,7 @@ use crate::config::{self, Config, UpstreamTls};
 use crate::metrics::Metrics;
 use crate::pipeline::GatewayPipeline;
 use crate::reviews::Reviews;
+use crate::webhooks::Notifier;
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -76,9 +77,11 @@ pub async fn run(config: Config) -> Result<File> {
     let tls = crate::tls::acceptor(&config)?;
     let agent = Arc::new(EmbeddedAgent::new(postgres_targets(&config)?));
     let metrics = Arc::new(Metrics::new());
+    let notifier = Notifier::start(&config.notifications.webhooks)?;
     let reviews = Arc::new(Reviews::new(
         store.clone(),
         audit.clone(),
+        notifier,
         format!("http://{}", config.listen.api),
     ));
     let pipeline = Arc::new(GatewayPipeline::new(

@@ -7,9 +7,11 @@ mod config;
 mod gateway;
 mod metrics;
 mod pipeline;
+mod replay;
 mod reviews;
 mod tls;
 mod views;
+mod webhooks;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -205,6 +207,18 @@ enum PolicyCommand {
         #[command(flatten)]
         out: JsonFlag,
     },
+    /// Judge the statements recorded in the audit log with candidate policies and report
+    /// what would have been decided differently.
+    Replay {
+        /// How far back: a duration (7d, 12h) or an RFC 3339 time.
+        #[arg(long, default_value = "7d")]
+        since: String,
+        /// A YAML file with `policies:` (a whole config file works too).
+        #[arg(long)]
+        policies: PathBuf,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
 }
 
 #[derive(Subcommand)]
@@ -275,6 +289,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
             },
         ),
+        Command::Policy(PolicyCommand::Replay {
+            since,
+            policies,
+            out,
+        }) => replay::replay(&config, &policies, replay::parse_since(&since)?, out.json),
         Command::Policy(PolicyCommand::Check {
             connection,
             user,

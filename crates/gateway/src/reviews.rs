@@ -18,6 +18,9 @@ use sluice_policy::Principal;
 use sluice_store::{NewReview, ReviewRow, Store, StoreError};
 use tokio::sync::Notify;
 
+use crate::views::review_json;
+use crate::webhooks::Notifier;
+
 /// How often a waiter looks at the store even without a wake-up (a decision made through
 /// another gateway process).
 const RECHECK: Duration = Duration::from_secs(1);
@@ -78,6 +81,7 @@ pub struct HeldStatement<'a> {
 pub struct Reviews {
     store: Arc<Store>,
     audit: AuditWriter,
+    notifier: Notifier,
     /// Where the API serves a review, for the notice a held client gets.
     api_base: String,
     wakers: Mutex<HashMap<String, Arc<Notify>>>,
@@ -115,10 +119,16 @@ fn review_id() -> String {
 }
 
 impl Reviews {
-    pub fn new(store: Arc<Store>, audit: AuditWriter, api_base: String) -> Reviews {
+    pub fn new(
+        store: Arc<Store>,
+        audit: AuditWriter,
+        notifier: Notifier,
+        api_base: String,
+    ) -> Reviews {
         Reviews {
             store,
             audit,
+            notifier,
             api_base,
             wakers: Mutex::new(HashMap::new()),
         }
@@ -209,9 +219,14 @@ impl Reviews {
             .map_err(|e| ReviewError::Unavailable(e.to_string()))?;
         let id = new.id.clone();
         self.blocking(move |s| s.insert_review(&new)).await?;
-        self.blocking(move |s| s.get_review(&id))
+        let key = id.clone();
+        let review = self
+            .blocking(move |s| s.get_review(&key))
             .await?
-            .ok_or_else(|| ReviewError::Unavailable("the new review vanished".into()))
+            .ok_or_else(|| ReviewError::Unavailable("the new review vanished".into()))?;
+        self.notifier
+            .review_event("review_created", &review_json(&review), &self.url(&id));
+        Ok(review)
     }
 
     /// Waits until review `id` is decided, expires, or `withdrawn` resolves.
@@ -371,6 +386,11 @@ impl Reviews {
         if let Err(e) = self.audit.append_durable(vec![event]).await {
             tracing::error!(review = %review.id, error = %e, "cannot record a review decision");
         }
+        self.notifier.review_event(
+            "review_decided",
+            &review_json(review),
+            &self.url(&review.id),
+        );
     }
 }
 

@@ -169,11 +169,13 @@ impl Policy {
             Err(reason) => return not_understood(reason.to_string()),
         };
         // `EXECUTE name` is judged as the statement it runs.
-        let mut judged = facts.as_ref().clone();
+        let mut absorbed: Option<Facts> = None;
         for effect in &facts.effects {
             if let SessionEffect::Execute(name) = effect {
                 match session.prepared.get(name) {
-                    Some(prepared) => judged.absorb(prepared),
+                    Some(prepared) => absorbed
+                        .get_or_insert_with(|| facts.as_ref().clone())
+                        .absorb(prepared),
                     None => {
                         return not_understood(format!(
                             "prepared statement \"{name}\" was not prepared through sluice in this session"
@@ -182,7 +184,8 @@ impl Policy {
                 }
             }
         }
-        let verdict = self.decide(identity, connection, &judged, &session.search_path);
+        let judged = absorbed.as_ref().unwrap_or(&facts);
+        let verdict = self.decide(identity, connection, judged, &session.search_path);
         // A held statement's effects count too: if it is refused later, the server never
         // sees it and a stale entry only makes a later EXECUTE be judged as the statement.
         if matches!(verdict, Verdict::Allow | Verdict::Review { .. }) {

@@ -205,3 +205,50 @@ fn policy_check_dry_runs_and_bad_rules_stop_the_gateway() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("no-drop") && err.contains("truncat"), "{err}");
 }
+
+#[test]
+fn policy_replay_reports_what_a_candidate_would_change() {
+    let (gw, token) = guarded("pol_replay", "");
+    let (_, _, err) = gw.psql_script(
+        &gw.conninfo("pol_replay", "eve", &token),
+        &[],
+        "select 1;\ndelete from victim where id = 1;\ninsert into victim values (5);\ndrop table victim;\n",
+    );
+    assert!(err.contains("no-drop"), "{err}");
+    gw.wait_sessions_closed();
+    let candidate = gw.dir.path().join("candidate.yaml");
+    std::fs::write(
+        &candidate,
+        "policies:\n  - { name: no-inserts, match: { statement: [insert] }, action: deny }\n  - { name: review-deletes, match: { statement: [delete] }, action: review, reviewers: [group:dba] }\n",
+    )
+    .unwrap();
+    let report = gw.cli_json(&[
+        "policy",
+        "replay",
+        "--since",
+        "1h",
+        "--policies",
+        candidate.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(report["statements"], 4, "{report:#}");
+    let differences = report["differences"].as_array().unwrap();
+    let change = |needle: &str| {
+        differences
+            .iter()
+            .find(|d| d["statement"].as_str().unwrap_or_default().contains(needle))
+            .map(|d| {
+                (
+                    d["recorded"].as_str().unwrap_or_default().to_owned(),
+                    d["candidate"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+    };
+    assert_eq!(change("insert"), Some(("allow".into(), "deny".into())));
+    assert_eq!(change("delete"), Some(("allow".into(), "review".into())));
+    assert_eq!(change("drop"), Some(("deny".into(), "allow".into())));
+    assert_eq!(change("select"), None);
+    assert_eq!(report["changed"], 3);
+    // The live log is only read.
+    assert!(gw.verify().status.success());
+}

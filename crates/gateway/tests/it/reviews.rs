@@ -273,3 +273,134 @@ fn fail_mode_approval_lets_the_same_statement_pass_exactly_once() {
     let used = s.reviews_json(&s.bob, &["show", &id]);
     assert_eq!(used["status"], "used");
 }
+
+/// One request a receiver got: headers (lower-case names; the request line first) and body.
+type Received = (Vec<(String, String)>, Vec<u8>);
+
+/// A tiny HTTP receiver: records each request and answers 500 to the first one, 200 after.
+fn webhook_receiver() -> (u16, std::sync::mpsc::Receiver<Received>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for (n, stream) in listener.incoming().enumerate() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut headers = Vec::new();
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            headers.push(("request-line".to_owned(), line.trim().to_owned()));
+            loop {
+                line.clear();
+                reader.read_line(&mut line).unwrap();
+                let Some((k, v)) = line.trim_end().split_once(':') else {
+                    break;
+                };
+                headers.push((k.to_ascii_lowercase(), v.trim().to_owned()));
+            }
+            let len: usize = headers
+                .iter()
+                .find(|(k, _)| k == "content-length")
+                .map_or(0, |(_, v)| v.parse().unwrap());
+            let mut body = vec![0; len];
+            reader.read_exact(&mut body).unwrap();
+            let status = if n == 0 {
+                "500 Internal Server Error"
+            } else {
+                "200 OK"
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            );
+            let _ = tx.send((headers, body));
+        }
+    });
+    (port, rx)
+}
+
+#[test]
+fn review_events_reach_signed_webhooks_with_retries() {
+    use hmac::Mac;
+    let (port, received) = webhook_receiver();
+    let db = "rev_hooks";
+    pg().create_db(db);
+    pg().psql_admin(
+        db,
+        "CREATE TABLE victim(id int); INSERT INTO victim VALUES (1)",
+    );
+    let yaml = format!(
+        "{POLICIES}notifications:\n  webhooks:\n    - url: http://127.0.0.1:{port}/hooks/T0KENPATH\n      secret: whsec-s3cret\n"
+    );
+    let gw = Gateway::start_with(db, "", &yaml);
+    let eve = gw.user_token("eve");
+    gw.cli_ok(&["users", "add", "bob", "--group", "dba"]);
+    let bob = gw.cli_ok(&["tokens", "issue", "bob"]).trim().to_owned();
+    let (ok, _, _) = gw.psql(
+        &gw.conninfo(db, "eve", &eve),
+        &["-c", "UPDATE victim SET id = 2 WHERE id = 1"],
+    );
+    assert!(!ok);
+
+    let next = || {
+        received
+            .recv_timeout(Duration::from_secs(20))
+            .expect("a webhook request")
+    };
+    let header = |headers: &[(String, String)], name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    // The first delivery fails with 500 and is retried with the same body.
+    let (first_headers, first_body) = next();
+    let (headers, body) = next();
+    assert_eq!(first_body, body);
+    assert_eq!(
+        header(&headers, "request-line"),
+        "POST /hooks/T0KENPATH HTTP/1.1"
+    );
+    assert_eq!(header(&headers, "x-sluice-event"), "review_created");
+    let event: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let id = event["review"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        event["review"]["statement"],
+        "UPDATE victim SET id = 2 WHERE id = 1"
+    );
+    // The signature is HMAC-SHA256 over "<timestamp>.<body>".
+    for (headers, body) in [(&first_headers, &first_body), (&headers, &body)] {
+        let timestamp = header(headers, "x-sluice-timestamp");
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"whsec-s3cret").unwrap();
+        mac.update(format!("{timestamp}.").as_bytes());
+        mac.update(body);
+        let expected = format!("v1={}", hex::encode(mac.finalize().into_bytes()));
+        assert_eq!(header(headers, "x-sluice-signature"), expected);
+    }
+
+    let out = Command::new(sluice_bin())
+        .args(["reviews", "approve", &id, "--config"])
+        .arg(&gw.config)
+        .env("SLUICE_TOKEN", &bob)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (headers, body) = next();
+    assert_eq!(header(&headers, "x-sluice-event"), "review_decided");
+    let event: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(event["review"]["status"], "approved");
+    assert_eq!(event["review"]["decided_by"], "bob");
+    // Neither the signing key nor the URL's secret path is ever logged.
+    let log = gw.log();
+    assert!(log.contains("webhook delivered"), "{log}");
+    assert!(
+        !log.contains("whsec-s3cret") && !log.contains("T0KENPATH"),
+        "{log}"
+    );
+}
