@@ -113,6 +113,9 @@ pub enum EventBody {
         /// The review that held this statement, when one did.
         #[serde(skip_serializing_if = "Option::is_none", default)]
         review: Option<ReviewRef>,
+        /// The approved access request that lifted the matching review rule.
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        access_request: Option<String>,
     },
     /// A statement was held for review.
     ReviewCreated {
@@ -132,6 +135,28 @@ pub enum EventBody {
         min_approvals: u32,
         /// How long the review waits for a decision, in seconds.
         timeout_s: u64,
+    },
+    /// A user asked for time-boxed access to a connection (or for a review rule to be lifted).
+    AccessRequested {
+        request_id: String,
+        requester: String,
+        connection: String,
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        lift_rule: Option<String>,
+        duration_s: u64,
+        reason: String,
+    },
+    /// An access request was approved or denied.
+    AccessDecided {
+        request_id: String,
+        /// `"approved"` or `"denied"`.
+        status: String,
+        by: String,
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        reason: Option<String>,
+        /// When an approved grant ends (RFC 3339).
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        ends: Option<String>,
     },
     /// A review was decided or ended undecided.
     ReviewDecided {

@@ -132,8 +132,18 @@ pub enum AuthFailure {
     NotAllowed { user: String, connection: String },
     #[error("connection \"{0}\" does not exist")]
     UnknownConnection(String),
+    #[error("connection \"{0}\" needs an approved access request: sluice access request {0} --for 1h --reason \"…\"")]
+    AccessRequired(String),
     #[error("authentication is unavailable: {0}")]
     Unavailable(String),
+}
+
+/// How the pipeline ends a session on its own initiative (an access window closed).
+/// Implemented by each protocol frontend.
+pub trait SessionControl: Send + Sync {
+    /// Ends the session, telling the client `message` (PostgreSQL: a FATAL ErrorResponse,
+    /// SQLSTATE 57P01, at the next message boundary).
+    fn end(&self, message: &str);
 }
 
 /// Raised when the gateway cannot record a session; the frontend must then refuse it.
@@ -158,9 +168,11 @@ pub trait Pipeline: Send + Sync + 'static {
         protocol: &'static str,
     ) -> impl Future<Output = Result<Identity, AuthFailure>> + Send;
 
+    /// Records the new session; `control` lets the pipeline end it later.
     fn session_opened(
         &self,
         session: &SessionInfo,
+        control: std::sync::Arc<dyn SessionControl>,
     ) -> impl Future<Output = Result<(), RecordError>> + Send;
 
     /// Decides and records a batch of requests. Resolves only once every request event is

@@ -15,9 +15,10 @@ use sluice_auth::Tokens;
 use sluice_core::Identity;
 use sluice_store::{SessionFilter, Store};
 
+use crate::access::{Access, AccessAsk, AccessError};
 use crate::metrics::Metrics;
 use crate::reviews::{ReviewError, Reviews};
-use crate::views::{review_json, SessionSummary};
+use crate::views::{access_json, review_json, SessionSummary};
 
 #[derive(Clone)]
 pub struct ApiState {
@@ -26,6 +27,7 @@ pub struct ApiState {
     pub metrics: Arc<Metrics>,
     pub audit: AuditWriter,
     pub reviews: Arc<Reviews>,
+    pub access: Arc<Access>,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -37,6 +39,13 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/reviews/{id}", get(show_review))
         .route("/api/v1/reviews/{id}/approve", post(approve_review))
         .route("/api/v1/reviews/{id}/deny", post(deny_review))
+        .route(
+            "/api/v1/access-requests",
+            get(list_access).post(request_access),
+        )
+        .route("/api/v1/access-requests/{id}", get(show_access))
+        .route("/api/v1/access-requests/{id}/approve", post(approve_access))
+        .route("/api/v1/access-requests/{id}/deny", post(deny_access))
         .with_state(state)
 }
 
@@ -204,4 +213,125 @@ async fn deny_review(
         Ok(row) => Json(review_json(&row)).into_response(),
         Err(e) => review_error(&e),
     }
+}
+
+fn access_error(e: &AccessError) -> Response {
+    let status = match e {
+        AccessError::NotFound(_) => StatusCode::NOT_FOUND,
+        AccessError::Invalid(_) => StatusCode::BAD_REQUEST,
+        AccessError::NotAReviewer { .. } | AccessError::SelfApproval(_) => StatusCode::FORBIDDEN,
+        AccessError::NotPending { .. } => StatusCode::CONFLICT,
+        AccessError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    (status, Json(serde_json::json!({ "error": e.to_string() }))).into_response()
+}
+
+/// An access request as a client sends it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AccessBody {
+    connection: String,
+    /// `30m`, `2h`, …
+    duration: String,
+    reason: String,
+    #[serde(default)]
+    lift_rule: Option<String>,
+}
+
+async fn request_access(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Json(body): Json<AccessBody>,
+) -> Response {
+    let who = match authorize(&state, &headers).await {
+        Ok(who) => who,
+        Err(r) => return r,
+    };
+    let duration = match humantime::parse_duration(&body.duration) {
+        Ok(d) => d,
+        Err(e) => {
+            return access_error(&AccessError::Invalid(format!(
+                "duration {:?}: {e}",
+                body.duration
+            )))
+        }
+    };
+    let ask = AccessAsk {
+        connection: body.connection,
+        duration,
+        reason: body.reason,
+        lift_rule: body.lift_rule,
+    };
+    match state.access.request(&who, ask).await {
+        Ok(row) => (StatusCode::CREATED, Json(access_json(&row))).into_response(),
+        Err(e) => access_error(&e),
+    }
+}
+
+async fn list_access(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Query(q): Query<ReviewQuery>,
+) -> Response {
+    if let Err(r) = authorize(&state, &headers).await {
+        return r;
+    }
+    match state
+        .access
+        .list(q.status, q.limit.unwrap_or(100).min(1000))
+        .await
+    {
+        Ok(rows) => Json(rows.iter().map(access_json).collect::<Vec<_>>()).into_response(),
+        Err(e) => access_error(&e),
+    }
+}
+
+async fn show_access(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(r) = authorize(&state, &headers).await {
+        return r;
+    }
+    match state.access.get(&id).await {
+        Ok(row) => Json(access_json(&row)).into_response(),
+        Err(e) => access_error(&e),
+    }
+}
+
+async fn decide_access(
+    state: ApiState,
+    headers: HeaderMap,
+    id: String,
+    body: Option<Json<DecisionBody>>,
+    approve: bool,
+) -> Response {
+    let who = match authorize(&state, &headers).await {
+        Ok(who) => who,
+        Err(r) => return r,
+    };
+    let reason = body.and_then(|Json(b)| b.reason);
+    match state.access.decide(&id, &who, approve, reason).await {
+        Ok(row) => Json(access_json(&row)).into_response(),
+        Err(e) => access_error(&e),
+    }
+}
+
+async fn approve_access(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Option<Json<DecisionBody>>,
+) -> Response {
+    decide_access(state, headers, id, body, true).await
+}
+
+async fn deny_access(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Option<Json<DecisionBody>>,
+) -> Response {
+    decide_access(state, headers, id, body, false).await
 }

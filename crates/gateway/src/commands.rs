@@ -412,17 +412,34 @@ pub enum ReviewsVerb {
     },
 }
 
+/// Calls the gateway's API as the holder of `token`; fails with the API's error message.
+fn call_api(
+    config: &Config,
+    gateway: Option<String>,
+    token: String,
+    method: hyper::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Result<serde_json::Value> {
+    let gateway = gateway.unwrap_or_else(|| format!("http://{}", config.listen.api));
+    let client = crate::api_client::ApiClient::new(&gateway, token)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (status, value) = runtime.block_on(client.call(method, path, body))?;
+    if !status.is_success() {
+        let message = value["error"].as_str().unwrap_or("request failed");
+        bail!("{} ({status})", printable(message));
+    }
+    Ok(value)
+}
+
 pub fn reviews(
     config: &Config,
     gateway: Option<String>,
     token: String,
     verb: ReviewsVerb,
 ) -> Result<ExitCode> {
-    let gateway = gateway.unwrap_or_else(|| format!("http://{}", config.listen.api));
-    let client = crate::api_client::ApiClient::new(&gateway, token)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     let (method, path, body, json) = match &verb {
         ReviewsVerb::List {
             status,
@@ -463,11 +480,7 @@ pub fn reviews(
             *json,
         ),
     };
-    let (status, value) = runtime.block_on(client.call(method, &path, body))?;
-    if !status.is_success() {
-        let message = value["error"].as_str().unwrap_or("request failed");
-        bail!("{} ({status})", printable(message));
-    }
+    let value = call_api(config, gateway, token, method, &path, body)?;
     if json {
         print_json(&value)?;
         return Ok(ExitCode::SUCCESS);
@@ -491,6 +504,136 @@ pub fn reviews(
             }
         }
         ReviewsVerb::Show { .. } | ReviewsVerb::Decide { .. } => print_review(&value),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What `sluice access` was asked to do.
+pub enum AccessVerb {
+    Request {
+        connection: String,
+        duration: String,
+        reason: String,
+        lift_rule: Option<String>,
+        json: bool,
+    },
+    List {
+        status: String,
+        limit: u32,
+        json: bool,
+    },
+    Show {
+        id: String,
+        json: bool,
+    },
+    Decide {
+        id: String,
+        approve: bool,
+        reason: Option<String>,
+        json: bool,
+    },
+}
+
+pub fn access(
+    config: &Config,
+    gateway: Option<String>,
+    token: String,
+    verb: AccessVerb,
+) -> Result<ExitCode> {
+    let base = "/api/v1/access-requests";
+    let (method, path, body, json) = match &verb {
+        AccessVerb::Request {
+            connection,
+            duration,
+            reason,
+            lift_rule,
+            json,
+        } => (
+            hyper::Method::POST,
+            base.to_owned(),
+            Some(json!({
+                "connection": connection, "duration": duration, "reason": reason,
+                "lift_rule": lift_rule,
+            })),
+            *json,
+        ),
+        AccessVerb::List {
+            status,
+            limit,
+            json,
+        } => {
+            let filter = if status == "all" {
+                String::new()
+            } else {
+                format!("status={}&", url_component(status))
+            };
+            (
+                hyper::Method::GET,
+                format!("{base}?{filter}limit={limit}"),
+                None,
+                *json,
+            )
+        }
+        AccessVerb::Show { id, json } => (
+            hyper::Method::GET,
+            format!("{base}/{}", url_component(id)),
+            None,
+            *json,
+        ),
+        AccessVerb::Decide {
+            id,
+            approve,
+            reason,
+            json,
+        } => (
+            hyper::Method::POST,
+            format!(
+                "{base}/{}/{}",
+                url_component(id),
+                if *approve { "approve" } else { "deny" }
+            ),
+            Some(json!({ "reason": reason })),
+            *json,
+        ),
+    };
+    let value = call_api(config, gateway, token, method, &path, body)?;
+    if json {
+        print_json(&value)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows = match value {
+        serde_json::Value::Array(rows) => rows,
+        one => vec![one],
+    };
+    if rows.is_empty() {
+        println!("no access requests");
+    }
+    for r in rows {
+        let text = |key: &str| printable(r[key].as_str().unwrap_or_default());
+        let what = match r["lift_rule"].as_str() {
+            Some(rule) => format!(
+                "lift of review rule {} on {}",
+                printable(rule),
+                text("connection")
+            ),
+            None => format!("access to {}", text("connection")),
+        };
+        println!(
+            "{}  {:<8} {} asks for {} for {}s: {}",
+            text("id"),
+            text("status"),
+            text("requester"),
+            what,
+            r["duration_s"],
+            text("reason")
+        );
+        if let Some(ends) = r["ends"].as_str() {
+            println!(
+                "    approved by {} until {}",
+                text("decided_by"),
+                printable(ends)
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

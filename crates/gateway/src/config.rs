@@ -187,9 +187,23 @@ pub struct Connection {
     /// What happens to a statement sluice cannot parse when policies cover this connection.
     #[serde(default)]
     pub unparsed_statements: UnparsedStatements,
+    /// Sessions need an approved, time-boxed access request (`sluice access request`).
+    #[serde(default)]
+    pub require_access_request: bool,
+    /// Who may approve access requests for this connection (`user:`, `group:`).
+    #[serde(default)]
+    pub access_reviewers: Vec<String>,
 }
 
 impl Connection {
+    /// Who may approve access requests for this connection.
+    pub fn access_reviewers(&self) -> Vec<Principal> {
+        self.access_reviewers
+            .iter()
+            .filter_map(|p| Principal::parse(p).ok())
+            .collect()
+    }
+
     /// What policy does with statements it cannot parse on this connection.
     pub fn unparsed(&self) -> Unparsed {
         match self.unparsed_statements {
@@ -363,6 +377,26 @@ impl Config {
                 Principal::parse(p)
                     .map_err(anyhow::Error::msg)
                     .with_context(|| at("allow"))?;
+            }
+            for p in &c.access_reviewers {
+                match Principal::parse(p) {
+                    Ok(Principal::Agent(_)) => {
+                        bail!(
+                            "{}: agents cannot approve access requests",
+                            at("access_reviewers")
+                        )
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        return Err(anyhow::Error::msg(e)).with_context(|| at("access_reviewers"))
+                    }
+                }
+            }
+            if c.require_access_request && c.access_reviewers.is_empty() {
+                bail!(
+                    "{}: require_access_request needs access_reviewers, or nobody could ever connect",
+                    at("access_reviewers")
+                );
             }
         }
         self.policy().context("policies")?;

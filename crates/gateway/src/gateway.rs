@@ -14,10 +14,11 @@ use sluice_store::Store;
 use tokio::net::TcpListener;
 use tracing::{error, info};
 
+use crate::access::Access;
 use crate::api::{self, ApiState};
 use crate::config::{self, Config, UpstreamTls};
 use crate::metrics::Metrics;
-use crate::pipeline::GatewayPipeline;
+use crate::pipeline::{GatewayPipeline, Parts};
 use crate::reviews::Reviews;
 use crate::webhooks::Notifier;
 
@@ -84,14 +85,32 @@ pub async fn run(config: Config) -> Result<File> {
         notifier,
         format!("http://{}", config.listen.api),
     ));
-    let pipeline = Arc::new(GatewayPipeline::new(
-        audit.clone(),
+    let policy = Arc::new(config.policy()?);
+    let access = Arc::new(Access::new(
         store.clone(),
-        config.allow_lists(),
-        Arc::new(config.policy()?),
-        reviews.clone(),
-        metrics.clone(),
+        audit.clone(),
+        policy.clone(),
+        config
+            .connections
+            .iter()
+            .map(|c| (c.name.clone(), c.access_reviewers()))
+            .collect(),
     ));
+    let pipeline = Arc::new(GatewayPipeline::new(Parts {
+        audit: audit.clone(),
+        store: store.clone(),
+        allow: config.allow_lists(),
+        policy,
+        reviews: reviews.clone(),
+        access: access.clone(),
+        requires_access: config
+            .connections
+            .iter()
+            .filter(|c| c.require_access_request)
+            .map(|c| c.name.clone())
+            .collect(),
+        metrics: metrics.clone(),
+    }));
     let frontend = Arc::new(Frontend::new(
         pipeline,
         agent,
@@ -119,6 +138,7 @@ pub async fn run(config: Config) -> Result<File> {
         metrics,
         audit: audit.clone(),
         reviews,
+        access,
     });
     info!(
         postgres = %config.listen.postgres,

@@ -1,5 +1,6 @@
 //! `sluice`: the gateway and its command-line tools in one binary.
 
+mod access;
 mod api;
 mod api_client;
 mod commands;
@@ -61,16 +62,85 @@ enum Command {
     /// List, inspect, approve and deny reviews of held statements (through the gateway's API,
     /// as the holder of the token).
     Reviews(ReviewsArgs),
+    /// Ask for, list and decide time-boxed access to a connection (through the gateway's
+    /// API, as the holder of the token).
+    Access(AccessArgs),
+}
+
+#[derive(Args)]
+struct AccessArgs {
+    #[command(flatten)]
+    api: ApiArgs,
+    #[command(subcommand)]
+    command: AccessCommand,
+}
+
+#[derive(Subcommand)]
+enum AccessCommand {
+    /// Ask for CONNECTION (or for one review rule to be lifted on it) for a while.
+    Request {
+        connection: String,
+        /// How long the grant lasts once approved, e.g. 30m, 4h.
+        #[arg(long = "for")]
+        duration: String,
+        /// Why (shown to the approvers and recorded).
+        #[arg(long)]
+        reason: String,
+        /// Lift this `review` rule instead of granting the connection.
+        #[arg(long)]
+        lift_rule: Option<String>,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// List access requests, newest first.
+    List {
+        /// pending (default), approved, denied, or all.
+        #[arg(long, default_value = "pending")]
+        status: String,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Show one access request.
+    Show {
+        id: String,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Approve a request (an access reviewer of its connection; never your own).
+    Approve {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Deny a request.
+    Deny {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+}
+
+/// How CLI verbs reach the gateway's API.
+#[derive(Args)]
+struct ApiArgs {
+    /// The gateway's API, e.g. http://127.0.0.1:8080 (default: listen.api of the config).
+    #[arg(long, env = "SLUICE_GATEWAY", global = true)]
+    gateway: Option<String>,
+    /// Your sluice token; everything is done as its holder.
+    #[arg(long, env = "SLUICE_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
 }
 
 #[derive(Args)]
 struct ReviewsArgs {
-    /// The gateway's API, e.g. http://127.0.0.1:8080 (default: listen.api of the config).
-    #[arg(long, env = "SLUICE_GATEWAY", global = true)]
-    gateway: Option<String>,
-    /// Your sluice token; every decision is made as its holder.
-    #[arg(long, env = "SLUICE_TOKEN", global = true, hide_env_values = true)]
-    token: Option<String>,
+    #[command(flatten)]
+    api: ApiArgs,
     #[command(subcommand)]
     command: ReviewsCommand,
 }
@@ -262,10 +332,50 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Tokens(cmd) => commands::tokens(&config, cmd),
         Command::Sessions(cmd) => commands::sessions(&config, cmd),
         Command::Audit(AuditCommand::Verify { out }) => commands::audit_verify(&config, out.json),
+        Command::Access(args) => commands::access(
+            &config,
+            args.api.gateway,
+            args.api.token.unwrap_or_default(),
+            match args.command {
+                AccessCommand::Request {
+                    connection,
+                    duration,
+                    reason,
+                    lift_rule,
+                    out,
+                } => commands::AccessVerb::Request {
+                    connection,
+                    duration,
+                    reason,
+                    lift_rule,
+                    json: out.json,
+                },
+                AccessCommand::List { status, limit, out } => commands::AccessVerb::List {
+                    status,
+                    limit,
+                    json: out.json,
+                },
+                AccessCommand::Show { id, out } => {
+                    commands::AccessVerb::Show { id, json: out.json }
+                }
+                AccessCommand::Approve { id, reason, out } => commands::AccessVerb::Decide {
+                    id,
+                    approve: true,
+                    reason,
+                    json: out.json,
+                },
+                AccessCommand::Deny { id, reason, out } => commands::AccessVerb::Decide {
+                    id,
+                    approve: false,
+                    reason,
+                    json: out.json,
+                },
+            },
+        ),
         Command::Reviews(args) => commands::reviews(
             &config,
-            args.gateway,
-            args.token.unwrap_or_default(),
+            args.api.gateway,
+            args.api.token.unwrap_or_default(),
             match args.command {
                 ReviewsCommand::List { status, limit, out } => commands::ReviewsVerb::List {
                     status,

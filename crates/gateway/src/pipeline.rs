@@ -1,7 +1,7 @@
 //! The session pipeline: authentication, decisions and the audit record for every
 //! request, whichever protocol carried it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -9,13 +9,14 @@ use sluice_audit::{AuditWriter, ErrorInfo, Event, EventBody, ReviewRef};
 use sluice_auth::{AuthError, Tokens};
 use sluice_core::{
     AuthFailure, Decision, HoldChannel, Identity, Outcome, OutcomeStatus, Pipeline, RecordError,
-    Request, RequestKind, SessionInfo,
+    Request, RequestKind, SessionControl, SessionInfo,
 };
 use sluice_policy::{Policy, Principal, Review, ReviewMode, SessionPolicy, Verdict};
 use sluice_store::ReviewRow;
 use sluice_store::{SessionRow, Store};
 use tracing::{error, warn};
 
+use crate::access::Access;
 use crate::metrics::Metrics;
 use crate::reviews::{HeldStatement, Reviews, Waited};
 
@@ -27,6 +28,9 @@ pub struct GatewayPipeline {
     allow: HashMap<String, Option<Vec<Principal>>>,
     policy: Arc<Policy>,
     reviews: Arc<Reviews>,
+    access: Arc<Access>,
+    /// Connections whose sessions need an approved access request.
+    requires_access: HashSet<String>,
     metrics: Arc<Metrics>,
     sessions: Mutex<HashMap<String, OpenSession>>,
 }
@@ -37,25 +41,36 @@ struct OpenSession {
     statements: u64,
     /// The session's SQL-level prepared statements, as policy saw them.
     policy: SessionPolicy,
+    /// Ends the session when the access grant it relies on runs out.
+    grant_timer: Option<tokio::task::AbortHandle>,
+}
+
+/// What the pipeline is built from.
+pub struct Parts {
+    pub audit: AuditWriter,
+    pub store: Arc<Store>,
+    /// Connection name → who may use it (`None`: every authenticated user).
+    pub allow: HashMap<String, Option<Vec<Principal>>>,
+    pub policy: Arc<Policy>,
+    pub reviews: Arc<Reviews>,
+    pub access: Arc<Access>,
+    /// Connections whose sessions need an approved access request.
+    pub requires_access: HashSet<String>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl GatewayPipeline {
-    pub fn new(
-        audit: AuditWriter,
-        store: Arc<Store>,
-        allow: HashMap<String, Option<Vec<Principal>>>,
-        policy: Arc<Policy>,
-        reviews: Arc<Reviews>,
-        metrics: Arc<Metrics>,
-    ) -> GatewayPipeline {
+    pub fn new(parts: Parts) -> GatewayPipeline {
         GatewayPipeline {
-            tokens: Tokens::new(store.clone()),
-            audit,
-            store,
-            allow,
-            policy,
-            reviews,
-            metrics,
+            tokens: Tokens::new(parts.store.clone()),
+            audit: parts.audit,
+            store: parts.store,
+            allow: parts.allow,
+            policy: parts.policy,
+            reviews: parts.reviews,
+            access: parts.access,
+            requires_access: parts.requires_access,
+            metrics: parts.metrics,
             sessions: Mutex::new(HashMap::new()),
         }
     }
@@ -79,6 +94,45 @@ impl GatewayPipeline {
                 reason: failure.to_string(),
             },
         ));
+    }
+
+    /// Whether `identity` needs an access grant for `connection` (`None`: no such
+    /// connection): the connection requires one, or its `allow` list leaves them out.
+    fn needs_grant(&self, connection: &str, identity: &Identity) -> Option<bool> {
+        let allow = self.allow.get(connection)?;
+        let listed = allow.as_ref().is_none_or(|list| allowed(list, identity));
+        Some(self.requires_access.contains(connection) || !listed)
+    }
+
+    /// Ends `session` when the access grants it relies on run out (a newer grant extends it).
+    fn watch_grant(
+        &self,
+        session: &SessionInfo,
+        control: Arc<dyn SessionControl>,
+    ) -> tokio::task::AbortHandle {
+        let access = self.access.clone();
+        let user = session.identity.user.clone();
+        let connection = session.connection.clone();
+        tokio::spawn(async move {
+            loop {
+                let grant = match access.grant(&user, &connection).await {
+                    Ok(grant) => grant,
+                    Err(e) => {
+                        error!(error = %e, "access grants unavailable; ending the session");
+                        None
+                    }
+                };
+                let Some(grant) = grant else {
+                    control.end(&format!(
+                        "terminating connection: the access window for connection \"{connection}\" has closed; request access again with sluice access request {connection}"
+                    ));
+                    return;
+                };
+                let left = grant.ends_ms.unwrap_or(0) - now_ms();
+                tokio::time::sleep(std::time::Duration::from_millis(left.max(0) as u64 + 1)).await;
+            }
+        })
+        .abort_handle()
     }
 
     fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, OpenSession>> {
@@ -120,6 +174,23 @@ struct Held<'a> {
 }
 
 impl GatewayPipeline {
+    /// The approved access request lifting review rule `rule` for this session's user and
+    /// connection right now, if any.
+    async fn lifted(&self, session: &SessionInfo, rule: &str) -> Option<String> {
+        match self
+            .access
+            .lift(&session.identity.user, &session.connection, rule)
+            .await
+        {
+            Ok(grant) => grant.map(|g| g.id),
+            Err(e) => {
+                // Without the store the rule stays in force: fail closed.
+                error!(error = %e, "access grants unavailable");
+                None
+            }
+        }
+    }
+
     /// Files a review for `request` and decides it: in `hold` mode after waiting for the
     /// decision, in `fail` mode at once (unless an approval of this exact statement waits
     /// to be used).
@@ -299,13 +370,24 @@ impl Pipeline for GatewayPipeline {
             Ok(Ok(v)) if v.identity.user != user => {
                 Err(AuthFailure::BadCredentials(user.to_owned()))
             }
-            Ok(Ok(v)) => match self.allow.get(connection) {
+            Ok(Ok(v)) => match self.needs_grant(connection, &v.identity) {
                 None => Err(AuthFailure::UnknownConnection(connection.to_owned())),
-                Some(Some(list)) if !allowed(list, &v.identity) => Err(AuthFailure::NotAllowed {
-                    user: user.to_owned(),
-                    connection: connection.to_owned(),
-                }),
-                Some(_) => Ok(v.identity),
+                Some(false) => Ok(v.identity),
+                // An approved access request lets its holder in for its window.
+                Some(true) => match self.access.grant(user, connection).await {
+                    Ok(Some(_)) => Ok(v.identity),
+                    Ok(None) if self.requires_access.contains(connection) => {
+                        Err(AuthFailure::AccessRequired(connection.to_owned()))
+                    }
+                    Ok(None) => Err(AuthFailure::NotAllowed {
+                        user: user.to_owned(),
+                        connection: connection.to_owned(),
+                    }),
+                    Err(e) => {
+                        error!(error = %e, "access grants unavailable");
+                        Err(AuthFailure::Unavailable("metadata store error".into()))
+                    }
+                },
             },
         };
         if let Err(failure) = &result {
@@ -314,7 +396,11 @@ impl Pipeline for GatewayPipeline {
         result
     }
 
-    async fn session_opened(&self, session: &SessionInfo) -> Result<(), RecordError> {
+    async fn session_opened(
+        &self,
+        session: &SessionInfo,
+        control: Arc<dyn SessionControl>,
+    ) -> Result<(), RecordError> {
         let event = Event::now(
             Some(session.id.clone()),
             EventBody::SessionOpen {
@@ -356,11 +442,14 @@ impl Pipeline for GatewayPipeline {
             .await
             .map_err(|e| RecordError(e.to_string()))?
             .map_err(|e| RecordError(format!("session index: {e}")))?;
+        let grant_timer = (self.needs_grant(&session.connection, &session.identity) == Some(true))
+            .then(|| self.watch_grant(session, control));
         self.sessions().insert(
             session.id.clone(),
             OpenSession {
                 statements: 0,
                 policy: SessionPolicy::with_startup_settings(&session.client_settings),
+                grant_timer,
             },
         );
         self.metrics.session_opened(session.protocol);
@@ -377,6 +466,7 @@ impl Pipeline for GatewayPipeline {
         let verdicts = self.judge(session, &requests);
         let mut decisions = Vec::with_capacity(n);
         let mut review_refs = Vec::with_capacity(n);
+        let mut lifts = Vec::with_capacity(n);
         for (request, verdict) in requests.iter().zip(&verdicts) {
             let (decision, review) = match verdict {
                 Verdict::Review {
@@ -391,7 +481,15 @@ impl Pipeline for GatewayPipeline {
                         review,
                         mode: *mode,
                     };
-                    self.review(session, request, &held, hold).await
+                    match self.lifted(session, rule).await {
+                        Some(grant) => {
+                            lifts.push(Some(grant));
+                            decisions.push(Decision::Allow);
+                            review_refs.push(None);
+                            continue;
+                        }
+                        None => self.review(session, request, &held, hold).await,
+                    }
                 }
                 other => match other.refusal() {
                     None => (Decision::Allow, None),
@@ -400,13 +498,15 @@ impl Pipeline for GatewayPipeline {
             };
             decisions.push(decision);
             review_refs.push(review);
+            lifts.push(None);
         }
         let events = requests
             .into_iter()
             .zip(&verdicts)
             .zip(&decisions)
             .zip(review_refs)
-            .map(|(((r, verdict), decision), review)| {
+            .zip(lifts)
+            .map(|((((r, verdict), decision), review), access_request)| {
                 let (decision, reason) = match decision {
                     Decision::Allow => ("allow", None),
                     Decision::Deny { reason } | Decision::Withdrawn { reason } => {
@@ -431,6 +531,7 @@ impl Pipeline for GatewayPipeline {
                         statement_name: r.statement_name,
                         reason,
                         review,
+                        access_request,
                     },
                 )
             })
@@ -499,10 +600,15 @@ impl Pipeline for GatewayPipeline {
     }
 
     fn session_closed(&self, session: &SessionInfo, reason: Option<String>) {
-        let statements = self
-            .sessions()
-            .remove(&session.id)
-            .map_or(0, |open| open.statements);
+        let statements = match self.sessions().remove(&session.id) {
+            Some(open) => {
+                if let Some(timer) = open.grant_timer {
+                    timer.abort();
+                }
+                open.statements
+            }
+            None => 0,
+        };
         let event = Event::now(
             Some(session.id.clone()),
             EventBody::SessionClose {

@@ -112,6 +112,7 @@ fn add_event(events: &mut Vec<Value>, by_statement: &mut HashMap<u64, usize>, r:
             prepare,
             statement_name,
             review,
+            access_request,
             ..
         } => {
             by_statement.insert(statement_id, events.len());
@@ -120,6 +121,7 @@ fn add_event(events: &mut Vec<Value>, by_statement: &mut HashMap<u64, usize>, r:
                 "statement_id": statement_id, "statement": statement, "params": params,
                 "statement_name": statement_name,
                 "decision": decision, "rule": rule, "reason": reason, "review": review,
+                "access_request": access_request,
                 "status": null, "tag": null, "rows": null, "duration_ms": null, "error": null,
             }));
         }
@@ -171,7 +173,9 @@ fn add_event(events: &mut Vec<Value>, by_statement: &mut HashMap<u64, usize>, r:
             "seq": r.seq, "time": time, "kind": "review_decided", "review_id": review_id,
             "status": status, "by": by, "reason": reason,
         }))),
-        EventBody::AuthFailure { .. } => {}
+        EventBody::AuthFailure { .. }
+        | EventBody::AccessRequested { .. }
+        | EventBody::AccessDecided { .. } => {}
     }
 }
 
@@ -216,5 +220,24 @@ pub fn review_json(r: &sluice_store::ReviewRow) -> Value {
         "reason": r.reason,
         "use_by": r.use_by_ms.map(time),
         "used": r.used_ms.map(time),
+    })
+}
+
+/// An access request as the API and `sluice access` show it.
+pub fn access_json(r: &sluice_store::AccessRow) -> Value {
+    json!({
+        "id": r.id,
+        "status": r.status,
+        "requester": r.requester,
+        "connection": r.connection,
+        "lift_rule": r.lift_rule,
+        "reason": r.reason,
+        "duration_s": r.duration_ms / 1000,
+        "created": rfc3339_ms(r.created_ms),
+        "decided": r.decided_ms.map(rfc3339_ms),
+        "decided_by": r.decided_by,
+        "decision_reason": r.decision_reason,
+        "starts": r.starts_ms.map(rfc3339_ms),
+        "ends": r.ends_ms.map(rfc3339_ms),
     })
 }

@@ -313,7 +313,8 @@ impl<P: Pipeline, C: Connector> Frontend<P, C> {
             application_name,
             client_settings,
         });
-        if let Err(e) = self.pipeline.session_opened(&info).await {
+        let end = Arc::new(session::SessionEnd::default());
+        if let Err(e) = self.pipeline.session_opened(&info, end.clone()).await {
             return Err(Early::Refuse(stream, Refusal::new("57P03", e.to_string())));
         }
 
@@ -340,6 +341,7 @@ impl<P: Pipeline, C: Connector> Frontend<P, C> {
                     client_encoding: encoding.as_deref(),
                     max_message: self.config.max_message_bytes,
                     withdraw,
+                    end,
                 },
             )
             .await
@@ -537,7 +539,7 @@ async fn read_first_packet<S: AsyncRead + Unpin>(
 fn auth_refusal(failure: &AuthFailure) -> Refusal {
     let code = match failure {
         AuthFailure::BadCredentials(_) | AuthFailure::Expired(_) => "28P01",
-        AuthFailure::NotAllowed { .. } => "28000",
+        AuthFailure::NotAllowed { .. } | AuthFailure::AccessRequired(_) => "28000",
         AuthFailure::UnknownConnection(_) => "3D000",
         AuthFailure::Unavailable(_) => "57P03",
     };

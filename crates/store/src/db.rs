@@ -105,6 +105,25 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (review_id, approver)
     ) STRICT;
     ",
+    // Version 4: time-boxed access requests.
+    "
+    CREATE TABLE access_requests (
+        id          TEXT    NOT NULL PRIMARY KEY,
+        created_ms  INTEGER NOT NULL,
+        requester   TEXT    NOT NULL,
+        connection  TEXT    NOT NULL,
+        lift_rule   TEXT,
+        reason      TEXT    NOT NULL,
+        duration_ms INTEGER NOT NULL,
+        status      TEXT    NOT NULL,
+        decided_ms  INTEGER,
+        decided_by  TEXT,
+        decision_reason TEXT,
+        starts_ms   INTEGER,
+        ends_ms     INTEGER
+    ) STRICT;
+    CREATE INDEX access_by_requester ON access_requests(requester, connection, status);
+    ",
 ];
 
 /// Handle to the metadata database.

@@ -28,8 +28,12 @@ pub enum StoreError {
     ReviewNotFound(String),
     #[error("review \"{id}\" is {status}, not pending")]
     ReviewNotPending { id: String, status: String },
-    #[error("review \"{0}\": a requester cannot approve their own review")]
+    #[error("\"{0}\": a requester cannot approve their own request")]
     SelfApproval(String),
     #[error("review \"{0}\": already approved by this reviewer")]
     AlreadyApproved(String),
+    #[error("access request \"{0}\" does not exist")]
+    AccessRequestNotFound(String),
+    #[error("access request \"{id}\" is {status}, not pending")]
+    AccessRequestNotPending { id: String, status: String },
 }

@@ -8,6 +8,7 @@
 //! Every method takes `&self` and blocks on SQLite; async callers should use
 //! `tokio::task::spawn_blocking`.
 
+mod access;
 mod anchor;
 mod db;
 mod error;
@@ -16,6 +17,7 @@ mod sessions;
 mod tokens;
 mod users;
 
+pub use access::{AccessRow, NewAccessRequest};
 pub use db::Store;
 pub use error::StoreError;
 pub use reviews::{Approval, NewReview, ReviewRow};

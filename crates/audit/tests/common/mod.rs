@@ -60,6 +60,7 @@ pub fn every_kind() -> Vec<Event> {
                 by: Some("bob".into()),
                 at: Some("2026-01-01T00:00:00.000000Z".into()),
             }),
+            access_request: None,
         },
         EventBody::Statement {
             statement_id: 8,
@@ -73,6 +74,22 @@ pub fn every_kind() -> Vec<Event> {
             statement_name: None,
             reason: Some("rule no-drop".into()),
             review: None,
+            access_request: Some("a-1".into()),
+        },
+        EventBody::AccessRequested {
+            request_id: "a-1".into(),
+            requester: "eve".into(),
+            connection: "prod".into(),
+            lift_rule: Some("writes".into()),
+            duration_s: 1800,
+            reason: "incident 7".into(),
+        },
+        EventBody::AccessDecided {
+            request_id: "a-1".into(),
+            status: "approved".into(),
+            by: "bob".into(),
+            reason: None,
+            ends: Some("2026-01-01T00:30:00.000Z".into()),
         },
         EventBody::ReviewCreated {
             review_id: "r-1".into(),
@@ -150,6 +167,7 @@ pub fn statement(id: u64) -> Event {
             statement_name: None,
             reason: None,
             review: None,
+            access_request: None,
         },
     }
 }

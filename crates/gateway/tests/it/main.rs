@@ -2,6 +2,7 @@
 //! tokio-postgres, raw sockets) and a real PostgreSQL started for this test run.
 #![allow(clippy::unwrap_used)]
 
+mod access;
 mod audit;
 mod auth;
 mod bad_input;

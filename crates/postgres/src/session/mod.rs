@@ -24,7 +24,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use bytes::BytesMut;
-use sluice_core::{HoldChannel, Pipeline, SessionInfo};
+use sluice_core::{HoldChannel, Pipeline, SessionControl, SessionInfo};
 use tokio::sync::Notify;
 
 use self::client::{C2sEnd, ClientToServer};
@@ -51,6 +51,28 @@ struct Shared {
     wake: Notify,
     /// Wakes the client-to-server direction when answers were settled.
     progress: Notify,
+}
+
+/// The frontend's side of [`SessionControl`]: the pipeline asks the session to end; the
+/// server-to-client direction writes the FATAL error at the next frame boundary and stops.
+#[derive(Default)]
+pub(crate) struct SessionEnd {
+    message: Mutex<Option<String>>,
+    due: Notify,
+}
+
+impl SessionControl for SessionEnd {
+    fn end(&self, message: &str) {
+        *lock(&self.message) = Some(message.to_owned());
+        // A stored permit: the session ends even if it was not listening at that moment.
+        self.due.notify_one();
+    }
+}
+
+impl SessionEnd {
+    fn message(&self) -> Option<String> {
+        lock(&self.message).clone()
+    }
 }
 
 /// The client side of a held statement: notices go out through the server-to-client
@@ -84,6 +106,8 @@ pub(crate) struct Start<'a> {
     pub max_message: usize,
     /// Notified when the client sends a CancelRequest for this session.
     pub withdraw: Arc<Notify>,
+    /// Set when the pipeline ends the session.
+    pub end: Arc<SessionEnd>,
 }
 
 /// Runs the session until either side closes. Returns why it ended.
@@ -99,6 +123,7 @@ pub(crate) async fn run<P: Pipeline>(
         client_encoding,
         max_message,
         withdraw,
+        end,
     } = start;
     let (client_r, client_w) = tokio::io::split(client);
     let (up_r, up_w) = tokio::io::split(upstream);
@@ -134,6 +159,7 @@ pub(crate) async fn run<P: Pipeline>(
         upstream: up_r,
         client: client_w,
         client_gone: false,
+        end,
     };
     // Both directions are futures of this one task rather than two spawned tasks: a
     // round trip then wakes one task instead of two (measured: most of the proxy's cost

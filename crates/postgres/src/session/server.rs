@@ -7,7 +7,7 @@ use bytes::{Buf, BytesMut};
 use sluice_core::{Pipeline, SessionInfo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 
-use super::{io_reason, lock, Shared, READ_BUFFER};
+use super::{io_reason, lock, SessionEnd, Shared, READ_BUFFER};
 use crate::codec;
 use crate::stream::BoxStream;
 
@@ -22,6 +22,8 @@ pub(super) struct ServerToClient<P> {
     pub client: WriteHalf<BoxStream>,
     /// The client stopped reading: answers are still read and recorded, not written.
     pub client_gone: bool,
+    /// The pipeline ends the session through this.
+    pub end: Arc<SessionEnd>,
 }
 
 /// Server messages the gateway must read whole.
@@ -35,6 +37,8 @@ impl<P: Pipeline> ServerToClient<P> {
         let mut buf = BytesMut::with_capacity(READ_BUFFER);
         // Bytes of the current pass-through frame not yet received.
         let mut passthrough: usize = 0;
+        // The pipeline asked to end the session; done at the next frame boundary.
+        let mut end_due = false;
         loop {
             tokio::select! {
                 read = self.upstream.read_buf(&mut buf) => {
@@ -49,8 +53,17 @@ impl<P: Pipeline> ServerToClient<P> {
                     }
                     continue;
                 }
+                () = self.end.due.notified(), if !end_due => {
+                    end_due = true;
+                }
+            }
+            if end_due && passthrough == 0 {
+                return Err(self.end_session().await);
             }
             self.process(&mut buf, &mut passthrough).await?;
+            if end_due && passthrough == 0 {
+                return Err(self.end_session().await);
+            }
             self.shared.progress.notify_one();
             if buf.capacity() - buf.len() < 1024 {
                 buf.reserve(READ_BUFFER);
@@ -124,6 +137,21 @@ impl<P: Pipeline> ServerToClient<P> {
         }
         buf.advance(pos);
         Ok(())
+    }
+
+    /// Tells the client why the gateway ends the session (FATAL 57P01) and returns the reason.
+    async fn end_session(&mut self) -> String {
+        let message = self
+            .end
+            .message()
+            .unwrap_or_else(|| "terminating connection: ended by sluice".to_owned());
+        let mut frames = BytesMut::new();
+        codec::error_response(&mut frames, "FATAL", "57P01", &message);
+        self.send(&frames).await;
+        if !self.client_gone {
+            let _ = self.client.flush().await;
+        }
+        message
     }
 
     /// Writes pending notices; call only at a frame boundary of the client stream.

@@ -1,0 +1,167 @@
+//! Time-boxed access requests: a connection that needs one, the window that ends open
+//! sessions, and a review rule lifted for a while.
+
+use std::process::Command;
+
+use crate::support::{pg, sluice_bin, Gateway};
+
+const POLICIES: &str = r#"policies:
+  - name: deletes-need-review
+    match: { statement: [delete] }
+    action: review
+    reviewers: [group:dba]
+    timeout: 60s
+"#;
+
+fn access(gw: &Gateway, token: &str, args: &[&str]) -> std::process::Output {
+    Command::new(sluice_bin())
+        .arg("access")
+        .args(args)
+        .arg("--config")
+        .arg(&gw.config)
+        .env("SLUICE_TOKEN", token)
+        .output()
+        .unwrap()
+}
+
+fn access_json(gw: &Gateway, token: &str, args: &[&str]) -> serde_json::Value {
+    let out = access(gw, token, &[args, &["--json"]].concat());
+    assert!(
+        out.status.success(),
+        "sluice access {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn a_connection_that_needs_a_request_opens_for_the_window_only() {
+    let db = "acc_window";
+    pg().create_db(db);
+    pg().psql_admin(
+        db,
+        "CREATE TABLE victim(id int); INSERT INTO victim VALUES (1), (2)",
+    );
+    let locked = format!(
+        "  - name: locked\n    kind: postgres\n    address: 127.0.0.1:{}\n    database: {db}\n    user: postgres\n    password: env:SLUICE_TEST_TARGET_PASSWORD\n    require_access_request: true\n    access_reviewers: [group:dba]\n",
+        pg().port
+    );
+    let gw = Gateway::start_with(db, &locked, POLICIES);
+    let eve = gw.user_token("eve");
+    let mallory = gw.user_token("mallory");
+    gw.cli_ok(&["users", "add", "bob", "--group", "dba"]);
+    let bob = gw.cli_ok(&["tokens", "issue", "bob"]).trim().to_owned();
+    let eve_locked = gw.conninfo("locked", "eve", &eve);
+
+    let (ok, _, err) = gw.psql(&eve_locked, &["-c", "select 1"]);
+    assert!(
+        !ok && err.contains("needs an approved access request"),
+        "{err}"
+    );
+
+    let request = access_json(
+        &gw,
+        &eve,
+        &["request", "locked", "--for", "4s", "--reason", "incident 7"],
+    );
+    let id = request["id"].as_str().unwrap().to_owned();
+    assert_eq!(request["status"], "pending");
+    let own = access(&gw, &eve, &["approve", &id]);
+    assert!(String::from_utf8_lossy(&own.stderr).contains("cannot approve their own"));
+    let outsider = access(&gw, &mallory, &["approve", &id]);
+    assert!(String::from_utf8_lossy(&outsider.stderr).contains("may not decide"));
+    let approved = access_json(&gw, &bob, &["approve", &id]);
+    assert_eq!(approved["status"], "approved");
+
+    // Inside the window: in. When it closes, the open session is ended with a reason.
+    let (_, out, err) = gw.psql_script(
+        &eve_locked,
+        &[],
+        "select 'inside';\n\\! sleep 6\nselect 'after';\n",
+    );
+    assert!(out.contains("inside"), "{out}\n{err}");
+    assert!(!out.contains("after"), "{out}");
+    assert!(
+        err.contains("the access window for connection \"locked\" has closed"),
+        "{err}"
+    );
+    let (ok, _, err) = gw.psql(&eve_locked, &["-c", "select 1"]);
+    assert!(
+        !ok && err.contains("needs an approved access request"),
+        "{err}"
+    );
+    // The open connection never needed one.
+    let (ok, _, err) = gw.psql(&gw.conninfo(db, "eve", &eve), &["-c", "select 1"]);
+    assert!(ok, "{err}");
+    assert!(gw.verify().status.success());
+}
+
+#[test]
+fn an_approved_request_lifts_a_review_rule_for_a_while() {
+    let db = "acc_lift";
+    pg().create_db(db);
+    pg().psql_admin(
+        db,
+        "CREATE TABLE victim(id int); INSERT INTO victim VALUES (1), (2)",
+    );
+    let reviewed = format!(
+        "  - name: reviewed\n    kind: postgres\n    address: 127.0.0.1:{}\n    database: {db}\n    user: postgres\n    password: env:SLUICE_TEST_TARGET_PASSWORD\n    access_reviewers: [group:dba]\n",
+        pg().port
+    );
+    let gw = Gateway::start_with(db, &reviewed, POLICIES);
+    let eve = gw.user_token("eve");
+    gw.cli_ok(&["users", "add", "bob", "--group", "dba"]);
+    let bob = gw.cli_ok(&["tokens", "issue", "bob"]).trim().to_owned();
+    let lift = |connection: &str, rule: &str| {
+        access(
+            &gw,
+            &eve,
+            &[
+                "request",
+                connection,
+                "--for",
+                "10m",
+                "--reason",
+                "cleanup",
+                "--lift-rule",
+                rule,
+                "--json",
+            ],
+        )
+    };
+
+    // Lifting needs a review rule that exists, and someone who may approve.
+    let out = lift("reviewed", "no-such-rule");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a review rule"));
+    let out = lift(db, "deletes-need-review");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no access_reviewers"));
+
+    let out = lift("reviewed", "deletes-need-review");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let request: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = request["id"].as_str().unwrap().to_owned();
+    access_json(&gw, &bob, &["approve", &id]);
+    // The lift applies to eve on `reviewed` only: the statement runs there without a hold.
+    let (ok, _, err) = gw.psql(
+        &gw.conninfo("reviewed", "eve", &eve),
+        &["-c", "DELETE FROM victim WHERE id = 1"],
+    );
+    assert!(ok, "{err}");
+    assert!(!err.contains("held for review"), "{err}");
+    gw.wait_sessions_closed();
+    let delete = gw
+        .all_statements()
+        .into_iter()
+        .find(|s| s["statement"] == "DELETE FROM victim WHERE id = 1")
+        .unwrap();
+    assert_eq!(delete["decision"], "allow");
+    assert_eq!(delete["access_request"], id.as_str());
+    assert_eq!(
+        pg().psql_admin(db, "SELECT count(*) FROM victim").trim(),
+        "1"
+    );
+}
