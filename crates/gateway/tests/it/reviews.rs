@@ -404,3 +404,26 @@ fn review_events_reach_signed_webhooks_with_retries() {
         "{log}"
     );
 }
+
+#[test]
+fn a_client_that_hangs_up_withdraws_its_held_statement() {
+    let s = setup("rev_hangup");
+    let mut psql = s.psql_bg("DELETE FROM victim WHERE id = 1");
+    let id = s.pending_review()["id"].as_str().unwrap().to_owned();
+    psql.kill().unwrap();
+    let _ = psql.wait();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let review = s.reviews_json(&s.bob, &["show", &id]);
+        if review["status"] == "withdrawn" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still {}", review["status"]);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A late approval cannot make it run for nobody.
+    let late = s.reviews(&s.bob, &["approve", &id]);
+    assert!(!late.status.success());
+    assert!(String::from_utf8_lossy(&late.stderr).contains("withdrawn"));
+    assert_eq!(s.rows(), "2");
+}

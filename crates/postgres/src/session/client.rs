@@ -12,6 +12,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use super::names::{Define, Statement, Undo};
 use super::queue::{not_executed, Exec, Expect, State};
 use super::{io_reason, lock, ClientHold, Shared, READ_BUFFER};
+
+/// How much client input is read ahead while a statement is held for review.
+const HOLD_READ_AHEAD: usize = 1 << 20;
 use crate::codec::{self, FrontendMessage};
 use crate::params::render_params;
 use crate::stream::BoxStream;
@@ -142,11 +145,16 @@ impl<P: Pipeline> ClientToServer<P> {
         let mut passthrough: usize = 0;
         // A message at the front of `buf` waits for the server's answers.
         let mut waiting = false;
+        // `buf` got more input while the pipeline held a statement.
+        let mut read_ahead = false;
         loop {
             if waiting {
                 // Messages already sent answer it; a Sync ended their batch, so they come
                 // without further input. Re-read `buf` after each settled read.
                 let _ = tokio::time::timeout(SETTLE_WAIT, self.shared.progress.notified()).await;
+            } else if read_ahead {
+                // Input read while a statement was held: scan it before reading more.
+                read_ahead = false;
             } else {
                 // A client that sends without reading the answers would make the queue of
                 // owed answers (and refusals) grow without end: stop reading until it drains.
@@ -188,9 +196,30 @@ impl<P: Pipeline> ClientToServer<P> {
             let decisions = if scan.requests.is_empty() {
                 Vec::new()
             } else {
-                self.pipeline
-                    .requests(&self.info, scan.requests, &self.hold)
-                    .await
+                let decided = self
+                    .pipeline
+                    .requests(&self.info, scan.requests, &self.hold);
+                tokio::pin!(decided);
+                // While the pipeline decides (a review hold can take minutes), keep reading
+                // the client, up to a bound, so that a client that hangs up withdraws what
+                // is held instead of having it run later for nobody.
+                let mut client_open = true;
+                loop {
+                    tokio::select! {
+                        decisions = &mut decided => break decisions,
+                        read = self.client.read_buf(&mut buf),
+                            if client_open && buf.len() < HOLD_READ_AHEAD =>
+                        {
+                            match read {
+                                Ok(n) if n > 0 => read_ahead = true,
+                                _ => {
+                                    client_open = false;
+                                    self.hold.client_left();
+                                }
+                            }
+                        }
+                    }
+                }
             };
             let terminate = self.apply(&buf, scan.actions, &ids, &decisions, &mut out);
             buf.advance(scan.consumed);

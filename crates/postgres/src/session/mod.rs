@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::BytesMut;
 use sluice_core::{HoldChannel, Pipeline, SessionControl, SessionInfo};
@@ -80,6 +81,16 @@ impl SessionEnd {
 struct ClientHold {
     shared: Arc<Shared>,
     withdraw: Arc<Notify>,
+    /// The client closed its connection while a statement was held.
+    client_gone: AtomicBool,
+}
+
+impl ClientHold {
+    /// The client left: whatever is held is withdrawn, now or when the hold begins.
+    fn client_left(&self) {
+        self.client_gone.store(true, Ordering::SeqCst);
+        self.withdraw.notify_waiters();
+    }
 }
 
 impl HoldChannel for ClientHold {
@@ -89,7 +100,16 @@ impl HoldChannel for ClientHold {
     }
 
     fn withdrawn(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
-        Box::pin(self.withdraw.notified())
+        Box::pin(async move {
+            let notified = self.withdraw.notified();
+            tokio::pin!(notified);
+            // Registered before the flag is read, so a departure in between is not missed.
+            notified.as_mut().enable();
+            if self.client_gone.load(Ordering::SeqCst) {
+                return;
+            }
+            notified.await;
+        })
     }
 }
 
@@ -136,6 +156,7 @@ pub(crate) async fn run<P: Pipeline>(
     let hold = ClientHold {
         shared: shared.clone(),
         withdraw,
+        client_gone: AtomicBool::new(false),
     };
     let c2s = ClientToServer {
         pipeline: pipeline.clone(),
