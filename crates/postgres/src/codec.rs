@@ -387,6 +387,15 @@ pub fn error_response(out: &mut BytesMut, severity: &str, code: &str, message: &
     });
 }
 
+/// Execute of `portal`, all rows.
+pub fn put_execute(out: &mut BytesMut, portal: &str) {
+    put_message(out, b'E', |b| {
+        b.put_slice(portal.as_bytes());
+        b.put_u8(0);
+        b.put_i32(0);
+    });
+}
+
 pub fn notice_response(out: &mut BytesMut, code: &str, message: &str) {
     put_message(out, b'N', |b| {
         for (field, value) in [

@@ -7,17 +7,17 @@ use bytes::{BufMut, BytesMut};
 use crate::bad_input::{error_code, logged_in, read_messages};
 use crate::support::{pg, Gateway};
 
-fn msg(out: &mut BytesMut, tag: u8, body: &[u8]) {
+pub(crate) fn msg(out: &mut BytesMut, tag: u8, body: &[u8]) {
     out.put_u8(tag);
     out.put_i32(body.len() as i32 + 4);
     out.put_slice(body);
 }
 
-fn parse(out: &mut BytesMut, name: &str, sql: &str) {
+pub(crate) fn parse(out: &mut BytesMut, name: &str, sql: &str) {
     msg(out, b'P', format!("{name}\0{sql}\0\0\0").as_bytes());
 }
 
-fn bind(out: &mut BytesMut, portal: &str, statement: &str) {
+pub(crate) fn bind(out: &mut BytesMut, portal: &str, statement: &str) {
     msg(
         out,
         b'B',
@@ -25,7 +25,7 @@ fn bind(out: &mut BytesMut, portal: &str, statement: &str) {
     );
 }
 
-fn execute(out: &mut BytesMut, portal: &str) {
+pub(crate) fn execute(out: &mut BytesMut, portal: &str) {
     msg(out, b'E', format!("{portal}\0\0\0\0\0").as_bytes());
 }
 
@@ -33,7 +33,7 @@ fn query(out: &mut BytesMut, sql: &str) {
     msg(out, b'Q', format!("{sql}\0").as_bytes());
 }
 
-fn sync(out: &mut BytesMut) {
+pub(crate) fn sync(out: &mut BytesMut) {
     msg(out, b'S', b"");
 }
 

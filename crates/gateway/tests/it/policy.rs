@@ -252,3 +252,61 @@ fn policy_replay_reports_what_a_candidate_would_change() {
     // The live log is only read.
     assert!(gw.verify().status.success());
 }
+
+#[test]
+fn a_refused_message_fails_its_batch_on_the_server_too() {
+    use std::io::Write;
+
+    use bytes::BytesMut;
+
+    use crate::bad_input::{error_code, logged_in, read_messages};
+    use crate::evasion::{bind, execute, parse, sync};
+
+    let (gw, token) = guarded("pol_batch", "");
+    let mut s = logged_in(&gw, "pol_batch", "eve", &token);
+    let batch = || {
+        let mut out = BytesMut::new();
+        parse(&mut out, "", "INSERT INTO victim VALUES (3)");
+        bind(&mut out, "", "");
+        execute(&mut out, "");
+        parse(&mut out, "", "DROP TABLE victim");
+        bind(&mut out, "", "");
+        execute(&mut out, "");
+        sync(&mut out);
+        out
+    };
+    // Outside a transaction block: the INSERT of the same batch is rolled back with it, as
+    // the server would do had the DROP failed there.
+    s.write_all(&batch()).unwrap();
+    let m = read_messages(&mut s, b'Z');
+    let (code, message) = error_code(&m).expect("an error");
+    assert_eq!(code, "42501");
+    assert!(message.contains("no-drop"), "{message}");
+    assert!(!message.contains("portal"), "{message}");
+    assert_eq!(m.iter().filter(|(t, _)| *t == b'E').count(), 1);
+    assert_eq!(
+        m.last().map(|(t, b)| (*t, b.clone())),
+        Some((b'Z', b"I".to_vec()))
+    );
+    assert_eq!(victim_rows("pol_batch"), "2");
+
+    // Inside one: the transaction is failed, as after any error.
+    let mut out = BytesMut::new();
+    crate::evasion::msg(&mut out, b'Q', b"BEGIN\0");
+    s.write_all(&out).unwrap();
+    read_messages(&mut s, b'Z');
+    s.write_all(&batch()).unwrap();
+    let m = read_messages(&mut s, b'Z');
+    assert_eq!(
+        m.last().map(|(t, b)| (*t, b.clone())),
+        Some((b'Z', b"E".to_vec()))
+    );
+    let mut out = BytesMut::new();
+    crate::evasion::msg(&mut out, b'Q', b"ROLLBACK\0");
+    crate::evasion::msg(&mut out, b'Q', b"SELECT count(*) FROM victim\0");
+    s.write_all(&out).unwrap();
+    read_messages(&mut s, b'Z');
+    let m = read_messages(&mut s, b'Z');
+    assert!(error_code(&m).is_none(), "{:?}", error_code(&m));
+    assert_eq!(victim_rows("pol_batch"), "2");
+}

@@ -45,6 +45,9 @@ pub(super) struct ClientToServer<P> {
     /// After the gateway refused an extended-protocol message, everything up to Sync is
     /// discarded, exactly as the server does after an error.
     pub skip_until_sync: bool,
+    /// A portal name no client can know: the gateway's refusals execute it so the server
+    /// fails the batch (see [`Expect::Refused`]).
+    pub refusal_portal: String,
     /// Since when a message has been waiting for the server to settle a definition.
     pub waiting_since: Option<Instant>,
     /// Batch ends (Sync, Query, FunctionCall) read so far, counted as they are read.
@@ -118,6 +121,12 @@ enum Action {
         query: bool,
     },
     Terminate,
+}
+
+/// Where a refusal's frames and outcomes go.
+struct Refusal<'a> {
+    outcomes: &'a mut Vec<Outcome>,
+    out: &'a mut BytesMut,
 }
 
 /// An unnamed Parse seen in the current read, and the portal bound from it.
@@ -701,7 +710,11 @@ impl<P: Pipeline> ClientToServer<P> {
                             outcomes.push(not_executed(ids[i], "refused by the gateway"));
                         }
                         if let Some((code, reason)) = denied.filter(|_| !skipping) {
-                            self.refuse(&mut state, code, &reason, false, &mut outcomes);
+                            let refusal = Refusal {
+                                outcomes: &mut outcomes,
+                                out,
+                            };
+                            self.refuse(&mut state, code, &reason, false, refusal);
                         }
                         continue;
                     }
@@ -758,7 +771,11 @@ impl<P: Pipeline> ClientToServer<P> {
                                     .iter()
                                     .map(|id| not_executed(*id, "refused by the gateway")),
                             );
-                            self.refuse(&mut state, code, &reason, true, &mut outcomes);
+                            let refusal = Refusal {
+                                outcomes: &mut outcomes,
+                                out,
+                            };
+                            self.refuse(&mut state, code, &reason, true, refusal);
                         }
                     }
                 }
@@ -788,7 +805,11 @@ impl<P: Pipeline> ClientToServer<P> {
                         }
                         Some((code, reason)) => {
                             outcomes.push(not_executed(id, "refused by the gateway"));
-                            self.refuse(&mut state, code, &reason, function_call, &mut outcomes);
+                            let refusal = Refusal {
+                                outcomes: &mut outcomes,
+                                out,
+                            };
+                            self.refuse(&mut state, code, &reason, function_call, refusal);
                         }
                     }
                 }
@@ -803,7 +824,11 @@ impl<P: Pipeline> ClientToServer<P> {
                 }
                 Action::Refuse { message, query } => {
                     if !skipping {
-                        self.refuse(&mut state, "42501", &message, query, &mut outcomes);
+                        let refusal = Refusal {
+                            outcomes: &mut outcomes,
+                            out,
+                        };
+                        self.refuse(&mut state, "42501", &message, query, refusal);
                     }
                 }
                 // `scan` stops before a waiting message; it never reaches here.
@@ -838,18 +863,26 @@ impl<P: Pipeline> ClientToServer<P> {
         code: &str,
         reason: &str,
         with_ready: bool,
-        outcomes: &mut Vec<Outcome>,
+        refusal: Refusal<'_>,
     ) {
+        let Refusal { outcomes, out } = refusal;
         let mut frames = BytesMut::new();
         codec::error_response(&mut frames, "ERROR", code, reason);
-        outcomes.extend(state.push(Expect::Inject {
-            frames,
-            then_ready: with_ready,
-            close_after: false,
-        }));
-        if !with_ready {
-            self.skip_until_sync = true;
+        if with_ready {
+            // A whole Query or FunctionCall: nothing of it reaches the server.
+            outcomes.extend(state.push(Expect::Inject {
+                frames,
+                then_ready: true,
+                close_after: false,
+            }));
+            return;
         }
+        // An extended-protocol message: the server must fail the batch as it would have
+        // itself (rolling back its implicit transaction, aborting an explicit one), so it
+        // gets an Execute of a portal that cannot exist, whose error becomes the refusal.
+        outcomes.extend(state.push(Expect::Refused { frames }));
+        codec::put_execute(out, &self.refusal_portal);
+        self.skip_until_sync = true;
     }
 
     fn inject(&self, frames: BytesMut, then_ready: bool, close_after: bool) {

@@ -113,6 +113,13 @@ impl HoldChannel for ClientHold {
     }
 }
 
+/// `sluice-refused-` and 128 random bits.
+fn refusal_portal() -> String {
+    use rand::Rng;
+    let bits: u128 = rand::thread_rng().gen();
+    format!("sluice-refused-{bits:032x}")
+}
+
 fn io_reason(e: std::io::Error) -> String {
     format!("connection error: {e}")
 }
@@ -168,6 +175,7 @@ pub(crate) async fn run<P: Pipeline>(
         next_request: 1,
         max_message,
         skip_until_sync: false,
+        refusal_portal: refusal_portal(),
         waiting_since: None,
         batches: 0,
         scans: 0,

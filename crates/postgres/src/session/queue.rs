@@ -52,6 +52,13 @@ pub(super) enum Expect {
     SyncReady,
     /// The client ended a COPY FROM STDIN before the server was seen entering copy-in mode.
     ClientCopyEnded,
+    /// An extended-protocol message the gateway refused. In its place the server was sent
+    /// an Execute of a portal that cannot exist, so that the server fails the batch (and
+    /// its implicit transaction) exactly as if the message had failed there; the server's
+    /// ErrorResponse is replaced by `frames`, the gateway's refusal.
+    Refused {
+        frames: BytesMut,
+    },
     /// Gateway-built frames, written when everything before them has been answered;
     /// `then_ready` appends a ReadyForQuery with the current status; `close_after` ends
     /// the session (FATAL errors).
@@ -78,6 +85,7 @@ impl Expect {
             Expect::SyncReady => "SyncReady",
             Expect::ClientCopyEnded => "ClientCopyEnded",
             Expect::Inject { .. } => "Inject",
+            Expect::Refused { .. } => "Refused",
         }
     }
 
@@ -162,6 +170,8 @@ pub(super) struct State {
     /// The session's client_encoding when it is one whose multibyte characters can
     /// contain `\` or `;` (see `codec::encoding_hides_delimiters`).
     pub unsafe_encoding: Option<String>,
+    /// Frames to send instead of the server's ErrorResponse just observed (a refusal).
+    replacement: Option<BytesMut>,
 }
 
 impl State {
@@ -431,11 +441,23 @@ impl State {
         self.copy = if ended { Copy::Idle } else { Copy::In };
     }
 
+    /// The frames that replace the ErrorResponse just observed, if it answered a refusal.
+    pub fn take_replacement(&mut self) -> Option<BytesMut> {
+        self.replacement.take()
+    }
+
     fn error(&mut self, body: &[u8], outcomes: &mut Vec<Outcome>) {
         if self.copy == Copy::In {
             self.copy = Copy::Failed;
         }
         let fields = codec::parse_error_fields(body);
+        if let Some(Expect::Refused { .. }) = self.queue.front() {
+            if let Some(Expect::Refused { frames }) = self.queue.pop_front() {
+                self.replacement = Some(frames);
+            }
+            self.discard_to_sync(&fields, outcomes);
+            return;
+        }
         match self.queue.front() {
             // A simple Query or FunctionCall: its statement failed, the rest of the string
             // does not run; its own ReadyForQuery follows.

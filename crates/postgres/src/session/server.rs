@@ -126,6 +126,14 @@ impl<P: Pipeline> ServerToClient<P> {
                 break;
             }
             inject_due = self.observe(h.tag, &buf[pos + 5..pos + total]);
+            let replacement = lock(&self.shared.state).take_replacement();
+            if let Some(frames) = replacement {
+                // The server's error answered a message the gateway refused: the client
+                // sees the refusal in its place.
+                self.send(&buf[written..pos]).await;
+                self.send(&frames).await;
+                written = pos + total;
+            }
             pos += total;
         }
         self.send(&buf[written..pos]).await;
