@@ -469,6 +469,11 @@ impl Pipeline for GatewayPipeline {
         let mut lifts = Vec::with_capacity(n);
         for (request, verdict) in requests.iter().zip(&verdicts) {
             let (decision, review) = match verdict {
+                // A protocol-level Parse runs nothing: the review happens when an Execute
+                // runs the statement (each is judged on its own).
+                Verdict::Review { .. } if request.kind == RequestKind::Prepare => {
+                    (Decision::Allow, None)
+                }
                 Verdict::Review {
                     rule,
                     message,

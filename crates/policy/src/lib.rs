@@ -185,7 +185,12 @@ impl Policy {
             }
         }
         let judged = absorbed.as_ref().unwrap_or(&facts);
-        let verdict = self.decide(identity, connection, judged, &session.search_path);
+        let mut verdict = self.decide(identity, connection, judged, &session.search_path);
+        // `PREPARE name AS …` runs nothing: a review waits for the `EXECUTE` that runs it,
+        // which is judged as the prepared statement. (A deny refuses it at once.)
+        if matches!(verdict, Verdict::Review { .. }) && facts.kind() == Some(Kind::Prepare) {
+            verdict = Verdict::Allow;
+        }
         // A held statement's effects count too: if it is refused later, the server never
         // sees it and a stale entry only makes a later EXECUTE be judged as the statement.
         if matches!(verdict, Verdict::Allow | Verdict::Review { .. }) {

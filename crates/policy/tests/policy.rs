@@ -378,3 +378,27 @@ fn deny_beats_review_and_modes_follow_the_identity() {
         }
     ));
 }
+
+#[test]
+fn a_review_waits_for_the_execute_of_a_prepared_statement() {
+    let specs: Vec<RuleSpec> = serde_yaml_ng::from_str(
+        "[{ name: deletes, match: { statement: [delete] }, action: review, reviewers: [group:dba] }]",
+    )
+    .unwrap();
+    let p = Policy::new(&specs, &[("prod".into(), Unparsed::Deny)]).unwrap();
+    let mut session = SessionPolicy::default();
+    let alice = person(&[]);
+    assert_eq!(
+        p.judge(
+            &alice,
+            "prod",
+            "prepare d as delete from t where id = $1",
+            &mut session
+        ),
+        Verdict::Allow
+    );
+    assert!(matches!(
+        p.judge(&alice, "prod", "execute d(1)", &mut session),
+        Verdict::Review { .. }
+    ));
+}

@@ -427,3 +427,47 @@ fn a_client_that_hangs_up_withdraws_its_held_statement() {
     assert!(String::from_utf8_lossy(&late.stderr).contains("withdrawn"));
     assert_eq!(s.rows(), "2");
 }
+
+#[test]
+fn a_prepared_statement_is_reviewed_once_when_it_runs() {
+    let s = setup("rev_prepared");
+    let conninfo = s.gw.conninfo(s.db, "eve", &s.eve);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(&conninfo, NoTls).await.unwrap();
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        // Preparing runs nothing, so nothing is held yet.
+        let delete = client
+            .prepare("DELETE FROM victim WHERE id = $1")
+            .await
+            .unwrap();
+        assert_eq!(
+            s.reviews_json(&s.bob, &["list", "--status", "all"]),
+            serde_json::json!([])
+        );
+        let run = tokio::spawn(async move { client.execute(&delete, &[&1i32]).await });
+        let id = loop {
+            let list = s.reviews_json(&s.bob, &["list"]);
+            if let Some(first) = list.as_array().and_then(|a| a.first()) {
+                break first["id"].as_str().unwrap().to_owned();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let review = s.reviews_json(&s.bob, &["approve", &id]);
+        assert_eq!(review["params"], serde_json::json!(["1"]));
+        assert_eq!(run.await.unwrap().unwrap(), 1);
+    });
+    assert_eq!(
+        s.reviews_json(&s.bob, &["list", "--status", "all"])
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+    assert_eq!(s.rows(), "1");
+}
