@@ -243,6 +243,29 @@ fn print_session(d: &crate::views::SessionDetail) {
                 if let Some(params) = e["params"].as_array().filter(|p| !p.is_empty()) {
                     println!("      params: {}", serde_json::Value::Array(params.clone()));
                 }
+                if let Some(review) = e["review"].as_object() {
+                    let text = |key: &str| {
+                        printable(review.get(key).and_then(|v| v.as_str()).unwrap_or_default())
+                    };
+                    println!(
+                        "      review {} {}{}{}",
+                        text("id"),
+                        text("status"),
+                        review
+                            .get("by")
+                            .and_then(|v| v.as_str())
+                            .map(|by| format!(" by {}", printable(by)))
+                            .unwrap_or_default(),
+                        review
+                            .get("at")
+                            .and_then(|v| v.as_str())
+                            .map(|at| format!(" at {}", printable(at)))
+                            .unwrap_or_default(),
+                    );
+                }
+                if let Some(request) = e["access_request"].as_str() {
+                    println!("      review rule lifted by access request {}", printable(request));
+                }
                 if e["decision"].as_str() == Some("deny") {
                     println!(
                         "      denied{}: {}",
