@@ -264,7 +264,10 @@ fn print_session(d: &crate::views::SessionDetail) {
                     );
                 }
                 if let Some(request) = e["access_request"].as_str() {
-                    println!("      review rule lifted by access request {}", printable(request));
+                    println!(
+                        "      review rule lifted by access request {}",
+                        printable(request)
+                    );
                 }
                 if e["decision"].as_str() == Some("deny") {
                     println!(

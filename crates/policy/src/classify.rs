@@ -149,6 +149,10 @@ pub struct Facts {
     /// schema is written).
     pub functions: BTreeSet<String>,
     pub effects: Vec<SessionEffect>,
+    /// A function it calls runs SQL given as text (`dblink`, `query_to_xml`, …), which
+    /// policy cannot see into: the statement is judged by its rules, then treated as not
+    /// understood.
+    pub dynamic: Option<String>,
 }
 
 impl Facts {
@@ -162,6 +166,9 @@ impl Facts {
         self.operations.extend(other.operations.iter().cloned());
         self.tables.extend(other.tables.iter().cloned());
         self.functions.extend(other.functions.iter().cloned());
+        if self.dynamic.is_none() {
+            self.dynamic.clone_from(&other.dynamic);
+        }
     }
 }
 
@@ -172,13 +179,43 @@ pub enum NotUnderstood {
     Parse(String),
     #[error("sluice cannot see into dynamic SQL ({0})")]
     Dynamic(&'static str),
+    #[error("sluice cannot see into dynamic SQL (the SQL text given to {0})")]
+    DynamicFunction(String),
     #[error(
         "the statement is too long for sluice's policy parser (more than {MAX_TOKENS} tokens)"
     )]
     TooLong,
+    #[error(
+        "sluice does not decode Unicode-escaped identifiers (U&\"…\"); write the name plainly"
+    )]
+    UnicodeIdentifier,
+    #[error("this text holds several statements where sluice expected one; send them separately")]
+    SeveralStatements,
 }
 
-/// Reads the facts of `sql` (one statement, or several: all are judged).
+/// Functions that run SQL given to them as text, which policy cannot see into.
+const DYNAMIC_SQL_FUNCTIONS: &[&str] = &[
+    "query_to_xml",
+    "query_to_xmlschema",
+    "query_to_xml_and_xmlschema",
+    "table_to_xml",
+    "table_to_xmlschema",
+    "table_to_xml_and_xmlschema",
+    "schema_to_xml",
+    "schema_to_xmlschema",
+    "schema_to_xml_and_xmlschema",
+    "database_to_xml",
+    "database_to_xmlschema",
+    "database_to_xml_and_xmlschema",
+    "ts_stat",
+    "ts_rewrite",
+    "dblink",
+    "dblink_exec",
+    "dblink_open",
+    "dblink_send_query",
+];
+
+/// Reads the facts of `sql`, one statement.
 pub fn classify(sql: &str) -> Result<Facts, NotUnderstood> {
     if sluice_sql::significant_tokens(sql) > MAX_TOKENS {
         return Err(NotUnderstood::TooLong);
@@ -186,15 +223,56 @@ pub fn classify(sql: &str) -> Result<Facts, NotUnderstood> {
     if sluice_sql::first_word_is(sql, "do") {
         return Err(NotUnderstood::Dynamic("a DO block"));
     }
+    // sqlparser reads `U&"pg\005fread_file"` as `U & "…"`: the name the server runs would
+    // never be seen.
+    if sluice_sql::has_unicode_identifier(sql) {
+        return Err(NotUnderstood::UnicodeIdentifier);
+    }
     let statements = Parser::parse_sql(&PostgreSqlDialect {}, sql)
         .map_err(|err| NotUnderstood::Parse(err.to_string()))?;
+    // The gateway splits statements the way the server does; a text the parser reads as
+    // several is one where the two disagree, and the server's reading is unknown.
+    if statements.len() > 1 {
+        return Err(NotUnderstood::SeveralStatements);
+    }
     let mut walk = Walk::default();
     for statement in &statements {
         if let ControlFlow::Break(reason) = statement.visit(&mut walk) {
             return Err(reason);
         }
     }
-    Ok(walk.facts)
+    let mut facts = walk.facts;
+    // What an operation acts on is touched by the statement too (COPY's table, …).
+    let acted_on: Vec<TableName> = facts
+        .operations
+        .iter()
+        .flat_map(|op| op.tables.iter().cloned())
+        .collect();
+    facts.tables.extend(acted_on);
+    facts.dynamic = facts
+        .functions
+        .iter()
+        .find(|f| {
+            let bare = f.rsplit('.').next().unwrap_or(f);
+            DYNAMIC_SQL_FUNCTIONS.contains(&bare)
+        })
+        .cloned();
+    // `set_config(…)` anywhere, or a write to `pg_settings`, moves `search_path` in ways
+    // not followed here.
+    let sets_config = facts
+        .functions
+        .iter()
+        .any(|f| f.rsplit('.').next() == Some("set_config"));
+    let writes_settings = facts
+        .operations
+        .iter()
+        .any(|op| op.kind != Kind::Select && op.tables.iter().any(|t| t.name == "pg_settings"));
+    if sets_config || writes_settings {
+        facts
+            .effects
+            .push(SessionEffect::SearchPath(PathChange::Unknown));
+    }
+    Ok(facts)
 }
 
 /// One pass over the tree, collecting facts.
@@ -212,23 +290,15 @@ impl Visitor for Walk {
             self.facts.effects.push(effect);
         }
         self.facts.operations.push(operation);
+        if let Some(upsert) = upsert_update(statement) {
+            self.facts.operations.push(upsert);
+        }
+        self.facts.operations.extend(merge_actions(statement));
         ControlFlow::Continue(())
     }
 
     fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<NotUnderstood> {
-        // `SELECT … INTO new_table` creates a table.
-        if let SetExpr::Select(select) = query.body.as_ref() {
-            if let Some(into) = &select.into {
-                let tables: Vec<TableName> =
-                    into.targets.iter().filter_map(expr_table_name).collect();
-                self.facts.tables.extend(tables.iter().cloned());
-                self.facts.operations.push(Operation {
-                    kind: Kind::Create,
-                    tables,
-                    has_where: None,
-                });
-            }
-        }
+        self.set_expr(query.body.as_ref());
         ControlFlow::Continue(())
     }
 
@@ -257,16 +327,43 @@ impl Visitor for Walk {
 
     fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<NotUnderstood> {
         if let Expr::Function(Function { name, .. }) = expr {
-            let name = function_name(name);
-            // `set_config('search_path', …)` moves where unqualified names resolve.
-            if name.rsplit('.').next() == Some("set_config") {
-                self.facts
-                    .effects
-                    .push(SessionEffect::SearchPath(PathChange::Unknown));
-            }
-            self.facts.functions.insert(name);
+            self.facts.functions.insert(function_name(name));
         }
         ControlFlow::Continue(())
+    }
+}
+
+impl Walk {
+    /// What the visitor does not reach by itself in a query body: `SELECT … INTO
+    /// new_table` (anywhere in a UNION) creates a table, and `TABLE name` reads one.
+    /// Nested queries (`(…)`) are visited as queries of their own.
+    fn set_expr(&mut self, body: &SetExpr) {
+        match body {
+            SetExpr::Select(select) => {
+                if let Some(into) = &select.into {
+                    let tables: Vec<TableName> =
+                        into.targets.iter().filter_map(expr_table_name).collect();
+                    self.facts.operations.push(Operation {
+                        kind: Kind::Create,
+                        tables,
+                        has_where: None,
+                    });
+                }
+            }
+            SetExpr::SetOperation { left, right, .. } => {
+                self.set_expr(left);
+                self.set_expr(right);
+            }
+            SetExpr::Table(table) => {
+                if let Some(name) = &table.table_name {
+                    self.facts.tables.insert(TableName {
+                        schema: table.schema_name.as_ref().map(ident),
+                        name: ident(name),
+                    });
+                }
+            }
+            _ => {}
+        }
     }
 }
 
@@ -287,8 +384,11 @@ fn operation(statement: &Statement) -> ControlFlow<NotUnderstood, Operation> {
         },
         Statement::Update(update) => Operation {
             kind: Kind::Update,
-            tables: relations(&update.table),
-            has_where: Some(limits_rows(update.selection.as_ref())),
+            tables: relations(&update.table.relation),
+            has_where: Some(limits_rows(
+                update.selection.as_ref(),
+                &target_names(&update.table.relation),
+            )),
         },
         Statement::Delete(delete) => {
             let mut tables: Vec<TableName> = delete.tables.iter().map(table_name).collect();
@@ -299,13 +399,23 @@ fn operation(statement: &Statement) -> ControlFlow<NotUnderstood, Operation> {
                     }
                 }
             }
+            let mut targets: Vec<String> = tables.iter().map(|t| t.name.clone()).collect();
+            let (FromTable::WithFromKeyword(from) | FromTable::WithoutKeyword(from)) = &delete.from;
+            for table in from {
+                targets.extend(target_names(&table.relation));
+            }
             Operation {
                 kind: Kind::Delete,
                 tables,
-                has_where: Some(limits_rows(delete.selection.as_ref())),
+                has_where: Some(limits_rows(delete.selection.as_ref(), &targets)),
             }
         }
-        Statement::Merge(merge) => op(Kind::Merge, relations(&merge.table)),
+        // MERGE's ON decides which rows its UPDATE/DELETE clauses reach: `ON true` is all.
+        Statement::Merge(merge) => Operation {
+            kind: Kind::Merge,
+            tables: relations(&merge.table),
+            has_where: Some(limits_rows(Some(&merge.on), &target_names(&merge.table))),
+        },
         Statement::Drop { names, .. } => op(Kind::Drop, names.iter().map(table_name).collect()),
         Statement::Truncate(truncate) => op(
             Kind::Truncate,
@@ -349,6 +459,67 @@ fn operation(statement: &Statement) -> ControlFlow<NotUnderstood, Operation> {
         }
     };
     ControlFlow::Continue(operation)
+}
+
+/// `INSERT … ON CONFLICT DO UPDATE` updates the rows it conflicts with: one per `VALUES`
+/// row, but every row of the table when it inserts `SELECT * FROM` that table. Its update
+/// counts as limited when the rows come from `VALUES` or its own `WHERE` limits it.
+fn upsert_update(statement: &Statement) -> Option<Operation> {
+    use sqlparser::ast::{OnConflictAction, OnInsert};
+    let Statement::Insert(insert) = statement else {
+        return None;
+    };
+    let Some(OnInsert::OnConflict(conflict)) = &insert.on else {
+        return None;
+    };
+    let OnConflictAction::DoUpdate(update) = &conflict.action else {
+        return None;
+    };
+    let from_values = insert
+        .source
+        .as_ref()
+        .is_some_and(|q| matches!(q.body.as_ref(), SetExpr::Values(_)));
+    let tables = match &insert.table {
+        TableObject::TableName(name) => vec![table_name(name)],
+        other => relations(other),
+    };
+    let targets: Vec<String> = tables.iter().map(|t| t.name.clone()).collect();
+    Some(Operation {
+        kind: Kind::Update,
+        tables,
+        has_where: Some(from_values || limits_rows(update.selection.as_ref(), &targets)),
+    })
+}
+
+/// The writes a MERGE's clauses make, each limited as far as `ON` and its own `AND`
+/// condition limit it (`ON true … THEN DELETE` deletes every row).
+fn merge_actions(statement: &Statement) -> Vec<Operation> {
+    use sqlparser::ast::MergeAction;
+    let Statement::Merge(merge) = statement else {
+        return Vec::new();
+    };
+    let tables = relations(&merge.table);
+    let targets = target_names(&merge.table);
+    let on_limits = limits_rows(Some(&merge.on), &targets);
+    merge
+        .clauses
+        .iter()
+        .filter_map(|clause| {
+            let kind = match clause.action {
+                MergeAction::Insert(_) => Kind::Insert,
+                MergeAction::Update(_) => Kind::Update,
+                MergeAction::Delete { .. } => Kind::Delete,
+                MergeAction::DoNothing { .. } => return None,
+            };
+            let has_where = (kind != Kind::Insert)
+                .then(|| on_limits || limits_rows(clause.predicate.as_ref(), &targets));
+            Some(Operation {
+                kind,
+                tables: tables.clone(),
+                has_where,
+            })
+        })
+        .collect()
 }
 
 /// `CREATE …`, `ALTER …`, `DROP …` statements other than the ones matched by name above,
@@ -402,8 +573,13 @@ fn effect(statement: &Statement) -> Option<SessionEffect> {
     }
 }
 
+/// Setting names ignore case even when quoted (`SET "Search_Path"` is `search_path`).
 fn is_search_path(name: &ObjectName) -> bool {
-    table_name(name).name == "search_path"
+    match name.0.last() {
+        Some(ObjectNamePart::Identifier(id)) => id.value.eq_ignore_ascii_case("search_path"),
+        Some(other) => other.to_string().eq_ignore_ascii_case("search_path"),
+        None => false,
+    }
 }
 
 /// What a `SET` does to `search_path`, if it touches it.
@@ -465,20 +641,95 @@ fn relations<V: Visit>(node: &V) -> Vec<TableName> {
     found
 }
 
-/// Whether a WHERE clause can limit the rows: it exists and mentions a column.
-fn limits_rows(selection: Option<&Expr>) -> bool {
+/// Whether a WHERE clause can limit the rows of `targets` (names and aliases the written
+/// table goes by): it exists, is not true whatever the row (`true OR id = 1`, `id = id`),
+/// and mentions a column that may be the target's (unqualified, or qualified with one of
+/// `targets`) — `UPDATE t … FROM u WHERE u.id IS NULL` limits nothing in `t`.
+fn limits_rows(selection: Option<&Expr>, targets: &[String]) -> bool {
     let Some(selection) = selection else {
         return false;
     };
-    let mut mentions_column = false;
+    if always_true(selection) {
+        return false;
+    }
+    let mut mentions_target = false;
     let _ = sqlparser::ast::visit_expressions(selection, |expr| {
-        if matches!(expr, Expr::Identifier(_) | Expr::CompoundIdentifier(_)) {
-            mentions_column = true;
+        let target = match expr {
+            Expr::Identifier(_) => true,
+            Expr::CompoundIdentifier(parts) => match parts.as_slice() {
+                [.., qualifier, _column] => targets.contains(&ident(qualifier)),
+                _ => true,
+            },
+            _ => false,
+        };
+        if target {
+            mentions_target = true;
             return ControlFlow::Break(());
         }
         ControlFlow::Continue(())
     });
-    mentions_column
+    mentions_target
+}
+
+/// Whether `expr` holds for every row, as far as a syntactic look can tell: constants with
+/// no column (`1 = 1`), `x = x`, and `OR`/`AND`/`NOT` of such.
+fn always_true(expr: &Expr) -> bool {
+    use sqlparser::ast::{BinaryOperator, UnaryOperator};
+    match expr {
+        Expr::Nested(inner) => always_true(inner),
+        Expr::BinaryOp { left, op, right } => match op {
+            BinaryOperator::Or => always_true(left) || always_true(right),
+            BinaryOperator::And => always_true(left) && always_true(right),
+            BinaryOperator::Eq | BinaryOperator::GtEq | BinaryOperator::LtEq if left == right => {
+                true
+            }
+            _ => !mentions_column(expr),
+        },
+        Expr::UnaryOp {
+            op: UnaryOperator::Not,
+            expr: inner,
+        } => always_false(inner),
+        _ => !mentions_column(expr),
+    }
+}
+
+/// Whether `expr` is false for every row: the literal `false`, `NOT` of an always-true.
+fn always_false(expr: &Expr) -> bool {
+    match expr {
+        Expr::Nested(inner) => always_false(inner),
+        Expr::Value(v) => matches!(v.value, Value::Boolean(false)),
+        Expr::UnaryOp {
+            op: sqlparser::ast::UnaryOperator::Not,
+            expr: inner,
+        } => always_true(inner),
+        _ => false,
+    }
+}
+
+fn mentions_column(expr: &Expr) -> bool {
+    let mut found = false;
+    let _ = sqlparser::ast::visit_expressions(expr, |e| {
+        if matches!(e, Expr::Identifier(_) | Expr::CompoundIdentifier(_)) {
+            found = true;
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    });
+    found
+}
+
+/// The names a written table goes by in its statement: its name and its alias.
+fn target_names(factor: &TableFactor) -> Vec<String> {
+    match factor {
+        TableFactor::Table { name, alias, .. } => {
+            let mut names = vec![table_name(name).name];
+            if let Some(alias) = alias {
+                names.push(ident(&alias.name));
+            }
+            names
+        }
+        _ => Vec::new(),
+    }
 }
 
 /// An identifier as the server resolves it.
@@ -622,6 +873,7 @@ mod tests {
         assert!(facts.functions.contains("pg_terminate_backend"));
         let facts = classify("select * from dblink('host=x', 'select 1') as r(a int)").unwrap();
         assert!(facts.functions.contains("dblink"));
+        assert_eq!(facts.dynamic.as_deref(), Some("dblink"));
         let facts = classify("SELECT PG_CATALOG.PG_READ_FILE('/etc/passwd')").unwrap();
         assert!(facts.functions.contains("pg_catalog.pg_read_file"));
         let facts = classify("select 1 where exists (select lo_export(1, '/tmp/x'))").unwrap();
@@ -679,6 +931,20 @@ mod tests {
             [SessionEffect::SearchPath(PathChange::Unknown)]
         );
         assert!(change("set work_mem = '1MB'").is_empty());
+        assert_eq!(
+            change(r#"SET "Search_Path" = secret"#),
+            [SessionEffect::SearchPath(PathChange::Set(vec![
+                "secret".into()
+            ]))]
+        );
+        assert_eq!(
+            change("select * from set_config('search_path', 'secret', false)"),
+            [SessionEffect::SearchPath(PathChange::Unknown)]
+        );
+        assert_eq!(
+            change("update pg_settings set setting = 'secret' where name = 'search_path'"),
+            [SessionEffect::SearchPath(PathChange::Unknown)]
+        );
     }
 
     #[test]

@@ -186,6 +186,15 @@ impl Policy {
         }
         let judged = absorbed.as_ref().unwrap_or(&facts);
         let mut verdict = self.decide(identity, connection, judged, &session.search_path);
+        // SQL handed to a function as text is invisible to the rules: unless one already
+        // refuses the statement, it counts as not understood.
+        if let Some(function) = &judged.dynamic {
+            if !matches!(verdict, Verdict::Deny { .. }) {
+                return not_understood(
+                    NotUnderstood::DynamicFunction(function.clone()).to_string(),
+                );
+            }
+        }
         // `PREPARE name AS …` runs nothing: a review waits for the `EXECUTE` that runs it,
         // which is judged as the prepared statement. (A deny refuses it at once.)
         if matches!(verdict, Verdict::Review { .. }) && facts.kind() == Some(Kind::Prepare) {
@@ -259,6 +268,17 @@ impl Policy {
             return hit.clone();
         }
         let classified = classify(sql).map(Arc::new);
+        // A `SET search_path` is the one classification that depends on a constant (the
+        // schema named in quotes), so it must not be shared with other constants.
+        let constant_dependent = classified.as_ref().is_ok_and(|facts| {
+            facts
+                .effects
+                .iter()
+                .any(|e| matches!(e, SessionEffect::SearchPath(PathChange::Set(_))))
+        });
+        if constant_dependent {
+            return classified;
+        }
         let mut cache = lock(&self.cache);
         if cache.len() >= CACHE_ENTRIES {
             cache.clear();

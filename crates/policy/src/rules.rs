@@ -198,7 +198,8 @@ struct Matcher {
     functions: Vec<String>,
 }
 
-/// Where a session's unqualified table names may resolve.
+/// Where a session's unqualified table names may resolve (every schema it may have put on
+/// its `search_path`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SearchPath {
     /// These schemas (after `pg_catalog`, which the server always searches first).
@@ -215,12 +216,32 @@ impl Default for SearchPath {
 }
 
 impl SearchPath {
+    /// Adds what `change` may put on the path. Schemas are never taken off: a `SET` undone
+    /// by a `ROLLBACK` (or a `RESET` that is) cannot be seen from here, so the path is every
+    /// schema the session may have on it.
     pub(crate) fn apply(&mut self, change: &PathChange) {
-        *self = match change {
-            PathChange::Set(schemas) => SearchPath::Known(schemas.clone()),
-            PathChange::Reset => SearchPath::default(),
-            PathChange::Unknown => SearchPath::Unknown,
+        let added = match change {
+            PathChange::Set(schemas) => schemas.clone(),
+            PathChange::Reset => SearchPath::default().schemas().to_vec(),
+            PathChange::Unknown => {
+                *self = SearchPath::Unknown;
+                return;
+            }
         };
+        if let SearchPath::Known(schemas) = self {
+            for schema in added {
+                if !schemas.contains(&schema) {
+                    schemas.push(schema);
+                }
+            }
+        }
+    }
+
+    fn schemas(&self) -> &[String] {
+        match self {
+            SearchPath::Known(schemas) => schemas,
+            SearchPath::Unknown => &[],
+        }
     }
 
     /// Whether an unqualified name may resolve into a schema matching `pattern`.

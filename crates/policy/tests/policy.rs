@@ -193,11 +193,13 @@ fn tables_follow_the_search_path() {
         p.judge(&alice, "prod", "select * from keys", &mut session),
         Verdict::Deny { .. }
     ));
+    // A RESET may be undone by a ROLLBACK, which sluice cannot see: once on the path, a
+    // schema stays there as far as policy is concerned.
     p.judge(&alice, "prod", "reset search_path", &mut session);
-    assert_eq!(
+    assert!(matches!(
         p.judge(&alice, "prod", "select * from keys", &mut session),
-        Verdict::Allow
-    );
+        Verdict::Deny { .. }
+    ));
     // A change sluice cannot follow makes every unqualified name suspect.
     p.judge(
         &alice,
@@ -400,5 +402,86 @@ fn a_review_waits_for_the_execute_of_a_prepared_statement() {
     assert!(matches!(
         p.judge(&alice, "prod", "execute d(1)", &mut session),
         Verdict::Review { .. }
+    ));
+}
+
+/// Found by red-teaming `policy check` against a real PostgreSQL: each of these ran a
+/// statement a rule was meant to stop.
+#[test]
+fn red_team_bypasses_stay_closed() {
+    let p = policy(Unparsed::Deny);
+    let alice = person(&[]);
+    let refused = |sql: &str| rule(&p, &alice, "prod", sql).is_some();
+    for sql in [
+        // Unicode-escaped names hide the function from the parser.
+        r#"select U&"pg\005fread_file"('/etc/hostname')"#,
+        r#"select U&"set_confi\0067"('search_path','secret',false)"#,
+        // Tables read through COPY, TABLE, and functions given SQL as text.
+        "COPY secret.keys TO STDOUT",
+        "COPY secret.keys (k) TO STDOUT",
+        "select * from (table secret.keys) x",
+        "WITH x AS (TABLE secret.keys) SELECT * FROM x",
+        "COPY (TABLE secret.keys) TO STDOUT",
+        "select query_to_xml('select * from secret.keys', true, false, '')",
+        "select table_to_xml('secret.keys', true, false, '')",
+        // Unbounded writes in disguise.
+        "MERGE INTO orders USING (select 1) s ON true WHEN MATCHED THEN DELETE",
+        "insert into orders select * from orders on conflict (id) do update set a = 0",
+        "delete from orders where true or id = 1",
+        "delete from orders where id = id",
+        "update orders set a = 0 from t2 where t2.id is null",
+        "delete from orders where not false",
+        // Two statements where the splitter saw one.
+        "select 1; select * from secret.keys",
+    ] {
+        assert!(refused(sql), "allowed: {sql}");
+    }
+    for sql in [
+        "MERGE INTO orders o USING new_orders n ON o.id = n.id WHEN MATCHED THEN UPDATE SET a = n.a",
+        "insert into orders values (1, 'a') on conflict (id) do update set a = excluded.a",
+        "update orders o set a = 0 from t2 where t2.id = o.id",
+        "delete from orders where id = 1 or id = 2",
+    ] {
+        assert!(!refused(sql), "refused: {sql}");
+    }
+
+    // The search path can no longer be moved unseen.
+    for moves in [
+        "select * from set_config('search_path', 'secret', false)",
+        "update pg_settings set setting = 'secret' where name = 'search_path'",
+        r#"SET "Search_Path" = secret"#,
+    ] {
+        let mut session = SessionPolicy::default();
+        p.judge(&alice, "prod", moves, &mut session);
+        assert!(
+            matches!(
+                p.judge(&alice, "prod", "select * from keys", &mut session),
+                Verdict::Deny { .. }
+            ),
+            "after {moves}"
+        );
+    }
+    // A SET undone by ROLLBACK leaves the schema suspect.
+    let mut session = SessionPolicy::default();
+    for sql in [
+        "set search_path = secret",
+        "begin",
+        "set search_path = public",
+        "rollback",
+    ] {
+        p.judge(&alice, "prod", sql, &mut session);
+    }
+    assert!(matches!(
+        p.judge(&alice, "prod", "select * from keys", &mut session),
+        Verdict::Deny { .. }
+    ));
+    // The classification cache is never shared between two SETs of different schemas.
+    let mut session = SessionPolicy::default();
+    for sql in ["set search_path = 'public'", "set search_path = 'secret'"] {
+        p.judge(&alice, "prod", sql, &mut session);
+    }
+    assert!(matches!(
+        p.judge(&alice, "prod", "select * from keys", &mut session),
+        Verdict::Deny { .. }
     ));
 }

@@ -12,5 +12,7 @@ mod shape;
 mod split;
 
 pub use redact::redact_secrets;
-pub use shape::{fingerprint, first_word_is, normalize, significant_tokens};
+pub use shape::{
+    fingerprint, first_word_is, has_unicode_identifier, normalize, significant_tokens,
+};
 pub use split::{split_statements, split_statements_strict, Statement};

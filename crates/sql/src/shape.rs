@@ -8,6 +8,15 @@ pub fn significant_tokens(sql: &str) -> usize {
     tokenize(sql).iter().filter(|t| !t.is_trivia()).count()
 }
 
+/// Whether the statement writes an identifier with Unicode escapes (`U&"…"`), whose meaning
+/// only the server decodes.
+pub fn has_unicode_identifier(sql: &str) -> bool {
+    tokenize(sql).iter().any(|t| {
+        t.kind == TokenKind::QuotedIdent
+            && t.text(sql).as_bytes().first().is_some_and(|b| *b != b'"')
+    })
+}
+
 /// Whether the first token that is not whitespace or a comment is the keyword `word`
 /// (compared ignoring ASCII case; a quoted identifier never matches).
 pub fn first_word_is(sql: &str, word: &str) -> bool {
@@ -86,6 +95,15 @@ mod tests {
             normalize("delete from t where id = 2")
         );
         assert_eq!(normalize("  select 1 ; "), "select 1 ;");
+    }
+
+    #[test]
+    fn unicode_identifiers_are_spotted() {
+        assert!(has_unicode_identifier(
+            r#"select U&"pg\005fread_file"('x')"#
+        ));
+        assert!(has_unicode_identifier(r#"select u&"x""#));
+        assert!(!has_unicode_identifier(r#"select "U&x", U&'text'"#));
     }
 
     #[test]
