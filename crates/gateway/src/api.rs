@@ -181,21 +181,37 @@ async fn show_review(
     }
 }
 
-async fn approve_review(
-    State(state): State<ApiState>,
+/// A reviewer's decision on review `id`, made as the token's holder.
+async fn decide_review(
+    state: ApiState,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    id: String,
     body: Option<Json<DecisionBody>>,
+    approve: bool,
 ) -> Response {
     let who = match authorize(&state, &headers).await {
         Ok(who) => who,
         Err(r) => return r,
     };
     let reason = body.and_then(|Json(b)| b.reason);
-    match state.reviews.approve(&id, &who, reason).await {
+    let decided = if approve {
+        state.reviews.approve(&id, &who, reason).await
+    } else {
+        state.reviews.deny(&id, &who, reason).await
+    };
+    match decided {
         Ok(row) => Json(review_json(&row)).into_response(),
         Err(e) => review_error(&e),
     }
+}
+
+async fn approve_review(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Option<Json<DecisionBody>>,
+) -> Response {
+    decide_review(state, headers, id, body, true).await
 }
 
 async fn deny_review(
@@ -204,15 +220,7 @@ async fn deny_review(
     Path(id): Path<String>,
     body: Option<Json<DecisionBody>>,
 ) -> Response {
-    let who = match authorize(&state, &headers).await {
-        Ok(who) => who,
-        Err(r) => return r,
-    };
-    let reason = body.and_then(|Json(b)| b.reason);
-    match state.reviews.deny(&id, &who, reason).await {
-        Ok(row) => Json(review_json(&row)).into_response(),
-        Err(e) => review_error(&e),
-    }
+    decide_review(state, headers, id, body, false).await
 }
 
 fn access_error(e: &AccessError) -> Response {

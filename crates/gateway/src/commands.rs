@@ -419,23 +419,58 @@ pub fn policy_check(
     })
 }
 
-/// What `sluice reviews` was asked to do.
-pub enum ReviewsVerb {
+/// What `sluice reviews` and `sluice access` share: list, show, approve or deny.
+pub enum Verb {
     List {
         status: String,
         limit: u32,
-        json: bool,
     },
     Show {
         id: String,
-        json: bool,
     },
     Decide {
         id: String,
         approve: bool,
         reason: Option<String>,
-        json: bool,
     },
+}
+
+impl Verb {
+    /// The API call for this verb on the resources under `base`.
+    fn call(&self, base: &str) -> (hyper::Method, String, Option<serde_json::Value>) {
+        match self {
+            Verb::List { status, limit } => {
+                let filter = if status == "all" {
+                    String::new()
+                } else {
+                    format!("status={}&", url_component(status))
+                };
+                (
+                    hyper::Method::GET,
+                    format!("{base}?{filter}limit={limit}"),
+                    None,
+                )
+            }
+            Verb::Show { id } => (
+                hyper::Method::GET,
+                format!("{base}/{}", url_component(id)),
+                None,
+            ),
+            Verb::Decide {
+                id,
+                approve,
+                reason,
+            } => (
+                hyper::Method::POST,
+                format!(
+                    "{base}/{}/{}",
+                    url_component(id),
+                    if *approve { "approve" } else { "deny" }
+                ),
+                Some(json!({ "reason": reason })),
+            ),
+        }
+    }
 }
 
 /// Calls the gateway's API as the holder of `token`; fails with the API's error message.
@@ -464,55 +499,17 @@ pub fn reviews(
     config: &Config,
     gateway: Option<String>,
     token: String,
-    verb: ReviewsVerb,
+    verb: Verb,
+    json: bool,
 ) -> Result<ExitCode> {
-    let (method, path, body, json) = match &verb {
-        ReviewsVerb::List {
-            status,
-            limit,
-            json,
-        } => {
-            let filter = if status == "all" {
-                String::new()
-            } else {
-                format!("status={}&", url_component(status))
-            };
-            (
-                hyper::Method::GET,
-                format!("/api/v1/reviews?{filter}limit={limit}"),
-                None,
-                *json,
-            )
-        }
-        ReviewsVerb::Show { id, json } => (
-            hyper::Method::GET,
-            format!("/api/v1/reviews/{}", url_component(id)),
-            None,
-            *json,
-        ),
-        ReviewsVerb::Decide {
-            id,
-            approve,
-            reason,
-            json,
-        } => (
-            hyper::Method::POST,
-            format!(
-                "/api/v1/reviews/{}/{}",
-                url_component(id),
-                if *approve { "approve" } else { "deny" }
-            ),
-            Some(serde_json::json!({ "reason": reason })),
-            *json,
-        ),
-    };
+    let (method, path, body) = verb.call("/api/v1/reviews");
     let value = call_api(config, gateway, token, method, &path, body)?;
     if json {
         print_json(&value)?;
         return Ok(ExitCode::SUCCESS);
     }
     match verb {
-        ReviewsVerb::List { .. } => {
+        Verb::List { .. } => {
             let rows = value.as_array().cloned().unwrap_or_default();
             if rows.is_empty() {
                 println!("no reviews");
@@ -529,7 +526,7 @@ pub fn reviews(
                 );
             }
         }
-        ReviewsVerb::Show { .. } | ReviewsVerb::Decide { .. } => print_review(&value),
+        Verb::Show { .. } | Verb::Decide { .. } => print_review(&value),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -541,23 +538,8 @@ pub enum AccessVerb {
         duration: String,
         reason: String,
         lift_rule: Option<String>,
-        json: bool,
     },
-    List {
-        status: String,
-        limit: u32,
-        json: bool,
-    },
-    Show {
-        id: String,
-        json: bool,
-    },
-    Decide {
-        id: String,
-        approve: bool,
-        reason: Option<String>,
-        json: bool,
-    },
+    Other(Verb),
 }
 
 pub fn access(
@@ -565,15 +547,15 @@ pub fn access(
     gateway: Option<String>,
     token: String,
     verb: AccessVerb,
+    json: bool,
 ) -> Result<ExitCode> {
     let base = "/api/v1/access-requests";
-    let (method, path, body, json) = match &verb {
+    let (method, path, body) = match &verb {
         AccessVerb::Request {
             connection,
             duration,
             reason,
             lift_rule,
-            json,
         } => (
             hyper::Method::POST,
             base.to_owned(),
@@ -581,46 +563,8 @@ pub fn access(
                 "connection": connection, "duration": duration, "reason": reason,
                 "lift_rule": lift_rule,
             })),
-            *json,
         ),
-        AccessVerb::List {
-            status,
-            limit,
-            json,
-        } => {
-            let filter = if status == "all" {
-                String::new()
-            } else {
-                format!("status={}&", url_component(status))
-            };
-            (
-                hyper::Method::GET,
-                format!("{base}?{filter}limit={limit}"),
-                None,
-                *json,
-            )
-        }
-        AccessVerb::Show { id, json } => (
-            hyper::Method::GET,
-            format!("{base}/{}", url_component(id)),
-            None,
-            *json,
-        ),
-        AccessVerb::Decide {
-            id,
-            approve,
-            reason,
-            json,
-        } => (
-            hyper::Method::POST,
-            format!(
-                "{base}/{}/{}",
-                url_component(id),
-                if *approve { "approve" } else { "deny" }
-            ),
-            Some(json!({ "reason": reason })),
-            *json,
-        ),
+        AccessVerb::Other(verb) => verb.call(base),
     };
     let value = call_api(config, gateway, token, method, &path, body)?;
     if json {

@@ -92,38 +92,8 @@ enum AccessCommand {
         #[command(flatten)]
         out: JsonFlag,
     },
-    /// List access requests, newest first.
-    List {
-        /// pending (default), approved, denied, or all.
-        #[arg(long, default_value = "pending")]
-        status: String,
-        #[arg(long, default_value_t = 100)]
-        limit: u32,
-        #[command(flatten)]
-        out: JsonFlag,
-    },
-    /// Show one access request.
-    Show {
-        id: String,
-        #[command(flatten)]
-        out: JsonFlag,
-    },
-    /// Approve a request (an access reviewer of its connection; never your own).
-    Approve {
-        id: String,
-        #[arg(long)]
-        reason: Option<String>,
-        #[command(flatten)]
-        out: JsonFlag,
-    },
-    /// Deny a request.
-    Deny {
-        id: String,
-        #[arg(long)]
-        reason: Option<String>,
-        #[command(flatten)]
-        out: JsonFlag,
-    },
+    #[command(flatten)]
+    Decision(DecisionCommand),
 }
 
 /// How CLI verbs reach the gateway's API.
@@ -142,12 +112,13 @@ struct ReviewsArgs {
     #[command(flatten)]
     api: ApiArgs,
     #[command(subcommand)]
-    command: ReviewsCommand,
+    command: DecisionCommand,
 }
 
+/// The verbs reviews and access requests share.
 #[derive(Subcommand)]
-enum ReviewsCommand {
-    /// List reviews, newest first.
+enum DecisionCommand {
+    /// List them, newest first.
     List {
         /// pending (default), approved, denied, expired, withdrawn, used, or all.
         #[arg(long, default_value = "pending")]
@@ -157,13 +128,13 @@ enum ReviewsCommand {
         #[command(flatten)]
         out: JsonFlag,
     },
-    /// Show one review: the statement, its parameters, rule, reviewers and approvals.
+    /// Show one: what was asked, by whom, and every decision on it.
     Show {
         id: String,
         #[command(flatten)]
         out: JsonFlag,
     },
-    /// Approve a review (you must be one of its reviewers, and not its requester).
+    /// Approve (you must be one of its reviewers, and never its requester).
     Approve {
         id: String,
         #[arg(long)]
@@ -171,7 +142,7 @@ enum ReviewsCommand {
         #[command(flatten)]
         out: JsonFlag,
     },
-    /// Deny a review (a reviewer, or the requester withdrawing it).
+    /// Deny (a reviewer, or for a review its requester withdrawing it).
     Deny {
         id: String,
         #[arg(long)]
@@ -179,6 +150,34 @@ enum ReviewsCommand {
         #[command(flatten)]
         out: JsonFlag,
     },
+}
+
+impl DecisionCommand {
+    /// The API call it makes, and whether JSON was asked for.
+    fn verb(self) -> (commands::Verb, bool) {
+        match self {
+            DecisionCommand::List { status, limit, out } => {
+                (commands::Verb::List { status, limit }, out.json)
+            }
+            DecisionCommand::Show { id, out } => (commands::Verb::Show { id }, out.json),
+            DecisionCommand::Approve { id, reason, out } => (
+                commands::Verb::Decide {
+                    id,
+                    approve: true,
+                    reason,
+                },
+                out.json,
+            ),
+            DecisionCommand::Deny { id, reason, out } => (
+                commands::Verb::Decide {
+                    id,
+                    approve: false,
+                    reason,
+                },
+                out.json,
+            ),
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -332,73 +331,36 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Tokens(cmd) => commands::tokens(&config, cmd),
         Command::Sessions(cmd) => commands::sessions(&config, cmd),
         Command::Audit(AuditCommand::Verify { out }) => commands::audit_verify(&config, out.json),
-        Command::Access(args) => commands::access(
-            &config,
-            args.api.gateway,
-            args.api.token.unwrap_or_default(),
-            match args.command {
+        Command::Access(args) => {
+            let (verb, json) = match args.command {
                 AccessCommand::Request {
                     connection,
                     duration,
                     reason,
                     lift_rule,
                     out,
-                } => commands::AccessVerb::Request {
-                    connection,
-                    duration,
-                    reason,
-                    lift_rule,
-                    json: out.json,
-                },
-                AccessCommand::List { status, limit, out } => commands::AccessVerb::List {
-                    status,
-                    limit,
-                    json: out.json,
-                },
-                AccessCommand::Show { id, out } => {
-                    commands::AccessVerb::Show { id, json: out.json }
+                } => (
+                    commands::AccessVerb::Request {
+                        connection,
+                        duration,
+                        reason,
+                        lift_rule,
+                    },
+                    out.json,
+                ),
+                AccessCommand::Decision(command) => {
+                    let (verb, json) = command.verb();
+                    (commands::AccessVerb::Other(verb), json)
                 }
-                AccessCommand::Approve { id, reason, out } => commands::AccessVerb::Decide {
-                    id,
-                    approve: true,
-                    reason,
-                    json: out.json,
-                },
-                AccessCommand::Deny { id, reason, out } => commands::AccessVerb::Decide {
-                    id,
-                    approve: false,
-                    reason,
-                    json: out.json,
-                },
-            },
-        ),
-        Command::Reviews(args) => commands::reviews(
-            &config,
-            args.api.gateway,
-            args.api.token.unwrap_or_default(),
-            match args.command {
-                ReviewsCommand::List { status, limit, out } => commands::ReviewsVerb::List {
-                    status,
-                    limit,
-                    json: out.json,
-                },
-                ReviewsCommand::Show { id, out } => {
-                    commands::ReviewsVerb::Show { id, json: out.json }
-                }
-                ReviewsCommand::Approve { id, reason, out } => commands::ReviewsVerb::Decide {
-                    id,
-                    approve: true,
-                    reason,
-                    json: out.json,
-                },
-                ReviewsCommand::Deny { id, reason, out } => commands::ReviewsVerb::Decide {
-                    id,
-                    approve: false,
-                    reason,
-                    json: out.json,
-                },
-            },
-        ),
+            };
+            let (gateway, token) = (args.api.gateway, args.api.token.unwrap_or_default());
+            commands::access(&config, gateway, token, verb, json)
+        }
+        Command::Reviews(args) => {
+            let (verb, json) = args.command.verb();
+            let (gateway, token) = (args.api.gateway, args.api.token.unwrap_or_default());
+            commands::reviews(&config, gateway, token, verb, json)
+        }
         Command::Policy(PolicyCommand::Replay {
             since,
             policies,

@@ -213,6 +213,14 @@ const DYNAMIC_SQL_FUNCTIONS: &[&str] = &[
     "dblink_exec",
     "dblink_open",
     "dblink_send_query",
+    // contrib: tablefunc, xml2 and pageinspect take SQL or table names as text.
+    "crosstab",
+    "crosstab2",
+    "crosstab3",
+    "crosstab4",
+    "connectby",
+    "xpath_table",
+    "get_raw_page",
 ];
 
 /// Reads the facts of `sql`, one statement.
@@ -249,6 +257,28 @@ pub fn classify(sql: &str) -> Result<Facts, NotUnderstood> {
         .flat_map(|op| op.tables.iter().cloned())
         .collect();
     facts.tables.extend(acted_on);
+    // Writing system catalogs rewires what names mean (a table moved out of its schema, a
+    // schema renamed); TOAST tables hold other tables' values out of sight of table rules.
+    let catalog = |t: &TableName| {
+        t.schema.as_deref() == Some("pg_catalog")
+            || (t.schema.is_none() && t.name.starts_with("pg_"))
+    };
+    if facts.operations.iter().any(|op| {
+        matches!(
+            op.kind,
+            Kind::Insert | Kind::Update | Kind::Delete | Kind::Merge | Kind::Copy
+        ) && op.tables.iter().any(catalog)
+            && !(op.kind == Kind::Update && op.tables.iter().all(|t| t.name == "pg_settings"))
+    }) {
+        return Err(NotUnderstood::Dynamic("a write to the system catalogs"));
+    }
+    if facts
+        .tables
+        .iter()
+        .any(|t| t.schema.as_deref() == Some("pg_toast"))
+    {
+        return Err(NotUnderstood::Dynamic("a direct read of a TOAST table"));
+    }
     facts.dynamic = facts
         .functions
         .iter()
@@ -387,7 +417,10 @@ fn operation(statement: &Statement) -> ControlFlow<NotUnderstood, Operation> {
             tables: relations(&update.table.relation),
             has_where: Some(limits_rows(
                 update.selection.as_ref(),
-                &target_names(&update.table.relation),
+                &Targets {
+                    names: target_names(&update.table.relation),
+                    others: update.from.is_some() || !update.table.joins.is_empty(),
+                },
             )),
         },
         Statement::Delete(delete) => {
@@ -399,11 +432,16 @@ fn operation(statement: &Statement) -> ControlFlow<NotUnderstood, Operation> {
                     }
                 }
             }
-            let mut targets: Vec<String> = tables.iter().map(|t| t.name.clone()).collect();
             let (FromTable::WithFromKeyword(from) | FromTable::WithoutKeyword(from)) = &delete.from;
-            for table in from {
-                targets.extend(target_names(&table.relation));
-            }
+            let targets = Targets {
+                names: from
+                    .iter()
+                    .flat_map(|t| target_names(&t.relation))
+                    .collect(),
+                others: delete.using.is_some()
+                    || from.len() > 1
+                    || from.iter().any(|t| !t.joins.is_empty()),
+            };
             Operation {
                 kind: Kind::Delete,
                 tables,
@@ -414,7 +452,7 @@ fn operation(statement: &Statement) -> ControlFlow<NotUnderstood, Operation> {
         Statement::Merge(merge) => Operation {
             kind: Kind::Merge,
             tables: relations(&merge.table),
-            has_where: Some(limits_rows(Some(&merge.on), &target_names(&merge.table))),
+            has_where: Some(limits_rows(Some(&merge.on), &merge_targets(merge))),
         },
         Statement::Drop { names, .. } => op(Kind::Drop, names.iter().map(table_name).collect()),
         Statement::Truncate(truncate) => op(
@@ -446,10 +484,17 @@ fn operation(statement: &Statement) -> ControlFlow<NotUnderstood, Operation> {
         | Statement::Savepoint { .. }
         | Statement::ReleaseSavepoint { .. } => op(Kind::Transaction, Vec::new()),
         Statement::Set(_) | Statement::Reset(_) => op(Kind::Set, Vec::new()),
-        Statement::Grant(_) | Statement::GrantRole(_) | Statement::AlterDefaultPrivileges(_) => {
+        Statement::Grant(grant) => op(Kind::Grant, granted(grant.objects.as_ref())),
+        Statement::GrantRole(_) | Statement::AlterDefaultPrivileges(_) => {
             op(Kind::Grant, Vec::new())
         }
-        Statement::Revoke(_) | Statement::RevokeRole(_) => op(Kind::Revoke, Vec::new()),
+        Statement::Revoke(revoke) => op(Kind::Revoke, granted(revoke.objects.as_ref())),
+        Statement::RevokeRole(_) => op(Kind::Revoke, Vec::new()),
+        // Rewrites the view's contents: maintenance that needs ownership, like DDL.
+        Statement::RefreshMaterializedView(_) => op(Kind::Alter, relations(statement)),
+        Statement::Load { .. } => {
+            return ControlFlow::Break(NotUnderstood::Dynamic("LOAD of a server library"))
+        }
         Statement::Declare { .. } | Statement::Fetch { .. } => {
             op(Kind::Select, relations(statement))
         }
@@ -483,12 +528,34 @@ fn upsert_update(statement: &Statement) -> Option<Operation> {
         TableObject::TableName(name) => vec![table_name(name)],
         other => relations(other),
     };
-    let targets: Vec<String> = tables.iter().map(|t| t.name.clone()).collect();
+    let targets = Targets {
+        names: tables.iter().map(|t| t.name.clone()).collect(),
+        others: false,
+    };
     Some(Operation {
         kind: Kind::Update,
         tables,
         has_where: Some(from_values || limits_rows(update.selection.as_ref(), &targets)),
     })
+}
+
+/// The tables a GRANT or REVOKE is on (`ALL TABLES IN SCHEMA s` as `s.*`).
+fn granted(objects: Option<&sqlparser::ast::GrantObjects>) -> Vec<TableName> {
+    use sqlparser::ast::GrantObjects;
+    match objects {
+        Some(GrantObjects::Tables(names)) => names.iter().map(table_name).collect(),
+        Some(
+            GrantObjects::AllTablesInSchema { schemas }
+            | GrantObjects::AllSequencesInSchema { schemas },
+        ) => schemas
+            .iter()
+            .map(|s| TableName {
+                schema: Some(table_name(s).name),
+                name: "*".into(),
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// The writes a MERGE's clauses make, each limited as far as `ON` and its own `AND`
@@ -499,7 +566,7 @@ fn merge_actions(statement: &Statement) -> Vec<Operation> {
         return Vec::new();
     };
     let tables = relations(&merge.table);
-    let targets = target_names(&merge.table);
+    let targets = merge_targets(merge);
     let on_limits = limits_rows(Some(&merge.on), &targets);
     merge
         .clauses
@@ -556,11 +623,11 @@ fn effect(statement: &Statement) -> Option<SessionEffect> {
                 Some(SessionEffect::Deallocate(ident(name)))
             }
         }
-        Statement::Discard { object_type } => {
-            let what = object_type.to_string();
-            (what.eq_ignore_ascii_case("all") || what.eq_ignore_ascii_case("plans"))
-                .then_some(SessionEffect::DeallocateAll)
-        }
+        // DISCARD PLANS keeps prepared statements; only DISCARD ALL drops them.
+        Statement::Discard { object_type } => object_type
+            .to_string()
+            .eq_ignore_ascii_case("all")
+            .then_some(SessionEffect::DeallocateAll),
         Statement::Set(set) => search_path_set(set).map(SessionEffect::SearchPath),
         Statement::Reset(reset) => match &reset.reset {
             Reset::ALL => Some(SessionEffect::SearchPath(PathChange::Reset)),
@@ -624,6 +691,18 @@ fn search_path_set(set: &Set) -> Option<PathChange> {
             .iter()
             .any(|a| is_search_path(&a.name))
             .then_some(PathChange::Unknown),
+        // The default path starts with "$user": a new role can bring the schema named
+        // after it onto the path.
+        Set::SetRole {
+            role_name: Some(role),
+            ..
+        } => Some(PathChange::Set(vec![ident(role)])),
+        Set::SetSessionAuthorization(param) => match &param.kind {
+            sqlparser::ast::SetSessionAuthorizationParamKind::User(user) => {
+                Some(PathChange::Set(vec![ident(user)]))
+            }
+            sqlparser::ast::SetSessionAuthorizationParamKind::Default => None,
+        },
         _ => None,
     }
 }
@@ -641,46 +720,125 @@ fn relations<V: Visit>(node: &V) -> Vec<TableName> {
     found
 }
 
-/// Whether a WHERE clause can limit the rows of `targets` (names and aliases the written
-/// table goes by): it exists, is not true whatever the row (`true OR id = 1`, `id = id`),
-/// and mentions a column that may be the target's (unqualified, or qualified with one of
-/// `targets`) — `UPDATE t … FROM u WHERE u.id IS NULL` limits nothing in `t`.
-fn limits_rows(selection: Option<&Expr>, targets: &[String]) -> bool {
+/// How a written table can be referred to in its statement's conditions.
+struct Targets {
+    /// Its name, or its alias when it has one (PostgreSQL then accepts only the alias).
+    names: Vec<String>,
+    /// Other tables are in scope (FROM, USING, a join, MERGE's source), so an unqualified
+    /// column may be theirs.
+    others: bool,
+}
+
+fn merge_targets(merge: &sqlparser::ast::Merge) -> Targets {
+    Targets {
+        names: target_names(&merge.table),
+        others: true,
+    }
+}
+
+/// Whether a WHERE clause (or MERGE's ON) can limit the rows of the written table: it
+/// exists, is not true whatever the row (`true OR id = 1`, `id = id`, `id IN (id)`), and
+/// names a column that may be the target's — a qualified one, or an unqualified one when no
+/// other table is in scope, outside subqueries unless qualified (a correlation). This is a
+/// guard against accidents (a forgotten WHERE), not against a writer set on touching every
+/// row: `WHERE id > -1` limits nothing either.
+fn limits_rows(selection: Option<&Expr>, targets: &Targets) -> bool {
     let Some(selection) = selection else {
         return false;
     };
-    if always_true(selection) {
+    if always_true(selection, targets) {
         return false;
     }
-    let mut mentions_target = false;
-    let _ = sqlparser::ast::visit_expressions(selection, |expr| {
-        let target = match expr {
-            Expr::Identifier(_) => true,
+    let mut refs = TargetRefs {
+        targets,
+        depth: 0,
+        found: false,
+    };
+    let _ = selection.visit(&mut refs);
+    refs.found
+}
+
+/// Finds a reference to the written table's columns in a condition.
+struct TargetRefs<'a> {
+    targets: &'a Targets,
+    /// Subqueries entered.
+    depth: usize,
+    found: bool,
+}
+
+impl Visitor for TargetRefs<'_> {
+    type Break = ();
+
+    fn pre_visit_query(&mut self, _query: &Query) -> ControlFlow<()> {
+        self.depth += 1;
+        ControlFlow::Continue(())
+    }
+
+    fn post_visit_query(&mut self, _query: &Query) -> ControlFlow<()> {
+        self.depth = self.depth.saturating_sub(1);
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
+        let hit = match expr {
+            Expr::Identifier(_) => self.depth == 0 && !self.targets.others,
             Expr::CompoundIdentifier(parts) => match parts.as_slice() {
-                [.., qualifier, _column] => targets.contains(&ident(qualifier)),
-                _ => true,
+                [.., qualifier, _column] => self.targets.names.contains(&ident(qualifier)),
+                _ => self.depth == 0 && !self.targets.others,
             },
             _ => false,
         };
-        if target {
-            mentions_target = true;
+        if hit {
+            self.found = true;
             return ControlFlow::Break(());
         }
         ControlFlow::Continue(())
-    });
-    mentions_target
+    }
+}
+
+/// A column reference as `(qualifier, column)`, looking through parentheses.
+fn column_ref(expr: &Expr) -> Option<(Option<String>, String)> {
+    match expr {
+        Expr::Nested(inner) => column_ref(inner),
+        Expr::Identifier(id) => Some((None, ident(id))),
+        Expr::CompoundIdentifier(parts) => match parts.as_slice() {
+            [.., qualifier, column] => Some((Some(ident(qualifier)), ident(column))),
+            [column] => Some((None, ident(column))),
+            [] => None,
+        },
+        _ => None,
+    }
+}
+
+/// Whether `a` and `b` name the same column of the written table (`id`, `(id)`, `t.id`,
+/// `"id"`). Constants never count, so the answer does not depend on them (the
+/// classification cache shares one answer among statements that differ only in constants).
+fn same_column(a: &Expr, b: &Expr, targets: &Targets) -> bool {
+    let (Some((qa, ca)), Some((qb, cb))) = (column_ref(a), column_ref(b)) else {
+        return false;
+    };
+    if ca != cb {
+        return false;
+    }
+    match (qa, qb) {
+        (Some(x), Some(y)) => x == y,
+        // One side unqualified: the same column only if no other table could own it.
+        _ => !targets.others,
+    }
 }
 
 /// Whether `expr` holds for every row, as far as a syntactic look can tell: constants with
-/// no column (`1 = 1`), `x = x`, and `OR`/`AND`/`NOT` of such.
-fn always_true(expr: &Expr) -> bool {
+/// no column (`1 = 1`), a column compared with itself, and `OR`/`AND`/`NOT` of such.
+fn always_true(expr: &Expr, targets: &Targets) -> bool {
     use sqlparser::ast::{BinaryOperator, UnaryOperator};
     match expr {
-        Expr::Nested(inner) => always_true(inner),
+        Expr::Nested(inner) => always_true(inner, targets),
         Expr::BinaryOp { left, op, right } => match op {
-            BinaryOperator::Or => always_true(left) || always_true(right),
-            BinaryOperator::And => always_true(left) && always_true(right),
-            BinaryOperator::Eq | BinaryOperator::GtEq | BinaryOperator::LtEq if left == right => {
+            BinaryOperator::Or => always_true(left, targets) || always_true(right, targets),
+            BinaryOperator::And => always_true(left, targets) && always_true(right, targets),
+            BinaryOperator::Eq | BinaryOperator::GtEq | BinaryOperator::LtEq
+                if same_column(left, right, targets) =>
+            {
                 true
             }
             _ => !mentions_column(expr),
@@ -688,20 +846,40 @@ fn always_true(expr: &Expr) -> bool {
         Expr::UnaryOp {
             op: UnaryOperator::Not,
             expr: inner,
-        } => always_false(inner),
+        } => always_false(inner, targets),
+        Expr::In {
+            expr: column,
+            target: sqlparser::ast::InTarget::List(list),
+            negated: false,
+            ..
+        } if list.iter().any(|item| same_column(column, item, targets)) => true,
+        Expr::Between {
+            expr: column,
+            negated: false,
+            low,
+            high,
+        } if same_column(column, low, targets) && same_column(column, high, targets) => true,
+        Expr::IsNotDistinctFrom(a, b) if same_column(a, b, targets) => true,
         _ => !mentions_column(expr),
     }
 }
 
-/// Whether `expr` is false for every row: the literal `false`, `NOT` of an always-true.
-fn always_false(expr: &Expr) -> bool {
+/// Whether `expr` is false for every row: the literal `false`, a column unequal to
+/// itself, `NOT` of an always-true.
+fn always_false(expr: &Expr, targets: &Targets) -> bool {
+    use sqlparser::ast::BinaryOperator;
     match expr {
-        Expr::Nested(inner) => always_false(inner),
+        Expr::Nested(inner) => always_false(inner, targets),
         Expr::Value(v) => matches!(v.value, Value::Boolean(false)),
+        Expr::BinaryOp {
+            left,
+            op: BinaryOperator::NotEq | BinaryOperator::Lt | BinaryOperator::Gt,
+            right,
+        } => same_column(left, right, targets),
         Expr::UnaryOp {
             op: sqlparser::ast::UnaryOperator::Not,
             expr: inner,
-        } => always_true(inner),
+        } => always_true(inner, targets),
         _ => false,
     }
 }
@@ -718,26 +896,25 @@ fn mentions_column(expr: &Expr) -> bool {
     found
 }
 
-/// The names a written table goes by in its statement: its name and its alias.
+/// The name the written table goes by in its statement: its alias if it has one (then
+/// PostgreSQL accepts only the alias), else its name.
 fn target_names(factor: &TableFactor) -> Vec<String> {
     match factor {
-        TableFactor::Table { name, alias, .. } => {
-            let mut names = vec![table_name(name).name];
-            if let Some(alias) = alias {
-                names.push(ident(&alias.name));
-            }
-            names
-        }
+        TableFactor::Table { name, alias, .. } => match alias {
+            Some(alias) => vec![ident(&alias.name)],
+            None => vec![table_name(name).name],
+        },
         _ => Vec::new(),
     }
 }
 
-/// An identifier as the server resolves it.
+/// An identifier as the server resolves it: unquoted, ASCII letters fold to lower case
+/// (PostgreSQL leaves other letters alone in UTF-8), quoted, as written.
 fn ident(ident: &sqlparser::ast::Ident) -> String {
     if ident.quote_style.is_some() {
         ident.value.clone()
     } else {
-        ident.value.to_lowercase()
+        ident.value.to_ascii_lowercase()
     }
 }
 

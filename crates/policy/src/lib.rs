@@ -208,6 +208,12 @@ impl Policy {
                     SessionEffect::Prepare(name) => {
                         let mut prepared = facts.as_ref().clone();
                         prepared.effects.clear();
+                        // A name prepared again without DEALLOCATE: the server keeps one of
+                        // the two (the first, unless it rejected it), which sluice cannot
+                        // tell, so EXECUTE is judged as both.
+                        if let Some(earlier) = session.prepared.get(name) {
+                            prepared.absorb(earlier);
+                        }
                         session.prepared.insert(name.clone(), Arc::new(prepared));
                     }
                     SessionEffect::Deallocate(name) => {

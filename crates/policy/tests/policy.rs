@@ -485,3 +485,81 @@ fn red_team_bypasses_stay_closed() {
         Verdict::Deny { .. }
     ));
 }
+
+/// The second red-team pass.
+#[test]
+fn second_red_team_pass_stays_closed() {
+    let p = policy(Unparsed::Deny);
+    let alice = person(&[]);
+    let refused = |sql: &str| rule(&p, &alice, "prod", sql).is_some();
+    for sql in [
+        // Always-true conditions and conditions that are not the target's.
+        "delete from orders where id = (id)",
+        "delete from orders where orders.id = id",
+        r#"delete from orders where ID = "id""#,
+        "delete from orders where id in (id)",
+        "delete from orders where id between id and id",
+        "delete from orders where id is not distinct from id",
+        "delete from orders where not id <> id",
+        "update orders set a = 0 from t2 where x is null",
+        "delete from orders using t2 where x is null",
+        "update orders as z set a = 0 from t2 as orders where orders.x is null",
+        "delete from orders where exists (select x from t2)",
+        // Catalog writes, TOAST reads, contrib functions given SQL or table names.
+        "update pg_class set relnamespace = 'public'::regnamespace where oid = 'secret.keys'::regclass",
+        "update pg_namespace set nspname = 'pub2' where nspname = 'secret'",
+        "delete from pg_catalog.pg_class where oid = 1",
+        "select chunk_data from pg_toast.pg_toast_16512",
+        "select * from crosstab('select id, ''c'', k from secret.keys') as t(a int, b text)",
+        "select get_raw_page('secret.keys', 0)",
+        "load 'auto_explain'",
+        // GRANT on secret tables.
+        "grant select on secret.keys to public",
+        "grant select on all tables in schema secret to public",
+    ] {
+        assert!(refused(sql), "allowed: {sql}");
+    }
+    // Statements that differ only in constants share a cached classification, so their
+    // decision must not depend on the constants: the same whichever comes first.
+    let verdicts = |first: &str, second: &str| {
+        let fresh = policy(Unparsed::Deny);
+        let mut session = SessionPolicy::default();
+        let a = fresh.judge(&alice, "prod", first, &mut session);
+        let b = fresh.judge(&alice, "prod", second, &mut session);
+        (a, b)
+    };
+    let same = "delete from orders where id*1 = id*1";
+    let other = "delete from orders where id*1 = id*2";
+    let (a1, b1) = verdicts(same, other);
+    let (b2, a2) = verdicts(other, same);
+    assert_eq!(a1, b1);
+    assert_eq!((a1, b1), (a2, b2));
+    // Correlated subqueries and joins on the target still count as limits.
+    for sql in [
+        "delete from orders o where exists (select 1 from t2 where t2.id = o.id)",
+        "delete from orders using t2 where orders.id = t2.id",
+        "update orders o set a = 0 from t2 where t2.id = o.id",
+    ] {
+        assert!(!refused(sql), "refused: {sql}");
+    }
+    // SET ROLE can bring the schema named after the role onto the path ("$user").
+    let mut session = SessionPolicy::default();
+    p.judge(&alice, "prod", "set role secret", &mut session);
+    assert!(matches!(
+        p.judge(&alice, "prod", "select * from keys", &mut session),
+        Verdict::Deny { .. }
+    ));
+    // A name prepared twice is judged as both definitions.
+    let mut session = SessionPolicy::default();
+    for sql in [
+        "prepare q as select * from keys",
+        "prepare q as select 1",
+        "set search_path = secret",
+    ] {
+        p.judge(&alice, "prod", sql, &mut session);
+    }
+    assert!(matches!(
+        p.judge(&alice, "prod", "execute q", &mut session),
+        Verdict::Deny { .. }
+    ));
+}
