@@ -110,9 +110,9 @@ impl Access {
                 ask.connection
             )));
         }
-        if ask.duration.is_zero() || ask.duration > MAX_WINDOW {
+        if ask.duration < Duration::from_secs(1) || ask.duration > MAX_WINDOW {
             return Err(AccessError::Invalid(
-                "the window must be longer than zero and at most 7 days".into(),
+                "the window must be at least 1s and at most 7 days".into(),
             ));
         }
         if ask.reason.trim().is_empty() {

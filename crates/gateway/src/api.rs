@@ -132,6 +132,43 @@ struct ReviewQuery {
     limit: Option<u32>,
 }
 
+/// Longest reason accepted with a decision or an access request.
+const MAX_REASON: usize = 2000;
+
+/// Review and access-request statuses a list may be filtered by.
+const STATUSES: &[&str] = &[
+    "pending",
+    "approved",
+    "denied",
+    "expired",
+    "withdrawn",
+    "used",
+];
+
+fn bad_request(message: String) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(serde_json::json!({ "error": message })),
+    )
+        .into_response()
+}
+
+/// The refusal of an unknown status filter or an overlong reason, if either is given.
+fn bad_input(status: Option<&str>, reason: Option<&str>) -> Option<Response> {
+    if let Some(status) = status.filter(|s| !STATUSES.contains(s)) {
+        return Some(bad_request(format!(
+            "unknown status {status:?} (one of {})",
+            STATUSES.join(", ")
+        )));
+    }
+    if reason.is_some_and(|r| r.chars().count() > MAX_REASON) {
+        return Some(bad_request(format!(
+            "the reason is longer than {MAX_REASON} characters"
+        )));
+    }
+    None
+}
+
 /// A reviewer's decision; the body is optional.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -156,6 +193,9 @@ async fn list_reviews(
 ) -> Response {
     if let Err(r) = authorize(&state, &headers).await {
         return r;
+    }
+    if let Some(refusal) = bad_input(q.status.as_deref(), None) {
+        return refusal;
     }
     match state
         .reviews
@@ -194,6 +234,9 @@ async fn decide_review(
         Err(r) => return r,
     };
     let reason = body.and_then(|Json(b)| b.reason);
+    if let Some(refusal) = bad_input(None, reason.as_deref()) {
+        return refusal;
+    }
     let decided = if approve {
         state.reviews.approve(&id, &who, reason).await
     } else {
@@ -255,6 +298,9 @@ async fn request_access(
         Ok(who) => who,
         Err(r) => return r,
     };
+    if let Some(refusal) = bad_input(None, Some(&body.reason)) {
+        return refusal;
+    }
     let duration = match humantime::parse_duration(&body.duration) {
         Ok(d) => d,
         Err(e) => {
@@ -283,6 +329,9 @@ async fn list_access(
 ) -> Response {
     if let Err(r) = authorize(&state, &headers).await {
         return r;
+    }
+    if let Some(refusal) = bad_input(q.status.as_deref(), None) {
+        return refusal;
     }
     match state
         .access
@@ -320,6 +369,9 @@ async fn decide_access(
         Err(r) => return r,
     };
     let reason = body.and_then(|Json(b)| b.reason);
+    if let Some(refusal) = bad_input(None, reason.as_deref()) {
+        return refusal;
+    }
     match state.access.decide(&id, &who, approve, reason).await {
         Ok(row) => Json(access_json(&row)).into_response(),
         Err(e) => access_error(&e),

@@ -85,6 +85,8 @@ pub async fn run(config: Config) -> Result<File> {
         notifier,
         format!("http://{}", config.listen.api),
     ));
+    // Sessions that held statements before a restart are gone.
+    reviews.withdraw_held(None).await;
     let policy = Arc::new(config.policy()?);
     let access = Arc::new(Access::new(
         store.clone(),

@@ -305,6 +305,11 @@ fn main() -> ExitCode {
         Command::Gateway { log_format } => Some(*log_format),
         _ => None,
     };
+    // Only the command-line tools: the gateway writes to sockets whose peers may vanish,
+    // and must get EPIPE there, not die of SIGPIPE.
+    if log_format.is_none() {
+        restore_default_sigpipe();
+    }
     init_logging(log_format);
     match run(cli) {
         Ok(code) => code,
@@ -400,4 +405,13 @@ fn init_logging(gateway: Option<LogFormat>) {
         Some(LogFormat::Json) => builder.json().init(),
         _ => builder.init(),
     }
+}
+
+/// `sluice sessions show … | head` must end quietly when the reader goes away, as other
+/// command-line tools do, instead of panicking on the failed write: the Rust runtime ignores
+/// SIGPIPE, so the command-line tools restore the default action (terminate) before
+/// anything is printed. The
+/// `sigpipe` crate does exactly this (one `signal(2)` call), so no unsafe code lives here.
+fn restore_default_sigpipe() {
+    sigpipe::reset();
 }

@@ -11,7 +11,7 @@ use sluice_core::{
     AuthFailure, Decision, HoldChannel, Identity, Outcome, OutcomeStatus, Pipeline, RecordError,
     Request, RequestKind, SessionControl, SessionInfo,
 };
-use sluice_policy::{Policy, Principal, Review, ReviewMode, SessionPolicy, Verdict};
+use sluice_policy::{Policy, Principal, Review, ReviewMode, SessionPolicy, Subject, Verdict};
 use sluice_store::ReviewRow;
 use sluice_store::{SessionRow, Store};
 use tracing::{error, warn};
@@ -154,8 +154,18 @@ impl GatewayPipeline {
         let verdicts = requests
             .iter()
             .map(|r| {
-                self.policy
-                    .judge(&session.identity, &session.connection, &r.text, &mut state)
+                let name = r.statement_name.as_deref();
+                let subject = Subject {
+                    sql: &r.text,
+                    defines: name.filter(|_| r.kind == RequestKind::Prepare),
+                    runs: name.filter(|_| r.kind == RequestKind::Execute),
+                };
+                self.policy.judge_subject(
+                    &session.identity,
+                    &session.connection,
+                    subject,
+                    &mut state,
+                )
             })
             .collect();
         if let Some(open) = self.sessions().get_mut(&session.id) {
@@ -168,6 +178,10 @@ impl GatewayPipeline {
 /// A `review` verdict, borrowed.
 struct Held<'a> {
     rule: &'a str,
+    /// Definitions of the prepared statement the request runs, for the reviewers.
+    runs: &'a [String],
+    /// The session state the approval is bound to (`search_path`).
+    context: &'a str,
     message: Option<&'a str>,
     review: &'a Review,
     mode: ReviewMode,
@@ -213,13 +227,25 @@ impl GatewayPipeline {
                 None,
             )
         };
+        // What the reviewers see and approve: the statement, and what a prepared statement
+        // it runs may be.
+        let reviewed = if held.runs.is_empty() {
+            request.text.clone()
+        } else {
+            format!(
+                "{}\n-- runs a prepared statement defined as:\n{}",
+                request.text,
+                held.runs.join(";\n")
+            )
+        };
         if held.mode == ReviewMode::Fail {
             match self
                 .reviews
                 .use_approval(
                     &session.identity,
                     &session.connection,
-                    &request.text,
+                    &reviewed,
+                    held.context,
                     &request.params,
                 )
                 .await
@@ -236,7 +262,8 @@ impl GatewayPipeline {
             connection: &session.connection,
             rule: held.rule,
             mode: held.mode.as_str(),
-            statement: &request.text,
+            statement: &reviewed,
+            context: held.context,
             params: &request.params,
             reviewer_names: held.review.reviewers.iter().map(principal_name).collect(),
             min_approvals: held.review.min_approvals,
@@ -479,9 +506,13 @@ impl Pipeline for GatewayPipeline {
                     message,
                     review,
                     mode,
+                    runs,
+                    context,
                 } => {
                     let held = Held {
                         rule,
+                        runs,
+                        context,
                         message: message.as_deref(),
                         review,
                         mode: *mode,
@@ -624,11 +655,15 @@ impl Pipeline for GatewayPipeline {
         self.metrics.session_closed();
         let audit = self.audit.clone();
         let store = self.store.clone();
+        let reviews = self.reviews.clone();
         let id = session.id.clone();
         // The close record is written (after every record of the session, which were
         // appended before it) before the index says the session ended, so a session shown
         // as ended is complete in the log.
         tokio::spawn(async move {
+            // A statement held when the session ended (the client left, an access window
+            // closed) will never run.
+            reviews.withdraw_held(Some(id.clone())).await;
             if let Err(e) = audit.append_durable(vec![event]).await {
                 // The index keeps it open; the next start closes it as "gateway restarted".
                 error!(session = %id, error = %e, "cannot record the session's end");

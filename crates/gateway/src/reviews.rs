@@ -70,6 +70,8 @@ pub struct HeldStatement<'a> {
     pub rule: &'a str,
     pub mode: &'a str,
     pub statement: &'a str,
+    /// The session context the approval is bound to.
+    pub context: &'a str,
     pub params: &'a [Option<String>],
     /// Who may approve, as principals (`group:dba`).
     pub reviewer_names: Vec<String>,
@@ -94,11 +96,15 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// SHA-256 (hex) of the statement's normal form and its parameters: what a `fail`-mode
-/// retry must match exactly to use an approval.
-pub fn statement_hash(statement: &str, params: &[Option<String>]) -> String {
+/// SHA-256 (hex) of the statement's normal form, the session context that decides what it
+/// touches (its `search_path`) and its parameters: what a `fail`-mode retry must match
+/// exactly to use an approval.
+pub fn statement_hash(statement: &str, context: &str, params: &[Option<String>]) -> String {
     let mut hasher = Sha256::new();
     hasher.update(sluice_sql::normalize(statement).as_bytes());
+    hasher.update(b"\0");
+    hasher.update(context.as_bytes());
+    hasher.update(b"\0");
     for param in params {
         match param {
             // Length-prefixed so that no two parameter lists hash alike.
@@ -165,7 +171,7 @@ impl Reviews {
     /// Files a review (or finds the pending one for the same statement, so a retry does not
     /// file a second) and records it in the audit log.
     pub async fn file(&self, held: &HeldStatement<'_>) -> Result<ReviewRow, ReviewError> {
-        let hash = statement_hash(held.statement, held.params);
+        let hash = statement_hash(held.statement, held.context, held.params);
         let (requester, connection, hash_q, now) = (
             held.identity.user.clone(),
             held.connection.to_owned(),
@@ -292,15 +298,33 @@ impl Reviews {
         Ok(review)
     }
 
+    /// Withdraws the held reviews of session `session_id` (or of every session, at start-up):
+    /// nobody waits for them, so no late approval may seem to count.
+    pub async fn withdraw_held(&self, session_id: Option<String>) {
+        let withdrawn = self
+            .blocking(move |s| s.withdraw_held_reviews(session_id.as_deref(), now_ms()))
+            .await;
+        match withdrawn {
+            Ok(rows) => {
+                for row in rows {
+                    self.record_decision(&row).await;
+                    self.wake(&row.id);
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot withdraw held reviews"),
+        }
+    }
+
     /// `fail` mode: uses an approval of exactly this statement, if there is one.
     pub async fn use_approval(
         &self,
         identity: &Identity,
         connection: &str,
         statement: &str,
+        context: &str,
         params: &[Option<String>],
     ) -> Result<Option<ReviewRow>, ReviewError> {
-        let hash = statement_hash(statement, params);
+        let hash = statement_hash(statement, context, params);
         let (user, connection) = (identity.user.clone(), connection.to_owned());
         self.blocking(move |s| s.use_approved_review(&user, &connection, &hash, now_ms()))
             .await

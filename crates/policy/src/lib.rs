@@ -58,6 +58,12 @@ pub enum Verdict {
         review: Review,
         /// The mode for this identity.
         mode: ReviewMode,
+        /// What reviewers must see besides the statement: the definitions a prepared
+        /// statement it runs may have (`EXECUTE p` alone says nothing).
+        runs: Vec<String>,
+        /// What else decides what the statement does: the session's `search_path`. An
+        /// approval is for the statement in this context only.
+        context: String,
     },
     /// The statement could not be judged and the connection refuses such statements.
     NotUnderstood {
@@ -86,8 +92,49 @@ impl Verdict {
 /// rule on `secret.*` still sees `keys` after `SET search_path = secret`.
 #[derive(Debug, Default)]
 pub struct SessionPolicy {
-    prepared: HashMap<String, Arc<Facts>>,
+    prepared: HashMap<String, Prepared>,
     search_path: SearchPath,
+}
+
+/// What a prepared-statement name may run. SQL `PREPARE` and the extended protocol's Parse
+/// share one namespace in the server, and a definition the server rejected (a duplicate
+/// name, an aborted transaction) cannot be told from one it kept, so a name carries every
+/// definition seen for it and is judged as all of them.
+#[derive(Debug, Default, Clone)]
+struct Prepared {
+    facts: Facts,
+    texts: Vec<String>,
+}
+
+impl Prepared {
+    fn add(&mut self, facts: &Facts, text: &str) {
+        let mut facts = facts.clone();
+        facts.effects.clear();
+        self.facts.absorb(&facts);
+        if !self.texts.iter().any(|t| t == text) {
+            self.texts.push(text.to_owned());
+        }
+    }
+}
+
+/// One statement to judge, with what the protocol knows about it.
+#[derive(Debug, Clone, Copy)]
+pub struct Subject<'a> {
+    pub sql: &'a str,
+    /// The extended protocol's Parse of a named prepared statement with this text.
+    pub defines: Option<&'a str>,
+    /// The extended protocol's Execute of a named prepared statement (its text is `sql`).
+    pub runs: Option<&'a str>,
+}
+
+impl<'a> Subject<'a> {
+    pub fn sql(sql: &'a str) -> Subject<'a> {
+        Subject {
+            sql,
+            defines: None,
+            runs: None,
+        }
+    }
 }
 
 impl SessionPolicy {
@@ -157,6 +204,17 @@ impl Policy {
         sql: &str,
         session: &mut SessionPolicy,
     ) -> Verdict {
+        self.judge_subject(identity, connection, Subject::sql(sql), session)
+    }
+
+    /// Like [`judge`](Self::judge), for a statement the protocol defines or runs by name.
+    pub fn judge_subject(
+        &self,
+        identity: &Identity,
+        connection: &str,
+        subject: Subject<'_>,
+        session: &mut SessionPolicy,
+    ) -> Verdict {
         if !self.governs(connection) {
             return Verdict::Allow;
         }
@@ -164,24 +222,31 @@ impl Policy {
             Some(Unparsed::Allow) => Verdict::Allow,
             _ => Verdict::NotUnderstood { reason },
         };
-        let facts = match self.facts(sql) {
+        let facts = match self.facts(subject.sql) {
             Ok(facts) => facts,
             Err(reason) => return not_understood(reason.to_string()),
         };
-        // `EXECUTE name` is judged as the statement it runs.
+        // `EXECUTE name` (or a protocol Execute by name) is judged as every definition the
+        // name may have.
         let mut absorbed: Option<Facts> = None;
+        let mut runs: Vec<String> = Vec::new();
+        let mut names: Vec<&str> = subject.runs.into_iter().collect();
         for effect in &facts.effects {
             if let SessionEffect::Execute(name) = effect {
-                match session.prepared.get(name) {
-                    Some(prepared) => absorbed
-                        .get_or_insert_with(|| facts.as_ref().clone())
-                        .absorb(prepared),
-                    None => {
-                        return not_understood(format!(
-                            "prepared statement \"{name}\" was not prepared through sluice in this session"
-                        ))
-                    }
+                if !session.prepared.contains_key(name) {
+                    return not_understood(format!(
+                        "prepared statement \"{name}\" was not prepared through sluice in this session"
+                    ));
                 }
+                names.push(name);
+            }
+        }
+        for name in names {
+            if let Some(prepared) = session.prepared.get(name) {
+                absorbed
+                    .get_or_insert_with(|| facts.as_ref().clone())
+                    .absorb(&prepared.facts);
+                runs.extend(prepared.texts.iter().filter(|t| *t != subject.sql).cloned());
             }
         }
         let judged = absorbed.as_ref().unwrap_or(&facts);
@@ -200,28 +265,41 @@ impl Policy {
         if matches!(verdict, Verdict::Review { .. }) && facts.kind() == Some(Kind::Prepare) {
             verdict = Verdict::Allow;
         }
-        // A held statement's effects count too: if it is refused later, the server never
-        // sees it and a stale entry only makes a later EXECUTE be judged as the statement.
-        if matches!(verdict, Verdict::Allow | Verdict::Review { .. }) {
+        if let Verdict::Review {
+            runs: verdict_runs,
+            context,
+            ..
+        } = &mut verdict
+        {
+            *verdict_runs = runs;
+            *context = session.search_path.describe();
+        }
+        // Definitions are recorded even when the statement is refused or held: a stale one
+        // only makes a later EXECUTE be judged more strictly.
+        if let Some(name) = subject.defines {
+            session
+                .prepared
+                .entry(name.to_owned())
+                .or_default()
+                .add(&facts, subject.sql);
+        }
+        if !matches!(
+            verdict,
+            Verdict::Deny { .. } | Verdict::NotUnderstood { .. }
+        ) {
             for effect in &facts.effects {
                 match effect {
-                    SessionEffect::Prepare(name) => {
-                        let mut prepared = facts.as_ref().clone();
-                        prepared.effects.clear();
-                        // A name prepared again without DEALLOCATE: the server keeps one of
-                        // the two (the first, unless it rejected it), which sluice cannot
-                        // tell, so EXECUTE is judged as both.
-                        if let Some(earlier) = session.prepared.get(name) {
-                            prepared.absorb(earlier);
-                        }
-                        session.prepared.insert(name.clone(), Arc::new(prepared));
-                    }
-                    SessionEffect::Deallocate(name) => {
-                        session.prepared.remove(name);
-                    }
-                    SessionEffect::DeallocateAll => session.prepared.clear(),
+                    SessionEffect::Prepare(name) => session
+                        .prepared
+                        .entry(name.clone())
+                        .or_default()
+                        .add(&facts, subject.sql),
                     SessionEffect::SearchPath(change) => session.search_path.apply(change),
-                    SessionEffect::Execute(_) => {}
+                    // Kept: the server ignores a DEALLOCATE in an aborted transaction, which
+                    // sluice cannot see; a name keeps every definition it may still have.
+                    SessionEffect::Deallocate(_)
+                    | SessionEffect::DeallocateAll
+                    | SessionEffect::Execute(_) => {}
                 }
             }
         }
@@ -257,6 +335,8 @@ impl Policy {
                             message: rule.message.clone(),
                             mode: review.mode_for(identity),
                             review: review.clone(),
+                            runs: Vec::new(),
+                            context: String::new(),
                         };
                     }
                 }

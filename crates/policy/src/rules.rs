@@ -237,6 +237,14 @@ impl SearchPath {
         }
     }
 
+    /// The path as part of a review's context (`search_path: public, secret`).
+    pub fn describe(&self) -> String {
+        match self {
+            SearchPath::Known(schemas) => format!("search_path: {}", schemas.join(", ")),
+            SearchPath::Unknown => "search_path: unknown".to_owned(),
+        }
+    }
+
     fn schemas(&self) -> &[String] {
         match self {
             SearchPath::Known(schemas) => schemas,

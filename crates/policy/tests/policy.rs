@@ -135,15 +135,64 @@ fn sql_prepare_then_execute_is_judged_as_what_it_runs() {
         p.judge(&who, "prod", "execute w", &mut session),
         Verdict::NotUnderstood { .. }
     ));
-    // A name sluice did not see prepared is not understood; a deallocated one is gone.
+    // A DEALLOCATE may be ignored by the server (in an aborted transaction), so a name
+    // keeps its definitions: redefined after it, EXECUTE is judged as old and new.
     assert_eq!(
         p.judge(&who, "prod", "deallocate q", &mut session),
         Verdict::Allow
     );
-    assert!(matches!(
-        p.judge(&who, "prod", "execute q(1)", &mut session),
-        Verdict::NotUnderstood { .. }
-    ));
+}
+
+#[test]
+fn a_prepared_name_is_judged_as_every_definition_it_may_have() {
+    let specs: Vec<RuleSpec> = serde_yaml_ng::from_str(
+        "[{ name: deletes, match: { statement: [delete] }, action: review, reviewers: [group:dba] }]",
+    )
+    .unwrap();
+    let p = Policy::new(&specs, &[("prod".into(), Unparsed::Deny)]).unwrap();
+    let alice = person(&[]);
+    let held = |v: Verdict| matches!(v, Verdict::Review { .. });
+    // Redefined after a DEALLOCATE the server may have ignored: both definitions count,
+    // and reviewers see what EXECUTE may run.
+    let mut session = SessionPolicy::default();
+    for sql in [
+        "prepare r as delete from t where id = 1",
+        "deallocate r",
+        "prepare r as select 1",
+    ] {
+        assert_eq!(
+            p.judge(&alice, "prod", sql, &mut session),
+            Verdict::Allow,
+            "{sql}"
+        );
+    }
+    match p.judge(&alice, "prod", "execute r", &mut session) {
+        Verdict::Review { runs, .. } => {
+            assert!(runs.iter().any(|t| t.contains("delete from t")), "{runs:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // The extended protocol shares the namespace with SQL PREPARE, both ways.
+    let mut session = SessionPolicy::default();
+    let parse = sluice_policy::Subject {
+        sql: "delete from t where id = $1",
+        defines: Some("s"),
+        runs: None,
+    };
+    assert!(held(p.judge_subject(&alice, "prod", parse, &mut session)));
+    assert!(held(p.judge(&alice, "prod", "execute s(1)", &mut session)));
+    p.judge(
+        &alice,
+        "prod",
+        "prepare u as delete from t where id = 2",
+        &mut session,
+    );
+    let execute = sluice_policy::Subject {
+        sql: "select 1",
+        defines: None,
+        runs: Some("u"),
+    };
+    assert!(held(p.judge_subject(&alice, "prod", execute, &mut session)));
 }
 
 #[test]

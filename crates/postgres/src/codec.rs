@@ -387,6 +387,14 @@ pub fn error_response(out: &mut BytesMut, severity: &str, code: &str, message: &
     });
 }
 
+/// A simple Query.
+pub fn put_query(out: &mut BytesMut, sql: &str) {
+    put_message(out, b'Q', |b| {
+        b.put_slice(sql.as_bytes());
+        b.put_u8(0);
+    });
+}
+
 /// Execute of `portal`, all rows.
 pub fn put_execute(out: &mut BytesMut, portal: &str) {
     put_message(out, b'E', |b| {

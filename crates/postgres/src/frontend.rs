@@ -319,6 +319,7 @@ impl<P: Pipeline, C: Connector> Frontend<P, C> {
         }
 
         let withdraw = Arc::new(Notify::new());
+        let upstream_cancel = upstream.cancel.clone();
         let (pid, key) =
             self.register_cancel(&connection, upstream.cancel.clone(), withdraw.clone());
         let mut out = BytesMut::new();
@@ -341,12 +342,19 @@ impl<P: Pipeline, C: Connector> Frontend<P, C> {
                     client_encoding: encoding.as_deref(),
                     max_message: self.config.max_message_bytes,
                     withdraw,
-                    end,
+                    end: end.clone(),
                 },
             )
             .await
         };
         lock(&self.cancels).remove(&(pid, key));
+        // Ended by the gateway (an access window closed): a statement still running in the
+        // backend must not finish on its own, so it is cancelled.
+        if end.was_ended() {
+            if let Err(e) = self.connector.cancel(&connection, &upstream_cancel).await {
+                warn!(%connection, error = %e, "cancel request to the target failed");
+            }
+        }
         info!(session = %info.id, reason = reason.as_deref().unwrap_or("client closed"), "session ended");
         self.pipeline.session_closed(&info, reason);
         Ok(())

@@ -263,6 +263,35 @@ impl Store {
         })
     }
 
+    /// Withdraws the pending `hold`-mode reviews of session `session_id` (or of every
+    /// session): nobody waits for them any more. Returns them as they are afterwards.
+    pub fn withdraw_held_reviews(
+        &self,
+        session_id: Option<&str>,
+        now_ms: i64,
+    ) -> Result<Vec<ReviewRow>, StoreError> {
+        self.write(|tx| {
+            let ids: Vec<String> = {
+                let mut stmt = tx.prepare(
+                    "SELECT id FROM reviews WHERE status = 'pending' AND mode = 'hold' AND (?1 IS NULL OR session_id = ?1)",
+                )?;
+                let ids = stmt
+                    .query_map(params![session_id], |row| row.get(0))?
+                    .collect::<Result<_, _>>()?;
+                ids
+            };
+            let mut rows = Vec::with_capacity(ids.len());
+            for id in ids {
+                tx.execute(
+                    "UPDATE reviews SET status = 'withdrawn', decided_ms = ?2 WHERE id = ?1",
+                    params![id, now_ms],
+                )?;
+                rows.push(load(tx, &id)?.ok_or_else(|| StoreError::ReviewNotFound(id.clone()))?);
+            }
+            Ok(rows)
+        })
+    }
+
     /// Uses an approved, unused `fail`-mode review of this exact statement by `requester` on
     /// `connection`, if one is still within its use window: it is marked `used` and its id
     /// returned. Each approval passes one statement, once.
@@ -421,6 +450,14 @@ mod tests {
         store.insert_review(&review("r5", "hold", 1)).unwrap();
         let r = store.close_review("r5", "withdrawn", 2_000).unwrap();
         assert_eq!(r.status, "withdrawn");
-        assert_eq!(store.list_reviews(Some("withdrawn"), 10).unwrap().len(), 1);
+        store.insert_review(&review("r6", "hold", 1)).unwrap();
+        store.insert_review(&review("r7", "fail", 1)).unwrap();
+        let withdrawn = store.withdraw_held_reviews(Some("s1"), 2_500).unwrap();
+        assert_eq!(
+            withdrawn.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+            ["r6"]
+        );
+        assert_eq!(store.get_review("r7").unwrap().unwrap().status, "pending");
+        assert_eq!(store.list_reviews(Some("withdrawn"), 10).unwrap().len(), 2);
     }
 }

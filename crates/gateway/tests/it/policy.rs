@@ -310,3 +310,20 @@ fn a_refused_message_fails_its_batch_on_the_server_too() {
     assert!(error_code(&m).is_none(), "{:?}", error_code(&m));
     assert_eq!(victim_rows("pol_batch"), "2");
 }
+
+#[test]
+fn a_denied_statement_fails_an_open_transaction_like_any_error() {
+    let (gw, token) = guarded("pol_txn", "");
+    let (_, out, err) = gw.psql_script(
+        &gw.conninfo("pol_txn", "eve", &token),
+        &[],
+        "BEGIN;\nINSERT INTO victim VALUES (3);\nDROP TABLE victim;\nSELECT 'inside';\nCOMMIT;\nSELECT 'after', count(*) FROM victim;\n",
+    );
+    assert!(err.contains("no-drop"), "{err}");
+    // As after any error in a transaction block: the rest is refused and COMMIT rolls back.
+    assert!(err.contains("current transaction is aborted"), "{err}");
+    assert!(!out.contains("inside"), "{out}");
+    assert_eq!(victim_rows("pol_txn"), "2");
+    // The session goes on.
+    assert!(out.contains("after|2"), "{out}");
+}

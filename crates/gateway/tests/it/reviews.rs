@@ -76,8 +76,9 @@ impl Setup {
         let out = self.reviews(token, &[args, &["--json"]].concat());
         assert!(
             out.status.success(),
-            "sluice reviews {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
+            "sluice reviews {args:?}: {}\ngateway log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.gw.log()
         );
         serde_json::from_slice(&out.stdout).unwrap()
     }

@@ -13,6 +13,9 @@ use super::names::{Define, Statement, Undo};
 use super::queue::{not_executed, Exec, Expect, State};
 use super::{io_reason, lock, ClientHold, Shared, READ_BUFFER};
 
+/// Sent in place of a refused Query: it fails to parse, so it has no effect but the error.
+const REFUSAL_QUERY: &str = "SLUICE REFUSED THIS STATEMENT";
+
 /// How much client input is read ahead while a statement is held for review.
 const HOLD_READ_AHEAD: usize = 1 << 20;
 use crate::codec::{self, FrontendMessage};
@@ -868,19 +871,34 @@ impl<P: Pipeline> ClientToServer<P> {
         let Refusal { outcomes, out } = refusal;
         let mut frames = BytesMut::new();
         codec::error_response(&mut frames, "ERROR", code, reason);
+        // The server must fail in the refused message's place as it would have itself —
+        // aborting an open transaction block, rolling back an extended batch's implicit
+        // one — so it gets a message that fails without effect, and its error becomes the
+        // refusal on the way back.
         if with_ready {
-            // A whole Query or FunctionCall: nothing of it reaches the server.
-            outcomes.extend(state.push(Expect::Inject {
+            if state.discarding() {
+                // The server skips a Query until the Sync it waits for: answer it here.
+                outcomes.extend(state.push(Expect::Inject {
+                    frames,
+                    then_ready: true,
+                    close_after: false,
+                }));
+                return;
+            }
+            // A whole Query or FunctionCall: a Query that cannot parse.
+            outcomes.extend(state.push(Expect::Refused {
                 frames,
-                then_ready: true,
-                close_after: false,
+                query: true,
             }));
+            outcomes.extend(state.push(Expect::Ready));
+            codec::put_query(out, REFUSAL_QUERY);
             return;
         }
-        // An extended-protocol message: the server must fail the batch as it would have
-        // itself (rolling back its implicit transaction, aborting an explicit one), so it
-        // gets an Execute of a portal that cannot exist, whose error becomes the refusal.
-        outcomes.extend(state.push(Expect::Refused { frames }));
+        // An extended-protocol message: an Execute of a portal that cannot exist.
+        outcomes.extend(state.push(Expect::Refused {
+            frames,
+            query: false,
+        }));
         codec::put_execute(out, &self.refusal_portal);
         self.skip_until_sync = true;
     }

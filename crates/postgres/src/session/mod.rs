@@ -74,6 +74,11 @@ impl SessionEnd {
     fn message(&self) -> Option<String> {
         lock(&self.message).clone()
     }
+
+    /// Whether the pipeline asked to end the session.
+    pub(crate) fn was_ended(&self) -> bool {
+        lock(&self.message).is_some()
+    }
 }
 
 /// The client side of a held statement: notices go out through the server-to-client

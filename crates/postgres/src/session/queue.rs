@@ -58,6 +58,9 @@ pub(super) enum Expect {
     /// ErrorResponse is replaced by `frames`, the gateway's refusal.
     Refused {
         frames: BytesMut,
+        /// A simple Query (or FunctionCall) refused the same way: the server was sent a
+        /// Query that fails to parse; its ReadyForQuery follows as usual.
+        query: bool,
     },
     /// Gateway-built frames, written when everything before them has been answered;
     /// `then_ready` appends a ReadyForQuery with the current status; `close_after` ends
@@ -441,6 +444,11 @@ impl State {
         self.copy = if ended { Copy::Idle } else { Copy::In };
     }
 
+    /// Whether the server is skipping messages until the next Sync.
+    pub fn discarding(&self) -> bool {
+        self.discarding
+    }
+
     /// The frames that replace the ErrorResponse just observed, if it answered a refusal.
     pub fn take_replacement(&mut self) -> Option<BytesMut> {
         self.replacement.take()
@@ -452,8 +460,11 @@ impl State {
         }
         let fields = codec::parse_error_fields(body);
         if let Some(Expect::Refused { .. }) = self.queue.front() {
-            if let Some(Expect::Refused { frames }) = self.queue.pop_front() {
+            if let Some(Expect::Refused { frames, query }) = self.queue.pop_front() {
                 self.replacement = Some(frames);
+                if query {
+                    return;
+                }
             }
             self.discard_to_sync(&fields, outcomes);
             return;
