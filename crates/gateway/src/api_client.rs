@@ -25,6 +25,10 @@ impl ApiClient {
             .strip_prefix("http://")
             .ok_or_else(|| anyhow!("--gateway must be an http:// URL, got {gateway:?}"))?
             .trim_end_matches('/');
+        if authority.contains('@') {
+            // Never echoed: what precedes `@` is a credential.
+            bail!("--gateway must be http://HOST:PORT, without user or password");
+        }
         if authority.is_empty() || authority.contains('/') {
             bail!("--gateway must be http://HOST:PORT, got {gateway:?}");
         }

@@ -597,12 +597,21 @@ pub fn access(
             r["duration_s"],
             text("reason")
         );
-        if let Some(ends) = r["ends"].as_str() {
-            println!(
+        match (r["status"].as_str(), r["ends"].as_str()) {
+            (Some("approved"), Some(ends)) => println!(
                 "    approved by {} until {}",
                 text("decided_by"),
                 printable(ends)
-            );
+            ),
+            (Some("denied"), _) => println!(
+                "    denied by {}{}",
+                text("decided_by"),
+                r["decision_reason"]
+                    .as_str()
+                    .map(|why| format!(": {}", printable(why)))
+                    .unwrap_or_default()
+            ),
+            _ => {}
         }
     }
     Ok(ExitCode::SUCCESS)

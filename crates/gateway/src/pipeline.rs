@@ -300,7 +300,10 @@ impl GatewayPipeline {
             Err(e) => return unavailable(e),
         };
         match waited {
-            Waited::Approved(row) => (Decision::Allow, Some(review_ref(&row))),
+            Waited::Approved(row) => {
+                self.reviews.mark_used(&row.id).await;
+                (Decision::Allow, Some(review_ref(&row)))
+            }
             Waited::Denied(row) => (
                 Decision::Deny {
                     reason: format!(

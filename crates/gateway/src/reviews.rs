@@ -298,6 +298,17 @@ impl Reviews {
         Ok(review)
     }
 
+    /// The held statement of approved review `id` is let through: its approval is spent.
+    pub async fn mark_used(&self, id: &str) {
+        let key = id.to_owned();
+        if let Err(e) = self
+            .blocking(move |s| s.mark_review_used(&key, now_ms()))
+            .await
+        {
+            tracing::error!(review = %id, error = %e, "cannot mark a review used");
+        }
+    }
+
     /// Withdraws the held reviews of session `session_id` (or of every session, at start-up):
     /// nobody waits for them, so no late approval may seem to count.
     pub async fn withdraw_held(&self, session_id: Option<String>) {
@@ -342,7 +353,7 @@ impl Reviews {
         status: Option<String>,
         limit: u32,
     ) -> Result<Vec<ReviewRow>, ReviewError> {
-        self.blocking(move |s| s.list_reviews(status.as_deref(), limit))
+        self.blocking(move |s| s.list_reviews(status.as_deref(), limit, now_ms()))
             .await
     }
 

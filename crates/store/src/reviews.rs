@@ -169,13 +169,20 @@ impl Store {
         self.read(|tx| load(tx, id))
     }
 
-    /// Reviews, newest first, optionally only those with `status`.
+    /// Reviews, newest first, optionally only those with `status` (pending ones past their
+    /// expiry at `now_ms` are expired first).
     pub fn list_reviews(
         &self,
         status: Option<&str>,
         limit: u32,
+        now_ms: i64,
     ) -> Result<Vec<ReviewRow>, StoreError> {
-        self.read(|tx| {
+        self.write(|tx| {
+            // Show reviews whose time is up as expired, not pending.
+            tx.execute(
+                "UPDATE reviews SET status = 'expired', decided_ms = expires_ms WHERE status = 'pending' AND expires_ms <= ?1",
+                [now_ms],
+            )?;
             let mut stmt = tx.prepare(
                 "SELECT id FROM reviews WHERE ?1 IS NULL OR status = ?1 ORDER BY created_ms DESC, id LIMIT ?2",
             )?;
@@ -260,6 +267,17 @@ impl Store {
                 params![id, status, now_ms],
             )?;
             load(tx, id)?.ok_or_else(|| StoreError::ReviewNotFound(id.to_owned()))
+        })
+    }
+
+    /// Marks an approved `hold`-mode review used: the held statement was let through.
+    pub fn mark_review_used(&self, id: &str, now_ms: i64) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE reviews SET status = 'used', used_ms = ?2 WHERE id = ?1 AND status = 'approved'",
+                params![id, now_ms],
+            )?;
+            Ok(())
         })
     }
 
@@ -458,6 +476,12 @@ mod tests {
             ["r6"]
         );
         assert_eq!(store.get_review("r7").unwrap().unwrap().status, "pending");
-        assert_eq!(store.list_reviews(Some("withdrawn"), 10).unwrap().len(), 2);
+        assert_eq!(
+            store
+                .list_reviews(Some("withdrawn"), 10, 2_600)
+                .unwrap()
+                .len(),
+            2
+        );
     }
 }
