@@ -2,6 +2,7 @@
 //! request, whichever protocol carried it.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -33,6 +34,9 @@ pub struct GatewayPipeline {
     requires_access: HashSet<String>,
     metrics: Arc<Metrics>,
     sessions: Mutex<HashMap<String, OpenSession>>,
+    /// Approvals spent on requests whose outcome is still to come, in all sessions: while
+    /// none are, outcomes need not look (they are on every statement's path).
+    spent_pending: AtomicUsize,
 }
 
 /// What the pipeline keeps per open session.
@@ -43,6 +47,9 @@ struct OpenSession {
     policy: SessionPolicy,
     /// Ends the session when the access grant it relies on runs out.
     grant_timer: Option<tokio::task::AbortHandle>,
+    /// Requests let through by a `fail`-mode approval, until their outcome: one that does
+    /// not run gives its approval back.
+    spent_approvals: HashMap<u64, String>,
 }
 
 /// What the pipeline is built from.
@@ -72,6 +79,7 @@ impl GatewayPipeline {
             requires_access: parts.requires_access,
             metrics: parts.metrics,
             sessions: Mutex::new(HashMap::new()),
+            spent_pending: AtomicUsize::new(0),
         }
     }
 
@@ -480,6 +488,7 @@ impl Pipeline for GatewayPipeline {
                 statements: 0,
                 policy: SessionPolicy::with_startup_settings(&session.client_settings),
                 grant_timer,
+                spent_approvals: HashMap::new(),
             },
         );
         self.metrics.session_opened(session.protocol);
@@ -535,6 +544,12 @@ impl Pipeline for GatewayPipeline {
                     Some(reason) => (Decision::Deny { reason }, None),
                 },
             };
+            if let Some(spent) = review.as_ref().filter(|r| r.status == "used") {
+                if let Some(open) = self.sessions().get_mut(&session.id) {
+                    open.spent_approvals.insert(request.id, spent.id.clone());
+                    self.spent_pending.fetch_add(1, Ordering::Relaxed);
+                }
+            }
             decisions.push(decision);
             review_refs.push(review);
             lifts.push(None);
@@ -600,6 +615,18 @@ impl Pipeline for GatewayPipeline {
     }
 
     fn outcome(&self, session: &SessionInfo, outcome: Outcome) {
+        if self.spent_pending.load(Ordering::Relaxed) > 0 {
+            let spent = self
+                .sessions()
+                .get_mut(&session.id)
+                .and_then(|open| open.spent_approvals.remove(&outcome.request_id));
+            if let Some(review) = spent {
+                self.spent_pending.fetch_sub(1, Ordering::Relaxed);
+                if matches!(outcome.status, OutcomeStatus::NotExecuted { .. }) {
+                    self.reviews.give_back(review);
+                }
+            }
+        }
         let duration_ms = outcome.duration.as_secs_f64() * 1000.0;
         let body = match outcome.status {
             OutcomeStatus::Ok { tag, rows } => EventBody::Result {
@@ -644,6 +671,8 @@ impl Pipeline for GatewayPipeline {
                 if let Some(timer) = open.grant_timer {
                     timer.abort();
                 }
+                self.spent_pending
+                    .fetch_sub(open.spent_approvals.len(), Ordering::Relaxed);
                 open.statements
             }
             None => 0,

@@ -298,6 +298,17 @@ impl Reviews {
         Ok(review)
     }
 
+    /// The statement a `fail`-mode approval let through did not run: the approval is
+    /// given back.
+    pub fn give_back(&self, id: String) {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = store.unuse_review(&id) {
+                tracing::error!(review = %id, error = %e, "cannot give an approval back");
+            }
+        });
+    }
+
     /// The held statement of approved review `id` is let through: its approval is spent.
     pub async fn mark_used(&self, id: &str) {
         let key = id.to_owned();

@@ -270,6 +270,18 @@ impl Store {
         })
     }
 
+    /// Gives back a `fail`-mode approval whose statement did not run after all (its batch
+    /// was refused or failed before it): the requester may run it again within the window.
+    pub fn unuse_review(&self, id: &str) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE reviews SET status = 'approved', used_ms = NULL WHERE id = ?1 AND status = 'used' AND mode = 'fail'",
+                params![id],
+            )?;
+            Ok(())
+        })
+    }
+
     /// Marks an approved `hold`-mode review used: the held statement was let through.
     pub fn mark_review_used(&self, id: &str, now_ms: i64) -> Result<(), StoreError> {
         self.write(|tx| {
@@ -443,6 +455,12 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(used.status, "used");
+        // Given back when the statement did not run, then usable once more.
+        store.unuse_review("r2").unwrap();
+        assert!(store
+            .use_approved_review("alice", "prod", "h1", 3_550)
+            .unwrap()
+            .is_some());
         assert!(store
             .use_approved_review("alice", "prod", "h1", 3_600)
             .unwrap()

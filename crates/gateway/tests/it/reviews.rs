@@ -472,3 +472,30 @@ fn a_prepared_statement_is_reviewed_once_when_it_runs() {
     );
     assert_eq!(s.rows(), "1");
 }
+
+#[test]
+fn an_approval_spent_on_a_statement_that_did_not_run_is_given_back() {
+    let s = setup("rev_giveback");
+    let conninfo = s.gw.conninfo(s.db, "eve", &s.eve);
+    let run = |sql: &str| s.gw.psql(&conninfo, &["-c", sql]);
+    let (ok, _, _) = run("UPDATE victim SET id = 20 WHERE id = 2");
+    assert!(!ok);
+    let id = s.pending_review()["id"].as_str().unwrap().to_owned();
+    s.reviews_json(&s.bob, &["approve", &id]);
+    // Sent with a statement that is refused (held, then not decided within 2 s), the
+    // approved one does not run...
+    let (ok, _, err) = run("UPDATE victim SET id = 20 WHERE id = 2; INSERT INTO victim VALUES (9)");
+    assert!(!ok, "{err}");
+    // ...so its approval is still there for the statement alone, once.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (ok, _, _) = run("UPDATE victim SET id = 20 WHERE id = 2");
+        if ok {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the approval was not given back");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (ok, _, _) = run("UPDATE victim SET id = 20 WHERE id = 2");
+    assert!(!ok);
+}
