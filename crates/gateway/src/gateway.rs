@@ -114,7 +114,7 @@ pub async fn run(config: Config) -> Result<File> {
         metrics: metrics.clone(),
     }));
     let frontend = Arc::new(Frontend::new(
-        pipeline,
+        pipeline.clone(),
         agent,
         FrontendConfig {
             tls: Some(tls),
@@ -155,6 +155,13 @@ pub async fn run(config: Config) -> Result<File> {
         r = frontend.serve(pg_listener) => r.context("postgres listener failed")?,
         r = axum::serve(api_listener, router) => r.context("api listener failed")?,
         () = shutdown_signal() => info!("shutting down"),
+    }
+    // Clients are told, as PostgreSQL does on a fast shutdown; their sessions get a moment
+    // to record their end before the log is flushed.
+    pipeline.end_all_sessions("terminating connection due to administrator command");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+    while pipeline.sessions_ending() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     if let Err(e) = audit.flush().await {
         error!(error = %e, "audit log flush failed at shutdown");

@@ -37,6 +37,8 @@ pub struct GatewayPipeline {
     /// Approvals spent on requests whose outcome is still to come, in all sessions: while
     /// none are, outcomes need not look (they are on every statement's path).
     spent_pending: AtomicUsize,
+    /// Session ends whose records are still being written.
+    closing: Arc<AtomicUsize>,
 }
 
 /// What the pipeline keeps per open session.
@@ -50,6 +52,8 @@ struct OpenSession {
     /// Requests let through by a `fail`-mode approval, until their outcome: one that does
     /// not run gives its approval back.
     spent_approvals: HashMap<u64, String>,
+    /// Ends the session from the gateway's side (access window, shutdown).
+    control: Arc<dyn SessionControl>,
 }
 
 /// What the pipeline is built from.
@@ -80,6 +84,7 @@ impl GatewayPipeline {
             metrics: parts.metrics,
             sessions: Mutex::new(HashMap::new()),
             spent_pending: AtomicUsize::new(0),
+            closing: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -141,6 +146,18 @@ impl GatewayPipeline {
             }
         })
         .abort_handle()
+    }
+
+    /// Ends every open session, telling each client `message` (the gateway is stopping).
+    pub fn end_all_sessions(&self, message: &str) {
+        for open in self.sessions().values() {
+            open.control.end(message);
+        }
+    }
+
+    /// Sessions open now, or whose end is still being recorded.
+    pub fn sessions_ending(&self) -> usize {
+        self.sessions().len() + self.closing.load(Ordering::Relaxed)
     }
 
     fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, OpenSession>> {
@@ -481,7 +498,7 @@ impl Pipeline for GatewayPipeline {
             .map_err(|e| RecordError(e.to_string()))?
             .map_err(|e| RecordError(format!("session index: {e}")))?;
         let grant_timer = (self.needs_grant(&session.connection, &session.identity) == Some(true))
-            .then(|| self.watch_grant(session, control));
+            .then(|| self.watch_grant(session, control.clone()));
         self.sessions().insert(
             session.id.clone(),
             OpenSession {
@@ -489,6 +506,7 @@ impl Pipeline for GatewayPipeline {
                 policy: SessionPolicy::with_startup_settings(&session.client_settings),
                 grant_timer,
                 spent_approvals: HashMap::new(),
+                control,
             },
         );
         self.metrics.session_opened(session.protocol);
@@ -689,25 +707,31 @@ impl Pipeline for GatewayPipeline {
         let store = self.store.clone();
         let reviews = self.reviews.clone();
         let id = session.id.clone();
+        let closing = self.closing.clone();
+        closing.fetch_add(1, Ordering::Relaxed);
         // The close record is written (after every record of the session, which were
         // appended before it) before the index says the session ended, so a session shown
         // as ended is complete in the log.
         tokio::spawn(async move {
-            // A statement held when the session ended (the client left, an access window
-            // closed) will never run.
-            reviews.withdraw_held(Some(id.clone())).await;
-            if let Err(e) = audit.append_durable(vec![event]).await {
-                // The index keeps it open; the next start closes it as "gateway restarted".
-                error!(session = %id, error = %e, "cannot record the session's end");
-                return;
-            }
-            let ended = tokio::task::spawn_blocking(move || {
-                store.end_session(&id, now_ms(), reason.as_deref(), statements)
-            })
-            .await;
-            if !matches!(ended, Ok(Ok(()))) {
-                warn!("cannot mark a session ended in the index");
-            }
+            let record = async {
+                // A statement held when the session ended (the client left, an access window
+                // closed) will never run.
+                reviews.withdraw_held(Some(id.clone())).await;
+                if let Err(e) = audit.append_durable(vec![event]).await {
+                    // The index keeps it open; the next start closes it as "gateway restarted".
+                    error!(session = %id, error = %e, "cannot record the session's end");
+                    return;
+                }
+                let ended = tokio::task::spawn_blocking(move || {
+                    store.end_session(&id, now_ms(), reason.as_deref(), statements)
+                })
+                .await;
+                if !matches!(ended, Ok(Ok(()))) {
+                    warn!("cannot mark a session ended in the index");
+                }
+            };
+            record.await;
+            closing.fetch_sub(1, Ordering::Relaxed);
         });
     }
 }

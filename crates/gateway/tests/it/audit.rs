@@ -216,3 +216,38 @@ fn passwords_in_statements_are_redacted_before_anything_is_written() {
         .iter()
         .any(|s| s["statement"] == "ALTER USER redact_probe PASSWORD '***'"));
 }
+
+#[test]
+fn stopping_the_gateway_tells_connected_clients_and_records_their_end() {
+    use std::process::{Command, Stdio};
+    pg().create_db("stop_notice");
+    let mut gw = Gateway::start("stop_notice", "");
+    let token = gw.user_token("eve");
+    let mut psql = Command::new("psql")
+        .args(["-X", "-A", "-t", "-f", "-"])
+        .arg(gw.conninfo("stop_notice", "eve", &token))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = psql.stdin.take().unwrap();
+        stdin
+            .write_all(b"select 'in';\n\\! sleep 4\nselect 'after';\n")
+            .unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    gw.stop();
+    let out = psql.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("terminating connection due to administrator command"),
+        "{stderr}"
+    );
+    // Its end is on record before the gateway exits, and the log verifies.
+    assert!(gw.verify().status.success());
+    let sessions = gw.sessions();
+    assert!(sessions.iter().all(|s| !s["end"].is_null()), "{sessions:#?}");
+}
