@@ -2,6 +2,7 @@
 //! each as the holder of the bearer token. Both resources share the plumbing here; what a
 //! decision means lives in `crate::reviews` and `crate::access`.
 
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -211,8 +212,13 @@ pub(super) async fn deny_review(
 pub(super) async fn request_access(
     State(state): State<ApiState>,
     headers: HeaderMap,
-    Json(body): Json<AccessBody>,
+    body: Result<Json<AccessBody>, JsonRejection>,
 ) -> Response {
+    // A malformed body gets the API's JSON error too, not the framework's plain text.
+    let Json(body) = match body {
+        Ok(body) => body,
+        Err(rejection) => return error(rejection.status(), rejection.body_text()),
+    };
     let who = match caller(&state, &headers, None, Some(&body.reason)).await {
         Ok(who) => who,
         Err(refusal) => return refusal,

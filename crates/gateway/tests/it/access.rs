@@ -165,3 +165,45 @@ fn an_approved_request_lifts_a_review_rule_for_a_while() {
         "1"
     );
 }
+
+#[test]
+fn malformed_requests_get_json_errors() {
+    use std::io::{Read, Write};
+    let db = "acc_malformed";
+    pg().create_db(db);
+    let gw = Gateway::start(db, "");
+    let eve = gw.user_token("eve");
+    let call = |body: &str| {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.api_port)).unwrap();
+        write!(
+            s,
+            "POST /api/v1/access-requests HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {eve}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut response = String::new();
+        s.read_to_string(&mut response).unwrap();
+        response
+    };
+    for body in [
+        "{bad",
+        r#"{"connection": "x"}"#,
+        r#"{"connection": 1, "duration": "1h", "reason": "r"}"#,
+    ] {
+        let response = call(body);
+        assert!(response.starts_with("HTTP/1.1 4"), "{response}");
+        let json = response.split("\r\n\r\n").nth(1).unwrap_or_default();
+        let parsed: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
+        assert!(parsed["error"].is_string(), "{response}");
+    }
+    // Unknown status filters and overlong reasons are refused the same way.
+    let out = access(&gw, &eve, &["list", "--status", "bogus"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown status"));
+    let long = "x".repeat(3000);
+    let out = access(
+        &gw,
+        &eve,
+        &["request", db, "--for", "1h", "--reason", &long],
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("longer than 2000"));
+}

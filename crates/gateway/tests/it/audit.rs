@@ -249,5 +249,8 @@ fn stopping_the_gateway_tells_connected_clients_and_records_their_end() {
     // Its end is on record before the gateway exits, and the log verifies.
     assert!(gw.verify().status.success());
     let sessions = gw.sessions();
-    assert!(sessions.iter().all(|s| !s["end"].is_null()), "{sessions:#?}");
+    assert!(
+        sessions.iter().all(|s| !s["end"].is_null()),
+        "{sessions:#?}"
+    );
 }
