@@ -178,11 +178,15 @@ impl Reviews {
             hash.clone(),
             now_ms(),
         );
-        if let Some(existing) = self
-            .blocking(move |s| s.pending_review_for(&requester, &connection, &hash_q, now))
-            .await?
-        {
-            return Ok(existing);
+        // A `fail`-mode retry (from any session) finds the review it filed before; a held
+        // statement always gets its own, tied to its session.
+        if held.mode == "fail" {
+            if let Some(existing) = self
+                .blocking(move |s| s.pending_review_for(&requester, &connection, &hash_q, now))
+                .await?
+            {
+                return Ok(existing);
+            }
         }
         let new = NewReview {
             id: review_id(),

@@ -353,8 +353,8 @@ impl Store {
         })
     }
 
-    /// A review of this exact statement by `requester` on `connection` still waiting for a
-    /// decision, so that a retry does not file a second one.
+    /// A `fail`-mode review of this exact statement by `requester` on `connection` still
+    /// waiting for a decision, so that a retry does not file a second one.
     pub fn pending_review_for(
         &self,
         requester: &str,
@@ -365,8 +365,9 @@ impl Store {
         self.read(|tx| {
             let id: Option<String> = tx
                 .query_row(
-                    "SELECT id FROM reviews WHERE status = 'pending' AND requester = ?1 AND connection = ?2
-                     AND statement_hash = ?3 AND expires_ms > ?4 ORDER BY created_ms LIMIT 1",
+                    "SELECT id FROM reviews WHERE status = 'pending' AND mode = 'fail' AND requester = ?1
+                     AND connection = ?2 AND statement_hash = ?3 AND expires_ms > ?4
+                     ORDER BY created_ms LIMIT 1",
                     params![requester, connection, statement_hash, now_ms],
                     |row| row.get(0),
                 )

@@ -327,3 +327,72 @@ fn a_denied_statement_fails_an_open_transaction_like_any_error() {
     // The session goes on.
     assert!(out.contains("after|2"), "{out}");
 }
+
+/// Found by a red-team pass: a COPY the server failed, whose end the client never sent,
+/// made the gateway take the end of the next COPY for it and lose track of the batches
+/// after — until a denied DROP ran.
+#[test]
+fn a_failed_copy_never_ended_cannot_desync_the_gateway() {
+    use std::io::Write;
+
+    use bytes::BytesMut;
+
+    use crate::bad_input::{error_code, logged_in, read_messages};
+    use crate::evasion::{bind, execute, msg, parse, sync};
+
+    let (gw, token) = guarded("pol_copy_desync", "");
+    let mut s = logged_in(&gw, "pol_copy_desync", "eve", &token);
+    let send = |s: &mut std::net::TcpStream, out: BytesMut| s.write_all(&out).unwrap();
+
+    let mut out = BytesMut::new();
+    parse(&mut out, "", "SELECT 1");
+    sync(&mut out);
+    send(&mut s, out);
+    read_messages(&mut s, b'Z');
+
+    // A COPY that fails on its first line; the client never sends CopyDone.
+    let mut out = BytesMut::new();
+    msg(&mut out, b'Q', b"COPY victim FROM STDIN\0");
+    msg(&mut out, b'd', b"zz\tb\n");
+    send(&mut s, out);
+    read_messages(&mut s, b'Z');
+
+    // A new COPY with its end, then batches with a denied DROP in them.
+    let mut out = BytesMut::new();
+    msg(&mut out, b'Q', b"COPY victim FROM STDIN\0");
+    msg(&mut out, b'd', b"30\n");
+    msg(&mut out, b'c', b"");
+    parse(&mut out, "x", "DROP TABLE victim");
+    sync(&mut out);
+    parse(&mut out, "s2", "select 2");
+    parse(&mut out, "", "DROP TABLE victim");
+    bind(&mut out, "", "");
+    execute(&mut out, "");
+    sync(&mut out);
+    send(&mut s, out);
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        seen.extend(read_messages(&mut s, b'Z'));
+    }
+    // Nothing the client sees names the gateway's internals.
+    for (tag, body) in &seen {
+        if *tag == b'E' {
+            let text = String::from_utf8_lossy(body);
+            assert!(!text.contains("sluice-refused"), "{text}");
+        }
+    }
+    // And a later Execute of the unnamed statement is still judged as the DROP it is.
+    let mut out = BytesMut::new();
+    bind(&mut out, "", "");
+    execute(&mut out, "");
+    sync(&mut out);
+    send(&mut s, out);
+    let m = read_messages(&mut s, b'Z');
+    let (code, _) = error_code(&m).expect("refused");
+    assert_eq!(code, "42501", "{m:?}");
+    assert_eq!(
+        pg().psql_admin("pol_copy_desync", "SELECT count(*) FROM victim")
+            .trim(),
+        "3"
+    );
+}

@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 
 use super::names::{Define, Statement, Undo};
 use super::queue::{not_executed, Exec, Expect, State};
-use super::{io_reason, lock, ClientHold, Shared, READ_BUFFER};
+use super::{io_reason, lock, refusal_portal, ClientHold, Shared, READ_BUFFER};
 
 /// Sent in place of a refused Query: it fails to parse, so it has no effect but the error.
 const REFUSAL_QUERY: &str = "SLUICE REFUSED THIS STATEMENT";
@@ -48,9 +48,6 @@ pub(super) struct ClientToServer<P> {
     /// After the gateway refused an extended-protocol message, everything up to Sync is
     /// discarded, exactly as the server does after an error.
     pub skip_until_sync: bool,
-    /// A portal name no client can know: the gateway's refusals execute it so the server
-    /// fails the batch (see [`Expect::Refused`]).
-    pub refusal_portal: String,
     /// Since when a message has been waiting for the server to settle a definition.
     pub waiting_since: Option<Instant>,
     /// Batch ends (Sync, Query, FunctionCall) read so far, counted as they are read.
@@ -208,30 +205,57 @@ impl<P: Pipeline> ClientToServer<P> {
             let decisions = if scan.requests.is_empty() {
                 Vec::new()
             } else {
-                let decided = self
-                    .pipeline
-                    .requests(&self.info, scan.requests, &self.hold);
-                tokio::pin!(decided);
-                // While the pipeline decides (a review hold can take minutes), keep reading
-                // the client, up to a bound, so that a client that hangs up withdraws what
-                // is held instead of having it run later for nobody.
-                let mut client_open = true;
-                loop {
-                    tokio::select! {
-                        decisions = &mut decided => break decisions,
-                        read = self.client.read_buf(&mut buf),
-                            if client_open && buf.len() < HOLD_READ_AHEAD =>
-                        {
-                            match read {
-                                Ok(n) if n > 0 => read_ahead = true,
-                                _ => {
-                                    client_open = false;
-                                    self.hold.client_left();
+                let decisions = {
+                    let decided = self
+                        .pipeline
+                        .requests(&self.info, scan.requests, &self.hold);
+                    tokio::pin!(decided);
+                    // While the pipeline decides (a review hold can take minutes), keep reading
+                    // the client, up to a bound, so that a client that hangs up withdraws what
+                    // is held instead of having it run later for nobody.
+                    let mut client_open = true;
+                    loop {
+                        tokio::select! {
+                            decisions = &mut decided => break decisions,
+                            read = self.client.read_buf(&mut buf), if client_open => {
+                                match read {
+                                    Ok(n) if n > 0 => {
+                                        read_ahead = true;
+                                        // Past the bound a hang-up could no longer be seen: a
+                                        // client that queues that much behind a held statement
+                                        // has it withdrawn (and is read no further until the
+                                        // decision).
+                                        if buf.len() >= HOLD_READ_AHEAD {
+                                            client_open = false;
+                                            self.hold.withdraw_held();
+                                        }
+                                    }
+                                    _ => {
+                                        client_open = false;
+                                        self.hold.client_left();
+                                    }
                                 }
                             }
                         }
                     }
+                };
+                self.hold.decided();
+                let withdrawn = decisions
+                    .iter()
+                    .any(|d| matches!(d, Decision::Withdrawn { .. }));
+                if self.hold.is_client_gone() && withdrawn {
+                    // The client left while a statement of this read was held: nothing of
+                    // the read runs for nobody, whatever else the pipeline allowed.
+                    for id in &ids {
+                        self.pipeline.outcome(
+                            &self.info,
+                            not_executed(*id, "the client left while a statement was held"),
+                        );
+                    }
+                    self.end_upstream().await;
+                    return Ok(());
                 }
+                decisions
             };
             let terminate = self.apply(&buf, scan.actions, &ids, &decisions, &mut out);
             buf.advance(scan.consumed);
@@ -685,6 +709,9 @@ impl<P: Pipeline> ClientToServer<P> {
         let shared = self.shared.clone();
         let mut state = lock(&shared.state);
         for action in actions {
+            if !matches!(action, Action::CopyEnd { .. } | Action::Pass { .. }) {
+                state.client_moved_on();
+            }
             let skipping = self.skip_until_sync;
             match action {
                 Action::Forward { range, expect } => {
@@ -899,7 +926,7 @@ impl<P: Pipeline> ClientToServer<P> {
             frames,
             query: false,
         }));
-        codec::put_execute(out, &self.refusal_portal);
+        codec::put_execute(out, &refusal_portal());
         self.skip_until_sync = true;
     }
 

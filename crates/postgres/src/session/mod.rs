@@ -88,13 +88,33 @@ struct ClientHold {
     withdraw: Arc<Notify>,
     /// The client closed its connection while a statement was held.
     client_gone: AtomicBool,
+    /// What is held now is withdrawn (the client left, or queued too much behind it).
+    withdrawing: AtomicBool,
 }
 
 impl ClientHold {
+    /// Whether the client left (or queued too much) while a statement was held.
+    fn is_client_gone(&self) -> bool {
+        self.client_gone.load(Ordering::SeqCst)
+    }
+
     /// The client left: whatever is held is withdrawn, now or when the hold begins.
     fn client_left(&self) {
         self.client_gone.store(true, Ordering::SeqCst);
+        self.withdraw_held();
+    }
+
+    /// Withdraws what is held in the current read (the client queued too much behind it).
+    fn withdraw_held(&self) {
+        self.withdrawing.store(true, Ordering::SeqCst);
         self.withdraw.notify_waiters();
+    }
+
+    /// The current read is decided: a later hold starts afresh (unless the client is gone).
+    fn decided(&self) {
+        if !self.is_client_gone() {
+            self.withdrawing.store(false, Ordering::SeqCst);
+        }
     }
 }
 
@@ -110,7 +130,7 @@ impl HoldChannel for ClientHold {
             tokio::pin!(notified);
             // Registered before the flag is read, so a departure in between is not missed.
             notified.as_mut().enable();
-            if self.client_gone.load(Ordering::SeqCst) {
+            if self.withdrawing.load(Ordering::SeqCst) {
                 return;
             }
             notified.await;
@@ -118,8 +138,11 @@ impl HoldChannel for ClientHold {
     }
 }
 
-/// `sluice-refused-` and 128 random bits.
-fn refusal_portal() -> String {
+/// A portal name no client can know, fresh for each refusal (`sluice-refused-` and 128
+/// random bits): a refused extended-protocol message is replaced by an Execute of it, so
+/// that the server fails the batch (see `Expect::Refused`). Fresh each time, so a name seen
+/// in the server's log is never used again.
+pub(super) fn refusal_portal() -> String {
     use rand::Rng;
     let bits: u128 = rand::thread_rng().gen();
     format!("sluice-refused-{bits:032x}")
@@ -169,6 +192,7 @@ pub(crate) async fn run<P: Pipeline>(
         shared: shared.clone(),
         withdraw,
         client_gone: AtomicBool::new(false),
+        withdrawing: AtomicBool::new(false),
     };
     let c2s = ClientToServer {
         pipeline: pipeline.clone(),
@@ -180,7 +204,6 @@ pub(crate) async fn run<P: Pipeline>(
         next_request: 1,
         max_message,
         skip_until_sync: false,
-        refusal_portal: refusal_portal(),
         waiting_since: None,
         batches: 0,
         scans: 0,

@@ -271,6 +271,16 @@ impl State {
         }
     }
 
+    /// The client sent something other than copy data or the end of a copy: a copy the
+    /// server failed is over for it too, even if it never sent CopyDone or CopyFail (the
+    /// server drops those whenever they come). Without this, the end of the client's next
+    /// COPY would be taken for the end of the failed one.
+    pub fn client_moved_on(&mut self) {
+        if self.copy == Copy::Failed {
+            self.copy = Copy::Idle;
+        }
+    }
+
     /// The client sent CopyDone or CopyFail.
     pub fn client_copy_ended(&mut self) {
         match self.copy {
