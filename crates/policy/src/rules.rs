@@ -550,16 +550,18 @@ fn function_matches(pattern: &str, function: &str) -> bool {
 /// `*` matches any run of characters; everything else matches itself, ignoring ASCII case
 /// (a rule naming `Users` must not miss `users`: over-matching is the safe side).
 pub(crate) fn glob(pattern: &str, text: &str) -> bool {
-    let pattern: Vec<char> = pattern.chars().map(|c| c.to_ascii_lowercase()).collect();
-    let text: Vec<char> = text.chars().map(|c| c.to_ascii_lowercase()).collect();
+    // On bytes, without allocating: this runs for every table and function of every
+    // statement. Non-ASCII bytes compare exactly, ASCII letters ignoring case.
+    let (pattern, text) = (pattern.as_bytes(), text.as_bytes());
+    let same = |a: u8, b: u8| a.eq_ignore_ascii_case(&b);
     // Iterative matcher with backtracking to the last `*`: linear-ish, no recursion.
     let (mut p, mut t) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while t < text.len() {
-        if p < pattern.len() && pattern[p] == '*' {
+        if p < pattern.len() && pattern[p] == b'*' {
             star = Some((p, t));
             p += 1;
-        } else if p < pattern.len() && pattern[p] == text[t] {
+        } else if p < pattern.len() && same(pattern[p], text[t]) {
             p += 1;
             t += 1;
         } else if let Some((sp, st)) = star {
@@ -570,7 +572,7 @@ pub(crate) fn glob(pattern: &str, text: &str) -> bool {
             return false;
         }
     }
-    pattern[p..].iter().all(|c| *c == '*')
+    pattern[p..].iter().all(|c| *c == b'*')
 }
 
 #[cfg(test)]
@@ -585,6 +587,8 @@ mod tests {
         assert!(!glob("a*b*c", "aXXbYY"));
         assert!(glob("Users", "users"));
         assert!(!glob("user", "users"));
+        assert!(glob("tä*", "täble"));
+        assert!(!glob("TÄ*", "täble"));
     }
 
     #[test]
