@@ -1,9 +1,7 @@
 //! Time-boxed access requests: a connection that needs one, the window that ends open
 //! sessions, and a review rule lifted for a while.
 
-use std::process::Command;
-
-use crate::support::{pg, sluice_bin, Gateway};
+use crate::support::{pg, Gateway};
 
 const POLICIES: &str = r#"policies:
   - name: deletes-need-review
@@ -14,24 +12,11 @@ const POLICIES: &str = r#"policies:
 "#;
 
 fn access(gw: &Gateway, token: &str, args: &[&str]) -> std::process::Output {
-    Command::new(sluice_bin())
-        .arg("access")
-        .args(args)
-        .arg("--config")
-        .arg(&gw.config)
-        .env("SLUICE_TOKEN", token)
-        .output()
-        .unwrap()
+    gw.cli_as(token, &[&["access"], args].concat())
 }
 
 fn access_json(gw: &Gateway, token: &str, args: &[&str]) -> serde_json::Value {
-    let out = access(gw, token, &[args, &["--json"]].concat());
-    assert!(
-        out.status.success(),
-        "sluice access {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    gw.cli_as_json(token, &[&["access"], args].concat())
 }
 
 #[test]

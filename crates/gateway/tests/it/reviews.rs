@@ -62,25 +62,11 @@ fn setup(db: &'static str) -> Setup {
 impl Setup {
     /// `sluice reviews ARGS` as the holder of `token`.
     fn reviews(&self, token: &str, args: &[&str]) -> std::process::Output {
-        Command::new(sluice_bin())
-            .arg("reviews")
-            .args(args)
-            .arg("--config")
-            .arg(&self.gw.config)
-            .env("SLUICE_TOKEN", token)
-            .output()
-            .unwrap()
+        self.gw.cli_as(token, &[&["reviews"], args].concat())
     }
 
     fn reviews_json(&self, token: &str, args: &[&str]) -> serde_json::Value {
-        let out = self.reviews(token, &[args, &["--json"]].concat());
-        assert!(
-            out.status.success(),
-            "sluice reviews {args:?}: {}\ngateway log:\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            self.gw.log()
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
+        self.gw.cli_as_json(token, &[&["reviews"], args].concat())
     }
 
     /// Waits for the one pending review and returns it.

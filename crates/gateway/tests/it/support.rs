@@ -278,6 +278,29 @@ impl Gateway {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `sluice ARGS` as the holder of `token` (verbs that act through the API).
+    pub fn cli_as(&self, token: &str, args: &[&str]) -> std::process::Output {
+        Command::new(sluice_bin())
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .env("SLUICE_TOKEN", token)
+            .output()
+            .expect("run sluice")
+    }
+
+    /// `sluice ARGS --json` as the holder of `token`, which must succeed.
+    pub fn cli_as_json(&self, token: &str, args: &[&str]) -> serde_json::Value {
+        let out = self.cli_as(token, &[args, &["--json"]].concat());
+        assert!(
+            out.status.success(),
+            "sluice {args:?}: {}\ngateway log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        serde_json::from_slice(&out.stdout).expect("valid JSON")
+    }
+
     pub fn cli_json(&self, args: &[&str]) -> serde_json::Value {
         serde_json::from_str(&self.cli_ok(args)).expect("valid JSON")
     }
