@@ -120,13 +120,13 @@ impl<P: Pipeline> ServerToClient<P> {
                 }
                 // Large DataRow/CopyData: account for it now, stream its bytes as they
                 // come. An injection this makes due waits for the frame's end.
-                self.observe(h.tag, &[]);
+                let _ = self.observe(h.tag, &[]);
                 *passthrough = total - available;
                 pos = buf.len();
                 break;
             }
-            inject_due = self.observe(h.tag, &buf[pos + 5..pos + total]);
-            let replacement = lock(&self.shared.state).take_replacement();
+            let replacement;
+            (inject_due, replacement) = self.observe(h.tag, &buf[pos + 5..pos + total]);
             if let Some(frames) = replacement {
                 // The server's error answered a message the gateway refused: the client
                 // sees the refusal in its place.
@@ -174,17 +174,19 @@ impl<P: Pipeline> ServerToClient<P> {
         }
     }
 
-    /// Settles one frame; records outcomes. Returns true when an injection is now due.
-    fn observe(&self, tag: u8, body: &[u8]) -> bool {
-        let (outcomes, inject_due) = {
+    /// Settles one frame; records outcomes. Returns whether an injection is now due, and
+    /// the frames to send in this frame's place when it answered a refusal (read under the
+    /// same lock: this runs for every server frame).
+    fn observe(&self, tag: u8, body: &[u8]) -> (bool, Option<BytesMut>) {
+        let (outcomes, inject_due, replacement) = {
             let mut state = lock(&self.shared.state);
             let outcomes = state.observe(tag, body);
-            (outcomes, state.front_is_inject())
+            (outcomes, state.front_is_inject(), state.take_replacement())
         };
         for o in outcomes {
             self.pipeline.outcome(&self.info, o);
         }
-        inject_due
+        (inject_due, replacement)
     }
 
     /// Writes every injection now at the front of the queue. An injection that closes the
