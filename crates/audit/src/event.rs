@@ -186,6 +186,9 @@ pub enum EventBody {
         /// The database error, when `status` is `"error"`.
         #[serde(skip_serializing_if = "Option::is_none", default)]
         error: Option<ErrorInfo>,
+        /// What masking changed in the answer, by column and by detector (counts only).
+        #[serde(skip_serializing_if = "Vec::is_empty", default)]
+        masked: Vec<MaskedInfo>,
     },
 }
 
@@ -202,6 +205,20 @@ pub struct ReviewRef {
     /// When it was decided (RFC 3339).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub at: Option<String>,
+}
+
+/// How many values one column rule or detector masked in an answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MaskedInfo {
+    /// `schema.table.column`, for a column rule.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub column: Option<String>,
+    /// The detector's name, for a content detector.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub detector: Option<String>,
+    /// `redact`, `partial`, `hash` or `null`.
+    pub style: String,
+    pub values: u64,
 }
 
 /// An error reported by the database.

@@ -296,6 +296,7 @@ async fn unserializable_event_is_rejected_without_writing() {
             rows: 0,
             duration_ms: f64::NAN,
             error: None,
+            masked: Vec::new(),
         },
     };
     let err = writer

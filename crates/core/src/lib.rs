@@ -4,6 +4,10 @@
 //! these types and hands them to a [`Pipeline`]. The pipeline decides, records and — later —
 //! masks, without knowing which wire format carried the request. Nothing here does I/O.
 
+mod principal;
+
+pub use principal::{glob, Principal};
+
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
@@ -118,6 +122,20 @@ pub struct Outcome {
     pub request_id: u64,
     pub status: OutcomeStatus,
     pub duration: Duration,
+    /// What masking changed in the answer, by column and by detector.
+    pub masked: Vec<MaskCount>,
+}
+
+/// How many values one column rule or one detector masked in an answer (never the values).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MaskCount {
+    /// `schema.table.column` for a column rule.
+    pub column: Option<String>,
+    /// The detector's name for a content detector.
+    pub detector: Option<String>,
+    /// `redact`, `partial`, `hash` or `null`.
+    pub style: String,
+    pub values: u64,
 }
 
 /// Why authentication failed. The text is safe to show to the client: it never contains

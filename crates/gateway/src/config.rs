@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
+use sluice_mask::MaskRuleSpec;
 use sluice_policy::{Policy, Principal, RuleSpec, Unparsed};
 
 /// Used when no `--config` is given: a working single-process install against the
@@ -38,6 +39,9 @@ pub struct Config {
     pub policies: Vec<RuleSpec>,
     #[serde(default)]
     pub notifications: Notifications,
+    /// Masking of sensitive values in results, per connection and identity.
+    #[serde(default)]
+    pub masking: Vec<MaskRuleSpec>,
 }
 
 /// Where review events are sent.
@@ -400,6 +404,7 @@ impl Config {
             }
         }
         self.policy().context("policies")?;
+        sluice_mask::Masking::new(&self.masking, Vec::new()).context("masking")?;
         crate::webhooks::Notifier::validate(&self.notifications.webhooks)?;
         Ok(())
     }
@@ -412,6 +417,44 @@ impl Config {
             .map(|c| (c.name.clone(), c.unparsed()))
             .collect();
         Ok(Policy::new(&self.policies, &connections)?)
+    }
+
+    /// The key of the `hash` masking style: made on first use, kept in `data_dir`, so
+    /// equal values hash alike across restarts.
+    pub fn masking_key(&self) -> Result<Vec<u8>> {
+        let path = self.data_dir.join("masking.key");
+        match std::fs::read(&path) {
+            Ok(key) if key.len() >= 32 => return Ok(key),
+            Ok(_) => bail!("{}: too short; delete it to make a new key", path.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+        let key: [u8; 32] = rand::random();
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        match options.open(&path) {
+            Ok(mut f) => {
+                std::io::Write::write_all(&mut f, &key)
+                    .with_context(|| format!("writing {}", path.display()))?;
+                Ok(key.to_vec())
+            }
+            // Another process made it first: use theirs.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
+            }
+            Err(e) => Err(e).with_context(|| format!("creating {}", path.display())),
+        }
+    }
+
+    /// The validated masking rules, keyed for the `hash` style.
+    pub fn masking(&self) -> Result<Option<std::sync::Arc<sluice_mask::Masking>>> {
+        if self.masking.is_empty() {
+            return Ok(None);
+        }
+        let masking = sluice_mask::Masking::new(&self.masking, self.masking_key()?)?;
+        Ok(Some(std::sync::Arc::new(masking)))
     }
 
     pub fn store_path(&self) -> PathBuf {

@@ -113,6 +113,7 @@ pub async fn run(config: Config) -> Result<File> {
             .collect(),
         metrics: metrics.clone(),
     }));
+    let masking = config.masking().context("masking")?;
     let frontend = Arc::new(Frontend::new(
         pipeline.clone(),
         agent,
@@ -120,6 +121,7 @@ pub async fn run(config: Config) -> Result<File> {
             tls: Some(tls),
             max_message_bytes: config.limits.max_message_bytes,
             max_connections: config.limits.max_connections,
+            masking,
         },
     ));
 

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use sluice_audit::{AuditWriter, ErrorInfo, Event, EventBody, ReviewRef};
+use sluice_audit::{AuditWriter, ErrorInfo, Event, EventBody, MaskedInfo, ReviewRef};
 use sluice_auth::{AuthError, Tokens};
 use sluice_core::{
     AuthFailure, Decision, HoldChannel, Identity, Outcome, OutcomeStatus, Pipeline, RecordError,
@@ -653,6 +653,16 @@ impl Pipeline for GatewayPipeline {
             }
         }
         let duration_ms = outcome.duration.as_secs_f64() * 1000.0;
+        let masked: Vec<MaskedInfo> = outcome
+            .masked
+            .into_iter()
+            .map(|m| MaskedInfo {
+                column: m.column,
+                detector: m.detector,
+                style: m.style,
+                values: m.values,
+            })
+            .collect();
         let body = match outcome.status {
             OutcomeStatus::Ok { tag, rows } => EventBody::Result {
                 statement_id: outcome.request_id,
@@ -661,6 +671,7 @@ impl Pipeline for GatewayPipeline {
                 rows,
                 duration_ms,
                 error: None,
+                masked,
             },
             OutcomeStatus::Error {
                 code,
@@ -673,6 +684,7 @@ impl Pipeline for GatewayPipeline {
                 rows,
                 duration_ms,
                 error: Some(ErrorInfo { code, message }),
+                masked,
             },
             OutcomeStatus::NotExecuted { reason } => EventBody::Result {
                 statement_id: outcome.request_id,
@@ -684,6 +696,7 @@ impl Pipeline for GatewayPipeline {
                     code: String::new(),
                     message: reason,
                 }),
+                masked,
             },
         };
         self.audit

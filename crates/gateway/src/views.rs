@@ -123,6 +123,7 @@ fn add_event(events: &mut Vec<Value>, by_statement: &mut HashMap<u64, usize>, r:
                 "decision": decision, "rule": rule, "reason": reason, "review": review,
                 "access_request": access_request,
                 "status": null, "tag": null, "rows": null, "duration_ms": null, "error": null,
+                "masked": [],
             }));
         }
         EventBody::Result {
@@ -132,8 +133,13 @@ fn add_event(events: &mut Vec<Value>, by_statement: &mut HashMap<u64, usize>, r:
             rows,
             duration_ms,
             error,
+            masked,
         } => {
             let error = error.map(|e| json!({ "code": e.code, "message": e.message }));
+            let masked: Vec<Value> = masked
+                .iter()
+                .map(|m| json!({ "column": m.column, "detector": m.detector, "style": m.style, "values": m.values }))
+                .collect();
             match by_statement.get(&statement_id).and_then(|i| events.get_mut(*i)) {
                 Some(Value::Object(stmt)) => {
                     stmt.insert("status".into(), json!(status));
@@ -141,11 +147,13 @@ fn add_event(events: &mut Vec<Value>, by_statement: &mut HashMap<u64, usize>, r:
                     stmt.insert("rows".into(), json!(rows));
                     stmt.insert("duration_ms".into(), json!(duration_ms));
                     stmt.insert("error".into(), error.unwrap_or(Value::Null));
+                    stmt.insert("masked".into(), json!(masked));
                     stmt.insert("result_seq".into(), json!(r.seq));
                 }
                 _ => events.push(with_statement_keys(json!({
                     "seq": r.seq, "time": time, "kind": "result", "statement_id": statement_id,
                     "status": status, "tag": tag, "rows": rows, "duration_ms": duration_ms, "error": error,
+                    "masked": masked,
                 }))),
             }
         }

@@ -16,9 +16,8 @@ use sluice_core::Identity;
 pub use classify::{
     classify, Facts, Kind, NotUnderstood, Operation, PathChange, SessionEffect, TableName,
 };
-pub use rules::{
-    Action, MatchSpec, ModeOverride, Principal, Review, ReviewMode, Rule, RuleSpec, SearchPath,
-};
+pub use rules::{Action, MatchSpec, ModeOverride, Review, ReviewMode, Rule, RuleSpec, SearchPath};
+pub use sluice_core::Principal;
 
 /// Classifications kept, by statement fingerprint. When full, the cache starts over: simpler
 /// than LRU, and a working set of distinct statement shapes this large is rare.

@@ -404,6 +404,14 @@ pub fn put_execute(out: &mut BytesMut, portal: &str) {
     });
 }
 
+pub fn put_describe(out: &mut BytesMut, kind: u8, name: &str) {
+    out.put_u8(b'D');
+    out.put_i32((4 + 1 + name.len() + 1) as i32);
+    out.put_u8(kind);
+    out.put_slice(name.as_bytes());
+    out.put_u8(0);
+}
+
 pub fn notice_response(out: &mut BytesMut, code: &str, message: &str) {
     put_message(out, b'N', |b| {
         for (field, value) in [

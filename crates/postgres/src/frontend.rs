@@ -15,6 +15,7 @@ use tokio::sync::Notify;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
+use crate::catalog::Catalog;
 use crate::codec::{self, FirstPacket, Startup};
 use crate::lock;
 use crate::session;
@@ -47,6 +48,8 @@ pub struct FrontendConfig {
     /// Client connections served at once, authenticated or not; more are refused with
     /// SQLSTATE 53300 so that a flood cannot exhaust the gateway.
     pub max_connections: usize,
+    /// The masking rules; `None` (or no rule covering a session) leaves results untouched.
+    pub masking: Option<Arc<sluice_mask::Masking>>,
 }
 
 /// Where a client's cancel key leads.
@@ -63,6 +66,8 @@ pub struct Frontend<P, C> {
     connector: Arc<C>,
     config: FrontendConfig,
     cancels: Mutex<HashMap<(i32, i32), CancelTarget>>,
+    /// One catalog reader per target connection, for masking (made on first use).
+    catalogs: Mutex<HashMap<String, Arc<Catalog>>>,
 }
 
 /// Startup parameters the gateway owns and does not forward.
@@ -100,13 +105,48 @@ enum Early {
     Close,
 }
 
+type SessionMasking = Option<(Arc<sluice_mask::SessionMasking>, Arc<Catalog>)>;
+
 impl<P: Pipeline, C: Connector> Frontend<P, C> {
+    /// The masking that covers a session, with its target's catalog reader.
+    fn session_masking(&self, info: &SessionInfo) -> Result<SessionMasking, String> {
+        let Some(masking) = &self.config.masking else {
+            return Ok(None);
+        };
+        let Some(session) = masking
+            .for_session(&info.connection, &info.identity)
+            .map_err(|e| format!("sluice cannot mask this session's results: {e}"))?
+        else {
+            return Ok(None);
+        };
+        let catalog = lock(&self.catalogs)
+            .entry(info.connection.clone())
+            .or_insert_with(|| {
+                let connector = self.connector.clone();
+                let connection = info.connection.clone();
+                Arc::new(Catalog::new(Box::new(move || {
+                    let connector = connector.clone();
+                    let connection = connection.clone();
+                    Box::pin(async move {
+                        connector
+                            .connect(&connection, &[])
+                            .await
+                            .map(|u| u.stream)
+                            .map_err(|e| e.to_string())
+                    })
+                })))
+            })
+            .clone();
+        Ok(Some((session, catalog)))
+    }
+
     pub fn new(pipeline: Arc<P>, connector: Arc<C>, config: FrontendConfig) -> Self {
         Frontend {
             pipeline,
             connector,
             config,
             cancels: Mutex::new(HashMap::new()),
+            catalogs: Mutex::new(HashMap::new()),
         }
     }
 
@@ -313,6 +353,10 @@ impl<P: Pipeline, C: Connector> Frontend<P, C> {
             application_name,
             client_settings,
         });
+        let masking = match self.session_masking(&info) {
+            Ok(m) => m,
+            Err(e) => return Err(Early::Refuse(stream, Refusal::new("XX000", e))),
+        };
         let end = Arc::new(session::SessionEnd::default());
         if let Err(e) = self.pipeline.session_opened(&info, end.clone()).await {
             return Err(Early::Refuse(stream, Refusal::new("57P03", e.to_string())));
@@ -343,6 +387,7 @@ impl<P: Pipeline, C: Connector> Frontend<P, C> {
                     max_message: self.config.max_message_bytes,
                     withdraw,
                     end: end.clone(),
+                    masking,
                 },
             )
             .await

@@ -8,6 +8,7 @@
 //!
 //! This crate knows wire formats and nothing of policy, audit storage or configuration.
 
+pub mod catalog;
 pub mod codec;
 pub mod frontend;
 mod params;

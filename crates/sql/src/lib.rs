@@ -6,11 +6,13 @@
 //! any input.
 
 mod conninfo;
+mod copy;
 mod lexer;
 mod redact;
 mod shape;
 mod split;
 
+pub use copy::{copy_to_stdout, CopyOut};
 pub use redact::redact_secrets;
 pub use shape::{
     fingerprint, first_word_is, has_unicode_identifier, normalize, significant_tokens,

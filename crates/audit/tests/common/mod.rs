@@ -118,6 +118,7 @@ pub fn every_kind() -> Vec<Event> {
             rows: 1,
             duration_ms: 0.25,
             error: None,
+            masked: Vec::new(),
         },
         EventBody::Result {
             statement_id: 9,
@@ -129,6 +130,12 @@ pub fn every_kind() -> Vec<Event> {
                 code: "42P01".into(),
                 message: "relation \"t\" does not exist".into(),
             }),
+            masked: vec![sluice_audit::MaskedInfo {
+                column: Some("public.users.email".into()),
+                detector: None,
+                style: "redact".into(),
+                values: 2,
+            }],
         },
         EventBody::SessionClose {
             reason: Some("idle timeout".into()),

@@ -42,6 +42,8 @@ pub(super) struct ClientToServer<P> {
     /// How the pipeline reaches the client while it holds a statement for review.
     pub hold: ClientHold,
     pub client: ReadHalf<BoxStream>,
+    /// The session's results are masked (every Execute is preceded by a Describe).
+    pub masked: bool,
     pub upstream: WriteHalf<BoxStream>,
     pub next_request: u64,
     pub max_message: usize,
@@ -202,6 +204,16 @@ impl<P: Pipeline> ClientToServer<P> {
                 self.waiting_since = None;
             }
             let ids: Vec<u64> = scan.requests.iter().map(|r| r.id).collect();
+            // Masking plans use the statement text (COPY's source, names a computed column
+            // may derive from); kept only for sessions whose results are masked.
+            let texts: Vec<Arc<str>> = if self.masked {
+                scan.requests
+                    .iter()
+                    .map(|r| Arc::from(r.text.as_str()))
+                    .collect()
+            } else {
+                Vec::new()
+            };
             let decisions = if scan.requests.is_empty() {
                 Vec::new()
             } else {
@@ -257,7 +269,7 @@ impl<P: Pipeline> ClientToServer<P> {
                 }
                 decisions
             };
-            let terminate = self.apply(&buf, scan.actions, &ids, &decisions, &mut out);
+            let terminate = self.apply(&buf, scan.actions, (&ids, &texts), &decisions, &mut out);
             buf.advance(scan.consumed);
             if let Some(len) = scan.streaming {
                 let n = len.min(buf.len());
@@ -695,10 +707,11 @@ impl<P: Pipeline> ClientToServer<P> {
         &mut self,
         buf: &[u8],
         actions: Vec<Action>,
-        ids: &[u64],
+        (ids, texts): (&[u64], &[Arc<str>]),
         decisions: &[Decision],
         out: &mut BytesMut,
     ) -> bool {
+        let exec = |i: usize| Exec::new(ids[i], texts.get(i).cloned());
         // Fail closed: a request without a decision is not run.
         let missing = Decision::Deny {
             reason: "sluice made no decision for this statement".into(),
@@ -748,9 +761,8 @@ impl<P: Pipeline> ClientToServer<P> {
                         }
                         continue;
                     }
-                    let exec = request.map(|i| Exec::new(ids[i]));
                     outcomes.extend(state.push(Expect::ParseComplete {
-                        exec,
+                        exec: request.map(exec),
                         undo,
                         redefine,
                     }));
@@ -788,8 +800,8 @@ impl<P: Pipeline> ClientToServer<P> {
                     }
                     match (first..first + count).find_map(|i| deny_reason(decision(i))) {
                         None => {
-                            for id in batch {
-                                outcomes.extend(state.push(Expect::QueryExec(Exec::new(*id))));
+                            for i in first..first + count {
+                                outcomes.extend(state.push(Expect::QueryExec(exec(i))));
                             }
                             outcomes.extend(state.push(Expect::Ready));
                             out.extend_from_slice(&buf[range]);
@@ -813,7 +825,7 @@ impl<P: Pipeline> ClientToServer<P> {
                     range,
                     index,
                     function_call,
-                    ..
+                    portal,
                 } => {
                     let id = ids[index];
                     if skipping {
@@ -825,12 +837,19 @@ impl<P: Pipeline> ClientToServer<P> {
                     }
                     match deny_reason(decision(index)) {
                         None if function_call => {
-                            outcomes.extend(state.push(Expect::FunctionCall(Exec::new(id))));
+                            outcomes.extend(state.push(Expect::FunctionCall(exec(index))));
                             outcomes.extend(state.push(Expect::Ready));
                             out.extend_from_slice(&buf[range]);
                         }
                         None => {
-                            outcomes.extend(state.push(Expect::Exec(Exec::new(id))));
+                            if self.masked {
+                                // The gateway asks for the portal's columns itself: a
+                                // client that described the statement earlier gets no
+                                // RowDescription before these rows.
+                                outcomes.extend(state.push(Expect::GatewayDescribe));
+                                codec::put_describe(out, b'P', &portal);
+                            }
+                            outcomes.extend(state.push(Expect::Exec(exec(index))));
                             out.extend_from_slice(&buf[range]);
                         }
                         Some((code, reason)) => {

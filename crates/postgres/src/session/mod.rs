@@ -13,6 +13,7 @@
 //!   tracks prepared statements and portals as the server has them.
 
 mod client;
+mod mask;
 mod names;
 mod queue;
 mod server;
@@ -163,6 +164,11 @@ pub(crate) struct Start<'a> {
     pub withdraw: Arc<Notify>,
     /// Set when the pipeline ends the session.
     pub end: Arc<SessionEnd>,
+    /// The masking that covers this session, and the catalog of its target.
+    pub masking: Option<(
+        Arc<sluice_mask::SessionMasking>,
+        Arc<crate::catalog::Catalog>,
+    )>,
 }
 
 /// Runs the session until either side closes. Returns why it ended.
@@ -179,6 +185,7 @@ pub(crate) async fn run<P: Pipeline>(
         max_message,
         withdraw,
         end,
+        masking,
     } = start;
     let (client_r, client_w) = tokio::io::split(client);
     let (up_r, up_w) = tokio::io::split(upstream);
@@ -200,6 +207,7 @@ pub(crate) async fn run<P: Pipeline>(
         shared: shared.clone(),
         hold,
         client: client_r,
+        masked: masking.is_some(),
         upstream: up_w,
         next_request: 1,
         max_message,
@@ -217,6 +225,7 @@ pub(crate) async fn run<P: Pipeline>(
         client: client_w,
         client_gone: false,
         end,
+        masker: masking.map(|(m, catalog)| mask::Masker::new(m, catalog)),
     };
     // Both directions are futures of this one task rather than two spawned tasks: a
     // round trip then wakes one task instead of two (measured: most of the proxy's cost

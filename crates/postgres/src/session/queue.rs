@@ -8,6 +8,7 @@
 //! or FunctionCall is answered by its own ReadyForQuery.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -41,6 +42,9 @@ pub(super) enum Expect {
     },
     /// RowDescription or NoData.
     DescribePortal,
+    /// RowDescription or NoData answering a Describe the gateway added before an Execute
+    /// (masking must know the columns of every result); not forwarded to the client.
+    GatewayDescribe,
     /// One Execute of the extended protocol.
     Exec(Exec),
     /// One statement of a simple Query.
@@ -81,6 +85,7 @@ impl Expect {
             Expect::CloseComplete { .. } => "CloseComplete",
             Expect::DescribeStatement { .. } => "DescribeStatement",
             Expect::DescribePortal => "DescribePortal",
+            Expect::GatewayDescribe => "GatewayDescribe",
             Expect::Exec(_) => "Exec",
             Expect::QueryExec(_) => "QueryExec",
             Expect::FunctionCall(_) => "FunctionCall",
@@ -103,14 +108,17 @@ pub(super) struct Exec {
     pub request_id: u64,
     started: Instant,
     rows: u64,
+    /// The statement text, kept only when the session's results are masked.
+    pub sql: Option<Arc<str>>,
 }
 
 impl Exec {
-    pub fn new(request_id: u64) -> Exec {
+    pub fn new(request_id: u64, sql: Option<Arc<str>>) -> Exec {
         Exec {
             request_id,
             started: Instant::now(),
             rows: 0,
+            sql,
         }
     }
 
@@ -119,6 +127,7 @@ impl Exec {
             request_id: self.request_id,
             status,
             duration: self.started.elapsed(),
+            masked: Vec::new(),
         }
     }
 
@@ -139,6 +148,7 @@ pub(super) fn not_executed(request_id: u64, reason: &str) -> Outcome {
             reason: reason.to_owned(),
         },
         duration: Duration::ZERO,
+        masked: Vec::new(),
     }
 }
 
@@ -175,6 +185,8 @@ pub(super) struct State {
     pub unsafe_encoding: Option<String>,
     /// Frames to send instead of the server's ErrorResponse just observed (a refusal).
     replacement: Option<BytesMut>,
+    /// The frame just observed answered the gateway's own Describe: not for the client.
+    suppressed: bool,
 }
 
 impl State {
@@ -374,8 +386,16 @@ impl State {
                         .set_reported(&name, parse_param_description(body));
                 }
             }
-            b'T' | b'n' => self
-                .pop_if(|e| matches!(e, Expect::DescribeStatement { .. } | Expect::DescribePortal)),
+            b'T' | b'n' => {
+                if let Some(Expect::GatewayDescribe) = self.queue.front() {
+                    self.queue.pop_front();
+                    self.suppressed = true;
+                } else {
+                    self.pop_if(|e| {
+                        matches!(e, Expect::DescribeStatement { .. } | Expect::DescribePortal)
+                    })
+                }
+            }
             b'C' | b'I' | b's' => {
                 if matches!(
                     self.queue.front(),
@@ -459,6 +479,20 @@ impl State {
         self.discarding
     }
 
+    /// Whether the frame just observed answered the gateway's own message (not forwarded).
+    pub fn take_suppressed(&mut self) -> bool {
+        std::mem::take(&mut self.suppressed)
+    }
+
+    /// The text of the next statement execution the server owes an answer for (what a
+    /// RowDescription or CopyOutResponse arriving now belongs to), when it was kept.
+    pub fn current_sql(&self) -> Option<Arc<str>> {
+        self.queue.iter().find_map(|e| match e {
+            Expect::Exec(e) | Expect::QueryExec(e) | Expect::FunctionCall(e) => Some(e.sql.clone()),
+            _ => None,
+        })?
+    }
+
     /// The frames that replace the ErrorResponse just observed, if it answered a refusal.
     pub fn take_replacement(&mut self) -> Option<BytesMut> {
         self.replacement.take()
@@ -503,7 +537,8 @@ impl State {
                 | Expect::BindComplete { .. }
                 | Expect::CloseComplete { .. }
                 | Expect::DescribeStatement { .. }
-                | Expect::DescribePortal,
+                | Expect::DescribePortal
+                | Expect::GatewayDescribe,
             ) => self.discard_to_sync(&fields, outcomes),
             // Not an answer to anything pending (e.g. a FATAL shutdown): just forwarded.
             _ => {}
@@ -655,11 +690,11 @@ mod tests {
             redefine: None,
         });
         s.push(Expect::BindComplete { undo: None });
-        s.push(Expect::Exec(Exec::new(1)));
-        s.push(Expect::QueryExec(Exec::new(2)));
+        s.push(Expect::Exec(Exec::new(1, None)));
+        s.push(Expect::QueryExec(Exec::new(2, None)));
         s.push(Expect::Ready);
         s.push_sync();
-        s.push(Expect::QueryExec(Exec::new(3)));
+        s.push(Expect::QueryExec(Exec::new(3, None)));
         s.push(Expect::Ready);
         s.observe(b'1', &[]);
         s.observe(b'2', &[]);
@@ -680,10 +715,10 @@ mod tests {
     #[test]
     fn messages_after_an_error_and_before_sync_are_not_queued() {
         let mut s = State::new(b'I', None);
-        s.push(Expect::Exec(Exec::new(1)));
+        s.push(Expect::Exec(Exec::new(1, None)));
         s.observe(b'E', &error("22012"));
         assert_eq!(
-            s.push(Expect::Exec(Exec::new(2))).len(),
+            s.push(Expect::Exec(Exec::new(2, None))).len(),
             1,
             "discarded by the server"
         );
@@ -696,7 +731,7 @@ mod tests {
     fn syncs_during_copy_in_are_ignored_and_a_failed_copy_leaves_nothing_behind() {
         let mut s = State::new(b'I', None);
         // Extended-protocol COPY: Execute, Sync, then the data and CopyDone, then Sync.
-        s.push(Expect::Exec(Exec::new(1)));
+        s.push(Expect::Exec(Exec::new(1, None)));
         s.push_sync();
         s.observe(b'G', &[]);
         s.client_copy_ended();
@@ -706,7 +741,7 @@ mod tests {
         assert!(s.queue.is_empty());
 
         // Simple-protocol COPY that the server fails while the client is still sending.
-        s.push(Expect::QueryExec(Exec::new(2)));
+        s.push(Expect::QueryExec(Exec::new(2, None)));
         s.push(Expect::Ready);
         s.observe(b'G', &[]);
         assert_eq!(status(&s.observe(b'E', &error("22P02"))[0]), "error");
@@ -714,7 +749,7 @@ mod tests {
         s.client_copy_ended(); // the client's late CopyDone: ignored by the server
         assert!(s.queue.is_empty());
         // The next Query is matched to its own answers.
-        s.push(Expect::QueryExec(Exec::new(3)));
+        s.push(Expect::QueryExec(Exec::new(3, None)));
         s.push(Expect::Ready);
         assert_eq!(status(&s.observe(b'C', b"SELECT 1\0")[0]), "ok");
     }
@@ -722,9 +757,9 @@ mod tests {
     #[test]
     fn function_call_has_its_own_ready_for_query() {
         let mut s = State::new(b'I', None);
-        s.push(Expect::FunctionCall(Exec::new(1)));
+        s.push(Expect::FunctionCall(Exec::new(1, None)));
         s.push(Expect::Ready);
-        s.push(Expect::QueryExec(Exec::new(2)));
+        s.push(Expect::QueryExec(Exec::new(2, None)));
         s.push(Expect::Ready);
         assert_eq!(status(&s.observe(b'V', &[])[0]), "ok");
         s.observe(b'Z', b"I");
@@ -734,7 +769,7 @@ mod tests {
     #[test]
     fn injections_wait_for_earlier_answers() {
         let mut s = State::new(b'T', None);
-        s.push(Expect::QueryExec(Exec::new(1)));
+        s.push(Expect::QueryExec(Exec::new(1, None)));
         s.push(Expect::Ready);
         s.push(Expect::Inject {
             frames: BytesMut::new(),

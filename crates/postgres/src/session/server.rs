@@ -7,6 +7,7 @@ use bytes::{Buf, BytesMut};
 use sluice_core::{Pipeline, SessionInfo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 
+use super::mask::{Masker, MAX_MASKED_ROW};
 use super::{io_reason, lock, SessionEnd, Shared, READ_BUFFER};
 use crate::codec;
 use crate::stream::BoxStream;
@@ -24,6 +25,8 @@ pub(super) struct ServerToClient<P> {
     pub client_gone: bool,
     /// The pipeline ends the session through this.
     pub end: Arc<SessionEnd>,
+    /// Rewrites results for a session that masking rules cover.
+    pub masker: Option<Masker>,
 }
 
 /// Server messages the gateway must read whole.
@@ -109,12 +112,32 @@ impl<P: Pipeline> ServerToClient<P> {
             let total = 5 + h.body_len;
             let available = buf.len() - pos;
             if available < total {
-                if needs_body(h.tag) {
-                    if h.body_len > MAX_INSPECTED_SERVER_MESSAGE {
-                        return Err(format!(
-                            "server message of {} bytes is too large",
-                            h.body_len
-                        ));
+                let masked_row = matches!(h.tag, b'D' | b'd')
+                    && self.masker.as_ref().is_some_and(Masker::inspecting);
+                let masked_message = self.masker.is_some() && matches!(h.tag, b'T' | b'H' | b'N');
+                if needs_body(h.tag) || masked_message || masked_row {
+                    let limit = if masked_row {
+                        MAX_MASKED_ROW
+                    } else {
+                        MAX_INSPECTED_SERVER_MESSAGE
+                    };
+                    if h.body_len > limit {
+                        let reason = format!(
+                            "server message of {} bytes is too large{}",
+                            h.body_len,
+                            if masked_row { " to mask" } else { "" }
+                        );
+                        self.send(&buf[written..pos]).await;
+                        let mut frames = BytesMut::new();
+                        codec::error_response(
+                            &mut frames,
+                            "FATAL",
+                            "54000",
+                            &format!("sluice: {reason}"),
+                        );
+                        self.send(&frames).await;
+                        let _ = self.client.flush().await;
+                        return Err(reason);
                     }
                     break; // wait for the rest of this frame
                 }
@@ -125,9 +148,37 @@ impl<P: Pipeline> ServerToClient<P> {
                 pos = buf.len();
                 break;
             }
-            let replacement;
-            (inject_due, replacement) = self.observe(h.tag, &buf[pos + 5..pos + total]);
-            if let Some(frames) = replacement {
+            let body = &buf[pos + 5..pos + total];
+            let masked = match self.masker.as_mut() {
+                Some(m) => match h.tag {
+                    b'T' | b'H' => {
+                        let sql = lock(&self.shared.state).current_sql();
+                        if h.tag == b'T' {
+                            m.row_description(body, sql.as_deref()).await;
+                        } else {
+                            m.copy_out(body, sql.as_deref()).await;
+                        }
+                        None
+                    }
+                    b'D' => m.data_row(body),
+                    b'd' => m.copy_data(body),
+                    b'E' | b'N' => m.scrub_message(h.tag, body),
+                    _ => None,
+                },
+                None => None,
+            };
+            let (replacement, suppressed);
+            // The record of an error gets its masked text too.
+            let observed = match (&masked, h.tag) {
+                (Some(frame), b'E') => &frame[5..],
+                _ => body,
+            };
+            (inject_due, replacement, suppressed) = self.observe(h.tag, observed);
+            if suppressed {
+                // The answer to the gateway's own Describe: not the client's.
+                self.send(&buf[written..pos]).await;
+                written = pos + total;
+            } else if let Some(frames) = replacement.or(masked) {
                 // The server's error answered a message the gateway refused: the client
                 // sees the refusal in its place.
                 self.send(&buf[written..pos]).await;
@@ -174,19 +225,33 @@ impl<P: Pipeline> ServerToClient<P> {
         }
     }
 
-    /// Settles one frame; records outcomes. Returns whether an injection is now due, and
-    /// the frames to send in this frame's place when it answered a refusal (read under the
-    /// same lock: this runs for every server frame).
-    fn observe(&self, tag: u8, body: &[u8]) -> (bool, Option<BytesMut>) {
-        let (outcomes, inject_due, replacement) = {
+    /// Settles one frame; records outcomes. Returns whether an injection is now due, the
+    /// frames to send in this frame's place when it answered a refusal, and whether the
+    /// frame answered the gateway's own message (read under the same lock: this runs for
+    /// every server frame).
+    fn observe(&mut self, tag: u8, body: &[u8]) -> (bool, Option<BytesMut>, bool) {
+        let (mut outcomes, inject_due, replacement, suppressed) = {
             let mut state = lock(&self.shared.state);
             let outcomes = state.observe(tag, body);
-            (outcomes, state.front_is_inject(), state.take_replacement())
+            (
+                outcomes,
+                state.front_is_inject(),
+                state.take_replacement(),
+                state.take_suppressed(),
+            )
         };
+        if let Some(m) = self.masker.as_mut() {
+            if matches!(tag, b'C' | b'I' | b's' | b'E') {
+                let masked = m.finish();
+                if let Some(o) = outcomes.first_mut() {
+                    o.masked = masked;
+                }
+            }
+        }
         for o in outcomes {
             self.pipeline.outcome(&self.info, o);
         }
-        (inject_due, replacement)
+        (inject_due, replacement, suppressed)
     }
 
     /// Writes every injection now at the front of the queue. An injection that closes the

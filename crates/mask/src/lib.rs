@@ -1,0 +1,670 @@
+//! Masking of sensitive values, one cell (or one text) at a time.
+//!
+//! The config's `masking:` rules say who and which connections they cover, which columns
+//! (`schema.table.column` globs) and which content detectors they mask, and how (`style`).
+//! [`Masking`] compiles them once; [`Masking::for_session`] picks the rules that apply to a
+//! session's identity and connection; [`SessionMasking::plan`] decides, per result column,
+//! what to do with its cells; [`ResultPlan::mask_cell`] does it and counts what it masked.
+//!
+//! This crate knows no wire format: a protocol frontend says where a column comes from
+//! ([`ColumnOrigin`]) and what kind of value it carries ([`CellKind`]), and re-encodes the
+//! cells this crate changes.
+
+pub mod detect;
+mod style;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use serde::Deserialize;
+use sluice_core::{glob, Identity, MaskCount, Principal};
+
+pub use detect::{CustomDetector, DetectorSet, Hit, BUILTIN};
+pub use style::Style;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MaskError {
+    #[error("unknown detector {0:?} (built-in: {list}; or define it with `name` and `regex` or `words`)", list = BUILTIN.join(", "))]
+    UnknownDetector(String),
+    #[error("detector {name:?}: {reason}")]
+    BadPattern { name: String, reason: String },
+    #[error("masking rule {rule}: {reason}")]
+    BadRule { rule: String, reason: String },
+}
+
+/// One rule as written under `masking:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaskRuleSpec {
+    /// Shown in errors; optional.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Connection globs; empty or absent: all connections.
+    #[serde(default)]
+    pub connections: Vec<String>,
+    /// Who the rule applies to (`user:`, `group:`, `agent:NAME`, `agent:*`); empty: everyone.
+    #[serde(default)]
+    pub applies_to: Vec<String>,
+    /// Who is exempt, in the same notation (for example `group:auditors`).
+    #[serde(default)]
+    pub except: Vec<String>,
+    /// `schema.table.column` globs (`*` matches any run of characters, ASCII case ignored).
+    #[serde(default)]
+    pub columns: Vec<String>,
+    /// Built-in detector names, or `{name, regex}` / `{name, words}` for your own.
+    #[serde(default)]
+    pub detectors: Vec<DetectorSpec>,
+    /// `redact` (default), `partial`, `hash` or `null`.
+    #[serde(default)]
+    pub style: Option<String>,
+    /// `partial`: how many trailing letters and digits stay visible (default 4).
+    #[serde(default)]
+    pub keep: Option<usize>,
+    /// `redact`: the marker written in place of the value (default `[redacted]`).
+    #[serde(default)]
+    pub marker: Option<String>,
+}
+
+/// A detector as written in a rule.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum DetectorSpec {
+    Builtin(String),
+    Regex { name: String, regex: String },
+    Words { name: String, words: Vec<String> },
+}
+
+impl DetectorSpec {
+    fn name(&self) -> &str {
+        match self {
+            DetectorSpec::Builtin(n)
+            | DetectorSpec::Regex { name: n, .. }
+            | DetectorSpec::Words { name: n, .. } => n,
+        }
+    }
+}
+
+/// Where a result column's values come from, when the target can tell.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ColumnOrigin {
+    pub schema: String,
+    pub table: String,
+    pub column: String,
+}
+
+impl ColumnOrigin {
+    fn label(&self) -> String {
+        format!("{}.{}.{}", self.schema, self.table, self.column)
+    }
+}
+
+/// What kind of value a column carries, as the frontend knows it from the type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CellKind {
+    /// Text: a masked span is rewritten in place.
+    Text,
+    /// A JSON document: spans inside strings are rewritten in place; a span outside a
+    /// string and a whole value become a JSON string.
+    Json,
+    /// Text with structure a rewrite could break (arrays, composites, unknown types): a
+    /// detector hit makes the whole value NULL.
+    Structured,
+    /// Numbers, dates, binary data…: never scanned; a column rule makes the value NULL.
+    Opaque,
+}
+
+/// Where a result column comes from, as far as the frontend could tell.
+#[derive(Debug, Clone, Copy)]
+pub enum Origin<'a> {
+    /// A table column (views already followed to their base table).
+    Column(&'a ColumnOrigin),
+    /// Computed by the statement (an expression, a function's result).
+    Computed,
+    /// The frontend could not find out (the catalog was unreachable): column rules apply
+    /// as if the column matched the first of them — failing closed.
+    Unknown,
+}
+
+/// A result column as the frontend describes it.
+#[derive(Debug, Clone, Copy)]
+pub struct ResultColumn<'a> {
+    pub origin: Origin<'a>,
+    pub kind: CellKind,
+}
+
+/// What happened to one cell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cell {
+    /// Unchanged.
+    Keep,
+    /// Now SQL NULL.
+    Null,
+    /// Replaced by what was written to `out`.
+    Replaced,
+}
+
+#[derive(Debug)]
+struct ColumnPattern {
+    parts: [String; 3],
+}
+
+impl ColumnPattern {
+    fn parse(text: &str) -> Result<ColumnPattern, String> {
+        let parts: Vec<&str> = text.split('.').collect();
+        match parts.as_slice() {
+            [s, t, c] if !s.is_empty() && !t.is_empty() && !c.is_empty() => Ok(ColumnPattern {
+                parts: [(*s).to_owned(), (*t).to_owned(), (*c).to_owned()],
+            }),
+            _ => Err(format!(
+                "column {text:?} must be `schema.table.column` (globs allowed, e.g. `*.users.email`)"
+            )),
+        }
+    }
+
+    /// Whether a statement naming `identifiers` may compute values from matching columns:
+    /// it names the column (or the rule covers every column) and the table (or the rule
+    /// covers every table).
+    fn mentioned_in(&self, identifiers: &[String]) -> bool {
+        let named = |part: &str| {
+            part.bytes().all(|b| b == b'*') || identifiers.iter().any(|m| glob(part, m))
+        };
+        named(&self.parts[1]) && named(&self.parts[2])
+    }
+
+    fn matches(&self, o: &ColumnOrigin) -> bool {
+        glob(&self.parts[0], &o.schema)
+            && glob(&self.parts[1], &o.table)
+            && glob(&self.parts[2], &o.column)
+    }
+}
+
+#[derive(Debug)]
+struct Rule {
+    connections: Vec<String>,
+    applies_to: Vec<Principal>,
+    except: Vec<Principal>,
+    columns: Vec<ColumnPattern>,
+    detectors: Vec<String>,
+    style: Style,
+}
+
+impl Rule {
+    fn covers(&self, connection: &str, identity: &Identity) -> bool {
+        (self.connections.is_empty() || self.connections.iter().any(|c| glob(c, connection)))
+            && (self.applies_to.is_empty() || self.applies_to.iter().any(|p| p.covers(identity)))
+            && !self.except.iter().any(|p| p.covers(identity))
+    }
+}
+
+/// All masking rules of the config, compiled.
+#[derive(Debug)]
+pub struct Masking {
+    rules: Vec<Rule>,
+    custom: HashMap<String, CustomDetector>,
+    key: Vec<u8>,
+    /// Detector sets by the detectors they hold: sessions with the same rules share one.
+    compiled: Mutex<HashMap<Vec<String>, Arc<DetectorSet>>>,
+}
+
+impl Masking {
+    /// Compiles `specs`; `key` keys the `hash` style (keep it secret and stable, so equal
+    /// values hash alike across sessions).
+    pub fn new(specs: &[MaskRuleSpec], key: Vec<u8>) -> Result<Masking, MaskError> {
+        let mut rules = Vec::new();
+        let mut custom: HashMap<String, CustomDetector> = HashMap::new();
+        for (i, spec) in specs.iter().enumerate() {
+            let label = spec.name.clone().unwrap_or_else(|| format!("#{}", i + 1));
+            let bad = |reason: String| MaskError::BadRule {
+                rule: label.clone(),
+                reason,
+            };
+            if spec.columns.is_empty() && spec.detectors.is_empty() {
+                return Err(bad("names neither `columns` nor `detectors`".into()));
+            }
+            let principals = |list: &[String], key: &str| {
+                list.iter()
+                    .map(|p| Principal::parse(p).map_err(|e| bad(format!("`{key}`: {e}"))))
+                    .collect::<Result<Vec<_>, _>>()
+            };
+            let columns = spec
+                .columns
+                .iter()
+                .map(|c| ColumnPattern::parse(c).map_err(&bad))
+                .collect::<Result<Vec<_>, _>>()?;
+            let style = Style::from_spec(spec.style.as_deref(), spec.keep, spec.marker.as_deref())
+                .map_err(&bad)?;
+            let mut detectors = Vec::new();
+            for d in &spec.detectors {
+                let name = d.name().to_owned();
+                let defined = match d {
+                    DetectorSpec::Builtin(n) => {
+                        if !BUILTIN.contains(&n.as_str()) && !custom.contains_key(n) {
+                            return Err(MaskError::UnknownDetector(n.clone()));
+                        }
+                        None
+                    }
+                    DetectorSpec::Regex { name, regex } => Some(CustomDetector::Regex {
+                        name: name.clone(),
+                        pattern: regex.clone(),
+                    }),
+                    DetectorSpec::Words { name, words } => Some(CustomDetector::Words {
+                        name: name.clone(),
+                        words: words.clone(),
+                    }),
+                };
+                if let Some(def) = defined {
+                    if BUILTIN.contains(&name.as_str()) {
+                        return Err(bad(format!(
+                            "detector {name:?} is built in; give yours another name"
+                        )));
+                    }
+                    match custom.get(&name) {
+                        Some(existing) if *existing != def => {
+                            return Err(bad(format!(
+                                "detector {name:?} is defined twice, differently"
+                            )))
+                        }
+                        _ => {
+                            // Compile it alone now, so a bad pattern names its rule.
+                            DetectorSet::new(&[], std::slice::from_ref(&def))?;
+                            custom.insert(name.clone(), def);
+                        }
+                    }
+                }
+                if !detectors.contains(&name) {
+                    detectors.push(name);
+                }
+            }
+            rules.push(Rule {
+                connections: spec.connections.clone(),
+                applies_to: principals(&spec.applies_to, "applies_to")?,
+                except: principals(&spec.except, "except")?,
+                columns,
+                detectors,
+                style,
+            });
+        }
+        Ok(Masking {
+            rules,
+            custom,
+            key,
+            compiled: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Whether any rule exists at all.
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// The masking that applies to `identity` on `connection`, or `None` when no rule does
+    /// (then results pass untouched).
+    pub fn for_session(
+        &self,
+        connection: &str,
+        identity: &Identity,
+    ) -> Result<Option<Arc<SessionMasking>>, MaskError> {
+        let mut columns = Vec::new();
+        let mut detector_styles: Vec<(String, Style)> = Vec::new();
+        for rule in self.rules.iter().filter(|r| r.covers(connection, identity)) {
+            for c in &rule.columns {
+                columns.push((c.parts.clone(), rule.style.clone()));
+            }
+            for d in &rule.detectors {
+                // The first rule naming a detector decides its style.
+                if !detector_styles.iter().any(|(n, _)| n == d) {
+                    detector_styles.push((d.clone(), rule.style.clone()));
+                }
+            }
+        }
+        if columns.is_empty() && detector_styles.is_empty() {
+            return Ok(None);
+        }
+        let names: Vec<String> = detector_styles.iter().map(|(n, _)| n.clone()).collect();
+        let detectors = self.detector_set(&names)?;
+        // Ids of the compiled set follow its names; map each id to its style.
+        let styles = detectors
+            .names()
+            .iter()
+            .map(|n| {
+                detector_styles
+                    .iter()
+                    .find(|(d, _)| d == n)
+                    .map_or(Style::default(), |(_, s)| s.clone())
+            })
+            .collect();
+        Ok(Some(Arc::new(SessionMasking {
+            columns: columns
+                .into_iter()
+                .map(|(parts, style)| (ColumnPattern { parts }, style))
+                .collect(),
+            detectors,
+            detector_styles: styles,
+            key: self.key.clone(),
+        })))
+    }
+
+    fn detector_set(&self, names: &[String]) -> Result<Arc<DetectorSet>, MaskError> {
+        let mut compiled = self
+            .compiled
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(set) = compiled.get(names) {
+            return Ok(set.clone());
+        }
+        let builtins: Vec<String> = names
+            .iter()
+            .filter(|n| BUILTIN.contains(&n.as_str()))
+            .cloned()
+            .collect();
+        let custom: Vec<CustomDetector> = names
+            .iter()
+            .filter_map(|n| self.custom.get(n).cloned())
+            .collect();
+        let set = Arc::new(DetectorSet::new(&builtins, &custom)?);
+        compiled.insert(names.to_vec(), set.clone());
+        Ok(set)
+    }
+}
+
+/// The masking rules that apply to one session.
+#[derive(Debug)]
+pub struct SessionMasking {
+    columns: Vec<(ColumnPattern, Style)>,
+    detectors: Arc<DetectorSet>,
+    /// Style of each detector, by detector id.
+    detector_styles: Vec<Style>,
+    key: Vec<u8>,
+}
+
+/// What to do with one result column's cells.
+#[derive(Debug, Clone)]
+enum Action {
+    Pass,
+    /// Run the detectors over each cell.
+    Detect,
+    /// A column rule masks every non-NULL cell; `label` indexes the plan's counters.
+    Rule {
+        style: Style,
+        label: usize,
+    },
+}
+
+impl SessionMasking {
+    /// Decides what to do with each column of a result. `statement` is the statement's
+    /// text, when known: a computed text column (no origin) of a statement that names a
+    /// masked column is masked as that column — `lower(email)` must not reveal what
+    /// `email` would not. Returns `None` when no cell of this result can need masking.
+    pub fn plan(
+        self: &Arc<Self>,
+        columns: &[ResultColumn<'_>],
+        statement: Option<&str>,
+    ) -> Option<ResultPlan> {
+        let mut labels: Vec<(String, Option<String>, &'static str)> = Vec::new();
+        let mentioned = statement.map(identifiers).unwrap_or_default();
+        let mut actions = Vec::with_capacity(columns.len());
+        for c in columns {
+            let rule = match c.origin {
+                Origin::Column(o) => self
+                    .columns
+                    .iter()
+                    .find(|(p, _)| p.matches(o))
+                    .map(|(_, s)| (o.label(), s)),
+                Origin::Computed if c.kind != CellKind::Opaque => self
+                    .columns
+                    .iter()
+                    .find(|(p, _)| p.mentioned_in(&mentioned))
+                    .map(|(p, s)| (format!("(computed from {})", p.parts.join(".")), s)),
+                Origin::Computed => None,
+                Origin::Unknown => self
+                    .columns
+                    .first()
+                    .map(|(_, s)| ("(origin unknown)".to_owned(), s)),
+            };
+            let action = match rule {
+                Some((label, style)) => {
+                    labels.push((label, None, style.name()));
+                    Action::Rule {
+                        style: style.clone(),
+                        label: labels.len() - 1,
+                    }
+                }
+                None if !self.detectors.is_empty() && c.kind != CellKind::Opaque => Action::Detect,
+                None => Action::Pass,
+            };
+            actions.push(action);
+        }
+        if actions.iter().all(|a| matches!(a, Action::Pass)) {
+            return None;
+        }
+        let detector_base = labels.len();
+        for (id, name) in self.detectors.names().iter().enumerate() {
+            let style = self.detector_styles.get(id).map_or("redact", Style::name);
+            labels.push((String::new(), Some(name.clone()), style));
+        }
+        Some(ResultPlan {
+            kinds: columns.iter().map(|c| c.kind).collect(),
+            actions,
+            counts: vec![0; labels.len()],
+            labels,
+            detector_base,
+            masking: self.clone(),
+            hits: Vec::new(),
+        })
+    }
+
+    /// Masks what the detectors find in a free text (an error message, a notice detail).
+    /// Returns the masked text and what was masked, or `None` when nothing was found.
+    pub fn mask_text(&self, text: &str) -> Option<(String, Vec<MaskCount>)> {
+        let mut hits = Vec::new();
+        self.detectors.find(text.as_bytes(), &mut hits);
+        if hits.is_empty() {
+            return None;
+        }
+        let mut out = Vec::with_capacity(text.len());
+        let mut counts = vec![0u64; self.detectors.names().len()];
+        let mut at = 0;
+        for h in &hits {
+            out.extend_from_slice(&text.as_bytes()[at..h.start]);
+            let style = self.style_of(h.detector);
+            // A message has no NULL: the null style writes the default marker instead.
+            let style = if matches!(style, Style::Null) {
+                &Style::DEFAULT_REDACT
+            } else {
+                style
+            };
+            style.write_span(&text.as_bytes()[h.start..h.end], &self.key, false, &mut out);
+            if let Some(c) = counts.get_mut(usize::from(h.detector)) {
+                *c += 1;
+            }
+            at = h.end;
+        }
+        out.extend_from_slice(&text.as_bytes()[at..]);
+        let masked = String::from_utf8_lossy(&out).into_owned();
+        let counts = counts
+            .into_iter()
+            .enumerate()
+            .filter(|(_, n)| *n > 0)
+            .map(|(id, n)| MaskCount {
+                column: None,
+                detector: self.detectors.names().get(id).cloned(),
+                style: self.style_of(id as u16).name().to_owned(),
+                values: n,
+            })
+            .collect();
+        Some((masked, counts))
+    }
+
+    fn style_of(&self, detector: u16) -> &Style {
+        self.detector_styles
+            .get(usize::from(detector))
+            .unwrap_or(&Style::DEFAULT_REDACT)
+    }
+}
+
+/// The masking of one result: what to do per column, and how much was masked so far.
+#[derive(Debug)]
+pub struct ResultPlan {
+    kinds: Vec<CellKind>,
+    actions: Vec<Action>,
+    /// Counter labels: column rules first (label, -, style), then one per detector.
+    labels: Vec<(String, Option<String>, &'static str)>,
+    counts: Vec<u64>,
+    detector_base: usize,
+    masking: Arc<SessionMasking>,
+    hits: Vec<Hit>,
+}
+
+impl ResultPlan {
+    /// How many columns the plan was made for.
+    pub fn columns(&self) -> usize {
+        self.actions.len()
+    }
+
+    /// Whether cells of column `col` may need masking (so must be looked at).
+    pub fn inspects(&self, col: usize) -> bool {
+        !matches!(self.actions.get(col), None | Some(Action::Pass))
+    }
+
+    /// Masks one non-NULL cell of column `col`. On [`Cell::Replaced`] the new value is in
+    /// `out` (cleared first).
+    pub fn mask_cell(&mut self, col: usize, value: &[u8], out: &mut Vec<u8>) -> Cell {
+        let kind = self.kinds.get(col).copied().unwrap_or(CellKind::Opaque);
+        match self.actions.get(col) {
+            None | Some(Action::Pass) => Cell::Keep,
+            Some(Action::Rule { style, label }) => {
+                if let Some(c) = self.counts.get_mut(*label) {
+                    *c += 1;
+                }
+                match (kind, style) {
+                    (CellKind::Opaque | CellKind::Structured, _) | (_, Style::Null) => Cell::Null,
+                    (CellKind::Json, _) => {
+                        out.clear();
+                        style.write_json_value(value, &self.masking.key, out);
+                        Cell::Replaced
+                    }
+                    (CellKind::Text, _) => {
+                        out.clear();
+                        style.write_span(value, &self.masking.key, false, out);
+                        Cell::Replaced
+                    }
+                }
+            }
+            Some(Action::Detect) => self.detect(kind, value, out),
+        }
+    }
+
+    fn detect(&mut self, kind: CellKind, value: &[u8], out: &mut Vec<u8>) -> Cell {
+        self.hits.clear();
+        self.masking.detectors.find(value, &mut self.hits);
+        if self.hits.is_empty() {
+            return Cell::Keep;
+        }
+        for h in &self.hits {
+            if let Some(c) = self
+                .counts
+                .get_mut(self.detector_base + usize::from(h.detector))
+            {
+                *c += 1;
+            }
+        }
+        let null = kind == CellKind::Structured
+            || self
+                .hits
+                .iter()
+                .any(|h| matches!(self.masking.style_of(h.detector), Style::Null));
+        if null {
+            return Cell::Null;
+        }
+        out.clear();
+        let mut at = 0;
+        for h in &self.hits {
+            out.extend_from_slice(&value[at..h.start]);
+            // A bare JSON token (a number) replaced by text must become a string.
+            let quote = kind == CellKind::Json && !inside_json_string(&value[..h.start]);
+            if quote {
+                out.push(b'"');
+            }
+            self.masking.style_of(h.detector).write_span(
+                &value[h.start..h.end],
+                &self.masking.key,
+                kind == CellKind::Json,
+                out,
+            );
+            if quote {
+                out.push(b'"');
+            }
+            at = h.end;
+        }
+        out.extend_from_slice(&value[at..]);
+        Cell::Replaced
+    }
+
+    /// What was masked so far, by column and by detector (values never included).
+    pub fn counts(&self) -> Vec<MaskCount> {
+        self.labels
+            .iter()
+            .zip(&self.counts)
+            .filter(|(_, n)| **n > 0)
+            .map(|((column, detector, style), n)| MaskCount {
+                column: detector.is_none().then(|| column.clone()),
+                detector: detector.clone(),
+                style: (*style).to_owned(),
+                values: *n,
+            })
+            .collect()
+    }
+}
+
+/// Whether the end of `prefix` lies inside a JSON string (an odd number of unescaped quotes).
+fn inside_json_string(prefix: &[u8]) -> bool {
+    let mut inside = false;
+    let mut escaped = false;
+    for &b in prefix {
+        if escaped {
+            escaped = false;
+        } else if inside && b == b'\\' {
+            escaped = true;
+        } else if b == b'"' {
+            inside = !inside;
+        }
+    }
+    inside
+}
+
+/// The identifiers a statement names (bare words and `"quoted"` names), lower-cased for
+/// bare words as PostgreSQL folds them. String literals count too: over-matching only
+/// masks more.
+fn identifiers(statement: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let bytes = statement.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'"' {
+            let end = bytes[i + 1..]
+                .iter()
+                .position(|&c| c == b'"')
+                .map_or(bytes.len(), |p| i + 1 + p);
+            out.push(String::from_utf8_lossy(&bytes[i + 1..end]).into_owned());
+            i = end + 1;
+        } else if b.is_ascii_alphabetic() || b == b'_' || b >= 0x80 {
+            let start = i;
+            while i < bytes.len()
+                && (bytes[i].is_ascii_alphanumeric()
+                    || bytes[i] == b'_'
+                    || bytes[i] == b'$'
+                    || bytes[i] >= 0x80)
+            {
+                i += 1;
+            }
+            let word = String::from_utf8_lossy(&bytes[start..i]).to_ascii_lowercase();
+            if !out.contains(&word) {
+                out.push(word);
+            }
+        } else {
+            i += 1;
+        }
+    }
+    out
+}

@@ -1,0 +1,744 @@
+//! Masking of what the server sends back, for a session that masking rules cover.
+//!
+//! A RowDescription (or a CopyOutResponse, with the COPY's source described through the
+//! catalog connection) yields a [`ResultPlan`]; each DataRow or CopyData row is then walked
+//! cell by cell and re-encoded only when a cell changes — otherwise the server's frame goes
+//! out as it came. Error and notice texts go through the detectors. What was masked is
+//! counted per statement, for the audit record.
+
+use std::sync::Arc;
+
+use bytes::{BufMut, BytesMut};
+use sluice_core::MaskCount;
+use sluice_mask::{Cell, CellKind, ColumnOrigin, Origin, ResultColumn, ResultPlan, SessionMasking};
+use sluice_sql::CopyOut;
+
+use crate::catalog::{Catalog, Field};
+
+/// Type OIDs the masker knows without asking the catalog.
+mod oid {
+    pub const BOOL: u32 = 16;
+    pub const BYTEA: u32 = 17;
+    pub const NAME: u32 = 19;
+    pub const INT8: u32 = 20;
+    pub const INT2: u32 = 21;
+    pub const INT4: u32 = 23;
+    pub const TEXT: u32 = 25;
+    pub const OID: u32 = 26;
+    pub const JSON: u32 = 114;
+    pub const XML: u32 = 142;
+    pub const FLOAT4: u32 = 700;
+    pub const FLOAT8: u32 = 701;
+    pub const UNKNOWN: u32 = 705;
+    pub const BPCHAR: u32 = 1042;
+    pub const VARCHAR: u32 = 1043;
+    pub const DATE: u32 = 1082;
+    pub const TIME: u32 = 1083;
+    pub const TIMESTAMP: u32 = 1114;
+    pub const TIMESTAMPTZ: u32 = 1184;
+    pub const NUMERIC: u32 = 1700;
+    pub const UUID: u32 = 2950;
+    pub const JSONB: u32 = 3802;
+}
+
+/// How a column's cells are framed on the wire around the value the masker sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wire {
+    Plain,
+    /// Binary jsonb: a version byte (1), then the JSON text.
+    JsonbBinary,
+}
+
+/// How COPY output lays out a row.
+#[derive(Debug, Clone)]
+enum CopyFormat {
+    Text {
+        delimiter: u8,
+        null: Vec<u8>,
+    },
+    Csv {
+        delimiter: u8,
+        quote: u8,
+        escape: u8,
+        null: Vec<u8>,
+    },
+    Binary,
+    /// The statement could not be read: no field can be told from another.
+    Unknown,
+}
+
+#[derive(Debug)]
+struct Current {
+    plan: ResultPlan,
+    wire: Vec<Wire>,
+    copy: Option<CopyState>,
+}
+
+#[derive(Debug)]
+struct CopyState {
+    format: CopyFormat,
+    /// CSV output starts with a header line (column names) the masker leaves alone.
+    header_pending: bool,
+}
+
+pub(super) struct Masker {
+    masking: Arc<SessionMasking>,
+    catalog: Arc<Catalog>,
+    current: Option<Current>,
+    /// Counts from ended results and scrubbed messages, for the statement now running.
+    counts: Vec<MaskCount>,
+    scratch: Vec<u8>,
+}
+
+/// Largest row the masker reads whole (a masked cell must be rewritten in one piece).
+pub(super) const MAX_MASKED_ROW: usize = 256 << 20;
+
+impl Masker {
+    pub fn new(masking: Arc<SessionMasking>, catalog: Arc<Catalog>) -> Masker {
+        Masker {
+            masking,
+            catalog,
+            current: None,
+            counts: Vec::new(),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Whether rows of the current result must be read whole.
+    pub fn inspecting(&self) -> bool {
+        self.current.is_some()
+    }
+
+    /// A RowDescription: plans the result that follows.
+    pub async fn row_description(&mut self, body: &[u8], statement: Option<&str>) {
+        self.end_result();
+        let fields = crate::catalog::parse_row_description(body);
+        self.current = self.plan(&fields, statement, None).await;
+    }
+
+    /// A CopyOutResponse: plans the COPY's rows from its statement.
+    pub async fn copy_out(&mut self, body: &[u8], statement: Option<&str>) {
+        self.end_result();
+        let binary = body.first() == Some(&1);
+        let columns = body
+            .get(1..3)
+            .map_or(0, |b| i16::from_be_bytes([b[0], b[1]]).max(0) as usize);
+        let copy = statement.and_then(sluice_sql::copy_to_stdout);
+        let format = match &copy {
+            _ if binary => CopyFormat::Binary,
+            Some(c) if c.csv => CopyFormat::Csv {
+                delimiter: c.delimiter.unwrap_or(b','),
+                quote: c.quote.unwrap_or(b'"'),
+                escape: c.escape.or(c.quote).unwrap_or(b'"'),
+                null: c.null.clone().unwrap_or_default().into_bytes(),
+            },
+            Some(c) => CopyFormat::Text {
+                delimiter: c.delimiter.unwrap_or(b'\t'),
+                null: c.null.clone().unwrap_or_else(|| "\\N".into()).into_bytes(),
+            },
+            None => CopyFormat::Unknown,
+        };
+        let header_pending = copy.as_ref().is_some_and(|c: &CopyOut| c.csv && c.header);
+        let described = match &copy {
+            Some(c) => match self.catalog.describe(&c.source).await {
+                Ok(fields) => Some(fields),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot describe a COPY's columns; masking every field");
+                    None
+                }
+            },
+            None => None,
+        };
+        let fields: Vec<Field> = match described {
+            Some(f) if f.len() == columns => f
+                .into_iter()
+                .map(|f| Field {
+                    format: i16::from(binary),
+                    ..f
+                })
+                .collect(),
+            // Not described: every column's origin is unknown (column rules apply).
+            _ => (0..columns)
+                .map(|_| Field {
+                    table: u32::MAX,
+                    column: 0,
+                    type_oid: 0,
+                    format: i16::from(binary),
+                })
+                .collect(),
+        };
+        let state = CopyState {
+            format,
+            header_pending,
+        };
+        self.current = self.plan(&fields, statement, Some(state)).await;
+    }
+
+    async fn plan(
+        &self,
+        fields: &[Field],
+        statement: Option<&str>,
+        copy: Option<CopyState>,
+    ) -> Option<Current> {
+        let tables: Vec<(u32, i16)> = fields
+            .iter()
+            .filter(|f| f.table != 0 && f.table != u32::MAX)
+            .map(|f| (f.table, f.column))
+            .collect();
+        let origins: Option<Vec<Option<ColumnOrigin>>> = if tables.is_empty() {
+            Some(Vec::new())
+        } else {
+            match self.catalog.origins(&tables).await {
+                Ok(o) => Some(o),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read column origins; masking as if every column matched");
+                    None
+                }
+            }
+        };
+        let unknown_types: Vec<u32> = fields
+            .iter()
+            .filter(|f| builtin_kind(f.type_oid).is_none())
+            .map(|f| f.type_oid)
+            .collect();
+        let types = if unknown_types.is_empty() {
+            Default::default()
+        } else {
+            self.catalog.types(&unknown_types).await.unwrap_or_default()
+        };
+        let mut origin_iter = origins.iter().flatten();
+        let mut columns_origin: Vec<Option<&ColumnOrigin>> = Vec::with_capacity(fields.len());
+        let mut unknown = Vec::with_capacity(fields.len());
+        for f in fields {
+            let known = f.table != 0 && f.table != u32::MAX;
+            let o = if known {
+                origin_iter.next().and_then(Option::as_ref)
+            } else {
+                None
+            };
+            columns_origin.push(o);
+            unknown.push(f.table == u32::MAX || (known && origins.is_none()));
+        }
+        let mut wire = Vec::with_capacity(fields.len());
+        let mut columns = Vec::with_capacity(fields.len());
+        for (i, f) in fields.iter().enumerate() {
+            let kind = builtin_kind(f.type_oid).unwrap_or_else(|| match types.get(&f.type_oid) {
+                Some(t) => match t.category {
+                    b'S' => CellKind::Text,
+                    b'N' | b'D' | b'B' | b'T' | b'G' | b'V' | b'R' => CellKind::Opaque,
+                    _ => CellKind::Structured,
+                },
+                None => CellKind::Structured,
+            });
+            wire.push(if f.type_oid == oid::JSONB && f.format == 1 {
+                Wire::JsonbBinary
+            } else {
+                Wire::Plain
+            });
+            let origin = if unknown[i] {
+                Origin::Unknown
+            } else {
+                match columns_origin[i] {
+                    Some(o) => Origin::Column(o),
+                    None => Origin::Computed,
+                }
+            };
+            columns.push(ResultColumn { origin, kind });
+        }
+        let plan = self.masking.plan(&columns, statement)?;
+        Some(Current { plan, wire, copy })
+    }
+
+    /// A DataRow: the re-encoded frame when a cell changed.
+    pub fn data_row(&mut self, body: &[u8]) -> Option<BytesMut> {
+        let current = self.current.as_mut()?;
+        let mut out = BytesMut::new();
+        out.put_u8(b'D');
+        out.put_i32(0);
+        let changed = mask_tuple(current, body, &mut self.scratch, &mut out)?;
+        if changed != body.len() {
+            return None;
+        }
+        let len = (out.len() - 1) as i32;
+        out[1..5].copy_from_slice(&len.to_be_bytes());
+        Some(out)
+    }
+
+    /// A CopyData of COPY output: the re-encoded frame when a field changed.
+    pub fn copy_data(&mut self, body: &[u8]) -> Option<BytesMut> {
+        let current = self.current.as_mut()?;
+        let copy = current.copy.as_mut()?;
+        if std::mem::take(&mut copy.header_pending) {
+            return None;
+        }
+        let mut out = BytesMut::new();
+        out.put_u8(b'd');
+        out.put_i32(0);
+        let format = copy.format.clone();
+        let changed = match format {
+            CopyFormat::Binary => mask_binary_copy(current, body, &mut self.scratch, &mut out),
+            CopyFormat::Text { delimiter, null } => {
+                mask_text_line(current, body, delimiter, &null, &mut self.scratch, &mut out)
+            }
+            CopyFormat::Csv {
+                delimiter,
+                quote,
+                escape,
+                null,
+            } => mask_csv_line(
+                current,
+                body,
+                delimiter,
+                quote,
+                escape,
+                &null,
+                &mut self.scratch,
+                &mut out,
+            ),
+            CopyFormat::Unknown => mask_unknown_line(current, body, &mut self.scratch, &mut out),
+        };
+        if !changed {
+            return None;
+        }
+        let len = (out.len() - 1) as i32;
+        out[1..5].copy_from_slice(&len.to_be_bytes());
+        Some(out)
+    }
+
+    /// An ErrorResponse or NoticeResponse: its texts (message, detail, hint, context)
+    /// through the detectors — a unique violation's detail can echo the value itself.
+    pub fn scrub_message(&mut self, tag: u8, body: &[u8]) -> Option<BytesMut> {
+        let mut out = BytesMut::new();
+        out.put_u8(tag);
+        out.put_i32(0);
+        let mut changed = false;
+        let mut pos = 0;
+        while let Some(&field) = body.get(pos) {
+            if field == 0 {
+                break;
+            }
+            let end = pos + 1 + body[pos + 1..].iter().position(|b| *b == 0)?;
+            let value = &body[pos + 1..end];
+            out.put_u8(field);
+            let masked = match field {
+                b'M' | b'D' | b'H' | b'W' | b'q' => std::str::from_utf8(value)
+                    .ok()
+                    .and_then(|v| self.masking.mask_text(v)),
+                _ => None,
+            };
+            match masked {
+                Some((text, counts)) => {
+                    changed = true;
+                    out.extend_from_slice(text.replace('\0', "").as_bytes());
+                    self.counts.extend(counts);
+                }
+                None => out.extend_from_slice(value),
+            }
+            out.put_u8(0);
+            pos = end + 1;
+        }
+        out.put_u8(0);
+        if !changed {
+            return None;
+        }
+        let len = (out.len() - 1) as i32;
+        out[1..5].copy_from_slice(&len.to_be_bytes());
+        Some(out)
+    }
+
+    /// The current result ended (its counts wait for the statement's completion).
+    fn end_result(&mut self) {
+        if let Some(c) = self.current.take() {
+            self.counts.extend(c.plan.counts());
+        }
+    }
+
+    /// The statement completed (or failed): what was masked for it.
+    pub fn finish(&mut self) -> Vec<MaskCount> {
+        self.end_result();
+        merge(std::mem::take(&mut self.counts))
+    }
+}
+
+/// Adds up counts of the same column or detector.
+fn merge(counts: Vec<MaskCount>) -> Vec<MaskCount> {
+    let mut out: Vec<MaskCount> = Vec::with_capacity(counts.len());
+    for c in counts {
+        match out
+            .iter_mut()
+            .find(|o| o.column == c.column && o.detector == c.detector && o.style == c.style)
+        {
+            Some(o) => o.values += c.values,
+            None => out.push(c),
+        }
+    }
+    out
+}
+
+fn builtin_kind(type_oid: u32) -> Option<CellKind> {
+    use oid::*;
+    Some(match type_oid {
+        TEXT | VARCHAR | BPCHAR | NAME | XML | UNKNOWN => CellKind::Text,
+        JSON | JSONB => CellKind::Json,
+        BOOL | BYTEA | INT2 | INT4 | INT8 | OID | FLOAT4 | FLOAT8 | NUMERIC | DATE | TIME
+        | TIMESTAMP | TIMESTAMPTZ | UUID => CellKind::Opaque,
+        _ => return None,
+    })
+}
+
+/// Masks one cell's value as framed on the wire; appends the new framing to `out` (length
+/// included). Returns whether the cell changed.
+fn mask_framed(
+    current: &mut Current,
+    col: usize,
+    value: &[u8],
+    scratch: &mut Vec<u8>,
+    out: &mut BytesMut,
+) -> bool {
+    let wire = current.wire.get(col).copied().unwrap_or(Wire::Plain);
+    let (prefix, inner) = match wire {
+        Wire::JsonbBinary if value.first() == Some(&1) => (&value[..1], &value[1..]),
+        _ => (&value[..0], value),
+    };
+    match current.plan.mask_cell(col, inner, scratch) {
+        Cell::Keep => {
+            out.put_i32(value.len() as i32);
+            out.extend_from_slice(value);
+            false
+        }
+        Cell::Null => {
+            out.put_i32(-1);
+            true
+        }
+        Cell::Replaced => {
+            out.put_i32((prefix.len() + scratch.len()) as i32);
+            out.extend_from_slice(prefix);
+            out.extend_from_slice(scratch);
+            true
+        }
+    }
+}
+
+/// Masks a tuple (`count`, then length-prefixed cells: a DataRow body or a binary COPY
+/// tuple) into `out`. Returns the bytes of `body` it consumed, or `None` when nothing
+/// changed (or the tuple is malformed: then the frame goes out as the server sent it).
+fn mask_tuple(
+    current: &mut Current,
+    body: &[u8],
+    scratch: &mut Vec<u8>,
+    out: &mut BytesMut,
+) -> Option<usize> {
+    let count = i16::from_be_bytes([*body.first()?, *body.get(1)?]);
+    out.put_i16(count);
+    let mut pos = 2;
+    let mut changed = false;
+    for col in 0..count.max(0) as usize {
+        let len = i32::from_be_bytes(body.get(pos..pos + 4)?.try_into().ok()?);
+        pos += 4;
+        if len < 0 {
+            out.put_i32(-1);
+            continue;
+        }
+        let value = body.get(pos..pos + len as usize)?;
+        pos += len as usize;
+        if current.plan.inspects(col) {
+            changed |= mask_framed(current, col, value, scratch, out);
+        } else {
+            out.put_i32(len);
+            out.extend_from_slice(value);
+        }
+    }
+    changed.then_some(pos)
+}
+
+const BINARY_COPY_SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
+
+fn mask_binary_copy(
+    current: &mut Current,
+    body: &[u8],
+    scratch: &mut Vec<u8>,
+    out: &mut BytesMut,
+) -> bool {
+    let mut pos = 0;
+    if body.starts_with(BINARY_COPY_SIGNATURE) {
+        let ext = body
+            .get(15..19)
+            .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize);
+        let header = (19 + ext).min(body.len());
+        out.extend_from_slice(&body[..header]);
+        pos = header;
+    }
+    let mut changed = false;
+    while pos + 2 <= body.len() {
+        if body[pos..pos + 2] == [0xff, 0xff] {
+            out.extend_from_slice(&body[pos..]);
+            return changed;
+        }
+        let mark = out.len();
+        match mask_tuple(current, &body[pos..], scratch, out) {
+            Some(used) => {
+                changed = true;
+                pos += used;
+            }
+            None => {
+                // Unchanged (or unreadable): copy the tuple's bytes as they came.
+                out.truncate(mark);
+                let used = tuple_len(&body[pos..]).unwrap_or(body.len() - pos);
+                out.extend_from_slice(&body[pos..pos + used]);
+                pos += used;
+            }
+        }
+    }
+    out.extend_from_slice(&body[pos..]);
+    changed
+}
+
+fn tuple_len(body: &[u8]) -> Option<usize> {
+    let count = i16::from_be_bytes([*body.first()?, *body.get(1)?]);
+    let mut pos = 2;
+    for _ in 0..count.max(0) {
+        let len = i32::from_be_bytes(body.get(pos..pos + 4)?.try_into().ok()?);
+        pos += 4 + len.max(0) as usize;
+    }
+    (pos <= body.len()).then_some(pos)
+}
+
+/// One text-format COPY line: fields split on the delimiter, backslash escapes decoded
+/// before masking and applied again after.
+fn mask_text_line(
+    current: &mut Current,
+    body: &[u8],
+    delimiter: u8,
+    null: &[u8],
+    scratch: &mut Vec<u8>,
+    out: &mut BytesMut,
+) -> bool {
+    let line = body.strip_suffix(b"\n").unwrap_or(body);
+    let mut changed = false;
+    let mut decoded = Vec::new();
+    for (col, field) in split_text_fields(line, delimiter).into_iter().enumerate() {
+        if col > 0 {
+            out.put_u8(delimiter);
+        }
+        if field == null || !current.plan.inspects(col) {
+            out.extend_from_slice(field);
+            continue;
+        }
+        decode_text_field(field, &mut decoded);
+        match current.plan.mask_cell(col, &decoded, scratch) {
+            Cell::Keep => out.extend_from_slice(field),
+            Cell::Null => {
+                changed = true;
+                out.extend_from_slice(null);
+            }
+            Cell::Replaced => {
+                changed = true;
+                for &b in scratch.iter() {
+                    match b {
+                        b'\\' => out.extend_from_slice(b"\\\\"),
+                        b'\n' => out.extend_from_slice(b"\\n"),
+                        b'\r' => out.extend_from_slice(b"\\r"),
+                        b if b == delimiter => {
+                            out.put_u8(b'\\');
+                            out.put_u8(b);
+                        }
+                        b => out.put_u8(b),
+                    }
+                }
+            }
+        }
+    }
+    out.put_u8(b'\n');
+    changed
+}
+
+/// Splits on unescaped delimiters (a backslash escapes the next byte).
+fn split_text_fields(line: &[u8], delimiter: u8) -> Vec<&[u8]> {
+    let mut fields = Vec::new();
+    let mut start = 0;
+    let mut i = 0;
+    while i < line.len() {
+        if line[i] == b'\\' {
+            i += 2;
+            continue;
+        }
+        if line[i] == delimiter {
+            fields.push(&line[start..i]);
+            start = i + 1;
+        }
+        i += 1;
+    }
+    fields.push(&line[start.min(line.len())..]);
+    fields
+}
+
+fn decode_text_field(field: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    let mut i = 0;
+    while i < field.len() {
+        let b = field[i];
+        if b != b'\\' || i + 1 >= field.len() {
+            out.push(b);
+            i += 1;
+            continue;
+        }
+        let next = field[i + 1];
+        i += 2;
+        match next {
+            b'b' => out.push(8),
+            b'f' => out.push(12),
+            b'n' => out.push(b'\n'),
+            b'r' => out.push(b'\r'),
+            b't' => out.push(b'\t'),
+            b'v' => out.push(11),
+            b'0'..=b'7' => {
+                let mut v = u32::from(next - b'0');
+                for _ in 0..2 {
+                    match field.get(i) {
+                        Some(d @ b'0'..=b'7') => {
+                            v = v * 8 + u32::from(d - b'0');
+                            i += 1;
+                        }
+                        _ => break,
+                    }
+                }
+                out.push(v as u8);
+            }
+            b'x' => {
+                let mut v = 0u32;
+                let mut digits = 0;
+                while digits < 2 {
+                    match field.get(i).and_then(|d| (*d as char).to_digit(16)) {
+                        Some(d) => {
+                            v = v * 16 + d;
+                            i += 1;
+                            digits += 1;
+                        }
+                        None => break,
+                    }
+                }
+                if digits == 0 {
+                    out.push(b'x');
+                } else {
+                    out.push(v as u8);
+                }
+            }
+            other => out.push(other),
+        }
+    }
+}
+
+/// One CSV-format COPY line.
+#[allow(clippy::too_many_arguments)]
+fn mask_csv_line(
+    current: &mut Current,
+    body: &[u8],
+    delimiter: u8,
+    quote: u8,
+    escape: u8,
+    null: &[u8],
+    scratch: &mut Vec<u8>,
+    out: &mut BytesMut,
+) -> bool {
+    let line = body.strip_suffix(b"\n").unwrap_or(body);
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let mut changed = false;
+    let mut col = 0;
+    let mut i = 0;
+    let mut value = Vec::new();
+    loop {
+        // One field: quoted or raw.
+        let start = i;
+        value.clear();
+        let quoted = line.get(i) == Some(&quote);
+        if quoted {
+            i += 1;
+            while i < line.len() {
+                let b = line[i];
+                let next = line.get(i + 1).copied();
+                if b == escape && (next == Some(quote) || (escape != quote && next == Some(escape)))
+                {
+                    value.push(line[i + 1]);
+                    i += 2;
+                } else if b == quote {
+                    i += 1;
+                    break;
+                } else {
+                    value.push(b);
+                    i += 1;
+                }
+            }
+        }
+        while i < line.len() && line[i] != delimiter {
+            value.push(line[i]);
+            i += 1;
+        }
+        let raw = &line[start..i];
+        if col > 0 {
+            out.put_u8(delimiter);
+        }
+        let is_null = !quoted && raw == null;
+        if is_null || !current.plan.inspects(col) {
+            out.extend_from_slice(raw);
+        } else {
+            match current.plan.mask_cell(col, &value, scratch) {
+                Cell::Keep => out.extend_from_slice(raw),
+                Cell::Null => {
+                    changed = true;
+                    out.extend_from_slice(null);
+                }
+                Cell::Replaced => {
+                    changed = true;
+                    // Quoted only when it must be, as PostgreSQL writes it.
+                    let needs_quotes = scratch.is_empty()
+                        || scratch.as_slice() == null
+                        || scratch.iter().any(|&b| {
+                            b == delimiter || b == quote || b == escape || b == b'\n' || b == b'\r'
+                        });
+                    if needs_quotes {
+                        out.put_u8(quote);
+                        for &b in scratch.iter() {
+                            if b == quote || (escape != quote && b == escape) {
+                                out.put_u8(escape);
+                            }
+                            out.put_u8(b);
+                        }
+                        out.put_u8(quote);
+                    } else {
+                        out.extend_from_slice(scratch);
+                    }
+                }
+            }
+        }
+        col += 1;
+        if i >= line.len() {
+            break;
+        }
+        i += 1; // the delimiter
+    }
+    out.put_u8(b'\n');
+    changed
+}
+
+/// A COPY line whose layout is unknown: column rules cannot tell fields apart, so a
+/// session with column rules sees the whole line masked; detectors rewrite what they find.
+fn mask_unknown_line(
+    current: &mut Current,
+    body: &[u8],
+    scratch: &mut Vec<u8>,
+    out: &mut BytesMut,
+) -> bool {
+    let line = body.strip_suffix(b"\n").unwrap_or(body);
+    match current.plan.mask_cell(0, line, scratch) {
+        Cell::Keep => false,
+        Cell::Null => {
+            out.extend_from_slice(b"\n");
+            true
+        }
+        Cell::Replaced => {
+            out.extend(scratch.iter().map(|b| if *b == b'\n' { b' ' } else { *b }));
+            out.put_u8(b'\n');
+            true
+        }
+    }
+}
