@@ -76,8 +76,9 @@ RESULTS_DIR="$REPO/bench/results"
 unset PGHOST PGHOSTADDR PGPORT PGUSER PGPASSWORD PGDATABASE PGSERVICE PGSERVICEFILE \
       PGSSLMODE PGOPTIONS PGPASSFILE PGAPPNAME PGTARGETSESSIONATTRS PGREQUIRESSL || true
 
-log() { echo "[bench $(date +%H:%M:%S)] $*" >&2; }
-die() { echo "[bench] ERROR: $*" >&2; exit 1; }
+# Shared helpers: log, die, stop_pid, free_ports, port_open, wait_port, as_pg.
+# shellcheck source=bench/lib.sh
+source "$REPO/bench/lib.sh"
 
 # ---------------------------------------------------------------- cleanup
 TMP=""
@@ -88,19 +89,6 @@ PGBENCH_PID=""
 RELAY_PID=""
 declare -a SLUICE_PIDS=()
 declare -A SLUICE_PID=() SLUICE_ENV=()
-
-stop_pid() { # pid [seconds]: TERM, wait, then KILL
-  local pid="$1" t="${2:-10}" i
-  kill -0 "$pid" 2>/dev/null || return 0
-  kill -TERM "$pid" 2>/dev/null || true
-  for ((i = 0; i < t * 10; i++)); do
-    kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
-    sleep 0.1
-  done
-  log "pid $pid did not stop after ${t}s; sending KILL"
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-}
 
 cleanup() {
   local rc=$?
@@ -128,38 +116,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
-
-# ---------------------------------------------------------------- helpers
-free_ports() { # n: prints n distinct free loopback TCP ports
-  python3 - "$1" <<'PY'
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-PY
-}
-
-port_open() { timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; }
-
-wait_port() { # port what [pid] [logfile]
-  local port="$1" what="$2" pid="${3:-}" logfile="${4:-}" deadline=$((SECONDS + READY_TIMEOUT))
-  until port_open "$port"; do
-    if [[ -n "$pid" ]] && ! kill -0 "$pid" 2>/dev/null; then
-      [[ -n "$logfile" ]] && tail -n 30 "$logfile" >&2
-      die "$what exited before listening on port $port"
-    fi
-    if ((SECONDS >= deadline)); then
-      [[ -n "$logfile" ]] && tail -n 30 "$logfile" >&2
-      die "$what not listening on port $port after ${READY_TIMEOUT}s"
-    fi
-    sleep 0.2
-  done
-}
-
-as_pg() { runuser -u "$RUN_AS" -- "$@"; }
 
 # ---------------------------------------------------------------- prerequisites
 [[ $EUID -eq 0 ]] || die "run as root (needs runuser to start PostgreSQL and PgBouncer as $RUN_AS)"

@@ -180,10 +180,9 @@ struct Matcher {
     slots: Vec<Slot>,
     /// No pattern matches fewer bytes than this.
     min_len: usize,
-    /// The prefilter families of the enabled built-ins; `None` when custom detectors
-    /// are present (their triggers are unknown: the whole value is searched).
-    families: Option<u8>,
-    pem: memchr::memmem::Finder<'static>,
+    /// The trigger scan of the enabled built-ins; `None` when custom detectors are
+    /// present (their triggers are unknown: the whole value is searched).
+    scanner: Option<prefilter::Scanner>,
 }
 
 // The built-in patterns. `(?-u)`: bytes, ASCII classes, ASCII word boundaries.
@@ -226,8 +225,8 @@ const API_TOKEN: &str = concat!(
     r"(?-u:\b(?:",
     r"gh[pousr]_[A-Za-z0-9]{36}",
     r"|github_pat_[A-Za-z0-9]{22}_[A-Za-z0-9]{59}",
-    r"|xox[baprs]-[A-Za-z0-9\-]{10,}",
-    r"|xapp-\d-[A-Za-z0-9\-]{10,}",
+    r"|xox[baprs]-[A-Za-z0-9\-]{20,}",
+    r"|xapp-\d-[A-Za-z0-9\-]{20,}",
     r"|hooks\.slack\.com/services/T[A-Z0-9]{6,}/B[A-Z0-9]{6,}/[A-Za-z0-9]{20,}",
     r"|(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{24,}",
     r"|whsec_[A-Za-z0-9]{32,}",
@@ -383,19 +382,16 @@ impl DetectorSet {
                 }
             })?;
         let slots = patterns.iter().map(|(_, slot, _)| *slot).collect();
-        let families = custom.is_empty().then(|| {
-            builtins
-                .iter()
-                .fold(0, |f, b| f | prefilter::family_of(b))
-        });
+        let scanner = custom
+            .is_empty()
+            .then(|| prefilter::Scanner::new(prefilter::Enabled::from_names(builtins)));
         Ok(DetectorSet {
             names,
             matcher: Some(Matcher {
                 re,
                 slots,
                 min_len,
-                families,
-                pem: memchr::memmem::Finder::new(b"-----BEGIN "),
+                scanner,
             }),
         })
     }
@@ -418,9 +414,9 @@ impl DetectorSet {
             return;
         }
         let mut windows = prefilter::Windows::new();
-        let spans: &[(usize, usize)] = match m.families {
-            Some(families) => {
-                prefilter::scan(families, &m.pem, value, &mut windows);
+        let spans: &[(usize, usize)] = match &m.scanner {
+            Some(scanner) => {
+                scanner.scan(value, &mut windows);
                 windows.finish(value.len())
             }
             None => &[(0, value.len())],

@@ -401,7 +401,7 @@ impl SessionMasking {
         statement: Option<&str>,
     ) -> Option<ResultPlan> {
         let mut labels: Vec<(String, Option<String>, &'static str)> = Vec::new();
-        let mentioned = statement.map(identifiers).unwrap_or_default();
+        let mentioned = statement.map(sluice_sql::identifiers).unwrap_or_default();
         let mut actions = Vec::with_capacity(columns.len());
         for c in columns {
             let rule = match c.origin {
@@ -630,41 +630,4 @@ fn inside_json_string(prefix: &[u8]) -> bool {
         }
     }
     inside
-}
-
-/// The identifiers a statement names (bare words and `"quoted"` names), lower-cased for
-/// bare words as PostgreSQL folds them. String literals count too: over-matching only
-/// masks more.
-fn identifiers(statement: &str) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    let bytes = statement.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        let b = bytes[i];
-        if b == b'"' {
-            let end = bytes[i + 1..]
-                .iter()
-                .position(|&c| c == b'"')
-                .map_or(bytes.len(), |p| i + 1 + p);
-            out.push(String::from_utf8_lossy(&bytes[i + 1..end]).into_owned());
-            i = end + 1;
-        } else if b.is_ascii_alphabetic() || b == b'_' || b >= 0x80 {
-            let start = i;
-            while i < bytes.len()
-                && (bytes[i].is_ascii_alphanumeric()
-                    || bytes[i] == b'_'
-                    || bytes[i] == b'$'
-                    || bytes[i] >= 0x80)
-            {
-                i += 1;
-            }
-            let word = String::from_utf8_lossy(&bytes[start..i]).to_ascii_lowercase();
-            if !out.contains(&word) {
-                out.push(word);
-            }
-        } else {
-            i += 1;
-        }
-    }
-    out
 }

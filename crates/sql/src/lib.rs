@@ -15,6 +15,6 @@ mod split;
 pub use copy::{copy_to_stdout, CopyOut};
 pub use redact::redact_secrets;
 pub use shape::{
-    fingerprint, first_word_is, has_unicode_identifier, normalize, significant_tokens,
+    fingerprint, first_word_is, has_unicode_identifier, identifiers, normalize, significant_tokens,
 };
 pub use split::{split_statements, split_statements_strict, Statement};

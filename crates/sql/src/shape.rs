@@ -26,6 +26,41 @@ pub fn first_word_is(sql: &str, word: &str) -> bool {
         .is_some_and(|t| t.kind == TokenKind::Word && t.text(sql).eq_ignore_ascii_case(word))
 }
 
+/// The names a statement mentions: unquoted words (lower-cased, as the server folds them),
+/// quoted identifiers (as written), and the words inside string constants (text that may
+/// become a name at run time). Each once, in order of appearance.
+pub fn identifiers(sql: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut add = |name: String| {
+        if !name.is_empty() && !out.contains(&name) {
+            out.push(name);
+        }
+    };
+    for t in tokenize(sql) {
+        match t.kind {
+            TokenKind::Word => add(t.text(sql).to_lowercase()),
+            TokenKind::QuotedIdent => {
+                let text = t.text(sql);
+                let inner = text
+                    .find('"')
+                    .map_or("", |start| &text[start + 1..])
+                    .strip_suffix('"')
+                    .unwrap_or_default();
+                add(inner.replace("\"\"", "\""));
+            }
+            TokenKind::Literal(l) => {
+                for word in sql[l.body_start..l.body_end]
+                    .split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$'))
+                {
+                    add(word.to_lowercase());
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
 /// The statement as the server reads it, written one way: keywords and unquoted identifiers
 /// in lower case, comments dropped, whitespace collapsed, constants kept exactly. Two texts
 /// with the same normal form run the same statement with the same values.
@@ -69,6 +104,14 @@ fn shape(sql: &str, hide_constants: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn identifiers_follow_the_lexer() {
+        assert_eq!(
+            identifiers(r#"SELECT '"', lower(EMAIL) FROM "My ""T""" WHERE x = E'a\'b ssn'"#),
+            ["select", "lower", "email", "from", "My \"T\"", "where", "x", "a", "b", "ssn"]
+        );
+    }
 
     #[test]
     fn fingerprints_ignore_constants_case_and_comments() {

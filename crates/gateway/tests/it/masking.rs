@@ -363,3 +363,29 @@ fn a_huge_masked_result_streams_in_bounded_memory() {
         .iter()
         .any(|m| m["detector"] == "email" && m["values"] == 2_000_000));
 }
+
+#[test]
+fn cursors_returning_clauses_and_notifications_are_masked() {
+    let (gw, token) = masked_gateway("mask_more");
+    let (ok, out, err) = gw.psql_script(
+        &gw.conninfo("mask_more", "erin", &token),
+        &[],
+        r#"
+BEGIN;
+DECLARE c CURSOR FOR SELECT id, email FROM users ORDER BY id;
+FETCH 1 FROM c;
+CLOSE c;
+UPDATE users SET age = age + 1 WHERE id = 2 RETURNING email, age;
+ROLLBACK;
+LISTEN ch;
+NOTIFY ch, 'write to carol@example.com';
+"#,
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("1|[redacted]"), "{out}");
+    assert!(out.contains("[redacted]|42"), "{out}");
+    assert!(out.contains("payload \"write to [redacted]\""), "{out}");
+    for secret in ["alice@example.com", "bob@example.org", "carol@example.com"] {
+        assert!(!out.contains(secret), "{secret}: {out}");
+    }
+}

@@ -1,36 +1,68 @@
 //! The trigger scan: before the combined regex runs, a cheap look at the value finds
-//! the windows where a built-in detector could possibly match, so that most bytes of
-//! ordinary text (names, prose, dates, small numbers) are never given to the regex.
+//! the windows where an enabled built-in detector could possibly match, so that most
+//! bytes of ordinary text (names, prose, dates, small numbers, JSON) are never given to
+//! the regex.
 //!
-//! Every window is a necessary condition of a family of built-ins, derived from what
-//! their patterns and validators require: a match lies wholly inside a maximal run of
-//! the bytes its pattern can contain, and that run has enough digits, colons or
-//! length. Runs that must be long are found by sampling every `stride`-th byte (a run
-//! at least `stride` long always contains a sample) and growing the run around a
-//! sampled byte; rarer triggers (`@`, `:`, `-----BEGIN `) are found with memchr.
+//! Every window comes from a necessary condition of the built-ins it serves, derived
+//! from what their patterns and validators require:
+//!
+//! - card, SSN, phone, IPv4: the match lies inside a maximal run of digits and
+//!   `space ( ) + - . /` whose digit groups have the right shape (≥ 13 digits; a `+` and
+//!   ≥ 8 digits; ≥ 4 digits and 3 dots; consecutive groups of 3-2-4 or 3-3-4 digits; a
+//!   group starting with `0` followed by ≥ 9 digits in all). Such runs are found by
+//!   sampling every 7th byte (a run of 7 or more always holds a sample) and growing
+//!   the run around it.
+//! - IBAN: every IBAN holds such a run with ≥ 9 digits (its BBAN is mostly digits);
+//!   the window is that run widened over upper-case letters, digits and spaces.
+//! - IPv6: a hex run with `::` (found with memmem) or six colons or more.
+//! - email: an `@` (memchr) with local-part bytes before it and a dot after it.
+//! - AWS access key, JWT, API tokens: one of their literal prefixes (one
+//!   Aho-Corasick pass); the window is the surrounding token run.
+//! - AWS secret key: a token run of at least 40 bytes (sampling every 40th byte).
+//! - private key: `-----BEGIN ` (memmem).
+//!
+//! A counting pass (digits, colons, `@`, dashes, dots, `+`) first rules out whole
+//! families for the many values that cannot hold them.
 
-/// Families of built-ins that share a trigger.
-pub(super) mod family {
-    /// `credit_card`, `us_ssn`, `phone`, `ipv4`.
-    pub const NUMERIC: u8 = 1;
-    pub const IPV6: u8 = 2;
-    pub const EMAIL: u8 = 4;
-    /// `aws_access_key`, `aws_secret_key`, `jwt`, `api_token`.
-    pub const TOKEN: u8 = 8;
-    pub const IBAN: u8 = 16;
-    pub const PEM: u8 = 32;
+/// The built-ins a scanner serves.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Enabled {
+    pub card: bool,
+    pub ssn: bool,
+    pub phone: bool,
+    pub ipv4: bool,
+    pub iban: bool,
+    pub ipv6: bool,
+    pub email: bool,
+    pub aws_secret: bool,
+    /// AWS access key ids, JWTs, API tokens: detectors with a literal prefix.
+    pub prefixed: bool,
+    pub pem: bool,
 }
 
-/// The families a built-in belongs to.
-pub(super) fn family_of(builtin: &str) -> u8 {
-    match builtin {
-        "credit_card" | "us_ssn" | "phone" | "ipv4" => family::NUMERIC,
-        "ipv6" => family::IPV6,
-        "email" => family::EMAIL,
-        "aws_access_key" | "aws_secret_key" | "jwt" | "api_token" => family::TOKEN,
-        "iban" => family::IBAN,
-        "private_key" => family::PEM,
-        _ => 0,
+impl Enabled {
+    pub(super) fn from_names<S: AsRef<str>>(names: &[S]) -> Enabled {
+        let mut e = Enabled::default();
+        for name in names {
+            match name.as_ref() {
+                "credit_card" => e.card = true,
+                "us_ssn" => e.ssn = true,
+                "phone" => e.phone = true,
+                "ipv4" => e.ipv4 = true,
+                "iban" => e.iban = true,
+                "ipv6" => e.ipv6 = true,
+                "email" => e.email = true,
+                "aws_secret_key" => e.aws_secret = true,
+                "aws_access_key" | "jwt" | "api_token" => e.prefixed = true,
+                "private_key" => e.pem = true,
+                _ => {}
+            }
+        }
+        e
+    }
+
+    fn numeric(&self) -> bool {
+        self.card || self.ssn || self.phone || self.ipv4 || self.iban
     }
 }
 
@@ -89,14 +121,14 @@ fn is(b: u8, class: u8) -> bool {
 
 /// The maximal run of `class` bytes around `pos` (which must be one).
 fn grow(v: &[u8], pos: usize, class: u8) -> (usize, usize) {
-    let mut s = pos;
-    while s > 0 && is(v[s - 1], class) {
-        s -= 1;
-    }
-    let mut e = pos + 1;
-    while e < v.len() && is(v[e], class) {
-        e += 1;
-    }
+    let s = v[..pos]
+        .iter()
+        .rposition(|&b| !is(b, class))
+        .map_or(0, |i| i + 1);
+    let e = v[pos + 1..]
+        .iter()
+        .position(|&b| !is(b, class))
+        .map_or(v.len(), |i| pos + 1 + i);
     (s, e)
 }
 
@@ -117,8 +149,114 @@ fn sampled_runs(v: &[u8], stride: usize, class: u8, mut f: impl FnMut(usize, usi
     }
 }
 
+/// What a numeric run could hold.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct NumericRun {
+    /// Card, SSN, phone or IPv4 shaped.
+    candidate: bool,
+    /// Digits enough for an IBAN.
+    iban: bool,
+}
+
+/// Reads the digit groups of a run of `C_NUM` bytes.
+fn numeric_run(run: &[u8], e: &Enabled) -> NumericRun {
+    let (mut digits, mut dots, mut plus) = (0usize, 0usize, false);
+    // Lengths of the last three digit groups, the current one, its first digit, and
+    // the digit count before the first group that starts with `0` (2–6 digits long).
+    let mut last = [0usize; 3];
+    let (mut cur, mut first) = (0usize, 0u8);
+    let mut trunk_from: Option<usize> = None;
+    let (mut ssn, mut nanp) = (false, false);
+    let mut end_group = |cur: usize, first: u8, digits: usize, last: &mut [usize; 3]| {
+        last.rotate_left(1);
+        last[2] = cur;
+        ssn |= *last == [3, 2, 4];
+        nanp |= *last == [3, 3, 4];
+        if first == b'0' && (2..=6).contains(&cur) && trunk_from.is_none() {
+            trunk_from = Some(digits - cur);
+        }
+    };
+    for &b in run {
+        if b.is_ascii_digit() {
+            if cur == 0 {
+                first = b;
+            }
+            cur += 1;
+            digits += 1;
+        } else {
+            if cur > 0 {
+                end_group(cur, first, digits, &mut last);
+                cur = 0;
+            }
+            dots += usize::from(b == b'.');
+            plus |= b == b'+';
+        }
+    }
+    if cur > 0 {
+        end_group(cur, first, digits, &mut last);
+    }
+    let trunk = trunk_from.is_some_and(|from| digits - from >= 9);
+    let candidate = (e.card && digits >= 13)
+        || (e.phone && (digits >= 13 || (plus && digits >= 8) || nanp || trunk))
+        || (e.ssn && ssn)
+        || (e.ipv4 && digits >= 4 && dots >= 3);
+    NumericRun {
+        candidate,
+        iban: e.iban && digits >= 9,
+    }
+}
+
+/// Counts of the bytes that rule families in or out.
+#[derive(Debug, Clone, Copy, Default)]
+struct Counts {
+    digits: usize,
+    colons: usize,
+    ats: usize,
+    dashes: usize,
+    dots: usize,
+    plus: usize,
+}
+
+impl Counts {
+    fn of(v: &[u8]) -> Counts {
+        fn add(c: &mut Counts, block: &[u8; 32]) {
+            // Byte-wide sums over a fixed-size block vectorise.
+            let (mut d, mut co, mut a, mut h, mut p, mut pl) = (0u8, 0u8, 0u8, 0u8, 0u8, 0u8);
+            for &b in block {
+                d += u8::from(b.wrapping_sub(b'0') < 10);
+                co += u8::from(b == b':');
+                a += u8::from(b == b'@');
+                h += u8::from(b == b'-');
+                p += u8::from(b == b'.');
+                pl += u8::from(b == b'+');
+            }
+            c.digits += usize::from(d);
+            c.colons += usize::from(co);
+            c.ats += usize::from(a);
+            c.dashes += usize::from(h);
+            c.dots += usize::from(p);
+            c.plus += usize::from(pl);
+        }
+        let mut c = Counts::default();
+        let mut blocks = v.chunks_exact(32);
+        for block in &mut blocks {
+            if let Ok(block) = block.try_into() {
+                add(&mut c, block);
+            }
+        }
+        // The tail, padded with zero bytes (which count as nothing).
+        let rest = blocks.remainder();
+        if !rest.is_empty() {
+            let mut tail = [0u8; 32];
+            tail[..rest.len()].copy_from_slice(rest);
+            add(&mut c, &tail);
+        }
+        c
+    }
+}
+
 /// Up to this many windows are kept apart; past it, one window covers the rest.
-const CAP: usize = 16;
+const CAP: usize = 8;
 
 /// The windows of one value, sorted and merged.
 pub(super) struct Windows {
@@ -151,6 +289,9 @@ impl Windows {
 
     /// The merged windows in ascending order.
     pub(super) fn finish(&mut self, value_len: usize) -> &[(usize, usize)] {
+        if self.len <= 1 && self.overflow.is_none() {
+            return &self.spans[..self.len];
+        }
         if let Some(min) = self.overflow {
             self.spans[0] = (min, value_len);
             self.len = 1;
@@ -172,84 +313,180 @@ impl Windows {
     }
 }
 
-/// Adds the windows where the built-ins of `families` could match in `v`.
-pub(super) fn scan(families: u8, pem: &memchr::memmem::Finder<'_>, v: &[u8], out: &mut Windows) {
-    if families & family::NUMERIC != 0 {
-        // Shortest: an IPv4 `1.2.3.4`. Enough digits for the shortest phone (8 after a
-        // `+`, else 9), SSN (9) or card (13), or four digits and three dots.
-        sampled_runs(v, 7, C_NUM, |s, e| {
-            let (mut digits, mut dots, mut plus) = (0, 0, false);
-            for &b in &v[s..e] {
-                match b {
-                    b'0'..=b'9' => digits += 1,
-                    b'.' => dots += 1,
-                    b'+' => plus = true,
-                    _ => {}
+/// Literal prefixes of the AWS access key, JWT and API token detectors.
+const TOKEN_PREFIXES: &[&str] = &[
+    "eyJ",
+    "AKIA",
+    "ASIA",
+    "ABIA",
+    "ACCA",
+    "AGPA",
+    "AIDA",
+    "AIPA",
+    "ANPA",
+    "ANVA",
+    "AROA",
+    "APKA",
+    "ASCA",
+    "ghp_",
+    "gho_",
+    "ghu_",
+    "ghs_",
+    "ghr_",
+    "github_pat_",
+    "xoxb-",
+    "xoxa-",
+    "xoxp-",
+    "xoxr-",
+    "xoxs-",
+    "xapp-",
+    "hooks.slack.com",
+    "sk_live_",
+    "sk_test_",
+    "rk_live_",
+    "rk_test_",
+    "pk_live_",
+    "pk_test_",
+    "whsec_",
+    "glpat-",
+    "AIza",
+    "sq0atp-",
+    "sq0csp-",
+    "npm_",
+    "SG.",
+    "sk-",
+    "slu_",
+];
+
+/// What the scan needs besides the value: built once per detector set.
+#[derive(Debug)]
+pub(super) struct Scanner {
+    on: Enabled,
+    pem: memchr::memmem::Finder<'static>,
+    prefixes: aho_corasick::AhoCorasick,
+}
+
+impl Scanner {
+    pub(super) fn new(on: Enabled) -> Scanner {
+        Scanner {
+            on,
+            pem: memchr::memmem::Finder::new(b"-----BEGIN "),
+            prefixes: aho_corasick::AhoCorasick::new(TOKEN_PREFIXES)
+                .expect("a few short literals always build an automaton"),
+        }
+    }
+
+    /// Adds the windows where the enabled built-ins could match in `v`.
+    pub(super) fn scan(&self, v: &[u8], out: &mut Windows) {
+        let on = &self.on;
+        let c = Counts::of(v);
+        let numeric = (on.numeric() && c.digits >= 9)
+            || (on.phone && c.plus > 0 && c.digits >= 8)
+            || (on.ipv4 && c.digits >= 4 && c.dots >= 3);
+        if numeric {
+            sampled_runs(v, 7, C_NUM, |s, e| {
+                let run = numeric_run(&v[s..e], on);
+                if run.candidate {
+                    out.push(s, e);
                 }
-            }
-            if digits >= 9 || (plus && digits >= 8) || (dots >= 3 && digits >= 4) {
-                out.push(s, e);
-            }
-        });
-    }
-    if families & family::IBAN != 0 {
-        // Shortest: 15 characters (Norway), starting with two letters and two digits.
-        sampled_runs(v, 15, C_IBAN, |s, e| {
-            let run = &v[s..e];
-            let signature = run.windows(4).any(|w| {
-                w[0].is_ascii_uppercase()
-                    && w[1].is_ascii_uppercase()
-                    && w[2].is_ascii_digit()
-                    && w[3].is_ascii_digit()
+                if run.iban {
+                    // Widen over the country code and any letters of the BBAN; an
+                    // IBAN starts with two letters and two digits.
+                    let s = v[..s]
+                        .iter()
+                        .rposition(|&b| !is(b, C_IBAN))
+                        .map_or(0, |i| i + 1);
+                    let e = v[e..]
+                        .iter()
+                        .position(|&b| !is(b, C_IBAN))
+                        .map_or(v.len(), |i| e + i);
+                    let signature = v[s..e].windows(4).any(|w| {
+                        w[0].is_ascii_uppercase()
+                            && w[1].is_ascii_uppercase()
+                            && w[2].is_ascii_digit()
+                            && w[3].is_ascii_digit()
+                    });
+                    if signature {
+                        out.push(s, e);
+                    }
+                }
             });
-            if signature {
-                out.push(s, e);
+        }
+        if on.email && c.ats > 0 {
+            email(v, out);
+        }
+        if on.ipv6 && c.colons >= 2 {
+            ipv6(v, c.colons, out);
+        }
+        if on.prefixed && v.len() >= 15 {
+            // Each prefix, with the token run around it (and one byte either side).
+            let mut from = 0;
+            while let Some(m) = self.prefixes.find(&v[from..]) {
+                let (s, e) = grow(v, from + m.start(), C_TOK);
+                out.push(s.saturating_sub(1), (e + 1).min(v.len()));
+                from = e.max(from + m.end());
             }
-        });
-    }
-    if families & family::TOKEN != 0 {
-        // Shortest: a Slack `xoxb-` token (15); the AWS secret pattern also reads the
-        // byte on either side of its 40 characters.
-        sampled_runs(v, 15, C_TOK, |s, e| {
-            out.push(s.saturating_sub(1), (e + 1).min(v.len()));
-        });
-    }
-    if families & family::IPV6 != 0 {
-        // A candidate has `::`, or at least six colons (six groups and an IPv4).
-        let mut from = 0;
-        while let Some(i) = memchr::memchr(b':', &v[from..]) {
-            let (s, e) = grow(v, from + i, C_HEX);
-            let run = &v[s..e];
-            let colons = run.iter().filter(|&&b| b == b':').count();
-            if colons >= 6 || run.windows(2).any(|w| w == b"::") {
-                out.push(s, e);
+        }
+        if on.aws_secret && v.len() >= 40 {
+            // The pattern also reads the byte on either side of its 40 characters.
+            sampled_runs(v, 40, C_TOK, |s, e| {
+                out.push(s.saturating_sub(1), (e + 1).min(v.len()));
+            });
+        }
+        if on.pem && v.len() >= 27 && c.dashes >= 10 {
+            for at in self.pem.find_iter(v) {
+                // The BEGIN line is at most 48 bytes; the validator finds the END line.
+                out.push(at, (at + 64).min(v.len()));
             }
-            from = e;
         }
     }
-    if families & family::EMAIL != 0 {
-        let mut from = 0;
-        while let Some(i) = memchr::memchr(b'@', &v[from..]) {
-            let at = from + i;
-            let mut s = at;
-            while s > 0 && is(v[s - 1], C_LOCAL) {
-                s -= 1;
-            }
-            let mut e = at + 1;
-            while e < v.len() && is(v[e], C_DOMAIN) {
-                e += 1;
-            }
-            if s < at && v[at + 1..e].contains(&b'.') {
-                out.push(s, e);
-            }
-            from = at + 1;
+}
+
+fn email(v: &[u8], out: &mut Windows) {
+    let mut from = 0;
+    while let Some(i) = memchr::memchr(b'@', &v[from..]) {
+        let at = from + i;
+        let s = v[..at]
+            .iter()
+            .rposition(|&b| !is(b, C_LOCAL))
+            .map_or(0, |i| i + 1);
+        let e = v[at + 1..]
+            .iter()
+            .position(|&b| !is(b, C_DOMAIN))
+            .map_or(v.len(), |i| at + 1 + i);
+        if s < at && v[at + 1..e].contains(&b'.') {
+            out.push(s, e);
         }
+        from = at + 1;
     }
-    if families & family::PEM != 0 {
-        for at in pem.find_iter(v) {
-            // The BEGIN line is at most 48 bytes; the validator finds the END line.
-            out.push(at, (at + 64).min(v.len()));
+}
+
+fn ipv6(v: &[u8], colons: usize, out: &mut Windows) {
+    // Compressed forms: a hex run with `::`.
+    let mut from = 0;
+    while let Some(i) = memchr::memmem::find(&v[from..], b"::") {
+        let (s, e) = grow(v, from + i, C_HEX);
+        out.push(s, e);
+        from = e;
+    }
+    if colons < 6 {
+        return;
+    }
+    // Full forms (eight groups, or six and an IPv4): a hex run with six colons or
+    // more, found from a colon between two hex digits.
+    let mut from = 0;
+    while let Some(i) = memchr::memchr(b':', &v[from..]) {
+        let at = from + i;
+        from = at + 1;
+        let hex_before = at > 0 && v[at - 1].is_ascii_hexdigit();
+        if !(hex_before && v.get(at + 1).is_some_and(u8::is_ascii_hexdigit)) {
+            continue;
         }
+        let (s, e) = grow(v, at, C_HEX);
+        if v[s..e].iter().filter(|&&b| b == b':').count() >= 6 {
+            out.push(s, e);
+        }
+        from = e;
     }
 }
 
@@ -257,36 +494,94 @@ pub(super) fn scan(families: u8, pem: &memchr::memmem::Finder<'_>, v: &[u8], out
 mod tests {
     use super::*;
 
-    fn windows(families: u8, v: &str) -> Vec<(usize, usize)> {
-        let pem = memchr::memmem::Finder::new(b"-----BEGIN ");
+    fn windows(names: &[&str], v: &str) -> Vec<(usize, usize)> {
         let mut w = Windows::new();
-        scan(families, &pem, v.as_bytes(), &mut w);
+        Scanner::new(Enabled::from_names(names)).scan(v.as_bytes(), &mut w);
         w.finish(v.len()).to_vec()
     }
 
+    const ALL: &[&str] = &[
+        "email",
+        "credit_card",
+        "us_ssn",
+        "phone",
+        "iban",
+        "ipv4",
+        "ipv6",
+        "aws_access_key",
+        "aws_secret_key",
+        "jwt",
+        "private_key",
+        "api_token",
+    ];
+
     #[test]
     fn plain_text_has_no_windows() {
-        let all = 63;
-        assert!(windows(all, "Customer called about the delayed shipment on 2024-05-17.").is_empty());
-        assert!(windows(all, "{\"plan\":\"trial\",\"seats\":12}").is_empty());
-        assert!(windows(all, "12:30:45").is_empty());
+        for v in [
+            "Customer called about the delayed shipment on 2024-05-17.",
+            "{\"plan\":\"trial\",\"seats\":12,\"renewal\":\"2025-07-19\"}",
+            "2024-05-17 08:12:44",
+            "12:30:45",
+            "INV-2024-00871",
+            "550e8400-e29b-41d4-a716-446655440000",
+            "v2.4.1 build 1187",
+        ] {
+            assert!(windows(ALL, v).is_empty(), "{v}");
+        }
     }
 
     #[test]
     fn triggers() {
-        assert_eq!(windows(family::NUMERIC, "call 415-555-2671 now"), [(4, 18)]);
-        assert_eq!(windows(family::EMAIL, "x a.b@c.de y"), [(2, 10)]);
-        assert_eq!(windows(family::IPV6, "at ::1 up"), [(3, 6)]);
-        assert_eq!(windows(family::TOKEN, "k=AKIAIOSFODNN7EXAMPLE;"), [(1, 23)]);
-        assert_eq!(windows(family::IBAN, "DE89 3704 0044 0532 0130 00"), [(0, 27)]);
+        assert_eq!(windows(&["phone"], "call 415-555-2671 now"), [(4, 18)]);
+        assert_eq!(windows(&["us_ssn"], "ssn 123-45-6789"), [(3, 15)]);
+        assert_eq!(windows(&["phone"], "tel 030 901820"), [(3, 14)]);
+        assert_eq!(windows(&["ipv4"], "at 10.0.0.1"), [(2, 11)]);
+        assert_eq!(windows(&["email"], "x a.b@c.de y"), [(2, 10)]);
+        assert_eq!(windows(&["ipv6"], "at ::1 up"), [(3, 6)]);
+        assert_eq!(
+            windows(&["aws_access_key"], "k=AKIAIOSFODNN7EXAMPLE;"),
+            [(1, 23)]
+        );
+        assert_eq!(windows(&["iban"], "DE89 3704 0044 0532 0130 00"), [(0, 27)]);
+        assert_eq!(windows(&["iban"], "x GB82WEST12345698765432 y"), [(1, 25)]);
         // Overlapping windows merge.
-        assert_eq!(windows(family::NUMERIC | family::TOKEN, "4111111111111111"), [(0, 16)]);
+        assert_eq!(
+            windows(&["credit_card", "aws_access_key"], "4111111111111111"),
+            [(0, 16)]
+        );
+        assert!(windows(&["credit_card"], "123456789012").is_empty());
+    }
+
+    #[test]
+    fn numeric_runs() {
+        let all = Enabled::from_names(ALL);
+        let cand = |r: &str| numeric_run(r.as_bytes(), &all).candidate;
+        assert!(cand(" (415) 555-2671 "));
+        assert!(cand("1-800-555-0199"));
+        assert!(cand(" 123-45-6789"));
+        assert!(cand("01 42 68 53 00"));
+        assert!(cand("+49 30 901820"));
+        assert!(cand("4111 1111 1111 1111"));
+        assert!(cand(" 1.2.3.4 "));
+        assert!(!cand("2024-05-17 08"));
+        assert!(!cand("-2024-00871"));
+        assert!(!cand(" 12345.67"));
+    }
+
+    #[test]
+    fn counts() {
+        let v: Vec<u8> = (0..=255u8).chain(b"0:@-9.+".iter().copied()).collect();
+        let c = Counts::of(&v);
+        assert_eq!(
+            (c.digits, c.colons, c.ats, c.dashes, c.dots, c.plus),
+            (12, 2, 2, 2, 2, 2)
+        );
     }
 
     #[test]
     fn overflow_covers_the_rest() {
-        let v = "1.2.3.4 ".repeat(40);
-        let w = windows(family::NUMERIC, &v);
+        let v = "1.2.3.4 x ".repeat(40);
+        let w = windows(&["ipv4"], &v);
         assert_eq!(w.len(), 1);
         assert_eq!(w[0], (0, v.len()));
     }

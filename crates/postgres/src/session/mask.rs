@@ -346,6 +346,37 @@ impl Masker {
         Some(out)
     }
 
+    /// A NotificationResponse (LISTEN/NOTIFY): its payload through the detectors.
+    pub fn scrub_notification(&mut self, body: &[u8]) -> Option<BytesMut> {
+        let channel_end = 4 + body.get(4..)?.iter().position(|b| *b == 0)?;
+        let payload = body.get(channel_end + 1..)?.strip_suffix(&[0])?;
+        let (text, counts) = self.masking.mask_text(std::str::from_utf8(payload).ok()?)?;
+        self.counts.extend(counts);
+        let mut out = BytesMut::new();
+        out.put_u8(b'A');
+        out.put_i32(0);
+        out.extend_from_slice(&body[..=channel_end]);
+        out.extend_from_slice(text.replace('\0', "").as_bytes());
+        out.put_u8(0);
+        let len = (out.len() - 1) as i32;
+        out[1..5].copy_from_slice(&len.to_be_bytes());
+        Some(out)
+    }
+
+    /// A FunctionCallResponse (fast-path call): its type is unknown here, so a value the
+    /// detectors flag becomes NULL.
+    pub fn function_result(&mut self, body: &[u8]) -> Option<BytesMut> {
+        let len = i32::from_be_bytes(body.get(..4)?.try_into().ok()?);
+        let value = body.get(4..4 + usize::try_from(len).ok()?)?;
+        let (_, counts) = self.masking.mask_text(&String::from_utf8_lossy(value))?;
+        self.counts.extend(counts);
+        let mut out = BytesMut::new();
+        out.put_u8(b'V');
+        out.put_i32(8);
+        out.put_i32(-1);
+        Some(out)
+    }
+
     /// The current result ended (its counts wait for the statement's completion).
     fn end_result(&mut self) {
         if let Some(c) = self.current.take() {

@@ -163,6 +163,8 @@ impl<P: Pipeline> ServerToClient<P> {
                     b'D' => m.data_row(body),
                     b'd' => m.copy_data(body),
                     b'E' | b'N' => m.scrub_message(h.tag, body),
+                    b'A' => m.scrub_notification(body),
+                    b'V' => m.function_result(body),
                     _ => None,
                 },
                 None => None,
@@ -241,7 +243,7 @@ impl<P: Pipeline> ServerToClient<P> {
             )
         };
         if let Some(m) = self.masker.as_mut() {
-            if matches!(tag, b'C' | b'I' | b's' | b'E') {
+            if matches!(tag, b'C' | b'I' | b's' | b'E' | b'V') {
                 let masked = m.finish();
                 if let Some(o) = outcomes.first_mut() {
                     o.masked = masked;
