@@ -19,7 +19,9 @@
 //!   single dots (≤ 64 bytes), domain labels of letters, digits and inner hyphens
 //!   (≤ 63 bytes each, ≤ 253 in all), a letters-only TLD of ≥ 2. Not detected: hosts
 //!   without a dot (`user@localhost`), IP-literal domains, quoted or non-ASCII local
-//!   parts, and addresses glued to a following `-`/word character.
+//!   parts, addresses glued to a following `-`/word character, file names whose
+//!   "TLD" is a common file extension (`logo@2x.png`), and the user part of a URL
+//!   (`postgres://app@db.internal`).
 //! - `credit_card`: 13–19 digits, contiguous or grouped 4-4-4-4(-3), 4-6-5, 4-6-4 with
 //!   one separator kind (space or dash); Luhn-valid; a known IIN range with a length
 //!   that brand issues. Not part of a longer digit run (or of a dashed/dotted one).
@@ -27,7 +29,7 @@
 //!   area 000, 666, 900–999, group 00, serial 0000 and the well-known 078-05-1120 and
 //!   219-09-9999. Bare nine digits are not detected: they are indistinguishable from
 //!   any other nine-digit number.
-//! - `phone`: E.164 (`+` country code, 8–15 digits, separators space, dot, dash,
+//! - `phone`: E.164 (`+` or `00` and the country code, 8–15 digits, separators space, dot, dash,
 //!   one parenthesised group); NANP `(415) 555-2671`, `415-555-2671`, `415.555.2671`,
 //!   `415 555 2671`, `1-415-555-2671` (valid area and exchange codes, consistent
 //!   separators); trunk-prefixed national numbers `020 7946 0958`, `07700 900123`,
@@ -42,9 +44,11 @@
 //! - `ipv6`: any form `std::net::Ipv6Addr` parses (full, compressed, embedded IPv4),
 //!   except the bare unspecified `::`. Times (`12:30:45`) and MAC addresses do not
 //!   parse and are not detected.
-//! - `aws_access_key`: the documented key-id prefixes followed by 16 base-32 characters.
-//! - `aws_secret_key`: exactly 40 characters of `[A-Za-z0-9/+]` not adjacent to another
-//!   base64 or `_`/`-`/`=` character, containing upper case, lower case and a digit, at
+//! - `aws_access_key`: the documented key-id prefixes followed by 16 upper-case letters or
+//!   digits (AWS's own example `AKIAI44QH8DHBEXAMPLE` is not base-32).
+//! - `aws_secret_key`: exactly 40 characters of `[A-Za-z0-9/+]`, not adjacent to another
+//!   base64 or `_`/`-` character nor followed by `=` (padding: a longer blob), not one
+//!   segment of a dotted token (`xxx.<40>.yyy`, as in a JWT), containing upper case, lower case and a digit, at
 //!   most four `/`, and changing character class often (≥ 14 times), as random strings
 //!   do and identifiers or paths do not. No surrounding context (`aws_secret…`) is
 //!   required, so any random-looking 40-character base64 string is a hit.
@@ -151,7 +155,7 @@ impl Check {
         match self {
             Check::Email => is_local_byte(b),
             Check::CreditCard | Check::UsSsn | Check::Ipv4 => b.is_ascii_digit(),
-            Check::PhoneE164 => b == b'+',
+            Check::PhoneE164 => b == b'+' || b == b'0',
             Check::PhoneNanp => b.is_ascii_digit() || b == b'(',
             Check::PhoneTrunk => b == b'0' || b == b'(',
             Check::PhoneFr => b == b'0',
@@ -194,7 +198,10 @@ const CREDIT_CARD: &str = r"(?-u:\b(?:\d{4}[ \-]\d{4}[ \-]\d{4}[ \-]\d{4}(?:[ \-
 
 const US_SSN: &str = r"(?-u:\b\d{3}[ \-]\d{2}[ \-]\d{4}\b)";
 
-const PHONE_E164: &str = r"(?-u:\b{start-half}\+(?:[1-9]\d{7,14}|[1-9]\d{0,3}(?:[ .\-]?\(\d{1,4}\)[ .\-]?\d{1,6}|[ .\-]\d{1,6})(?:[ .\-]\d{1,6}){0,6})\b)";
+const PHONE_E164: &str = concat!(
+    r"(?-u:\b{start-half}(?:\+[1-9]\d{7,14}|(?:\+|00)[1-9]\d{0,3}",
+    r"(?:[ .\-]?\(\d{1,4}\)[ .\-]?\d{1,8}|[ .\-]\d{1,8})(?:[ .\-]\d{1,8}){0,6})\b)"
+);
 
 const PHONE_NANP: &str = r"(?-u:\b{start-half}(?:1[ .\-]?)?(?:\([2-9]\d{2}\)[ .\-]?|[2-9]\d{2}[ .\-])[2-9]\d{2}[ .\-]\d{4}\b)";
 
@@ -211,10 +218,10 @@ const IPV4: &str =
 const IPV6: &str = r"(?-u:\b{start-half}(?:[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){7}|(?:[0-9A-Fa-f]{1,4}:){6}(?:\d{1,3}\.){3}\d{1,3}|[0-9A-Fa-f:]*::(?:[0-9A-Fa-f]{1,4}:)*(?:\d{1,3}\.){3}\d{1,3}|[0-9A-Fa-f:]*::[0-9A-Fa-f:]*))";
 
 const AWS_ACCESS_KEY: &str =
-    r"(?-u:\b(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AIPA|ANPA|ANVA|AROA|APKA|ASCA)[A-Z2-7]{16}\b)";
+    r"(?-u:\b(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AIPA|ANPA|ANVA|AROA|APKA|ASCA)[A-Z0-9]{16}\b)";
 
 const AWS_SECRET_KEY: &str =
-    r"(?-u:(?:^|[^A-Za-z0-9/+=_\-])[A-Za-z0-9/+]{40}(?:$|[^A-Za-z0-9/+=_\-]))";
+    r"(?-u:(?:^|[^A-Za-z0-9/+_\-])[A-Za-z0-9/+]{40}(?:$|[^A-Za-z0-9/+=_\-]))";
 
 const JWT: &str = r"(?-u:\beyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]*)";
 
@@ -583,9 +590,34 @@ fn email_ok(v: &[u8], s: usize, e: usize) -> bool {
         return false;
     }
     // The domain must not run on into more host-name characters or another `@`.
-    !matches!(v.get(e), Some(b'-' | b'@'))
-        && !(v.get(e) == Some(&b'.') && v.get(e + 1).is_some_and(|&b| is_word(b)))
+    if matches!(v.get(e), Some(b'-' | b'@'))
+        || (v.get(e) == Some(&b'.') && v.get(e + 1).is_some_and(|&b| is_word(b)))
+    {
+        return false;
+    }
+    // A file name (`logo@2x.png`) is not an address.
+    let tld = domain.rsplit(|&b| b == b'.').next().unwrap_or_default();
+    if FILE_EXTENSIONS
+        .iter()
+        .any(|x| tld.eq_ignore_ascii_case(x.as_bytes()))
+    {
+        return false;
+    }
+    // Nor is the user part of a URL (`postgres://app@db.internal`, `https://u:p@host`).
+    let before = &v[..s];
+    let userinfo = before
+        .iter()
+        .rposition(|&b| !(is_local_byte(b) || b == b'.' || b == b':'))
+        .map_or(0, |i| i + 1);
+    !before[..userinfo].ends_with(b"//")
 }
+
+/// File name extensions that are not top-level domains.
+const FILE_EXTENSIONS: &[&str] = &[
+    "png", "jpg", "jpeg", "gif", "svg", "webp", "bmp", "ico", "css", "js", "mjs", "json", "html",
+    "htm", "pdf", "txt", "log", "csv", "xml", "yml", "yaml", "toml", "exe", "dll", "tgz", "gz",
+    "bz2", "xz", "mp3", "mp4", "wav", "avi", "mov", "mkv", "woff", "woff2", "ttf", "otf",
+];
 
 fn luhn(digits: &[u8]) -> bool {
     let mut sum = 0u32;
@@ -599,7 +631,7 @@ fn luhn(digits: &[u8]) -> bool {
         }
         sum += x;
     }
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// The digits of `text` (at most `N`), and the separator bytes if they are all alike.
@@ -680,7 +712,15 @@ fn ssn_ok(v: &[u8], s: usize, e: usize) -> bool {
 /// E.164: 8–15 digits. A longer candidate is cut back at a space to the longest prefix
 /// that fits (a number followed by another number).
 fn phone_e164(v: &[u8], s: usize, e: usize) -> Option<(usize, usize)> {
-    let mut digits = 0;
+    // `00` is the international prefix, not part of the number; it must not be a group
+    // in the middle of a longer grouped number either.
+    let mut digits: i32 = 0;
+    if v[s] == b'0' {
+        if s >= 2 && v[s - 1] == b' ' && v[s - 2].is_ascii_digit() {
+            return None;
+        }
+        digits = -2;
+    }
     let mut end = None;
     for (i, &b) in v[s..e].iter().enumerate() {
         if b.is_ascii_digit() {
@@ -849,13 +889,13 @@ fn iban(v: &[u8], s: usize, e: usize) -> Option<(usize, usize)> {
         .find(|(c, _)| c.as_slice() == country)
         .map(|(_, n)| *n)?;
     let mut chars: [u8; 34] = [0; 34];
-    let mut n = 0;
+    let mut n: usize = 0;
     let mut spaces = 0;
     let mut end = None;
     for (i, &b) in v[s..e].iter().enumerate() {
         if b == b' ' {
             // Spaces only between groups of four.
-            if n % 4 != 0 {
+            if !n.is_multiple_of(4) {
                 return None;
             }
             spaces += 1;
@@ -969,6 +1009,12 @@ fn aws_secret(v: &[u8], mut s: usize, mut e: usize) -> Option<(usize, usize)> {
     }
     let key = &v[s..e];
     if key.len() != 40 {
+        return None;
+    }
+    // One segment of a dotted token (a JWT, a host or file name) is not a key.
+    let dotted_before = s >= 2 && v[s - 1] == b'.' && is_token_byte(v[s - 2]);
+    let dotted_after = v.get(e) == Some(&b'.') && v.get(e + 1).is_some_and(|&b| is_token_byte(b));
+    if dotted_before || dotted_after {
         return None;
     }
     let class = |b: u8| match b {
@@ -1217,6 +1263,7 @@ mod tests {
             ("+14155552671", "+14155552671"),
             ("+44 (0)20 7946 0958", "+44 (0)20 7946 0958"),
             ("+44 20 7946 0958 2024", "+44 20 7946 0958"),
+            ("0049 30 901820", "0049 30 901820"),
         ] {
             assert_hit(text, "phone", number);
         }
@@ -1233,6 +1280,8 @@ mod tests {
             "02134-1234",
             "1.415.555.2671.3",
             "price +5.00",
+            "00493090182012",
+            "DE89 3704 0044 0532 0130 00",
         ] {
             assert_no(text, "phone");
         }

@@ -267,10 +267,25 @@ fn pgbench_simple_extended_prepared() {
 
 /// psycopg 3: binary results, pipeline mode with an error, executemany, prepared
 /// statements, server-side cursors, COPY both ways.
+/// Masking rules that cover every session but match nothing in these tests' data: every
+/// result is planned and scanned, every Execute described by the gateway — and the client
+/// must see exactly what it would see without them.
+const MASKING_WITHOUT_HITS: &str =
+    "masking:\n  - { columns: [\"*.no_such_table.x\"], detectors: [email, us_ssn, credit_card] }";
+
 #[test]
 fn psycopg3_through_the_gateway() {
-    pg().create_db("psycopg_db");
-    let gw = Gateway::start("psycopg_db", "");
+    psycopg3_check("psycopg_db", "");
+}
+
+#[test]
+fn psycopg3_through_a_masked_session() {
+    psycopg3_check("psycopg_masked", MASKING_WITHOUT_HITS);
+}
+
+fn psycopg3_check(db: &str, extra_yaml: &str) {
+    pg().create_db(db);
+    let gw = Gateway::start_with(db, "", extra_yaml);
     let token = gw.user_token("pat");
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -278,7 +293,7 @@ fn psycopg3_through_the_gateway() {
     );
     let out = Command::new("python3")
         .arg(script)
-        .env("SLUICE_DSN", gw.conninfo("psycopg_db", "pat", &token))
+        .env("SLUICE_DSN", gw.conninfo(db, "pat", &token))
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -334,13 +349,22 @@ fn psycopg3_through_the_gateway() {
 /// cursor (PortalSuspended), and an error inside a batch.
 #[test]
 fn jdbc_through_the_gateway() {
+    jdbc_check("jdbc_db", "");
+}
+
+#[test]
+fn jdbc_through_a_masked_session() {
+    jdbc_check("jdbc_masked", MASKING_WITHOUT_HITS);
+}
+
+fn jdbc_check(db: &str, extra_yaml: &str) {
     let jar = "/usr/share/java/postgresql.jar";
     assert!(
         std::path::Path::new(jar).exists(),
         "install libpostgresql-jdbc-java (scripts/test does)"
     );
-    pg().create_db("jdbc_db");
-    let gw = Gateway::start("jdbc_db", "");
+    pg().create_db(db);
+    let gw = Gateway::start_with(db, "", extra_yaml);
     let token = gw.user_token("jay");
     let classes = gw.dir.path().join("classes");
     let source = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/JdbcCheck.java");
@@ -355,7 +379,7 @@ fn jdbc_through_the_gateway() {
         "{}",
         String::from_utf8_lossy(&javac.stderr)
     );
-    let url = format!("jdbc:postgresql://127.0.0.1:{}/jdbc_db", gw.pg_port);
+    let url = format!("jdbc:postgresql://127.0.0.1:{}/{db}", gw.pg_port);
     let out = Command::new("java")
         .arg("-cp")
         .arg(format!("{jar}:{}", classes.display()))

