@@ -161,14 +161,24 @@ impl ColumnPattern {
         }
     }
 
-    /// Whether a statement naming `identifiers` may compute values from matching columns:
-    /// it names the column (or the rule covers every column) and the table (or the rule
-    /// covers every table).
+    /// Whether a statement naming `identifiers` may compute values from matching columns.
+    /// A rule that names its table covers every computed value of a statement that names
+    /// that table: a whole row can carry the column without naming it (`row_to_json(u)`,
+    /// `u::text`, `SELECT u FROM users u`). A rule for any table (`*.*.ssn`) covers
+    /// statements that name the column; `schema.*.*` those that name the schema.
     fn mentioned_in(&self, identifiers: &[String]) -> bool {
-        let named = |part: &str| {
-            part.bytes().all(|b| b == b'*') || identifiers.iter().any(|m| glob(part, m))
-        };
-        named(&self.parts[1]) && named(&self.parts[2])
+        let any = |part: &str| part.bytes().all(|b| b == b'*');
+        let named = |part: &str| identifiers.iter().any(|m| glob(part, m));
+        let [schema, table, column] = &self.parts;
+        if !any(table) {
+            named(table)
+        } else if !any(column) {
+            named(column)
+        } else if !any(schema) {
+            named(schema)
+        } else {
+            true
+        }
     }
 
     fn matches(&self, o: &ColumnOrigin) -> bool {

@@ -22,7 +22,7 @@
 //! - AWS secret key: a token run of at least 40 bytes.
 //! - private key: `-----BEGIN ` (memmem).
 //!
-//! A counting pass (digits, colons, `@`, dashes, dots, `+`) first rules out whole
+//! A counting pass (digits, upper-case letters, colons, `@`, dots) first rules out whole
 //! families for the many values that cannot hold them.
 
 /// The built-ins a scanner serves.
@@ -196,9 +196,7 @@ struct Counts {
     digits: usize,
     colons: usize,
     ats: usize,
-    dashes: usize,
     dots: usize,
-    plus: usize,
     upper: usize,
 }
 
@@ -206,23 +204,18 @@ impl Counts {
     fn of(v: &[u8]) -> Counts {
         fn add(c: &mut Counts, block: &[u8; 32]) {
             // Byte-wide sums over a fixed-size block vectorise.
-            let (mut d, mut co, mut a, mut h, mut p, mut pl) = (0u8, 0u8, 0u8, 0u8, 0u8, 0u8);
-            let mut up = 0u8;
+            let (mut d, mut co, mut a, mut p, mut up) = (0u8, 0u8, 0u8, 0u8, 0u8);
             for &b in block {
                 up += u8::from(b.wrapping_sub(b'A') < 26);
                 d += u8::from(b.wrapping_sub(b'0') < 10);
                 co += u8::from(b == b':');
                 a += u8::from(b == b'@');
-                h += u8::from(b == b'-');
                 p += u8::from(b == b'.');
-                pl += u8::from(b == b'+');
             }
             c.digits += usize::from(d);
             c.colons += usize::from(co);
             c.ats += usize::from(a);
-            c.dashes += usize::from(h);
             c.dots += usize::from(p);
-            c.plus += usize::from(pl);
             c.upper += usize::from(up);
         }
         let mut c = Counts::default();
@@ -241,9 +234,7 @@ impl Counts {
                 match b {
                     b':' => c.colons += 1,
                     b'@' => c.ats += 1,
-                    b'-' => c.dashes += 1,
                     b'.' => c.dots += 1,
-                    b'+' => c.plus += 1,
                     _ => {}
                 }
             }
@@ -258,7 +249,7 @@ impl Counts {
 }
 
 /// Up to this many windows are kept apart; past it, one window covers the rest.
-const CAP: usize = 8;
+const CAP: usize = 6;
 
 /// The windows of one value, sorted and merged.
 pub(super) struct Windows {
@@ -385,6 +376,19 @@ fn has_token_prefix(run: &[u8]) -> bool {
     false
 }
 
+/// The families worth scanning a value for.
+pub(super) struct Plan {
+    numeric: bool,
+    iban: bool,
+    email: bool,
+    ipv6: bool,
+    /// Six colons or more: an uncompressed IPv6 form is possible.
+    full_ipv6: bool,
+    prefixed: bool,
+    aws_secret: bool,
+    pem: bool,
+}
+
 /// What the scan needs besides the value: built once per detector set.
 #[derive(Debug)]
 pub(super) struct Scanner {
@@ -402,21 +406,45 @@ impl Scanner {
         }
     }
 
-    /// Adds the windows where the enabled built-ins could match in `v`.
-    pub(super) fn scan(&self, v: &[u8], out: &mut Windows) {
+    /// What to look for in `v`: counts rule families out; `None` when nothing can
+    /// match at all (most values).
+    #[inline]
+    pub(super) fn plan(&self, v: &[u8]) -> Option<Plan> {
         let on = &self.on;
         let c = Counts::of(v);
-        let numeric = ((on.card || on.ssn || on.phone) && c.digits >= 9)
-            || (on.phone && c.plus > 0 && c.digits >= 8)
-            || (on.ipv4 && c.digits >= 4 && c.dots >= 3);
-        if numeric {
+        let plan = Plan {
+            numeric: ((on.card || on.ssn) && c.digits >= 9)
+                || (on.phone && c.digits >= 8)
+                || (on.ipv4 && c.digits >= 4 && c.dots >= 3),
+            iban: on.iban && c.digits >= 2 && c.upper >= 2 && v.len() >= 15,
+            email: on.email && c.ats > 0,
+            ipv6: on.ipv6 && c.colons >= 2,
+            full_ipv6: c.colons >= 6,
+            prefixed: on.prefixed && v.len() >= 20,
+            aws_secret: on.aws_secret && v.len() >= 40,
+            pem: on.pem && v.len() >= 27,
+        };
+        let any = plan.numeric
+            || plan.iban
+            || plan.email
+            || plan.ipv6
+            || plan.prefixed
+            || plan.aws_secret
+            || plan.pem;
+        any.then_some(plan)
+    }
+
+    /// Adds the windows where the enabled built-ins could match in `v`.
+    pub(super) fn scan(&self, plan: &Plan, v: &[u8], out: &mut Windows) {
+        let on = &self.on;
+        if plan.numeric {
             sampled_runs(v, 7, C_NUM, |s, e| {
                 if numeric_run(&v[s..e], on) {
                     out.push(s, e);
                 }
             });
         }
-        if on.iban && c.digits >= 2 && c.upper >= 2 && v.len() >= 15 {
+        if plan.iban {
             // Shortest: 15 characters (Norway); two letters and two digits first.
             sampled_runs(v, 15, C_IBAN, |s, e| {
                 let signature = v[s..e].windows(4).any(|w| {
@@ -430,13 +458,13 @@ impl Scanner {
                 }
             });
         }
-        if on.email && c.ats > 0 {
+        if plan.email {
             email(v, out);
         }
-        if on.ipv6 && c.colons >= 2 {
-            ipv6(v, c.colons, &self.double_colon, out);
+        if plan.ipv6 {
+            ipv6(v, plan.full_ipv6, &self.double_colon, out);
         }
-        if on.prefixed && v.len() >= 20 {
+        if plan.prefixed {
             // Shortest: an AWS access key id (20 bytes). A token run shorter than 40
             // bytes needs one of the literal prefixes; longer ones always make a
             // window (and one byte either side).
@@ -446,13 +474,13 @@ impl Scanner {
                 }
             });
         }
-        if on.aws_secret && !on.prefixed && v.len() >= 40 {
+        if plan.aws_secret && !plan.prefixed {
             // The pattern also reads the byte on either side of its 40 characters.
             sampled_runs(v, 40, C_TOK, |s, e| {
                 out.push(s.saturating_sub(1), (e + 1).min(v.len()));
             });
         }
-        if on.pem && v.len() >= 27 && c.dashes >= 10 {
+        if plan.pem {
             for at in self.pem.find_iter(v) {
                 // The BEGIN line is at most 48 bytes; the validator finds the END line.
                 out.push(at, (at + 64).min(v.len()));
@@ -480,7 +508,7 @@ fn email(v: &[u8], out: &mut Windows) {
     }
 }
 
-fn ipv6(v: &[u8], colons: usize, double_colon: &memchr::memmem::Finder<'_>, out: &mut Windows) {
+fn ipv6(v: &[u8], full: bool, double_colon: &memchr::memmem::Finder<'_>, out: &mut Windows) {
     // Compressed forms: a hex run with `::`.
     let mut from = 0;
     while let Some(i) = double_colon.find(&v[from..]) {
@@ -488,7 +516,7 @@ fn ipv6(v: &[u8], colons: usize, double_colon: &memchr::memmem::Finder<'_>, out:
         out.push(s, e);
         from = e;
     }
-    if colons < 6 {
+    if !full {
         return;
     }
     // Full forms (eight groups, or six and an IPv4): a hex run with six colons or
@@ -514,8 +542,11 @@ mod tests {
     use super::*;
 
     fn windows(names: &[&str], v: &str) -> Vec<(usize, usize)> {
+        let scanner = Scanner::new(Enabled::from_names(names));
         let mut w = Windows::new();
-        Scanner::new(Enabled::from_names(names)).scan(v.as_bytes(), &mut w);
+        if let Some(plan) = scanner.plan(v.as_bytes()) {
+            scanner.scan(&plan, v.as_bytes(), &mut w);
+        }
         w.finish(v.len()).to_vec()
     }
 
@@ -593,8 +624,13 @@ mod tests {
         let v: Vec<u8> = (0..=255u8).chain(b"0:@-9.+".iter().copied()).collect();
         let c = Counts::of(&v);
         assert_eq!(
-            (c.digits, c.colons, c.ats, c.dashes, c.dots, c.plus),
-            (12, 2, 2, 2, 2, 2)
+            (c.digits, c.colons, c.ats, c.dots, c.upper),
+            (12, 2, 2, 2, 26)
+        );
+        let c = Counts::of(b"+1 (415) 555-2671 a@b.c:X");
+        assert_eq!(
+            (c.digits, c.colons, c.ats, c.dots, c.upper),
+            (11, 1, 1, 1, 1)
         );
     }
 
