@@ -89,12 +89,18 @@ fn psql_sees_masked_columns_through_aliases_joins_views_and_computations() {
         "[redacted]"
     );
     // Whole rows carry masked columns without naming them.
-    assert_eq!(q("SELECT row_to_json(u) FROM users u WHERE id = 1"), "\"[redacted]\"");
+    assert_eq!(
+        q("SELECT row_to_json(u) FROM users u WHERE id = 1"),
+        "\"[redacted]\""
+    );
     assert_eq!(q("SELECT u::text FROM users u WHERE id = 2"), "[redacted]");
     assert_eq!(q("SELECT count(*) FROM users"), "3");
     // Every computed text value of a statement reading a table with masked columns is
     // masked, constants too (a quote in a string does not hide the names after it).
-    assert_eq!(q(r#"SELECT '"', lower(email) FROM users WHERE id = 1"#), "[redacted]|[redacted]");
+    assert_eq!(
+        q(r#"SELECT '"', lower(email) FROM users WHERE id = 1"#),
+        "[redacted]|[redacted]"
+    );
     assert_eq!(q("SELECT 'x' || total FROM orders WHERE id = 10"), "x9.5");
     // partial keeps the shape and the last four digits.
     assert_eq!(
