@@ -88,6 +88,8 @@ pub(super) struct Masker {
     /// Counts from ended results and scrubbed messages, for the statement now running.
     counts: Vec<MaskCount>,
     scratch: Vec<u8>,
+    /// The buffer rewritten frames are built in, handed back after each use.
+    frame: BytesMut,
 }
 
 /// Largest row the masker reads whole (a masked cell must be rewritten in one piece).
@@ -101,6 +103,7 @@ impl Masker {
             current: None,
             counts: Vec::new(),
             scratch: Vec::new(),
+            frame: BytesMut::new(),
         }
     }
 
@@ -249,19 +252,30 @@ impl Masker {
         Some(Current { plan, wire, copy })
     }
 
+    /// Gives back a frame this masker returned, so its buffer is reused.
+    pub fn recycle(&mut self, mut frame: BytesMut) {
+        frame.clear();
+        self.frame = frame;
+    }
+
     /// A DataRow: the re-encoded frame when a cell changed.
     pub fn data_row(&mut self, body: &[u8]) -> Option<BytesMut> {
         let current = self.current.as_mut()?;
-        let mut out = BytesMut::new();
+        let mut out = std::mem::take(&mut self.frame);
+        out.clear();
         out.put_u8(b'D');
         out.put_i32(0);
-        let changed = mask_tuple(current, body, &mut self.scratch, &mut out)?;
-        if changed != body.len() {
-            return None;
+        match mask_tuple(current, body, &mut self.scratch, &mut out) {
+            Some(used) if used == body.len() => {
+                let len = (out.len() - 1) as i32;
+                out[1..5].copy_from_slice(&len.to_be_bytes());
+                Some(out)
+            }
+            _ => {
+                self.recycle(out);
+                None
+            }
         }
-        let len = (out.len() - 1) as i32;
-        out[1..5].copy_from_slice(&len.to_be_bytes());
-        Some(out)
     }
 
     /// A CopyData of COPY output: the re-encoded frame when a field changed.
@@ -271,7 +285,8 @@ impl Masker {
         if std::mem::take(&mut copy.header_pending) {
             return None;
         }
-        let mut out = BytesMut::new();
+        let mut out = std::mem::take(&mut self.frame);
+        out.clear();
         out.put_u8(b'd');
         out.put_i32(0);
         let format = copy.format.clone();
@@ -298,6 +313,7 @@ impl Masker {
             CopyFormat::Unknown => mask_unknown_line(current, body, &mut self.scratch, &mut out),
         };
         if !changed {
+            self.recycle(out);
             return None;
         }
         let len = (out.len() - 1) as i32;

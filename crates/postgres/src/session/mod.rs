@@ -226,6 +226,7 @@ pub(crate) async fn run<P: Pipeline>(
         client_gone: false,
         end,
         masker: masking.map(|(m, catalog)| mask::Masker::new(m, catalog)),
+        out: BytesMut::new(),
     };
     // Both directions are futures of this one task rather than two spawned tasks: a
     // round trip then wakes one task instead of two (measured: most of the proxy's cost

@@ -27,6 +27,9 @@ pub(super) struct ServerToClient<P> {
     pub end: Arc<SessionEnd>,
     /// Rewrites results for a session that masking rules cover.
     pub masker: Option<Masker>,
+    /// Output assembled from the read buffer once a frame in it was replaced or dropped:
+    /// written with one call per read, not one per rewritten row.
+    pub out: BytesMut,
 }
 
 /// Server messages the gateway must read whole.
@@ -85,6 +88,26 @@ impl<P: Pipeline> ServerToClient<P> {
         }
     }
 
+    /// Sends `bytes` now when nothing rewritten is waiting; otherwise queues them behind it.
+    async fn emit(&mut self, bytes: &[u8]) {
+        if self.out.is_empty() {
+            self.send(bytes).await;
+        } else {
+            self.out.extend_from_slice(bytes);
+        }
+    }
+
+    /// Writes the assembled output, keeping its buffer for the next read.
+    async fn flush_out(&mut self) {
+        if self.out.is_empty() {
+            return;
+        }
+        let out = std::mem::take(&mut self.out);
+        self.send(&out).await;
+        self.out = out;
+        self.out.clear();
+    }
+
     /// Forwards everything complete in `buf`, settling the queue frame by frame.
     async fn process(&mut self, buf: &mut BytesMut, passthrough: &mut usize) -> Result<(), String> {
         let mut pos = 0; // next unexamined byte
@@ -99,7 +122,8 @@ impl<P: Pipeline> ServerToClient<P> {
         let mut inject_due = *passthrough == 0 && lock(&self.shared.state).front_is_inject();
         loop {
             if inject_due && *passthrough == 0 {
-                self.send(&buf[written..pos]).await;
+                self.emit(&buf[written..pos]).await;
+                self.flush_out().await;
                 written = pos;
                 self.write_due_injections().await?;
             }
@@ -127,7 +151,8 @@ impl<P: Pipeline> ServerToClient<P> {
                             h.body_len,
                             if masked_row { " to mask" } else { "" }
                         );
-                        self.send(&buf[written..pos]).await;
+                        self.emit(&buf[written..pos]).await;
+                        self.flush_out().await;
                         let mut frames = BytesMut::new();
                         codec::error_response(
                             &mut frames,
@@ -178,18 +203,26 @@ impl<P: Pipeline> ServerToClient<P> {
             (inject_due, replacement, suppressed) = self.observe(h.tag, observed);
             if suppressed {
                 // The answer to the gateway's own Describe: not the client's.
-                self.send(&buf[written..pos]).await;
+                self.emit(&buf[written..pos]).await;
                 written = pos + total;
-            } else if let Some(frames) = replacement.or(masked) {
+            } else if let Some(frames) = replacement {
                 // The server's error answered a message the gateway refused: the client
                 // sees the refusal in its place.
-                self.send(&buf[written..pos]).await;
-                self.send(&frames).await;
+                self.emit(&buf[written..pos]).await;
+                self.out.extend_from_slice(&frames);
                 written = pos + total;
+            } else if let Some(frame) = masked {
+                self.emit(&buf[written..pos]).await;
+                self.out.extend_from_slice(&frame);
+                written = pos + total;
+                if let Some(m) = self.masker.as_mut() {
+                    m.recycle(frame);
+                }
             }
             pos += total;
         }
-        self.send(&buf[written..pos]).await;
+        self.emit(&buf[written..pos]).await;
+        self.flush_out().await;
         if *passthrough == 0 {
             self.write_notices().await;
         }
