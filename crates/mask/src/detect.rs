@@ -431,11 +431,8 @@ impl DetectorSet {
         let mut windows;
         let spans: &[(usize, usize)] = match &m.scanner {
             Some(scanner) => {
-                let Some(plan) = scanner.plan(value) else {
-                    return;
-                };
                 windows = prefilter::Windows::new();
-                scanner.scan(&plan, value, &mut windows);
+                scanner.scan(value, &mut windows);
                 windows.finish(value.len())
             }
             None => &[(0, value.len())],

@@ -9,21 +9,29 @@
 //! - card, SSN, phone, IPv4: the match lies inside a maximal run of digits and
 //!   `space ( ) + - . /` whose digit groups have the right shape (≥ 13 digits; a `+` and
 //!   ≥ 8 digits; ≥ 4 digits and 3 dots; consecutive groups of 3-2-4 or 3-3-4 digits; a
-//!   group starting with `0` followed by ≥ 9 digits in all). Such runs are found by
-//!   sampling every 7th byte (a run of 7 or more always holds a sample) and growing
-//!   the run around it.
-//! - IBAN: a run of upper-case letters, digits and spaces at least 15 long (sampling
-//!   every 15th byte) holding two letters followed by two digits.
-//! - IPv6: a hex run with `::` (found with memmem) or six colons or more.
-//! - email: an `@` (memchr) with local-part bytes before it and a dot after it.
-//! - AWS access key, JWT, API tokens: a token run (`[A-Za-z0-9_./+-]`, found by
-//!   sampling every 20th byte) that holds one of their literal prefixes at its start
-//!   or after a non-word byte.
+//!   group starting with `0` followed by ≥ 9 digits in all).
+//! - IBAN: a run of upper-case letters, digits and spaces at least 15 long holding two
+//!   letters followed by two digits.
+//! - IPv6: a hex run with `::` or six colons or more.
+//! - email: an `@` with local-part bytes before it and a dot after it.
+//! - AWS access key, JWT, API tokens: a token run (`[A-Za-z0-9_./+-]`) at least 20
+//!   long that holds one of their literal prefixes at its start or after a non-word
+//!   byte.
 //! - AWS secret key: a token run of at least 40 bytes.
-//! - private key: `-----BEGIN ` (memmem).
+//! - private key: `-----BEGIN `.
 //!
-//! A counting pass (digits, upper-case letters, colons, `@`, dots) first rules out whole
-//! families for the many values that cannot hold them.
+//! One forward pass over the value serves all families at once. Its state is eight
+//! 8-bit counters ("lanes") packed in a `u64`, and each byte updates all of them with
+//! one table lookup, an AND and an ADD (see `L_DIGITS` and the lanes after it). A
+//! lane counts what its family needs (digits or dots of the current numeric run, the
+//! length of the current token or IBAN run, colons of the current hex run, …) from a
+//! bias, so that its high bit is set exactly when a cheap necessary condition holds
+//! (9 digits, 3 dots or a `+` in a numeric run; 20 token bytes; 15 IBAN bytes; `::`
+//! or 6 colons in a hex run; 5 dashes; an `@`). Such events are rare: ordinary text
+//! is read eight bytes at a time without a branch, and only at an event is the run
+//! around it read again and checked in full (digit groups, token prefixes, …). Each
+//! maximal run is checked once, so the windows are the same as those of a separate
+//! scan per family.
 
 /// The built-ins a scanner serves.
 #[derive(Debug, Clone, Copy, Default)]
@@ -116,44 +124,33 @@ fn is(b: u8, class: u8) -> bool {
     CLASS[usize::from(b)] & class != 0
 }
 
-/// The maximal run of `class` bytes around `pos` (which must be one).
-fn grow(v: &[u8], pos: usize, class: u8) -> (usize, usize) {
+/// The start of the maximal run of `class` bytes that holds `v[pos]` (one of them).
+fn run_start(v: &[u8], pos: usize, class: u8) -> usize {
     // Plain loops: runs are short, and iterator adapters cost more than they save.
     let mut s = pos;
     while s > 0 && is(v[s - 1], class) {
         s -= 1;
     }
+    s
+}
+
+/// The end of the run of `class` bytes that holds `v[pos]` (one of them).
+fn run_end(v: &[u8], pos: usize, class: u8) -> usize {
     let mut e = pos + 1;
     while e < v.len() && is(v[e], class) {
         e += 1;
     }
-    (s, e)
+    e
 }
 
-/// Calls `f` on every maximal run of `class` bytes at least `stride` long.
-fn sampled_runs(v: &[u8], stride: usize, class: u8, mut f: impl FnMut(usize, usize)) {
-    // Sampling every `stride`-th byte: a run of `stride` or more always holds a sample.
-    // (Measured: cheaper here than a Horspool-like skip, as runs are mostly short.)
-    let mut pos = stride - 1;
-    while pos < v.len() {
-        if !is(v[pos], class) {
-            pos += stride;
-            continue;
-        }
-        let (s, e) = grow(v, pos, class);
-        if e - s >= stride {
-            f(s, e);
-        }
-        // `v[e]` is not in the class: the next long run starts after it.
-        pos = e + stride;
-    }
-}
-
-/// Whether a run of `C_NUM` bytes has the digit groups of a card, SSN, phone or IPv4.
-fn numeric_run(run: &[u8], e: &Enabled) -> bool {
+/// The end of the maximal run of `C_NUM` bytes starting at `s`, and whether the run
+/// has the digit groups of a card, SSN, phone or IPv4 (read in the same walk).
+fn numeric_run(v: &[u8], s: usize, e: &Enabled) -> (usize, bool) {
     let mut g = Groups::default();
     let (mut dots, mut plus) = (0usize, false);
-    for &b in run {
+    let mut end = s;
+    while let Some(&b) = v.get(end).filter(|&&b| is(b, C_NUM)) {
+        end += 1;
         if b.is_ascii_digit() {
             if g.cur == 0 {
                 g.first = b;
@@ -171,10 +168,11 @@ fn numeric_run(run: &[u8], e: &Enabled) -> bool {
     // E.164 needs a `+`, or an `00` group (which the trunk rule covers: ≥ 8 digits
     // after the `00`); NANP needs 3-3-4; French and trunk numbers a `0` group.
     let trunk = g.trunk_from.is_some_and(|from| digits - from >= 9);
-    (e.card && g.card)
+    let shape = (e.card && g.card)
         || (e.phone && ((plus && digits >= 8) || g.nanp || trunk))
         || (e.ssn && g.ssn)
-        || (e.ipv4 && digits >= 4 && dots >= 3)
+        || (e.ipv4 && digits >= 4 && dots >= 3);
+    (end, shape)
 }
 
 /// The digit groups of a numeric run, as far as `numeric_run` needs them.
@@ -216,68 +214,6 @@ impl Groups {
             self.trunk_from = Some(self.digits - self.cur);
         }
         self.cur = 0;
-    }
-}
-
-/// Counts of the bytes that rule families in or out.
-#[derive(Debug, Clone, Copy, Default)]
-struct Counts {
-    digits: usize,
-    colons: usize,
-    ats: usize,
-    dots: usize,
-    upper: usize,
-    dashes: usize,
-}
-
-// Lanes of `LANES`: the bit offset of each count in a packed `u64`.
-const L_DIGIT: u32 = 0;
-const L_COLON: u32 = 8;
-const L_AT: u32 = 16;
-const L_DOT: u32 = 24;
-const L_UPPER: u32 = 32;
-const L_DASH: u32 = 40;
-
-/// Per byte, a one in the 8-bit lane of each count it adds to: a short stretch is
-/// counted with one table load and one add per byte (no lane overflows below 256).
-static LANES: [u64; 256] = lanes();
-
-const fn lanes() -> [u64; 256] {
-    let mut t = [0u64; 256];
-    let mut i = 0;
-    while i < 256 {
-        let b = i as u8;
-        t[i] = match b {
-            b'0'..=b'9' => 1 << L_DIGIT,
-            b':' => 1 << L_COLON,
-            b'@' => 1 << L_AT,
-            b'.' => 1 << L_DOT,
-            b'A'..=b'Z' => 1 << L_UPPER,
-            b'-' => 1 << L_DASH,
-            _ => 0,
-        };
-        i += 1;
-    }
-    t
-}
-
-impl Counts {
-    fn of(v: &[u8]) -> Counts {
-        let mut c = Counts::default();
-        // Chunks of at most 255 bytes, so that no 8-bit lane overflows.
-        for chunk in v.chunks(255) {
-            let packed = chunk
-                .iter()
-                .fold(0u64, |acc, &b| acc + LANES[usize::from(b)]);
-            let lane = |at: u32| usize::from((packed >> at) as u8);
-            c.digits += lane(L_DIGIT);
-            c.colons += lane(L_COLON);
-            c.ats += lane(L_AT);
-            c.dots += lane(L_DOT);
-            c.upper += lane(L_UPPER);
-            c.dashes += lane(L_DASH);
-        }
-        c
     }
 }
 
@@ -392,10 +328,12 @@ fn has_token_prefix(run: &[u8]) -> bool {
         if matches!(
             rest[0],
             b'e' | b'A' | b'g' | b'x' | b'h' | b's' | b'r' | b'p' | b'w' | b'n' | b'S'
-        ) && TOKEN_PREFIXES
-            .iter()
-            .any(|p| rest.starts_with(p.as_bytes()))
-        {
+        ) && TOKEN_PREFIXES.iter().any(|p| {
+            // The first byte first: most prefixes differ there, and it is cheaper
+            // than a comparison call.
+            let p = p.as_bytes();
+            p[0] == rest[0] && rest.starts_with(p)
+        }) {
             return true;
         }
         match rest
@@ -409,78 +347,247 @@ fn has_token_prefix(run: &[u8]) -> bool {
     false
 }
 
-/// The families worth scanning a value for.
-pub(super) struct Plan {
-    numeric: bool,
-    iban: bool,
-    email: bool,
-    ipv6: bool,
-    /// Six colons or more: an uncompressed IPv6 form is possible.
-    full_ipv6: bool,
-    prefixed: bool,
-    aws_secret: bool,
-    pem: bool,
+// Lanes of the scan state: eight 8-bit counters packed in one `u64`, updated for
+// every byte at once by `state = (state & keep) + add` from a 256-entry table. A
+// lane counts up from a bias and reaches its high bit (an event) when its family's
+// necessary condition is met; bytes outside the lane's run reset it to the bias.
+/// Digits in the current numeric run: an event at the 9th (card, SSN, NANP and trunk
+/// numbers have 9 or more); a `+` (E.164) is an event at once.
+const L_DIGITS: u32 = 0;
+/// Dots in the current numeric run: an event at the 3rd (IPv4).
+const L_DOTS: u32 = 8;
+/// Length of the current token run: an event at 20 bytes (40 for AWS secrets only).
+const L_TOKEN: u32 = 16;
+/// Length of the current IBAN run: an event at 15 bytes.
+const L_IBAN: u32 = 24;
+/// Colons in the current hex run: an event at the 6th (the full IPv6 forms).
+const L_COLONS: u32 = 32;
+/// Consecutive dashes: an event at the 5th (`-----BEGIN `).
+const L_DASHES: u32 = 40;
+/// An `@`: an event at once (email).
+const L_AT: u32 = 48;
+/// Consecutive colons: an event at the 2nd (`::`, the compressed IPv6 forms).
+const L_DOUBLE: u32 = 56;
+/// The high bit of every lane.
+const HIGH: u64 = 0x8080_8080_8080_8080;
+
+fn lane(state: u64, at: u32) -> u64 {
+    (state >> at) & 0xFF
+}
+
+/// `state` with lane `at` set to `value`.
+fn set_lane(state: u64, at: u32, value: u64) -> u64 {
+    (state & !(0xFF << at)) | (value << at)
+}
+
+/// The step table of a lane: `in_run` bytes keep it and add `inc`, the others reset
+/// it to the bias (`128 - threshold`).
+fn lane_step(
+    table: &mut [[u64; 2]; 256],
+    at: u32,
+    threshold: u8,
+    inc: impl Fn(u8) -> u64,
+    in_run: impl Fn(u8) -> bool,
+) {
+    for (b, entry) in (0..=255u8).zip(table.iter_mut()) {
+        if in_run(b) {
+            entry[0] |= 0xFF << at;
+            entry[1] |= inc(b) << at;
+        } else {
+            entry[1] |= u64::from(128 - threshold) << at;
+        }
+    }
+}
+
+/// The shortest token run worth a look: an AWS access key id (20 bytes), or an AWS
+/// secret key (40) when no prefixed detector is enabled.
+fn token_min(on: &Enabled) -> u8 {
+    if on.prefixed {
+        20
+    } else {
+        40
+    }
+}
+
+/// The scan table of a detector set: per byte, the `[keep, add]` of every lane.
+struct Table([[u64; 2]; 256]);
+
+impl std::fmt::Debug for Table {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Table")
+    }
+}
+
+impl Table {
+    fn new(on: &Enabled) -> Table {
+        // Lanes above 127 are only ever seen by `Scanner::event` (which lowers them
+        // again) or by the fast path of `Scanner::scan` (which then discards them), and
+        // a lane below 128 gains at most 128 per byte: no lane carries into the next.
+        let mut t = [[0u64; 2]; 256];
+        if on.card || on.ssn || on.phone || on.ipv4 {
+            // A `+` adds 128: its lane holds at most 127 before the byte, so no carry.
+            let digits = |b: u8| match b {
+                b'0'..=b'9' => 1,
+                b'+' => 128,
+                _ => 0,
+            };
+            lane_step(&mut t, L_DIGITS, 9, digits, |b| is(b, C_NUM));
+            lane_step(
+                &mut t,
+                L_DOTS,
+                3,
+                |b| u64::from(b == b'.'),
+                |b| is(b, C_NUM),
+            );
+        }
+        if on.prefixed || on.aws_secret {
+            lane_step(&mut t, L_TOKEN, token_min(on), |_| 1, |b| is(b, C_TOK));
+        }
+        if on.iban {
+            lane_step(&mut t, L_IBAN, 15, |_| 1, |b| is(b, C_IBAN));
+        }
+        if on.ipv6 {
+            lane_step(
+                &mut t,
+                L_COLONS,
+                6,
+                |b| u64::from(b == b':'),
+                |b| is(b, C_HEX),
+            );
+            lane_step(&mut t, L_DOUBLE, 2, |_| 1, |b| b == b':');
+        }
+        if on.pem {
+            lane_step(&mut t, L_DASHES, 5, |_| 1, |b| b == b'-');
+        }
+        if on.email {
+            t[usize::from(b'@')][1] |= 0x80 << L_AT;
+        }
+        Table(t)
+    }
+}
+
+/// Where the runs already examined end, per family: a lane that reaches its event
+/// again inside the same run is not examined twice.
+#[derive(Default)]
+struct Done {
+    numeric: usize,
+    token: usize,
+    iban: usize,
+    hex: usize,
 }
 
 /// What the scan needs besides the value: built once per detector set.
 #[derive(Debug)]
 pub(super) struct Scanner {
     on: Enabled,
-    pem: memchr::memmem::Finder<'static>,
-    double_colon: memchr::memmem::Finder<'static>,
+    table: Box<Table>,
+    /// The token run length at which the token lane has its event.
+    token_min: usize,
+    /// The state before a value: every lane at its bias.
+    start: u64,
 }
 
 impl Scanner {
     pub(super) fn new(on: Enabled) -> Scanner {
+        let table = Box::new(Table::new(&on));
+        // Byte 0 is in no run: its `add` is every lane's bias (and no event).
+        let start = table.0[0][1];
         Scanner {
             on,
-            pem: memchr::memmem::Finder::new(b"-----BEGIN "),
-            double_colon: memchr::memmem::Finder::new(b"::"),
+            table,
+            start,
+            token_min: usize::from(token_min(&on)),
         }
     }
 
-    /// What to look for in `v`: counts rule families out; `None` when nothing can
-    /// match at all (most values).
-    #[inline]
-    pub(super) fn plan(&self, v: &[u8]) -> Option<Plan> {
-        let on = &self.on;
-        let c = Counts::of(v);
-        let plan = Plan {
-            numeric: ((on.card || on.ssn) && c.digits >= 9)
-                || (on.phone && c.digits >= 8)
-                || (on.ipv4 && c.digits >= 4 && c.dots >= 3),
-            iban: on.iban && c.digits >= 2 && c.upper >= 2 && v.len() >= 15,
-            email: on.email && c.ats > 0,
-            ipv6: on.ipv6 && c.colons >= 2,
-            full_ipv6: c.colons >= 6,
-            prefixed: on.prefixed && v.len() >= 20,
-            aws_secret: on.aws_secret && v.len() >= 40,
-            // `-----BEGIN `: five dashes at least.
-            pem: on.pem && v.len() >= 27 && c.dashes >= 5,
-        };
-        let any = plan.numeric
-            || plan.iban
-            || plan.email
-            || plan.ipv6
-            || plan.prefixed
-            || plan.aws_secret
-            || plan.pem;
-        any.then_some(plan)
+    /// Adds the windows where the enabled built-ins could match in `v`: one forward
+    /// pass updates all the lanes; the rare events examine the run around them.
+    pub(super) fn scan(&self, v: &[u8], out: &mut Windows) {
+        let table = &self.table.0;
+        let mut state = self.start;
+        let mut done = Done::default();
+        // Eight bytes at a time without a branch; when a lane reached its high bit on
+        // the way (events are rare), the eight bytes are stepped again one by one from
+        // the state before them. Until that first high bit no lane can carry into the
+        // next (a lane below 128 gains at most 128 per byte), so the check is sound.
+        let mut chunks = v.chunks_exact(8);
+        let mut at = 0;
+        for chunk in &mut chunks {
+            let (mut next, mut seen) = (state, 0);
+            for &b in chunk {
+                let [keep, add] = table[usize::from(b)];
+                next = (next & keep) + add;
+                seen |= next;
+            }
+            state = if seen & HIGH == 0 {
+                next
+            } else {
+                self.step(v, at, at + 8, state, &mut done, out)
+            };
+            at += 8;
+        }
+        self.step(v, at, v.len(), state, &mut done, out);
     }
 
-    /// Adds the windows where the enabled built-ins could match in `v`.
-    pub(super) fn scan(&self, plan: &Plan, v: &[u8], out: &mut Windows) {
+    /// Steps `v[from..to]` byte by byte, examining every event; returns the state.
+    fn step(
+        &self,
+        v: &[u8],
+        from: usize,
+        to: usize,
+        mut state: u64,
+        done: &mut Done,
+        out: &mut Windows,
+    ) -> u64 {
+        let table = &self.table.0;
+        for i in from..to {
+            let [keep, add] = table[usize::from(v[i])];
+            state = (state & keep) + add;
+            if state & HIGH != 0 {
+                state = self.event(v, i, state, done, out);
+            }
+        }
+        state
+    }
+
+    /// Examines the runs whose lanes fired at `v[i]`; returns the state with those
+    /// lanes cleared (far from firing again).
+    #[cold]
+    fn event(&self, v: &[u8], i: usize, mut state: u64, done: &mut Done, out: &mut Windows) -> u64 {
         let on = &self.on;
-        if plan.numeric {
-            sampled_runs(v, 7, C_NUM, |s, e| {
-                if numeric_run(&v[s..e], on) {
+        if (lane(state, L_DIGITS) | lane(state, L_DOTS)) & 0x80 != 0 {
+            if i >= done.numeric {
+                let s = run_start(v, i, C_NUM);
+                let (e, shape) = numeric_run(v, s, on);
+                // Shortest: an IPv4 address (7 bytes).
+                if e - s >= 7 && shape {
                     out.push(s, e);
                 }
-            });
+                done.numeric = e;
+            }
+            state = set_lane(set_lane(state, L_DIGITS, 0), L_DOTS, 0);
         }
-        if plan.iban {
-            // Shortest: 15 characters (Norway); two letters and two digits first.
-            sampled_runs(v, 15, C_IBAN, |s, e| {
+        if lane(state, L_TOKEN) & 0x80 != 0 {
+            if i >= done.token {
+                // The first event of a run is at its `token_min`-th byte.
+                let s = i + 1 - self.token_min;
+                let e = run_end(v, i, C_TOK);
+                // A token run shorter than 40 bytes needs one of the literal prefixes;
+                // longer ones always make a window (and one byte either side, which the
+                // AWS secret pattern reads).
+                if e - s >= 40 || (on.prefixed && has_token_prefix(&v[s..e])) {
+                    out.push(s.saturating_sub(1), (e + 1).min(v.len()));
+                }
+                done.token = e;
+            }
+            state = set_lane(state, L_TOKEN, 0);
+        }
+        if lane(state, L_IBAN) & 0x80 != 0 {
+            if i >= done.iban {
+                // The first event of a run is at its 15th byte.
+                let s = i + 1 - 15;
+                let e = run_end(v, i, C_IBAN);
+                // Two letters and two digits first.
                 let signature = v[s..e].windows(4).any(|w| {
                     w[0].is_ascii_uppercase()
                         && w[1].is_ascii_uppercase()
@@ -490,84 +597,72 @@ impl Scanner {
                 if signature {
                     out.push(s, e);
                 }
-            });
+                done.iban = e;
+            }
+            state = set_lane(state, L_IBAN, 0);
         }
-        if plan.email {
-            email(v, out);
+        if (lane(state, L_COLONS) | lane(state, L_DOUBLE)) & 0x80 != 0 {
+            if i >= done.hex {
+                let (s, e) = (run_start(v, i, C_HEX), run_end(v, i, C_HEX));
+                ipv6(&v[s..e], s, out);
+                done.hex = e;
+            }
+            state = set_lane(set_lane(state, L_COLONS, 0), L_DOUBLE, 0);
         }
-        if plan.ipv6 {
-            ipv6(v, plan.full_ipv6, &self.double_colon, out);
-        }
-        if plan.prefixed {
-            // Shortest: an AWS access key id (20 bytes). A token run shorter than 40
-            // bytes needs one of the literal prefixes; longer ones always make a
-            // window (and one byte either side).
-            sampled_runs(v, 20, C_TOK, |s, e| {
-                if e - s >= 40 || has_token_prefix(&v[s..e]) {
-                    out.push(s.saturating_sub(1), (e + 1).min(v.len()));
-                }
-            });
-        }
-        if plan.aws_secret && !plan.prefixed {
-            // The pattern also reads the byte on either side of its 40 characters.
-            sampled_runs(v, 40, C_TOK, |s, e| {
-                out.push(s.saturating_sub(1), (e + 1).min(v.len()));
-            });
-        }
-        if plan.pem {
-            for at in self.pem.find_iter(v) {
-                // The BEGIN line is at most 48 bytes; the validator finds the END line.
+        if lane(state, L_DASHES) & 0x80 != 0 {
+            // The BEGIN line is at most 48 bytes; the validator finds the END line.
+            let at = i - 4;
+            if v.len() >= 27 && v[at..].starts_with(b"-----BEGIN ") {
                 out.push(at, (at + 64).min(v.len()));
             }
+            // Each further dash is an event again.
+            state = set_lane(state, L_DASHES, 127);
         }
+        if lane(state, L_AT) & 0x80 != 0 {
+            email(v, i, out);
+            state = set_lane(state, L_AT, 0);
+        }
+        state
     }
 }
 
-fn email(v: &[u8], out: &mut Windows) {
-    let mut from = 0;
-    while let Some(i) = memchr::memchr(b'@', &v[from..]) {
-        let at = from + i;
-        let s = v[..at]
-            .iter()
-            .rposition(|&b| !is(b, C_LOCAL))
-            .map_or(0, |i| i + 1);
-        let e = v[at + 1..]
-            .iter()
-            .position(|&b| !is(b, C_DOMAIN))
-            .map_or(v.len(), |i| at + 1 + i);
-        if s < at && v[at + 1..e].contains(&b'.') {
-            out.push(s, e);
-        }
-        from = at + 1;
-    }
-}
-
-fn ipv6(v: &[u8], full: bool, double_colon: &memchr::memmem::Finder<'_>, out: &mut Windows) {
-    // Compressed forms: a hex run with `::`.
-    let mut from = 0;
-    while let Some(i) = double_colon.find(&v[from..]) {
-        let (s, e) = grow(v, from + i, C_HEX);
+/// The window of the `@` at `at`, if it has local-part bytes before it and a dot in
+/// the domain bytes after it.
+fn email(v: &[u8], at: usize, out: &mut Windows) {
+    let s = v[..at]
+        .iter()
+        .rposition(|&b| !is(b, C_LOCAL))
+        .map_or(0, |i| i + 1);
+    let e = v[at + 1..]
+        .iter()
+        .position(|&b| !is(b, C_DOMAIN))
+        .map_or(v.len(), |i| at + 1 + i);
+    if s < at && v[at + 1..e].contains(&b'.') {
         out.push(s, e);
-        from = e;
     }
-    if !full {
-        return;
+}
+
+/// The windows of a maximal hex run (at `offset`) with `::` or six colons or more.
+fn ipv6(run: &[u8], offset: usize, out: &mut Windows) {
+    let (mut colons, mut double, mut hex_colon) = (0, false, false);
+    for (k, &b) in run.iter().enumerate() {
+        if b == b':' {
+            colons += 1;
+            let before = k.checked_sub(1).map(|j| run[j]);
+            double |= before == Some(b':');
+            hex_colon |= before.is_some_and(|c| c.is_ascii_hexdigit())
+                && run.get(k + 1).is_some_and(u8::is_ascii_hexdigit);
+        }
     }
-    // Full forms (eight groups, or six and an IPv4): a hex run with six colons or
-    // more, found from a colon between two hex digits.
-    let mut from = 0;
-    while let Some(i) = memchr::memchr(b':', &v[from..]) {
-        let at = from + i;
-        from = at + 1;
-        let hex_before = at > 0 && v[at - 1].is_ascii_hexdigit();
-        if !(hex_before && v.get(at + 1).is_some_and(u8::is_ascii_hexdigit)) {
-            continue;
-        }
-        let (s, e) = grow(v, at, C_HEX);
-        if v[s..e].iter().filter(|&&b| b == b':').count() >= 6 {
-            out.push(s, e);
-        }
-        from = e;
+    let window = (offset, offset + run.len());
+    // Compressed forms: `::`.
+    if double {
+        out.push(window.0, window.1);
+    }
+    // Full forms (eight groups, or six and an IPv4): six colons or more, one of them
+    // between two hex digits.
+    if colons >= 6 && hex_colon {
+        out.push(window.0, window.1);
     }
 }
 
@@ -578,9 +673,7 @@ mod tests {
     fn windows(names: &[&str], v: &str) -> Vec<(usize, usize)> {
         let scanner = Scanner::new(Enabled::from_names(names));
         let mut w = Windows::new();
-        if let Some(plan) = scanner.plan(v.as_bytes()) {
-            scanner.scan(&plan, v.as_bytes(), &mut w);
-        }
+        scanner.scan(v.as_bytes(), &mut w);
         w.finish(v.len()).to_vec()
     }
 
@@ -640,7 +733,11 @@ mod tests {
     #[test]
     fn numeric_runs() {
         let all = Enabled::from_names(ALL);
-        let cand = |r: &str| numeric_run(r.as_bytes(), &all);
+        let cand = |r: &str| {
+            let (end, shape) = numeric_run(r.as_bytes(), 0, &all);
+            assert_eq!(end, r.len(), "{r}");
+            shape
+        };
         assert!(cand(" (415) 555-2671 "));
         assert!(cand("1-800-555-0199"));
         assert!(cand(" 123-45-6789"));
@@ -656,24 +753,6 @@ mod tests {
         assert!(cand("4111111111111111"));
         assert!(!cand("89296562-7308-4034-"));
         assert!(!cand("2024-05-17 08"));
-    }
-
-    #[test]
-    fn counts() {
-        let v: Vec<u8> = (0..=255u8).chain(b"0:@-9.+".iter().copied()).collect();
-        let c = Counts::of(&v);
-        assert_eq!(
-            (c.digits, c.colons, c.ats, c.dots, c.upper, c.dashes),
-            (12, 2, 2, 2, 26, 2)
-        );
-        let c = Counts::of(b"+1 (415) 555-2671 a@b.c:X");
-        assert_eq!(
-            (c.digits, c.colons, c.ats, c.dots, c.upper, c.dashes),
-            (11, 1, 1, 1, 1, 1)
-        );
-        // Longer than one 255-byte chunk: no lane overflows.
-        let c = Counts::of("7-".repeat(600).as_bytes());
-        assert_eq!((c.digits, c.dashes), (600, 600));
     }
 
     #[test]
