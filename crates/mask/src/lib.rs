@@ -143,6 +143,16 @@ pub enum Cell {
     Replaced,
 }
 
+/// A pattern part that matches anything.
+fn is_any(part: &str) -> bool {
+    part.bytes().all(|b| b == b'*')
+}
+
+/// Whether one of `identifiers` matches the pattern part.
+fn named(part: &str, identifiers: &[String]) -> bool {
+    identifiers.iter().any(|m| glob(part, m))
+}
+
 #[derive(Debug)]
 struct ColumnPattern {
     parts: [String; 3],
@@ -161,23 +171,35 @@ impl ColumnPattern {
         }
     }
 
-    /// Whether a statement naming `identifiers` may compute values from matching columns.
+    /// Whether a statement naming `identifiers` may compute text from matching columns.
     /// A rule that names its table covers every computed value of a statement that names
     /// that table: a whole row can carry the column without naming it (`row_to_json(u)`,
-    /// `u::text`, `SELECT u FROM users u`). A rule for any table (`*.*.ssn`) covers
-    /// statements that name the column; `schema.*.*` those that name the schema.
-    fn mentioned_in(&self, identifiers: &[String]) -> bool {
-        let any = |part: &str| part.bytes().all(|b| b == b'*');
-        let named = |part: &str| identifiers.iter().any(|m| glob(part, m));
+    /// `u::text`, `SELECT u FROM users u`). Naming the column is enough too (it may be
+    /// read through a view). A rule for any table (`*.*.ssn`) covers statements that
+    /// name the column; `schema.*.*` those that name the schema.
+    fn reaches(&self, identifiers: &[String]) -> bool {
         let [schema, table, column] = &self.parts;
-        if !any(table) {
-            named(table)
-        } else if !any(column) {
-            named(column)
-        } else if !any(schema) {
-            named(schema)
+        if !is_any(table) {
+            named(table, identifiers) || (!is_any(column) && named(column, identifiers))
+        } else if !is_any(column) {
+            named(column, identifiers)
+        } else if !is_any(schema) {
+            named(schema, identifiers)
         } else {
             true
+        }
+    }
+
+    /// Whether a statement naming `identifiers` names the column itself (or, for a rule
+    /// covering every column, its table): then even a computed number or date may carry
+    /// it (`ascii(substr(email, 1, 1))`, `replace(ssn, '-', '')::bigint`). Counting rows
+    /// of the table (`count(*)`) does not name the column.
+    fn names_column(&self, identifiers: &[String]) -> bool {
+        let [_, table, column] = &self.parts;
+        if !is_any(column) {
+            named(column, identifiers)
+        } else {
+            self.reaches(identifiers) && (is_any(table) || named(table, identifiers))
         }
     }
 
@@ -402,9 +424,10 @@ enum Action {
 
 impl SessionMasking {
     /// Decides what to do with each column of a result. `statement` is the statement's
-    /// text, when known: a computed text column (no origin) of a statement that names a
-    /// masked column is masked as that column — `lower(email)` must not reveal what
-    /// `email` would not. Returns `None` when no cell of this result can need masking.
+    /// text, when known: a computed column (no origin) of a statement that may derive it
+    /// from a masked column is masked as that column — `lower(email)` must not reveal
+    /// what `email` would not (see [`ColumnPattern::reaches`] and
+    /// [`ColumnPattern::names_column`]). Returns `None` when no cell can need masking.
     pub fn plan(
         self: &Arc<Self>,
         columns: &[ResultColumn<'_>],
@@ -412,6 +435,11 @@ impl SessionMasking {
     ) -> Option<ResultPlan> {
         let mut labels: Vec<(String, Option<String>, &'static str)> = Vec::new();
         let mentioned = statement.map(sluice_sql::identifiers).unwrap_or_default();
+        // EXECUTE and FETCH run a statement whose text this one does not show: computed
+        // columns are masked as if it named every masked column (failing closed).
+        let hidden = statement.is_some_and(|s| {
+            sluice_sql::first_word_is(s, "execute") || sluice_sql::first_word_is(s, "fetch")
+        });
         let mut actions = Vec::with_capacity(columns.len());
         for c in columns {
             let rule = match c.origin {
@@ -420,12 +448,18 @@ impl SessionMasking {
                     .iter()
                     .find(|(p, _)| p.matches(o))
                     .map(|(_, s)| (o.label(), s)),
-                Origin::Computed if c.kind != CellKind::Opaque => self
+                Origin::Computed => self
                     .columns
                     .iter()
-                    .find(|(p, _)| p.mentioned_in(&mentioned))
+                    .find(|(p, _)| {
+                        hidden
+                            || if c.kind == CellKind::Opaque {
+                                p.names_column(&mentioned)
+                            } else {
+                                p.reaches(&mentioned)
+                            }
+                    })
                     .map(|(p, s)| (format!("(computed from {})", p.parts.join(".")), s)),
-                Origin::Computed => None,
                 Origin::Unknown => self
                     .columns
                     .first()
@@ -465,9 +499,11 @@ impl SessionMasking {
 
     /// Masks what the detectors find in a free text (an error message, a notice detail).
     /// Returns the masked text and what was masked, or `None` when nothing was found.
-    pub fn mask_text(&self, text: &str) -> Option<(String, Vec<MaskCount>)> {
+    /// Works on bytes: the text may be in any ASCII-compatible client encoding (the
+    /// markers written are ASCII).
+    pub fn mask_text(&self, text: &[u8]) -> Option<(Vec<u8>, Vec<MaskCount>)> {
         let mut hits = Vec::new();
-        self.detectors.find(text.as_bytes(), &mut hits);
+        self.detectors.find(text, &mut hits);
         if hits.is_empty() {
             return None;
         }
@@ -475,7 +511,7 @@ impl SessionMasking {
         let mut counts = vec![0u64; self.detectors.names().len()];
         let mut at = 0;
         for h in &hits {
-            out.extend_from_slice(&text.as_bytes()[at..h.start]);
+            out.extend_from_slice(&text[at..h.start]);
             let style = self.style_of(h.detector);
             // A message has no NULL: the null style writes the default marker instead.
             let style = if matches!(style, Style::Null) {
@@ -483,14 +519,13 @@ impl SessionMasking {
             } else {
                 style
             };
-            style.write_span(&text.as_bytes()[h.start..h.end], &self.key, false, &mut out);
+            style.write_span(&text[h.start..h.end], &self.key, false, &mut out);
             if let Some(c) = counts.get_mut(usize::from(h.detector)) {
                 *c += 1;
             }
             at = h.end;
         }
-        out.extend_from_slice(&text.as_bytes()[at..]);
-        let masked = String::from_utf8_lossy(&out).into_owned();
+        out.extend_from_slice(&text[at..]);
         let counts = counts
             .into_iter()
             .enumerate()
@@ -502,7 +537,7 @@ impl SessionMasking {
                 values: n,
             })
             .collect();
-        Some((masked, counts))
+        Some((out, counts))
     }
 
     fn style_of(&self, detector: u16) -> &Style {
@@ -587,24 +622,32 @@ impl ResultPlan {
             return Cell::Null;
         }
         out.clear();
+        let json = kind == CellKind::Json;
         let mut at = 0;
         for h in &self.hits {
-            out.extend_from_slice(&value[at..h.start]);
+            let (start, end, quote) = if json {
+                json_span(value, h.start, h.end)
+            } else {
+                (h.start, h.end, false)
+            };
+            if start < at {
+                continue; // widened by the previous span to cover this one
+            }
+            out.extend_from_slice(&value[at..start]);
             // A bare JSON token (a number) replaced by text must become a string.
-            let quote = kind == CellKind::Json && !inside_json_string(&value[..h.start]);
             if quote {
                 out.push(b'"');
             }
             self.masking.style_of(h.detector).write_span(
-                &value[h.start..h.end],
+                &value[start..end],
                 &self.masking.key,
-                kind == CellKind::Json,
+                json,
                 out,
             );
             if quote {
                 out.push(b'"');
             }
-            at = h.end;
+            at = end;
         }
         out.extend_from_slice(&value[at..]);
         Cell::Replaced
@@ -626,18 +669,137 @@ impl ResultPlan {
     }
 }
 
-/// Whether the end of `prefix` lies inside a JSON string (an odd number of unescaped quotes).
-fn inside_json_string(prefix: &[u8]) -> bool {
+/// Adjusts a detector's span in a JSON document so that replacing it keeps the document
+/// valid: a span starting inside an escape sequence (`\n`, `\u0040`) takes the whole
+/// escape, one ending inside an escape takes it to its end, and one inside a string
+/// never runs past the string's closing quote. A span outside any string (a number) is
+/// replaced by a string, taking a leading minus sign with it. Returns the span and whether
+/// the replacement must be quoted.
+fn json_span(v: &[u8], start: usize, end: usize) -> (usize, usize, bool) {
+    let escape_len = |i: usize| if v.get(i + 1) == Some(&b'u') { 6 } else { 2 };
+    let (mut s, mut e) = (start, end);
     let mut inside = false;
-    let mut escaped = false;
-    for &b in prefix {
-        if escaped {
-            escaped = false;
-        } else if inside && b == b'\\' {
-            escaped = true;
-        } else if b == b'"' {
+    let mut i = 0;
+    while i < s {
+        if inside && v[i] == b'\\' {
+            let len = escape_len(i);
+            if i + len > s {
+                s = i;
+                break;
+            }
+            i += len;
+            continue;
+        }
+        if v[i] == b'"' {
             inside = !inside;
         }
+        i += 1;
     }
-    inside
+    if !inside {
+        if s > 0 && v[s - 1] == b'-' {
+            s -= 1;
+        }
+        return (s, e, true);
+    }
+    let mut j = s;
+    while j < e {
+        match v[j] {
+            b'\\' => j += escape_len(j),
+            b'"' => {
+                e = j;
+                break;
+            }
+            _ => j += 1,
+        }
+    }
+    (s, e.max(j).min(v.len()), false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_core::ActorKind;
+
+    fn session(yaml: &str) -> Arc<SessionMasking> {
+        let specs: Vec<MaskRuleSpec> = serde_yaml_ng::from_str(yaml).unwrap_or_default();
+        let masking = Masking::new(&specs, b"key".to_vec()).unwrap_or_else(|e| panic!("{e}"));
+        let who = Identity {
+            user: "u".into(),
+            groups: vec![],
+            actor: ActorKind::Human,
+        };
+        masking
+            .for_session("db", &who)
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| panic!("covered"))
+    }
+
+    fn mask(plan: &mut ResultPlan, col: usize, value: &str) -> Option<String> {
+        let mut out = Vec::new();
+        match plan.mask_cell(col, value.as_bytes(), &mut out) {
+            Cell::Keep => Some(value.to_owned()),
+            Cell::Null => None,
+            Cell::Replaced => Some(String::from_utf8_lossy(&out).into_owned()),
+        }
+    }
+
+    #[test]
+    fn json_stays_json() {
+        let s = session("- { detectors: [email, credit_card, private_key] }");
+        let col = [ResultColumn {
+            origin: Origin::Computed,
+            kind: CellKind::Json,
+        }];
+        let mut plan = s
+            .plan(&col, Some("SELECT doc"))
+            .unwrap_or_else(|| panic!("plan"));
+        for (input, expected) in [
+            (r#"{"d": -4111111111111111}"#, r#"{"d": "[redacted]"}"#),
+            (r#"{"n": 4111111111111111}"#, r#"{"n": "[redacted]"}"#),
+            (
+                r#"{"a": "Alice\nalice@example.com"}"#,
+                r#"{"a": "Alice[redacted]"}"#,
+            ),
+            (
+                r#"{"a": "x alice@example.com", "b": 1}"#,
+                r#"{"a": "x [redacted]", "b": 1}"#,
+            ),
+            (
+                r#"{"k": "-----BEGIN PRIVATE KEY-----\nMIIB", "z": 2}"#,
+                r#"{"k": "[redacted]", "z": 2}"#,
+            ),
+        ] {
+            assert_eq!(
+                mask(&mut plan, 0, input).as_deref(),
+                Some(expected),
+                "{input}"
+            );
+        }
+    }
+
+    #[test]
+    fn computed_columns_follow_what_the_statement_names() {
+        let s = session(r#"- { columns: ["*.users.email", "*.*.ssn"] }"#);
+        let text = ResultColumn {
+            origin: Origin::Computed,
+            kind: CellKind::Text,
+        };
+        let number = ResultColumn {
+            origin: Origin::Computed,
+            kind: CellKind::Opaque,
+        };
+        let planned = |sql: &str, c: ResultColumn<'_>| s.plan(&[c], Some(sql)).is_some();
+        assert!(planned("SELECT lower(x) FROM users", text));
+        assert!(planned("SELECT lower(email) FROM v_users", text));
+        assert!(planned("SELECT ascii(email) FROM users", number));
+        assert!(!planned("SELECT count(*) FROM users", number));
+        assert!(planned(
+            "SELECT replace(ssn, '-', '')::bigint FROM people",
+            number
+        ));
+        assert!(!planned("SELECT upper(name) FROM people", text));
+        assert!(planned("EXECUTE p", number));
+        assert!(planned("FETCH ALL FROM c", text));
+    }
 }

@@ -211,6 +211,46 @@ impl Catalog {
         Ok(fields)
     }
 
+    /// Whether any of `names` is the name of relations in more than one schema (temporary
+    /// ones included): then an unqualified name in a session may not mean what it means on
+    /// this connection, whose `search_path` is the default one.
+    pub async fn ambiguous(&self, names: &[String]) -> Result<bool, String> {
+        // The names travel as a bound parameter (a text[] literal), never inside SQL text.
+        let mut array = String::from("{");
+        for (i, n) in names.iter().enumerate() {
+            if i > 0 {
+                array.push(',');
+            }
+            array.push('"');
+            for c in n.chars() {
+                if matches!(c, '"' | '\\') {
+                    array.push('\\');
+                }
+                array.push(c);
+            }
+            array.push('"');
+        }
+        array.push('}');
+        let mut out = BytesMut::new();
+        put_parse(
+            &mut out,
+            "SELECT relname FROM pg_catalog.pg_class \
+             WHERE relkind IN ('r', 'v', 'm', 'p', 'f') AND relname = ANY($1::text[]) \
+             GROUP BY relname HAVING count(*) > 1",
+        );
+        put_bind_text(&mut out, &array);
+        codec::put_execute(&mut out, "");
+        codec::sync(&mut out);
+        let mut rows = 0;
+        self.exchange(&out, |tag, _| {
+            if tag == b'D' {
+                rows += 1;
+            }
+        })
+        .await?;
+        Ok(rows > 0)
+    }
+
     /// Runs a simple query; rows as text.
     async fn query(&self, sql: &str) -> Result<Vec<Vec<Option<String>>>, String> {
         let mut out = BytesMut::new();
@@ -303,6 +343,19 @@ fn put_parse(out: &mut BytesMut, sql: &str) {
     out.extend_from_slice(b"\0");
     out.extend_from_slice(sql.as_bytes());
     out.extend_from_slice(b"\0\0\0");
+}
+
+/// Bind of the unnamed statement to the unnamed portal with one text parameter.
+fn put_bind_text(out: &mut BytesMut, value: &str) {
+    let len = 4 + 1 + 1 + 2 + 2 + 4 + value.len() + 2;
+    out.extend_from_slice(b"B");
+    out.extend_from_slice(&(len as i32).to_be_bytes());
+    out.extend_from_slice(b"\0\0"); // portal, statement
+    out.extend_from_slice(&0i16.to_be_bytes()); // parameter formats: all text
+    out.extend_from_slice(&1i16.to_be_bytes());
+    out.extend_from_slice(&(value.len() as i32).to_be_bytes());
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(&0i16.to_be_bytes()); // result formats: all text
 }
 
 fn parse_text_row(body: &[u8]) -> Vec<Option<String>> {

@@ -319,14 +319,15 @@ pub fn parse_error_fields(body: &[u8]) -> ErrorFields {
             break;
         }
         pos += 1;
-        let Ok(value) = read_cstr(body, &mut pos, "ErrorResponse") else {
+        // Lossy: a message in a client_encoding such as LATIN1 is still recorded.
+        let Ok(value) = read_cstr_lossy(body, &mut pos, "ErrorResponse") else {
             break;
         };
         match field {
-            b'V' => fields.severity = value.to_owned(),
-            b'S' if fields.severity.is_empty() => fields.severity = value.to_owned(),
-            b'C' => fields.code = value.to_owned(),
-            b'M' => fields.message = value.to_owned(),
+            b'V' => fields.severity = value.into_owned(),
+            b'S' if fields.severity.is_empty() => fields.severity = value.into_owned(),
+            b'C' => fields.code = value.into_owned(),
+            b'M' => fields.message = value.into_owned(),
             _ => {}
         }
     }

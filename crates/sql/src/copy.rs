@@ -12,6 +12,8 @@ pub struct CopyOut {
     pub binary: bool,
     /// CSV output starts with a line of column names.
     pub header: bool,
+    /// The `ENCODING` option: the output's encoding, when not the client's.
+    pub encoding: Option<String>,
     pub delimiter: Option<u8>,
     pub null: Option<String>,
     pub quote: Option<u8>,
@@ -65,6 +67,7 @@ pub fn copy_to_stdout(sql: &str) -> Option<CopyOut> {
         csv: false,
         binary: false,
         header: false,
+        encoding: None,
         delimiter: None,
         null: None,
         quote: None,
@@ -107,13 +110,22 @@ pub fn copy_to_stdout(sql: &str) -> Option<CopyOut> {
             }
             // Options that do not change how fields are laid out.
             (TokenKind::Word, "header") => {
-                let off = next.map(|n| n.text(sql).to_ascii_lowercase());
-                copy.header = !matches!(off.as_deref(), Some("false" | "off" | "0"));
+                // A boolean may be written bare, quoted ('false') or as an identifier ("off").
+                let value = next.map(|n| {
+                    let text = n.text(sql);
+                    text.trim_matches(|c| c == '\'' || c == '"')
+                        .to_ascii_lowercase()
+                });
+                copy.header = !matches!(value.as_deref(), Some("false" | "off" | "0"));
+            }
+            (TokenKind::Word, "encoding") => {
+                copy.encoding = Some(literal(sql, next?)?);
+                j += 1;
             }
             (
                 TokenKind::Word,
-                "with" | "true" | "false" | "on" | "off" | "match" | "encoding" | "force_quote"
-                | "force" | "text",
+                "with" | "true" | "false" | "on" | "off" | "match" | "force_quote" | "force"
+                | "text",
             )
             | (
                 TokenKind::OpenParen
@@ -123,7 +135,7 @@ pub fn copy_to_stdout(sql: &str) -> Option<CopyOut> {
                 _,
             ) => {}
             (TokenKind::Other, ",") | (TokenKind::Other, "*") => {}
-            (TokenKind::Literal(_), _) => {} // ENCODING 'UTF8'
+            (TokenKind::Literal(_), _) => {} // HEADER 'true'
             (TokenKind::Word | TokenKind::QuotedIdent, _) => {} // FORCE_QUOTE column names
             _ => return None,
         }
@@ -180,6 +192,14 @@ mod tests {
             .unwrap_or_else(|| panic!("parsed"));
         assert_eq!(c.source, "SELECT * FROM \"Odd Table\"");
         assert_eq!(c.null.as_deref(), Some("x'y"));
+        for off in ["'false'", "\"off\"", "0", "false"] {
+            let c = copy_to_stdout(&format!("COPY t TO STDOUT (FORMAT csv, HEADER {off})"))
+                .unwrap_or_else(|| panic!("parsed"));
+            assert!(!c.header, "{off}");
+        }
+        let c = copy_to_stdout("COPY t TO STDOUT (ENCODING 'SJIS')")
+            .unwrap_or_else(|| panic!("parsed"));
+        assert_eq!(c.encoding.as_deref(), Some("SJIS"));
         assert!(copy_to_stdout("COPY users FROM STDIN").is_none());
         assert!(copy_to_stdout("COPY users TO '/tmp/x'").is_none());
         assert!(copy_to_stdout("COPY users TO STDOUT DELIMITER E'\\t'").is_none());

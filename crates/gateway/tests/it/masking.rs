@@ -403,3 +403,54 @@ NOTIFY ch, 'write to carol@example.com';
         assert!(!out.contains(secret), "{secret}: {out}");
     }
 }
+
+/// Ways out found by a red-team pass; each must stay closed.
+#[test]
+fn computed_values_encodings_and_side_channels_stay_masked() {
+    let (gw, token) = masked_gateway("mask_redteam");
+    pg().psql_admin(
+        "mask_redteam",
+        "CREATE SCHEMA hr2; CREATE TABLE hr2.users(salary int, ssn text, email text);
+         INSERT INTO hr2.users VALUES (1, '321-54-9876', 'zed@example.com');",
+    );
+    let conn = gw.conninfo("mask_redteam", "erin", &token);
+    let (ok, out, err) = gw.psql_script(
+        &conn,
+        &["-v", "VERBOSITY=verbose"],
+        r#"
+SELECT convert_to(email, 'UTF8'), ascii(substr(email, 1, 1)), replace(ssn, '-', '')::bigint FROM users WHERE id = 1;
+PREPARE p AS SELECT translate(ssn, '-', '/') FROM users WHERE id = 1;
+EXECUTE p;
+BEGIN;
+DECLARE c CURSOR FOR SELECT replace(email, '@', ' AT ') FROM users WHERE id = 1;
+FETCH ALL FROM c;
+COMMIT;
+COPY users (id, email, ssn) TO STDOUT (FORMAT csv, HEADER 'false');
+SET search_path = hr2, public;
+COPY users TO STDOUT;
+RESET search_path;
+LISTEN ch;
+SELECT count(pg_notify('ch', g || ' ' || email)) FROM users, generate_series(1, 3000) g WHERE id = 1;
+DO $$ BEGIN RAISE NOTICE 'n' USING COLUMN = (SELECT string_agg(email, ';') FROM users); END $$;
+SET client_encoding = 'LATIN1';
+SELECT (chr(233) || ' ' || email)::int FROM users WHERE id = 1;
+"#,
+    );
+    let all = format!("{out}\n{err}");
+    for secret in [
+        "alice@example.com",
+        "bob@example.org",
+        "123-45-6789",
+        "123/45/6789",
+        "123456789",
+        "alice AT example.com",
+        "321-54-9876",
+        "zed@example.com",
+        "\\x616c696365",
+    ] {
+        assert!(!all.contains(secret), "{secret} leaked:\n{all}");
+    }
+    assert!(!ok || err.contains("invalid input syntax"), "{err}");
+    // The notifications did arrive, masked.
+    assert!(out.contains("Asynchronous notification \"ch\""), "{out}");
+}

@@ -119,14 +119,23 @@ impl Masker {
         self.current = self.plan(&fields, statement, None).await;
     }
 
-    /// A CopyOutResponse: plans the COPY's rows from its statement.
-    pub async fn copy_out(&mut self, body: &[u8], statement: Option<&str>) {
+    /// A CopyOutResponse: plans the COPY's rows from its statement. `unsafe_encoding`:
+    /// the session's client_encoding is one whose characters can hold a delimiter byte.
+    pub async fn copy_out(&mut self, body: &[u8], statement: Option<&str>, unsafe_encoding: bool) {
         self.end_result();
         let binary = body.first() == Some(&1);
         let columns = body
             .get(1..3)
             .map_or(0, |b| i16::from_be_bytes([b[0], b[1]]).max(0) as usize);
-        let copy = statement.and_then(sluice_sql::copy_to_stdout);
+        // Fields cannot be told apart when a multibyte character can end in a delimiter
+        // or backslash byte (SJIS, BIG5, …): then the layout counts as unknown.
+        let copy = statement.and_then(sluice_sql::copy_to_stdout).filter(|c| {
+            let encoding_hides = match &c.encoding {
+                Some(e) => crate::codec::encoding_hides_delimiters(e),
+                None => unsafe_encoding,
+            };
+            !encoding_hides
+        });
         let format = match &copy {
             _ if binary => CopyFormat::Binary,
             Some(c) if c.csv => CopyFormat::Csv {
@@ -143,13 +152,7 @@ impl Masker {
         };
         let header_pending = copy.as_ref().is_some_and(|c: &CopyOut| c.csv && c.header);
         let described = match &copy {
-            Some(c) => match self.catalog.describe(&c.source).await {
-                Ok(fields) => Some(fields),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot describe a COPY's columns; masking every field");
-                    None
-                }
-            },
+            Some(c) => self.describe_copy(&c.source).await,
             None => None,
         };
         let fields: Vec<Field> = match described {
@@ -175,6 +178,25 @@ impl Masker {
             header_pending,
         };
         self.current = self.plan(&fields, statement, Some(state)).await;
+    }
+
+    /// The columns of a COPY's source, described on the catalog connection — unless a
+    /// name in it could resolve differently in the session (its search_path, its temporary
+    /// tables): then `None`, and every field counts as unknown.
+    async fn describe_copy(&self, source: &str) -> Option<Vec<Field>> {
+        let names = sluice_sql::identifiers(source);
+        let described = match self.catalog.ambiguous(&names).await {
+            Ok(false) => self.catalog.describe(source).await,
+            Ok(true) => Err("a name in it exists in more than one schema".to_owned()),
+            Err(e) => Err(e),
+        };
+        match described {
+            Ok(fields) => Some(fields),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot describe a COPY's columns; masking every field");
+                None
+            }
+        }
     }
 
     async fn plan(
@@ -337,15 +359,17 @@ impl Masker {
             let value = &body[pos + 1..end];
             out.put_u8(field);
             let masked = match field {
-                b'M' | b'D' | b'H' | b'W' | b'q' => std::str::from_utf8(value)
-                    .ok()
-                    .and_then(|v| self.masking.mask_text(v)),
+                // Message, detail, hint, context, internal query, and the object names
+                // (schema, table, column, type, constraint) a RAISE … USING can fill.
+                b'M' | b'D' | b'H' | b'W' | b'q' | b's' | b't' | b'c' | b'd' | b'n' => {
+                    self.masking.mask_text(value)
+                }
                 _ => None,
             };
             match masked {
                 Some((text, counts)) => {
                     changed = true;
-                    out.extend_from_slice(text.replace('\0', "").as_bytes());
+                    out.extend(text.iter().filter(|b| **b != 0));
                     self.counts.extend(counts);
                 }
                 None => out.extend_from_slice(value),
@@ -366,13 +390,13 @@ impl Masker {
     pub fn scrub_notification(&mut self, body: &[u8]) -> Option<BytesMut> {
         let channel_end = 4 + body.get(4..)?.iter().position(|b| *b == 0)?;
         let payload = body.get(channel_end + 1..)?.strip_suffix(&[0])?;
-        let (text, counts) = self.masking.mask_text(std::str::from_utf8(payload).ok()?)?;
+        let (text, counts) = self.masking.mask_text(payload)?;
         self.counts.extend(counts);
         let mut out = BytesMut::new();
         out.put_u8(b'A');
         out.put_i32(0);
         out.extend_from_slice(&body[..=channel_end]);
-        out.extend_from_slice(text.replace('\0', "").as_bytes());
+        out.extend(text.iter().filter(|b| **b != 0));
         out.put_u8(0);
         let len = (out.len() - 1) as i32;
         out[1..5].copy_from_slice(&len.to_be_bytes());
@@ -384,7 +408,7 @@ impl Masker {
     pub fn function_result(&mut self, body: &[u8]) -> Option<BytesMut> {
         let len = i32::from_be_bytes(body.get(..4)?.try_into().ok()?);
         let value = body.get(4..4 + usize::try_from(len).ok()?)?;
-        let (_, counts) = self.masking.mask_text(&String::from_utf8_lossy(value))?;
+        let (_, counts) = self.masking.mask_text(value)?;
         self.counts.extend(counts);
         let mut out = BytesMut::new();
         out.put_u8(b'V');

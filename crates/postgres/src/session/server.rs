@@ -138,7 +138,8 @@ impl<P: Pipeline> ServerToClient<P> {
             if available < total {
                 let masked_row = matches!(h.tag, b'D' | b'd')
                     && self.masker.as_ref().is_some_and(Masker::inspecting);
-                let masked_message = self.masker.is_some() && matches!(h.tag, b'T' | b'H' | b'N');
+                let masked_message =
+                    self.masker.is_some() && matches!(h.tag, b'T' | b'H' | b'N' | b'A' | b'V');
                 if needs_body(h.tag) || masked_message || masked_row {
                     let limit = if masked_row {
                         MAX_MASKED_ROW
@@ -177,11 +178,14 @@ impl<P: Pipeline> ServerToClient<P> {
             let masked = match self.masker.as_mut() {
                 Some(m) => match h.tag {
                     b'T' | b'H' => {
-                        let sql = lock(&self.shared.state).current_sql();
+                        let (sql, unsafe_encoding) = {
+                            let state = lock(&self.shared.state);
+                            (state.current_sql(), state.unsafe_encoding.is_some())
+                        };
                         if h.tag == b'T' {
                             m.row_description(body, sql.as_deref()).await;
                         } else {
-                            m.copy_out(body, sql.as_deref()).await;
+                            m.copy_out(body, sql.as_deref(), unsafe_encoding).await;
                         }
                         None
                     }
