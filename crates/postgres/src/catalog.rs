@@ -126,12 +126,14 @@ impl Catalog {
         }
         let rows = self
             .query(&format!(
-                "SELECT n.nspname, c.relname, c.relkind, a.attnum, a.attname, \
+                "SELECT n.nspname, t.relname, c.relkind, a.attnum, a.attname, \
                  CASE WHEN c.relkind IN ('v', 'm') AND a.attnum = 1 THEN \
                  (SELECT r.ev_action::text FROM pg_catalog.pg_rewrite r \
                   WHERE r.ev_class = c.oid AND r.rulename = '_RETURN') END \
                  FROM pg_catalog.pg_class c \
-                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                 JOIN pg_catalog.pg_class t ON t.oid = CASE WHEN c.relispartition \
+                  THEN pg_catalog.pg_partition_root(c.oid) ELSE c.oid END \
+                 JOIN pg_catalog.pg_namespace n ON n.oid = t.relnamespace \
                  JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid \
                  WHERE c.oid = {oid} AND a.attnum > 0 AND NOT a.attisdropped"
             ))

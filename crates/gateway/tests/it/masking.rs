@@ -11,6 +11,8 @@ const MASKING: &str = r#"masking:
   - name: pii
     except: [group:auditors]
     columns: ["*.users.email", "*.*.ssn"]
+  - name: accounts
+    columns: ["public.accounts.token"]
   - name: cards
     columns: ["public.users.card"]
     style: partial
@@ -36,6 +38,9 @@ INSERT INTO users VALUES
 CREATE TABLE orders(id int, user_id int, total numeric);
 INSERT INTO orders VALUES (10, 1, 9.5), (11, 2, 20);
 CREATE VIEW contacts AS SELECT id, email AS contact, upper(name) AS shout FROM users;
+CREATE TABLE accounts(id int, token text) PARTITION BY RANGE (id);
+CREATE TABLE accounts_2024 PARTITION OF accounts FOR VALUES FROM (0) TO (100);
+INSERT INTO accounts VALUES (1, 'tok-1');
 CREATE VIEW contacts2 AS SELECT contact FROM contacts;
 "#;
 
@@ -102,6 +107,8 @@ fn psql_sees_masked_columns_through_aliases_joins_views_and_computations() {
         "[redacted]|[redacted]"
     );
     assert_eq!(q("SELECT 'x' || total FROM orders WHERE id = 10"), "x9.5");
+    // A partition is masked as its partitioned table.
+    assert_eq!(q("SELECT token FROM accounts_2024"), "[redacted]");
     // partial keeps the shape and the last four digits.
     assert_eq!(
         q("SELECT card FROM users WHERE id = 1"),
