@@ -117,7 +117,8 @@ BYTES="$(PGPASSWORD="$PG_PASSWORD" psql -X -At -h 127.0.0.1 -p "$PG_PORT" -U pos
   -c "SELECT sum(octet_length(id::text) + octet_length(name) + octet_length(city) + octet_length(email) + octet_length(note) + octet_length(created::text)) FROM people")"
 
 DETECTORS="[email, credit_card, us_ssn, phone, iban, ipv4, ipv6, aws_access_key, aws_secret_key, jwt, private_key, api_token]"
-start_sluice() { # name api pg extra-yaml
+declare -A SLUICE_ENV=()
+start_sluice() { # name api pg extra-yaml -> SLUICE_ENV[name] (not in a subshell: the pid must be kept)
   local name="$1" api="$2" pgport="$3" extra="$4" cfg="$TMP/$1.yaml" pid token
   cat >"$cfg" <<EOF
 listen: { api: 127.0.0.1:$api, postgres: 127.0.0.1:$pgport }
@@ -132,13 +133,15 @@ EOF
   wait_port "$pgport" "sluice ($name)" "$pid" "$TMP/$name.log"
   "$SLUICE_BIN" users add bench --config "$cfg" >/dev/null
   token="$("$SLUICE_BIN" tokens issue bench --ttl 2h --config "$cfg")"
-  echo "PGHOST=127.0.0.1 PGPORT=$pgport PGUSER=bench PGPASSWORD=$token PGDATABASE=bench PGSSLMODE=disable"
+  SLUICE_ENV[$name]="PGHOST=127.0.0.1 PGPORT=$pgport PGUSER=bench PGPASSWORD=$token PGDATABASE=bench PGSSLMODE=disable"
 }
 DIRECT_ENV="PGHOST=127.0.0.1 PGPORT=$PG_PORT PGUSER=postgres PGPASSWORD=$PG_PASSWORD PGDATABASE=bench PGSSLMODE=disable"
 log "starting sluice without and with masking"
-SLUICE_ENV="$(start_sluice sluice "$S_API" "$S_PG" "")"
-MASKED_ENV="$(start_sluice sluice_masked "$M_API" "$M_PG" "masking:
-  - { name: bench, columns: [\"*.people.email\"], detectors: $DETECTORS }")"
+start_sluice sluice "$S_API" "$S_PG" ""
+start_sluice sluice_masked "$M_API" "$M_PG" "masking:
+  - { name: bench, columns: [\"*.people.email\"], detectors: $DETECTORS }"
+SLUICE_ENV_PLAIN="${SLUICE_ENV[sluice]}"
+MASKED_ENV="${SLUICE_ENV[sluice_masked]}"
 
 # Masking must really happen, or the comparison means nothing.
 probe="$(env $MASKED_ENV psql -X -At -c "SELECT email, note FROM people WHERE id = 20")"
@@ -156,7 +159,7 @@ run() { # target env mode
 env $DIRECT_ENV "$PGBENCH" -n -c 1 -T 3 -f "$TMP/query.sql" >/dev/null 2>&1 || true
 for mode in $MODES; do
   run direct "$DIRECT_ENV" "$mode"
-  run sluice "$SLUICE_ENV" "$mode"
+  run sluice "$SLUICE_ENV_PLAIN" "$mode"
   run sluice_masked "$MASKED_ENV" "$mode"
 done
 
