@@ -494,6 +494,7 @@ impl SessionMasking {
             detector_base,
             masking: self.clone(),
             hits: Vec::new(),
+            scratch: Vec::new(),
         })
     }
 
@@ -558,6 +559,7 @@ pub struct ResultPlan {
     detector_base: usize,
     masking: Arc<SessionMasking>,
     hits: Vec<Hit>,
+    scratch: Vec<u8>,
 }
 
 impl ResultPlan {
@@ -601,7 +603,14 @@ impl ResultPlan {
 
     fn detect(&mut self, kind: CellKind, value: &[u8], out: &mut Vec<u8>) -> Cell {
         self.hits.clear();
-        self.masking.detectors.find(value, &mut self.hits);
+        if kind == CellKind::Json && value.contains(&b'\\') {
+            // Escapes become blanks of the same length, so that `\n123-45-6789` is seen
+            // as a separate value and offsets stay those of the document.
+            blank_json_escapes(value, &mut self.scratch);
+            self.masking.detectors.find(&self.scratch, &mut self.hits);
+        } else {
+            self.masking.detectors.find(value, &mut self.hits);
+        }
         if self.hits.is_empty() {
             return Cell::Keep;
         }
@@ -666,6 +675,30 @@ impl ResultPlan {
                 values: *n,
             })
             .collect()
+    }
+}
+
+/// A copy of a JSON document with each backslash escape (`\n`, `\u0040`) inside its
+/// strings replaced by as many spaces.
+fn blank_json_escapes(v: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(v);
+    let mut inside = false;
+    let mut i = 0;
+    while i < out.len() {
+        match out[i] {
+            b'\\' if inside => {
+                let len = if out.get(i + 1) == Some(&b'u') { 6 } else { 2 };
+                let end = (i + len).min(out.len());
+                out[i..end].fill(b' ');
+                i = end;
+            }
+            b'"' => {
+                inside = !inside;
+                i += 1;
+            }
+            _ => i += 1,
+        }
     }
 }
 
@@ -758,8 +791,12 @@ mod tests {
             (r#"{"d": -4111111111111111}"#, r#"{"d": "[redacted]"}"#),
             (r#"{"n": 4111111111111111}"#, r#"{"n": "[redacted]"}"#),
             (
+                r#"{"s": "x\n4111 1111 1111 1111"}"#,
+                r#"{"s": "x\n[redacted]"}"#,
+            ),
+            (
                 r#"{"a": "Alice\nalice@example.com"}"#,
-                r#"{"a": "Alice[redacted]"}"#,
+                r#"{"a": "Alice\n[redacted]"}"#,
             ),
             (
                 r#"{"a": "x alice@example.com", "b": 1}"#,

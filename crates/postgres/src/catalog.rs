@@ -30,6 +30,8 @@ const TTL: Duration = Duration::from_secs(30);
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest catalog message accepted (a view's stored query tree can be long).
 const MAX_MESSAGE: usize = 64 << 20;
+/// The catalog connection's search_path between describes.
+const SEARCH_CATALOG_ONLY: &str = "SET search_path = pg_catalog";
 /// Views over views are followed this deep.
 const MAX_VIEW_DEPTH: usize = 16;
 
@@ -203,8 +205,13 @@ impl Catalog {
         put_parse(&mut out, sql);
         codec::put_describe(&mut out, b'S', "");
         codec::sync(&mut out);
+        // The statement is described with the role's own search_path, as a session sees it.
+        let mut request = BytesMut::new();
+        codec::put_query(&mut request, "SET search_path TO DEFAULT");
+        request.extend_from_slice(&out);
+        codec::put_query(&mut request, SEARCH_CATALOG_ONLY);
         let mut fields = Vec::new();
-        self.exchange(&out, |tag, body| {
+        self.exchange(&request, 3, |tag, body| {
             if tag == b'T' {
                 fields = parse_row_description(body);
             }
@@ -244,7 +251,7 @@ impl Catalog {
         codec::put_execute(&mut out, "");
         codec::sync(&mut out);
         let mut rows = 0;
-        self.exchange(&out, |tag, _| {
+        self.exchange(&out, 1, |tag, _| {
             if tag == b'D' {
                 rows += 1;
             }
@@ -258,7 +265,7 @@ impl Catalog {
         let mut out = BytesMut::new();
         codec::put_query(&mut out, sql);
         let mut rows = Vec::new();
-        self.exchange(&out, |tag, body| {
+        self.exchange(&out, 1, |tag, body| {
             if tag == b'D' {
                 rows.push(parse_text_row(body));
             }
@@ -272,17 +279,36 @@ impl Catalog {
     async fn exchange(
         &self,
         request: &[u8],
+        readies: usize,
         mut each: impl FnMut(u8, &[u8]),
     ) -> Result<(), String> {
         let mut conn = self.conn.lock().await;
         for attempt in 0..2 {
             if conn.is_none() {
-                *conn = Some((self.connect)().await?);
+                let mut stream = (self.connect)().await?;
+                // The catalog is read with pg_catalog's own operators and functions only:
+                // a role's search_path (which any session as that role can change) must
+                // not redirect `=` in these queries.
+                let mut set = BytesMut::new();
+                codec::put_query(&mut set, SEARCH_CATALOG_ONLY);
+                match tokio::time::timeout(
+                    QUERY_TIMEOUT,
+                    round_trip(&mut stream, &set, 1, &mut |_, _| {}),
+                )
+                .await
+                {
+                    Ok(Ok(None)) => *conn = Some(stream),
+                    _ => return Err("cannot set up the catalog connection".into()),
+                }
             }
             let Some(stream) = conn.as_mut() else {
                 continue;
             };
-            match tokio::time::timeout(QUERY_TIMEOUT, round_trip(stream, request, &mut each)).await
+            match tokio::time::timeout(
+                QUERY_TIMEOUT,
+                round_trip(stream, request, readies, &mut each),
+            )
+            .await
             {
                 Ok(Ok(None)) => return Ok(()),
                 Ok(Ok(Some(error))) => return Err(error),
@@ -308,6 +334,7 @@ impl Catalog {
 async fn round_trip(
     stream: &mut BoxStream,
     request: &[u8],
+    mut readies: usize,
     each: &mut impl FnMut(u8, &[u8]),
 ) -> Result<Option<String>, String> {
     stream.write_all(request).await.map_err(|e| e.to_string())?;
@@ -327,7 +354,12 @@ async fn round_trip(
                 b'E' => {
                     error.get_or_insert(codec::parse_error_fields(body).message);
                 }
-                b'Z' => return Ok(error),
+                b'Z' => {
+                    readies -= 1;
+                    if readies == 0 {
+                        return Ok(error);
+                    }
+                }
                 tag => each(tag, body),
             }
             buf.advance(5 + h.body_len);
