@@ -120,6 +120,9 @@ pub enum Origin<'a> {
     Column(&'a ColumnOrigin),
     /// Computed by the statement (an expression, a function's result).
     Computed,
+    /// Computed by a view whose definition mentions these names: judged like a computed
+    /// column of a statement that mentions them too.
+    InView(&'a [String]),
     /// The frontend could not find out (the catalog was unreachable): column rules apply
     /// as if the column matched the first of them — failing closed.
     Unknown,
@@ -448,18 +451,26 @@ impl SessionMasking {
                     .iter()
                     .find(|(p, _)| p.matches(o))
                     .map(|(_, s)| (o.label(), s)),
-                Origin::Computed => self
-                    .columns
-                    .iter()
-                    .find(|(p, _)| {
-                        hidden
-                            || if c.kind == CellKind::Opaque {
-                                p.names_column(&mentioned)
-                            } else {
-                                p.reaches(&mentioned)
-                            }
-                    })
-                    .map(|(p, s)| (format!("(computed from {})", p.parts.join(".")), s)),
+                Origin::Computed | Origin::InView(_) => {
+                    let view_names: &[String] = match c.origin {
+                        Origin::InView(names) => names,
+                        _ => &[],
+                    };
+                    let named = |test: &dyn Fn(&[String]) -> bool| {
+                        test(&mentioned) || (!view_names.is_empty() && test(view_names))
+                    };
+                    self.columns
+                        .iter()
+                        .find(|(p, _)| {
+                            hidden
+                                || if c.kind == CellKind::Opaque {
+                                    named(&|ids| p.names_column(ids))
+                                } else {
+                                    named(&|ids| p.reaches(ids))
+                                }
+                        })
+                        .map(|(p, s)| (format!("(computed from {})", p.parts.join(".")), s))
+                }
                 Origin::Unknown => self
                     .columns
                     .first()

@@ -58,6 +58,20 @@ struct Table {
     columns: HashMap<i16, String>,
     /// For a view: each output column's origin (table OID, column), when it has one.
     view: Option<HashMap<i16, (u32, i16)>>,
+    /// For a view: the names its definition mentions.
+    definition_names: Vec<String>,
+}
+
+/// Where a result column comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolved {
+    /// A table column.
+    Column(ColumnOrigin),
+    /// Computed by the statement.
+    Computed,
+    /// Computed by a view whose definition (with those of the views it was read through)
+    /// mentions these names.
+    InView(Vec<String>),
 }
 
 /// The catalog of one target connection.
@@ -78,12 +92,9 @@ impl Catalog {
         }
     }
 
-    /// The origin of each `(table OID, column number)`; `None` for computed columns.
-    /// Views are followed to the base table column.
-    pub async fn origins(
-        &self,
-        fields: &[(u32, i16)],
-    ) -> Result<Vec<Option<ColumnOrigin>>, String> {
+    /// Where each `(table OID, column number)` comes from. Views are followed to the base
+    /// table column.
+    pub async fn origins(&self, fields: &[(u32, i16)]) -> Result<Vec<Resolved>, String> {
         let mut out = Vec::with_capacity(fields.len());
         for &(table, column) in fields {
             out.push(self.origin(table, column).await?);
@@ -91,29 +102,43 @@ impl Catalog {
         Ok(out)
     }
 
-    async fn origin(
-        &self,
-        mut table: u32,
-        mut column: i16,
-    ) -> Result<Option<ColumnOrigin>, String> {
+    async fn origin(&self, mut table: u32, mut column: i16) -> Result<Resolved, String> {
+        // The names in the definitions of the views passed through: a column a view
+        // computes may derive from any of them.
+        let mut view_names: Vec<String> = Vec::new();
+        let computed = |names: Vec<String>| {
+            if names.is_empty() {
+                Resolved::Computed
+            } else {
+                Resolved::InView(names)
+            }
+        };
         for _ in 0..MAX_VIEW_DEPTH {
             if table == 0 || column <= 0 {
-                return Ok(None);
+                return Ok(computed(view_names));
             }
             let Some(t) = self.table(table).await? else {
-                return Ok(None);
+                return Ok(computed(view_names));
             };
             match &t.view {
-                Some(view) => match view.get(&column) {
-                    Some(&(next_table, next_column)) => (table, column) = (next_table, next_column),
-                    None => return Ok(None),
-                },
+                Some(view) => {
+                    view_names.extend(t.definition_names.iter().cloned());
+                    match view.get(&column) {
+                        Some(&(next_table, next_column)) => {
+                            (table, column) = (next_table, next_column)
+                        }
+                        None => return Ok(computed(view_names)),
+                    }
+                }
                 None => {
-                    return Ok(t.columns.get(&column).map(|c| ColumnOrigin {
-                        schema: t.schema.clone(),
-                        table: t.name.clone(),
-                        column: c.clone(),
-                    }))
+                    return Ok(match t.columns.get(&column) {
+                        Some(c) => Resolved::Column(ColumnOrigin {
+                            schema: t.schema.clone(),
+                            table: t.name.clone(),
+                            column: c.clone(),
+                        }),
+                        None => computed(view_names),
+                    })
                 }
             }
         }
@@ -131,7 +156,9 @@ impl Catalog {
                 "SELECT n.nspname, t.relname, c.relkind, a.attnum, a.attname, \
                  CASE WHEN c.relkind IN ('v', 'm') AND a.attnum = 1 THEN \
                  (SELECT r.ev_action::text FROM pg_catalog.pg_rewrite r \
-                  WHERE r.ev_class = c.oid AND r.rulename = '_RETURN') END \
+                  WHERE r.ev_class = c.oid AND r.rulename = '_RETURN') END, \
+                 CASE WHEN c.relkind IN ('v', 'm') AND a.attnum = 1 THEN \
+                 pg_catalog.pg_get_viewdef(c.oid) END \
                  FROM pg_catalog.pg_class c \
                  JOIN pg_catalog.pg_class t ON t.oid = CASE WHEN c.relispartition \
                   THEN pg_catalog.pg_partition_root(c.oid) ELSE c.oid END \
@@ -150,6 +177,7 @@ impl Catalog {
             name: text(first, 1),
             columns: HashMap::new(),
             view: None,
+            definition_names: Vec::new(),
         };
         let relkind = text(first, 2);
         for row in &rows {
@@ -158,6 +186,9 @@ impl Catalog {
             }
             if let Some(Some(tree)) = row.get(5) {
                 table.view = Some(view_origins(tree));
+            }
+            if let Some(Some(definition)) = row.get(6) {
+                table.definition_names = sluice_sql::identifiers(definition);
             }
         }
         if matches!(relkind.as_str(), "v" | "m") && table.view.is_none() {

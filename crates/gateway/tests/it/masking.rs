@@ -42,6 +42,7 @@ CREATE TABLE accounts(id int, token text) PARTITION BY RANGE (id);
 CREATE TABLE accounts_2024 PARTITION OF accounts FOR VALUES FROM (0) TO (100);
 INSERT INTO accounts VALUES (1, 'tok-1');
 CREATE VIEW contacts2 AS SELECT contact FROM contacts;
+CREATE VIEW digits AS SELECT id, replace(ssn, '-', '') AS ssn_digits, length(ssn) AS n FROM users;
 "#;
 
 fn masked_gateway(db: &str) -> (Gateway, String) {
@@ -109,6 +110,11 @@ fn psql_sees_masked_columns_through_aliases_joins_views_and_computations() {
     assert_eq!(q("SELECT 'x' || total FROM orders WHERE id = 10"), "x9.5");
     // A partition is masked as its partitioned table.
     assert_eq!(q("SELECT token FROM accounts_2024"), "[redacted]");
+    // A column a view computes from a masked column is masked too (NULL for a number).
+    assert_eq!(
+        q("SELECT ssn_digits, n FROM digits WHERE id = 1"),
+        "[redacted]|"
+    );
     // partial keeps the shape and the last four digits.
     assert_eq!(
         q("SELECT card FROM users WHERE id = 1"),

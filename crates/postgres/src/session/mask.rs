@@ -10,10 +10,10 @@ use std::sync::Arc;
 
 use bytes::{BufMut, BytesMut};
 use sluice_core::MaskCount;
-use sluice_mask::{Cell, CellKind, ColumnOrigin, Origin, ResultColumn, ResultPlan, SessionMasking};
+use sluice_mask::{Cell, CellKind, Origin, ResultColumn, ResultPlan, SessionMasking};
 use sluice_sql::CopyOut;
 
-use crate::catalog::{Catalog, Field};
+use crate::catalog::{Catalog, Field, Resolved};
 
 /// Type OIDs the masker knows without asking the catalog.
 mod oid {
@@ -210,7 +210,7 @@ impl Masker {
             .filter(|f| f.table != 0 && f.table != u32::MAX)
             .map(|f| (f.table, f.column))
             .collect();
-        let origins: Option<Vec<Option<ColumnOrigin>>> = if tables.is_empty() {
+        let origins: Option<Vec<Resolved>> = if tables.is_empty() {
             Some(Vec::new())
         } else {
             match self.catalog.origins(&tables).await {
@@ -232,16 +232,11 @@ impl Masker {
             self.catalog.types(&unknown_types).await.unwrap_or_default()
         };
         let mut origin_iter = origins.iter().flatten();
-        let mut columns_origin: Vec<Option<&ColumnOrigin>> = Vec::with_capacity(fields.len());
+        let mut resolved: Vec<Option<&Resolved>> = Vec::with_capacity(fields.len());
         let mut unknown = Vec::with_capacity(fields.len());
         for f in fields {
             let known = f.table != 0 && f.table != u32::MAX;
-            let o = if known {
-                origin_iter.next().and_then(Option::as_ref)
-            } else {
-                None
-            };
-            columns_origin.push(o);
+            resolved.push(if known { origin_iter.next() } else { None });
             unknown.push(f.table == u32::MAX || (known && origins.is_none()));
         }
         let mut wire = Vec::with_capacity(fields.len());
@@ -263,9 +258,10 @@ impl Masker {
             let origin = if unknown[i] {
                 Origin::Unknown
             } else {
-                match columns_origin[i] {
-                    Some(o) => Origin::Column(o),
-                    None => Origin::Computed,
+                match resolved[i] {
+                    Some(Resolved::Column(o)) => Origin::Column(o),
+                    Some(Resolved::InView(names)) => Origin::InView(names),
+                    Some(Resolved::Computed) | None => Origin::Computed,
                 }
             };
             columns.push(ResultColumn { origin, kind });
