@@ -571,15 +571,38 @@ fn digit_at(v: &[u8], i: Option<usize>) -> bool {
 /// A numeric candidate `s..e` stands alone: no word byte touches it, and it does not
 /// continue a dotted, dashed or slashed number on either side (`1.2.3.4.5`,
 /// `123-45-6789-0`).
+///
+/// After or before `,` and `/` the number continues only when the group that touches them
+/// is short (`1,234,567`, `12/31`): `(1,4111111111111111)` — a row, a list — holds a card.
 fn numeric_context_ok(v: &[u8], s: usize, e: usize) -> bool {
+    let first_group = v[s..e].iter().take_while(|b| b.is_ascii_digit()).count();
+    let last_group = v[s..e]
+        .iter()
+        .rev()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    // The byte after the first group and before the last one, inside the candidate.
+    let after_first = v
+        .get(s + first_group)
+        .filter(|_| s + first_group < e)
+        .copied();
+    let before_last = (e - last_group > s).then(|| v[e - last_group - 1]);
+    // A short group joined by `,` continues a grouped number only if the candidate goes
+    // on like one (`1,234,567`), not like an SSN or a phone (`1,123-45-6789`).
+    let continues = |sep: u8, group: usize, inner: Option<u8>| match sep {
+        b'.' | b'-' => true,
+        b',' => group <= 3 && matches!(inner, None | Some(b',' | b'.')),
+        b'/' => group <= 3,
+        _ => false,
+    };
     if s > 0 {
         let p = v[s - 1];
-        if is_word(p) || (matches!(p, b'.' | b'-' | b'/' | b',') && digit_at(v, s.checked_sub(2))) {
+        if is_word(p) || (continues(p, first_group, after_first) && digit_at(v, s.checked_sub(2))) {
             return false;
         }
     }
     if let Some(&n) = v.get(e) {
-        if is_word(n) || (matches!(n, b'.' | b'-' | b'/' | b',') && digit_at(v, Some(e + 1))) {
+        if is_word(n) || (continues(n, last_group, before_last) && digit_at(v, Some(e + 1))) {
             return false;
         }
     }
@@ -1472,6 +1495,26 @@ mod tests {
         }
         assert_no("ghp_1234567890abcdefghijABCDEFGHIJ1234567", "api_token");
         assert_no("sk_live_short", "api_token");
+    }
+
+    #[test]
+    fn numbers_in_rows_and_lists() {
+        let set = set(&["credit_card", "us_ssn", "phone"]);
+        let found = |v: &str| {
+            let mut hits = Vec::new();
+            set.find(v.as_bytes(), &mut hits);
+            hits.len()
+        };
+        // A row or list puts a value right after another number and a comma.
+        assert_eq!(found("(1,4111111111111111)"), 1);
+        assert_eq!(found("{5,4111111111111111}"), 1);
+        assert_eq!(found("(1,123-45-6789)"), 1);
+        assert_eq!(found("(2,415-555-2671)"), 1);
+        assert_eq!(found("9/4111111111111111"), 1);
+        // Grouped numbers and dates still continue.
+        assert_eq!(found("1,234,567,890,123,456"), 0);
+        assert_eq!(found("12/31/2024"), 0);
+        assert_eq!(found("123-45-6789-0"), 0);
     }
 
     #[test]
