@@ -438,6 +438,7 @@ impl DetectorSet {
             None => &[(0, value.len())],
         };
         let mut at = 0;
+        let mut rejected = 0usize;
         for &(ws, we) in spans {
             at = at.max(ws);
             while at < we {
@@ -453,7 +454,27 @@ impl DetectorSet {
                         hits.push(hit);
                         at = hit.end.max(start + 1);
                     }
-                    None => at = start + 1,
+                    // A rejected candidate is retried one byte later, so that a valid
+                    // match overlapping it is not missed. A value crafted to be nothing
+                    // but near-misses (`1.2.1.2.…`, a repeated JWT header) would make that
+                    // quadratic: past MAX_REJECTED the rest of the window counts as one
+                    // finding of the last candidate's detector — masked, not scanned.
+                    None if rejected >= MAX_REJECTED => {
+                        let detector = m
+                            .slots
+                            .get(found.pattern().as_usize())
+                            .map_or(0, |slot| slot.detector);
+                        hits.push(Hit {
+                            start,
+                            end: we,
+                            detector,
+                        });
+                        at = we;
+                    }
+                    None => {
+                        rejected += 1;
+                        at = start + 1;
+                    }
                 }
             }
         }
@@ -563,6 +584,9 @@ fn is_local_byte(b: u8) -> bool {
 fn is_token_byte(b: u8) -> bool {
     is_word(b) || b == b'-'
 }
+
+/// Rejected candidates tolerated per value before the rest of a window is masked whole.
+const MAX_REJECTED: usize = 256;
 
 fn digit_at(v: &[u8], i: Option<usize>) -> bool {
     i.and_then(|i| v.get(i)).is_some_and(u8::is_ascii_digit)
@@ -1495,6 +1519,21 @@ mod tests {
         }
         assert_no("ghp_1234567890abcdefghijABCDEFGHIJ1234567", "api_token");
         assert_no("sk_live_short", "api_token");
+    }
+
+    #[test]
+    fn near_misses_are_masked_not_rescanned() {
+        // Every byte starts a candidate that fails validation; past the budget the rest
+        // of the value is one finding instead of a quadratic rescan.
+        let all = all();
+        for v in [
+            "eyJhbGciOiJIUzI1NiJ9.".repeat(30_000),
+            "1.2.".repeat(50_000),
+        ] {
+            let mut hits = Vec::new();
+            all.find(v.as_bytes(), &mut hits);
+            assert_eq!(hits.last().map(|h| h.end), Some(v.len()));
+        }
     }
 
     #[test]

@@ -438,10 +438,14 @@ impl SessionMasking {
     ) -> Option<ResultPlan> {
         let mut labels: Vec<(String, Option<String>, &'static str)> = Vec::new();
         let mentioned = statement.map(sluice_sql::identifiers).unwrap_or_default();
-        // EXECUTE and FETCH run a statement whose text this one does not show: computed
-        // columns are masked as if it named every masked column (failing closed).
-        let hidden = statement.is_some_and(|s| {
-            sluice_sql::first_word_is(s, "execute") || sluice_sql::first_word_is(s, "fetch")
+        // EXECUTE and FETCH run a statement whose text this one does not show, and a
+        // frontend's placeholder (`<unknown prepared statement …>`) or a missing text
+        // shows nothing: computed columns are masked as if it named every masked column
+        // (failing closed).
+        let hidden = statement.is_none_or(|s| {
+            s.starts_with('<')
+                || sluice_sql::first_word_is(s, "execute")
+                || sluice_sql::first_word_is(s, "fetch")
         });
         let mut actions = Vec::with_capacity(columns.len());
         for c in columns {
@@ -507,6 +511,24 @@ impl SessionMasking {
             hits: Vec::new(),
             scratch: Vec::new(),
         })
+    }
+
+    /// Whether a statement may read values that column rules mask — then the texts of its
+    /// errors and notices may quote them, and are masked by [`mask_quoted`]. A statement
+    /// whose text is hidden (see [`SessionMasking::plan`]) may.
+    pub fn statement_reaches(&self, statement: Option<&str>) -> bool {
+        if self.columns.is_empty() {
+            return false;
+        }
+        let Some(sql) = statement.filter(|s| {
+            !(s.starts_with('<')
+                || sluice_sql::first_word_is(s, "execute")
+                || sluice_sql::first_word_is(s, "fetch"))
+        }) else {
+            return true;
+        };
+        let names = sluice_sql::identifiers(sql);
+        self.columns.iter().any(|(p, _)| p.reaches(&names))
     }
 
     /// Masks what the detectors find in a free text (an error message, a notice detail).
@@ -689,6 +711,51 @@ impl ResultPlan {
     }
 }
 
+/// The marker that replaces values quoted in an error text, or a whole text.
+pub const TEXT_MARKER: &str = "[redacted]";
+
+/// `text` with what it quotes masked: the contents of `"…"` and, with `parentheses`, of
+/// `(…)` — how PostgreSQL's messages quote values (`invalid input syntax for type
+/// integer: "…"`, `Failing row contains (…)`, `Key (…)=(…)`). `None` when it quotes
+/// nothing.
+pub fn mask_quoted(text: &[u8], parentheses: bool) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len());
+    let mut changed = false;
+    let mut i = 0;
+    while i < text.len() {
+        let close = match text[i] {
+            b'"' => b'"',
+            b'(' if parentheses => b')',
+            b => {
+                out.push(b);
+                i += 1;
+                continue;
+            }
+        };
+        // The closing byte that matches (the last one for parentheses: values can hold them).
+        let rest = &text[i + 1..];
+        let end = if close == b')' {
+            rest.iter().rposition(|&b| b == close)
+        } else {
+            rest.iter().position(|&b| b == close)
+        };
+        match end {
+            Some(n) => {
+                out.push(text[i]);
+                out.extend_from_slice(TEXT_MARKER.as_bytes());
+                out.push(close);
+                changed = true;
+                i += n + 2;
+            }
+            None => {
+                out.push(text[i]);
+                i += 1;
+            }
+        }
+    }
+    changed.then_some(out)
+}
+
 /// A copy of a JSON document with each backslash escape (`\n`, `\u0040`) inside its
 /// strings replaced by as many spaces.
 fn blank_json_escapes(v: &[u8], out: &mut Vec<u8>) {
@@ -849,5 +916,7 @@ mod tests {
         assert!(!planned("SELECT upper(name) FROM people", text));
         assert!(planned("EXECUTE p", number));
         assert!(planned("FETCH ALL FROM c", text));
+        assert!(planned("<unknown prepared statement \"s\">", text));
+        assert!(s.plan(&[number], None).is_some());
     }
 }

@@ -90,6 +90,8 @@ pub(super) struct Masker {
     scratch: Vec<u8>,
     /// The buffer rewritten frames are built in, handed back after each use.
     frame: BytesMut,
+    /// The text of the last statement a result, error or notice belonged to.
+    last_sql: Option<Arc<str>>,
 }
 
 /// Largest row the masker reads whole (a masked cell must be rewritten in one piece).
@@ -104,6 +106,7 @@ impl Masker {
             counts: Vec::new(),
             scratch: Vec::new(),
             frame: BytesMut::new(),
+            last_sql: None,
         }
     }
 
@@ -341,7 +344,20 @@ impl Masker {
 
     /// An ErrorResponse or NoticeResponse: its texts (message, detail, hint, context)
     /// through the detectors — a unique violation's detail can echo the value itself.
-    pub fn scrub_message(&mut self, tag: u8, body: &[u8]) -> Option<BytesMut> {
+    pub fn scrub_message(
+        &mut self,
+        tag: u8,
+        body: &[u8],
+        statement: Option<&str>,
+    ) -> Option<BytesMut> {
+        // A statement that reads masked columns can have them quoted back in its errors
+        // (`invalid input syntax for type integer: "…"`, `Failing row contains (…)`) or
+        // printed by its notices: those texts are masked beyond what detectors find.
+        let reaches = self
+            .masking
+            .statement_reaches(statement.or(self.last_sql.as_deref()));
+        let code = error_code(body);
+        let raised = code.starts_with("P0"); // RAISE: the text is the caller's own
         let mut out = BytesMut::new();
         out.put_u8(tag);
         out.put_i32(0);
@@ -354,21 +370,33 @@ impl Masker {
             let end = pos + 1 + body[pos + 1..].iter().position(|b| *b == 0)?;
             let value = &body[pos + 1..end];
             out.put_u8(field);
-            let masked = match field {
-                // Message, detail, hint, context, internal query, and the object names
-                // (schema, table, column, type, constraint) a RAISE … USING can fill.
-                b'M' | b'D' | b'H' | b'W' | b'q' | b's' | b't' | b'c' | b'd' | b'n' => {
-                    self.masking.mask_text(value)
-                }
-                _ => None,
+            // Message, detail, hint, context, internal query, and the object names
+            // (schema, table, column, type, constraint) a RAISE … USING can fill.
+            let text_field = matches!(
+                field,
+                b'M' | b'D' | b'H' | b'W' | b'q' | b's' | b't' | b'c' | b'd' | b'n'
+            );
+            let whole =
+                reaches && text_field && (tag == b'N' || raised || !matches!(field, b'M' | b'D'));
+            let quoted = if reaches && text_field && !whole {
+                sluice_mask::mask_quoted(value, field == b'D')
+            } else {
+                None
             };
-            match masked {
-                Some((text, counts)) => {
-                    changed = true;
-                    out.extend(text.iter().filter(|b| **b != 0));
-                    self.counts.extend(counts);
+            if whole {
+                changed = true;
+                out.extend_from_slice(sluice_mask::TEXT_MARKER.as_bytes());
+            } else {
+                let value = quoted.as_deref().unwrap_or(value);
+                changed |= quoted.is_some();
+                match text_field.then(|| self.masking.mask_text(value)).flatten() {
+                    Some((text, counts)) => {
+                        changed = true;
+                        out.extend(text.iter().filter(|b| **b != 0));
+                        self.counts.extend(counts);
+                    }
+                    None => out.extend_from_slice(value),
                 }
-                None => out.extend_from_slice(value),
             }
             out.put_u8(0);
             pos = end + 1;
@@ -382,12 +410,29 @@ impl Masker {
         Some(out)
     }
 
+    /// Remembers the statement a frame belongs to: a notification that arrives after it
+    /// is judged by it.
+    pub fn note_statement(&mut self, statement: Option<Arc<str>>) {
+        if statement.is_some() {
+            self.last_sql = statement;
+        }
+    }
+
     /// A NotificationResponse (LISTEN/NOTIFY): its payload through the detectors.
     pub fn scrub_notification(&mut self, body: &[u8]) -> Option<BytesMut> {
         let channel_end = 4 + body.get(4..)?.iter().position(|b| *b == 0)?;
         let payload = body.get(channel_end + 1..)?.strip_suffix(&[0])?;
-        let (text, counts) = self.masking.mask_text(payload)?;
-        self.counts.extend(counts);
+        // The last statement read masked columns: it may have sent them (pg_notify).
+        let text = if self.masking.statement_reaches(self.last_sql.as_deref()) {
+            if payload.is_empty() {
+                return None;
+            }
+            sluice_mask::TEXT_MARKER.as_bytes().to_vec()
+        } else {
+            let (text, counts) = self.masking.mask_text(payload)?;
+            self.counts.extend(counts);
+            text
+        };
         let mut out = BytesMut::new();
         out.put_u8(b'A');
         out.put_i32(0);
@@ -425,6 +470,11 @@ impl Masker {
         self.end_result();
         merge(std::mem::take(&mut self.counts))
     }
+}
+
+/// The SQLSTATE of an ErrorResponse or NoticeResponse body.
+fn error_code(body: &[u8]) -> String {
+    crate::codec::parse_error_fields(body).code
 }
 
 /// Adds up counts of the same column or detector.

@@ -32,6 +32,20 @@ pub(super) struct ServerToClient<P> {
     pub out: BytesMut,
 }
 
+/// Rows at least this large are masked with `block_in_place`: scanning them takes long
+/// enough that the other sessions on this worker thread should move elsewhere meanwhile.
+const LARGE_ROW: usize = 256 << 10;
+
+fn scan_off_runtime<T>(len: usize, scan: impl FnOnce() -> T) -> T {
+    let multi_thread = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if len >= LARGE_ROW && multi_thread {
+        tokio::task::block_in_place(scan)
+    } else {
+        scan()
+    }
+}
+
 /// Server messages the gateway must read whole.
 fn needs_body(tag: u8) -> bool {
     matches!(tag, b'C' | b'E' | b'Z' | b't' | b'S')
@@ -182,6 +196,7 @@ impl<P: Pipeline> ServerToClient<P> {
                             let state = lock(&self.shared.state);
                             (state.current_sql(), state.unsafe_encoding.is_some())
                         };
+                        m.note_statement(sql.clone());
                         if h.tag == b'T' {
                             m.row_description(body, sql.as_deref()).await;
                         } else {
@@ -189,9 +204,13 @@ impl<P: Pipeline> ServerToClient<P> {
                         }
                         None
                     }
-                    b'D' => m.data_row(body),
-                    b'd' => m.copy_data(body),
-                    b'E' | b'N' => m.scrub_message(h.tag, body),
+                    b'D' => scan_off_runtime(body.len(), || m.data_row(body)),
+                    b'd' => scan_off_runtime(body.len(), || m.copy_data(body)),
+                    b'E' | b'N' => {
+                        let sql = lock(&self.shared.state).current_sql();
+                        m.note_statement(sql.clone());
+                        m.scrub_message(h.tag, body, sql.as_deref())
+                    }
                     b'A' => m.scrub_notification(body),
                     b'V' => m.function_result(body),
                     _ => None,
