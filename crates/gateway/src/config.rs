@@ -540,5 +540,37 @@ mod tests {
         assert!(format!("{err:#}").contains("duplicate"));
         let err = parse("connections:\n  - {name: a, kind: postgres, address: h:1, database: d, user: u, allow: [everyone]}\n").unwrap_err();
         assert!(format!("{err:#}").contains("allow"));
+        for (yaml, expected) in [
+            (
+                "masking:\n  - {name: pii, detectors: [emial]}\n",
+                "masking rule pii: unknown detector \"emial\"",
+            ),
+            (
+                "masking:\n  - {name: pii, columns: [users.email]}\n",
+                "must be `schema.table.column`",
+            ),
+            (
+                "masking:\n  - {name: pii, columns: [\"*.t.c\"], style: scramble}\n",
+                "style: scramble",
+            ),
+            (
+                "masking:\n  - {name: pii, detectors: [{name: x, regex: \"(\"}]}\n",
+                "detector \"x\"",
+            ),
+            (
+                "masking:\n  - {name: pii}\n",
+                "names neither `columns` nor `detectors`",
+            ),
+            (
+                "masking:\n  - {name: pii, columns: [\"*.t.c\"], except: [everyone]}\n",
+                "except",
+            ),
+        ] {
+            let err = format!("{:#}", parse(yaml).unwrap_err());
+            assert!(
+                err.contains("masking") && err.contains(expected),
+                "{yaml}: {err}"
+            );
+        }
     }
 }

@@ -274,7 +274,7 @@ impl Masking {
                 let defined = match d {
                     DetectorSpec::Builtin(n) => {
                         if !BUILTIN.contains(&n.as_str()) && !custom.contains_key(n) {
-                            return Err(MaskError::UnknownDetector(n.clone()));
+                            return Err(bad(MaskError::UnknownDetector(n.clone()).to_string()));
                         }
                         None
                     }
