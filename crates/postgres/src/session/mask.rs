@@ -287,7 +287,7 @@ impl Masker {
         out.put_u8(b'D');
         out.put_i32(0);
         match mask_tuple(current, body, &mut self.scratch, &mut out) {
-            Some(used) if used == body.len() => {
+            Some((used, true)) if used == body.len() => {
                 let len = (out.len() - 1) as i32;
                 out[1..5].copy_from_slice(&len.to_be_bytes());
                 Some(out)
@@ -503,69 +503,68 @@ fn builtin_kind(type_oid: u32) -> Option<CellKind> {
     })
 }
 
-/// Masks one cell's value as framed on the wire; appends the new framing to `out` (length
-/// included). Returns whether the cell changed.
-fn mask_framed(
+/// Masks one cell's value as framed on the wire. On a change, `scratch` holds the new
+/// value and the returned prefix (jsonb's version byte) goes before it.
+fn mask_framed<'v>(
     current: &mut Current,
     col: usize,
-    value: &[u8],
+    value: &'v [u8],
     scratch: &mut Vec<u8>,
-    out: &mut BytesMut,
-) -> bool {
+) -> (Cell, &'v [u8]) {
     let wire = current.wire.get(col).copied().unwrap_or(Wire::Plain);
     let (prefix, inner) = match wire {
-        Wire::JsonbBinary if value.first() == Some(&1) => (&value[..1], &value[1..]),
+        Wire::JsonbBinary if value.first() == Some(&1) => value.split_at(1),
         _ => (&value[..0], value),
     };
-    match current.plan.mask_cell(col, inner, scratch) {
-        Cell::Keep => {
-            out.put_i32(value.len() as i32);
-            out.extend_from_slice(value);
-            false
-        }
-        Cell::Null => {
-            out.put_i32(-1);
-            true
-        }
-        Cell::Replaced => {
-            out.put_i32((prefix.len() + scratch.len()) as i32);
-            out.extend_from_slice(prefix);
-            out.extend_from_slice(scratch);
-            true
-        }
-    }
+    (current.plan.mask_cell(col, inner, scratch), prefix)
 }
 
 /// Masks a tuple (`count`, then length-prefixed cells: a DataRow body or a binary COPY
-/// tuple) into `out`. Returns the bytes of `body` it consumed, or `None` when nothing
-/// changed (or the tuple is malformed: then the frame goes out as the server sent it).
+/// tuple) into `out`. Nothing is written until a cell changes (most rows pass untouched:
+/// copying them would be wasted work on every row); then the unchanged cells before it are
+/// copied as they came. Returns the bytes of `body` the tuple takes and whether a cell
+/// changed; `None` when it is malformed (then the frame goes out as the server sent it).
 fn mask_tuple(
     current: &mut Current,
     body: &[u8],
     scratch: &mut Vec<u8>,
     out: &mut BytesMut,
-) -> Option<usize> {
+) -> Option<(usize, bool)> {
     let count = i16::from_be_bytes([*body.first()?, *body.get(1)?]);
-    out.put_i16(count);
     let mut pos = 2;
-    let mut changed = false;
+    // Where the unchanged bytes not yet written to `out` start, once a cell has changed.
+    let mut copied: Option<usize> = None;
     for col in 0..count.max(0) as usize {
+        let cell = pos;
         let len = i32::from_be_bytes(body.get(pos..pos + 4)?.try_into().ok()?);
         pos += 4;
-        if len < 0 {
-            out.put_i32(-1);
+        let Ok(len) = usize::try_from(len) else {
+            continue; // NULL
+        };
+        let value = body.get(pos..pos + len)?;
+        pos += len;
+        if !current.plan.inspects(col) {
             continue;
         }
-        let value = body.get(pos..pos + len as usize)?;
-        pos += len as usize;
-        if current.plan.inspects(col) {
-            changed |= mask_framed(current, col, value, scratch, out);
-        } else {
-            out.put_i32(len);
-            out.extend_from_slice(value);
+        let (change, prefix) = mask_framed(current, col, value, scratch);
+        if change == Cell::Keep {
+            continue;
         }
+        out.extend_from_slice(&body[copied.unwrap_or(0)..cell]);
+        match change {
+            Cell::Null => out.put_i32(-1),
+            _ => {
+                out.put_i32((prefix.len() + scratch.len()) as i32);
+                out.extend_from_slice(prefix);
+                out.extend_from_slice(scratch);
+            }
+        }
+        copied = Some(pos);
     }
-    changed.then_some(pos)
+    if let Some(from) = copied {
+        out.extend_from_slice(&body[from..pos]);
+    }
+    Some((pos, copied.is_some()))
 }
 
 const BINARY_COPY_SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
@@ -593,31 +592,23 @@ fn mask_binary_copy(
         }
         let mark = out.len();
         match mask_tuple(current, &body[pos..], scratch, out) {
-            Some(used) => {
+            Some((used, true)) => {
                 changed = true;
                 pos += used;
             }
-            None => {
-                // Unchanged (or unreadable): copy the tuple's bytes as they came.
-                out.truncate(mark);
-                let used = tuple_len(&body[pos..]).unwrap_or(body.len() - pos);
+            Some((used, false)) => {
                 out.extend_from_slice(&body[pos..pos + used]);
                 pos += used;
+            }
+            None => {
+                // Unreadable: the rest goes out as it came.
+                out.truncate(mark);
+                break;
             }
         }
     }
     out.extend_from_slice(&body[pos..]);
     changed
-}
-
-fn tuple_len(body: &[u8]) -> Option<usize> {
-    let count = i16::from_be_bytes([*body.first()?, *body.get(1)?]);
-    let mut pos = 2;
-    for _ in 0..count.max(0) {
-        let len = i32::from_be_bytes(body.get(pos..pos + 4)?.try_into().ok()?);
-        pos += 4 + len.max(0) as usize;
-    }
-    (pos <= body.len()).then_some(pos)
 }
 
 /// One text-format COPY line: fields split on the delimiter, backslash escapes decoded
