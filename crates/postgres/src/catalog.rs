@@ -233,7 +233,7 @@ impl Catalog {
     /// The columns `sql` would return, without running it (Parse and Describe).
     pub async fn describe(&self, sql: &str) -> Result<Vec<Field>, String> {
         let mut out = BytesMut::new();
-        put_parse(&mut out, sql);
+        codec::put_parse(&mut out, sql);
         codec::put_describe(&mut out, b'S', "");
         codec::sync(&mut out);
         // The statement is described with the role's own search_path, as a session sees it.
@@ -272,13 +272,13 @@ impl Catalog {
         }
         array.push('}');
         let mut out = BytesMut::new();
-        put_parse(
+        codec::put_parse(
             &mut out,
             "SELECT relname FROM pg_catalog.pg_class \
              WHERE relkind IN ('r', 'v', 'm', 'p', 'f') AND relname = ANY($1::text[]) \
              GROUP BY relname HAVING count(*) > 1",
         );
-        put_bind_text(&mut out, &array);
+        codec::put_bind_text(&mut out, &array);
         codec::put_execute(&mut out, "");
         codec::sync(&mut out);
         let mut rows = 0;
@@ -399,28 +399,6 @@ async fn round_trip(
             return Err("the catalog connection closed".into());
         }
     }
-}
-
-fn put_parse(out: &mut BytesMut, sql: &str) {
-    let len = 4 + 1 + sql.len() + 1 + 2;
-    out.extend_from_slice(b"P");
-    out.extend_from_slice(&(len as i32).to_be_bytes());
-    out.extend_from_slice(b"\0");
-    out.extend_from_slice(sql.as_bytes());
-    out.extend_from_slice(b"\0\0\0");
-}
-
-/// Bind of the unnamed statement to the unnamed portal with one text parameter.
-fn put_bind_text(out: &mut BytesMut, value: &str) {
-    let len = 4 + 1 + 1 + 2 + 2 + 4 + value.len() + 2;
-    out.extend_from_slice(b"B");
-    out.extend_from_slice(&(len as i32).to_be_bytes());
-    out.extend_from_slice(b"\0\0"); // portal, statement
-    out.extend_from_slice(&0i16.to_be_bytes()); // parameter formats: all text
-    out.extend_from_slice(&1i16.to_be_bytes());
-    out.extend_from_slice(&(value.len() as i32).to_be_bytes());
-    out.extend_from_slice(value.as_bytes());
-    out.extend_from_slice(&0i16.to_be_bytes()); // result formats: all text
 }
 
 fn parse_text_row(body: &[u8]) -> Vec<Option<String>> {

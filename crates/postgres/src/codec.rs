@@ -405,6 +405,29 @@ pub fn put_execute(out: &mut BytesMut, portal: &str) {
     });
 }
 
+/// Parse of the unnamed statement, parameter types left to the server.
+pub fn put_parse(out: &mut BytesMut, sql: &str) {
+    let len = 4 + 1 + sql.len() + 1 + 2;
+    out.extend_from_slice(b"P");
+    out.extend_from_slice(&(len as i32).to_be_bytes());
+    out.extend_from_slice(b"\0");
+    out.extend_from_slice(sql.as_bytes());
+    out.extend_from_slice(b"\0\0\0");
+}
+
+/// Bind of the unnamed statement to the unnamed portal with one text parameter.
+pub fn put_bind_text(out: &mut BytesMut, value: &str) {
+    let len = 4 + 1 + 1 + 2 + 2 + 4 + value.len() + 2;
+    out.extend_from_slice(b"B");
+    out.extend_from_slice(&(len as i32).to_be_bytes());
+    out.extend_from_slice(b"\0\0"); // portal, statement
+    out.extend_from_slice(&0i16.to_be_bytes()); // parameter formats: all text
+    out.extend_from_slice(&1i16.to_be_bytes());
+    out.extend_from_slice(&(value.len() as i32).to_be_bytes());
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(&0i16.to_be_bytes()); // result formats: all text
+}
+
 pub fn put_describe(out: &mut BytesMut, kind: u8, name: &str) {
     out.put_u8(b'D');
     out.put_i32((4 + 1 + name.len() + 1) as i32);

@@ -288,8 +288,7 @@ impl Masker {
         out.put_i32(0);
         match mask_tuple(current, body, &mut self.scratch, &mut out) {
             Some((used, true)) if used == body.len() => {
-                let len = (out.len() - 1) as i32;
-                out[1..5].copy_from_slice(&len.to_be_bytes());
+                set_frame_length(&mut out);
                 Some(out)
             }
             _ => {
@@ -337,8 +336,7 @@ impl Masker {
             self.recycle(out);
             return None;
         }
-        let len = (out.len() - 1) as i32;
-        out[1..5].copy_from_slice(&len.to_be_bytes());
+        set_frame_length(&mut out);
         Some(out)
     }
 
@@ -405,8 +403,7 @@ impl Masker {
         if !changed {
             return None;
         }
-        let len = (out.len() - 1) as i32;
-        out[1..5].copy_from_slice(&len.to_be_bytes());
+        set_frame_length(&mut out);
         Some(out)
     }
 
@@ -439,8 +436,7 @@ impl Masker {
         out.extend_from_slice(&body[..=channel_end]);
         out.extend(text.iter().filter(|b| **b != 0));
         out.put_u8(0);
-        let len = (out.len() - 1) as i32;
-        out[1..5].copy_from_slice(&len.to_be_bytes());
+        set_frame_length(&mut out);
         Some(out)
     }
 
@@ -470,6 +466,12 @@ impl Masker {
         self.end_result();
         merge(std::mem::take(&mut self.counts))
     }
+}
+
+/// Writes a frame's length once its body is complete (built after a placeholder).
+fn set_frame_length(frame: &mut BytesMut) {
+    let len = (frame.len() - 1) as i32;
+    frame[1..5].copy_from_slice(&len.to_be_bytes());
 }
 
 /// The SQLSTATE of an ErrorResponse or NoticeResponse body.
