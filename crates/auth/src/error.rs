@@ -27,6 +27,15 @@ pub enum AuthError {
     /// A token lifetime was unparsable or out of range.
     #[error("invalid token lifetime: {0}")]
     InvalidTtl(String),
+    #[error("passwords must have at least {0} characters")]
+    WeakPassword(usize),
+    #[error("cannot hash password: {0}")]
+    PasswordHash(String),
+    /// A sealed secret would not open (wrong key, tampered, or not sealed by sluice).
+    #[error("sealed secret could not be opened")]
+    Sealing,
+    #[error("a refresh handle of user \"{0}\" was used twice; all their refresh handles are revoked, sign in again")]
+    RefreshReused(String),
     /// The store failed (I/O, lock timeout, corruption).
     #[error("token store unavailable: {0}")]
     Store(#[from] StoreError),

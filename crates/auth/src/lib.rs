@@ -1,4 +1,6 @@
-//! Local identities: token issuance, hashing, verification, revocation.
+//! Identities: tokens (issue, hash, verify, revoke), local passwords (argon2), JWT
+//! validation against a key set (OpenID Connect ID tokens, workload tokens), refresh
+//! handles and the sealing of secrets kept for them.
 //!
 //! A token looks like `slu_<id>_<secret>`: `id` is 8 public lowercase alphanumeric
 //! characters (shown by `sluice tokens list`, used by `sluice tokens revoke`), `secret` is
@@ -7,9 +9,16 @@
 
 mod error;
 mod format;
+pub mod jwt;
+mod passwords;
+mod refresh;
+mod seal;
 mod tokens;
 mod ttl;
 
 pub use error::AuthError;
+pub use passwords::{hash_password, verify_password, MIN_PASSWORD_CHARS};
+pub use refresh::Refreshes;
+pub use seal::Sealer;
 pub use tokens::{IssuedToken, Tokens, Verified};
 pub use ttl::parse_ttl;

@@ -4,8 +4,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use sluice_core::{ActorKind, Identity};
-use sluice_store::{NewToken, Store, StoreError};
+use sluice_core::{Identity, Role};
+use sluice_store::{NewToken, Store, StoreError, TokenKind};
 
 use crate::error::AuthError;
 use crate::format;
@@ -45,6 +45,8 @@ pub struct Verified {
     pub token_id: String,
     /// The token's user with their current groups.
     pub identity: Identity,
+    /// The user's current role.
+    pub role: Role,
 }
 
 impl Tokens {
@@ -55,6 +57,16 @@ impl Tokens {
 
     /// Issues a token for `user`, valid for `ttl` (1 ms to 366 days).
     pub fn issue(&self, user: &str, ttl: Duration) -> Result<IssuedToken, AuthError> {
+        self.issue_kind(user, ttl, TokenKind::Token)
+    }
+
+    /// Issues a token of a given kind (API key, sign-in, workload exchange).
+    pub fn issue_kind(
+        &self,
+        user: &str,
+        ttl: Duration,
+        kind: TokenKind,
+    ) -> Result<IssuedToken, AuthError> {
         let ttl_ms = ttl_millis(ttl)?;
         let generated = format::generate();
         let created_ms = unix_ms(SystemTime::now());
@@ -62,6 +74,7 @@ impl Tokens {
         let new = NewToken {
             id: generated.id,
             user: user.to_string(),
+            kind,
             hash: format::hash(&generated.token),
             created_ms,
             expires_ms,
@@ -118,8 +131,9 @@ impl Tokens {
             identity: Identity {
                 user: user.name,
                 groups: user.groups,
-                actor: ActorKind::Human,
+                actor: user.actor,
             },
+            role: user.role,
         })
     }
 
@@ -171,8 +185,9 @@ mod tests {
                 identity: Identity {
                     user: "alice".to_string(),
                     groups: vec!["dba".to_string(), "dev".to_string()],
-                    actor: ActorKind::Human,
+                    actor: sluice_core::ActorKind::Human,
                 },
+                role: Role::User,
             }
         );
 
@@ -333,6 +348,10 @@ mod tests {
             AuthError::UnknownUser(_) => 5,
             AuthError::InvalidTtl(_) => 6,
             AuthError::Store(_) => 7,
+            AuthError::WeakPassword(_) => 8,
+            AuthError::PasswordHash(_) => 9,
+            AuthError::Sealing => 10,
+            AuthError::RefreshReused(_) => 11,
         }
     }
 
@@ -380,9 +399,22 @@ mod tests {
                 expired.token.clone(),
                 AuthError::Store(store.set_user_groups("bob", &[]).unwrap_err()),
             ),
+            (
+                expired.token.clone(),
+                crate::hash_password("short").unwrap_err(),
+            ),
+            (
+                expired.token.clone(),
+                AuthError::PasswordHash("salt".into()),
+            ),
+            (expired.token.clone(), AuthError::Sealing),
+            (
+                expired.token.clone(),
+                AuthError::RefreshReused("alice".into()),
+            ),
         ];
 
-        let mut seen = [false; 8];
+        let mut seen = [false; 12];
         for (token, err) in &cases {
             seen[variant_index(err)] = true;
             let message = err.to_string();

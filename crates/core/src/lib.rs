@@ -26,6 +26,57 @@ impl ActorKind {
             ActorKind::Agent => "agent",
         }
     }
+
+    pub fn parse(text: &str) -> Option<ActorKind> {
+        match text {
+            "human" => Some(ActorKind::Human),
+            "agent" => Some(ActorKind::Agent),
+            _ => None,
+        }
+    }
+}
+
+/// What an identity may do with sluice itself (not with the data behind it: that is
+/// `allow:` lists and policies).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    /// Uses the connections their groups allow; sees their own sessions and the reviews
+    /// they asked for or may decide.
+    User,
+    /// Reads sessions, reviews and the audit log; nothing else (no sessions of their own,
+    /// no decisions).
+    Auditor,
+    /// Everything.
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::User => "user",
+            Role::Auditor => "auditor",
+            Role::Admin => "admin",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Role> {
+        match text {
+            "user" => Some(Role::User),
+            "auditor" => Some(Role::Auditor),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+
+    /// May read every session, review and audit record.
+    pub fn reads_everything(self) -> bool {
+        matches!(self, Role::Auditor | Role::Admin)
+    }
+
+    /// May open sessions, ask for access and decide reviews (as far as the rules allow).
+    pub fn acts(self) -> bool {
+        matches!(self, Role::User | Role::Admin)
+    }
 }
 
 /// Who is asking: established by the frontend's authentication step.

@@ -124,6 +124,27 @@ const MIGRATIONS: &[&str] = &[
     ) STRICT;
     CREATE INDEX access_by_requester ON access_requests(requester, connection, status);
     ",
+    // Version 5: identity. Who a user is (person or service account), what they may do
+    // (role), where they come from (local or an OpenID Connect provider), an optional
+    // argon2 password; what each token is for; refresh handles for sign-ins through an
+    // identity provider (the provider's refresh token sealed with the gateway's key).
+    "
+    ALTER TABLE users ADD COLUMN actor TEXT NOT NULL DEFAULT 'human';
+    ALTER TABLE users ADD COLUMN role TEXT NOT NULL DEFAULT 'user';
+    ALTER TABLE users ADD COLUMN origin TEXT NOT NULL DEFAULT 'local';
+    ALTER TABLE users ADD COLUMN password_hash TEXT;
+    ALTER TABLE tokens ADD COLUMN kind TEXT NOT NULL DEFAULT 'token';
+    CREATE TABLE refresh_handles (
+        id         TEXT    NOT NULL PRIMARY KEY,
+        user_name  TEXT    NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+        hash       TEXT    NOT NULL UNIQUE,
+        sealed     TEXT    NOT NULL,
+        created_ms INTEGER NOT NULL,
+        expires_ms INTEGER NOT NULL,
+        used_ms    INTEGER
+    ) STRICT;
+    CREATE INDEX refresh_by_user ON refresh_handles(user_name);
+    ",
 ];
 
 /// Handle to the metadata database.

@@ -14,6 +14,7 @@ mod db;
 mod error;
 mod reviews;
 mod sessions;
+mod refresh;
 mod tokens;
 mod users;
 
@@ -22,5 +23,6 @@ pub use db::Store;
 pub use error::StoreError;
 pub use reviews::{Approval, NewReview, ReviewRow};
 pub use sessions::{SessionFilter, SessionRow};
-pub use tokens::{NewToken, TokenRecord};
-pub use users::User;
+pub use refresh::RefreshHandle;
+pub use tokens::{NewToken, TokenKind, TokenRecord};
+pub use users::{NewUser, Origin, User};

@@ -6,12 +6,46 @@ use crate::db::Store;
 use crate::error::StoreError;
 use crate::users::user_exists;
 
+/// What a token was issued for (shown in listings; verification treats all alike).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenKind {
+    /// `sluice tokens issue`.
+    Token,
+    /// A service account's API key.
+    ApiKey,
+    /// Issued at sign-in (password or identity provider).
+    Login,
+    /// Exchanged for a workload's external JWT.
+    Workload,
+}
+
+impl TokenKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenKind::Token => "token",
+            TokenKind::ApiKey => "api_key",
+            TokenKind::Login => "login",
+            TokenKind::Workload => "workload",
+        }
+    }
+
+    fn parse(text: &str) -> TokenKind {
+        match text {
+            "api_key" => TokenKind::ApiKey,
+            "login" => TokenKind::Login,
+            "workload" => TokenKind::Workload,
+            _ => TokenKind::Token,
+        }
+    }
+}
+
 /// A token to record at issuance.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewToken {
     /// Public token id.
     pub id: String,
     pub user: String,
+    pub kind: TokenKind,
     /// Hash of the full token string (computed by the caller).
     pub hash: String,
     pub created_ms: i64,
@@ -23,6 +57,7 @@ pub struct NewToken {
 pub struct TokenRecord {
     pub id: String,
     pub user: String,
+    pub kind: TokenKind,
     pub hash: String,
     pub created_ms: i64,
     pub expires_ms: i64,
@@ -30,12 +65,15 @@ pub struct TokenRecord {
     pub last_used_ms: Option<i64>,
 }
 
-const TOKEN_COLUMNS: &str = "id, user_name, hash, created_ms, expires_ms, revoked_ms, last_used_ms";
+const TOKEN_COLUMNS: &str =
+    "id, user_name, hash, created_ms, expires_ms, revoked_ms, last_used_ms, kind";
 
 fn token_from_row(row: &Row<'_>) -> rusqlite::Result<TokenRecord> {
+    let kind: String = row.get(7)?;
     Ok(TokenRecord {
         id: row.get(0)?,
         user: row.get(1)?,
+        kind: TokenKind::parse(&kind),
         hash: row.get(2)?,
         created_ms: row.get(3)?,
         expires_ms: row.get(4)?,
@@ -53,9 +91,16 @@ impl Store {
                 return Err(StoreError::UserNotFound(t.user.clone()));
             }
             tx.execute(
-                "INSERT INTO tokens (id, user_name, hash, created_ms, expires_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![t.id, t.user, t.hash, t.created_ms, t.expires_ms],
+                "INSERT INTO tokens (id, user_name, hash, created_ms, expires_ms, kind)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    t.id,
+                    t.user,
+                    t.hash,
+                    t.created_ms,
+                    t.expires_ms,
+                    t.kind.as_str()
+                ],
             )?;
             Ok(())
         })
@@ -118,6 +163,7 @@ mod tests {
         NewToken {
             id: id.to_string(),
             user: user.to_string(),
+            kind: TokenKind::Token,
             hash: format!("hash-{id}"),
             created_ms,
             expires_ms: created_ms + 3_600_000,
@@ -137,6 +183,7 @@ mod tests {
             TokenRecord {
                 id: t.id.clone(),
                 user: t.user.clone(),
+                kind: TokenKind::Token,
                 hash: t.hash.clone(),
                 created_ms: 1_000,
                 expires_ms: 3_601_000,
