@@ -38,6 +38,10 @@ impl Event {
     }
 }
 
+fn human() -> String {
+    "human".to_string()
+}
+
 /// The kind-specific part of an event; `kind` on disk names the variant in snake_case.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -84,12 +88,54 @@ pub enum EventBody {
         /// Why authentication failed.
         reason: String,
     },
+    /// Someone signed in and was given a sluice token (password, identity provider,
+    /// refresh, workload token exchange).
+    SignIn {
+        user: String,
+        /// `"human"` or `"agent"`.
+        actor: String,
+        /// `password`, `oidc`, `device`, `refresh` or `workload`.
+        method: String,
+        /// The user's groups as of this sign-in.
+        groups: Vec<String>,
+        /// `admin`, `auditor` or `user`.
+        role: String,
+        /// Public id of the token issued.
+        token_id: String,
+        /// Client address as the API saw it.
+        client_addr: String,
+        /// For `workload`: the external token's issuer and subject.
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        subject: Option<String>,
+    },
+    /// A sign-in was refused.
+    SignInFailure {
+        /// The user claimed or established before the refusal; empty when none was.
+        user: String,
+        method: String,
+        client_addr: String,
+        /// Why (never a credential).
+        reason: String,
+    },
+    /// An authenticated caller was refused by their role or a rule (API or CLI verb).
+    Denied {
+        user: String,
+        actor: String,
+        role: String,
+        /// What they tried, e.g. `GET /api/v1/sessions`.
+        action: String,
+        reason: String,
+    },
     /// A request, recorded before it is forwarded.
     Statement {
         /// Position of the statement within its session, from 1; with `session` it identifies the statement.
         statement_id: u64,
         /// Database user.
         user: String,
+        /// `"human"` or `"agent"` (a service account): on every statement, so no reader
+        /// has to join with the session to tell them apart.
+        #[serde(default = "human")]
+        actor: String,
         /// Connection name.
         connection: String,
         /// The statement text.

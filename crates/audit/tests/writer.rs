@@ -69,7 +69,7 @@ async fn line_format_is_exact() {
     let line = &read_lines(dir.path(), 1)[0];
     let time = "2026-11-18T11:06:40.123456Z";
     let body = format!(
-        r#"{{"seq":1,"time":"{time}","session":"s-1","kind":"statement","statement_id":1,"user":"alice","connection":"prod","statement":"SELECT 1","params":[],"decision":"allow","prev":"{GENESIS_HASH}"}}"#
+        r#"{{"seq":1,"time":"{time}","session":"s-1","kind":"statement","statement_id":1,"user":"alice","actor":"human","connection":"prod","statement":"SELECT 1","params":[],"decision":"allow","prev":"{GENESIS_HASH}"}}"#
     );
     let hash = hex::encode(Sha256::digest(body.as_bytes()));
     let expected = format!("{},\"hash\":\"{hash}\"}}", &body[..body.len() - 1]);

@@ -13,7 +13,8 @@ use std::time::Duration;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::jwk::{Jwk, JwkSet};
+use jsonwebtoken::jwk::Jwk;
+pub use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
 
@@ -91,14 +92,13 @@ pub fn validate(
                 expected: expect.issuer.clone(),
                 found: String::new(),
             },
-            ErrorKind::InvalidAudience => {
-                JwtError::Audience(expect.audiences.join(" or "))
-            }
+            ErrorKind::InvalidAudience => JwtError::Audience(expect.audiences.join(" or ")),
             ErrorKind::MissingRequiredClaim(c) => JwtError::MissingClaim(c.clone()),
             ErrorKind::InvalidAlgorithm => JwtError::Algorithm(alg_name.to_string()),
-            ErrorKind::InvalidToken | ErrorKind::Base64(_) | ErrorKind::Json(_) | ErrorKind::Utf8(_) => {
-                JwtError::Malformed
-            }
+            ErrorKind::InvalidToken
+            | ErrorKind::Base64(_)
+            | ErrorKind::Json(_)
+            | ErrorKind::Utf8(_) => JwtError::Malformed,
             other => JwtError::Invalid(format!("{other:?}")),
         },
     )?;
@@ -159,7 +159,9 @@ fn pick_key<'a>(keys: &'a JwkSet, kid: Option<&str>) -> Option<&'a Jwk> {
         )
     });
     match kid {
-        Some(kid) => signing.clone().find(|k| k.common.key_id.as_deref() == Some(kid)),
+        Some(kid) => signing
+            .clone()
+            .find(|k| k.common.key_id.as_deref() == Some(kid)),
         None => {
             let mut all = signing;
             let only = all.next()?;
@@ -192,7 +194,11 @@ mod tests {
             validate(&hs, &keys, &expect),
             Err(JwtError::Algorithm("HS256".into()))
         );
-        let rs = format!("{}.{}.c2ln", enc(r#"{"alg":"RS256","kid":"k1"}"#), enc("{}"));
+        let rs = format!(
+            "{}.{}.c2ln",
+            enc(r#"{"alg":"RS256","kid":"k1"}"#),
+            enc("{}")
+        );
         assert_eq!(
             validate(&rs, &keys, &expect),
             Err(JwtError::UnknownKey(Some("k1".into())))

@@ -31,8 +31,11 @@ pub fn verify_password(stored: Option<&str>, password: &str) -> bool {
 }
 
 fn verify(stored: &str, password: &str) -> bool {
-    PasswordHash::new(stored)
-        .is_ok_and(|hash| Argon2::default().verify_password(password.as_bytes(), &hash).is_ok())
+    PasswordHash::new(stored).is_ok_and(|hash| {
+        Argon2::default()
+            .verify_password(password.as_bytes(), &hash)
+            .is_ok()
+    })
 }
 
 /// The argon2id hash of a random string nobody knows, with the default cost.

@@ -95,7 +95,9 @@ mod tests {
         let store = std::sync::Arc::new(Store::open_in_memory().unwrap());
         store.add_user("alice", &[]).unwrap();
         let r = Refreshes::new(store, Sealer::new(&[1; 32]));
-        let h = r.issue("alice", "idp-refresh", Duration::from_secs(60)).unwrap();
+        let h = r
+            .issue("alice", "idp-refresh", Duration::from_secs(60))
+            .unwrap();
         assert!(h.starts_with("slr_"));
         assert_eq!(r.spend(&h).unwrap(), ("alice".into(), "idp-refresh".into()));
         assert!(matches!(r.spend(&h), Err(AuthError::RefreshReused(_))));

@@ -83,7 +83,9 @@ mod tests {
         let mut bytes = URL_SAFE_NO_PAD.decode(&sealed).unwrap();
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
-        assert!(sealer.open(&URL_SAFE_NO_PAD.encode(bytes), "alice").is_err());
+        assert!(sealer
+            .open(&URL_SAFE_NO_PAD.encode(bytes), "alice")
+            .is_err());
         assert!(sealer.open("!!", "alice").is_err());
     }
 }

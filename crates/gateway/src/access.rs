@@ -171,6 +171,13 @@ impl Access {
     }
 
     /// Approves or denies request `id` as `who`, a reviewer of its connection.
+    /// Whether `who` is among the connection's access reviewers.
+    pub fn may_decide(&self, connection: &str, who: &Identity) -> bool {
+        self.reviewers
+            .get(connection)
+            .is_some_and(|list| list.iter().any(|p| p.covers(who)))
+    }
+
     pub async fn decide(
         &self,
         id: &str,
@@ -182,11 +189,7 @@ impl Access {
         if approve && row.requester == who.user {
             return Err(AccessError::SelfApproval(id.to_owned()));
         }
-        let may = self
-            .reviewers
-            .get(&row.connection)
-            .is_some_and(|list| list.iter().any(|p| p.covers(who)));
-        if !may {
+        if !self.may_decide(&row.connection, who) {
             return Err(AccessError::NotAReviewer {
                 user: who.user.clone(),
                 connection: row.connection,

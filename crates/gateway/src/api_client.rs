@@ -12,13 +12,22 @@ use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+#[derive(Clone)]
 pub struct ApiClient {
     /// `host:port`.
     authority: String,
-    token: String,
+    /// Absent for the sign-in routes.
+    token: Option<String>,
 }
 
 impl ApiClient {
+    /// For the sign-in routes, which take no token.
+    pub fn anonymous(gateway: &str) -> Result<ApiClient> {
+        let mut client = ApiClient::new(gateway, "-".into())?;
+        client.token = None;
+        Ok(client)
+    }
+
     /// `gateway` is `http://host:port` (a trailing `/` is fine).
     pub fn new(gateway: &str, token: String) -> Result<ApiClient> {
         let authority = gateway
@@ -33,11 +42,11 @@ impl ApiClient {
             bail!("--gateway must be http://HOST:PORT, got {gateway:?}");
         }
         if token.trim().is_empty() {
-            bail!("no token: pass --token or set SLUICE_TOKEN");
+            bail!("no token: run `sluice login`, or pass --token or set SLUICE_TOKEN");
         }
         Ok(ApiClient {
             authority: authority.to_owned(),
-            token,
+            token: Some(token),
         })
     }
 
@@ -56,15 +65,15 @@ impl ApiClient {
             .context("HTTP handshake with the gateway API")?;
         tokio::spawn(connection);
         let body = body.map(|b| b.to_string()).unwrap_or_default();
-        let request = Request::builder()
+        let mut request = Request::builder()
             .method(method)
             .uri(path)
             .header(hyper::header::HOST, &self.authority)
-            .header(
-                hyper::header::AUTHORIZATION,
-                format!("Bearer {}", self.token),
-            )
-            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .header(hyper::header::CONTENT_TYPE, "application/json");
+        if let Some(token) = &self.token {
+            request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let request = request
             .body(Full::new(Bytes::from(body)))
             .context("building the API request")?;
         let response = sender

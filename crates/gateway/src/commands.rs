@@ -7,12 +7,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use serde_json::json;
-use sluice_auth::{parse_ttl, Tokens};
-use sluice_store::{SessionFilter, Store};
+use sluice_auth::{hash_password, parse_ttl, Tokens};
+use sluice_core::{ActorKind, Role};
+use sluice_store::{NewUser, Origin, SessionFilter, Store, TokenKind, User};
 
 use crate::config::Config;
 use crate::views::{rfc3339_ms, session_detail, SessionSummary};
-use crate::{SessionsCommand, TokensCommand, UsersCommand};
+use crate::{ServiceAccountsCommand, SessionsCommand, TokensCommand, UsersCommand};
 
 pub(crate) fn open_store(config: &Config) -> Result<Arc<Store>> {
     let path = config.store_path();
@@ -29,31 +30,56 @@ pub(crate) fn print_json(value: &impl serde::Serialize) -> Result<()> {
 pub fn users(config: &Config, cmd: UsersCommand) -> Result<ExitCode> {
     let store = open_store(config)?;
     match cmd {
-        UsersCommand::Add { name, groups } => {
-            if name.is_empty()
-                || name.len() > 63
-                || name.chars().any(|c| c.is_control() || c == '\0')
-            {
-                bail!("user names must be 1-63 printable characters");
+        UsersCommand::Add {
+            name,
+            groups,
+            role,
+            password_stdin,
+        } => {
+            check_name(&name)?;
+            let role = parse_role(&role)?;
+            let password = password_stdin.then(read_password).transpose()?;
+            let user = store.create_user(&NewUser {
+                role,
+                ..NewUser::person(&name, &groups)
+            })?;
+            if let Some(hash) = password {
+                store.set_password_hash(&name, Some(&hash))?;
             }
-            let user = store.add_user(&name, &groups)?;
             eprintln!(
-                "added user {} (groups: {})",
+                "added user {} (role {}, groups: {})",
                 user.name,
+                user.role.as_str(),
                 user.groups.join(", ")
             );
+        }
+        UsersCommand::SetPassword { name, remove } => {
+            let hash = if remove { None } else { Some(read_password()?) };
+            store.set_password_hash(&name, hash.as_deref())?;
+            eprintln!(
+                "{} the password of {name}",
+                if remove { "removed" } else { "set" }
+            );
+        }
+        UsersCommand::SetRole { name, role } => {
+            store.set_user_role(&name, parse_role(&role)?)?;
+            eprintln!("{name} now has role {role}");
         }
         UsersCommand::List { out } => {
             let users = store.list_users()?;
             if out.json {
-                let list: Vec<_> = users
-                    .iter()
-                    .map(|u| json!({ "name": u.name, "groups": u.groups, "created": rfc3339_ms(u.created_ms) }))
-                    .collect();
+                let list: Vec<_> = users.iter().map(user_json).collect();
                 print_json(&list)?;
             } else {
                 for u in users {
-                    println!("{}\t{}", u.name, u.groups.join(","));
+                    println!(
+                        "{}\t{}\t{}\t{}\t{}",
+                        u.name,
+                        u.actor.as_str(),
+                        u.role.as_str(),
+                        u.origin.as_str(),
+                        u.groups.join(",")
+                    );
                 }
             }
         }
@@ -62,6 +88,114 @@ pub fn users(config: &Config, cmd: UsersCommand) -> Result<ExitCode> {
                 bail!("no user named {name:?}");
             }
             eprintln!("removed user {name} and their tokens");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn check_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > 63 || name.chars().any(|c| c.is_control() || c == '\0') {
+        bail!("user names must be 1-63 printable characters");
+    }
+    Ok(())
+}
+
+fn parse_role(role: &str) -> Result<Role> {
+    Role::parse(role).ok_or_else(|| anyhow::anyhow!("unknown role {role:?} (admin, auditor, user)"))
+}
+
+/// A new password from stdin (one line), hashed.
+fn read_password() -> Result<String> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("reading the password from stdin")?;
+    Ok(hash_password(line.trim_end_matches(['\r', '\n']))?)
+}
+
+fn user_json(u: &User) -> serde_json::Value {
+    json!({
+        "name": u.name, "groups": u.groups, "created": rfc3339_ms(u.created_ms),
+        "actor": u.actor.as_str(), "role": u.role.as_str(), "origin": u.origin.as_str(),
+        "password": u.has_password,
+    })
+}
+
+pub fn service_accounts(config: &Config, cmd: ServiceAccountsCommand) -> Result<ExitCode> {
+    let store = open_store(config)?;
+    let tokens = Tokens::new(store.clone());
+    let issue_key = |name: &str, ttl: &str, json_out: bool| -> Result<()> {
+        let issued = tokens.issue_kind(name, parse_ttl(ttl)?, TokenKind::ApiKey)?;
+        let expires = humantime::format_rfc3339_seconds(issued.expires).to_string();
+        if json_out {
+            print_json(
+                &json!({ "account": name, "key_id": issued.id, "key": issued.token, "expires": expires }),
+            )?;
+        } else {
+            eprintln!(
+                "issued API key {} for {name} (expires {expires})",
+                issued.id
+            );
+            println!("{}", issued.token);
+        }
+        Ok(())
+    };
+    match cmd {
+        ServiceAccountsCommand::Add {
+            name,
+            groups,
+            role,
+            ttl,
+            out,
+        } => {
+            check_name(&name)?;
+            let role = parse_role(&role)?;
+            if role == Role::Admin {
+                bail!("service accounts cannot be admins (use role user or auditor)");
+            }
+            parse_ttl(&ttl)?;
+            store.create_user(&NewUser {
+                name: &name,
+                groups: &groups,
+                actor: ActorKind::Agent,
+                role,
+                origin: Origin::Local,
+            })?;
+            eprintln!(
+                "added service account {name} (role {}, groups: {})",
+                role.as_str(),
+                groups.join(", ")
+            );
+            issue_key(&name, &ttl, out.json)?;
+        }
+        ServiceAccountsCommand::IssueKey { name, ttl, out } => {
+            match store.get_user(&name)? {
+                Some(u) if u.actor == ActorKind::Agent => {}
+                _ => bail!("no service account named {name:?}"),
+            }
+            issue_key(&name, &ttl, out.json)?;
+        }
+        ServiceAccountsCommand::List { out } => {
+            let accounts: Vec<User> = store
+                .list_users()?
+                .into_iter()
+                .filter(|u| u.actor == ActorKind::Agent)
+                .collect();
+            if out.json {
+                print_json(&accounts.iter().map(user_json).collect::<Vec<_>>())?;
+            } else {
+                for u in accounts {
+                    println!("{}\t{}\t{}", u.name, u.role.as_str(), u.groups.join(","));
+                }
+            }
+        }
+        ServiceAccountsCommand::Remove { name } => {
+            match store.get_user(&name)? {
+                Some(u) if u.actor == ActorKind::Agent => {}
+                _ => bail!("no service account named {name:?}"),
+            }
+            store.remove_user(&name)?;
+            eprintln!("removed service account {name} and its keys");
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -99,7 +233,7 @@ pub fn tokens(config: &Config, cmd: TokensCommand) -> Result<ExitCode> {
                         "active"
                     };
                     json!({
-                        "id": t.id, "user": t.user, "state": state,
+                        "id": t.id, "user": t.user, "kind": t.kind.as_str(), "state": state,
                         "created": rfc3339_ms(t.created_ms), "expires": rfc3339_ms(t.expires_ms),
                         "last_used": t.last_used_ms.map(rfc3339_ms),
                     })
@@ -482,11 +616,20 @@ fn call_api(
     path: &str,
     body: Option<serde_json::Value>,
 ) -> Result<serde_json::Value> {
-    let gateway = gateway.unwrap_or_else(|| format!("http://{}", config.listen.api));
-    let client = crate::api_client::ApiClient::new(&gateway, token)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    // Without --token / SLUICE_TOKEN: the saved sign-in (`sluice login`).
+    let (gateway, token) = if token.is_empty() {
+        match runtime.block_on(crate::client::cache::current()) {
+            Ok(saved) => (Some(gateway.unwrap_or(saved.gateway)), saved.token),
+            Err(_) => (gateway, token),
+        }
+    } else {
+        (gateway, token)
+    };
+    let gateway = gateway.unwrap_or_else(|| format!("http://{}", config.listen.api));
+    let client = crate::api_client::ApiClient::new(&gateway, token)?;
     let (status, value) = runtime.block_on(client.call(method, path, body))?;
     if !status.is_success() {
         let message = value["error"].as_str().unwrap_or("request failed");

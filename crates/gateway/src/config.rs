@@ -42,6 +42,225 @@ pub struct Config {
     /// Masking of sensitive values in results, per connection and identity.
     #[serde(default)]
     pub masking: Vec<MaskRuleSpec>,
+    /// Sign-in: token lifetimes, an OpenID Connect provider, trusted workload issuers.
+    #[serde(default)]
+    pub identity: IdentityConfig,
+}
+
+/// How people and machines prove who they are.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// Lifetime of the sluice token issued at sign-in (password or identity provider).
+    #[serde(default = "default_login_ttl", with = "humantime_serde_compat")]
+    pub login_ttl: Duration,
+    /// How long a sign-in through the identity provider can be renewed without signing in
+    /// again (each renewal asks the provider, so a disabled account stops at once).
+    #[serde(default = "default_refresh_ttl", with = "humantime_serde_compat")]
+    pub refresh_ttl: Duration,
+    /// The gateway API's address as browsers reach it, e.g. `https://sluice.example.com`;
+    /// the identity provider redirects to `PUBLIC_URL/auth/oidc/callback`. Default:
+    /// `http://` + `listen.api`.
+    #[serde(default)]
+    pub public_url: Option<String>,
+    #[serde(default)]
+    pub oidc: Option<OidcConfig>,
+    /// External JWTs (a CI provider's OIDC token, a cloud workload identity) exchanged
+    /// for short-lived tokens of a service account.
+    #[serde(default)]
+    pub workload: Vec<WorkloadTrust>,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        IdentityConfig {
+            login_ttl: default_login_ttl(),
+            refresh_ttl: default_refresh_ttl(),
+            public_url: None,
+            oidc: None,
+            workload: Vec::new(),
+        }
+    }
+}
+
+/// An OpenID Connect provider for people (authorization code with PKCE, device flow).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcConfig {
+    /// Issuer URL; discovery is read from `ISSUER/.well-known/openid-configuration`.
+    pub issuer: String,
+    pub client_id: String,
+    /// Literal, `env:NAME` or `file:PATH`; absent for a public client.
+    #[serde(default)]
+    pub client_secret: Option<String>,
+    #[serde(default = "default_scopes")]
+    pub scopes: Vec<String>,
+    /// Claim that names the sluice user (`email`, `preferred_username`, `sub`, …).
+    #[serde(default = "default_username_claim")]
+    pub username_claim: String,
+    /// Claim with the user's groups (an array of strings, or one string).
+    #[serde(default = "default_groups_claim")]
+    pub groups_claim: String,
+    /// Provider group → sluice group. Unlisted groups keep their name unless
+    /// `keep_unmapped_groups` is false.
+    #[serde(default)]
+    pub group_map: HashMap<String, String>,
+    #[serde(default = "default_true")]
+    pub keep_unmapped_groups: bool,
+    /// Only members of one of these sluice groups may sign in (empty: anyone the
+    /// provider authenticates).
+    #[serde(default)]
+    pub allowed_groups: Vec<String>,
+    /// Sluice groups whose members get role `admin` / `auditor` (else `user`).
+    #[serde(default)]
+    pub admin_groups: Vec<String>,
+    #[serde(default)]
+    pub auditor_groups: Vec<String>,
+    /// Create users at their first sign-in; otherwise they must exist (`sluice users add`).
+    #[serde(default = "default_true")]
+    pub create_users: bool,
+    /// CA bundle for a provider whose certificate is not publicly trusted.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for OidcConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OidcConfig")
+            .field("issuer", &self.issuer)
+            .field("client_id", &self.client_id)
+            .field(
+                "client_secret",
+                &self.client_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("scopes", &self.scopes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One trusted issuer of workload tokens, bound to a service account.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadTrust {
+    /// Shown in audit events.
+    pub name: String,
+    pub issuer: String,
+    /// The token's `aud` must contain this.
+    pub audience: String,
+    /// Glob on the token's `sub`, e.g. `repo:acme/app:ref:refs/heads/main`.
+    pub subject: String,
+    /// Further claims that must equal these values (e.g. `repository_owner: acme`).
+    #[serde(default)]
+    pub claims: HashMap<String, String>,
+    /// The service account the token is exchanged for.
+    pub service_account: String,
+    /// Key set URL; default: from the issuer's discovery document.
+    #[serde(default)]
+    pub jwks_uri: Option<String>,
+    /// Lifetime of the sluice token given in exchange.
+    #[serde(default = "default_workload_ttl", with = "humantime_serde_compat")]
+    pub token_ttl: Duration,
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+impl IdentityConfig {
+    fn validate(&self) -> Result<()> {
+        let day = Duration::from_secs(24 * 3600);
+        if self.login_ttl < Duration::from_secs(60) || self.login_ttl > 7 * day {
+            bail!("identity.login_ttl: must be between 1m and 7d");
+        }
+        if self.refresh_ttl > 366 * day {
+            bail!("identity.refresh_ttl: at most 366d");
+        }
+        if let Some(url) = &self.public_url {
+            check_url(url, "identity.public_url", true)?;
+        }
+        if let Some(oidc) = &self.oidc {
+            check_url(&oidc.issuer, "identity.oidc.issuer", false)?;
+            if oidc.client_id.is_empty() {
+                bail!("identity.oidc.client_id: must not be empty");
+            }
+            if !oidc.scopes.iter().any(|s| s == "openid") {
+                bail!("identity.oidc.scopes: must include openid");
+            }
+            for (from, to) in &oidc.group_map {
+                if from.is_empty() || to.is_empty() {
+                    bail!("identity.oidc.group_map: empty group name");
+                }
+            }
+        }
+        let mut names = HashSet::new();
+        for (i, w) in self.workload.iter().enumerate() {
+            let at = |field: &str| format!("identity.workload[{i}].{field}");
+            if !names.insert(w.name.as_str()) || w.name.is_empty() {
+                bail!("{}: empty or duplicate name {:?}", at("name"), w.name);
+            }
+            check_url(&w.issuer, &at("issuer"), false)?;
+            if let Some(jwks) = &w.jwks_uri {
+                check_url(jwks, &at("jwks_uri"), false)?;
+            }
+            if w.audience.is_empty() {
+                bail!("{}: must not be empty", at("audience"));
+            }
+            if w.subject.is_empty() {
+                bail!(
+                    "{}: must not be empty (use a glob such as repo:acme/*)",
+                    at("subject")
+                );
+            }
+            if w.token_ttl < Duration::from_secs(60) || w.token_ttl > day {
+                bail!("{}: must be between 1m and 24h", at("token_ttl"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `https://…`, or `http://` on a loopback host (tests, a provider beside the gateway).
+fn check_url(url: &str, key: &str, http_anywhere: bool) -> Result<()> {
+    let parsed = url::Url::parse(url).with_context(|| format!("{key}: {url:?} is not a URL"))?;
+    let loopback = match parsed.host() {
+        Some(url::Host::Domain(d)) => d == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => bail!("{key}: {url:?} has no host"),
+    };
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if loopback || http_anywhere => Ok(()),
+        _ => bail!("{key}: {url:?} must be https:// (http:// only on loopback)"),
+    }
+}
+
+fn default_login_ttl() -> Duration {
+    Duration::from_secs(12 * 3600)
+}
+
+fn default_refresh_ttl() -> Duration {
+    Duration::from_secs(30 * 24 * 3600)
+}
+
+fn default_workload_ttl() -> Duration {
+    Duration::from_secs(15 * 60)
+}
+
+fn default_scopes() -> Vec<String> {
+    ["openid", "email", "profile", "groups"]
+        .map(String::from)
+        .to_vec()
+}
+
+fn default_username_claim() -> String {
+    "email".into()
+}
+
+fn default_groups_claim() -> String {
+    "groups".into()
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// Where review events are sent.
@@ -405,6 +624,7 @@ impl Config {
         }
         self.policy().context("policies")?;
         sluice_mask::Masking::new(&self.masking, Vec::new()).context("masking")?;
+        self.identity.validate()?;
         crate::webhooks::Notifier::validate(&self.notifications.webhooks)?;
         Ok(())
     }
@@ -422,7 +642,20 @@ impl Config {
     /// The key of the `hash` masking style: made on first use, kept in `data_dir`, so
     /// equal values hash alike across restarts.
     pub fn masking_key(&self) -> Result<Vec<u8>> {
-        let path = self.data_dir.join("masking.key");
+        self.key_file("masking.key")
+    }
+
+    /// The key that seals secrets kept in the store (identity providers' refresh tokens).
+    pub fn sealing_key(&self) -> Result<[u8; 32]> {
+        let key = self.key_file("sealing.key")?;
+        key.get(..32)
+            .and_then(|k| <[u8; 32]>::try_from(k).ok())
+            .context("sealing.key: too short")
+    }
+
+    /// A random 32-byte key kept in `data_dir/NAME` (mode 0600), made on first use.
+    fn key_file(&self, name: &str) -> Result<Vec<u8>> {
+        let path = self.data_dir.join(name);
         match std::fs::read(&path) {
             Ok(key) if key.len() >= 32 => return Ok(key),
             Ok(_) => bail!("{}: too short; delete it to make a new key", path.display()),
@@ -499,6 +732,31 @@ mod tests {
         assert_eq!(config.notifications.webhooks.len(), 1);
         let debug = format!("{:?}", config.notifications.webhooks[0]);
         assert!(!debug.contains("/sluice"), "{debug}");
+    }
+
+    #[test]
+    fn identity_settings_are_checked() {
+        let example = parse(include_str!("../../../sluice.example.yaml")).unwrap();
+        let oidc = example.identity.oidc.as_ref().unwrap();
+        assert!(!format!("{oidc:?}").contains("OIDC_CLIENT_SECRET"));
+        assert_eq!(example.identity.workload.len(), 1);
+        let bad = [
+            ("identity: { oidc: { issuer: 'http://idp.example.com', client_id: s } }", "https://"),
+            ("identity: { oidc: { issuer: 'https://idp', client_id: '' } }", "client_id"),
+            ("identity: { oidc: { issuer: 'https://idp', client_id: s, scopes: [email] } }", "openid"),
+            ("identity: { login_ttl: 10s }", "login_ttl"),
+            ("identity: { public_url: 'ftp://x' }", "public_url"),
+            ("identity: { oidc: { issuer: 'https://idp', client_id: s, clientsecret: x } }", "clientsecret"),
+            ("identity: { workload: [{ name: a, issuer: 'https://i', audience: x, subject: '', service_account: s }] }", "subject"),
+            ("identity: { workload: [{ name: a, issuer: 'https://i', audience: x, subject: '*', service_account: s, token_ttl: 2d }] }", "token_ttl"),
+            ("identity: { workload: [{ name: a, issuer: 'https://i', audience: x, subject: '*', service_account: s }, { name: a, issuer: 'https://j', audience: x, subject: '*', service_account: s }] }", "duplicate"),
+        ];
+        for (yaml, named) in bad {
+            let err = format!("{:#}", parse(yaml).unwrap_err());
+            assert!(err.contains(named), "{yaml}: {err}");
+        }
+        // http is fine for a provider on loopback (a test provider, a sidecar).
+        parse("identity: { oidc: { issuer: 'http://127.0.0.1:9000', client_id: s } }").unwrap();
     }
 
     #[test]

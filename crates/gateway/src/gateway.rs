@@ -15,11 +15,12 @@ use tokio::net::TcpListener;
 use tracing::{error, info};
 
 use crate::access::Access;
-use crate::api::{self, ApiState};
+use crate::api::{self, ApiState, ConnectionView};
 use crate::config::{self, Config, UpstreamTls};
 use crate::metrics::Metrics;
 use crate::pipeline::{GatewayPipeline, Parts};
 use crate::reviews::Reviews;
+use crate::signin::SignIn;
 use crate::webhooks::Notifier;
 
 fn now_ms() -> i64 {
@@ -136,6 +137,15 @@ pub async fn run(config: Config) -> Result<File> {
     let api_listener = TcpListener::bind(config.listen.api)
         .await
         .with_context(|| format!("cannot listen on {} (listen.api)", config.listen.api))?;
+    let signin = Arc::new(
+        SignIn::new(
+            &config,
+            store.clone(),
+            Tokens::new(store.clone()),
+            audit.clone(),
+        )
+        .context("identity")?,
+    );
     let router = api::router(ApiState {
         store: store.clone(),
         tokens: Tokens::new(store.clone()),
@@ -143,6 +153,8 @@ pub async fn run(config: Config) -> Result<File> {
         audit: audit.clone(),
         reviews,
         access,
+        signin,
+        connections: Arc::new(connection_views(&config)),
     });
     info!(
         postgres = %config.listen.postgres,
@@ -155,7 +167,10 @@ pub async fn run(config: Config) -> Result<File> {
     tokio::spawn(anchor_audit_log(audit.clone(), store.clone()));
     tokio::select! {
         r = frontend.serve(pg_listener) => r.context("postgres listener failed")?,
-        r = axum::serve(api_listener, router) => r.context("api listener failed")?,
+        r = axum::serve(
+            api_listener,
+            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        ) => r.context("api listener failed")?,
         () = shutdown_signal() => info!("shutting down"),
     }
     // Clients are told, as PostgreSQL does on a fast shutdown; their sessions get a moment
@@ -268,4 +283,23 @@ async fn shutdown_signal() {
     {
         let _ = ctrl_c.await;
     }
+}
+
+/// The connections as the API lists them.
+fn connection_views(config: &Config) -> Vec<ConnectionView> {
+    let allow = config.allow_lists();
+    config
+        .connections
+        .iter()
+        .map(|c| ConnectionView {
+            name: c.name.clone(),
+            kind: match c.kind {
+                config::Kind::Postgres => "postgres",
+            },
+            agent: c.agent.clone(),
+            allow: allow.get(&c.name).cloned().flatten(),
+            requires_access_request: c.require_access_request,
+            listen: config.listen.postgres.to_string(),
+        })
+        .collect()
 }

@@ -3,13 +3,16 @@
 mod access;
 mod api;
 mod api_client;
+mod client;
 mod commands;
 mod config;
 mod gateway;
+mod http_client;
 mod metrics;
 mod pipeline;
 mod replay;
 mod reviews;
+mod signin;
 mod tls;
 mod views;
 mod webhooks;
@@ -44,9 +47,54 @@ enum Command {
         #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "SLUICE_LOG_FORMAT")]
         log_format: LogFormat,
     },
-    /// Manage local users.
+    /// Manage local users (people): groups, roles, passwords.
     #[command(subcommand)]
     Users(UsersCommand),
+    /// Manage service accounts (AI agents, CI jobs) and their API keys.
+    #[command(subcommand, name = "service-accounts")]
+    ServiceAccounts(ServiceAccountsCommand),
+    /// Sign in to a gateway (identity provider in the browser, the device flow on a
+    /// headless machine, or a local password); the token is kept in your config dir.
+    Login {
+        /// The gateway's API, e.g. http://127.0.0.1:8080.
+        #[arg(long, env = "SLUICE_GATEWAY")]
+        gateway: String,
+        /// Sign in with a local password (read from stdin) instead of the identity provider.
+        #[arg(long)]
+        user: Option<String>,
+        /// Use the device flow even where a browser could be opened.
+        #[arg(long)]
+        device: bool,
+        /// Suggest this account to the identity provider.
+        #[arg(long)]
+        login_hint: Option<String>,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Forget the saved sign-in.
+    Logout,
+    /// Show who the saved sign-in is, as the gateway sees it.
+    Whoami {
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Print ready-to-use connection settings for CONNECTION (signed-in token included).
+    Credentials {
+        connection: String,
+        #[arg(long, value_enum, default_value = "env")]
+        format: client::CredentialFormat,
+    },
+    /// Open a local port that connects clients to CONNECTION as you, for clients that
+    /// cannot carry a token (no password needed locally).
+    Connect {
+        connection: String,
+        /// Local address to listen on (loopback only; port 0 picks one).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+        /// CA certificate (PEM) to verify the gateway's TLS certificate with.
+        #[arg(long)]
+        ca: Option<PathBuf>,
+    },
     /// Issue, list and revoke access tokens.
     #[command(subcommand)]
     Tokens(TokensCommand),
@@ -201,13 +249,61 @@ enum UsersCommand {
         /// Group membership (repeatable).
         #[arg(long = "group")]
         groups: Vec<String>,
+        /// admin, auditor or user.
+        #[arg(long, default_value = "user")]
+        role: String,
+        /// Read a password (for `sluice login --user`) from stdin.
+        #[arg(long)]
+        password_stdin: bool,
     },
+    /// Set (from stdin) or, with --remove, remove a user's password.
+    SetPassword {
+        name: String,
+        #[arg(long)]
+        remove: bool,
+    },
+    /// Change a user's role (admin, auditor, user).
+    SetRole { name: String, role: String },
     /// List users.
     List {
         #[command(flatten)]
         out: JsonFlag,
     },
     /// Remove a user and their tokens.
+    Remove { name: String },
+}
+
+#[derive(Subcommand)]
+enum ServiceAccountsCommand {
+    /// Add a service account and print its first API key alone on stdout.
+    Add {
+        name: String,
+        /// Group membership (repeatable).
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// user (default) or auditor (e.g. a metrics scraper).
+        #[arg(long, default_value = "user")]
+        role: String,
+        /// Lifetime of the key, e.g. 30d.
+        #[arg(long, default_value = "90d")]
+        ttl: String,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Issue another API key (rotate, then `sluice tokens revoke` the old one).
+    IssueKey {
+        name: String,
+        #[arg(long, default_value = "90d")]
+        ttl: String,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// List service accounts.
+    List {
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Remove a service account and its keys.
     Remove { name: String },
 }
 
@@ -333,6 +429,31 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Users(cmd) => commands::users(&config, cmd),
+        Command::ServiceAccounts(cmd) => commands::service_accounts(&config, cmd),
+        Command::Login {
+            gateway,
+            user,
+            device,
+            login_hint,
+            out,
+        } => {
+            let method = match user {
+                Some(user) => client::LoginMethod::Password { user },
+                None => client::LoginMethod::Browser {
+                    force_device: device,
+                    login_hint,
+                },
+            };
+            client::login(&gateway, method, out.json)
+        }
+        Command::Logout => client::logout(),
+        Command::Whoami { out } => client::whoami(out.json),
+        Command::Credentials { connection, format } => client::credentials(&connection, format),
+        Command::Connect {
+            connection,
+            listen,
+            ca,
+        } => client::connect(&connection, listen, ca.as_deref()),
         Command::Tokens(cmd) => commands::tokens(&config, cmd),
         Command::Sessions(cmd) => commands::sessions(&config, cmd),
         Command::Audit(AuditCommand::Verify { out }) => commands::audit_verify(&config, out.json),

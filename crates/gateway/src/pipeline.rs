@@ -432,6 +432,11 @@ impl Pipeline for GatewayPipeline {
             Ok(Ok(v)) if v.identity.user != user => {
                 Err(AuthFailure::BadCredentials(user.to_owned()))
             }
+            // Auditors read the record; they do not use the connections.
+            Ok(Ok(v)) if !v.role.acts() => Err(AuthFailure::NotAllowed {
+                user: user.to_owned(),
+                connection: connection.to_owned(),
+            }),
             Ok(Ok(v)) => match self.needs_grant(connection, &v.identity) {
                 None => Err(AuthFailure::UnknownConnection(connection.to_owned())),
                 Some(false) => Ok(v.identity),
@@ -601,6 +606,7 @@ impl Pipeline for GatewayPipeline {
                     EventBody::Statement {
                         statement_id: r.id,
                         user: session.identity.user.clone(),
+                        actor: session.identity.actor.as_str().to_owned(),
                         connection: session.connection.clone(),
                         statement: r.text,
                         params: r.params,

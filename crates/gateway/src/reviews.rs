@@ -444,7 +444,7 @@ impl Reviews {
     }
 }
 
-fn is_reviewer(review: &ReviewRow, who: &Identity) -> bool {
+pub(crate) fn is_reviewer(review: &ReviewRow, who: &Identity) -> bool {
     let reviewers: Vec<String> = serde_json::from_str(&review.reviewers).unwrap_or_default();
     reviewers
         .iter()

@@ -104,6 +104,7 @@ fn add_event(events: &mut Vec<Value>, by_statement: &mut HashMap<u64, usize>, r:
         }))),
         EventBody::Statement {
             statement_id,
+            actor,
             statement,
             params,
             decision,
@@ -118,7 +119,7 @@ fn add_event(events: &mut Vec<Value>, by_statement: &mut HashMap<u64, usize>, r:
             by_statement.insert(statement_id, events.len());
             events.push(json!({
                 "seq": r.seq, "time": time, "kind": if prepare { "prepare" } else { "statement" },
-                "statement_id": statement_id, "statement": statement, "params": params,
+                "statement_id": statement_id, "actor": actor, "statement": statement, "params": params,
                 "statement_name": statement_name,
                 "decision": decision, "rule": rule, "reason": reason, "review": review,
                 "access_request": access_request,
@@ -183,7 +184,10 @@ fn add_event(events: &mut Vec<Value>, by_statement: &mut HashMap<u64, usize>, r:
         }))),
         EventBody::AuthFailure { .. }
         | EventBody::AccessRequested { .. }
-        | EventBody::AccessDecided { .. } => {}
+        | EventBody::AccessDecided { .. }
+        | EventBody::SignIn { .. }
+        | EventBody::SignInFailure { .. }
+        | EventBody::Denied { .. } => {}
     }
 }
 

@@ -11,6 +11,7 @@
 pub mod catalog;
 pub mod codec;
 pub mod frontend;
+pub mod local;
 mod params;
 mod session;
 pub mod stream;

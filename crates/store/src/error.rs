@@ -32,7 +32,9 @@ pub enum StoreError {
     SelfApproval(String),
     #[error("review \"{0}\": already approved by this reviewer")]
     AlreadyApproved(String),
-    #[error("a refresh handle of user \"{0}\" was used twice: all of their refresh handles are revoked")]
+    #[error(
+        "a refresh handle of user \"{0}\" was used twice: all of their refresh handles are revoked"
+    )]
     RefreshReused(String),
     #[error("access request \"{0}\" does not exist")]
     AccessRequestNotFound(String),

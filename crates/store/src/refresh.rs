@@ -119,9 +119,16 @@ mod tests {
     fn spend_once_and_reuse_signs_out() {
         let store = Store::open_in_memory().unwrap();
         store.add_user("alice", &[]).unwrap();
-        store.insert_refresh(&handle("a1", "alice", 10_000)).unwrap();
-        store.insert_refresh(&handle("a2", "alice", 10_000)).unwrap();
-        assert_eq!(store.spend_refresh("hash-a1", 2_000).unwrap().unwrap().id, "a1");
+        store
+            .insert_refresh(&handle("a1", "alice", 10_000))
+            .unwrap();
+        store
+            .insert_refresh(&handle("a2", "alice", 10_000))
+            .unwrap();
+        assert_eq!(
+            store.spend_refresh("hash-a1", 2_000).unwrap().unwrap().id,
+            "a1"
+        );
         assert!(matches!(
             store.spend_refresh("hash-a1", 3_000),
             Err(StoreError::RefreshReused(ref u)) if u == "alice"

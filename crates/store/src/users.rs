@@ -75,8 +75,7 @@ impl<'a> NewUser<'a> {
     }
 }
 
-const USER_COLUMNS: &str =
-    "name, created_ms, actor, role, origin, password_hash IS NOT NULL";
+const USER_COLUMNS: &str = "name, created_ms, actor, role, origin, password_hash IS NOT NULL";
 
 /// A user row without groups.
 fn user_from_row(row: &Row<'_>) -> rusqlite::Result<User> {
@@ -395,10 +394,15 @@ mod tests {
         assert_eq!(store.get_user("cursor").unwrap(), Some(svc));
         store.add_user("alice", &[]).unwrap();
         store.set_user_role("alice", Role::Admin).unwrap();
-        store.set_password_hash("alice", Some("$argon2id$x")).unwrap();
+        store
+            .set_password_hash("alice", Some("$argon2id$x"))
+            .unwrap();
         let alice = store.get_user("alice").unwrap().unwrap();
         assert_eq!((alice.role, alice.has_password), (Role::Admin, true));
-        assert_eq!(store.password_hash("alice").unwrap().as_deref(), Some("$argon2id$x"));
+        assert_eq!(
+            store.password_hash("alice").unwrap().as_deref(),
+            Some("$argon2id$x")
+        );
         assert!(matches!(
             store.set_user_role("nobody", Role::Admin),
             Err(StoreError::UserNotFound(_))
@@ -409,7 +413,10 @@ mod tests {
         let bob = store
             .sync_oidc_user("bob", &groups(&["eng"]), Role::Auditor, true)
             .unwrap();
-        assert_eq!((bob.origin, bob.role, bob.groups.clone()), (Origin::Oidc, Role::Auditor, groups(&["eng"])));
+        assert_eq!(
+            (bob.origin, bob.role, bob.groups.clone()),
+            (Origin::Oidc, Role::Auditor, groups(&["eng"]))
+        );
         let bob = store.sync_oidc_user("bob", &[], Role::User, false).unwrap();
         assert!(bob.groups.is_empty());
         assert!(matches!(

@@ -46,6 +46,7 @@ pub fn every_kind() -> Vec<Event> {
         EventBody::Statement {
             statement_id: 7,
             user: "alice".into(),
+            actor: "human".into(),
             connection: "prod".into(),
             statement: "SELECT $1, $2 -- \"quoted\"\nnext line ü".into(),
             params: vec![Some("1".into()), None],
@@ -65,6 +66,7 @@ pub fn every_kind() -> Vec<Event> {
         EventBody::Statement {
             statement_id: 8,
             user: "alice".into(),
+            actor: "human".into(),
             connection: "prod".into(),
             statement: "DROP TABLE t".into(),
             params: vec![],
@@ -165,6 +167,7 @@ pub fn statement(id: u64) -> Event {
         body: EventBody::Statement {
             statement_id: id,
             user: "alice".into(),
+            actor: "human".into(),
             connection: "prod".into(),
             statement: format!("SELECT {id}"),
             params: vec![],

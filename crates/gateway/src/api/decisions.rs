@@ -9,10 +9,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use sluice_core::Identity;
 use sluice_store::{AccessRow, ReviewRow};
 
-use super::{authorize, ApiState};
+use super::{authorize, deny, ApiState, Caller, Need};
 use crate::access::{AccessAsk, AccessError};
 use crate::reviews::ReviewError;
 use crate::views::{access_json, review_json};
@@ -124,10 +123,11 @@ fn access_list(rows: &[AccessRow]) -> Value {
 async fn caller(
     state: &ApiState,
     headers: &HeaderMap,
+    (need, action): (Need, &str),
     status: Option<&str>,
     reason: Option<&str>,
-) -> Result<Identity, Response> {
-    let who = authorize(state, headers).await?;
+) -> Result<Caller, Response> {
+    let who = authorize(state, headers, need, action).await?;
     if let Some(status) = status.filter(|s| !STATUSES.contains(s)) {
         return Err(error(
             StatusCode::BAD_REQUEST,
@@ -152,10 +152,25 @@ pub(super) async fn list_reviews(
     headers: HeaderMap,
     Query(q): Query<ListQuery>,
 ) -> Response {
-    if let Err(refusal) = caller(&state, &headers, q.status.as_deref(), None).await {
-        return refusal;
-    }
+    let who = match caller(
+        &state,
+        &headers,
+        (Need::Any, "GET /api/v1/reviews"),
+        q.status.as_deref(),
+        None,
+    )
+    .await
+    {
+        Ok(who) => who,
+        Err(refusal) => return refusal,
+    };
     let rows = state.reviews.list(q.status.clone(), q.limit()).await;
+    // A user sees the reviews they asked for or may decide.
+    let rows = rows.map(|rows| {
+        rows.into_iter()
+            .filter(|r| sees_review(&who, r))
+            .collect::<Vec<_>>()
+    });
     respond(rows, StatusCode::OK, |rows: &Vec<ReviewRow>| {
         review_list(rows)
     })
@@ -166,10 +181,20 @@ pub(super) async fn show_review(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    if let Err(refusal) = caller(&state, &headers, None, None).await {
-        return refusal;
+    let action = "GET /api/v1/reviews/ID";
+    let who = match caller(&state, &headers, (Need::Any, action), None, None).await {
+        Ok(who) => who,
+        Err(refusal) => return refusal,
+    };
+    match state.reviews.get(&id).await {
+        Ok(row) if !sees_review(&who, &row) => deny(
+            &state,
+            &who,
+            action,
+            "users see only reviews they asked for or may decide",
+        ),
+        found => respond(found, StatusCode::OK, review_json),
     }
-    respond(state.reviews.get(&id).await, StatusCode::OK, review_json)
 }
 
 async fn decide_review(
@@ -179,14 +204,27 @@ async fn decide_review(
     reason: Option<String>,
     approve: bool,
 ) -> Response {
-    let who = match caller(&state, &headers, None, reason.as_deref()).await {
+    let action = if approve {
+        "POST /api/v1/reviews/ID/approve"
+    } else {
+        "POST /api/v1/reviews/ID/deny"
+    };
+    let who = match caller(
+        &state,
+        &headers,
+        (Need::Act, action),
+        None,
+        reason.as_deref(),
+    )
+    .await
+    {
         Ok(who) => who,
         Err(refusal) => return refusal,
     };
     let decided = if approve {
-        state.reviews.approve(&id, &who, reason).await
+        state.reviews.approve(&id, &who.identity, reason).await
     } else {
-        state.reviews.deny(&id, &who, reason).await
+        state.reviews.deny(&id, &who.identity, reason).await
     };
     respond(decided, StatusCode::OK, review_json)
 }
@@ -219,7 +257,15 @@ pub(super) async fn request_access(
         Ok(body) => body,
         Err(rejection) => return error(rejection.status(), rejection.body_text()),
     };
-    let who = match caller(&state, &headers, None, Some(&body.reason)).await {
+    let who = match caller(
+        &state,
+        &headers,
+        (Need::Act, "POST /api/v1/access-requests"),
+        None,
+        Some(&body.reason),
+    )
+    .await
+    {
         Ok(who) => who,
         Err(refusal) => return refusal,
     };
@@ -239,7 +285,7 @@ pub(super) async fn request_access(
         lift_rule: body.lift_rule,
     };
     respond(
-        state.access.request(&who, ask).await,
+        state.access.request(&who.identity, ask).await,
         StatusCode::CREATED,
         access_json,
     )
@@ -250,10 +296,24 @@ pub(super) async fn list_access(
     headers: HeaderMap,
     Query(q): Query<ListQuery>,
 ) -> Response {
-    if let Err(refusal) = caller(&state, &headers, q.status.as_deref(), None).await {
-        return refusal;
-    }
+    let who = match caller(
+        &state,
+        &headers,
+        (Need::Any, "GET /api/v1/access-requests"),
+        q.status.as_deref(),
+        None,
+    )
+    .await
+    {
+        Ok(who) => who,
+        Err(refusal) => return refusal,
+    };
     let rows = state.access.list(q.status.clone(), q.limit()).await;
+    let rows = rows.map(|rows| {
+        rows.into_iter()
+            .filter(|r| sees_access(&state, &who, r))
+            .collect::<Vec<_>>()
+    });
     respond(rows, StatusCode::OK, |rows: &Vec<AccessRow>| {
         access_list(rows)
     })
@@ -264,10 +324,20 @@ pub(super) async fn show_access(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    if let Err(refusal) = caller(&state, &headers, None, None).await {
-        return refusal;
+    let action = "GET /api/v1/access-requests/ID";
+    let who = match caller(&state, &headers, (Need::Any, action), None, None).await {
+        Ok(who) => who,
+        Err(refusal) => return refusal,
+    };
+    match state.access.get(&id).await {
+        Ok(row) if !sees_access(&state, &who, &row) => deny(
+            &state,
+            &who,
+            action,
+            "users see only access requests they made or may decide",
+        ),
+        found => respond(found, StatusCode::OK, access_json),
     }
-    respond(state.access.get(&id).await, StatusCode::OK, access_json)
 }
 
 async fn decide_access(
@@ -277,11 +347,27 @@ async fn decide_access(
     reason: Option<String>,
     approve: bool,
 ) -> Response {
-    let who = match caller(&state, &headers, None, reason.as_deref()).await {
+    let action = if approve {
+        "POST /api/v1/access-requests/ID/approve"
+    } else {
+        "POST /api/v1/access-requests/ID/deny"
+    };
+    let who = match caller(
+        &state,
+        &headers,
+        (Need::Act, action),
+        None,
+        reason.as_deref(),
+    )
+    .await
+    {
         Ok(who) => who,
         Err(refusal) => return refusal,
     };
-    let decided = state.access.decide(&id, &who, approve, reason).await;
+    let decided = state
+        .access
+        .decide(&id, &who.identity, approve, reason)
+        .await;
     respond(decided, StatusCode::OK, access_json)
 }
 
@@ -301,4 +387,16 @@ pub(super) async fn deny_access(
     body: Option<Json<DecisionBody>>,
 ) -> Response {
     decide_access(state, headers, id, reason(body), false).await
+}
+
+fn sees_review(who: &Caller, review: &ReviewRow) -> bool {
+    who.role.reads_everything()
+        || review.requester == who.identity.user
+        || crate::reviews::is_reviewer(review, &who.identity)
+}
+
+fn sees_access(state: &ApiState, who: &Caller, row: &AccessRow) -> bool {
+    who.role.reads_everything()
+        || row.requester == who.identity.user
+        || state.access.may_decide(&row.connection, &who.identity)
 }

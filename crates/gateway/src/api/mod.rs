@@ -1,5 +1,16 @@
-//! The HTTP API on `listen.api`. Every route except `/healthz` needs a sluice token
-//! (`Authorization: Bearer …`).
+//! The HTTP API on `listen.api`. Every route except `/healthz` and the sign-in routes
+//! under `/auth/` needs a sluice token (`Authorization: Bearer …`), and each checks the
+//! caller's role:
+//!
+//! | route | user | auditor | admin |
+//! |---|---|---|---|
+//! | `GET /api/v1/whoami`, `GET /api/v1/connections` | yes | yes | yes |
+//! | `GET /api/v1/sessions` | own sessions | all | all |
+//! | `GET /api/v1/reviews[/ID]`, `GET /api/v1/access-requests[/ID]` | asked by them or theirs to decide | all | all |
+//! | approve / deny, `POST /api/v1/access-requests` | as the rules allow | no | as the rules allow |
+//! | `GET /metrics` | no | yes | yes |
+//!
+//! A refusal is answered 403 and recorded as a `denied` audit event.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -12,12 +23,13 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use sluice_audit::AuditWriter;
 use sluice_auth::Tokens;
-use sluice_core::Identity;
+use sluice_core::{Identity, Principal, Role};
 use sluice_store::{SessionFilter, Store};
 
 use crate::access::Access;
 use crate::metrics::Metrics;
 use crate::reviews::Reviews;
+use crate::signin::{routes as signin, SignIn};
 use crate::views::SessionSummary;
 
 mod decisions;
@@ -35,12 +47,54 @@ pub struct ApiState {
     pub audit: AuditWriter,
     pub reviews: Arc<Reviews>,
     pub access: Arc<Access>,
+    pub signin: Arc<SignIn>,
+    pub connections: Arc<Vec<ConnectionView>>,
+}
+
+/// A connection as `/api/v1/connections` shows it.
+pub struct ConnectionView {
+    pub name: String,
+    pub kind: &'static str,
+    pub agent: String,
+    /// Who may open sessions (`None`: every authenticated user).
+    pub allow: Option<Vec<Principal>>,
+    pub requires_access_request: bool,
+    /// Where clients connect (the gateway's listener for this kind).
+    pub listen: String,
+}
+
+/// Who is calling, with their role.
+#[derive(Debug, Clone)]
+pub(crate) struct Caller {
+    pub identity: Identity,
+    pub role: Role,
+}
+
+/// What a route needs of the caller's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Need {
+    /// Any role (the route itself narrows what a `user` sees).
+    Any,
+    /// Reading everything: auditors and admins.
+    ReadAll,
+    /// Acting (sessions, requests, decisions): users and admins.
+    Act,
 }
 
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
+        .route("/auth/password", post(signin::password))
+        .route("/auth/oidc/start", get(signin::oidc_start))
+        .route("/auth/oidc/callback", get(signin::oidc_callback))
+        .route("/auth/cli/exchange", post(signin::cli_exchange))
+        .route("/auth/device", post(signin::device_start))
+        .route("/auth/device/poll", post(signin::device_poll))
+        .route("/auth/refresh", post(signin::refresh))
+        .route("/auth/workload", post(signin::workload))
+        .route("/api/v1/whoami", get(whoami))
+        .route("/api/v1/connections", get(connections))
         .route("/api/v1/sessions", get(sessions))
         .route("/api/v1/reviews", get(list_reviews))
         .route("/api/v1/reviews/{id}", get(show_review))
@@ -56,8 +110,14 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-/// Checks the bearer token and returns whose it is; the error response never echoes it.
-pub(crate) async fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<Identity, Response> {
+/// Checks the bearer token and the caller's role for `action` (e.g. `GET /metrics`);
+/// the error response never echoes the token. A role refusal is audited.
+pub(crate) async fn authorize(
+    state: &ApiState,
+    headers: &HeaderMap,
+    need: Need,
+    action: &str,
+) -> Result<Caller, Response> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -67,10 +127,88 @@ pub(crate) async fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<I
         return Err(unauthorized("missing bearer token"));
     };
     let tokens = state.tokens.clone();
-    match tokio::task::spawn_blocking(move || tokens.verify(&token, SystemTime::now())).await {
-        Ok(Ok(verified)) => Ok(verified.identity),
-        _ => Err(unauthorized("invalid or expired token")),
+    let caller =
+        match tokio::task::spawn_blocking(move || tokens.verify(&token, SystemTime::now())).await {
+            Ok(Ok(verified)) => Caller {
+                identity: verified.identity,
+                role: verified.role,
+            },
+            _ => return Err(unauthorized("invalid or expired token")),
+        };
+    let allowed = match need {
+        Need::Any => true,
+        Need::ReadAll => caller.role.reads_everything(),
+        Need::Act => caller.role.acts(),
+    };
+    if !allowed {
+        let reason = match need {
+            Need::ReadAll => "needs role auditor or admin",
+            _ => "auditors can read but not act",
+        };
+        return Err(deny(state, &caller, action, reason));
     }
+    Ok(caller)
+}
+
+/// Records and answers a refusal of an authenticated caller.
+pub(crate) fn deny(state: &ApiState, caller: &Caller, action: &str, reason: &str) -> Response {
+    state.audit.append(sluice_audit::Event::now(
+        None,
+        sluice_audit::EventBody::Denied {
+            user: caller.identity.user.clone(),
+            actor: caller.identity.actor.as_str().into(),
+            role: caller.role.as_str().into(),
+            action: action.into(),
+            reason: reason.into(),
+        },
+    ));
+    (
+        StatusCode::FORBIDDEN,
+        Json(serde_json::json!({
+            "error": format!("{action}: {reason} (you are {}, role {})", caller.identity.user, caller.role.as_str())
+        })),
+    )
+        .into_response()
+}
+
+async fn whoami(State(state): State<ApiState>, headers: HeaderMap) -> Response {
+    match authorize(&state, &headers, Need::Any, "GET /api/v1/whoami").await {
+        Ok(c) => Json(serde_json::json!({
+            "user": c.identity.user,
+            "groups": c.identity.groups,
+            "actor": c.identity.actor.as_str(),
+            "role": c.role.as_str(),
+        }))
+        .into_response(),
+        Err(r) => r,
+    }
+}
+
+/// The connections, each with whether the caller may open sessions on it.
+async fn connections(State(state): State<ApiState>, headers: HeaderMap) -> Response {
+    let caller = match authorize(&state, &headers, Need::Any, "GET /api/v1/connections").await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let list: Vec<_> = state
+        .connections
+        .iter()
+        .map(|c| {
+            let allowed = caller.role.acts()
+                && c.allow
+                    .as_ref()
+                    .is_none_or(|list| list.iter().any(|p| p.covers(&caller.identity)));
+            serde_json::json!({
+                "name": c.name,
+                "kind": c.kind,
+                "agent": c.agent,
+                "listen": c.listen,
+                "allowed": allowed,
+                "requires_access_request": c.requires_access_request,
+            })
+        })
+        .collect();
+    Json(list).into_response()
 }
 
 fn unauthorized(message: &str) -> Response {
@@ -83,7 +221,7 @@ fn unauthorized(message: &str) -> Response {
 }
 
 async fn metrics(State(state): State<ApiState>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorize(&state, &headers).await {
+    if let Err(r) = authorize(&state, &headers, Need::ReadAll, "GET /metrics").await {
         return r;
     }
     let (seq, _) = state.audit.head();
@@ -111,11 +249,26 @@ async fn sessions(
     headers: HeaderMap,
     Query(q): Query<SessionQuery>,
 ) -> Response {
-    if let Err(r) = authorize(&state, &headers).await {
-        return r;
-    }
+    let caller = match authorize(&state, &headers, Need::Any, "GET /api/v1/sessions").await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    // A user sees their own sessions only.
+    let user = if caller.role.reads_everything() {
+        q.user
+    } else {
+        if q.user.as_ref().is_some_and(|u| *u != caller.identity.user) {
+            return deny(
+                &state,
+                &caller,
+                "GET /api/v1/sessions",
+                "users see only their own sessions",
+            );
+        }
+        Some(caller.identity.user.clone())
+    };
     let filter = SessionFilter {
-        user: q.user,
+        user,
         connection: q.connection,
         limit: q.limit.unwrap_or(100).min(1000),
         ..SessionFilter::default()

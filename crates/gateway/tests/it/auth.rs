@@ -229,6 +229,10 @@ fn api_routes_need_a_token_and_metrics_count_traffic() {
     assert!(!gw.psql(&bad, &["-c", "SELECT 1"]).0);
 
     assert_eq!(http_get(gw.api_port, "/healthz", None).0, 200);
+    // Metrics are for auditors and admins.
+    let (status, body) = http_get(gw.api_port, "/metrics", Some(&token));
+    assert_eq!(status, 403, "{body}");
+    gw.cli_ok(&["users", "set-role", "olivia", "admin"]);
     let (status, body) = http_get(gw.api_port, "/metrics", None);
     assert_eq!(status, 401, "{body}");
     assert_eq!(

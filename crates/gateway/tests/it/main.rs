@@ -8,6 +8,7 @@ mod auth;
 mod bad_input;
 mod clients;
 mod evasion;
+mod identity;
 mod masking;
 mod policy;
 mod reviews;

@@ -192,9 +192,14 @@ impl Gateway {
 
     /// Like [`Gateway::start`], with more top-level YAML (e.g. `limits:`).
     pub fn start_with(db: &str, extra_connections: &str, extra_yaml: &str) -> Gateway {
+        Gateway::start_on(free_port(), db, extra_connections, extra_yaml)
+    }
+
+    /// Like [`Gateway::start_with`], with the API on a port chosen beforehand (e.g. one an
+    /// identity provider already redirects to).
+    pub fn start_on(api_port: u16, db: &str, extra_connections: &str, extra_yaml: &str) -> Gateway {
         let dir = tempfile::tempdir().expect("temp dir");
         let pg_port = free_port();
-        let api_port = free_port();
         let config = dir.path().join("sluice.yaml");
         let yaml = format!(
             "listen: {{ api: 127.0.0.1:{api_port}, postgres: 127.0.0.1:{pg_port} }}\n\
@@ -485,4 +490,129 @@ impl Drop for Gateway {
             eprintln!("--- gateway log ---\n{}", self.log());
         }
     }
+}
+
+/// One HTTP/1.1 request to 127.0.0.1:`port`; returns the status, the headers and the body.
+pub fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    json_body: Option<&serde_json::Value>,
+) -> (u16, String, String) {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the API");
+    let auth = bearer
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let body = json_body.map(|b| b.to_string()).unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send");
+    let mut response = String::new();
+    s.read_to_string(&mut response).expect("read");
+    let status = response[9..12].parse().expect("status");
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    (status, head.to_owned(), body.to_owned())
+}
+
+/// The `oidc-provider` harness in `tests/oidc` (a real OpenID Connect provider on
+/// loopback); stopped when dropped (its stdin closes).
+pub struct OidcProvider {
+    pub issuer: String,
+    child: Child,
+}
+
+pub const OIDC_SECRET: &str = "oidc-Client-Secret-7d2e9b";
+
+pub fn oidc_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oidc")
+}
+
+impl OidcProvider {
+    /// Starts the provider for a client whose redirect URI is the gateway callback on
+    /// `api_port`.
+    pub fn start(api_port: u16) -> OidcProvider {
+        use std::io::BufRead;
+        let dir = oidc_dir();
+        assert!(
+            dir.join("node_modules/oidc-provider").exists(),
+            "run `npm ci` in {} (scripts/test does)",
+            dir.display()
+        );
+        let mut child = Command::new("node")
+            .arg(dir.join("provider.mjs"))
+            .env("OIDC_PORT", "0")
+            .env("OIDC_CLIENT_SECRET", OIDC_SECRET)
+            .env(
+                "OIDC_REDIRECT_URIS",
+                format!("http://127.0.0.1:{api_port}/auth/oidc/callback"),
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start node provider.mjs");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("provider's first line");
+        let ready: serde_json::Value = serde_json::from_str(&line).expect("provider's JSON line");
+        OidcProvider {
+            issuer: ready["issuer"].as_str().expect("issuer").to_owned(),
+            child,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.issuer.rsplit(':').next().unwrap().parse().unwrap()
+    }
+
+    /// POSTs JSON to an admin endpoint (`/test/...`) and returns the JSON answer.
+    pub fn admin(&self, path: &str, body: &serde_json::Value) -> serde_json::Value {
+        let (status, _, answer) = http(
+            self.port(),
+            "POST",
+            &format!("/test{path}"),
+            None,
+            Some(body),
+        );
+        assert_eq!(status, 200, "{path}: {answer}");
+        serde_json::from_str(&answer).expect("admin JSON")
+    }
+
+    /// A JWT signed by `key` (`provider`, `rogue`, `none`) with these header overrides
+    /// and claims.
+    pub fn sign(&self, key: &str, header: serde_json::Value, claims: serde_json::Value) -> String {
+        let answer = self.admin(
+            "/sign",
+            &serde_json::json!({ "header": header, "claims": claims, "key": key }),
+        );
+        answer["jwt"].as_str().expect("jwt").to_owned()
+    }
+}
+
+impl Drop for OidcProvider {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `drive.mjs ARGS` (the browser stand-in); returns (success, stdout, stderr).
+pub fn drive(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new("node")
+        .arg(oidc_dir().join("drive.mjs"))
+        .args(args)
+        .output()
+        .expect("run drive.mjs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }

@@ -1,0 +1,183 @@
+//! A small HTTPS client for the gateway's own calls to identity providers (discovery,
+//! JWKS, token and device endpoints): one request per connection, a time limit and a
+//! size limit on answers, certificates verified against the bundled Mozilla roots or a
+//! configured CA file.
+//!
+//! hyper's connection API with tokio-rustls rather than a full client crate: the calls
+//! are rare (sign-ins, key rotation), need no pooling, and the gateway already carries
+//! both.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Bytes;
+use hyper::{Method, Request, StatusCode, Uri};
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+/// Largest answer read (discovery documents and key sets are a few KiB).
+const MAX_BODY: usize = 1024 * 1024;
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Clone)]
+pub struct HttpClient {
+    tls: Arc<rustls::ClientConfig>,
+}
+
+/// A status and the whole body.
+pub struct HttpResponse {
+    pub status: StatusCode,
+    pub body: Bytes,
+}
+
+impl HttpResponse {
+    pub fn json(&self) -> Result<serde_json::Value> {
+        serde_json::from_slice(&self.body).context("the answer is not JSON")
+    }
+}
+
+impl HttpClient {
+    /// Verifies servers against `ca_file` (PEM) when given, else the Mozilla roots.
+    pub fn new(ca_file: Option<&Path>) -> Result<HttpClient> {
+        let mut roots = rustls::RootCertStore::empty();
+        match ca_file {
+            Some(path) => {
+                let pem = std::fs::read(path)
+                    .with_context(|| format!("reading CA file {}", path.display()))?;
+                for cert in rustls_pemfile_certs(&pem)? {
+                    roots.add(cert).context("adding a CA certificate")?;
+                }
+            }
+            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        Ok(HttpClient { tls: Arc::new(tls) })
+    }
+
+    pub async fn get(&self, url: &str) -> Result<HttpResponse> {
+        self.send(Method::GET, url, None, Vec::new()).await
+    }
+
+    /// POSTs an `application/x-www-form-urlencoded` body, with HTTP Basic client
+    /// authentication when `basic` is given (RFC 6749 §2.3.1: both parts form-encoded).
+    pub async fn post_form(
+        &self,
+        url: &str,
+        form: &[(&str, &str)],
+        basic: Option<(&str, &str)>,
+    ) -> Result<HttpResponse> {
+        let body = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(form)
+            .finish();
+        let auth = basic.map(|(id, secret)| {
+            let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+            format!(
+                "Basic {}",
+                STANDARD.encode(format!("{}:{}", enc(id), enc(secret)))
+            )
+        });
+        self.send(Method::POST, url, auth, body.into_bytes()).await
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        authorization: Option<String>,
+        body: Vec<u8>,
+    ) -> Result<HttpResponse> {
+        // Never echo the URL's query in errors: it may carry a code.
+        let uri: Uri = url.parse().map_err(|_| anyhow!("not a URL"))?;
+        let https = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => bail!("only http:// and https:// URLs are supported"),
+        };
+        let host = uri
+            .host()
+            .ok_or_else(|| anyhow!("URL has no host"))?
+            .trim_matches(|c| c == '[' || c == ']')
+            .to_owned();
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let authority = uri
+            .authority()
+            .map_or(host.clone(), |a| a.as_str().to_owned());
+        let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+        let mut request = Request::builder()
+            .method(method.clone())
+            .uri(path)
+            .header(hyper::header::HOST, authority)
+            .header(hyper::header::ACCEPT, "application/json")
+            .header(hyper::header::USER_AGENT, "sluice");
+        if method == Method::POST {
+            request = request.header(
+                hyper::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            );
+        }
+        if let Some(auth) = authorization {
+            request = request.header(hyper::header::AUTHORIZATION, auth);
+        }
+        let request = request.body(Full::new(Bytes::from(body)))?;
+        let exchange = async {
+            let tcp = TcpStream::connect((host.as_str(), port))
+                .await
+                .with_context(|| format!("cannot connect to {host}:{port}"))?;
+            if https {
+                let name = ServerName::try_from(host.clone()).context("server name")?;
+                let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
+                    .connect(name, tcp)
+                    .await
+                    .with_context(|| format!("TLS with {host}"))?;
+                exchange(tls, request).await
+            } else {
+                exchange(tcp, request).await
+            }
+        };
+        tokio::time::timeout(TIMEOUT, exchange)
+            .await
+            .map_err(|_| anyhow!("{host}:{port} did not answer within {TIMEOUT:?}"))?
+    }
+}
+
+async fn exchange<S>(stream: S, request: Request<Full<Bytes>>) -> Result<HttpResponse>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .context("HTTP handshake")?;
+    tokio::spawn(connection);
+    let response = sender.send_request(request).await.context("sending")?;
+    let status = response.status();
+    let body = Limited::new(response.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| anyhow!("reading the answer: {e}"))?
+        .to_bytes();
+    Ok(HttpResponse { status, body })
+}
+
+/// The certificates of a PEM bundle.
+fn rustls_pemfile_certs(pem: &[u8]) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>> {
+    use rustls_pki_types::pem::PemObject;
+    let certs = rustls_pki_types::CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .context("parsing the CA file")?;
+    if certs.is_empty() {
+        bail!("the CA file holds no certificate");
+    }
+    Ok(certs)
+}

@@ -1,0 +1,706 @@
+//! Sign-in: how people and machines get a sluice token other than `sluice tokens issue`.
+//!
+//! - a local password (argon2) — `POST /auth/password`;
+//! - the OpenID Connect provider in a browser — the CLI opens
+//!   `/auth/oidc/start?cli_port=…&challenge=…`; the gateway (the provider's confidential
+//!   client) runs the code flow with PKCE and nonce against `/auth/oidc/callback`, then
+//!   hands a one-time code to the CLI's loopback listener, which redeems it with its own
+//!   PKCE verifier at `/auth/cli/exchange` (so a code seen by another local process is
+//!   useless);
+//! - the device flow for headless machines — `/auth/device`, `/auth/device/poll`;
+//! - renewal — `/auth/refresh` spends a refresh handle and asks the provider again, so
+//!   changed groups apply and a disabled account stops;
+//! - workload tokens — `/auth/workload` exchanges a trusted external JWT for a
+//!   short-lived token of a service account.
+//!
+//! Every sign-in and every refusal is an audit event.
+
+mod keys;
+mod oidc;
+pub mod routes;
+mod workload;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result};
+use axum::http::StatusCode;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use sluice_agent::SecretRef;
+use sluice_audit::{AuditWriter, Event, EventBody};
+use sluice_auth::{verify_password, AuthError, Refreshes, Sealer, Tokens};
+use sluice_core::ActorKind;
+use sluice_store::{Store, StoreError, TokenKind, User};
+use tracing::warn;
+
+use crate::config::Config;
+use oidc::{DevicePoll, Person, Provider};
+use workload::Trust;
+
+/// How long a browser sign-in may take from start to callback.
+const LOGIN_WINDOW: Duration = Duration::from_secs(600);
+/// How long the CLI has to redeem its one-time code.
+const HANDOFF_WINDOW: Duration = Duration::from_secs(60);
+/// Sign-ins in flight at once (each unauthenticated start takes a slot until it ends or
+/// expires): a bound on what anonymous callers can make the gateway hold.
+const MAX_PENDING: usize = 10_000;
+/// Failed password sign-ins per user within `LOCKOUT_WINDOW` before further attempts
+/// are refused without checking.
+const MAX_FAILURES: u32 = 5;
+const LOCKOUT_WINDOW: Duration = Duration::from_secs(300);
+
+pub struct SignIn {
+    store: Arc<Store>,
+    tokens: Tokens,
+    refreshes: Refreshes,
+    audit: AuditWriter,
+    login_ttl: Duration,
+    refresh_ttl: Duration,
+    redirect_uri: String,
+    oidc: Option<Provider>,
+    trusts: Vec<Trust>,
+    pending: Mutex<Pending>,
+    failures: Mutex<HashMap<String, (u32, Instant)>>,
+}
+
+#[derive(Default)]
+struct Pending {
+    /// By `state`.
+    logins: HashMap<String, Login>,
+    /// By one-time code.
+    handoffs: HashMap<String, Handoff>,
+    /// By the handle given to the CLI.
+    devices: HashMap<String, Device>,
+}
+
+struct Login {
+    nonce: String,
+    verifier: String,
+    cli_port: u16,
+    cli_challenge: String,
+    started: Instant,
+}
+
+struct Handoff {
+    granted: Granted,
+    cli_challenge: String,
+    made: Instant,
+}
+
+struct Device {
+    device_code: String,
+    expires: Instant,
+}
+
+/// A sign-in's result as the client gets it.
+#[derive(Clone)]
+pub struct Granted {
+    pub token: String,
+    pub token_id: String,
+    pub user: String,
+    pub actor: ActorKind,
+    pub role: sluice_core::Role,
+    pub groups: Vec<String>,
+    pub expires: SystemTime,
+    pub refresh_token: Option<String>,
+}
+
+impl Granted {
+    pub fn json(&self) -> Value {
+        json!({
+            "token": self.token,
+            "token_id": self.token_id,
+            "user": self.user,
+            "actor": self.actor.as_str(),
+            "role": self.role.as_str(),
+            "groups": self.groups,
+            "expires": humantime::format_rfc3339_seconds(self.expires).to_string(),
+            "refresh_token": self.refresh_token,
+        })
+    }
+}
+
+/// A refusal: the status and a message for the client (never a credential).
+#[derive(Debug)]
+pub struct Refusal {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, message: impl Into<String>) -> Refusal {
+        Refusal {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn unauthorized(message: impl Into<String>) -> Refusal {
+        Refusal::new(StatusCode::UNAUTHORIZED, message)
+    }
+
+    fn unavailable(e: impl std::fmt::Display) -> Refusal {
+        Refusal::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+    }
+}
+
+impl SignIn {
+    pub fn new(
+        config: &Config,
+        store: Arc<Store>,
+        tokens: Tokens,
+        audit: AuditWriter,
+    ) -> Result<SignIn> {
+        let identity = &config.identity;
+        let oidc = match &identity.oidc {
+            Some(c) => {
+                // Resolved here: the gateway is the provider's client, not an agent.
+                let secret = c
+                    .client_secret
+                    .as_deref()
+                    .map(|s| SecretRef::parse(s).resolve())
+                    .transpose()
+                    .context("identity.oidc.client_secret")?;
+                Some(Provider::new(c, secret)?)
+            }
+            None => None,
+        };
+        let trusts = identity
+            .workload
+            .iter()
+            .map(Trust::new)
+            .collect::<Result<Vec<_>>>()?;
+        let public = identity
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", config.listen.api));
+        Ok(SignIn {
+            refreshes: Refreshes::new(store.clone(), Sealer::new(&config.sealing_key()?)),
+            store,
+            tokens,
+            audit,
+            login_ttl: identity.login_ttl,
+            refresh_ttl: identity.refresh_ttl,
+            redirect_uri: format!("{}/auth/oidc/callback", public.trim_end_matches('/')),
+            oidc,
+            trusts,
+            pending: Mutex::new(Pending::default()),
+            failures: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn provider(&self) -> Result<&Provider, Refusal> {
+        self.oidc.as_ref().ok_or_else(|| {
+            Refusal::new(
+                StatusCode::NOT_FOUND,
+                "this gateway has no identity provider (identity.oidc)",
+            )
+        })
+    }
+
+    /// `POST /auth/password`.
+    pub async fn password(
+        &self,
+        user: &str,
+        password: &str,
+        addr: &str,
+    ) -> Result<Granted, Refusal> {
+        if self.locked_out(user) {
+            return Err(self.refused(
+                user,
+                "password",
+                addr,
+                Refusal::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many failed sign-ins; try again in a few minutes",
+                ),
+            ));
+        }
+        let store = self.store.clone();
+        let (name, pw) = (user.to_owned(), password.to_owned());
+        let checked = tokio::task::spawn_blocking(move || {
+            let hash = store.password_hash(&name)?;
+            Ok::<_, StoreError>(verify_password(hash.as_deref(), &pw))
+        })
+        .await;
+        match checked {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => {
+                self.count_failure(user);
+                return Err(self.refused(
+                    user,
+                    "password",
+                    addr,
+                    Refusal::unauthorized("wrong user name or password"),
+                ));
+            }
+            _ => return Err(Refusal::unavailable("metadata store unavailable")),
+        }
+        let user = self.user(user).await?;
+        self.grant(&user, "password", addr, None, None, self.login_ttl)
+            .await
+    }
+
+    /// `GET /auth/oidc/start`: where to send the browser.
+    pub async fn browser_start(
+        &self,
+        cli_port: u16,
+        cli_challenge: &str,
+        login_hint: Option<&str>,
+    ) -> Result<String, Refusal> {
+        let provider = self.provider()?;
+        if cli_port < 1024 || cli_challenge.len() != 43 {
+            return Err(Refusal::new(
+                StatusCode::BAD_REQUEST,
+                "cli_port must be 1024-65535 and challenge a base64url SHA-256",
+            ));
+        }
+        let (state, nonce, verifier) = (random(), random(), random());
+        let url = provider
+            .authorize_url(
+                &self.redirect_uri,
+                &state,
+                &nonce,
+                &challenge(&verifier),
+                login_hint,
+            )
+            .await
+            .map_err(|e| Refusal::new(StatusCode::BAD_GATEWAY, format!("{e:#}")))?;
+        let mut pending = lock(&self.pending);
+        pending.expire();
+        if pending.logins.len() >= MAX_PENDING {
+            return Err(Refusal::unavailable("too many sign-ins in progress"));
+        }
+        pending.logins.insert(
+            state,
+            Login {
+                nonce,
+                verifier,
+                cli_port,
+                cli_challenge: cli_challenge.to_owned(),
+                started: Instant::now(),
+            },
+        );
+        Ok(url)
+    }
+
+    /// `GET /auth/oidc/callback`: redeems the code and returns where to send the browser
+    /// (the CLI's loopback listener, with a one-time code or the error).
+    pub async fn callback(
+        &self,
+        code: Option<&str>,
+        state: &str,
+        provider_error: Option<&str>,
+        addr: &str,
+    ) -> Result<String, Refusal> {
+        let provider = self.provider()?;
+        // Taken out at once: a state (and the code with it) is good for one callback.
+        let login = lock(&self.pending).logins.remove(state);
+        let Some(login) = login.filter(|l| l.started.elapsed() < LOGIN_WINDOW) else {
+            return Err(self.refused(
+                "",
+                "oidc",
+                addr,
+                Refusal::new(
+                    StatusCode::BAD_REQUEST,
+                    "unknown, expired or already used sign-in (state); start again",
+                ),
+            ));
+        };
+        let back = |query: &str| format!("http://127.0.0.1:{}/callback?{query}", login.cli_port);
+        let result = async {
+            if let Some(e) = provider_error {
+                return Err(Refusal::unauthorized(format!(
+                    "the identity provider refused: {e}"
+                )));
+            }
+            let code = code.ok_or_else(|| Refusal::new(StatusCode::BAD_REQUEST, "no code"))?;
+            let tokens = provider
+                .redeem_code(code, &login.verifier, &self.redirect_uri)
+                .await
+                .map_err(|e| Refusal::unauthorized(format!("{e:#}")))?;
+            let id_token = tokens
+                .id_token
+                .ok_or_else(|| Refusal::unauthorized("the provider returned no ID token"))?;
+            let person = provider
+                .person(&id_token, Some(&login.nonce))
+                .await
+                .map_err(|e| Refusal::unauthorized(format!("{e:#}")))?;
+            self.person_signs_in(&person, "oidc", addr, tokens.refresh_token.as_deref())
+                .await
+        }
+        .await;
+        match result {
+            Ok(granted) => {
+                let code = random();
+                lock(&self.pending).handoffs.insert(
+                    code.clone(),
+                    Handoff {
+                        granted,
+                        cli_challenge: login.cli_challenge,
+                        made: Instant::now(),
+                    },
+                );
+                Ok(back(&format!("code={code}")))
+            }
+            Err(refusal) => {
+                let refusal = self.refused("", "oidc", addr, refusal);
+                let query = form_urlencoded::Serializer::new(String::new())
+                    .append_pair("error", &refusal.message)
+                    .finish();
+                Ok(back(&query))
+            }
+        }
+    }
+
+    /// `POST /auth/cli/exchange`: the CLI proves it started the sign-in.
+    pub fn cli_exchange(&self, code: &str, verifier: &str) -> Result<Granted, Refusal> {
+        let handoff = lock(&self.pending).handoffs.remove(code);
+        let Some(handoff) = handoff.filter(|h| h.made.elapsed() < HANDOFF_WINDOW) else {
+            return Err(Refusal::unauthorized(
+                "unknown, expired or already used code",
+            ));
+        };
+        if challenge(verifier) != handoff.cli_challenge {
+            return Err(Refusal::unauthorized(
+                "the verifier does not match the challenge",
+            ));
+        }
+        Ok(handoff.granted)
+    }
+
+    /// `POST /auth/device`.
+    pub async fn device_start(&self) -> Result<Value, Refusal> {
+        let provider = self.provider()?;
+        let started = provider
+            .device_start()
+            .await
+            .map_err(|e| Refusal::new(StatusCode::BAD_GATEWAY, format!("{e:#}")))?;
+        let handle = random();
+        let mut pending = lock(&self.pending);
+        pending.expire();
+        if pending.devices.len() >= MAX_PENDING {
+            return Err(Refusal::unavailable("too many sign-ins in progress"));
+        }
+        pending.devices.insert(
+            handle.clone(),
+            Device {
+                device_code: started.device_code,
+                expires: Instant::now() + Duration::from_secs(started.expires_in.min(1800)),
+            },
+        );
+        Ok(json!({
+            "handle": handle,
+            "user_code": started.user_code,
+            "verification_uri": started.verification_uri,
+            "verification_uri_complete": started.verification_uri_complete,
+            "interval": started.interval,
+            "expires_in": started.expires_in,
+        }))
+    }
+
+    /// `POST /auth/device/poll`: `None` while the person has not finished.
+    pub async fn device_poll(&self, handle: &str, addr: &str) -> Result<Option<Granted>, Refusal> {
+        let provider = self.provider()?;
+        let device_code = {
+            let pending = lock(&self.pending);
+            match pending.devices.get(handle) {
+                Some(d) if d.expires > Instant::now() => d.device_code.clone(),
+                _ => {
+                    return Err(Refusal::unauthorized(
+                        "unknown or expired device sign-in; start again",
+                    ))
+                }
+            }
+        };
+        let polled = provider.device_poll(&device_code).await;
+        let tokens = match polled {
+            Ok(DevicePoll::Pending | DevicePoll::SlowDown) => return Ok(None),
+            Ok(DevicePoll::Done(tokens)) => tokens,
+            Err(e) => {
+                lock(&self.pending).devices.remove(handle);
+                let refusal = Refusal::unauthorized(format!("{e:#}"));
+                return Err(self.refused("", "device", addr, refusal));
+            }
+        };
+        lock(&self.pending).devices.remove(handle);
+        let result = async {
+            let id_token = tokens
+                .id_token
+                .ok_or_else(|| Refusal::unauthorized("the provider returned no ID token"))?;
+            let person = provider
+                .person(&id_token, None)
+                .await
+                .map_err(|e| Refusal::unauthorized(format!("{e:#}")))?;
+            self.person_signs_in(&person, "device", addr, tokens.refresh_token.as_deref())
+                .await
+        }
+        .await;
+        result
+            .map(Some)
+            .map_err(|refusal| self.refused("", "device", addr, refusal))
+    }
+
+    /// `POST /auth/refresh`.
+    pub async fn refresh(&self, handle: &str, addr: &str) -> Result<Granted, Refusal> {
+        let refreshes = self.refreshes.clone();
+        let presented = handle.to_owned();
+        let spent = tokio::task::spawn_blocking(move || refreshes.spend(&presented))
+            .await
+            .map_err(Refusal::unavailable)?;
+        let (user, provider_refresh) = match spent {
+            Ok(found) => found,
+            Err(AuthError::Store(e)) => return Err(Refusal::unavailable(e)),
+            Err(e @ AuthError::RefreshReused(_)) => {
+                let user = match &e {
+                    AuthError::RefreshReused(u) => u.clone(),
+                    _ => String::new(),
+                };
+                return Err(self.refused(
+                    &user,
+                    "refresh",
+                    addr,
+                    Refusal::unauthorized(e.to_string()),
+                ));
+            }
+            Err(_) => {
+                return Err(self.refused(
+                    "",
+                    "refresh",
+                    addr,
+                    Refusal::unauthorized("unknown or expired refresh token; sign in again"),
+                ))
+            }
+        };
+        let result = async {
+            let provider = self.provider()?;
+            let tokens = provider
+                .refresh(&provider_refresh)
+                .await
+                .map_err(|e| Refusal::unauthorized(format!("{e:#}; sign in again")))?;
+            let id_token = tokens.id_token.ok_or_else(|| {
+                Refusal::unauthorized("the provider returned no ID token on refresh; sign in again")
+            })?;
+            let person = provider
+                .person(&id_token, None)
+                .await
+                .map_err(|e| Refusal::unauthorized(format!("{e:#}")))?;
+            if person.name != user {
+                return Err(Refusal::unauthorized(
+                    "the provider now names another user; sign in again",
+                ));
+            }
+            // A provider that does not rotate refresh tokens keeps the old one valid.
+            let next = tokens.refresh_token.unwrap_or(provider_refresh);
+            self.person_signs_in(&person, "refresh", addr, Some(&next))
+                .await
+        }
+        .await;
+        result.map_err(|refusal| self.refused(&user, "refresh", addr, refusal))
+    }
+
+    /// `POST /auth/workload`.
+    pub async fn workload(&self, token: &str, addr: &str) -> Result<Granted, Refusal> {
+        if self.trusts.is_empty() {
+            return Err(Refusal::new(
+                StatusCode::NOT_FOUND,
+                "this gateway trusts no workload issuers (identity.workload)",
+            ));
+        }
+        let accepted = match workload::accept(&self.trusts, token).await {
+            Ok(a) => a,
+            Err(message) => {
+                return Err(self.refused("", "workload", addr, Refusal::unauthorized(message)))
+            }
+        };
+        let account = self.user(&accepted.trust.service_account).await?;
+        if account.actor != ActorKind::Agent {
+            let refusal = Refusal::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "workload trust {:?} names {:?}, which is not a service account",
+                    accepted.trust.name, account.name
+                ),
+            );
+            return Err(self.refused(&account.name, "workload", addr, refusal));
+        }
+        let subject = accepted.subject.clone();
+        self.grant(
+            &account,
+            "workload",
+            addr,
+            Some(subject),
+            None,
+            accepted.trust.token_ttl,
+        )
+        .await
+    }
+
+    /// Brings the user's record up to date with the provider and grants a token.
+    async fn person_signs_in(
+        &self,
+        person: &Person,
+        method: &str,
+        addr: &str,
+        provider_refresh: Option<&str>,
+    ) -> Result<Granted, Refusal> {
+        let provider = self.provider()?;
+        let store = self.store.clone();
+        let (p, create) = (person.clone(), provider.create_users);
+        let synced = tokio::task::spawn_blocking(move || {
+            store.sync_oidc_user(&p.name, &p.groups, p.role, create)
+        })
+        .await
+        .map_err(Refusal::unavailable)?;
+        let user = match synced {
+            Ok(user) => user,
+            Err(StoreError::UserNotFound(name)) => {
+                return Err(Refusal::new(
+                    StatusCode::FORBIDDEN,
+                    format!("{name} has no sluice account and identity.oidc.create_users is off"),
+                ))
+            }
+            Err(StoreError::UserExists(name)) => {
+                return Err(Refusal::new(
+                    StatusCode::FORBIDDEN,
+                    format!("{name} is a local account (password or service account); the provider cannot sign in as it"),
+                ))
+            }
+            Err(e) => return Err(Refusal::unavailable(e)),
+        };
+        self.grant(&user, method, addr, None, provider_refresh, self.login_ttl)
+            .await
+    }
+
+    async fn user(&self, name: &str) -> Result<User, Refusal> {
+        let store = self.store.clone();
+        let key = name.to_owned();
+        match tokio::task::spawn_blocking(move || store.get_user(&key)).await {
+            Ok(Ok(Some(user))) => Ok(user),
+            Ok(Ok(None)) => Err(Refusal::unauthorized(format!("no user {name:?}"))),
+            _ => Err(Refusal::unavailable("metadata store unavailable")),
+        }
+    }
+
+    /// Issues the token (and refresh handle) and records the sign-in.
+    async fn grant(
+        &self,
+        user: &User,
+        method: &str,
+        addr: &str,
+        subject: Option<String>,
+        provider_refresh: Option<&str>,
+        ttl: Duration,
+    ) -> Result<Granted, Refusal> {
+        let (tokens, refreshes) = (self.tokens.clone(), self.refreshes.clone());
+        let name = user.name.clone();
+        let kind = if method == "workload" {
+            TokenKind::Workload
+        } else {
+            TokenKind::Login
+        };
+        let provider_refresh = provider_refresh.map(str::to_owned);
+        let refresh_ttl = self.refresh_ttl;
+        let issued = tokio::task::spawn_blocking(move || {
+            let token = tokens.issue_kind(&name, ttl, kind)?;
+            let refresh = provider_refresh
+                .map(|r| refreshes.issue(&name, &r, refresh_ttl))
+                .transpose()?;
+            Ok::<_, AuthError>((token, refresh))
+        })
+        .await
+        .map_err(Refusal::unavailable)?;
+        let (token, refresh_token) = issued.map_err(|e| {
+            warn!(error = %e, "cannot issue a sign-in token");
+            Refusal::unavailable("cannot issue a token")
+        })?;
+        self.audit.append(Event::now(
+            None,
+            EventBody::SignIn {
+                user: user.name.clone(),
+                actor: user.actor.as_str().into(),
+                method: method.into(),
+                groups: user.groups.clone(),
+                role: user.role.as_str().into(),
+                token_id: token.id.clone(),
+                client_addr: addr.into(),
+                subject,
+            },
+        ));
+        lock(&self.failures).remove(&user.name);
+        Ok(Granted {
+            token_id: token.id,
+            token: token.token,
+            user: user.name.clone(),
+            actor: user.actor,
+            role: user.role,
+            groups: user.groups.clone(),
+            expires: token.expires,
+            refresh_token,
+        })
+    }
+
+    /// Records a refusal and hands it back.
+    fn refused(&self, user: &str, method: &str, addr: &str, refusal: Refusal) -> Refusal {
+        self.audit.append(Event::now(
+            None,
+            EventBody::SignInFailure {
+                user: user.into(),
+                method: method.into(),
+                client_addr: addr.into(),
+                reason: refusal.message.clone(),
+            },
+        ));
+        refusal
+    }
+
+    fn locked_out(&self, user: &str) -> bool {
+        let failures = lock(&self.failures);
+        failures
+            .get(user)
+            .is_some_and(|(n, since)| *n >= MAX_FAILURES && since.elapsed() < LOCKOUT_WINDOW)
+    }
+
+    fn count_failure(&self, user: &str) {
+        let mut failures = lock(&self.failures);
+        if failures.len() >= MAX_PENDING {
+            failures.retain(|_, (_, since)| since.elapsed() < LOCKOUT_WINDOW);
+        }
+        let entry = failures
+            .entry(user.to_owned())
+            .or_insert((0, Instant::now()));
+        if entry.1.elapsed() >= LOCKOUT_WINDOW {
+            *entry = (0, Instant::now());
+        }
+        entry.0 += 1;
+    }
+}
+
+impl Pending {
+    fn expire(&mut self) {
+        let now = Instant::now();
+        self.logins
+            .retain(|_, l| l.started.elapsed() < LOGIN_WINDOW);
+        self.handoffs
+            .retain(|_, h| h.made.elapsed() < HANDOFF_WINDOW);
+        self.devices.retain(|_, d| d.expires > now);
+    }
+}
+
+/// 256 random bits, base64url: states, nonces, verifiers, one-time codes.
+fn random() -> String {
+    URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>())
+}
+
+/// The PKCE S256 challenge of a verifier.
+pub fn challenge(verifier: &str) -> String {
+    URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
