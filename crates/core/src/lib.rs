@@ -6,7 +6,7 @@
 
 mod principal;
 
-pub use principal::{glob, Principal};
+pub use principal::{glob, glob_exact, Principal};
 
 use std::future::Future;
 use std::pin::Pin;

@@ -39,10 +39,20 @@ impl Principal {
 /// `*` matches any run of characters; everything else matches itself, ignoring ASCII case
 /// (a rule naming `Users` must not miss `users`: over-matching is the safe side).
 pub fn glob(pattern: &str, text: &str) -> bool {
+    // Non-ASCII bytes compare exactly, ASCII letters ignoring case.
+    glob_with(pattern, text, |a, b| a.eq_ignore_ascii_case(&b))
+}
+
+/// Like [`glob`], but case-sensitive: for names where case matters (a CI token's subject
+/// names a branch; `Main` is not `main`).
+pub fn glob_exact(pattern: &str, text: &str) -> bool {
+    glob_with(pattern, text, |a, b| a == b)
+}
+
+fn glob_with(pattern: &str, text: &str, same: impl Fn(u8, u8) -> bool) -> bool {
     // On bytes, without allocating: this runs for every table and function of every
-    // statement. Non-ASCII bytes compare exactly, ASCII letters ignoring case.
+    // statement.
     let (pattern, text) = (pattern.as_bytes(), text.as_bytes());
-    let same = |a: u8, b: u8| a.eq_ignore_ascii_case(&b);
     // Iterative matcher with backtracking to the last `*`: linear-ish, no recursion.
     let (mut p, mut t) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
@@ -78,6 +88,14 @@ mod tests {
         assert!(!glob("user", "users"));
         assert!(glob("tä*", "täble"));
         assert!(!glob("TÄ*", "täble"));
+        assert!(glob_exact(
+            "repo:acme/*:ref:refs/heads/main",
+            "repo:acme/app:ref:refs/heads/main"
+        ));
+        assert!(!glob_exact(
+            "repo:acme/app:*main",
+            "repo:acme/app:ref:refs/heads/Main"
+        ));
     }
 
     #[test]

@@ -101,14 +101,15 @@ pub struct OidcConfig {
     /// Claim with the user's groups (an array of strings, or one string).
     #[serde(default = "default_groups_claim")]
     pub groups_claim: String,
-    /// Provider group → sluice group. Unlisted groups keep their name unless
-    /// `keep_unmapped_groups` is false.
+    /// Provider group → sluice group. Unlisted groups are dropped unless
+    /// `keep_unmapped_groups` is true (then they keep their name, and anyone who can
+    /// create a group at the provider can name one like a sluice group).
     #[serde(default)]
     pub group_map: HashMap<String, String>,
-    #[serde(default = "default_true")]
+    #[serde(default)]
     pub keep_unmapped_groups: bool,
-    /// Only members of one of these sluice groups may sign in (empty: anyone the
-    /// provider authenticates).
+    /// Only members of one of these sluice groups (exact names) may sign in (empty:
+    /// anyone the provider authenticates).
     #[serde(default)]
     pub allowed_groups: Vec<String>,
     /// Sluice groups whose members get role `admin` / `auditor` (else `user`).
@@ -218,7 +219,7 @@ impl IdentityConfig {
 }
 
 /// `https://…`, or `http://` on a loopback host (tests, a provider beside the gateway).
-fn check_url(url: &str, key: &str, http_anywhere: bool) -> Result<()> {
+pub(crate) fn check_url(url: &str, key: &str, http_anywhere: bool) -> Result<()> {
     let parsed = url::Url::parse(url).with_context(|| format!("{key}: {url:?} is not a URL"))?;
     let loopback = match parsed.host() {
         Some(url::Host::Domain(d)) => d == "localhost",

@@ -1,7 +1,7 @@
-//! A small HTTPS client for the gateway's own calls to identity providers (discovery,
-//! JWKS, token and device endpoints): one request per connection, a time limit and a
-//! size limit on answers, certificates verified against the bundled Mozilla roots or a
-//! configured CA file.
+//! A small HTTP(S) client: the gateway's calls to identity providers (discovery, JWKS,
+//! token and device endpoints) and the CLI's calls to the gateway's API. One request per
+//! connection, a time limit and a size limit on answers, certificates verified against
+//! the bundled Mozilla roots or a given CA file; redirects are not followed.
 //!
 //! hyper's connection API with tokio-rustls rather than a full client crate: the calls
 //! are rare (sign-ins, key rotation), need no pooling, and the gateway already carries
@@ -22,9 +22,10 @@ use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-/// Largest answer read (discovery documents and key sets are a few KiB).
-const MAX_BODY: usize = 1024 * 1024;
-const TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest answer read (discovery documents and key sets are a few KiB; API lists are
+/// capped at 1000 entries).
+const MAX_BODY: usize = 16 * 1024 * 1024;
+const TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Clone)]
 pub struct HttpClient {
@@ -67,7 +68,7 @@ impl HttpClient {
     }
 
     pub async fn get(&self, url: &str) -> Result<HttpResponse> {
-        self.send(Method::GET, url, None, Vec::new()).await
+        self.send(Method::GET, url, Vec::new(), Vec::new()).await
     }
 
     /// POSTs an `application/x-www-form-urlencoded` body, with HTTP Basic client
@@ -81,21 +82,30 @@ impl HttpClient {
         let body = form_urlencoded::Serializer::new(String::new())
             .extend_pairs(form)
             .finish();
-        let auth = basic.map(|(id, secret)| {
+        let mut headers = vec![(
+            hyper::header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded".to_owned(),
+        )];
+        if let Some((id, secret)) = basic {
             let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-            format!(
-                "Basic {}",
-                STANDARD.encode(format!("{}:{}", enc(id), enc(secret)))
-            )
-        });
-        self.send(Method::POST, url, auth, body.into_bytes()).await
+            headers.push((
+                hyper::header::AUTHORIZATION,
+                format!(
+                    "Basic {}",
+                    STANDARD.encode(format!("{}:{}", enc(id), enc(secret)))
+                ),
+            ));
+        }
+        self.send(Method::POST, url, headers, body.into_bytes())
+            .await
     }
 
-    async fn send(
+    /// One request with these headers and body.
+    pub async fn send(
         &self,
         method: Method,
         url: &str,
-        authorization: Option<String>,
+        headers: Vec<(hyper::header::HeaderName, String)>,
         body: Vec<u8>,
     ) -> Result<HttpResponse> {
         // Never echo the URL's query in errors: it may carry a code.
@@ -116,19 +126,13 @@ impl HttpClient {
             .map_or(host.clone(), |a| a.as_str().to_owned());
         let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
         let mut request = Request::builder()
-            .method(method.clone())
+            .method(method)
             .uri(path)
             .header(hyper::header::HOST, authority)
             .header(hyper::header::ACCEPT, "application/json")
             .header(hyper::header::USER_AGENT, "sluice");
-        if method == Method::POST {
-            request = request.header(
-                hyper::header::CONTENT_TYPE,
-                "application/x-www-form-urlencoded",
-            );
-        }
-        if let Some(auth) = authorization {
-            request = request.header(hyper::header::AUTHORIZATION, auth);
+        for (name, value) in headers {
+            request = request.header(name, value);
         }
         let request = request.body(Full::new(Bytes::from(body)))?;
         let exchange = async {

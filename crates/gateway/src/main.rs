@@ -83,6 +83,9 @@ enum Command {
         connection: String,
         #[arg(long, value_enum, default_value = "env")]
         format: client::CredentialFormat,
+        /// CA certificate (PEM) that signed the gateway's certificate (sslrootcert).
+        #[arg(long)]
+        ca: Option<PathBuf>,
     },
     /// Open a local port that connects clients to CONNECTION as you, for clients that
     /// cannot carry a token (no password needed locally).
@@ -448,7 +451,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Logout => client::logout(),
         Command::Whoami { out } => client::whoami(out.json),
-        Command::Credentials { connection, format } => client::credentials(&connection, format),
+        Command::Credentials {
+            connection,
+            format,
+            ca,
+        } => client::credentials(&connection, format, ca.as_deref()),
         Command::Connect {
             connection,
             listen,

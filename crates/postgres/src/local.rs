@@ -82,7 +82,10 @@ async fn handle(mut client: TcpStream, target: &LocalTarget) -> io::Result<()> {
     let mut header = [0u8; 5];
     gateway.read_exact(&mut header).await?;
     let len = i32::from_be_bytes([header[1], header[2], header[3], header[4]]);
-    let body_len = usize::try_from(len - 4).map_err(invalid)?;
+    let body_len = len
+        .checked_sub(4)
+        .and_then(|l| usize::try_from(l).ok())
+        .ok_or_else(|| invalid("bad message length from the gateway"))?;
     if body_len > MAX_STARTUP_PACKET {
         return Err(invalid("oversized message from the gateway"));
     }

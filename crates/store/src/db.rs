@@ -126,13 +126,15 @@ const MIGRATIONS: &[&str] = &[
     ",
     // Version 5: identity. Who a user is (person or service account), what they may do
     // (role), where they come from (local or an OpenID Connect provider), an optional
-    // argon2 password; what each token is for; refresh handles for sign-ins through an
+    // argon2 password, the provider identity (issuer + subject) a user is bound to; what
+    // each token is for; refresh handles for sign-ins through an
     // identity provider (the provider's refresh token sealed with the gateway's key).
     "
     ALTER TABLE users ADD COLUMN actor TEXT NOT NULL DEFAULT 'human';
     ALTER TABLE users ADD COLUMN role TEXT NOT NULL DEFAULT 'user';
     ALTER TABLE users ADD COLUMN origin TEXT NOT NULL DEFAULT 'local';
     ALTER TABLE users ADD COLUMN password_hash TEXT;
+    ALTER TABLE users ADD COLUMN external_id TEXT;
     ALTER TABLE tokens ADD COLUMN kind TEXT NOT NULL DEFAULT 'token';
     CREATE TABLE refresh_handles (
         id         TEXT    NOT NULL PRIMARY KEY,

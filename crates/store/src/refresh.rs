@@ -41,8 +41,9 @@ impl Store {
 
     /// Spends the handle with this hash: each may be used once (the caller issues a new
     /// one). Returns `None` for an unknown or expired handle. A handle presented a second
-    /// time means it was copied: every handle of that user is then deleted and
-    /// [`StoreError::RefreshReused`] returned, so whoever holds a copy is signed out too.
+    /// time means it was copied: every handle of that user is then deleted, their sign-in
+    /// tokens revoked, and [`StoreError::RefreshReused`] returned, so whoever holds a copy
+    /// is signed out too.
     pub fn spend_refresh(
         &self,
         hash: &str,
@@ -76,6 +77,12 @@ impl Store {
                 tx.execute(
                     "DELETE FROM refresh_handles WHERE user_name = ?1",
                     [&handle.user],
+                )?;
+                // Whoever copied the handle may already hold a token from it.
+                tx.execute(
+                    "UPDATE tokens SET revoked_ms = ?2
+                     WHERE user_name = ?1 AND kind = 'login' AND revoked_ms IS NULL",
+                    params![handle.user, now_ms],
                 )?;
                 return Ok(Some(Err(handle.user)));
             }

@@ -136,10 +136,15 @@ impl Store {
 
     /// Brings a user signing in through the identity provider up to date: creates them
     /// (when `create` is set) or replaces their groups and role with what the provider
-    /// says now. A local user with a password is never taken over this way.
+    /// says now. `subject` (issuer and `sub`) binds the name to one provider identity for
+    /// good, so a reassigned e-mail address or a recreated provider account cannot inherit
+    /// it. Never taken over: a local user with a password, a service account, and — when
+    /// users are created automatically — any local user (only an administrator who
+    /// pre-provisions users, `create == false`, links a local name to the provider).
     pub fn sync_oidc_user(
         &self,
         name: &str,
+        subject: &str,
         groups: &[String],
         role: Role,
         create: bool,
@@ -147,22 +152,37 @@ impl Store {
         let groups = normalize(groups);
         self.write(|tx| {
             let existing = read_user(tx, name)?;
+            let bound: Option<String> = tx
+                .query_row(
+                    "SELECT external_id FROM users WHERE name = ?1",
+                    [name],
+                    |row| row.get(0),
+                )
+                .optional()?
+                .flatten();
             match existing {
                 None if !create => return Err(StoreError::UserNotFound(name.to_string())),
                 None => {
                     tx.execute(
-                        "INSERT INTO users (name, created_ms, actor, role, origin)
-                         VALUES (?1, ?2, 'human', ?3, 'oidc')",
-                        params![name, now_ms(), role.as_str()],
+                        "INSERT INTO users (name, created_ms, actor, role, origin, external_id)
+                         VALUES (?1, ?2, 'human', ?3, 'oidc', ?4)",
+                        params![name, now_ms(), role.as_str(), subject],
                     )?;
                 }
                 Some(user) if user.has_password || user.actor != ActorKind::Human => {
                     return Err(StoreError::UserExists(name.to_string()));
                 }
+                Some(_) if bound.as_deref().is_some_and(|b| b != subject) => {
+                    return Err(StoreError::IdentityMismatch(name.to_string()));
+                }
+                Some(user) if bound.is_none() && (create || user.origin != Origin::Local) => {
+                    return Err(StoreError::UserExists(name.to_string()));
+                }
                 Some(_) => {
                     tx.execute(
-                        "UPDATE users SET role = ?2, origin = 'oidc' WHERE name = ?1",
-                        params![name, role.as_str()],
+                        "UPDATE users SET role = ?2, origin = 'oidc', external_id = ?3
+                         WHERE name = ?1",
+                        params![name, role.as_str(), subject],
                     )?;
                     tx.execute("DELETE FROM user_groups WHERE user_name = ?1", [name])?;
                 }
@@ -410,27 +430,46 @@ mod tests {
 
         // The provider may create and update people, never take over a local password
         // user or a service account.
-        let bob = store
-            .sync_oidc_user("bob", &groups(&["eng"]), Role::Auditor, true)
-            .unwrap();
+        let sync = |name: &str, subject: &str, g: &[&str], role: Role, create: bool| {
+            store.sync_oidc_user(name, subject, &groups(g), role, create)
+        };
+        let bob = sync("bob", "idp bob", &["eng"], Role::Auditor, true).unwrap();
         assert_eq!(
             (bob.origin, bob.role, bob.groups.clone()),
             (Origin::Oidc, Role::Auditor, groups(&["eng"]))
         );
-        let bob = store.sync_oidc_user("bob", &[], Role::User, false).unwrap();
+        let bob = sync("bob", "idp bob", &[], Role::User, false).unwrap();
         assert!(bob.groups.is_empty());
+        // Another provider identity with the same name (a reassigned address): refused.
         assert!(matches!(
-            store.sync_oidc_user("alice", &[], Role::User, true),
+            sync("bob", "idp bob-2", &[], Role::User, true),
+            Err(StoreError::IdentityMismatch(_))
+        ));
+        assert!(matches!(
+            sync("alice", "idp alice", &[], Role::User, true),
             Err(StoreError::UserExists(_))
         ));
         assert!(matches!(
-            store.sync_oidc_user("cursor", &[], Role::User, true),
+            sync("cursor", "idp cursor", &[], Role::User, true),
             Err(StoreError::UserExists(_))
         ));
         assert!(matches!(
-            store.sync_oidc_user("dave", &[], Role::User, false),
+            sync("dave", "idp dave", &[], Role::User, false),
             Err(StoreError::UserNotFound(_))
         ));
+        // A local user without a password is linked only by an administrator's choice
+        // (users not created automatically), never by auto-provisioning.
+        store.add_user("erin", &[]).unwrap();
+        assert!(matches!(
+            sync("erin", "idp erin", &[], Role::User, true),
+            Err(StoreError::UserExists(_))
+        ));
+        assert_eq!(
+            sync("erin", "idp erin", &[], Role::User, false)
+                .unwrap()
+                .origin,
+            Origin::Oidc
+        );
     }
 
     #[test]

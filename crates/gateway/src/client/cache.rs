@@ -89,7 +89,8 @@ pub fn load() -> Result<Option<Saved>> {
     }
 }
 
-pub fn save(saved: &Saved) -> Result<()> {
+/// The private directory, created 0700 (or tightened to it).
+fn private_dir() -> Result<PathBuf> {
     let dir = dir()?;
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
@@ -98,9 +99,25 @@ pub fn save(saved: &Saved) -> Result<()> {
     builder
         .create(&dir)
         .with_context(|| format!("creating {}", dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&dir)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("making {} private", dir.display()))?;
+        }
+    }
+    Ok(dir)
+}
+
+pub fn save(saved: &Saved) -> Result<()> {
+    let dir = private_dir()?;
     let tmp = dir.join(format!(".credentials.{}.tmp", std::process::id()));
+    // A new file (never one that exists, or a link placed there), private from birth.
+    let _ = std::fs::remove_file(&tmp);
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let mut file = options
@@ -121,7 +138,27 @@ pub fn remove() -> Result<bool> {
 }
 
 /// The saved sign-in, renewed through the gateway first when it is about to expire.
+/// Renewals by several `sluice` processes at once (a `connect` running, a command
+/// typed) take turns on a lock file: a refresh handle works once, and a second
+/// process presenting the one just spent would look like a stolen copy.
 pub async fn current() -> Result<Saved> {
+    let lock_path = private_dir()?.join("credentials.lock");
+    let lock = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+        .with_context(|| format!("opening {}", lock_path.display()))?;
+    let lock = tokio::task::spawn_blocking(move || lock.lock().map(|()| lock))
+        .await
+        .context("waiting for the credentials lock")?
+        .context("locking the saved credentials")?;
+    let renewed = renew_if_needed().await;
+    drop(lock);
+    renewed
+}
+
+async fn renew_if_needed() -> Result<Saved> {
     let Some(saved) = load()? else {
         bail!("not signed in: run `sluice login --gateway URL`");
     };
@@ -147,11 +184,16 @@ pub async fn current() -> Result<Saved> {
         )
         .await?;
     if !status.is_success() {
-        remove()?;
-        bail!(
-            "renewing your sign-in failed: {}; run `sluice login` again",
-            answer["error"].as_str().unwrap_or("refused")
-        );
+        let why = answer["error"].as_str().unwrap_or("refused").to_owned();
+        // Only a refusal ends the sign-in; a gateway or provider hiccup does not.
+        if status == hyper::StatusCode::UNAUTHORIZED {
+            remove()?;
+            bail!("renewing your sign-in was refused: {why}; run `sluice login` again");
+        }
+        if left.is_zero() {
+            bail!("renewing your sign-in failed ({status}): {why}");
+        }
+        return Ok(saved);
     }
     let renewed = Saved::from_grant(&saved.gateway, &answer)?;
     save(&renewed)?;

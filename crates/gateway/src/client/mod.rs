@@ -140,21 +140,31 @@ pub enum CredentialFormat {
     Json,
 }
 
-pub fn credentials(connection: &str, format: CredentialFormat) -> Result<ExitCode> {
+pub fn credentials(
+    connection: &str,
+    format: CredentialFormat,
+    ca: Option<&std::path::Path>,
+) -> Result<ExitCode> {
     let (saved, target) = runtime()?.block_on(resolve(connection))?;
     let (host, port) = target.host_port;
+    // Off loopback the token must only go to the real gateway: verify its certificate
+    // (libpq's `require` would encrypt to anyone).
     let sslmode = if is_loopback(&host) {
         "prefer"
     } else {
-        "require"
+        "verify-full"
     };
+    let rootcert = ca
+        .map(|p| std::fs::canonicalize(p).with_context(|| format!("--ca {}", p.display())))
+        .transpose()?
+        .map(|p| p.display().to_string());
     let encode = |s: &str| {
         url::form_urlencoded::byte_serialize(s.as_bytes())
             .collect::<String>()
             .replace('+', "%20")
     };
     let uri = format!(
-        "postgresql://{}:{}@{}:{port}/{}?sslmode={sslmode}",
+        "postgresql://{}:{}@{}:{port}/{}?sslmode={sslmode}{}",
         encode(&saved.user),
         encode(&saved.token),
         if host.contains(':') {
@@ -162,7 +172,11 @@ pub fn credentials(connection: &str, format: CredentialFormat) -> Result<ExitCod
         } else {
             host.clone()
         },
-        encode(connection)
+        encode(connection),
+        rootcert
+            .as_ref()
+            .map(|r| format!("&sslrootcert={}", encode(r)))
+            .unwrap_or_default()
     );
     match format {
         CredentialFormat::Env => {
@@ -173,11 +187,14 @@ pub fn credentials(connection: &str, format: CredentialFormat) -> Result<ExitCod
             println!("export PGUSER={}", quote(&saved.user));
             println!("export PGPASSWORD={}", quote(&saved.token));
             println!("export PGSSLMODE={sslmode}");
+            if let Some(root) = &rootcert {
+                println!("export PGSSLROOTCERT={}", quote(root));
+            }
         }
         CredentialFormat::Uri => println!("{uri}"),
         CredentialFormat::Json => crate::commands::print_json(&json!({
             "host": host, "port": port, "database": connection, "user": saved.user,
-            "password": saved.token, "sslmode": sslmode, "uri": uri,
+            "password": saved.token, "sslmode": sslmode, "sslrootcert": rootcert, "uri": uri,
             "expires": humantime::format_rfc3339_seconds(saved.expires_at()).to_string(),
         }))?,
     }
@@ -474,6 +491,8 @@ async fn device_flow(api: &ApiClient) -> Result<Value> {
         match status.as_u16() {
             200 => return Ok(answer),
             202 => continue,
+            // Polled too soon (a slow clock, a restart): wait a little longer.
+            429 => tokio::time::sleep(Duration::from_secs(5)).await,
             _ => bail!(
                 "sign-in failed: {}",
                 answer["error"].as_str().unwrap_or("refused")

@@ -1,6 +1,7 @@
-//! A provider's signing keys (JWKS), fetched on first use and again when a token names a
-//! key id the cached set lacks (key rotation) — at most once per `REFETCH_EVERY`, so a
-//! stream of tokens with made-up key ids cannot make the gateway hammer the provider.
+//! A provider's signing keys (JWKS), fetched on first use, at least hourly, and again
+//! when a token names a key id the cached set lacks (key rotation) — at most once per
+//! `REFETCH_EVERY`, so a stream of tokens with made-up key ids cannot make the gateway
+//! hammer the provider.
 
 use std::time::{Duration, Instant};
 
@@ -12,6 +13,9 @@ use tokio::sync::Mutex;
 use crate::http_client::HttpClient;
 
 const REFETCH_EVERY: Duration = Duration::from_secs(30);
+/// Keys are read again at least this often, so one the provider withdrew (rotation
+/// after a compromise) stops being trusted.
+const MAX_AGE: Duration = Duration::from_secs(3600);
 
 pub struct KeySet {
     http: HttpClient,
@@ -56,7 +60,8 @@ impl KeySet {
     async fn keys(&self, refetch: bool) -> Result<JwkSet> {
         let mut cached = self.cached.lock().await;
         if let Some((keys, at)) = cached.as_ref() {
-            if !refetch || at.elapsed() < REFETCH_EVERY {
+            let fresh = at.elapsed() < MAX_AGE;
+            if fresh && (!refetch || at.elapsed() < REFETCH_EVERY) {
                 return Ok(keys.clone());
             }
         }

@@ -52,6 +52,17 @@ const MAX_PENDING: usize = 10_000;
 /// are refused without checking.
 const MAX_FAILURES: u32 = 5;
 const LOCKOUT_WINDOW: Duration = Duration::from_secs(300);
+/// Password checks at once: each costs argon2's 19 MiB and a core for tens of ms, so
+/// a flood of anonymous attempts queues here instead of exhausting memory.
+const PASSWORD_CHECKS: usize = 2;
+/// How long an attempt waits for a check slot before it is told to come back later.
+const PASSWORD_QUEUE_WAIT: Duration = Duration::from_secs(5);
+/// Longest user name and password accepted at sign-in.
+const MAX_NAME: usize = 63;
+const MAX_PASSWORD: usize = 1024;
+/// Longest attacker-supplied text (a claimed name, a refusal naming a token's header)
+/// copied into an audit event.
+const MAX_RECORDED: usize = 200;
 
 pub struct SignIn {
     store: Arc<Store>,
@@ -63,8 +74,13 @@ pub struct SignIn {
     redirect_uri: String,
     oidc: Option<Provider>,
     trusts: Vec<Trust>,
+    /// Whether the browser cookie that binds a sign-in to its browser needs `Secure`.
+    secure_cookie: bool,
     pending: Mutex<Pending>,
-    failures: Mutex<HashMap<String, (u32, Instant)>>,
+    /// Password attempts per user name (counted before the check, so parallel guesses
+    /// cannot outrun the limit) and when the count started.
+    attempts: Mutex<HashMap<String, (u32, Instant)>>,
+    password_checks: tokio::sync::Semaphore,
 }
 
 #[derive(Default)]
@@ -80,6 +96,9 @@ struct Pending {
 struct Login {
     nonce: String,
     verifier: String,
+    /// Also set as a cookie in the browser that started the sign-in; the callback must
+    /// come from that browser (a provider URL sent to someone else gets nowhere).
+    browser_key: String,
     cli_port: u16,
     cli_challenge: String,
     started: Instant,
@@ -94,6 +113,9 @@ struct Handoff {
 struct Device {
     device_code: String,
     expires: Instant,
+    /// The provider's polling interval, kept by the gateway for it.
+    interval: Duration,
+    last_poll: Option<Instant>,
 }
 
 /// A sign-in's result as the client gets it.
@@ -178,6 +200,7 @@ impl SignIn {
             .public_url
             .clone()
             .unwrap_or_else(|| format!("http://{}", config.listen.api));
+        let secure_cookie = public.starts_with("https://");
         Ok(SignIn {
             refreshes: Refreshes::new(store.clone(), Sealer::new(&config.sealing_key()?)),
             store,
@@ -188,8 +211,10 @@ impl SignIn {
             redirect_uri: format!("{}/auth/oidc/callback", public.trim_end_matches('/')),
             oidc,
             trusts,
+            secure_cookie,
             pending: Mutex::new(Pending::default()),
-            failures: Mutex::new(HashMap::new()),
+            attempts: Mutex::new(HashMap::new()),
+            password_checks: tokio::sync::Semaphore::new(PASSWORD_CHECKS),
         })
     }
 
@@ -209,7 +234,15 @@ impl SignIn {
         password: &str,
         addr: &str,
     ) -> Result<Granted, Refusal> {
-        if self.locked_out(user) {
+        if user.is_empty() || user.len() > MAX_NAME || password.len() > MAX_PASSWORD {
+            return Err(self.refused(
+                user,
+                "password",
+                addr,
+                Refusal::unauthorized("wrong user name or password"),
+            ));
+        }
+        if !self.begin_attempt(user) {
             return Err(self.refused(
                 user,
                 "password",
@@ -220,6 +253,11 @@ impl SignIn {
                 ),
             ));
         }
+        let Ok(Ok(_permit)) =
+            tokio::time::timeout(PASSWORD_QUEUE_WAIT, self.password_checks.acquire()).await
+        else {
+            return Err(Refusal::unavailable("busy checking passwords; try again"));
+        };
         let store = self.store.clone();
         let (name, pw) = (user.to_owned(), password.to_owned());
         let checked = tokio::task::spawn_blocking(move || {
@@ -230,7 +268,6 @@ impl SignIn {
         match checked {
             Ok(Ok(true)) => {}
             Ok(Ok(false)) => {
-                self.count_failure(user);
                 return Err(self.refused(
                     user,
                     "password",
@@ -240,6 +277,7 @@ impl SignIn {
             }
             _ => return Err(Refusal::unavailable("metadata store unavailable")),
         }
+        lock(&self.attempts).remove(user);
         let user = self.user(user).await?;
         self.grant(&user, "password", addr, None, None, self.login_ttl)
             .await
@@ -251,7 +289,7 @@ impl SignIn {
         cli_port: u16,
         cli_challenge: &str,
         login_hint: Option<&str>,
-    ) -> Result<String, Refusal> {
+    ) -> Result<(String, String), Refusal> {
         let provider = self.provider()?;
         if cli_port < 1024 || cli_challenge.len() != 43 {
             return Err(Refusal::new(
@@ -270,22 +308,42 @@ impl SignIn {
             )
             .await
             .map_err(|e| Refusal::new(StatusCode::BAD_GATEWAY, format!("{e:#}")))?;
+        let browser_key = random();
         let mut pending = lock(&self.pending);
         pending.expire();
+        // Full: the oldest start gives way, so a flood cannot lock everyone out for the
+        // whole sign-in window.
         if pending.logins.len() >= MAX_PENDING {
-            return Err(Refusal::unavailable("too many sign-ins in progress"));
+            let oldest = pending
+                .logins
+                .iter()
+                .min_by_key(|(_, l)| l.started)
+                .map(|(k, _)| k.clone());
+            if let Some(oldest) = oldest {
+                pending.logins.remove(&oldest);
+            }
         }
         pending.logins.insert(
             state,
             Login {
                 nonce,
                 verifier,
+                browser_key: browser_key.clone(),
                 cli_port,
                 cli_challenge: cli_challenge.to_owned(),
                 started: Instant::now(),
             },
         );
-        Ok(url)
+        Ok((url, browser_key))
+    }
+
+    /// The cookie that binds a sign-in to the browser that started it.
+    pub fn browser_cookie(&self, key: &str) -> String {
+        format!(
+            "{BROWSER_COOKIE}={key}; Path=/auth/oidc; HttpOnly; SameSite=Lax; Max-Age={}{}",
+            LOGIN_WINDOW.as_secs(),
+            if self.secure_cookie { "; Secure" } else { "" }
+        )
     }
 
     /// `GET /auth/oidc/callback`: redeems the code and returns where to send the browser
@@ -294,6 +352,7 @@ impl SignIn {
         &self,
         code: Option<&str>,
         state: &str,
+        browser_key: Option<&str>,
         provider_error: Option<&str>,
         addr: &str,
     ) -> Result<String, Refusal> {
@@ -311,6 +370,17 @@ impl SignIn {
                 ),
             ));
         };
+        if browser_key != Some(login.browser_key.as_str()) {
+            return Err(self.refused(
+                "",
+                "oidc",
+                addr,
+                Refusal::new(
+                    StatusCode::BAD_REQUEST,
+                    "this sign-in was started in another browser; start it again from `sluice login`",
+                ),
+            ));
+        }
         let back = |query: &str| format!("http://127.0.0.1:{}/callback?{query}", login.cli_port);
         let result = async {
             if let Some(e) = provider_error {
@@ -391,6 +461,8 @@ impl SignIn {
             Device {
                 device_code: started.device_code,
                 expires: Instant::now() + Duration::from_secs(started.expires_in.min(1800)),
+                interval: Duration::from_secs(started.interval.clamp(1, 60)),
+                last_poll: None,
             },
         );
         Ok(json!({
@@ -407,9 +479,20 @@ impl SignIn {
     pub async fn device_poll(&self, handle: &str, addr: &str) -> Result<Option<Granted>, Refusal> {
         let provider = self.provider()?;
         let device_code = {
-            let pending = lock(&self.pending);
-            match pending.devices.get(handle) {
-                Some(d) if d.expires > Instant::now() => d.device_code.clone(),
+            let mut pending = lock(&self.pending);
+            match pending.devices.get_mut(handle) {
+                Some(d) if d.expires > Instant::now() => {
+                    // The provider's pace is kept here, so a client polling too fast
+                    // cannot get the gateway's client throttled at the provider.
+                    if d.last_poll.is_some_and(|at| at.elapsed() < d.interval) {
+                        return Err(Refusal::new(
+                            StatusCode::TOO_MANY_REQUESTS,
+                            "slow_down: poll at the interval given",
+                        ));
+                    }
+                    d.last_poll = Some(Instant::now());
+                    d.device_code.clone()
+                }
                 _ => {
                     return Err(Refusal::unauthorized(
                         "unknown or expired device sign-in; start again",
@@ -419,7 +502,13 @@ impl SignIn {
         };
         let polled = provider.device_poll(&device_code).await;
         let tokens = match polled {
-            Ok(DevicePoll::Pending | DevicePoll::SlowDown) => return Ok(None),
+            Ok(DevicePoll::Pending) => return Ok(None),
+            Ok(DevicePoll::SlowDown) => {
+                if let Some(d) = lock(&self.pending).devices.get_mut(handle) {
+                    d.interval += Duration::from_secs(5);
+                }
+                return Ok(None);
+            }
             Ok(DevicePoll::Done(tokens)) => tokens,
             Err(e) => {
                 lock(&self.pending).devices.remove(handle);
@@ -535,7 +624,7 @@ impl SignIn {
             addr,
             Some(subject),
             None,
-            accepted.trust.token_ttl,
+            accepted.ttl,
         )
         .await
     }
@@ -552,7 +641,7 @@ impl SignIn {
         let store = self.store.clone();
         let (p, create) = (person.clone(), provider.create_users);
         let synced = tokio::task::spawn_blocking(move || {
-            store.sync_oidc_user(&p.name, &p.groups, p.role, create)
+            store.sync_oidc_user(&p.name, &p.subject, &p.groups, p.role, create)
         })
         .await
         .map_err(Refusal::unavailable)?;
@@ -564,10 +653,16 @@ impl SignIn {
                     format!("{name} has no sluice account and identity.oidc.create_users is off"),
                 ))
             }
+            Err(StoreError::IdentityMismatch(name)) => {
+                return Err(Refusal::new(
+                    StatusCode::FORBIDDEN,
+                    format!("{name} is bound to another account at the identity provider"),
+                ))
+            }
             Err(StoreError::UserExists(name)) => {
                 return Err(Refusal::new(
                     StatusCode::FORBIDDEN,
-                    format!("{name} is a local account (password or service account); the provider cannot sign in as it"),
+                    format!("{name} is a local account; the provider cannot sign in as it (an administrator can link it: identity.oidc.create_users: false)"),
                 ))
             }
             Err(e) => return Err(Refusal::unavailable(e)),
@@ -631,7 +726,6 @@ impl SignIn {
                 subject,
             },
         ));
-        lock(&self.failures).remove(&user.name);
         Ok(Granted {
             token_id: token.id,
             token: token.token,
@@ -649,34 +743,38 @@ impl SignIn {
         self.audit.append(Event::now(
             None,
             EventBody::SignInFailure {
-                user: user.into(),
+                user: clip(user),
                 method: method.into(),
                 client_addr: addr.into(),
-                reason: refusal.message.clone(),
+                reason: clip(&refusal.message),
             },
         ));
         refusal
     }
 
-    fn locked_out(&self, user: &str) -> bool {
-        let failures = lock(&self.failures);
-        failures
-            .get(user)
-            .is_some_and(|(n, since)| *n >= MAX_FAILURES && since.elapsed() < LOCKOUT_WINDOW)
-    }
-
-    fn count_failure(&self, user: &str) {
-        let mut failures = lock(&self.failures);
-        if failures.len() >= MAX_PENDING {
-            failures.retain(|_, (_, since)| since.elapsed() < LOCKOUT_WINDOW);
+    /// Counts a password attempt for `user` before it is checked; `false` when the user
+    /// name is locked out. A successful check clears the count.
+    fn begin_attempt(&self, user: &str) -> bool {
+        let mut attempts = lock(&self.attempts);
+        if attempts.len() >= MAX_PENDING {
+            attempts.retain(|_, (_, since)| since.elapsed() < LOCKOUT_WINDOW);
+            if attempts.len() >= MAX_PENDING {
+                // Still full of live entries: start over rather than grow without bound
+                // (each entry cost its sender a password check).
+                attempts.clear();
+            }
         }
-        let entry = failures
+        let entry = attempts
             .entry(user.to_owned())
             .or_insert((0, Instant::now()));
         if entry.1.elapsed() >= LOCKOUT_WINDOW {
             *entry = (0, Instant::now());
         }
+        if entry.0 >= MAX_FAILURES {
+            return false;
+        }
         entry.0 += 1;
+        true
     }
 }
 
@@ -690,6 +788,21 @@ impl Pending {
         self.devices.retain(|_, d| d.expires > now);
     }
 }
+
+/// `text` cut to `MAX_RECORDED` bytes (on a character boundary) for the record.
+fn clip(text: &str) -> String {
+    if text.len() <= MAX_RECORDED {
+        return text.to_owned();
+    }
+    let mut end = MAX_RECORDED;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+/// The cookie naming the browser a sign-in started in.
+pub const BROWSER_COOKIE: &str = "sluice_login";
 
 /// 256 random bits, base64url: states, nonces, verifiers, one-time codes.
 fn random() -> String {

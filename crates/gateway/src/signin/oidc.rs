@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{Map, Value};
 use sluice_auth::jwt::Expectations;
-use sluice_core::{glob, Role};
+use sluice_core::Role;
 use tokio::sync::Mutex;
 
 use super::keys::{discover, KeySet};
@@ -48,6 +48,8 @@ struct Endpoints {
 #[derive(Debug, Clone)]
 pub struct Person {
     pub name: String,
+    /// Issuer and `sub`: the provider identity the name is bound to.
+    pub subject: String,
     pub groups: Vec<String>,
     pub role: Role,
 }
@@ -104,7 +106,13 @@ impl Provider {
             return Ok(e.clone());
         }
         let doc = discover(&self.http, &self.issuer).await?;
-        let url = |key: &str| doc.get(key).and_then(Value::as_str).map(str::to_owned);
+        // The client secret and codes go to these: https only (http on loopback).
+        let url = |key: &str| {
+            doc.get(key)
+                .and_then(Value::as_str)
+                .filter(|u| crate::config::check_url(u, key, false).is_ok())
+                .map(str::to_owned)
+        };
         let endpoints = Endpoints {
             authorization: url("authorization_endpoint")
                 .context("discovery: no authorization_endpoint")?,
@@ -279,6 +287,23 @@ impl Provider {
     }
 
     fn map_claims(&self, claims: &Map<String, Value>) -> Result<Person> {
+        let sub = claims
+            .get("sub")
+            .and_then(Value::as_str)
+            .context("the ID token has no subject")?;
+        // An address the provider has not verified names nobody (some providers let
+        // anyone register any address).
+        if self.username_claim == "email" {
+            let verified = match claims.get("email_verified") {
+                None => true,
+                Some(Value::Bool(b)) => *b,
+                Some(Value::String(s)) => s == "true",
+                Some(_) => false,
+            };
+            if !verified {
+                bail!("the provider has not verified this e-mail address (email_verified)");
+            }
+        }
         let name = claims
             .get(&self.username_claim)
             .and_then(Value::as_str)
@@ -310,7 +335,9 @@ impl Provider {
             .collect();
         groups.sort();
         groups.dedup();
-        let member = |list: &[String]| list.iter().any(|g| groups.iter().any(|m| glob(g, m)));
+        // Exact names: a provider group that merely resembles one (case, wildcards) grants
+        // nothing.
+        let member = |list: &[String]| list.iter().any(|g| groups.contains(g));
         if !self.allowed_groups.is_empty() && !member(&self.allowed_groups) {
             bail!("{name} is not in a group allowed to sign in (identity.oidc.allowed_groups)");
         }
@@ -323,6 +350,7 @@ impl Provider {
         };
         Ok(Person {
             name: name.to_owned(),
+            subject: format!("{} {sub}", self.issuer),
             groups,
             role,
         })
@@ -355,4 +383,71 @@ fn tokens(response: &HttpResponse) -> Result<Tokens> {
         id_token: text("id_token"),
         refresh_token: text("refresh_token"),
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn provider(yaml: &str) -> Provider {
+        let config: OidcConfig = serde_yaml_ng::from_str(yaml).unwrap();
+        Provider::new(&config, None).unwrap()
+    }
+
+    fn claims(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn claims_map_to_users_groups_and_roles() {
+        let p = provider(
+            "{ issuer: 'https://idp', client_id: c, group_map: { idp-admins: admins, eng: engineers }, admin_groups: [admins], auditor_groups: [auditors] }",
+        );
+        let person = p
+            .map_claims(&claims(json!({
+                "sub": "u1", "email": "a@x.io", "email_verified": true,
+                "groups": ["eng", "idp-admins", "auditors", "ADMINS"]
+            })))
+            .unwrap();
+        assert_eq!(person.name, "a@x.io");
+        assert_eq!(person.subject, "https://idp u1");
+        // Unmapped provider groups (auditors, ADMINS) grant nothing by default.
+        assert_eq!(person.groups, ["admins", "engineers"]);
+        assert_eq!(person.role, Role::Admin);
+
+        // A provider group that only resembles a sluice group grants nothing either.
+        let p = provider(
+            "{ issuer: 'https://idp', client_id: c, keep_unmapped_groups: true, admin_groups: [admins] }",
+        );
+        let person = p
+            .map_claims(&claims(
+                json!({ "sub": "u2", "email": "b@x.io", "groups": ["ADMINS", "admins-x"] }),
+            ))
+            .unwrap();
+        assert_eq!(person.role, Role::User);
+
+        for bad in [
+            json!({ "sub": "u3", "email": "c@x.io", "email_verified": false }),
+            json!({ "sub": "u3", "email": "c@x.io", "email_verified": "false" }),
+            json!({ "sub": "u3" }),
+            json!({ "email": "c@x.io" }),
+            json!({ "sub": "u3", "email": "" }),
+        ] {
+            assert!(p.map_claims(&claims(bad.clone())).is_err(), "{bad}");
+        }
+        let gated = provider("{ issuer: 'https://idp', client_id: c, allowed_groups: [engineers], group_map: { eng: engineers } }");
+        assert!(gated
+            .map_claims(&claims(
+                json!({ "sub": "u4", "email": "d@x.io", "groups": "eng" })
+            ))
+            .is_ok());
+        let err = gated
+            .map_claims(&claims(
+                json!({ "sub": "u5", "email": "e@x.io", "groups": ["ops"] }),
+            ))
+            .unwrap_err();
+        assert!(err.to_string().contains("allowed_groups"), "{err}");
+    }
 }

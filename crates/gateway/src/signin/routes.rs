@@ -5,13 +5,13 @@ use std::net::SocketAddr;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{ConnectInfo, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{Granted, Refusal};
+use super::{Granted, Refusal, BROWSER_COOKIE};
 use crate::api::ApiState;
 
 fn refusal(r: Refusal) -> Response {
@@ -73,7 +73,13 @@ pub async fn oidc_start(State(state): State<ApiState>, Query(q): Query<StartQuer
         .browser_start(q.cli_port, &q.challenge, q.login_hint.as_deref())
         .await
     {
-        Ok(url) => redirect(&url),
+        Ok((url, browser_key)) => {
+            let mut response = redirect(&url);
+            if let Ok(cookie) = state.signin.browser_cookie(&browser_key).parse() {
+                response.headers_mut().insert(header::SET_COOKIE, cookie);
+            }
+            response
+        }
         Err(r) => page(r.status, "Sign-in could not start", &r.message),
     }
 }
@@ -89,8 +95,17 @@ pub struct CallbackQuery {
 pub async fn oidc_callback(
     State(state): State<ApiState>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     Query(q): Query<CallbackQuery>,
 ) -> Response {
+    let browser_key = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(name, _)| *name == BROWSER_COOKIE)
+        .map(|(_, value)| value.to_owned());
     let error = q.error.as_ref().map(|e| match &q.error_description {
         Some(d) => format!("{e}: {d}"),
         None => e.clone(),
@@ -103,6 +118,7 @@ pub async fn oidc_callback(
         .callback(
             q.code.as_deref(),
             login_state,
+            browser_key.as_deref(),
             error.as_deref(),
             &addr.to_string(),
         )

@@ -10,7 +10,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde_json::{Map, Value};
 use sluice_auth::jwt::Expectations;
-use sluice_core::glob;
+use sluice_core::glob_exact;
 
 use super::keys::KeySet;
 use crate::config::WorkloadTrust;
@@ -34,6 +34,9 @@ pub struct Accepted<'a> {
     pub trust: &'a Trust,
     /// `issuer` + `sub`, for the record.
     pub subject: String,
+    /// The sluice token's lifetime: the trust's, but never past the external token's
+    /// own expiry (a leaked short-lived CI token must not become a long-lived one).
+    pub ttl: Duration,
 }
 
 impl Trust {
@@ -76,10 +79,16 @@ pub async fn accept<'a>(trusts: &'a [Trust], token: &str) -> Result<Accepted<'a>
         };
         match matches(trust, &claims) {
             Ok(sub) => {
+                let left = claims
+                    .get("exp")
+                    .and_then(Value::as_u64)
+                    .map(|exp| exp.saturating_sub(unix_now()))
+                    .unwrap_or(0);
                 return Ok(Accepted {
                     trust,
                     subject: format!("{} {}", trust.issuer, sub),
-                })
+                    ttl: trust.token_ttl.min(Duration::from_secs(left.max(60))),
+                });
             }
             Err(e) => last = e,
         }
@@ -92,7 +101,7 @@ fn matches(trust: &Trust, claims: &Map<String, Value>) -> Result<String, String>
         .get("sub")
         .and_then(Value::as_str)
         .ok_or("token has no subject")?;
-    if !glob(&trust.subject, sub) {
+    if !glob_exact(&trust.subject, sub) {
         return Err(format!(
             "subject {sub:?} is not allowed by workload trust {:?}",
             trust.name
@@ -118,4 +127,10 @@ fn unverified_issuer(token: &str) -> Option<String> {
     let bytes = URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
     let claims: Map<String, Value> = serde_json::from_slice(&bytes).ok()?;
     claims.get("iss")?.as_str().map(str::to_owned)
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::{json, Value};
 
 use crate::support::{
-    drive, free_port, http, oidc_dir, pg, sluice_bin, Gateway, OidcProvider, OIDC_SECRET,
+    drive, free_port, http, http_with, oidc_dir, pg, sluice_bin, Gateway, OidcProvider, OIDC_SECRET,
 };
 
 /// A gateway whose identity provider is `idp`, and a private home for the CLI.
@@ -164,8 +164,8 @@ fn oidc_browser_login_then_credentials_connect_and_api() {
     let grant = s.login_browser("alice");
     assert_eq!(grant["user"], "alice@example.com");
     assert_eq!(grant["role"], "user");
-    // idp-engineers mapped, everyone kept.
-    assert_eq!(grant["groups"], json!(["engineers", "everyone"]));
+    // idp-engineers mapped; everyone, not in the map, dropped.
+    assert_eq!(grant["groups"], json!(["engineers"]));
 
     // The cache is private.
     use std::os::unix::fs::PermissionsExt;
@@ -263,6 +263,27 @@ fn oidc_browser_login_then_credentials_connect_and_api() {
     // The provider's refresh token is sealed in the store, not kept in clear.
     let db = std::fs::read(s.gw.data_dir().join("sluice.db")).unwrap();
     assert!(!String::from_utf8_lossy(&db).contains(OIDC_SECRET));
+
+    // bob's provider account now claims alice's (verified) address, as after an address
+    // is reassigned: the name stays bound to alice's provider identity.
+    s.idp.admin(
+        "/accounts/bob",
+        &json!({ "groups": [], "email": "alice@example.com" }),
+    );
+    let out = s
+        .cli(&[
+            "login",
+            "--gateway",
+            &s.gateway_url(),
+            "--login-hint",
+            "bob",
+        ])
+        .env("BROWSER", s.browser())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bound to another account"), "{err}");
 
     let out = s.cli(&["logout"]).output().unwrap();
     assert!(out.status.success());
@@ -394,35 +415,66 @@ fn oidc_callback_and_cli_code_are_single_use() {
         s.gateway_url()
     );
     let callback_prefix = format!("{}/auth/oidc/callback", s.gateway_url());
-    let (ok, callback, err) = drive(&["code", &start, "--stop-at", &callback_prefix]);
-    assert!(ok, "{err}");
-    let path = callback
-        .trim()
-        .strip_prefix(&s.gateway_url())
-        .unwrap()
-        .to_owned();
+    let cookies = s.home.path().join("cookies.json");
+    // Follows the sign-in up to the gateway's callback; returns its path and the cookie
+    // the gateway gave the browser at the start.
+    let to_callback = |start: &str| {
+        let (ok, callback, err) = drive(&[
+            "code",
+            start,
+            "--stop-at",
+            &callback_prefix,
+            "--dump-cookies",
+            cookies.to_str().unwrap(),
+        ]);
+        assert!(ok, "{err}");
+        let path = callback
+            .trim()
+            .strip_prefix(&s.gateway_url())
+            .unwrap()
+            .to_owned();
+        let jar: Value = serde_json::from_slice(&std::fs::read(&cookies).unwrap()).unwrap();
+        let cookie = jar[format!("127.0.0.1:{}", s.gw.api_port)]["sluice_login"]
+            .as_str()
+            .expect("the sign-in cookie")
+            .to_owned();
+        (path, format!("Cookie: sluice_login={cookie}\r\n"))
+    };
+    let location = |head: &str| {
+        head.lines()
+            .find_map(|l| l.strip_prefix("location: "))
+            .unwrap()
+            .to_owned()
+    };
+    let (path, cookie) = to_callback(&start);
     assert!(path.contains("code=") && path.contains("state="), "{path}");
 
+    // The callback must come from the browser that started the sign-in: a provider URL
+    // handed to someone else (whose browser lacks the cookie) gets nowhere.
+    let (status, _, body) = http(s.gw.api_port, "GET", &path, None, None);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("started in another browser"), "{body}");
+    // That attempt used the state up.
+    let (status, _, body) = http_with(s.gw.api_port, "GET", &path, &cookie, None);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("already used"), "{body}");
+
+    let (path, cookie) = to_callback(&start);
     // First use: a redirect to the CLI's loopback port with a one-time code.
-    let (status, head, _) = http(s.gw.api_port, "GET", &path, None, None);
+    let (status, head, _) = http_with(s.gw.api_port, "GET", &path, &cookie, None);
     assert_eq!(status, 303, "{head}");
-    let location = head
-        .lines()
-        .find_map(|l| l.strip_prefix("location: "))
-        .unwrap()
-        .to_owned();
     let prefix = format!("http://127.0.0.1:{cli_port}/callback?code=");
-    let code = location
+    let code = location(&head)
         .strip_prefix(&prefix)
         .expect("loopback redirect")
         .to_owned();
     // Replayed callback (same state and provider code): refused.
-    let (status, _, body) = http(s.gw.api_port, "GET", &path, None, None);
+    let (status, _, body) = http_with(s.gw.api_port, "GET", &path, &cookie, None);
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("already used"), "{body}");
 
     // The one-time code needs the verifier of the challenge, and works once.
-    let exchange = |verifier: &str| {
+    let exchange = |code: &str, verifier: &str| {
         http(
             s.gw.api_port,
             "POST",
@@ -431,56 +483,24 @@ fn oidc_callback_and_cli_code_are_single_use() {
             Some(&json!({ "code": code, "verifier": verifier })),
         )
     };
-    let (status, _, _) = exchange(&"w".repeat(43));
-    assert_eq!(status, 401);
+    assert_eq!(exchange(&code, &"w".repeat(43)).0, 401);
     // A wrong verifier burnt the code: whoever intercepted it cannot retry either.
-    let (status, _, body) = exchange(&verifier);
+    let (status, _, body) = exchange(&code, &verifier);
     assert_eq!(status, 401, "{body}");
 
     // Once more, properly.
-    let (ok, callback, err) = drive(&["code", &start, "--stop-at", &callback_prefix]);
-    assert!(ok, "{err}");
-    let path = callback
-        .trim()
-        .strip_prefix(&s.gateway_url())
-        .unwrap()
-        .to_owned();
-    let (_, head, _) = http(s.gw.api_port, "GET", &path, None, None);
-    let location = head
-        .lines()
-        .find_map(|l| l.strip_prefix("location: "))
-        .unwrap()
-        .to_owned();
-    let code = location.strip_prefix(&prefix).unwrap().to_owned();
-    let ask = json!({ "code": code, "verifier": verifier });
-    let (status, head, body) = http(
-        s.gw.api_port,
-        "POST",
-        "/auth/cli/exchange",
-        None,
-        Some(&ask),
-    );
+    let (path, cookie) = to_callback(&start);
+    let (_, head, _) = http_with(s.gw.api_port, "GET", &path, &cookie, None);
+    let code = location(&head).strip_prefix(&prefix).unwrap().to_owned();
+    let (status, head, body) = exchange(&code, &verifier);
     assert_eq!(status, 200, "{body}");
     assert!(head.contains("cache-control: no-store"), "{head}");
-    let (status, _, _) = http(
-        s.gw.api_port,
-        "POST",
-        "/auth/cli/exchange",
-        None,
-        Some(&ask),
-    );
-    assert_eq!(status, 401);
+    assert_eq!(exchange(&code, &verifier).0, 401);
 
     // carol is in no allowed group: the provider authenticates her, sluice refuses.
     let start = start.replace("login_hint=alice", "login_hint=carol");
-    let (ok, callback, err) = drive(&["code", &start, "--stop-at", &callback_prefix]);
-    assert!(ok, "{err}");
-    let path = callback
-        .trim()
-        .strip_prefix(&s.gateway_url())
-        .unwrap()
-        .to_owned();
-    let (_, head, _) = http(s.gw.api_port, "GET", &path, None, None);
+    let (path, cookie) = to_callback(&start);
+    let (_, head, _) = http_with(s.gw.api_port, "GET", &path, &cookie, None);
     assert!(head.contains("error="), "{head}");
     assert!(head.contains("allowed_groups"), "{head}");
     assert!(s
@@ -544,6 +564,10 @@ fn workload_tokens_are_exchanged_and_forgeries_refused() {
     let grant: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(grant["user"], "ci-bot");
     assert_eq!(grant["actor"], "agent");
+    // Never longer than the external token itself (5 minutes here, the trust allows 10).
+    let expires = humantime::parse_rfc3339(grant["expires"].as_str().unwrap()).unwrap();
+    let left = expires.duration_since(SystemTime::now()).unwrap();
+    assert!(left <= Duration::from_secs(301), "{left:?}");
     let token = grant["token"].as_str().unwrap();
     let (ok, _, err) = gw.psql(
         &gw.conninfo("workload_db", "ci-bot", token),

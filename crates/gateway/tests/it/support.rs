@@ -229,22 +229,49 @@ impl Gateway {
     }
 
     fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .expect("gateway log");
-        let child = Command::new(sluice_bin())
-            .args(["gateway", "--config"])
-            .arg(&self.config)
-            .env("SLUICE_TEST_TARGET_PASSWORD", PG_PASSWORD)
-            .env("SLUICE_LOG", "info,sluice_postgres=debug")
-            .stdout(log.try_clone().expect("log fd"))
-            .stderr(log)
-            .spawn()
-            .expect("start sluice gateway");
-        self.child = Some(child);
-        wait_for_port(self.pg_port, "sluice gateway");
+        // Ports come from `free_port`, which another process may take before the gateway
+        // binds: when its listener's port turns out taken, move it and start again.
+        for attempt in 0..3 {
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.log_path())
+                .expect("gateway log");
+            let mut child = Command::new(sluice_bin())
+                .args(["gateway", "--config"])
+                .arg(&self.config)
+                .env("SLUICE_TEST_TARGET_PASSWORD", PG_PASSWORD)
+                .env("SLUICE_LOG", "info,sluice_postgres=debug")
+                .stdout(log.try_clone().expect("log fd"))
+                .stderr(log)
+                .spawn()
+                .expect("start sluice gateway");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if TcpStream::connect(("127.0.0.1", self.pg_port)).is_ok() {
+                    self.child = Some(child);
+                    return;
+                }
+                if child.try_wait().expect("gateway status").is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            let log = self.log();
+            if attempt == 2 || !log.contains("in use") {
+                panic!("sluice gateway did not start:\n{log}");
+            }
+            let moved = free_port();
+            let config = std::fs::read_to_string(&self.config).expect("config");
+            let config = config.replace(
+                &format!("postgres: 127.0.0.1:{}", self.pg_port),
+                &format!("postgres: 127.0.0.1:{moved}"),
+            );
+            std::fs::write(&self.config, config).expect("config");
+            self.pg_port = moved;
+        }
     }
 
     pub fn log_path(&self) -> PathBuf {
@@ -500,11 +527,22 @@ pub fn http(
     bearer: Option<&str>,
     json_body: Option<&serde_json::Value>,
 ) -> (u16, String, String) {
-    use std::io::{Read, Write};
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the API");
     let auth = bearer
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
+    http_with(port, method, path, &auth, json_body)
+}
+
+/// Like [`http`], with extra header lines (each ending in `\r\n`).
+pub fn http_with(
+    port: u16,
+    method: &str,
+    path: &str,
+    auth: &str,
+    json_body: Option<&serde_json::Value>,
+) -> (u16, String, String) {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the API");
     let body = json_body.map(|b| b.to_string()).unwrap_or_default();
     write!(
         s,
