@@ -19,6 +19,7 @@ Options:
   --no-sluice              baselines only (direct and PgBouncer); no sluice build or runs
   --no-relay               skip the bare tokio relay (bench/relay), the floor for a tokio proxy
   --no-policies            skip sluice with a realistic policy rule set (sluice_policies)
+  --no-remote              skip sluice through a remote agent (`sluice agent` over the TLS tunnel)
   -h, --help               this text
 
 Environment:
@@ -42,14 +43,16 @@ WITH_WRITE=1
 WITH_SLUICE=1
 WITH_RELAY=1
 WITH_POLICIES=1
+WITH_REMOTE=1
 for arg in "$@"; do
   case "$arg" in
     --json) JSON=1 ;;
     --with-fsync-durability) WITH_WRITE=1 ;;
     --no-fsync-durability) WITH_WRITE=0 ;;
-    --no-sluice) WITH_SLUICE=0; WITH_WRITE=0; WITH_RELAY=0; WITH_POLICIES=0 ;;
+    --no-sluice) WITH_SLUICE=0; WITH_WRITE=0; WITH_RELAY=0; WITH_POLICIES=0; WITH_REMOTE=0 ;;
     --no-relay) WITH_RELAY=0 ;;
     --no-policies) WITH_POLICIES=0 ;;
+    --no-remote) WITH_REMOTE=0 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "unknown argument: $arg (try --help)" >&2; exit 2 ;;
   esac
@@ -153,7 +156,7 @@ TMP="$(mktemp -d "${BENCH_TMPDIR:-${TMPDIR:-/tmp}}/sluice-bench.XXXXXX")"
 chown "$RUN_AS": "$TMP"
 chmod 755 "$TMP"
 PGDATA="$TMP/pgdata"
-read -r PG_PORT PGB_PORT S_API S_PG SW_API SW_PG RELAY_PORT SP_API SP_PG <<<"$(free_ports 9)"
+read -r PG_PORT PGB_PORT S_API S_PG SW_API SW_PG RELAY_PORT SP_API SP_PG SR_API SR_PG SR_TUN <<<"$(free_ports 12)"
 
 log "scratch dir $TMP"
 printf '%s\n' "$PG_PASSWORD" >"$TMP/pwfile"
@@ -227,17 +230,25 @@ POLICIES_YAML='policies:
   - { name: no-file-access, match: { functions: ["pg_read_*", lo_export, "dblink*"] }, action: deny }
   - { name: ddl-needs-review, match: { statement: [ddl] }, action: review, reviewers: [group:dba] }'
 
-start_sluice() { # name durability api_port pg_port [extra yaml] -> sets SLUICE_ENV_<name>, config in $TMP/<name>.yaml
-  local name="$1" durability="$2" api="$3" pgport="$4" extra="${5:-}"
-  local cfg="$TMP/$name.yaml" logf="$TMP/$name.log" pid token
+start_sluice() { # name durability api_port pg_port [extra yaml] [tunnel port] -> sets SLUICE_ENV_<name>, config in $TMP/<name>.yaml
+  local name="$1" durability="$2" api="$3" pgport="$4" extra="${5:-}" tunnel="${6:-}"
+  local cfg="$TMP/$name.yaml" logf="$TMP/$name.log" pid token listen_tunnel="" agent=embedded
+  local -a pg_password=(BENCH_PG_PASSWORD="$PG_PASSWORD")
+  if [[ -n "$tunnel" ]]; then
+    # The connection is served by a remote agent; only the agent has the password.
+    listen_tunnel=", tunnel: 127.0.0.1:$tunnel"
+    agent=bench-agent
+    pg_password=()
+  fi
   cat >"$cfg" <<EOF
-listen: { api: 127.0.0.1:$api, postgres: 127.0.0.1:$pgport }
+listen: { api: 127.0.0.1:$api, postgres: 127.0.0.1:$pgport$listen_tunnel }
 data_dir: $TMP/$name-data
 audit: { durability: $durability }
 $extra
 connections:
   - name: bench
     kind: postgres
+    agent: $agent
     address: 127.0.0.1:$PG_PORT
     database: bench
     user: postgres
@@ -245,7 +256,7 @@ connections:
     tls: disable
 EOF
   log "starting sluice ($name, durability $durability) on 127.0.0.1:$pgport"
-  NO_COLOR=1 BENCH_PG_PASSWORD="$PG_PASSWORD" "$SLUICE_BIN" gateway --config "$cfg" >"$logf" 2>&1 &
+  env -u BENCH_PG_PASSWORD NO_COLOR=1 "${pg_password[@]}" "$SLUICE_BIN" gateway --config "$cfg" >"$logf" 2>&1 &
   pid=$!
   SLUICE_PIDS+=("$pid")
   SLUICE_PID[$name]=$pid
@@ -256,6 +267,25 @@ EOF
     || { cat "$TMP/$name-cli.log" >&2; die "sluice tokens issue failed ($name)"; }
   [[ -n "$token" && "$token" != *[[:space:]]* ]] || die "unexpected token output from sluice tokens issue: '$token'"
   SLUICE_ENV[$name]="$(pgenv "$pgport" bench "$token" "$SLUICE_SSLMODE")"
+  [[ -z "$tunnel" ]] || start_agent "$name" "$cfg" "$tunnel"
+}
+
+start_agent() { # gateway-name config tunnel-port: registers bench-agent, starts `sluice agent`, waits for it
+  local name="$1" cfg="$2" tunnel="$3" added key fp i
+  added="$("$SLUICE_BIN" agents add bench-agent --json --config "$cfg" 2>>"$TMP/$name-cli.log")" \
+    || { cat "$TMP/$name-cli.log" >&2; die "sluice agents add failed ($name)"; }
+  key="$(python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])' <<<"$added")"
+  fp="$(python3 -c 'import json,sys; print(json.load(sys.stdin)["fingerprint"])' <<<"$added")"
+  log "starting the remote agent for $name"
+  NO_COLOR=1 BENCH_PG_PASSWORD="$PG_PASSWORD" SLUICE_AGENT_KEY="$key" \
+    "$SLUICE_BIN" agent --gateway "https://127.0.0.1:$tunnel" --fingerprint "$fp" >"$TMP/$name-agent.log" 2>&1 &
+  SLUICE_PIDS+=("$!")
+  for i in $(seq 1 100); do
+    "$SLUICE_BIN" agents list --json --config "$cfg" 2>/dev/null | grep -q '"connected"' && return 0
+    sleep 0.1
+  done
+  cat "$TMP/$name-agent.log" >&2
+  die "the remote agent did not connect ($name)"
 }
 
 TARGETS="direct pgbouncer"
@@ -278,6 +308,10 @@ fi
 if [[ "$WITH_WRITE" == 1 ]]; then
   start_sluice sluice_fsync fsync "$SW_API" "$SW_PG"
   TARGETS="$TARGETS sluice_fsync"
+fi
+if [[ "$WITH_REMOTE" == 1 ]]; then
+  start_sluice sluice_remote write "$SR_API" "$SR_PG" "" "$SR_TUN"
+  TARGETS="$TARGETS sluice_remote"
 fi
 
 # ---------------------------------------------------------------- runs
@@ -371,6 +405,7 @@ fs_type="$(df -T "$TMP" | awk 'NR == 2 { print $2 }')"
   echo "setup:    PostgreSQL fsync=off shared_buffers=256MB, pgbench -i -s $SCALE; PgBouncer session pool 20;"
   [[ "$WITH_RELAY" == 1 ]] && echo "          relay = bench/relay: bare tokio byte copy (no parsing, no audit), the floor for a tokio proxy;"
   [[ "$WITH_POLICIES" == 1 ]] && echo "          policies = sluice (write) with six realistic policy rules (bench/pgbench.sh POLICIES_YAML);"
+  [[ "$WITH_REMOTE" == 1 ]] && echo "          remote = sluice (write) whose connection a remote agent serves (sluice agent: TLS tunnel, one HTTP/2 stream per session), all on this machine;"
   if [[ "$WITH_SLUICE" == 1 ]]; then
     echo "          sluice audit durability write (default)$([[ $WITH_WRITE == 1 ]] && echo " and fsync") (audit log on $fs_type);"
     echo "          sluice client sslmode=$SLUICE_SSLMODE; everything on 127.0.0.1, no TLS to PostgreSQL/PgBouncer"
@@ -381,6 +416,7 @@ fs_type="$(df -T "$TMP" | awk 'NR == 2 { print $2 }')"
   header="mode      clients  direct_tps  pgbouncer_tps  pgbouncer_ratio  relay_tps  relay_ratio  sluice_tps  sluice_ratio"
   [[ "$WITH_POLICIES" == 1 ]] && header="$header  policies_tps  policies_ratio  policies_vs_sluice"
   [[ "$WITH_WRITE" == 1 ]] && header="$header  sluice_fsync_tps  sluice_fsync_ratio"
+  [[ "$WITH_REMOTE" == 1 ]] && header="$header  remote_tps  remote_ratio"
   echo "$header"
   for mode in $MODES; do for clients in $CLIENTS; do
     d="${TPS[direct,$mode,$clients]:-}"; b="${TPS[pgbouncer,$mode,$clients]:-}"; s="${TPS[sluice,$mode,$clients]:-}"
@@ -393,7 +429,11 @@ fs_type="$(df -T "$TMP" | awk 'NR == 2 { print $2 }')"
     fi
     if [[ "$WITH_WRITE" == 1 ]]; then
       w="${TPS[sluice_fsync,$mode,$clients]:-}"
-      line="$(printf '%s  %-16s  %s' "$line" "$(fmt "$w")" "$(ratio "$w" "$d")")"
+      line="$(printf '%s  %-16s  %-18s' "$line" "$(fmt "$w")" "$(ratio "$w" "$d")")"
+    fi
+    if [[ "$WITH_REMOTE" == 1 ]]; then
+      m="${TPS[sluice_remote,$mode,$clients]:-}"
+      line="$(printf '%s  %-10s  %s' "$line" "$(fmt "$m")" "$(ratio "$m" "$d")")"
     fi
     echo "${line%"${line##*[! ]}"}"
   done; done
@@ -423,6 +463,10 @@ cp "$TMP/report.txt" "$RESULTS_DIR/pgbench-latest.txt"
     if [[ "$WITH_WRITE" == 1 ]]; then
       w="${TPS[sluice_fsync,$mode,$clients]:-}"
       printf ', "sluice_fsync_tps": %s, "sluice_fsync_ratio": %s' "$(num "$w")" "$(num "$(ratio "$w" "$d")")"
+    fi
+    if [[ "$WITH_REMOTE" == 1 ]]; then
+      m="${TPS[sluice_remote,$mode,$clients]:-}"
+      printf ', "remote_tps": %s, "remote_ratio": %s' "$(num "$m")" "$(num "$(ratio "$m" "$d")")"
     fi
     printf '}'
   done; done

@@ -7,6 +7,7 @@
 //! 32 random base62 characters. The store keeps only a SHA-256 hash of the whole string;
 //! the clear token exists once, in the [`IssuedToken`] returned at issuance.
 
+mod agent_keys;
 mod error;
 mod format;
 pub mod jwt;
@@ -16,6 +17,7 @@ mod seal;
 mod tokens;
 mod ttl;
 
+pub use agent_keys::{agent_key_hash, new_agent_key, NewAgentKey};
 pub use error::AuthError;
 pub use passwords::{hash_password, verify_password, MIN_PASSWORD_CHARS};
 pub use refresh::Refreshes;

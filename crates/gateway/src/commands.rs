@@ -13,7 +13,7 @@ use sluice_store::{NewUser, Origin, SessionFilter, Store, TokenKind, User};
 
 use crate::config::Config;
 use crate::views::{rfc3339_ms, session_detail, SessionSummary};
-use crate::{ServiceAccountsCommand, SessionsCommand, TokensCommand, UsersCommand};
+use crate::{AgentsCommand, ServiceAccountsCommand, SessionsCommand, TokensCommand, UsersCommand};
 
 pub(crate) fn open_store(config: &Config) -> Result<Arc<Store>> {
     let path = config.store_path();
@@ -119,6 +119,100 @@ fn user_json(u: &User) -> serde_json::Value {
         "actor": u.actor.as_str(), "role": u.role.as_str(), "origin": u.origin.as_str(),
         "password": u.has_password,
     })
+}
+
+pub fn agents(config: &Config, cmd: AgentsCommand) -> Result<ExitCode> {
+    let store = open_store(config)?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    match cmd {
+        AgentsCommand::Add { name, out } => {
+            if !crate::config::valid_agent_name(&name) || name == "embedded" {
+                bail!(
+                    "agent names use letters, digits, '-', '_' and '.' (and `embedded` is taken)"
+                );
+            }
+            let key = sluice_auth::new_agent_key();
+            store.add_agent(&name, &key.id, &key.hash, now)?;
+            let fingerprint = crate::tls::fingerprint(config)?;
+            let host = match config.listen.tunnel {
+                Some(addr) if !addr.ip().is_unspecified() => addr.to_string(),
+                Some(addr) => format!("GATEWAY_HOST:{}", addr.port()),
+                None => "GATEWAY_HOST:PORT".to_owned(),
+            };
+            let command = format!(
+                "sluice agent --gateway https://{host} --key {} --fingerprint {fingerprint}",
+                key.key
+            );
+            if out.json {
+                print_json(
+                    &json!({ "name": name, "key": key.key, "fingerprint": fingerprint, "command": command }),
+                )?;
+            } else {
+                if config.listen.tunnel.is_none() {
+                    eprintln!("note: listen.tunnel is not set in this configuration; agents cannot dial in until it is");
+                }
+                println!(
+                    "agent {name} registered. Its key is shown once:\n\n  {}\n",
+                    key.key
+                );
+                println!("gateway certificate fingerprint (sha256): {fingerprint}\n");
+                println!("start it beside the targets (credentials as env:/file: are read there):\n\n  {command}");
+            }
+        }
+        AgentsCommand::List { out } => {
+            let rows: Vec<serde_json::Value> = store
+                .list_agents()?
+                .into_iter()
+                .map(|a| {
+                    let tunnels: Vec<serde_json::Value> =
+                        serde_json::from_str(&a.state).unwrap_or_default();
+                    // The gateway rewrites the state every 2 s; an old one is a stopped gateway.
+                    let fresh = a.state_ms.is_some_and(|at| now - at < 10_000);
+                    let tunnels = if fresh { tunnels } else { Vec::new() };
+                    let state = if a.revoked_ms.is_some() {
+                        "revoked"
+                    } else if tunnels.is_empty() {
+                        "disconnected"
+                    } else {
+                        "connected"
+                    };
+                    json!({
+                        "name": a.name, "state": state, "key_id": a.key_id,
+                        "created": rfc3339_ms(a.created_ms),
+                        "since": tunnels.first().map(|t| t["since"].clone()),
+                        "version": tunnels.first().map(|t| t["version"].clone()),
+                        "address": tunnels.first().map(|t| t["address"].clone()),
+                        "sessions": tunnels.iter().filter_map(|t| t["sessions"].as_u64()).sum::<u64>(),
+                        "tunnels": tunnels,
+                    })
+                })
+                .collect();
+            if out.json {
+                print_json(&rows)?;
+            } else {
+                for r in rows {
+                    println!(
+                        "{}\t{}\tsince {}\t{}\t{}\t{} sessions",
+                        r["name"].as_str().unwrap_or_default(),
+                        r["state"].as_str().unwrap_or_default(),
+                        r["since"].as_str().unwrap_or("-"),
+                        r["version"].as_str().unwrap_or("-"),
+                        r["address"].as_str().unwrap_or("-"),
+                        r["sessions"]
+                    );
+                }
+            }
+        }
+        AgentsCommand::Revoke { name } => {
+            if !store.revoke_agent(&name, now)? {
+                bail!("no active agent named {name:?}");
+            }
+            eprintln!("revoked agent {name}; its tunnels close within seconds");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn service_accounts(config: &Config, cmd: ServiceAccountsCommand) -> Result<ExitCode> {

@@ -218,6 +218,15 @@ impl IdentityConfig {
     }
 }
 
+/// Agent names: what `sluice agents add` accepts.
+pub fn valid_agent_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '-' | '_' | '.'))
+}
+
 /// `https://…`, or `http://` on a loopback host (tests, a provider beside the gateway).
 pub(crate) fn check_url(url: &str, key: &str, http_anywhere: bool) -> Result<()> {
     let parsed = url::Url::parse(url).with_context(|| format!("{key}: {url:?} is not a URL"))?;
@@ -317,6 +326,10 @@ pub struct Listen {
     pub api: SocketAddr,
     #[serde(default = "default_postgres")]
     pub postgres: SocketAddr,
+    /// Where remote agents dial in (TLS with the gateway's certificate); absent: no
+    /// remote agents.
+    #[serde(default)]
+    pub tunnel: Option<SocketAddr>,
 }
 
 impl Default for Listen {
@@ -324,6 +337,7 @@ impl Default for Listen {
         Listen {
             api: default_api(),
             postgres: default_postgres(),
+            tunnel: None,
         }
     }
 }
@@ -545,6 +559,9 @@ impl Config {
         if let Ok(v) = std::env::var("SLUICE_LISTEN_API") {
             self.listen.api = v.parse().context("SLUICE_LISTEN_API")?;
         }
+        if let Ok(v) = std::env::var("SLUICE_LISTEN_TUNNEL") {
+            self.listen.tunnel = Some(v.parse().context("SLUICE_LISTEN_TUNNEL")?);
+        }
         if let Ok(v) = std::env::var("SLUICE_AUDIT_DURABILITY") {
             self.audit.durability = match v.as_str() {
                 "fsync" => Durability::Fsync,
@@ -585,10 +602,20 @@ impl Config {
                 bail!("{}: duplicate connection name {:?}", at("name"), c.name);
             }
             if c.agent != "embedded" {
-                bail!(
-                    "{}: remote agents are not supported yet; use `embedded`",
-                    at("agent")
-                );
+                if self.listen.tunnel.is_none() {
+                    bail!(
+                        "{}: agent {:?} is remote, so listen.tunnel must be set for it to dial in",
+                        at("agent"),
+                        c.agent
+                    );
+                }
+                if !valid_agent_name(&c.agent) {
+                    bail!(
+                        "{}: {:?} must use only letters, digits, '-', '_' and '.'",
+                        at("agent"),
+                        c.agent
+                    );
+                }
             }
             match c.address.rsplit_once(':') {
                 Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {}

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
-use sluice_agent::{EmbeddedAgent, PostgresTarget, SecretRef};
+use sluice_agent::{PostgresTarget, SecretRef};
 use sluice_audit::{AuditWriter, WriterOptions};
 use sluice_auth::Tokens;
 use sluice_postgres::{Frontend, FrontendConfig, TlsMode};
@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use tracing::{error, info};
 
 use crate::access::Access;
+use crate::agents::{Connectors, StoreKeys};
 use crate::api::{self, ApiState, ConnectionView};
 use crate::config::{self, Config, UpstreamTls};
 use crate::metrics::Metrics;
@@ -77,7 +78,18 @@ pub async fn run(config: Config) -> Result<File> {
         )
     })?;
     let tls = crate::tls::acceptor(&config)?;
-    let agent = Arc::new(EmbeddedAgent::new(postgres_targets(&config)?));
+    let tunnel_tls = tls.clone();
+    let remote_agents = Arc::new(sluice_tunnel::gateway::Agents::default());
+    let agent = Arc::new(Connectors::new(
+        postgres_targets(&config)?,
+        config
+            .connections
+            .iter()
+            .filter(|c| c.agent != "embedded")
+            .map(|c| (c.name.clone(), (c.agent.clone(), c.password.clone())))
+            .collect(),
+        remote_agents.clone(),
+    ));
     let metrics = Arc::new(Metrics::new());
     let notifier = Notifier::start(&config.notifications.webhooks)?;
     let reviews = Arc::new(Reviews::new(
@@ -137,6 +149,14 @@ pub async fn run(config: Config) -> Result<File> {
     let api_listener = TcpListener::bind(config.listen.api)
         .await
         .with_context(|| format!("cannot listen on {} (listen.api)", config.listen.api))?;
+    let tunnel_listener = match config.listen.tunnel {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (listen.tunnel)"))?,
+        ),
+        None => None,
+    };
     let signin = Arc::new(
         SignIn::new(
             &config,
@@ -165,7 +185,21 @@ pub async fn run(config: Config) -> Result<File> {
     );
 
     tokio::spawn(anchor_audit_log(audit.clone(), store.clone()));
+    let tunnel = async {
+        match tunnel_listener {
+            Some(listener) => {
+                crate::agents::sync_state(store.clone(), remote_agents.clone());
+                info!(tunnel = ?config.listen.tunnel, "accepting remote agents");
+                remote_agents
+                    .clone()
+                    .serve(listener, tunnel_tls, Arc::new(StoreKeys(store.clone())))
+                    .await
+            }
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
+        r = tunnel => r.context("tunnel listener failed")?,
         r = frontend.serve(pg_listener) => r.context("postgres listener failed")?,
         r = axum::serve(
             api_listener,

@@ -1,6 +1,8 @@
 //! `sluice`: the gateway and its command-line tools in one binary.
 
 mod access;
+mod agent;
+mod agents;
 mod api;
 mod api_client;
 mod client;
@@ -50,6 +52,12 @@ enum Command {
     /// Manage local users (people): groups, roles, passwords.
     #[command(subcommand)]
     Users(UsersCommand),
+    /// Register, list and revoke remote agents (which dial in on listen.tunnel).
+    #[command(subcommand)]
+    Agents(AgentsCommand),
+    /// Run a remote agent: dial the gateway, serve its connections with the credentials
+    /// held here.
+    Agent(AgentArgs),
     /// Manage service accounts (AI agents, CI jobs) and their API keys.
     #[command(subcommand, name = "service-accounts")]
     ServiceAccounts(ServiceAccountsCommand),
@@ -277,6 +285,43 @@ enum UsersCommand {
 }
 
 #[derive(Subcommand)]
+enum AgentsCommand {
+    /// Register an agent; prints its key, the gateway certificate's fingerprint and the
+    /// command that starts it (`--json`: `key`, `fingerprint`, `command`).
+    Add {
+        name: String,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Each agent: connected or not, since when, version, address, sessions.
+    List {
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Revoke an agent's key; its tunnels close within seconds.
+    Revoke { name: String },
+}
+
+#[derive(Args)]
+struct AgentArgs {
+    /// The gateway's tunnel listener, e.g. https://gateway.example.com:8443.
+    #[arg(long, env = "SLUICE_AGENT_GATEWAY")]
+    gateway: String,
+    /// The key printed by `sluice agents add`.
+    #[arg(long, env = "SLUICE_AGENT_KEY", hide_env_values = true)]
+    key: String,
+    /// The gateway certificate's SHA-256 fingerprint (pinned).
+    #[arg(long, env = "SLUICE_AGENT_FINGERPRINT", conflicts_with = "ca")]
+    fingerprint: Option<String>,
+    /// CA certificate (PEM) to verify the gateway's certificate with instead.
+    #[arg(long, env = "SLUICE_AGENT_CA")]
+    ca: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "SLUICE_LOG_FORMAT")]
+    log_format: LogFormat,
+}
+
+#[derive(Subcommand)]
 enum ServiceAccountsCommand {
     /// Add a service account and print its first API key alone on stdout.
     Add {
@@ -402,6 +447,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let log_format = match &cli.command {
         Command::Gateway { log_format } => Some(*log_format),
+        Command::Agent(args) => Some(args.log_format),
         _ => None,
     };
     // Only the command-line tools: the gateway writes to sockets whose peers may vanish,
@@ -420,8 +466,22 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // The agent runs beside the targets, with no gateway configuration at all.
+    let command = match cli.command {
+        Command::Agent(args) => {
+            return agent::run(
+                &args.gateway,
+                &args.key,
+                args.fingerprint.as_deref(),
+                args.ca.as_deref(),
+            )
+        }
+        other => other,
+    };
     let config = Config::load(cli.config.as_deref())?;
-    match cli.command {
+    match command {
+        Command::Agent(_) => Ok(ExitCode::from(2)),
+        Command::Agents(cmd) => commands::agents(&config, cmd),
         Command::Gateway { .. } => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

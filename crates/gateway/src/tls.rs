@@ -13,11 +13,27 @@ use tracing::info;
 
 use crate::config::Config;
 
+/// The certificate and key files: configured, or the self-signed pair (made if absent).
+fn files(config: &Config) -> Result<(PathBuf, PathBuf)> {
+    match &config.tls {
+        Some(files) => Ok((files.cert.clone(), files.key.clone())),
+        None => ensure_self_signed(&config.data_dir.join("tls")),
+    }
+}
+
+/// The SHA-256 fingerprint of the gateway's certificate (what agents pin).
+pub fn fingerprint(config: &Config) -> Result<String> {
+    let (cert_path, _) = files(config)?;
+    let cert = CertificateDer::pem_file_iter(&cert_path)
+        .with_context(|| format!("cannot read TLS certificate {}", cert_path.display()))?
+        .next()
+        .context("the TLS certificate file is empty")?
+        .with_context(|| format!("invalid TLS certificate {}", cert_path.display()))?;
+    Ok(sluice_tunnel::pin::fingerprint(&cert))
+}
+
 pub fn acceptor(config: &Config) -> Result<TlsAcceptor> {
-    let (cert_path, key_path) = match &config.tls {
-        Some(files) => (files.cert.clone(), files.key.clone()),
-        None => ensure_self_signed(&config.data_dir.join("tls"))?,
-    };
+    let (cert_path, key_path) = files(config)?;
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)
         .with_context(|| format!("cannot read TLS certificate {}", cert_path.display()))?
         .collect::<Result<_, _>>()

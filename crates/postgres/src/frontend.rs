@@ -602,7 +602,18 @@ fn auth_refusal(failure: &AuthFailure) -> Refusal {
 /// What the client is told when the target cannot be reached: the kind of failure, not
 /// the gateway's internals (addresses, variable names, file paths stay in its log).
 fn upstream_refusal(connection: &str, e: &UpstreamError) -> Refusal {
-    let detail = match e {
+    Refusal::new(
+        "08001",
+        format!(
+            "cannot open connection \"{connection}\": {}",
+            refusal_detail(e)
+        ),
+    )
+}
+
+/// The part of a connect refusal a client may see; remote agents send theirs the same way.
+pub fn refusal_detail(e: &UpstreamError) -> String {
+    match e {
         UpstreamError::Rejected { code, .. } => {
             format!("the target refused the gateway's credentials (SQLSTATE {code})")
         }
@@ -613,12 +624,11 @@ fn upstream_refusal(connection: &str, e: &UpstreamError) -> Refusal {
             "TLS to the target failed".to_owned()
         }
         UpstreamError::NoRoute(_) => "no agent serves it".to_owned(),
+        UpstreamError::AgentUnavailable(agent) => format!("agent {agent} is not connected"),
+        // Already a summary like the ones above, made by the remote agent.
+        UpstreamError::Remote(summary) => summary.clone(),
         _ => "the gateway could not log in to the target (see the gateway log)".to_owned(),
-    };
-    Refusal::new(
-        "08001",
-        format!("cannot open connection \"{connection}\": {detail}"),
-    )
+    }
 }
 
 /// The client_encoding the target reported at startup.

@@ -88,6 +88,11 @@ pub enum UpstreamError {
     Protocol(String),
     #[error("no agent can serve connection \"{0}\"")]
     NoRoute(String),
+    #[error("agent {0} is not connected")]
+    AgentUnavailable(String),
+    /// What the remote agent reported about the target (already a safe summary).
+    #[error("{0}")]
+    Remote(String),
 }
 
 /// Largest single message accepted from the target during startup.

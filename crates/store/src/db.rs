@@ -147,6 +147,19 @@ const MIGRATIONS: &[&str] = &[
     ) STRICT;
     CREATE INDEX refresh_by_user ON refresh_handles(user_name);
     ",
+    // Version 6: remote agents, their key hashes, and what the gateway last saw of their
+    // tunnels (for `sluice agents list`, which reads the store, not the gateway).
+    "
+    CREATE TABLE agents (
+        name       TEXT    NOT NULL PRIMARY KEY,
+        key_id     TEXT    NOT NULL,
+        key_hash   TEXT    NOT NULL UNIQUE,
+        created_ms INTEGER NOT NULL,
+        revoked_ms INTEGER,
+        state      TEXT    NOT NULL DEFAULT '[]',
+        state_ms   INTEGER
+    ) STRICT;
+    ",
 ];
 
 /// Handle to the metadata database.

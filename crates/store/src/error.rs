@@ -36,6 +36,8 @@ pub enum StoreError {
         "a refresh handle of user \"{0}\" was used twice: all of their refresh handles are revoked"
     )]
     RefreshReused(String),
+    #[error("agent \"{0}\" already exists")]
+    AgentExists(String),
     #[error("user \"{0}\" belongs to another identity at the provider")]
     IdentityMismatch(String),
     #[error("access request \"{0}\" does not exist")]

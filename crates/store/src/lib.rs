@@ -9,6 +9,7 @@
 //! `tokio::task::spawn_blocking`.
 
 mod access;
+mod agents;
 mod anchor;
 mod db;
 mod error;
@@ -19,6 +20,7 @@ mod tokens;
 mod users;
 
 pub use access::{AccessRow, NewAccessRequest};
+pub use agents::AgentRow;
 pub use db::Store;
 pub use error::StoreError;
 pub use refresh::RefreshHandle;

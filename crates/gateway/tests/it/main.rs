@@ -14,3 +14,4 @@ mod policy;
 mod reviews;
 mod support;
 mod tokio_pg;
+mod tunnel;

@@ -174,6 +174,8 @@ impl TestPg {
 pub struct Gateway {
     pub pg_port: u16,
     pub api_port: u16,
+    /// Where remote agents dial in (only listened on when started with a tunnel).
+    pub tunnel_port: u16,
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
     child: Option<Child>,
@@ -198,11 +200,32 @@ impl Gateway {
     /// Like [`Gateway::start_with`], with the API on a port chosen beforehand (e.g. one an
     /// identity provider already redirects to).
     pub fn start_on(api_port: u16, db: &str, extra_connections: &str, extra_yaml: &str) -> Gateway {
+        Gateway::start_full(api_port, db, extra_connections, extra_yaml, false)
+    }
+
+    /// Like [`Gateway::start`], also accepting remote agents on `tunnel_port`.
+    pub fn start_with_tunnel(db: &str, extra_connections: &str) -> Gateway {
+        Gateway::start_full(free_port(), db, extra_connections, "", true)
+    }
+
+    fn start_full(
+        api_port: u16,
+        db: &str,
+        extra_connections: &str,
+        extra_yaml: &str,
+        tunnel: bool,
+    ) -> Gateway {
         let dir = tempfile::tempdir().expect("temp dir");
         let pg_port = free_port();
+        let tunnel_port = free_port();
+        let tunnel_listen = if tunnel {
+            format!(", tunnel: 127.0.0.1:{tunnel_port}")
+        } else {
+            String::new()
+        };
         let config = dir.path().join("sluice.yaml");
         let yaml = format!(
-            "listen: {{ api: 127.0.0.1:{api_port}, postgres: 127.0.0.1:{pg_port} }}\n\
+            "listen: {{ api: 127.0.0.1:{api_port}, postgres: 127.0.0.1:{pg_port}{tunnel_listen} }}\n\
              data_dir: {data}\n\
              {extra_yaml}\n\
              connections:\n\
@@ -220,6 +243,7 @@ impl Gateway {
         let mut gw = Gateway {
             pg_port,
             api_port,
+            tunnel_port,
             dir,
             config,
             child: None,

@@ -1,0 +1,129 @@
+//! `sluice agent`: the remote agent process. It needs no configuration file: the gateway
+//! says which target to open for each session, and the credentials written as `env:` or
+//! `file:` are resolved here, where the agent runs.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+use sluice_tunnel::agent::AgentOptions;
+use sluice_tunnel::pin::PinnedCert;
+use tracing::info;
+
+pub fn run(
+    gateway: &str,
+    key: &str,
+    fingerprint: Option<&str>,
+    ca: Option<&Path>,
+) -> Result<ExitCode> {
+    let (host, address) = parse_gateway(gateway)?;
+    if sluice_auth::agent_key_hash(key).is_none() {
+        bail!("--key is not an agent key (sla_…); see `sluice agents add`");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
+    let tls = match (fingerprint, ca) {
+        (Some(fp), None) => {
+            let pinned = PinnedCert::new(fp, provider);
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(pinned))
+                .with_no_client_auth()
+        }
+        (None, Some(ca)) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_file_iter(ca)
+                .with_context(|| format!("reading --ca {}", ca.display()))?
+            {
+                roots.add(cert.context("parsing --ca")?)?;
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        _ => bail!("give the gateway certificate's --fingerprint (from `sluice agents add`) or a --ca file"),
+    };
+    let options = AgentOptions {
+        address,
+        server_name: host,
+        key: key.to_owned(),
+        tls: Arc::new(tls),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        info!(gateway = %options.address, version = sluice_tunnel::VERSION, "sluice agent starting");
+        tokio::select! {
+            () = sluice_tunnel::agent::run(options) => {}
+            () = shutdown() => info!("sluice agent stopping"),
+        }
+    });
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `https://host:port`, `tls://host:port` or `host:port` → (host, `host:port`).
+fn parse_gateway(gateway: &str) -> Result<(String, String)> {
+    let rest = gateway
+        .strip_prefix("https://")
+        .or_else(|| gateway.strip_prefix("tls://"))
+        .unwrap_or(gateway)
+        .trim_end_matches('/');
+    let Some((host, port)) = rest.rsplit_once(':') else {
+        bail!("--gateway must be https://HOST:PORT (the gateway's listen.tunnel), got {gateway:?}");
+    };
+    if host.is_empty() || port.parse::<u16>().is_err() || rest.contains('/') || rest.contains('@') {
+        bail!("--gateway must be https://HOST:PORT (the gateway's listen.tunnel), got {gateway:?}");
+    }
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    Ok((host, rest.to_owned()))
+}
+
+async fn shutdown() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gateway_addresses() {
+        assert_eq!(
+            parse_gateway("https://gw.example.com:8443").unwrap(),
+            ("gw.example.com".into(), "gw.example.com:8443".into())
+        );
+        assert_eq!(
+            parse_gateway("127.0.0.1:9").unwrap(),
+            ("127.0.0.1".into(), "127.0.0.1:9".into())
+        );
+        for bad in [
+            "https://gw",
+            "gw:x",
+            "https://u@gw:1",
+            "https://gw:1/path",
+            ":1",
+        ] {
+            assert!(parse_gateway(bad).is_err(), "{bad}");
+        }
+    }
+}

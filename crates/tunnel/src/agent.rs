@@ -1,0 +1,207 @@
+//! The agent's end (`sluice agent`): dials the gateway, keeps the tunnel up (reconnecting
+//! with backoff and jitter), and serves each stream the gateway opens by connecting to
+//! the target with the real credential and relaying.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use h2::server::SendResponse;
+use h2::RecvStream;
+use rand::Rng;
+use rustls_pki_types::ServerName;
+use sluice_postgres::{upstream, CancelKey};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tracing::{debug, info, warn};
+
+use crate::h2stream::H2Stream;
+use crate::protocol::{Hello, Reply, Request, Welcome};
+use crate::{frame, ping, CONNECTION_WINDOW, MAX_STREAMS, STREAM_WINDOW, VERSION};
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(15);
+/// A tunnel that stayed up this long resets the backoff.
+const STABLE: Duration = Duration::from_secs(30);
+
+/// Where the gateway is and how to trust it.
+pub struct AgentOptions {
+    /// `host:port` of the gateway's tunnel listener.
+    pub address: String,
+    /// The name the gateway's certificate is checked against (with a CA file).
+    pub server_name: String,
+    pub key: String,
+    pub tls: Arc<rustls::ClientConfig>,
+}
+
+impl std::fmt::Debug for AgentOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentOptions")
+            .field("address", &self.address)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why one tunnel ended.
+#[derive(Debug, thiserror::Error)]
+pub enum TunnelError {
+    #[error("cannot reach the gateway: {0}")]
+    Connect(String),
+    #[error("TLS with the gateway failed: {0}")]
+    Tls(String),
+    #[error("the gateway refused this agent: {0}")]
+    Refused(String),
+    #[error("tunnel lost: {0}")]
+    Lost(String),
+}
+
+/// Keeps a tunnel to the gateway up, forever.
+pub async fn run(options: AgentOptions) {
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let started = Instant::now();
+        match connect_once(&options).await {
+            Ok(()) => {}
+            Err(e) => warn!(error = %e, "agent tunnel"),
+        }
+        if started.elapsed() > STABLE {
+            backoff = FIRST_BACKOFF;
+        }
+        // Full jitter on a doubling backoff, so agents restarted together do not
+        // reconnect in lockstep.
+        let wait = rand::thread_rng().gen_range(backoff / 2..=backoff);
+        debug!(?wait, "reconnecting");
+        tokio::time::sleep(wait).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+async fn connect_once(options: &AgentOptions) -> Result<(), TunnelError> {
+    let tcp = tokio::time::timeout(
+        Duration::from_secs(10),
+        TcpStream::connect(&options.address),
+    )
+    .await
+    .map_err(|_| TunnelError::Connect("timed out".into()))?
+    .map_err(|e| TunnelError::Connect(e.to_string()))?;
+    tcp.set_nodelay(true)
+        .map_err(|e| TunnelError::Connect(e.to_string()))?;
+    let name = ServerName::try_from(options.server_name.clone())
+        .map_err(|e| TunnelError::Tls(e.to_string()))?;
+    let mut stream = TlsConnector::from(options.tls.clone())
+        .connect(name, tcp)
+        .await
+        .map_err(|e| TunnelError::Tls(e.to_string()))?;
+    frame::write(
+        &mut stream,
+        &Hello {
+            key: options.key.clone(),
+            version: VERSION.to_owned(),
+        },
+    )
+    .await
+    .map_err(|e| TunnelError::Lost(e.to_string()))?;
+    let welcome: Welcome = frame::read(&mut stream)
+        .await
+        .map_err(|e| TunnelError::Lost(e.to_string()))?;
+    let name = match welcome {
+        Welcome::Accepted { name } => name,
+        Welcome::Refused { error } => return Err(TunnelError::Refused(error)),
+    };
+    info!(agent = %name, gateway = %options.address, "connected to the gateway");
+
+    let mut connection = h2::server::Builder::new()
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_concurrent_streams(MAX_STREAMS)
+        .handshake::<_, Bytes>(stream)
+        .await
+        .map_err(|e| TunnelError::Lost(format!("HTTP/2: {e}")))?;
+    let pings = connection
+        .ping_pong()
+        .ok_or_else(|| TunnelError::Lost("no ping handle".into()))?;
+    let heartbeat = ping::run(pings);
+    tokio::pin!(heartbeat);
+    loop {
+        tokio::select! {
+            // Accepting also drives the connection.
+            inbound = connection.accept() => match inbound {
+                Some(Ok((request, respond))) => {
+                    tokio::spawn(serve_stream(request.into_body(), respond));
+                }
+                Some(Err(e)) => return Err(TunnelError::Lost(e.to_string())),
+                None => return Err(TunnelError::Lost("the gateway closed the tunnel".into())),
+            },
+            why = &mut heartbeat => return Err(TunnelError::Lost(why)),
+        }
+    }
+}
+
+async fn serve_stream(recv: RecvStream, mut respond: SendResponse<Bytes>) {
+    let send = match respond.send_response(http::Response::new(()), false) {
+        Ok(send) => send,
+        Err(e) => {
+            debug!(error = %e, "stream gone before it was answered");
+            return;
+        }
+    };
+    let mut stream = H2Stream::new(send, Some(recv));
+    let request: Request = match frame::read(&mut stream).await {
+        Ok(r) => r,
+        Err(e) => {
+            debug!(error = %e, "unreadable stream request");
+            return;
+        }
+    };
+    match request {
+        Request::Connect {
+            target,
+            client_params,
+        } => {
+            let opts = match target.options() {
+                Ok(o) => o,
+                Err(e) => {
+                    warn!(error = %e, "bad target from the gateway");
+                    let message = "the agent cannot use the target's settings".to_owned();
+                    let _ = frame::write(&mut stream, &Reply::Failed { message }).await;
+                    return;
+                }
+            };
+            match upstream::connect(&opts, &client_params).await {
+                Ok(mut up) => {
+                    let reply = Reply::Connected {
+                        startup_frames: up.startup_frames.to_vec(),
+                        pid: up.cancel.pid,
+                        key: up.cancel.key.clone(),
+                        txn_status: up.txn_status,
+                    };
+                    if frame::write(&mut stream, &reply).await.is_err() {
+                        return;
+                    }
+                    let relayed = tokio::io::copy_bidirectional(&mut stream, &mut up.stream).await;
+                    debug!(?relayed, "session stream ended");
+                }
+                Err(e) => {
+                    // Logged here in full; the gateway gets the same safe summary.
+                    warn!(target = %opts.address, error = %e, "target connection failed");
+                    // The client-safe summary; details stay in this agent's log.
+                    let message = sluice_postgres::frontend::refusal_detail(&e)
+                        .replace("(see the gateway log)", "(see the agent's log)");
+                    let _ = frame::write(&mut stream, &Reply::Failed { message }).await;
+                }
+            }
+        }
+        Request::Cancel { target, pid, key } => {
+            let reply = match target.options() {
+                Ok(opts) => match upstream::send_cancel(&opts, &CancelKey { pid, key }).await {
+                    Ok(()) => Reply::Done,
+                    Err(e) => Reply::Failed {
+                        message: sluice_postgres::frontend::refusal_detail(&e),
+                    },
+                },
+                Err(message) => Reply::Failed { message },
+            };
+            let _ = frame::write(&mut stream, &reply).await;
+        }
+    }
+}

@@ -1,0 +1,318 @@
+//! The gateway's end: accepts agents on `listen.tunnel`, keeps the connected ones, and
+//! opens a stream on one of them for each target connection.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use h2::client::SendRequest;
+use sluice_postgres::{CancelKey, Upstream, UpstreamError};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+use tracing::{info, warn};
+
+use crate::h2stream::H2Stream;
+use crate::protocol::{Hello, Reply, Request, Target, Welcome};
+use crate::{frame, ping, CONNECTION_WINDOW, MAX_STREAMS, STREAM_WINDOW};
+
+/// How long a new tunnel may take to finish TLS and say hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Who an agent key belongs to. Blocking (called off the async threads).
+pub trait AgentKeys: Send + Sync + 'static {
+    /// The agent's name, or why the key is refused (unknown, revoked).
+    fn authenticate(&self, key: &str) -> Result<String, String>;
+}
+
+/// One connected agent.
+pub struct Link {
+    id: u64,
+    pub name: String,
+    pub address: String,
+    pub version: String,
+    pub since: SystemTime,
+    sessions: AtomicUsize,
+    requests: SendRequest<Bytes>,
+    /// Set to close this tunnel (revocation).
+    close: watch::Sender<bool>,
+}
+
+impl Link {
+    pub fn sessions(&self) -> usize {
+        self.sessions.load(Ordering::Relaxed)
+    }
+}
+
+/// The agents connected now, by name (several may serve one name).
+#[derive(Default)]
+pub struct Agents {
+    links: Mutex<HashMap<String, Vec<Arc<Link>>>>,
+    next_id: AtomicU64,
+}
+
+impl Agents {
+    pub fn connected(&self) -> Vec<Arc<Link>> {
+        lock(&self.links).values().flatten().cloned().collect()
+    }
+
+    /// Closes every tunnel of `name` (its key was revoked).
+    pub fn disconnect(&self, name: &str) {
+        let links = lock(&self.links).remove(name).unwrap_or_default();
+        for link in links {
+            let _ = link.close.send(true);
+        }
+    }
+
+    /// The least busy connected agent called `name`.
+    fn pick(&self, name: &str) -> Option<Arc<Link>> {
+        lock(&self.links)
+            .get(name)?
+            .iter()
+            .min_by_key(|l| l.sessions())
+            .cloned()
+    }
+
+    fn add(&self, link: Arc<Link>) {
+        lock(&self.links)
+            .entry(link.name.clone())
+            .or_default()
+            .push(link);
+    }
+
+    fn remove(&self, link: &Link) {
+        let mut links = lock(&self.links);
+        if let Some(list) = links.get_mut(&link.name) {
+            list.retain(|l| l.id != link.id);
+            if list.is_empty() {
+                links.remove(&link.name);
+            }
+        }
+    }
+
+    /// Accepts agents until the listener fails.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        tls: TlsAcceptor,
+        keys: Arc<dyn AgentKeys>,
+    ) -> std::io::Result<()> {
+        loop {
+            let (tcp, addr) = listener.accept().await?;
+            let (agents, tls, keys) = (self.clone(), tls.clone(), keys.clone());
+            tokio::spawn(async move {
+                if let Err(e) = agents.run_tunnel(tcp, addr.to_string(), tls, keys).await {
+                    warn!(agent_addr = %addr, error = %e, "agent tunnel refused");
+                }
+            });
+        }
+    }
+
+    async fn run_tunnel(
+        &self,
+        tcp: tokio::net::TcpStream,
+        address: String,
+        tls: TlsAcceptor,
+        keys: Arc<dyn AgentKeys>,
+    ) -> Result<(), String> {
+        tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+        let hello = async {
+            let mut stream = tls.accept(tcp).await.map_err(|e| format!("TLS: {e}"))?;
+            let hello: Hello = frame::read(&mut stream)
+                .await
+                .map_err(|e| format!("hello: {e}"))?;
+            Ok::<_, String>((stream, hello))
+        };
+        let (mut stream, hello) = tokio::time::timeout(HELLO_TIMEOUT, hello)
+            .await
+            .map_err(|_| "no hello in time".to_string())??;
+        let key = hello.key;
+        let checked = tokio::task::spawn_blocking(move || keys.authenticate(&key))
+            .await
+            .map_err(|e| e.to_string())?;
+        let name = match checked {
+            Ok(name) => name,
+            Err(error) => {
+                let _ = frame::write(
+                    &mut stream,
+                    &Welcome::Refused {
+                        error: error.clone(),
+                    },
+                )
+                .await;
+                return Err(error);
+            }
+        };
+        frame::write(&mut stream, &Welcome::Accepted { name: name.clone() })
+            .await
+            .map_err(|e| e.to_string())?;
+
+        let (requests, mut connection) = h2::client::Builder::new()
+            .initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_concurrent_streams(MAX_STREAMS)
+            .handshake::<_, Bytes>(stream)
+            .await
+            .map_err(|e| format!("HTTP/2: {e}"))?;
+        let pings = connection
+            .ping_pong()
+            .ok_or_else(|| "no ping handle".to_string())?;
+        let (close, mut closing) = watch::channel(false);
+        let link = Arc::new(Link {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            name: name.clone(),
+            address: address.clone(),
+            version: hello.version.chars().take(64).collect(),
+            since: SystemTime::now(),
+            sessions: AtomicUsize::new(0),
+            requests,
+            close,
+        });
+        self.add(link.clone());
+        info!(agent = %name, agent_addr = %address, version = %link.version, "agent connected");
+        let why = tokio::select! {
+            r = connection => match r {
+                Ok(()) => "tunnel closed".to_string(),
+                Err(e) => format!("tunnel failed: {e}"),
+            },
+            why = ping::run(pings) => why,
+            _ = closing.wait_for(|c| *c) => "the agent's key was revoked".to_string(),
+        };
+        // Dropping the connection ends every stream on it: their sessions see an error.
+        self.remove(&link);
+        info!(agent = %name, agent_addr = %address, reason = %why, "agent disconnected");
+        Ok(())
+    }
+
+    /// Opens a target connection through agent `agent`.
+    pub async fn connect(
+        &self,
+        agent: &str,
+        target: &Target,
+        client_params: &[(String, String)],
+    ) -> Result<Upstream, UpstreamError> {
+        let link = self
+            .pick(agent)
+            .ok_or_else(|| UpstreamError::AgentUnavailable(agent.to_owned()))?;
+        let request = Request::Connect {
+            target: target.clone(),
+            client_params: client_params.to_vec(),
+        };
+        let wait = Duration::from_millis(target.connect_timeout_ms) + ping::SILENCE;
+        let (stream, reply) = tokio::time::timeout(wait, exchange(&link, &request))
+            .await
+            .map_err(|_| UpstreamError::Timeout(target.address.clone()))?
+            .map_err(|_| UpstreamError::AgentUnavailable(agent.to_owned()))?;
+        match reply {
+            Reply::Connected {
+                startup_frames,
+                pid,
+                key,
+                txn_status,
+            } => {
+                link.sessions.fetch_add(1, Ordering::Relaxed);
+                Ok(Upstream {
+                    stream: Box::new(Counted { stream, link }),
+                    startup_frames: BytesMut::from(&startup_frames[..]),
+                    cancel: CancelKey { pid, key },
+                    txn_status,
+                })
+            }
+            Reply::Failed { message } => Err(UpstreamError::Remote(message)),
+            Reply::Done => Err(UpstreamError::Protocol("unexpected agent reply".into())),
+        }
+    }
+
+    pub async fn cancel(
+        &self,
+        agent: &str,
+        target: &Target,
+        key: &CancelKey,
+    ) -> Result<(), UpstreamError> {
+        let link = self
+            .pick(agent)
+            .ok_or_else(|| UpstreamError::AgentUnavailable(agent.to_owned()))?;
+        let request = Request::Cancel {
+            target: target.clone(),
+            pid: key.pid,
+            key: key.key.clone(),
+        };
+        let (_, reply) = tokio::time::timeout(Duration::from_secs(10), exchange(&link, &request))
+            .await
+            .map_err(|_| UpstreamError::AgentUnavailable(agent.to_owned()))??;
+        match reply {
+            Reply::Failed { message } => Err(UpstreamError::Remote(message)),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Opens a stream on `link`, sends `request` and reads the agent's reply.
+async fn exchange(link: &Link, request: &Request) -> Result<(H2Stream, Reply), UpstreamError> {
+    let unavailable = |_| UpstreamError::AgentUnavailable(link.name.clone());
+    let mut requests = link.requests.clone().ready().await.map_err(unavailable)?;
+    let head = http::Request::post("/stream")
+        .body(())
+        .map_err(|e| UpstreamError::Protocol(e.to_string()))?;
+    let (response, send) = requests.send_request(head, false).map_err(unavailable)?;
+    // The request goes out first; the agent answers the HTTP response once it has read it.
+    let mut stream = H2Stream::new(send, None);
+    frame::write(&mut stream, request).await?;
+    let response = response.await.map_err(unavailable)?;
+    stream.set_recv(response.into_body());
+    let reply = frame::read::<_, Reply>(&mut stream).await?;
+    Ok((stream, reply))
+}
+
+/// A session's stream, counted on its agent while it lives.
+struct Counted {
+    stream: H2Stream,
+    link: Arc<Link>,
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.link.sessions.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
