@@ -13,12 +13,23 @@ use sluice_tunnel::agent::AgentOptions;
 use sluice_tunnel::pin::PinnedCert;
 use tracing::info;
 
-pub fn run(
-    gateway: &str,
-    key: &str,
-    fingerprint: Option<&str>,
-    ca: Option<&Path>,
-) -> Result<ExitCode> {
+/// What `sluice agent` was given.
+pub struct Args<'a> {
+    pub gateway: &'a str,
+    pub key: &'a str,
+    pub fingerprint: Option<&'a str>,
+    pub ca: Option<&'a Path>,
+    pub allowed_targets: Vec<String>,
+}
+
+pub fn run(args: Args<'_>) -> Result<ExitCode> {
+    let Args {
+        gateway,
+        key,
+        fingerprint,
+        ca,
+        allowed_targets,
+    } = args;
     let (host, address) = parse_gateway(gateway)?;
     if sluice_auth::agent_key_hash(key).is_none() {
         bail!("--key is not an agent key (sla_…); see `sluice agents add`");
@@ -50,6 +61,7 @@ pub fn run(
         server_name: host,
         key: key.to_owned(),
         tls: Arc::new(tls),
+        allowed_targets,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -316,6 +316,14 @@ struct AgentArgs {
     /// CA certificate (PEM) to verify the gateway's certificate with instead.
     #[arg(long, env = "SLUICE_AGENT_CA")]
     ca: Option<PathBuf>,
+    /// Only open targets matching this `host:port` glob (repeatable; env: comma-separated).
+    /// Without it the agent opens whatever target the gateway names.
+    #[arg(
+        long = "allow-target",
+        env = "SLUICE_AGENT_ALLOW_TARGETS",
+        value_delimiter = ','
+    )]
+    allow_targets: Vec<String>,
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "SLUICE_LOG_FORMAT")]
     log_format: LogFormat,
@@ -469,12 +477,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // The agent runs beside the targets, with no gateway configuration at all.
     let command = match cli.command {
         Command::Agent(args) => {
-            return agent::run(
-                &args.gateway,
-                &args.key,
-                args.fingerprint.as_deref(),
-                args.ca.as_deref(),
-            )
+            return agent::run(agent::Args {
+                gateway: &args.gateway,
+                key: &args.key,
+                fingerprint: args.fingerprint.as_deref(),
+                ca: args.ca.as_deref(),
+                allowed_targets: args.allow_targets,
+            })
         }
         other => other,
     };

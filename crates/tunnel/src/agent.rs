@@ -10,6 +10,7 @@ use h2::server::SendResponse;
 use h2::RecvStream;
 use rand::Rng;
 use rustls_pki_types::ServerName;
+use sluice_core::glob_exact;
 use sluice_postgres::{upstream, CancelKey};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -32,6 +33,9 @@ pub struct AgentOptions {
     pub server_name: String,
     pub key: String,
     pub tls: Arc<rustls::ClientConfig>,
+    /// `host:port` globs of the targets this agent may open (empty: any the gateway
+    /// names). Limits what a compromised gateway could reach, or send credentials to.
+    pub allowed_targets: Vec<String>,
 }
 
 impl std::fmt::Debug for AgentOptions {
@@ -122,12 +126,14 @@ async fn connect_once(options: &AgentOptions) -> Result<(), TunnelError> {
         .ok_or_else(|| TunnelError::Lost("no ping handle".into()))?;
     let heartbeat = ping::run(pings);
     tokio::pin!(heartbeat);
+    let allowed = Arc::new(options.allowed_targets.clone());
     loop {
         tokio::select! {
             // Accepting also drives the connection.
             inbound = connection.accept() => match inbound {
                 Some(Ok((request, respond))) => {
-                    tokio::spawn(serve_stream(request.into_body(), respond));
+                    let allowed = allowed.clone();
+                    tokio::spawn(serve_stream(request.into_body(), respond, allowed));
                 }
                 Some(Err(e)) => return Err(TunnelError::Lost(e.to_string())),
                 None => return Err(TunnelError::Lost("the gateway closed the tunnel".into())),
@@ -137,7 +143,11 @@ async fn connect_once(options: &AgentOptions) -> Result<(), TunnelError> {
     }
 }
 
-async fn serve_stream(recv: RecvStream, mut respond: SendResponse<Bytes>) {
+async fn serve_stream(
+    recv: RecvStream,
+    mut respond: SendResponse<Bytes>,
+    allowed: Arc<Vec<String>>,
+) {
     let send = match respond.send_response(http::Response::new(()), false) {
         Ok(send) => send,
         Err(e) => {
@@ -153,6 +163,15 @@ async fn serve_stream(recv: RecvStream, mut respond: SendResponse<Bytes>) {
             return;
         }
     };
+    let target = match &request {
+        Request::Connect { target, .. } | Request::Cancel { target, .. } => target,
+    };
+    if !allowed.is_empty() && !allowed.iter().any(|g| glob_exact(g, &target.address)) {
+        warn!(target = %target.address, "refused: not among this agent's --allow-target");
+        let message = "this agent does not serve that target (see the agent's log)".to_owned();
+        reply(&mut stream, Reply::Failed { message }).await;
+        return;
+    }
     match request {
         Request::Connect {
             target,
@@ -163,7 +182,7 @@ async fn serve_stream(recv: RecvStream, mut respond: SendResponse<Bytes>) {
                 Err(e) => {
                     warn!(error = %e, "bad target from the gateway");
                     let message = "the agent cannot use the target's settings".to_owned();
-                    let _ = frame::write(&mut stream, &Reply::Failed { message }).await;
+                    reply(&mut stream, Reply::Failed { message }).await;
                     return;
                 }
             };
@@ -187,12 +206,12 @@ async fn serve_stream(recv: RecvStream, mut respond: SendResponse<Bytes>) {
                     // The client-safe summary; details stay in this agent's log.
                     let message = sluice_postgres::frontend::refusal_detail(&e)
                         .replace("(see the gateway log)", "(see the agent's log)");
-                    let _ = frame::write(&mut stream, &Reply::Failed { message }).await;
+                    reply(&mut stream, Reply::Failed { message }).await;
                 }
             }
         }
         Request::Cancel { target, pid, key } => {
-            let reply = match target.options() {
+            let answer = match target.options() {
                 Ok(opts) => match upstream::send_cancel(&opts, &CancelKey { pid, key }).await {
                     Ok(()) => Reply::Done,
                     Err(e) => Reply::Failed {
@@ -201,7 +220,15 @@ async fn serve_stream(recv: RecvStream, mut respond: SendResponse<Bytes>) {
                 },
                 Err(message) => Reply::Failed { message },
             };
-            let _ = frame::write(&mut stream, &reply).await;
+            reply(&mut stream, answer).await;
         }
+    }
+}
+
+/// Sends the last message of a stream and ends it cleanly (the reply must not be lost to
+/// the reset a dropped stream sends).
+async fn reply(stream: &mut H2Stream, reply: Reply) {
+    if frame::write(stream, &reply).await.is_ok() {
+        let _ = tokio::io::AsyncWriteExt::shutdown(stream).await;
     }
 }

@@ -21,6 +21,8 @@ pub struct H2Stream {
     recv: Option<RecvStream>,
     /// Received but not yet read.
     pending: Bytes,
+    /// Our side ended cleanly (end of stream sent).
+    ended: bool,
 }
 
 impl H2Stream {
@@ -29,6 +31,7 @@ impl H2Stream {
             send,
             recv,
             pending: Bytes::new(),
+            ended: false,
         }
     }
 
@@ -115,14 +118,20 @@ impl AsyncWrite for H2Stream {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        let _ = self.send.send_data(Bytes::new(), true);
+        if !self.ended {
+            self.ended = true;
+            let _ = self.send.send_data(Bytes::new(), true);
+        }
         Poll::Ready(Ok(()))
     }
 }
 
 impl Drop for H2Stream {
     fn drop(&mut self) {
-        // A stream dropped before it ended is reset, so the peer's side ends too.
-        self.send.send_reset(h2::Reason::CANCEL);
+        // A stream dropped before it ended is reset, so the peer's side ends too. (After
+        // a clean end a reset could discard data still queued for the peer.)
+        if !self.ended {
+            self.send.send_reset(h2::Reason::CANCEL);
+        }
     }
 }

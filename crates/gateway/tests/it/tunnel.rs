@@ -45,10 +45,13 @@ impl Agent {
     }
 
     fn start_at(gw: &Gateway, port: u16, key: &str, fingerprint: &str) -> Agent {
-        let log = gw
-            .dir
-            .path()
-            .join(format!("agent-{port}-{}.log", &key[..12]));
+        Agent::start_with(gw, port, key, fingerprint, &[])
+    }
+
+    fn start_with(gw: &Gateway, port: u16, key: &str, fingerprint: &str, extra: &[&str]) -> Agent {
+        static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = gw.dir.path().join(format!("agent-{port}-{n}.log"));
         let mut agent = Agent {
             child: None,
             log,
@@ -58,7 +61,10 @@ impl Agent {
                 format!("https://127.0.0.1:{port}"),
                 "--fingerprint".into(),
                 fingerprint.into(),
-            ],
+            ]
+            .into_iter()
+            .chain(extra.iter().map(|a| a.to_string()))
+            .collect(),
         };
         agent.spawn(key);
         agent
@@ -368,4 +374,80 @@ fn a_large_slow_result_does_not_stall_other_sessions() {
         "slowest small query took {slowest:?}"
     );
     assert!(big.wait().unwrap().success());
+}
+
+#[test]
+fn several_agents_serve_one_connection() {
+    let gw = gateway("tunnel_ha_db");
+    let token = gw.user_token("rita");
+    let (key, fingerprint) = add_agent(&gw, "edge");
+    let mut first = Agent::start(&gw, &key, &fingerprint);
+    wait_until(Duration::from_secs(10), "the first agent connects", || {
+        remote_ok(&gw, &token)
+    });
+    // A second agent process with the same key, as a standby beside the first.
+    let second = Agent::start_at(&gw, gw.tunnel_port, &key, &fingerprint);
+    wait_until(Duration::from_secs(10), "both agents are listed", || {
+        agent_state(&gw, "edge")["tunnels"]
+            .as_array()
+            .map_or(0, Vec::len)
+            == 2
+    });
+    // One goes away: sessions keep working through the other, with no pause.
+    first.kill9();
+    wait_until(
+        Duration::from_secs(5),
+        "the gateway notices the lost agent",
+        || {
+            agent_state(&gw, "edge")["tunnels"]
+                .as_array()
+                .map_or(0, Vec::len)
+                == 1
+        },
+    );
+    for _ in 0..5 {
+        assert!(remote_ok(&gw, &token));
+    }
+    assert!(second.log().contains("connected to the gateway"));
+}
+
+#[test]
+fn an_agent_opens_only_the_targets_it_allows() {
+    let gw = gateway("tunnel_allow_db");
+    let token = gw.user_token("rita");
+    let (key, fingerprint) = add_agent(&gw, "edge");
+    let agent = Agent::start_with(
+        &gw,
+        gw.tunnel_port,
+        &key,
+        &fingerprint,
+        &["--allow-target", "10.0.0.*:5432"],
+    );
+    wait_until(Duration::from_secs(10), "the agent connects", || {
+        agent_state(&gw, "edge")["state"] == "connected"
+    });
+    let (ok, _, err) = gw.psql(
+        &gw.conninfo("remote_db", "rita", &token),
+        &["-c", "SELECT 1"],
+    );
+    assert!(
+        !ok && err.contains("this agent does not serve that target"),
+        "{err}"
+    );
+    assert!(agent
+        .log()
+        .contains("not among this agent's --allow-target"));
+    drop(agent);
+    let port = pg().port.to_string();
+    let allowed = format!("127.0.0.1:{port}");
+    let _agent = Agent::start_with(
+        &gw,
+        gw.tunnel_port,
+        &key,
+        &fingerprint,
+        &["--allow-target", &allowed],
+    );
+    wait_until(Duration::from_secs(10), "the allowed target works", || {
+        remote_ok(&gw, &token)
+    });
 }
