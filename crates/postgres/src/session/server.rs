@@ -62,8 +62,18 @@ impl<P: Pipeline> ServerToClient<P> {
         loop {
             tokio::select! {
                 read = self.upstream.read_buf(&mut buf) => {
-                    if read.map_err(io_reason)? == 0 {
-                        return Ok(());
+                    match read {
+                        Ok(0) => return Ok(()),
+                        Ok(_) => {}
+                        Err(e) => {
+                            let reason = io_reason(e);
+                            // Between frames the client can still be told why (a lost
+                            // remote agent, a reset connection); mid-frame it cannot.
+                            if passthrough == 0 && buf.is_empty() {
+                                self.target_lost(&reason).await;
+                            }
+                            return Err(reason);
+                        }
                     }
                 }
                 () = self.shared.wake.notified() => {
@@ -269,6 +279,18 @@ impl<P: Pipeline> ServerToClient<P> {
             let _ = self.client.flush().await;
         }
         message
+    }
+
+    /// Tells the client the target connection broke (FATAL 08006).
+    async fn target_lost(&mut self, reason: &str) {
+        let mut frames = BytesMut::new();
+        let message =
+            format!("terminating connection: the connection to the target was lost ({reason})");
+        codec::error_response(&mut frames, "FATAL", "08006", &message);
+        self.send(&frames).await;
+        if !self.client_gone {
+            let _ = self.client.flush().await;
+        }
     }
 
     /// Writes pending notices; call only at a frame boundary of the client stream.
