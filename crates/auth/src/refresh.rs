@@ -2,7 +2,7 @@
 //! stored as a SHA-256 hash beside the provider's sealed refresh token, each spendable
 //! once.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use rand::distributions::Alphanumeric;
 use rand::rngs::OsRng;
@@ -12,6 +12,7 @@ use sluice_store::{RefreshHandle, Store, StoreError};
 
 use crate::error::AuthError;
 use crate::seal::Sealer;
+use crate::tokens::unix_ms;
 
 const PREFIX: &str = "slr_";
 const SECRET_LEN: usize = 43;
@@ -80,10 +81,6 @@ fn hash(handle: &str) -> String {
     hex::encode(Sha256::digest(handle.as_bytes()))
 }
 
-fn unix_ms(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

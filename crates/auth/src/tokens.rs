@@ -145,7 +145,7 @@ impl Tokens {
 }
 
 /// `t` in unix milliseconds, clamped to `0..=i64::MAX`.
-fn unix_ms(t: SystemTime) -> i64 {
+pub(crate) fn unix_ms(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
