@@ -20,6 +20,7 @@ pub struct Args<'a> {
     pub fingerprint: Option<&'a str>,
     pub ca: Option<&'a Path>,
     pub allowed_targets: Vec<String>,
+    pub threads: usize,
 }
 
 pub fn run(args: Args<'_>) -> Result<ExitCode> {
@@ -29,6 +30,7 @@ pub fn run(args: Args<'_>) -> Result<ExitCode> {
         fingerprint,
         ca,
         allowed_targets,
+        threads,
     } = args;
     let (host, address) = parse_gateway(gateway)?;
     if sluice_auth::agent_key_hash(key).is_none() {
@@ -63,9 +65,18 @@ pub fn run(args: Args<'_>) -> Result<ExitCode> {
         tls: Arc::new(tls),
         allowed_targets,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    // One thread by default: the agent relays bytes and shares its host with the targets
+    // (measured on 2 cores: one thread left more for the rest; bench/README.md).
+    let runtime = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()?
+    };
     runtime.block_on(async {
         info!(gateway = %options.address, version = sluice_tunnel::VERSION, "sluice agent starting");
         tokio::select! {

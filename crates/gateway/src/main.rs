@@ -324,6 +324,9 @@ struct AgentArgs {
         value_delimiter = ','
     )]
     allow_targets: Vec<String>,
+    /// Worker threads (1: a single-threaded agent, the default; more for many sessions).
+    #[arg(long, default_value_t = 1, env = "SLUICE_AGENT_THREADS")]
+    threads: usize,
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "SLUICE_LOG_FORMAT")]
     log_format: LogFormat,
@@ -483,6 +486,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 fingerprint: args.fingerprint.as_deref(),
                 ca: args.ca.as_deref(),
                 allowed_targets: args.allow_targets,
+                threads: args.threads,
             })
         }
         other => other,
