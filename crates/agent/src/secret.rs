@@ -40,7 +40,7 @@ impl SecretRef {
             SecretRef::Env(name) => {
                 std::env::var(name).map_err(|_| SecretError::MissingEnv(name.clone()))
             }
-            SecretRef::File(path) => std::fs::read_to_string(path)
+            SecretRef::File(path) => read_secret_file(path)
                 // A trailing newline is an artifact of how the file was written.
                 .map(|s| s.trim_end_matches(['\n', '\r']).to_owned())
                 .map_err(|source| SecretError::File {
@@ -49,6 +49,27 @@ impl SecretRef {
                 }),
         }
     }
+}
+
+/// Largest secret file read: a credential is small, and a path naming something else
+/// (`/dev/zero`, a huge file) must not exhaust memory.
+const MAX_SECRET_FILE: u64 = 64 * 1024;
+
+/// Reads a regular file of at most `MAX_SECRET_FILE` bytes (a FIFO or device would block
+/// or never end).
+fn read_secret_file(path: &std::path::Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() || meta.len() > MAX_SECRET_FILE {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file of at most 64 KiB",
+        ));
+    }
+    let mut text = String::new();
+    file.take(MAX_SECRET_FILE).read_to_string(&mut text)?;
+    Ok(text)
 }
 
 impl std::fmt::Debug for SecretRef {

@@ -81,7 +81,6 @@ fn hash(handle: &str) -> String {
     hex::encode(Sha256::digest(handle.as_bytes()))
 }
 
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -20,6 +20,7 @@ pub struct Args<'a> {
     pub fingerprint: Option<&'a str>,
     pub ca: Option<&'a Path>,
     pub allowed_targets: Vec<String>,
+    pub allowed_secrets: Vec<String>,
     pub threads: usize,
 }
 
@@ -30,6 +31,7 @@ pub fn run(args: Args<'_>) -> Result<ExitCode> {
         fingerprint,
         ca,
         allowed_targets,
+        allowed_secrets,
         threads,
     } = args;
     let (host, address) = parse_gateway(gateway)?;
@@ -64,6 +66,7 @@ pub fn run(args: Args<'_>) -> Result<ExitCode> {
         key: key.to_owned(),
         tls: Arc::new(tls),
         allowed_targets,
+        allowed_secrets,
     };
     // One thread by default: the agent relays bytes and shares its host with the targets
     // (measured on 2 cores: one thread left more for the rest; bench/README.md).

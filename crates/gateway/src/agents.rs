@@ -117,17 +117,17 @@ pub fn sync_state(store: Arc<Store>, agents: Arc<Agents>) {
                 .collect();
             let (s, a) = (store.clone(), agents.clone());
             let result = tokio::task::spawn_blocking(move || {
-                s.set_agent_states(&states, now_ms())?;
-                for row in s.list_agents()? {
-                    if row.revoked_ms.is_some() {
+                // Revocations first, and whether or not the state can be written.
+                let revoked = s.list_agents().map(|rows| {
+                    for row in rows.iter().filter(|r| r.revoked_ms.is_some()) {
                         a.disconnect(&row.name);
                     }
-                }
-                Ok::<_, sluice_store::StoreError>(())
+                });
+                revoked.and_then(|()| s.set_agent_states(&states, now_ms()))
             })
             .await;
             if let Ok(Err(e)) = result {
-                warn!(error = %e, "cannot record agent state");
+                warn!(error = %e, "cannot apply agent revocations or record agent state");
             }
         }
     });

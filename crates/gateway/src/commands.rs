@@ -133,16 +133,18 @@ pub fn agents(config: &Config, cmd: AgentsCommand) -> Result<ExitCode> {
                     "agent names use letters, digits, '-', '_' and '.' (and `embedded` is taken)"
                 );
             }
+            // The fingerprint first: a failure must not leave the name taken.
+            let fingerprint = crate::tls::fingerprint(config)?;
             let key = sluice_auth::new_agent_key();
             store.add_agent(&name, &key.id, &key.hash, now)?;
-            let fingerprint = crate::tls::fingerprint(config)?;
             let host = match config.listen.tunnel {
                 Some(addr) if !addr.ip().is_unspecified() => addr.to_string(),
                 Some(addr) => format!("GATEWAY_HOST:{}", addr.port()),
                 None => "GATEWAY_HOST:PORT".to_owned(),
             };
+            // The key in the environment, not on the command line (`ps`, shell history).
             let command = format!(
-                "sluice agent --gateway https://{host} --key {} --fingerprint {fingerprint}",
+                "SLUICE_AGENT_KEY={} sluice agent --gateway https://{host} --fingerprint {fingerprint}",
                 key.key
             );
             if out.json {

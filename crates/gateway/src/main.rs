@@ -324,6 +324,14 @@ struct AgentArgs {
         value_delimiter = ','
     )]
     allow_targets: Vec<String>,
+    /// Only resolve secret references matching this glob, e.g. `env:PG_*` (repeatable;
+    /// env: comma-separated). Without it the agent resolves whatever the gateway names.
+    #[arg(
+        long = "allow-secret",
+        env = "SLUICE_AGENT_ALLOW_SECRETS",
+        value_delimiter = ','
+    )]
+    allow_secrets: Vec<String>,
     /// Worker threads (1: a single-threaded agent, the default; more for many sessions).
     #[arg(long, default_value_t = 1, env = "SLUICE_AGENT_THREADS")]
     threads: usize,
@@ -486,6 +494,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 fingerprint: args.fingerprint.as_deref(),
                 ca: args.ca.as_deref(),
                 allowed_targets: args.allow_targets,
+                allowed_secrets: args.allow_secrets,
                 threads: args.threads,
             })
         }

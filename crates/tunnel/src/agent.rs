@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 
 use crate::h2stream::H2Stream;
 use crate::protocol::{Hello, Reply, Request, Welcome};
-use crate::{frame, ping, CONNECTION_WINDOW, MAX_STREAMS, STREAM_WINDOW, VERSION};
+use crate::{frame, ping, CONNECTION_WINDOW, MAX_HEADERS, MAX_STREAMS, STREAM_WINDOW, VERSION};
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(15);
@@ -33,9 +33,13 @@ pub struct AgentOptions {
     pub server_name: String,
     pub key: String,
     pub tls: Arc<rustls::ClientConfig>,
-    /// `host:port` globs of the targets this agent may open (empty: any the gateway
+    /// `host:port` patterns of the targets this agent may open (empty: any the gateway
     /// names). Limits what a compromised gateway could reach, or send credentials to.
     pub allowed_targets: Vec<String>,
+    /// Patterns of the secret references (`env:NAME`, `file:PATH`) this agent may resolve
+    /// for the gateway (empty: any). Without it a compromised gateway could name any
+    /// variable or file the agent can read.
+    pub allowed_secrets: Vec<String>,
 }
 
 impl std::fmt::Debug for AgentOptions {
@@ -80,7 +84,21 @@ pub async fn run(options: AgentOptions) {
     }
 }
 
+/// Everything from TCP connect to the end of the HTTP/2 handshake must fit in this.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+
 async fn connect_once(options: &AgentOptions) -> Result<(), TunnelError> {
+    let connection = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(options))
+        .await
+        .map_err(|_| {
+            TunnelError::Lost("the gateway did not complete the handshake in time".into())
+        })??;
+    serve(connection, options).await
+}
+
+type Connection = h2::server::Connection<tokio_rustls::client::TlsStream<TcpStream>, Bytes>;
+
+async fn handshake(options: &AgentOptions) -> Result<Connection, TunnelError> {
     let tcp = tokio::time::timeout(
         Duration::from_secs(10),
         TcpStream::connect(&options.address),
@@ -114,19 +132,26 @@ async fn connect_once(options: &AgentOptions) -> Result<(), TunnelError> {
     };
     info!(agent = %name, gateway = %options.address, "connected to the gateway");
 
-    let mut connection = h2::server::Builder::new()
+    h2::server::Builder::new()
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_concurrent_streams(MAX_STREAMS)
+        .max_header_list_size(MAX_HEADERS)
         .handshake::<_, Bytes>(stream)
         .await
-        .map_err(|e| TunnelError::Lost(format!("HTTP/2: {e}")))?;
+        .map_err(|e| TunnelError::Lost(format!("HTTP/2: {e}")))
+}
+
+async fn serve(mut connection: Connection, options: &AgentOptions) -> Result<(), TunnelError> {
     let pings = connection
         .ping_pong()
         .ok_or_else(|| TunnelError::Lost("no ping handle".into()))?;
     let heartbeat = ping::run(pings);
     tokio::pin!(heartbeat);
-    let allowed = Arc::new(options.allowed_targets.clone());
+    let allowed = Arc::new(Allowed {
+        targets: options.allowed_targets.clone(),
+        secrets: options.allowed_secrets.clone(),
+    });
     loop {
         tokio::select! {
             // Accepting also drives the connection.
@@ -143,11 +168,39 @@ async fn connect_once(options: &AgentOptions) -> Result<(), TunnelError> {
     }
 }
 
-async fn serve_stream(
-    recv: RecvStream,
-    mut respond: SendResponse<Bytes>,
-    allowed: Arc<Vec<String>>,
-) {
+/// What this agent agrees to open and resolve.
+struct Allowed {
+    targets: Vec<String>,
+    secrets: Vec<String>,
+}
+
+impl Allowed {
+    fn target(&self, address: &str) -> bool {
+        self.targets.is_empty() || self.targets.iter().any(|p| address_matches(p, address))
+    }
+
+    /// Literals come from the gateway itself; references are checked.
+    fn secret(&self, reference: Option<&str>) -> bool {
+        let Some(reference) = reference.filter(|r| r.starts_with("env:") || r.starts_with("file:"))
+        else {
+            return true;
+        };
+        self.secrets.is_empty() || self.secrets.iter().any(|p| glob_exact(p, reference))
+    }
+}
+
+/// `host:port` against a pattern whose `*` stays within one host label or the port: `10.0.0.*:5432`
+/// does not match `10.0.0.1.evil.example:5432`.
+pub fn address_matches(pattern: &str, address: &str) -> bool {
+    let (Some((ph, pp)), Some((ah, ap))) = (pattern.rsplit_once(':'), address.rsplit_once(':'))
+    else {
+        return false;
+    };
+    let (pl, al): (Vec<&str>, Vec<&str>) = (ph.split('.').collect(), ah.split('.').collect());
+    pl.len() == al.len() && pl.iter().zip(&al).all(|(p, a)| glob_exact(p, a)) && glob_exact(pp, ap)
+}
+
+async fn serve_stream(recv: RecvStream, mut respond: SendResponse<Bytes>, allowed: Arc<Allowed>) {
     let send = match respond.send_response(http::Response::new(()), false) {
         Ok(send) => send,
         Err(e) => {
@@ -166,7 +219,13 @@ async fn serve_stream(
     let target = match &request {
         Request::Connect { target, .. } | Request::Cancel { target, .. } => target,
     };
-    if !allowed.is_empty() && !allowed.iter().any(|g| glob_exact(g, &target.address)) {
+    if !allowed.secret(target.password.as_deref()) {
+        warn!(target = %target.address, "refused: the target's secret is not among this agent's --allow-secret");
+        let message = "this agent does not serve that target (see the agent's log)".to_owned();
+        reply(&mut stream, Reply::Failed { message }).await;
+        return;
+    }
+    if !allowed.target(&target.address) {
         warn!(target = %target.address, "refused: not among this agent's --allow-target");
         let message = "this agent does not serve that target (see the agent's log)".to_owned();
         reply(&mut stream, Reply::Failed { message }).await;
@@ -211,7 +270,8 @@ async fn serve_stream(
             }
         }
         Request::Cancel { target, pid, key } => {
-            let answer = match target.options() {
+            // A cancel needs no credential: none is resolved.
+            let answer = match target.options_without_password() {
                 Ok(opts) => match upstream::send_cancel(&opts, &CancelKey { pid, key }).await {
                     Ok(()) => Reply::Done,
                     Err(e) => Reply::Failed {
@@ -230,5 +290,33 @@ async fn serve_stream(
 async fn reply(stream: &mut H2Stream, reply: Reply) {
     if frame::write(stream, &reply).await.is_ok() {
         let _ = tokio::io::AsyncWriteExt::shutdown(stream).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn address_patterns_stay_within_labels() {
+        assert!(address_matches("10.0.0.*:5432", "10.0.0.7:5432"));
+        assert!(!address_matches(
+            "10.0.0.*:5432",
+            "10.0.0.1.evil.example:5432"
+        ));
+        assert!(address_matches("db-*.internal:*", "db-prod.internal:6432"));
+        assert!(!address_matches("db-*:5432", "db-x.evil.com:5432"));
+        assert!(!address_matches("db.internal:5432", "DB.internal:5432"));
+        assert!(!address_matches("nocolon", "db:5432"));
+        let allowed = Allowed {
+            targets: vec![],
+            secrets: vec!["env:PG_*".into()],
+        };
+        assert!(allowed.secret(Some("env:PG_PROD")));
+        assert!(!allowed.secret(Some("env:AWS_SECRET_ACCESS_KEY")));
+        assert!(!allowed.secret(Some("file:/root/.aws/credentials")));
+        assert!(allowed.secret(Some("a literal from the gateway")));
+        assert!(allowed.secret(None));
+        assert!(allowed.target("anything:1"));
     }
 }

@@ -22,8 +22,16 @@ pub async fn write<W: AsyncWrite + Unpin, T: Serialize>(
 }
 
 pub async fn read<R: AsyncRead + Unpin, T: DeserializeOwned>(r: &mut R) -> std::io::Result<T> {
+    read_limited(r, MAX_FRAME).await
+}
+
+/// [`read`] with a smaller limit (the hello of a peer not yet authenticated).
+pub async fn read_limited<R: AsyncRead + Unpin, T: DeserializeOwned>(
+    r: &mut R,
+    max: usize,
+) -> std::io::Result<T> {
     let len = r.read_u32().await? as usize;
-    if len > MAX_FRAME {
+    if len > max {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             "tunnel message too large",

@@ -13,14 +13,21 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::h2stream::H2Stream;
 use crate::protocol::{Hello, Reply, Request, Target, Welcome};
-use crate::{frame, ping, CONNECTION_WINDOW, MAX_STREAMS, STREAM_WINDOW};
+use crate::{frame, ping, CONNECTION_WINDOW, MAX_HEADERS, MAX_STREAMS, STREAM_WINDOW};
 
 /// How long a new tunnel may take to finish TLS and say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Tunnels still in TLS or hello at once: what unauthenticated peers can make the
+/// gateway hold. More are dropped at once.
+const MAX_HANDSHAKES: usize = 256;
+/// The largest hello accepted (a key and a version string).
+const MAX_HELLO: usize = 4096;
+/// Tunnels one agent name may keep open at once (standbys included).
+const MAX_TUNNELS_PER_AGENT: usize = 16;
 
 /// Who an agent key belongs to. Blocking (called off the async threads).
 pub trait AgentKeys: Send + Sync + 'static {
@@ -67,13 +74,16 @@ impl Agents {
         }
     }
 
-    /// The least busy connected agent called `name`.
-    fn pick(&self, name: &str) -> Option<Arc<Link>> {
-        lock(&self.links)
-            .get(name)?
-            .iter()
-            .min_by_key(|l| l.sessions())
-            .cloned()
+    /// The connected agents called `name`, least busy first (ties in random order, so
+    /// bursts spread).
+    fn candidates(&self, name: &str) -> Vec<Arc<Link>> {
+        let mut links = lock(&self.links).get(name).cloned().unwrap_or_default();
+        links.sort_by_cached_key(|l| (l.sessions(), rand::random::<u32>()));
+        links
+    }
+
+    fn tunnels_of(&self, name: &str) -> usize {
+        lock(&self.links).get(name).map_or(0, Vec::len)
     }
 
     fn add(&self, link: Arc<Link>) {
@@ -100,11 +110,28 @@ impl Agents {
         tls: TlsAcceptor,
         keys: Arc<dyn AgentKeys>,
     ) -> std::io::Result<()> {
+        let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
         loop {
-            let (tcp, addr) = listener.accept().await?;
+            let (tcp, addr) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait and go on; the gateway's
+                    // other listeners must not stop because of this one.
+                    warn!(error = %e, "cannot accept an agent connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                debug!(agent_addr = %addr, "too many tunnel handshakes at once; dropped");
+                continue;
+            };
             let (agents, tls, keys) = (self.clone(), tls.clone(), keys.clone());
             tokio::spawn(async move {
-                if let Err(e) = agents.run_tunnel(tcp, addr.to_string(), tls, keys).await {
+                if let Err(e) = agents
+                    .run_tunnel(tcp, addr.to_string(), tls, keys, permit)
+                    .await
+                {
                     warn!(agent_addr = %addr, error = %e, "agent tunnel refused");
                 }
             });
@@ -117,11 +144,12 @@ impl Agents {
         address: String,
         tls: TlsAcceptor,
         keys: Arc<dyn AgentKeys>,
+        handshake: tokio::sync::OwnedSemaphorePermit,
     ) -> Result<(), String> {
         tcp.set_nodelay(true).map_err(|e| e.to_string())?;
         let hello = async {
             let mut stream = tls.accept(tcp).await.map_err(|e| format!("TLS: {e}"))?;
-            let hello: Hello = frame::read(&mut stream)
+            let hello: Hello = frame::read_limited(&mut stream, MAX_HELLO)
                 .await
                 .map_err(|e| format!("hello: {e}"))?;
             Ok::<_, String>((stream, hello))
@@ -133,6 +161,15 @@ impl Agents {
         let checked = tokio::task::spawn_blocking(move || keys.authenticate(&key))
             .await
             .map_err(|e| e.to_string())?;
+        let checked = checked.and_then(|name| {
+            if self.tunnels_of(&name) >= MAX_TUNNELS_PER_AGENT {
+                Err(format!(
+                    "agent {name} already has {MAX_TUNNELS_PER_AGENT} tunnels open"
+                ))
+            } else {
+                Ok(name)
+            }
+        });
         let name = match checked {
             Ok(name) => name,
             Err(error) => {
@@ -154,6 +191,9 @@ impl Agents {
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_concurrent_streams(MAX_STREAMS)
+            // An agent may not push streams nobody reads, or send huge headers.
+            .enable_push(false)
+            .max_header_list_size(MAX_HEADERS)
             .handshake::<_, Bytes>(stream)
             .await
             .map_err(|e| format!("HTTP/2: {e}"))?;
@@ -171,6 +211,7 @@ impl Agents {
             requests,
             close,
         });
+        drop(handshake);
         self.add(link.clone());
         info!(agent = %name, agent_addr = %address, version = %link.version, "agent connected");
         let why = tokio::select! {
@@ -194,36 +235,45 @@ impl Agents {
         target: &Target,
         client_params: &[(String, String)],
     ) -> Result<Upstream, UpstreamError> {
-        let link = self
-            .pick(agent)
-            .ok_or_else(|| UpstreamError::AgentUnavailable(agent.to_owned()))?;
         let request = Request::Connect {
             target: target.clone(),
             client_params: client_params.to_vec(),
         };
         let wait = Duration::from_millis(target.connect_timeout_ms) + ping::SILENCE;
-        let (stream, reply) = tokio::time::timeout(wait, exchange(&link, &request))
-            .await
-            .map_err(|_| UpstreamError::Timeout(target.address.clone()))?
-            .map_err(|_| UpstreamError::AgentUnavailable(agent.to_owned()))?;
-        match reply {
-            Reply::Connected {
-                startup_frames,
-                pid,
-                key,
-                txn_status,
-            } => {
-                link.sessions.fetch_add(1, Ordering::Relaxed);
-                Ok(Upstream {
-                    stream: Box::new(Counted { stream, link }),
+        // A tunnel that fails (lost, not yet noticed) gives way to the next agent of the
+        // name; a target the agent could not open is the answer.
+        for link in self.candidates(agent) {
+            // Counted from the start, so a burst of sessions spreads over the agents.
+            link.sessions.fetch_add(1, Ordering::Relaxed);
+            let counted = Counting(link.clone());
+            let reply = match tokio::time::timeout(wait, exchange(&link, &request)).await {
+                Err(_) => return Err(UpstreamError::Timeout(target.address.clone())),
+                Ok(Err(_)) => continue,
+                Ok(Ok(reply)) => reply,
+            };
+            return match reply {
+                (
+                    stream,
+                    Reply::Connected {
+                        startup_frames,
+                        pid,
+                        key,
+                        txn_status,
+                    },
+                ) => Ok(Upstream {
+                    stream: Box::new(Counted {
+                        stream,
+                        _count: counted,
+                    }),
                     startup_frames: BytesMut::from(&startup_frames[..]),
                     cancel: CancelKey { pid, key },
                     txn_status,
-                })
-            }
-            Reply::Failed { message } => Err(UpstreamError::Remote(message)),
-            Reply::Done => Err(UpstreamError::Protocol("unexpected agent reply".into())),
+                }),
+                (_, Reply::Failed { message }) => Err(UpstreamError::Remote(message)),
+                (_, Reply::Done) => Err(UpstreamError::Protocol("unexpected agent reply".into())),
+            };
         }
+        Err(UpstreamError::AgentUnavailable(agent.to_owned()))
     }
 
     pub async fn cancel(
@@ -232,8 +282,12 @@ impl Agents {
         target: &Target,
         key: &CancelKey,
     ) -> Result<(), UpstreamError> {
+        // The session's agent is not known here; a cancel is harmless on any of them
+        // (every agent of a name reaches the same target).
         let link = self
-            .pick(agent)
+            .candidates(agent)
+            .into_iter()
+            .next()
             .ok_or_else(|| UpstreamError::AgentUnavailable(agent.to_owned()))?;
         let request = Request::Cancel {
             target: target.clone(),
@@ -267,16 +321,19 @@ async fn exchange(link: &Link, request: &Request) -> Result<(H2Stream, Reply), U
     Ok((stream, reply))
 }
 
-/// A session's stream, counted on its agent while it lives.
-struct Counted {
-    stream: H2Stream,
-    link: Arc<Link>,
+/// One session counted on its agent while it lives (from the start of its connect).
+struct Counting(Arc<Link>);
+
+impl Drop for Counting {
+    fn drop(&mut self) {
+        self.0.sessions.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
-impl Drop for Counted {
-    fn drop(&mut self) {
-        self.link.sessions.fetch_sub(1, Ordering::Relaxed);
-    }
+/// A session's stream with its count.
+struct Counted {
+    stream: H2Stream,
+    _count: Counting,
 }
 
 impl AsyncRead for Counted {

@@ -128,10 +128,12 @@ impl AsyncWrite for H2Stream {
 
 impl Drop for H2Stream {
     fn drop(&mut self) {
-        // A stream dropped before it ended is reset, so the peer's side ends too. (After
-        // a clean end a reset could discard data still queued for the peer.)
+        // A stream dropped before it ended is ended now (end of stream, not a reset: a
+        // reset would discard data still queued for the peer, such as a target's last
+        // error message), so the peer's side ends too.
         if !self.ended {
-            self.send.send_reset(h2::Reason::CANCEL);
+            self.ended = true;
+            let _ = self.send.send_data(Bytes::new(), true);
         }
     }
 }

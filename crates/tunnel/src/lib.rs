@@ -33,3 +33,5 @@ const STREAM_WINDOW: u32 = 256 * 1024;
 const CONNECTION_WINDOW: u32 = 1 << 30;
 /// Sessions at once over one tunnel.
 const MAX_STREAMS: u32 = 10_000;
+/// Largest header block accepted (the tunnel's requests carry none to speak of).
+const MAX_HEADERS: u32 = 16 * 1024;

@@ -94,6 +94,13 @@ impl Target {
         }
     }
 
+    /// The options for a cancel request, which needs no credential.
+    pub fn options_without_password(&self) -> Result<UpstreamOptions, String> {
+        let mut target = self.clone();
+        target.password = None;
+        target.options()
+    }
+
     /// The options to connect with, the password resolved here (where the agent runs).
     pub fn options(&self) -> Result<UpstreamOptions, String> {
         let tls = match (self.tls.as_str(), &self.ca_pem) {

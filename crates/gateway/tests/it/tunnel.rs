@@ -441,14 +441,36 @@ fn an_agent_opens_only_the_targets_it_allows() {
         .log()
         .contains("not among this agent's --allow-target"));
     drop(agent);
+    // A secret reference the agent was not told to resolve: refused the same way.
+    let agent = Agent::start_with(
+        &gw,
+        gw.tunnel_port,
+        &key,
+        &fingerprint,
+        &["--allow-secret", "env:SOMETHING_ELSE_*"],
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "the agent refuses the secret",
+        || {
+            let (ok, _, err) = gw.psql(
+                &gw.conninfo("remote_db", "rita", &token),
+                &["-c", "SELECT 1"],
+            );
+            !ok && err.contains("this agent does not serve that target")
+        },
+    );
+    assert!(agent.log().contains("--allow-secret"));
+    drop(agent);
     let port = pg().port.to_string();
     let allowed = format!("127.0.0.1:{port}");
+    let secret = format!("env:{AGENT_ENV}");
     let _agent = Agent::start_with(
         &gw,
         gw.tunnel_port,
         &key,
         &fingerprint,
-        &["--allow-target", &allowed],
+        &["--allow-target", &allowed, "--allow-secret", &secret],
     );
     wait_until(Duration::from_secs(10), "the allowed target works", || {
         remote_ok(&gw, &token)
