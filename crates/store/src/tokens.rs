@@ -142,6 +142,22 @@ impl Store {
         })
     }
 
+    /// Revokes every active token of `user` of one kind; returns how many.
+    pub fn revoke_tokens_of_kind(
+        &self,
+        user: &str,
+        kind: TokenKind,
+        now_ms: i64,
+    ) -> Result<usize, StoreError> {
+        self.write(|tx| {
+            Ok(tx.execute(
+                "UPDATE tokens SET revoked_ms = ?3
+                 WHERE user_name = ?1 AND kind = ?2 AND revoked_ms IS NULL",
+                params![user, kind.as_str(), now_ms],
+            )?)
+        })
+    }
+
     /// Records that a token was just used. An unknown id is ignored.
     pub fn touch_token(&self, id: &str, now_ms: i64) -> Result<(), StoreError> {
         self.write(|tx| {

@@ -565,31 +565,66 @@ impl SignIn {
                 ))
             }
         };
+        // Err((refusal, revoke)): `revoke` when the provider (or the mapping of what it
+        // says) refused the person, whose sign-in tokens then stop at once rather than at
+        // their expiry; not when the provider merely could not be reached.
         let result = async {
-            let provider = self.provider()?;
-            let tokens = provider
-                .refresh(&provider_refresh)
-                .await
-                .map_err(|e| Refusal::unauthorized(format!("{e:#}; sign in again")))?;
+            let provider = self.provider().map_err(|r| (r, false))?;
+            let tokens = provider.refresh(&provider_refresh).await.map_err(|e| {
+                let text = format!("{e:#}");
+                if text.starts_with("the identity provider refused") {
+                    (
+                        Refusal::unauthorized(format!("{text}; sign in again")),
+                        true,
+                    )
+                } else {
+                    (Refusal::unavailable(text), false)
+                }
+            })?;
             let id_token = tokens.id_token.ok_or_else(|| {
-                Refusal::unauthorized("the provider returned no ID token on refresh; sign in again")
+                (
+                    Refusal::unauthorized(
+                        "the provider returned no ID token on refresh; sign in again",
+                    ),
+                    false,
+                )
             })?;
             let person = provider
                 .person(&id_token, None)
                 .await
-                .map_err(|e| Refusal::unauthorized(format!("{e:#}")))?;
+                .map_err(|e| (Refusal::unauthorized(format!("{e:#}")), true))?;
             if person.name != user {
-                return Err(Refusal::unauthorized(
-                    "the provider now names another user; sign in again",
+                return Err((
+                    Refusal::unauthorized("the provider now names another user; sign in again"),
+                    true,
                 ));
             }
             // A provider that does not rotate refresh tokens keeps the old one valid.
             let next = tokens.refresh_token.unwrap_or(provider_refresh);
             self.person_signs_in(&person, "refresh", addr, Some(&next))
                 .await
+                .map_err(|r| {
+                    let revoke = r.status == StatusCode::FORBIDDEN;
+                    (r, revoke)
+                })
         }
         .await;
-        result.map_err(|refusal| self.refused(&user, "refresh", addr, refusal))
+        match result {
+            Ok(granted) => Ok(granted),
+            Err((refusal, revoke)) => {
+                if revoke {
+                    let (store, name) = (self.store.clone(), user.clone());
+                    let revoked = tokio::task::spawn_blocking(move || {
+                        store.revoke_tokens_of_kind(&name, TokenKind::Login, now_ms())
+                    })
+                    .await;
+                    if !matches!(revoked, Ok(Ok(_))) {
+                        warn!(user = %user, "cannot revoke the sign-in tokens of a refused user");
+                    }
+                }
+                Err(self.refused(&user, "refresh", addr, refusal))
+            }
+        }
     }
 
     /// `POST /auth/workload`.
@@ -787,6 +822,12 @@ impl Pending {
             .retain(|_, h| h.made.elapsed() < HANDOFF_WINDOW);
         self.devices.retain(|_, d| d.expires > now);
     }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// `text` cut to `MAX_RECORDED` bytes (on a character boundary) for the record.

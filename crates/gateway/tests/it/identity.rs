@@ -328,7 +328,12 @@ fn oidc_refresh_follows_the_provider_and_refuses_reuse() {
     assert_eq!(bob["groups"], json!(["engineers"]));
     assert_eq!(bob["origin"], "oidc");
 
-    // A spent refresh token presented again: refused, and every handle of bob revoked.
+    let token = renewed["token"].as_str().unwrap().to_owned();
+    let whoami = |token: &str| http(s.gw.api_port, "GET", "/api/v1/whoami", Some(token), None).0;
+    assert_eq!(whoami(&token), 200);
+
+    // A spent refresh token presented again: refused; every handle of bob and his
+    // sign-in tokens are revoked (whoever copied the handle is out too).
     let (status, _, body) = http(
         s.gw.api_port,
         "POST",
@@ -346,6 +351,28 @@ fn oidc_refresh_follows_the_provider_and_refuses_reuse() {
         Some(&json!({ "refresh_token": second })),
     );
     assert_eq!(status, 401, "{body}");
+    assert_eq!(whoami(&token), 401);
+
+    // Signed in again; then the provider stops vouching for the name (the account now
+    // has another address): the renewal is refused and the live token revoked at once.
+    s.login_browser("bob");
+    let saved = s.saved();
+    let token = saved["token"].as_str().unwrap().to_owned();
+    assert_eq!(whoami(&token), 200);
+    s.idp.admin(
+        "/accounts/bob",
+        &json!({ "groups": ["idp-engineers"], "email": "robert@example.com" }),
+    );
+    let (status, _, body) = http(
+        s.gw.api_port,
+        "POST",
+        "/auth/refresh",
+        None,
+        Some(&json!({ "refresh_token": saved["refresh_token"] })),
+    );
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("names another user"), "{body}");
+    assert_eq!(whoami(&token), 401);
     let failures = s.events("sign_in_failure");
     assert!(failures.iter().any(|e| e["method"] == "refresh"));
     assert!(s.events("sign_in").iter().any(|e| e["method"] == "refresh"));
