@@ -453,8 +453,16 @@ impl SignIn {
         let handle = random();
         let mut pending = lock(&self.pending);
         pending.expire();
+        // Full: the one closest to expiry gives way (as for browser sign-ins).
         if pending.devices.len() >= MAX_PENDING {
-            return Err(Refusal::unavailable("too many sign-ins in progress"));
+            let first = pending
+                .devices
+                .iter()
+                .min_by_key(|(_, d)| d.expires)
+                .map(|(k, _)| k.clone());
+            if let Some(first) = first {
+                pending.devices.remove(&first);
+            }
         }
         pending.devices.insert(
             handle.clone(),
