@@ -7,10 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::CertificateDer;
 use sluice_tunnel::agent::AgentOptions;
-use sluice_tunnel::pin::PinnedCert;
 use tracing::info;
 
 /// What `sluice agent` was given.
@@ -38,33 +35,24 @@ pub fn run(args: Args<'_>) -> Result<ExitCode> {
     if sluice_auth::agent_key_hash(key).is_none() {
         bail!("--key is not an agent key (sla_…); see `sluice agents add`");
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()?;
     let tls = match (fingerprint, ca) {
-        (Some(fp), None) => {
-            let pinned = PinnedCert::new(fp, provider);
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(pinned))
-                .with_no_client_auth()
-        }
-        (None, Some(ca)) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in CertificateDer::pem_file_iter(ca)
-                .with_context(|| format!("reading --ca {}", ca.display()))?
-            {
-                roots.add(cert.context("parsing --ca")?)?;
-            }
-            builder.with_root_certificates(roots).with_no_client_auth()
-        }
+        (Some(fp), None) => Arc::new(
+            rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(sluice_tunnel::pin::pinned(fp)))
+            .with_no_client_auth(),
+        ),
+        (None, Some(ca)) => crate::tls::client_config(Some(ca)).context("--ca")?,
         _ => bail!("give the gateway certificate's --fingerprint (from `sluice agents add`) or a --ca file"),
     };
     let options = AgentOptions {
         address,
         server_name: host,
         key: key.to_owned(),
-        tls: Arc::new(tls),
+        tls,
         allowed_targets,
         allowed_secrets,
     };

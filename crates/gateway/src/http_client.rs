@@ -47,24 +47,9 @@ impl HttpResponse {
 impl HttpClient {
     /// Verifies servers against `ca_file` (PEM) when given, else the Mozilla roots.
     pub fn new(ca_file: Option<&Path>) -> Result<HttpClient> {
-        let mut roots = rustls::RootCertStore::empty();
-        match ca_file {
-            Some(path) => {
-                let pem = std::fs::read(path)
-                    .with_context(|| format!("reading CA file {}", path.display()))?;
-                for cert in rustls_pemfile_certs(&pem)? {
-                    roots.add(cert).context("adding a CA certificate")?;
-                }
-            }
-            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-        }
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        Ok(HttpClient { tls: Arc::new(tls) })
+        Ok(HttpClient {
+            tls: crate::tls::client_config(ca_file)?,
+        })
     }
 
     pub async fn get(&self, url: &str) -> Result<HttpResponse> {
@@ -172,16 +157,4 @@ where
         .map_err(|e| anyhow!("reading the answer: {e}"))?
         .to_bytes();
     Ok(HttpResponse { status, body })
-}
-
-/// The certificates of a PEM bundle.
-fn rustls_pemfile_certs(pem: &[u8]) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>> {
-    use rustls_pki_types::pem::PemObject;
-    let certs = rustls_pki_types::CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .context("parsing the CA file")?;
-    if certs.is_empty() {
-        bail!("the CA file holds no certificate");
-    }
-    Ok(certs)
 }

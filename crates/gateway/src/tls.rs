@@ -21,6 +21,35 @@ fn files(config: &Config) -> Result<(PathBuf, PathBuf)> {
     }
 }
 
+/// A TLS client configuration that verifies servers against `ca_file` (PEM) or, without
+/// one, the Mozilla roots bundled with the binary. Every verifying client of this binary
+/// (identity providers, webhooks, the CLI towards the gateway, agents with `--ca`) uses it.
+pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+                .with_context(|| format!("cannot read CA file {}", path.display()))?
+                .collect::<Result<_, _>>()
+                .with_context(|| format!("invalid CA file {}", path.display()))?;
+            if certs.is_empty() {
+                anyhow::bail!("CA file {} holds no certificate", path.display());
+            }
+            for cert in certs {
+                roots.add(cert).context("adding a CA certificate")?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
 /// The SHA-256 fingerprint of the gateway's certificate (what agents pin).
 pub fn fingerprint(config: &Config) -> Result<String> {
     let (cert_path, _) = files(config)?;

@@ -7,26 +7,22 @@
 //! reject stale timestamps. Webhook URLs often carry a secret in their path (Slack's do), so
 //! logs name only the scheme and host.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
 use hmac::{Hmac, Mac};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper::{Request, Uri};
-use hyper_util::rt::TokioIo;
+use hyper::header::{HeaderName, CONTENT_TYPE};
+use hyper::Uri;
 use rand::Rng;
-use rustls_pki_types::ServerName;
 use serde_json::{json, Value};
 use sha2::Sha256;
 use sluice_agent::SecretRef;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::config::{WebhookFormat, WebhookSpec};
+use crate::http_client::HttpClient;
 
 /// Deliveries waiting at once; beyond that new ones are dropped (and logged) rather than
 /// let memory grow while a receiver is down.
@@ -40,10 +36,9 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A configured webhook, validated.
 struct Hook {
-    uri: Uri,
-    https: bool,
-    host: String,
-    port: u16,
+    url: String,
+    /// `scheme://host`: what logs may say about the hook.
+    label: String,
     format: WebhookFormat,
     secret: Option<SecretRef>,
     events: Vec<String>,
@@ -65,17 +60,14 @@ impl Hook {
             .ok_or_else(|| anyhow!("webhook url has no host"))?
             .trim_matches(|c| c == '[' || c == ']')
             .to_owned();
-        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
         for event in &spec.events {
             if event != "review_created" && event != "review_decided" {
                 bail!("webhook events: unknown event {event:?} (review_created, review_decided)");
             }
         }
         Ok(Hook {
-            uri,
-            https,
-            host,
-            port,
+            url: spec.url.clone(),
+            label: format!("{}://{host}", if https { "https" } else { "http" }),
             format: spec.format,
             secret: spec.secret.as_deref().map(SecretRef::parse),
             events: spec.events.clone(),
@@ -83,12 +75,8 @@ impl Hook {
     }
 
     /// What logs may say about this hook.
-    fn label(&self) -> String {
-        format!(
-            "{}://{}",
-            if self.https { "https" } else { "http" },
-            self.host
-        )
+    fn label(&self) -> &str {
+        &self.label
     }
 
     fn wants(&self, event: &str) -> bool {
@@ -135,11 +123,13 @@ impl Notifier {
                 queue: None,
             });
         }
+        // Receivers are verified against the Mozilla roots bundled with the binary.
+        let http = HttpClient::new(None)?;
         let (tx, mut rx) = mpsc::channel::<Delivery>(QUEUE);
         tokio::spawn(async move {
             while let Some(delivery) = rx.recv().await {
                 // Each delivery retries on its own, so one dead receiver delays no other.
-                tokio::spawn(deliver(delivery));
+                tokio::spawn(deliver(http.clone(), delivery));
             }
         });
         Ok(Notifier {
@@ -214,11 +204,11 @@ pub fn signature(secret: &[u8], timestamp: u64, body: &[u8]) -> String {
     format!("v1={}", hex::encode(mac.finalize().into_bytes()))
 }
 
-async fn deliver(delivery: Delivery) {
+async fn deliver(http: HttpClient, delivery: Delivery) {
     let hook = &delivery.hook;
     let mut backoff = FIRST_BACKOFF;
     for attempt in 1..=ATTEMPTS {
-        let result = tokio::time::timeout(ATTEMPT_TIMEOUT, attempt_once(&delivery)).await;
+        let result = tokio::time::timeout(ATTEMPT_TIMEOUT, attempt_once(&http, &delivery)).await;
         let retry = match result {
             Ok(Ok(status)) if status.is_success() => {
                 info!(webhook = %hook.label(), event = delivery.event, attempt, "webhook delivered");
@@ -244,82 +234,37 @@ async fn deliver(delivery: Delivery) {
     }
 }
 
-async fn attempt_once(delivery: &Delivery) -> Result<hyper::StatusCode> {
+async fn attempt_once(http: &HttpClient, delivery: &Delivery) -> Result<hyper::StatusCode> {
     let hook = &delivery.hook;
-    let tcp = TcpStream::connect((hook.host.as_str(), hook.port))
-        .await
-        .context("connect")?;
-    if hook.https {
-        let name = ServerName::try_from(hook.host.clone()).context("server name")?;
-        let tls = tokio_rustls::TlsConnector::from(tls_config()?)
-            .connect(name, tcp)
-            .await
-            .context("TLS")?;
-        post(tls, delivery).await
-    } else {
-        post(tcp, delivery).await
-    }
-}
-
-async fn post<S>(stream: S, delivery: &Delivery) -> Result<hyper::StatusCode>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let hook = &delivery.hook;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .context("HTTP handshake")?;
-    tokio::spawn(connection);
     let timestamp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let path = hook
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_owned();
-    let authority = hook
-        .uri
-        .authority()
-        .map_or(hook.host.clone(), |a| a.as_str().to_owned());
-    let mut request = Request::post(path)
-        .header(hyper::header::HOST, authority)
-        .header(hyper::header::CONTENT_TYPE, "application/json")
-        .header(hyper::header::USER_AGENT, "sluice-webhook")
-        .header("X-Sluice-Event", delivery.event)
-        .header("X-Sluice-Timestamp", timestamp.to_string());
+    let mut headers = vec![
+        (CONTENT_TYPE, "application/json".to_owned()),
+        (
+            HeaderName::from_static("x-sluice-event"),
+            delivery.event.to_owned(),
+        ),
+        (
+            HeaderName::from_static("x-sluice-timestamp"),
+            timestamp.to_string(),
+        ),
+    ];
     if let Some(secret) = &hook.secret {
         let secret = secret.resolve().context("webhook secret")?;
-        request = request.header(
-            "X-Sluice-Signature",
+        headers.push((
+            HeaderName::from_static("x-sluice-signature"),
             signature(secret.as_bytes(), timestamp, &delivery.body),
-        );
+        ));
     }
-    let request = request
-        .body(Full::new(Bytes::from(delivery.body.clone())))
-        .context("building the request")?;
-    let response = sender.send_request(request).await.context("sending")?;
-    let status = response.status();
-    // Read (and drop) the answer so the exchange completes.
-    let _ = response.into_body().collect().await;
-    Ok(status)
-}
-
-/// Verifies receivers against the Mozilla root set bundled with the binary.
-fn tls_config() -> Result<Arc<rustls::ClientConfig>> {
-    static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
-    if let Some(config) = CONFIG.get() {
-        return Ok(config.clone());
-    }
-    let roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(CONFIG.get_or_init(|| Arc::new(config)).clone())
+    let response = http
+        .send(
+            hyper::Method::POST,
+            &hook.url,
+            headers,
+            delivery.body.clone(),
+        )
+        .await?;
+    Ok(response.status)
 }

@@ -28,22 +28,57 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Accepts any server certificate: the semantics of libpq's `sslmode=require`, which
-/// encrypts but does not authenticate the server. Signatures are still checked, so the
-/// handshake itself is sound.
+/// A server-certificate check without a CA: any certificate (libpq's `sslmode=require`,
+/// which encrypts but does not authenticate the server), or exactly the one whose SHA-256
+/// fingerprint is pinned (a remote agent trusting the gateway's self-signed certificate).
+/// Handshake signatures are checked either way, so the handshake itself is sound.
 #[derive(Debug)]
-struct AcceptAnyCert(Arc<CryptoProvider>);
+pub struct CertCheck {
+    provider: Arc<CryptoProvider>,
+    /// Lowercase hex SHA-256 of the certificate's DER; `None`: any certificate.
+    pinned: Option<String>,
+}
 
-impl ServerCertVerifier for AcceptAnyCert {
+impl CertCheck {
+    pub fn any() -> CertCheck {
+        CertCheck {
+            provider: provider(),
+            pinned: None,
+        }
+    }
+
+    pub fn pinned(fingerprint: &str) -> CertCheck {
+        CertCheck {
+            provider: provider(),
+            pinned: Some(fingerprint.to_ascii_lowercase()),
+        }
+    }
+}
+
+/// The fingerprint of a certificate: lowercase hex SHA-256 of its DER.
+pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(cert.as_ref())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl ServerCertVerifier for CertCheck {
     fn verify_server_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
+        end_entity: &CertificateDer<'_>,
         _intermediates: &[CertificateDer<'_>],
         _server_name: &ServerName<'_>,
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
+        match &self.pinned {
+            Some(fp) if fingerprint(end_entity) != *fp => Err(rustls::Error::General(
+                "the server's certificate does not match the pinned fingerprint".into(),
+            )),
+            _ => Ok(ServerCertVerified::assertion()),
+        }
     }
 
     fn verify_tls12_signature(
@@ -56,7 +91,7 @@ impl ServerCertVerifier for AcceptAnyCert {
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
@@ -70,12 +105,14 @@ impl ServerCertVerifier for AcceptAnyCert {
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -84,11 +121,10 @@ fn unverified_config() -> Result<Arc<ClientConfig>, rustls::Error> {
     if let Some(c) = CONFIG.get() {
         return Ok(c.clone());
     }
-    let p = provider();
-    let config = ClientConfig::builder_with_provider(p.clone())
+    let config = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(p)))
+        .with_custom_certificate_verifier(Arc::new(CertCheck::any()))
         .with_no_client_auth();
     Ok(CONFIG.get_or_init(|| Arc::new(config)).clone())
 }

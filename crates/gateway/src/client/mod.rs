@@ -53,7 +53,7 @@ pub fn login(gateway: &str, method: LoginMethod, json_out: bool) -> Result<ExitC
                     &api,
                     Method::POST,
                     "/auth/password",
-                    json!({ "user": user, "password": password }),
+                    Some(json!({ "user": user, "password": password })),
                 )
                 .await
             }
@@ -106,7 +106,7 @@ pub fn whoami(json_out: bool) -> Result<ExitCode> {
     let me = runtime()?.block_on(async {
         let saved = cache::current().await?;
         let api = ApiClient::new(&saved.gateway, saved.token.clone())?;
-        call_get(&api, "/api/v1/whoami").await
+        call(&api, Method::GET, "/api/v1/whoami", None).await
     })?;
     if json_out {
         crate::commands::print_json(&me)?;
@@ -268,7 +268,7 @@ struct Target {
 async fn resolve(connection: &str) -> Result<(Saved, Target)> {
     let saved = cache::current().await?;
     let api = ApiClient::new(&saved.gateway, saved.token.clone())?;
-    let list = call_get(&api, "/api/v1/connections").await?;
+    let list = call(&api, Method::GET, "/api/v1/connections", None).await?;
     let entry = list
         .as_array()
         .and_then(|l| l.iter().find(|c| c["name"] == connection))
@@ -314,42 +314,15 @@ fn tls_connector(
     tokio_rustls::TlsConnector,
     rustls_pki_types::ServerName<'static>,
 )> {
-    let mut roots = rustls::RootCertStore::empty();
-    match ca {
-        Some(path) => {
-            use rustls_pki_types::pem::PemObject;
-            for cert in rustls_pki_types::CertificateDer::pem_file_iter(path)
-                .with_context(|| format!("reading {}", path.display()))?
-            {
-                roots.add(cert.context("parsing the CA file")?)?;
-            }
-        }
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let config = crate::tls::client_config(ca)?;
     let name = rustls_pki_types::ServerName::try_from(host.to_owned())
         .context("the gateway's host name")?;
-    Ok((tokio_rustls::TlsConnector::from(Arc::new(config)), name))
+    Ok((tokio_rustls::TlsConnector::from(config), name))
 }
 
-async fn call(api: &ApiClient, method: Method, path: &str, body: Value) -> Result<Value> {
-    let (status, answer) = api.call(method, path, Some(body)).await?;
-    if !status.is_success() {
-        bail!(
-            "{} ({status})",
-            answer["error"].as_str().unwrap_or("request failed")
-        );
-    }
-    Ok(answer)
-}
-
-async fn call_get(api: &ApiClient, path: &str) -> Result<Value> {
-    let (status, answer) = api.call(Method::GET, path, None).await?;
+/// One API call; a refusal becomes an error with the gateway's message.
+async fn call(api: &ApiClient, method: Method, path: &str, body: Option<Value>) -> Result<Value> {
+    let (status, answer) = api.call(method, path, body).await?;
     if !status.is_success() {
         bail!(
             "{} ({status})",
@@ -461,14 +434,14 @@ async fn browser_flow(gateway: &str, api: &ApiClient, login_hint: Option<&str>) 
         api,
         Method::POST,
         "/auth/cli/exchange",
-        json!({ "code": code, "verifier": verifier }),
+        Some(json!({ "code": code, "verifier": verifier })),
     )
     .await
 }
 
 /// RFC 8628 through the gateway: show the code, poll until the person has approved.
 async fn device_flow(api: &ApiClient) -> Result<Value> {
-    let started = call(api, Method::POST, "/auth/device", json!({})).await?;
+    let started = call(api, Method::POST, "/auth/device", Some(json!({}))).await?;
     let handle = started["handle"].as_str().unwrap_or_default().to_owned();
     let uri = started["verification_uri"].as_str().unwrap_or("?");
     let code = started["user_code"].as_str().unwrap_or("?");

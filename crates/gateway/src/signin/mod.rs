@@ -311,18 +311,7 @@ impl SignIn {
         let browser_key = random();
         let mut pending = lock(&self.pending);
         pending.expire();
-        // Full: the oldest start gives way, so a flood cannot lock everyone out for the
-        // whole sign-in window.
-        if pending.logins.len() >= MAX_PENDING {
-            let oldest = pending
-                .logins
-                .iter()
-                .min_by_key(|(_, l)| l.started)
-                .map(|(k, _)| k.clone());
-            if let Some(oldest) = oldest {
-                pending.logins.remove(&oldest);
-            }
-        }
+        make_room(&mut pending.logins, |l| l.started);
         pending.logins.insert(
             state,
             Login {
@@ -453,17 +442,7 @@ impl SignIn {
         let handle = random();
         let mut pending = lock(&self.pending);
         pending.expire();
-        // Full: the one closest to expiry gives way (as for browser sign-ins).
-        if pending.devices.len() >= MAX_PENDING {
-            let first = pending
-                .devices
-                .iter()
-                .min_by_key(|(_, d)| d.expires)
-                .map(|(k, _)| k.clone());
-            if let Some(first) = first {
-                pending.devices.remove(&first);
-            }
-        }
+        make_room(&mut pending.devices, |d| d.expires);
         pending.devices.insert(
             handle.clone(),
             Device {
@@ -818,6 +797,21 @@ impl SignIn {
         }
         entry.0 += 1;
         true
+    }
+}
+
+/// When `map` is full, the entry that is oldest (or closest to expiry) by `age` gives way,
+/// so a flood of anonymous starts cannot lock everyone out for the whole sign-in window.
+fn make_room<V>(map: &mut HashMap<String, V>, age: impl Fn(&V) -> Instant) {
+    if map.len() < MAX_PENDING {
+        return;
+    }
+    let oldest = map
+        .iter()
+        .min_by_key(|(_, v)| age(v))
+        .map(|(k, _)| k.clone());
+    if let Some(oldest) = oldest {
+        map.remove(&oldest);
     }
 }
 
