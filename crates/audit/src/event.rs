@@ -38,8 +38,8 @@ impl Event {
     }
 }
 
-fn human() -> String {
-    "human".to_string()
+fn human() -> std::borrow::Cow<'static, str> {
+    std::borrow::Cow::Borrowed("human")
 }
 
 /// The kind-specific part of an event; `kind` on disk names the variant in snake_case.
@@ -133,9 +133,10 @@ pub enum EventBody {
         /// Database user.
         user: String,
         /// `"human"` or `"agent"` (a service account): on every statement, so no reader
-        /// has to join with the session to tell them apart.
+        /// has to join with the session to tell them apart. Borrowed when written (no
+        /// allocation per statement), owned when read back.
         #[serde(default = "human")]
-        actor: String,
+        actor: std::borrow::Cow<'static, str>,
         /// Connection name.
         connection: String,
         /// The statement text.

@@ -606,7 +606,7 @@ impl Pipeline for GatewayPipeline {
                     EventBody::Statement {
                         statement_id: r.id,
                         user: session.identity.user.clone(),
-                        actor: session.identity.actor.as_str().to_owned(),
+                        actor: session.identity.actor.as_str().into(),
                         connection: session.connection.clone(),
                         statement: r.text,
                         params: r.params,
