@@ -4,6 +4,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+pub use sluice_core::AgentContext;
 
 /// One audited occurrence.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -163,6 +164,9 @@ pub enum EventBody {
         /// The approved access request that lifted the matching review rule.
         #[serde(skip_serializing_if = "Option::is_none", default)]
         access_request: Option<String>,
+        /// What the agent or tool said about why (prompt, tool call, trace), when it did.
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        context: Option<Box<AgentContext>>,
     },
     /// A statement was held for review.
     ReviewCreated {
@@ -182,6 +186,9 @@ pub enum EventBody {
         min_approvals: u32,
         /// How long the review waits for a decision, in seconds.
         timeout_s: u64,
+        /// The held statement's agent context, so reviewers see the prompt behind it.
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        context: Option<Box<AgentContext>>,
     },
     /// A user asked for time-boxed access to a connection (or for a review rule to be lifted).
     AccessRequested {

@@ -21,7 +21,7 @@ mod verify;
 mod writer;
 
 pub use error::AuditError;
-pub use event::{ErrorInfo, Event, EventBody, MaskedInfo, ReviewRef};
+pub use event::{AgentContext, ErrorInfo, Event, EventBody, MaskedInfo, ReviewRef};
 pub use reader::{read_all, read_from, Records};
 pub use record::{Record, GENESIS_HASH};
 pub use verify::{verify, verify_with_anchor, Anchor, VerifyError, VerifyErrorKind, VerifyReport};

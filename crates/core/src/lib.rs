@@ -4,8 +4,10 @@
 //! these types and hands them to a [`Pipeline`]. The pipeline decides, records and — later —
 //! masks, without knowing which wire format carried the request. Nothing here does I/O.
 
+pub mod context;
 mod principal;
 
+pub use context::AgentContext;
 pub use principal::{glob, glob_exact, Principal};
 
 use std::future::Future;
@@ -104,6 +106,12 @@ pub struct SessionInfo {
     /// Other settings the client asked for at startup (PostgreSQL: `options`,
     /// `search_path`, `DateStyle`, …), which can change what its statements mean.
     pub client_settings: Vec<(String, String)>,
+    /// Agent context that holds for the whole session (an MCP tool call's), merged into
+    /// each statement's own.
+    pub agent_context: Option<AgentContext>,
+    /// The client cannot wait on a held statement (an MCP tool call): a review answers at
+    /// once with its id, and the same statement passes once approved (`fail` mode).
+    pub fail_fast_reviews: bool,
 }
 
 /// One statement (or API call) a client asked to run, already split and with secrets redacted.

@@ -71,7 +71,7 @@ impl ApiClient {
 
 /// The gateway URL, checked: a scheme, a host, no credentials, no path; `http://` only
 /// to loopback.
-fn check_gateway(gateway: &str) -> Result<String> {
+pub(crate) fn check_gateway(gateway: &str) -> Result<String> {
     let trimmed = gateway.trim_end_matches('/');
     let Ok(url) = url::Url::parse(trimmed) else {
         bail!("--gateway must be a URL like https://sluice.example.com, got {gateway:?}");

@@ -407,8 +407,83 @@ pub fn sessions(config: &Config, cmd: SessionsCommand) -> Result<ExitCode> {
                 print_session(&detail);
             }
         }
+        SessionsCommand::Search {
+            prompt,
+            tool_call,
+            trace,
+            conversation,
+            statement,
+            user,
+            connection,
+            limit,
+            out,
+        } => {
+            let filter = crate::views::SearchFilter {
+                prompt,
+                tool_call,
+                trace,
+                statement,
+                conversation,
+                user,
+                connection,
+                limit,
+            };
+            let hits = crate::views::search(&config.audit_dir(), &filter)?;
+            if out.json {
+                print_json(&hits)?;
+            } else {
+                for hit in &hits {
+                    println!(
+                        "{}  session {} #{}  {} -> {}  {}",
+                        hit["time"].as_str().unwrap_or_default(),
+                        hit["session"].as_str().unwrap_or_default(),
+                        hit["statement_id"],
+                        printable(hit["user"].as_str().unwrap_or_default()),
+                        printable(hit["connection"].as_str().unwrap_or_default()),
+                        printable(hit["decision"].as_str().unwrap_or_default()),
+                    );
+                    println!(
+                        "      {}",
+                        printable(hit["statement"].as_str().unwrap_or_default())
+                    );
+                    print_context(&hit["context"]);
+                }
+            }
+            if hits.is_empty() {
+                return Ok(ExitCode::from(1));
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The agent context of a statement, a line each for the prompt and for where it came from.
+fn print_context(ctx: &serde_json::Value) {
+    let text = |key: &str| ctx[key].as_str().map(printable);
+    if let Some(prompt) = text("prompt") {
+        println!("      prompt: {prompt}");
+    }
+    if let Some(intent) = text("intent") {
+        println!("      intent: {intent}");
+    }
+    let source: Vec<String> = [
+        (
+            "client",
+            text("client").map(|c| match text("client_version") {
+                Some(v) => format!("{c} {v}"),
+                None => c,
+            }),
+        ),
+        ("conversation", text("conversation")),
+        ("tool call", text("tool_call")),
+        ("trace", text("trace_id").or_else(|| text("traceparent"))),
+    ]
+    .into_iter()
+    .filter_map(|(label, value)| value.map(|v| format!("{label} {v}")))
+    .collect();
+    if !source.is_empty() {
+        println!("      agent: {}", source.join(", "));
+    }
 }
 
 /// Text from the log made safe for a terminal: statements and error messages are chosen
@@ -473,6 +548,7 @@ fn print_session(d: &crate::views::SessionDetail) {
                 if let Some(params) = e["params"].as_array().filter(|p| !p.is_empty()) {
                     println!("      params: {}", serde_json::Value::Array(params.clone()));
                 }
+                print_context(&e["context"]);
                 if let Some(review) = e["review"].as_object() {
                     let text = |key: &str| {
                         printable(review.get(key).and_then(|v| v.as_str()).unwrap_or_default())
@@ -703,6 +779,25 @@ impl Verb {
     }
 }
 
+/// The gateway and token an API verb uses: as given, else the saved sign-in (`sluice
+/// login`), else the config's `listen.api`.
+pub async fn api_target(
+    config: &Config,
+    gateway: Option<String>,
+    token: String,
+) -> (String, String) {
+    let (gateway, token) = if token.is_empty() {
+        match crate::client::cache::current().await {
+            Ok(saved) => (Some(gateway.unwrap_or(saved.gateway)), saved.token),
+            Err(_) => (gateway, token),
+        }
+    } else {
+        (gateway, token)
+    };
+    let gateway = gateway.unwrap_or_else(|| format!("http://{}", config.listen.api));
+    (gateway, token)
+}
+
 /// Calls the gateway's API as the holder of `token`; fails with the API's error message.
 fn call_api(
     config: &Config,
@@ -715,16 +810,7 @@ fn call_api(
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    // Without --token / SLUICE_TOKEN: the saved sign-in (`sluice login`).
-    let (gateway, token) = if token.is_empty() {
-        match runtime.block_on(crate::client::cache::current()) {
-            Ok(saved) => (Some(gateway.unwrap_or(saved.gateway)), saved.token),
-            Err(_) => (gateway, token),
-        }
-    } else {
-        (gateway, token)
-    };
-    let gateway = gateway.unwrap_or_else(|| format!("http://{}", config.listen.api));
+    let (gateway, token) = runtime.block_on(api_target(config, gateway, token));
     let client = crate::api_client::ApiClient::new(&gateway, token)?;
     let (status, value) = runtime.block_on(client.call(method, path, body))?;
     if !status.is_success() {

@@ -134,7 +134,7 @@ pub async fn run(config: Config) -> Result<File> {
             tls: Some(tls),
             max_message_bytes: config.limits.max_message_bytes,
             max_connections: config.limits.max_connections,
-            masking,
+            masking: masking.clone(),
         },
     ));
 
@@ -166,16 +166,29 @@ pub async fn run(config: Config) -> Result<File> {
         )
         .context("identity")?,
     );
-    let router = api::router(ApiState {
-        store: store.clone(),
-        tokens: Tokens::new(store.clone()),
-        metrics,
-        audit: audit.clone(),
-        reviews,
-        access,
-        signin,
-        connections: Arc::new(connection_views(&config)),
-    });
+    let connections = Arc::new(connection_views(&config));
+    let mcp = crate::mcp::service(
+        Arc::new(crate::mcp::McpDeps {
+            frontend: frontend.clone(),
+            connections: connections.clone(),
+            masking,
+            store: store.clone(),
+        }),
+        mcp_hosts(&config),
+    );
+    let router = api::router(
+        ApiState {
+            store: store.clone(),
+            tokens: Tokens::new(store.clone()),
+            metrics,
+            audit: audit.clone(),
+            reviews,
+            access,
+            signin,
+            connections,
+        },
+        mcp,
+    );
     info!(
         postgres = %config.listen.postgres,
         api = %config.listen.api,
@@ -320,6 +333,26 @@ async fn shutdown_signal() {
 }
 
 /// The connections as the API lists them.
+/// The `Host` values `/mcp` answers (DNS-rebinding protection): loopback names, the API
+/// listener's own address, and the host of `identity.public_url` behind a reverse proxy.
+fn mcp_hosts(config: &Config) -> Vec<String> {
+    let mut hosts: Vec<String> = ["localhost", "127.0.0.1", "::1"]
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    hosts.push(config.listen.api.ip().to_string());
+    if let Some(host) = config
+        .identity
+        .public_url
+        .as_deref()
+        .and_then(|u| url::Url::parse(u).ok())
+        .and_then(|u| u.host_str().map(str::to_owned))
+    {
+        hosts.push(host);
+    }
+    hosts
+}
+
 fn connection_views(config: &Config) -> Vec<ConnectionView> {
     let allow = config.allow_lists();
     config

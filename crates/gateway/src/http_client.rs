@@ -30,11 +30,13 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Clone)]
 pub struct HttpClient {
     tls: Arc<rustls::ClientConfig>,
+    timeout: Duration,
 }
 
-/// A status and the whole body.
+/// A status, the headers and the whole body.
 pub struct HttpResponse {
     pub status: StatusCode,
+    pub headers: hyper::HeaderMap,
     pub body: Bytes,
 }
 
@@ -49,7 +51,14 @@ impl HttpClient {
     pub fn new(ca_file: Option<&Path>) -> Result<HttpClient> {
         Ok(HttpClient {
             tls: crate::tls::client_config(ca_file)?,
+            timeout: TIMEOUT,
         })
+    }
+
+    /// The same client with another limit on each whole exchange.
+    pub fn with_timeout(mut self, timeout: Duration) -> HttpClient {
+        self.timeout = timeout;
+        self
     }
 
     pub async fn get(&self, url: &str) -> Result<HttpResponse> {
@@ -114,8 +123,13 @@ impl HttpClient {
             .method(method)
             .uri(path)
             .header(hyper::header::HOST, authority)
-            .header(hyper::header::ACCEPT, "application/json")
             .header(hyper::header::USER_AGENT, "sluice");
+        if !headers
+            .iter()
+            .any(|(name, _)| name == hyper::header::ACCEPT)
+        {
+            request = request.header(hyper::header::ACCEPT, "application/json");
+        }
         for (name, value) in headers {
             request = request.header(name, value);
         }
@@ -135,9 +149,9 @@ impl HttpClient {
                 exchange(tcp, request).await
             }
         };
-        tokio::time::timeout(TIMEOUT, exchange)
+        tokio::time::timeout(self.timeout, exchange)
             .await
-            .map_err(|_| anyhow!("{host}:{port} did not answer within {TIMEOUT:?}"))?
+            .map_err(|_| anyhow!("{host}:{port} did not answer within {:?}", self.timeout))?
     }
 }
 
@@ -151,10 +165,15 @@ where
     tokio::spawn(connection);
     let response = sender.send_request(request).await.context("sending")?;
     let status = response.status();
+    let headers = response.headers().clone();
     let body = Limited::new(response.into_body(), MAX_BODY)
         .collect()
         .await
         .map_err(|e| anyhow!("reading the answer: {e}"))?
         .to_bytes();
-    Ok(HttpResponse { status, body })
+    Ok(HttpResponse {
+        status,
+        headers,
+        body,
+    })
 }

@@ -8,8 +8,10 @@ mod api_client;
 mod client;
 mod commands;
 mod config;
+mod context;
 mod gateway;
 mod http_client;
+mod mcp;
 mod metrics;
 mod pipeline;
 mod replay;
@@ -105,6 +107,13 @@ enum Command {
         /// CA certificate (PEM) to verify the gateway's TLS certificate with.
         #[arg(long)]
         ca: Option<PathBuf>,
+    },
+    /// Serve the gateway's MCP tools over stdio, for AI clients configured with a command
+    /// (Cursor's mcp.json, Claude Code): each message is relayed to the gateway's /mcp as
+    /// you (--token / SLUICE_TOKEN, else the saved `sluice login`).
+    Mcp {
+        #[command(flatten)]
+        api: ApiArgs,
     },
     /// Issue, list and revoke access tokens.
     #[command(subcommand)]
@@ -414,6 +423,35 @@ enum SessionsCommand {
         #[command(flatten)]
         out: JsonFlag,
     },
+    /// Find statements across all sessions by the agent context behind them (prompt, tool
+    /// call, trace) or their text. Every given criterion must match. Exit 0 when something
+    /// was found, 1 when nothing was.
+    Search {
+        /// Words in the prompt or intent (case-insensitive).
+        #[arg(long)]
+        prompt: Option<String>,
+        /// The tool-call id exactly.
+        #[arg(long)]
+        tool_call: Option<String>,
+        /// A trace id (32 hex digits) or a whole W3C traceparent.
+        #[arg(long)]
+        trace: Option<String>,
+        /// The agent's conversation id exactly.
+        #[arg(long)]
+        conversation: Option<String>,
+        /// Text in the statement (case-insensitive).
+        #[arg(long)]
+        statement: Option<String>,
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        connection: Option<String>,
+        /// Most statements to show (the newest).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
 }
 
 #[derive(Subcommand)]
@@ -543,6 +581,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             listen,
             ca,
         } => client::connect(&connection, listen, ca.as_deref()),
+        Command::Mcp { api } => {
+            let target = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(commands::api_target(
+                    &config,
+                    api.gateway,
+                    api.token.unwrap_or_default(),
+                ));
+            let (gateway, token) = target;
+            if token.is_empty() {
+                anyhow::bail!("no token: run `sluice login`, or set SLUICE_TOKEN");
+            }
+            client::mcp::run(&gateway, token)
+        }
         Command::Tokens(cmd) => commands::tokens(&config, cmd),
         Command::Sessions(cmd) => commands::sessions(&config, cmd),
         Command::Audit(AuditCommand::Verify { out }) => commands::audit_verify(&config, out.json),

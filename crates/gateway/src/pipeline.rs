@@ -9,8 +9,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use sluice_audit::{AuditWriter, ErrorInfo, Event, EventBody, MaskedInfo, ReviewRef};
 use sluice_auth::{AuthError, Tokens};
 use sluice_core::{
-    AuthFailure, Decision, HoldChannel, Identity, Outcome, OutcomeStatus, Pipeline, RecordError,
-    Request, RequestKind, SessionControl, SessionInfo,
+    AgentContext, AuthFailure, Decision, HoldChannel, Identity, Outcome, OutcomeStatus, Pipeline,
+    RecordError, Request, RequestKind, SessionControl, SessionInfo,
 };
 use sluice_policy::{Policy, Principal, Review, ReviewMode, SessionPolicy, Subject, Verdict};
 use sluice_store::ReviewRow;
@@ -18,6 +18,7 @@ use sluice_store::{SessionRow, Store};
 use tracing::{error, warn};
 
 use crate::access::Access;
+use crate::context::ContextScrubber;
 use crate::metrics::Metrics;
 use crate::reviews::{HeldStatement, Reviews, Waited};
 
@@ -39,6 +40,8 @@ pub struct GatewayPipeline {
     spent_pending: AtomicUsize,
     /// Session ends whose records are still being written.
     closing: Arc<AtomicUsize>,
+    /// Agent context on statements: taken from sqlcommenter comments, masked.
+    context: ContextScrubber,
 }
 
 /// What the pipeline keeps per open session.
@@ -73,6 +76,7 @@ pub struct Parts {
 impl GatewayPipeline {
     pub fn new(parts: Parts) -> GatewayPipeline {
         GatewayPipeline {
+            context: ContextScrubber::new(),
             tokens: Tokens::new(parts.store.clone()),
             audit: parts.audit,
             store: parts.store,
@@ -208,6 +212,19 @@ impl GatewayPipeline {
 }
 
 /// A `review` verdict, borrowed.
+/// How a `fail`-mode refusal starts; [`held_review_id`] reads the id back out of it.
+const HELD_FOR_REVIEW: &str = "statement held for review ";
+
+/// The review id in a `fail`-mode refusal's message, for callers (the MCP tools) that
+/// answer with it as a field of its own.
+pub fn held_review_id(message: &str) -> Option<&str> {
+    let at = message.find(HELD_FOR_REVIEW)? + HELD_FOR_REVIEW.len();
+    message[at..]
+        .split(|c: char| c.is_whitespace() || c == '(')
+        .next()
+        .filter(|id| !id.is_empty())
+}
+
 struct Held<'a> {
     rule: &'a str,
     /// Definitions of the prepared statement the request runs, for the reviewers.
@@ -217,6 +234,8 @@ struct Held<'a> {
     message: Option<&'a str>,
     review: &'a Review,
     mode: ReviewMode,
+    /// What the agent said about the statement, shown to reviewers.
+    agent_context: Option<&'a AgentContext>,
 }
 
 impl GatewayPipeline {
@@ -301,6 +320,7 @@ impl GatewayPipeline {
             min_approvals: held.review.min_approvals,
             timeout: held.review.timeout,
             approval_window: held.review.approval_window,
+            agent_context: held.agent_context,
         };
         let row = match self.reviews.file(&statement).await {
             Ok(row) => row,
@@ -314,7 +334,7 @@ impl GatewayPipeline {
             return (
                 Decision::Deny {
                     reason: format!(
-                        "statement held for review {id} ({why}); once a reviewer approves it (sluice reviews approve {id}), run the same statement again",
+                        "{HELD_FOR_REVIEW}{id} ({why}); once a reviewer approves it (sluice reviews approve {id}), run the same statement again",
                         id = row.id
                     ),
                 },
@@ -528,15 +548,20 @@ impl Pipeline for GatewayPipeline {
     async fn requests(
         &self,
         session: &SessionInfo,
-        requests: Vec<Request>,
+        mut requests: Vec<Request>,
         hold: &dyn HoldChannel,
     ) -> Vec<Decision> {
         let n = requests.len();
+        // Before policy: a sqlcommenter comment is information, never part of a decision.
+        let contexts: Vec<Option<Box<AgentContext>>> = requests
+            .iter_mut()
+            .map(|r| self.context.take(session, r))
+            .collect();
         let verdicts = self.judge(session, &requests);
         let mut decisions = Vec::with_capacity(n);
         let mut review_refs = Vec::with_capacity(n);
         let mut lifts = Vec::with_capacity(n);
-        for (request, verdict) in requests.iter().zip(&verdicts) {
+        for ((request, verdict), agent_context) in requests.iter().zip(&verdicts).zip(&contexts) {
             let (decision, review) = match verdict {
                 // A protocol-level Parse runs nothing: the review happens when an Execute
                 // runs the statement (each is judged on its own).
@@ -557,7 +582,13 @@ impl Pipeline for GatewayPipeline {
                         context,
                         message: message.as_deref(),
                         review,
-                        mode: *mode,
+                        // A client that cannot wait (an MCP tool call) gets the review id now.
+                        mode: if session.fail_fast_reviews {
+                            ReviewMode::Fail
+                        } else {
+                            *mode
+                        },
+                        agent_context: agent_context.as_deref(),
                     };
                     match self.lifted(session, rule).await {
                         Some(grant) => {
@@ -590,36 +621,42 @@ impl Pipeline for GatewayPipeline {
             .zip(&decisions)
             .zip(review_refs)
             .zip(lifts)
-            .map(|((((r, verdict), decision), review), access_request)| {
-                let (decision, reason) = match decision {
-                    Decision::Allow => ("allow", None),
-                    Decision::Deny { reason } | Decision::Withdrawn { reason } => {
-                        ("deny", Some(reason.clone()))
-                    }
-                };
-                let rule = match verdict {
-                    Verdict::Deny { rule, .. } | Verdict::Review { rule, .. } => Some(rule.clone()),
-                    Verdict::Allow | Verdict::NotUnderstood { .. } => None,
-                };
-                Event::now(
-                    Some(session.id.clone()),
-                    EventBody::Statement {
-                        statement_id: r.id,
-                        user: session.identity.user.clone(),
-                        actor: session.identity.actor.as_str().into(),
-                        connection: session.connection.clone(),
-                        statement: r.text,
-                        params: r.params,
-                        decision: decision.into(),
-                        rule,
-                        prepare: r.kind == RequestKind::Prepare,
-                        statement_name: r.statement_name,
-                        reason,
-                        review,
-                        access_request,
-                    },
-                )
-            })
+            .zip(contexts)
+            .map(
+                |(((((r, verdict), decision), review), access_request), context)| {
+                    let (decision, reason) = match decision {
+                        Decision::Allow => ("allow", None),
+                        Decision::Deny { reason } | Decision::Withdrawn { reason } => {
+                            ("deny", Some(reason.clone()))
+                        }
+                    };
+                    let rule = match verdict {
+                        Verdict::Deny { rule, .. } | Verdict::Review { rule, .. } => {
+                            Some(rule.clone())
+                        }
+                        Verdict::Allow | Verdict::NotUnderstood { .. } => None,
+                    };
+                    Event::now(
+                        Some(session.id.clone()),
+                        EventBody::Statement {
+                            statement_id: r.id,
+                            user: session.identity.user.clone(),
+                            actor: session.identity.actor.as_str().into(),
+                            connection: session.connection.clone(),
+                            statement: r.text,
+                            params: r.params,
+                            decision: decision.into(),
+                            rule,
+                            prepare: r.kind == RequestKind::Prepare,
+                            statement_name: r.statement_name,
+                            reason,
+                            review,
+                            access_request,
+                            context,
+                        },
+                    )
+                },
+            )
             .collect();
         match self.audit.append_durable(events).await {
             Ok(_) => {

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rand::Rng;
 use sha2::{Digest, Sha256};
 use sluice_audit::{AuditWriter, Event, EventBody};
-use sluice_core::Identity;
+use sluice_core::{AgentContext, Identity};
 use sluice_policy::Principal;
 use sluice_store::{NewReview, ReviewRow, Store, StoreError};
 use tokio::sync::Notify;
@@ -78,6 +78,7 @@ pub struct HeldStatement<'a> {
     pub min_approvals: u32,
     pub timeout: Duration,
     pub approval_window: Duration,
+    pub agent_context: Option<&'a AgentContext>,
 }
 
 pub struct Reviews {
@@ -220,6 +221,7 @@ impl Reviews {
                 reviewers: held.reviewer_names.clone(),
                 min_approvals: held.min_approvals,
                 timeout_s: held.timeout.as_secs(),
+                context: held.agent_context.cloned().map(Box::new),
             },
         );
         // On record before anyone can act on it.

@@ -1,7 +1,7 @@
 //! What `sessions list|show` (and the API) return: sessions from the index, and a
 //! session's audit records with each statement joined to its result.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 use serde_json::{json, Value};
 use sluice_audit::{EventBody, Position, Record};
+use sluice_core::AgentContext;
 use sluice_store::SessionRow;
 
 pub fn rfc3339_ms(ms: i64) -> String {
@@ -88,6 +89,138 @@ pub fn session_detail(audit_dir: &Path, row: &SessionRow) -> Result<SessionDetai
     })
 }
 
+/// What `sessions search` looks for; every given criterion must hold.
+#[derive(Debug, Default)]
+pub struct SearchFilter {
+    /// Words in the prompt or intent (case-insensitive substring).
+    pub prompt: Option<String>,
+    pub tool_call: Option<String>,
+    /// A trace id, or a whole `traceparent`.
+    pub trace: Option<String>,
+    /// Text in the statement (case-insensitive substring).
+    pub statement: Option<String>,
+    pub conversation: Option<String>,
+    pub user: Option<String>,
+    pub connection: Option<String>,
+    /// Most statements to return: the newest this many.
+    pub limit: usize,
+}
+
+impl SearchFilter {
+    fn matches(
+        &self,
+        user: &str,
+        connection: &str,
+        statement: &str,
+        ctx: Option<&AgentContext>,
+    ) -> bool {
+        let contains =
+            |hay: &str, needle: &str| hay.to_lowercase().contains(&needle.to_lowercase());
+        let field = |f: fn(&AgentContext) -> Option<&str>| ctx.and_then(f);
+        self.user.as_deref().is_none_or(|u| u == user)
+            && self.connection.as_deref().is_none_or(|c| c == connection)
+            && self
+                .statement
+                .as_deref()
+                .is_none_or(|t| contains(statement, t))
+            && self.prompt.as_deref().is_none_or(|p| {
+                [
+                    field(|c| c.prompt.as_deref()),
+                    field(|c| c.intent.as_deref()),
+                ]
+                .into_iter()
+                .flatten()
+                .any(|text| contains(text, p))
+            })
+            && self
+                .tool_call
+                .as_deref()
+                .is_none_or(|t| field(|c| c.tool_call.as_deref()) == Some(t))
+            && self
+                .conversation
+                .as_deref()
+                .is_none_or(|t| field(|c| c.conversation.as_deref()) == Some(t))
+            && self.trace.as_deref().is_none_or(|t| {
+                let wanted =
+                    sluice_core::context::trace_id(t).unwrap_or_else(|| t.to_ascii_lowercase());
+                field(|c| c.trace_id.as_deref()) == Some(wanted.as_str())
+            })
+    }
+}
+
+/// Statements across all sessions that match `filter`, oldest first, each joined to its
+/// result: one pass over the whole audit log.
+pub fn search(audit_dir: &Path, filter: &SearchFilter) -> Result<Vec<Value>> {
+    let records = sluice_audit::read_all(audit_dir)
+        .with_context(|| format!("cannot read the audit log in {}", audit_dir.display()))?;
+    let mut order: VecDeque<(String, u64)> = VecDeque::new();
+    let mut found: HashMap<(String, u64), Value> = HashMap::new();
+    for record in records {
+        let record = record.context("reading the audit log")?;
+        let Some(session) = record.event.session.clone() else {
+            continue;
+        };
+        let time = rfc3339_micros(record.event.time);
+        match record.event.body {
+            EventBody::Statement {
+                statement_id,
+                user,
+                actor,
+                connection,
+                statement,
+                params,
+                decision,
+                rule,
+                reason,
+                review,
+                context,
+                ..
+            } => {
+                if !filter.matches(&user, &connection, &statement, context.as_deref()) {
+                    continue;
+                }
+                let key = (session.clone(), statement_id);
+                found.insert(key.clone(), json!({
+                    "session": session, "statement_id": statement_id, "seq": record.seq, "time": time,
+                    "user": user, "actor": actor, "connection": connection,
+                    "statement": statement, "params": params, "decision": decision, "rule": rule,
+                    "reason": reason, "review": review, "context": context,
+                    "status": null, "rows": null, "duration_ms": null, "error": null,
+                }));
+                order.push_back(key);
+                if order.len() > filter.limit.max(1) {
+                    if let Some(oldest) = order.pop_front() {
+                        found.remove(&oldest);
+                    }
+                }
+            }
+            EventBody::Result {
+                statement_id,
+                status,
+                rows,
+                duration_ms,
+                error,
+                ..
+            } => {
+                if let Some(Value::Object(hit)) = found.get_mut(&(session, statement_id)) {
+                    hit.insert("status".into(), json!(status));
+                    hit.insert("rows".into(), json!(rows));
+                    hit.insert("duration_ms".into(), json!(duration_ms));
+                    hit.insert(
+                        "error".into(),
+                        error.map_or(
+                            Value::Null,
+                            |e| json!({ "code": e.code, "message": e.message }),
+                        ),
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(order.into_iter().filter_map(|k| found.remove(&k)).collect())
+}
+
 fn add_event(events: &mut Vec<Value>, by_statement: &mut HashMap<u64, usize>, r: Record) {
     let time = rfc3339_micros(r.event.time);
     match r.event.body {
@@ -114,6 +247,7 @@ fn add_event(events: &mut Vec<Value>, by_statement: &mut HashMap<u64, usize>, r:
             statement_name,
             review,
             access_request,
+            context,
             ..
         } => {
             by_statement.insert(statement_id, events.len());
@@ -122,7 +256,7 @@ fn add_event(events: &mut Vec<Value>, by_statement: &mut HashMap<u64, usize>, r:
                 "statement_id": statement_id, "actor": actor, "statement": statement, "params": params,
                 "statement_name": statement_name,
                 "decision": decision, "rule": rule, "reason": reason, "review": review,
-                "access_request": access_request,
+                "access_request": access_request, "context": context,
                 "status": null, "tag": null, "rows": null, "duration_ms": null, "error": null,
                 "masked": [],
             }));

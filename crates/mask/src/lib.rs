@@ -426,6 +426,20 @@ enum Action {
 }
 
 impl SessionMasking {
+    /// The style a column rule masks `origin` with, if one does (first rule wins, as for
+    /// results): what a schema description marks as masked.
+    pub fn column_style(&self, origin: &ColumnOrigin) -> Option<&'static str> {
+        self.columns
+            .iter()
+            .find(|(pattern, _)| pattern.matches(origin))
+            .map(|(_, style)| style.name())
+    }
+
+    /// The detectors that run over this session's text cells.
+    pub fn detector_names(&self) -> &[String] {
+        self.detectors.names()
+    }
+
     /// Decides what to do with each column of a result. `statement` is the statement's
     /// text, when known: a computed column (no origin) of a statement that may derive it
     /// from a masked column is masked as that column — `lower(email)` must not reveal

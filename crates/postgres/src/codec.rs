@@ -398,10 +398,35 @@ pub fn put_query(out: &mut BytesMut, sql: &str) {
 
 /// Execute of `portal`, all rows.
 pub fn put_execute(out: &mut BytesMut, portal: &str) {
+    put_execute_limited(out, portal, 0);
+}
+
+/// Execute of `portal`, at most `max_rows` rows (0: all); the server answers
+/// PortalSuspended when more remain.
+pub fn put_execute_limited(out: &mut BytesMut, portal: &str, max_rows: i32) {
     put_message(out, b'E', |b| {
-        b.put_slice(portal.as_bytes());
-        b.put_u8(0);
-        b.put_i32(0);
+        put_cstr(b, portal);
+        b.put_i32(max_rows);
+    });
+}
+
+/// Bind of the unnamed statement to the unnamed portal: every parameter and result in
+/// text format (`None` is NULL).
+pub fn put_bind_texts(out: &mut BytesMut, params: &[Option<&str>]) {
+    put_message(out, b'B', |b| {
+        b.put_slice(b"\0\0"); // portal, statement
+        b.put_i16(0); // parameter formats: all text
+        b.put_i16(params.len() as i16);
+        for p in params {
+            match p {
+                Some(v) => {
+                    b.put_i32(v.len() as i32);
+                    b.put_slice(v.as_bytes());
+                }
+                None => b.put_i32(-1),
+            }
+        }
+        b.put_i16(0); // result formats: all text
     });
 }
 

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
 use rand::Rng;
-use sluice_core::{AuthFailure, Pipeline, SessionInfo};
+use sluice_core::{AgentContext, AuthFailure, Pipeline, SessionInfo};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
@@ -79,6 +79,24 @@ const MAX_PASSWORD_MESSAGE: usize = 4096;
 /// How long a client may take from connecting to presenting its token (PostgreSQL's
 /// `authentication_timeout` default), so idle unauthenticated sockets cannot pile up.
 const AUTHENTICATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Who is on the other end of a session's client stream.
+struct Client {
+    addr: String,
+    tls: bool,
+    /// TLS, loopback or in-process: a token may be presented in clear text.
+    trusted_path: bool,
+    agent_context: Option<AgentContext>,
+    fail_fast_reviews: bool,
+}
+
+/// A client in this process (see [`Frontend::serve_in_process`]).
+pub struct InProcess {
+    /// What the session records as the client address, e.g. `mcp:127.0.0.1:50312`.
+    pub client_addr: String,
+    pub agent_context: Option<AgentContext>,
+    pub fail_fast_reviews: bool,
+}
 
 /// Errors ending a connection before its session started; each becomes a FATAL
 /// ErrorResponse (when the client can still read one) in [`Frontend::handle`].
@@ -208,9 +226,49 @@ impl<P: Pipeline, C: Connector> Frontend<P, C> {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), answer).await;
     }
 
+    /// Serves one session whose client lives in this process (the MCP endpoint's tool
+    /// calls): `stream` starts with a plain startup packet (no encryption to negotiate), then
+    /// the session runs exactly as for a network client — token, policy, masking, audit.
+    pub async fn serve_in_process(self: Arc<Self>, stream: BoxStream, origin: InProcess) {
+        let result = async {
+            let mut stream = stream;
+            let first =
+                tokio::time::timeout(AUTHENTICATION_TIMEOUT, read_first_packet(&mut stream))
+                    .await
+                    .map_err(|_| Early::Close)?;
+            let body = match first {
+                Ok(body) => body,
+                Err(Some(refusal)) => return Err(Early::Refuse(stream, refusal)),
+                Err(None) => return Err(Early::Close),
+            };
+            let Ok(FirstPacket::Startup(startup)) = codec::parse_first_packet(&body) else {
+                return Err(Early::Refuse(
+                    stream,
+                    Refusal::new("08P01", "expected a startup packet"),
+                ));
+            };
+            let client = Client {
+                addr: origin.client_addr,
+                tls: false,
+                trusted_path: true,
+                agent_context: origin.agent_context,
+                fail_fast_reviews: origin.fail_fast_reviews,
+            };
+            self.session(stream, startup, client).await
+        }
+        .await;
+        self.finish_early(result, "in-process").await;
+    }
+
     async fn handle(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr) {
         let _ = tcp.set_nodelay(true);
-        match self.startup(tcp, peer).await {
+        let result = self.startup(tcp, peer).await;
+        self.finish_early(result, &peer.to_string()).await;
+    }
+
+    /// Answers a connection that ended before its session started.
+    async fn finish_early(&self, result: Result<(), Early>, peer: &str) {
+        match result {
             Ok(()) => {}
             Err(Early::Close) => {}
             Err(Early::Refuse(mut stream, refusal)) => {
@@ -227,7 +285,7 @@ impl<P: Pipeline, C: Connector> Frontend<P, C> {
         let negotiated = tokio::time::timeout(AUTHENTICATION_TIMEOUT, self.negotiate(tcp))
             .await
             .map_err(|_| Early::Close)?;
-        let (mut stream, tls, startup) = match negotiated {
+        let (stream, tls, startup) = match negotiated {
             Ok(Negotiated::Startup(stream, tls, startup)) => (stream, tls, startup),
             Ok(Negotiated::Cancel { pid, key }) => {
                 self.cancel(pid, &key).await;
@@ -235,7 +293,23 @@ impl<P: Pipeline, C: Connector> Frontend<P, C> {
             }
             Err(e) => return Err(e),
         };
+        let client = Client {
+            addr: peer.to_string(),
+            tls,
+            trusted_path: tls || peer.ip().is_loopback(),
+            agent_context: None,
+            fail_fast_reviews: false,
+        };
+        self.session(stream, startup, client).await
+    }
 
+    /// Everything after the startup packet: protocol version, token, target, the session.
+    async fn session(
+        &self,
+        mut stream: BoxStream,
+        startup: codec::Startup,
+        client: Client,
+    ) -> Result<(), Early> {
         let major = startup.version >> 16;
         let minor = startup.version & 0xffff;
         if major != 3 {
@@ -285,7 +359,7 @@ impl<P: Pipeline, C: Connector> Frontend<P, C> {
                 ),
             ));
         }
-        if !tls && !peer.ip().is_loopback() {
+        if !client.trusted_path {
             return Err(Early::Refuse(
                 stream,
                 Refusal::new(
@@ -308,7 +382,7 @@ impl<P: Pipeline, C: Connector> Frontend<P, C> {
                 ))
             }
         };
-        let client_addr = peer.to_string();
+        let client_addr = client.addr;
         let identity = match self
             .pipeline
             .authenticate(&user, &token, &connection, &client_addr, "postgres")
@@ -349,9 +423,11 @@ impl<P: Pipeline, C: Connector> Frontend<P, C> {
             connection: connection.clone(),
             protocol: "postgres",
             client_addr,
-            tls,
+            tls: client.tls,
             application_name,
             client_settings,
+            agent_context: client.agent_context,
+            fail_fast_reviews: client.fail_fast_reviews,
         });
         let masking = match self.session_masking(&info) {
             Ok(m) => m,

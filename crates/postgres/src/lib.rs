@@ -11,6 +11,7 @@
 pub mod catalog;
 pub mod codec;
 pub mod frontend;
+pub mod inprocess;
 pub mod local;
 mod params;
 mod session;
@@ -18,7 +19,7 @@ pub mod stream;
 pub mod tls;
 pub mod upstream;
 
-pub use frontend::{Connector, Frontend, FrontendConfig};
+pub use frontend::{Connector, Frontend, FrontendConfig, InProcess};
 
 /// Locks a mutex whose state stays consistent between operations: recovering from a
 /// poisoned lock is better than dropping every later session or outcome.

@@ -11,6 +11,7 @@ mod lexer;
 mod redact;
 mod shape;
 mod split;
+mod sqlcommenter;
 
 pub use copy::{copy_to_stdout, CopyOut};
 pub use redact::redact_secrets;
@@ -18,3 +19,4 @@ pub use shape::{
     fingerprint, first_word_is, has_unicode_identifier, identifiers, normalize, significant_tokens,
 };
 pub use split::{split_statements, split_statements_strict, Statement};
+pub use sqlcommenter::{take_comment, Commented};

@@ -62,6 +62,14 @@ pub fn every_kind() -> Vec<Event> {
                 at: Some("2026-01-01T00:00:00.000000Z".into()),
             }),
             access_request: None,
+            context: Some(Box::new(sluice_audit::AgentContext::from_pairs(&[
+                ("prompt", "why \"this\"\nü"),
+                (
+                    "traceparent",
+                    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                ),
+                ("framework", "django"),
+            ]))),
         },
         EventBody::Statement {
             statement_id: 8,
@@ -77,6 +85,7 @@ pub fn every_kind() -> Vec<Event> {
             reason: Some("rule no-drop".into()),
             review: None,
             access_request: Some("a-1".into()),
+            context: None,
         },
         EventBody::AccessRequested {
             request_id: "a-1".into(),
@@ -106,6 +115,7 @@ pub fn every_kind() -> Vec<Event> {
             reviewers: vec!["group:dba".into()],
             min_approvals: 1,
             timeout_s: 900,
+            context: None,
         },
         EventBody::ReviewDecided {
             review_id: "r-1".into(),
@@ -178,6 +188,7 @@ pub fn statement(id: u64) -> Event {
             reason: None,
             review: None,
             access_request: None,
+            context: None,
         },
     }
 }

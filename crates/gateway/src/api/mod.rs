@@ -81,8 +81,21 @@ pub(crate) enum Need {
     Act,
 }
 
-pub fn router(state: ApiState) -> Router {
+pub fn router(
+    state: ApiState,
+    mcp: rmcp::transport::streamable_http_server::StreamableHttpService<
+        crate::mcp::SluiceMcp,
+        rmcp::transport::streamable_http_server::session::local::LocalSessionManager,
+    >,
+) -> Router {
+    let mcp = Router::new()
+        .fallback_service(mcp)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::mcp::authenticate,
+        ));
     Router::new()
+        .nest("/mcp", mcp)
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .route("/auth/password", post(signin::password))

@@ -3,6 +3,7 @@
 //! `connect`, its PostgreSQL listener), never to its data directory.
 
 pub mod cache;
+pub mod mcp;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;

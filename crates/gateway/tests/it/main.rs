@@ -10,6 +10,7 @@ mod clients;
 mod evasion;
 mod identity;
 mod masking;
+mod mcp;
 mod policy;
 mod reviews;
 mod support;

@@ -1,0 +1,183 @@
+//! The Model Context Protocol endpoint (`/mcp`, streamable HTTP, rmcp): tools that let an
+//! AI agent list and describe connections, run SQL and follow a review — each query a
+//! session through the PostgreSQL frontend in this process, so policy, review, masking and
+//! audit apply exactly as for psql. The tool call's context (client, conversation, tool
+//! call, prompt, trace) goes with the session onto every statement it runs.
+
+mod tools;
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, Implementation, ListToolsResult,
+    PaginatedRequestParams, ServerCapabilities, ServerConfig,
+};
+use rmcp::service::RequestContext;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use rmcp::{ErrorData, RoleServer, ServerHandler};
+use sluice_core::{AgentContext, Identity};
+use sluice_mask::Masking;
+use sluice_postgres::Frontend;
+use sluice_store::Store;
+
+use crate::agents::Connectors;
+use crate::api::{authorize, ApiState, ConnectionView, Need};
+use crate::pipeline::GatewayPipeline;
+
+/// What the tools need from the gateway.
+pub struct McpDeps {
+    pub frontend: Arc<Frontend<GatewayPipeline, Connectors>>,
+    pub connections: Arc<Vec<ConnectionView>>,
+    pub masking: Option<Arc<Masking>>,
+    pub store: Arc<Store>,
+}
+
+/// The caller of one `/mcp` request, established by [`authenticate`] before rmcp sees it.
+#[derive(Clone)]
+pub struct McpCaller {
+    pub identity: Identity,
+    /// The caller's own token, presented again to open each query's session.
+    token: Arc<str>,
+}
+
+impl std::fmt::Debug for McpCaller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("McpCaller")
+            .field("user", &self.identity.user)
+            .field("token", &"<redacted>")
+            .finish()
+    }
+}
+
+/// The `/mcp` service: a fresh handler per MCP session, all sharing `deps`.
+pub fn service(
+    deps: Arc<McpDeps>,
+    allowed_hosts: Vec<String>,
+) -> StreamableHttpService<SluiceMcp, LocalSessionManager> {
+    let config = StreamableHttpServerConfig::default()
+        .with_allowed_hosts(allowed_hosts)
+        // Agents are programs, not web pages: any request a browser marks with an Origin
+        // is refused, so no page can drive the endpoint with a user's token.
+        .enforce_origin_validation();
+    StreamableHttpService::new(
+        move || Ok(SluiceMcp { deps: deps.clone() }),
+        Arc::new(LocalSessionManager::default()),
+        config,
+    )
+}
+
+/// Middleware: every `/mcp` request carries a sluice token (or service-account key) of a
+/// role that may act; the identity rides in the request's extensions to the tools.
+pub async fn authenticate(
+    State(state): State<ApiState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let action = format!("{} /mcp", request.method());
+    let caller = match authorize(&state, request.headers(), Need::Act, &action).await {
+        Ok(c) => c,
+        Err(refusal) => return refusal,
+    };
+    let Some(token) = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(Arc::<str>::from)
+    else {
+        return axum::http::StatusCode::UNAUTHORIZED.into_response();
+    };
+    request.extensions_mut().insert(McpCaller {
+        identity: caller.identity,
+        token,
+    });
+    next.run(request).await
+}
+
+#[derive(Clone)]
+pub struct SluiceMcp {
+    deps: Arc<McpDeps>,
+}
+
+impl ServerHandler for SluiceMcp {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new("sluice", env!("CARGO_PKG_VERSION")))
+            .with_instructions(
+                "sluice is the access gateway in front of these databases. Every query runs \
+                 under your identity, is checked against policy, may be held for a human's \
+                 review (you get a review id: poll review_status, then run the same query \
+                 again once approved), has sensitive values masked, and is audited together \
+                 with the prompt you pass in `prompt`.",
+            )
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        Ok(ListToolsResult::with_all_items(tools::definitions()))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let parts = context.extensions.get::<axum::http::request::Parts>();
+        let Some(caller) = parts.and_then(|p| p.extensions.get::<McpCaller>()).cloned() else {
+            return Err(ErrorData::invalid_request("not authenticated", None));
+        };
+        let agent_context = call_context(&request, &context, parts);
+        let args = request.arguments.unwrap_or_default();
+        let result = tools::call(&self.deps, &caller, &request.name, args, agent_context).await;
+        Ok(result.into())
+    }
+}
+
+/// What the MCP exchange tells about this call: the client from the handshake, the MCP
+/// session as the conversation (unless `_meta` names one), the JSON-RPC id as the tool
+/// call (unless `_meta` names one), `_meta` keys (`prompt`, `traceparent`, …, also
+/// namespaced as `sluice/prompt`), and a `traceparent` HTTP header.
+fn call_context(
+    request: &CallToolRequestParams,
+    context: &RequestContext<RoleServer>,
+    parts: Option<&axum::http::request::Parts>,
+) -> AgentContext {
+    let mut ctx = AgentContext::default();
+    if let Some(peer) = context.peer.peer_info() {
+        ctx.client = Some(peer.client_info.name.clone());
+        ctx.client_version = Some(peer.client_info.version.clone());
+    }
+    let header = |name: &str| {
+        parts
+            .and_then(|p| p.headers.get(name))
+            .and_then(|v| v.to_str().ok())
+    };
+    if let Some(session) = header("mcp-session-id") {
+        ctx.conversation = Some(session.to_owned());
+    }
+    if let Some(tp) = header("traceparent") {
+        ctx.set("traceparent", tp);
+    }
+    ctx.tool_call = Some(match &context.id {
+        rmcp::model::NumberOrString::Number(n) => n.to_string(),
+        rmcp::model::NumberOrString::String(s) => s.to_string(),
+    });
+    let meta = request.meta.iter().flat_map(|m| m.0 .0.iter());
+    for (key, value) in meta.chain(context.meta.0 .0.iter()) {
+        let key = key.rsplit('/').next().unwrap_or(key);
+        if key == "progressToken" {
+            continue;
+        }
+        if let Some(text) = value.as_str() {
+            ctx.set(key, text);
+        }
+    }
+    ctx
+}

@@ -1,0 +1,260 @@
+//! A PostgreSQL client for callers inside the gateway (the MCP endpoint's tools): it talks
+//! the ordinary wire protocol over an in-memory pipe to [`Frontend::serve_in_process`], so
+//! its statements take the very path a psql statement takes — token check, policy, review,
+//! masking, audit. Written here rather than taken from tokio-postgres, which cannot ask for
+//! results in text format (every type rendered by the server, as psql shows it) nor stop a
+//! large result after a row limit.
+
+use std::sync::Arc;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+use crate::codec;
+use crate::frontend::{Connector, Frontend, InProcess};
+use sluice_core::Pipeline;
+
+/// Memory per direction of the in-memory pipe.
+const PIPE_BYTES: usize = 256 * 1024;
+/// Largest message accepted from the gateway (one row of a result).
+const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+
+/// An error as PostgreSQL (or the gateway, in its name) reported it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct SqlError {
+    pub code: String,
+    pub message: String,
+}
+
+impl SqlError {
+    fn protocol(message: impl Into<String>) -> SqlError {
+        SqlError {
+            code: "08P01".into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A result column: its name and the type's OID.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    pub name: String,
+    pub type_oid: u32,
+}
+
+/// What one statement returned, rows as the server rendered them in text.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueryResult {
+    pub columns: Vec<Column>,
+    pub rows: Vec<Vec<Option<String>>>,
+    /// More rows were there than asked for.
+    pub truncated: bool,
+    /// The command tag (`SELECT 3`, `INSERT 0 1`); `None` when the result was cut short.
+    pub tag: Option<String>,
+    /// Notices sent while it ran (a held statement's notice among them).
+    pub notices: Vec<String>,
+}
+
+/// One session through the gateway.
+pub struct InProcessClient {
+    pipe: DuplexStream,
+    buf: BytesMut,
+}
+
+impl InProcessClient {
+    /// Opens a session on `connection` as `user` with `token`, served by `frontend` in this
+    /// process.
+    pub async fn connect<P: Pipeline, C: Connector>(
+        frontend: Arc<Frontend<P, C>>,
+        origin: InProcess,
+        user: &str,
+        token: &str,
+        connection: &str,
+        application_name: &str,
+    ) -> Result<InProcessClient, SqlError> {
+        let (pipe, gateway_side) = tokio::io::duplex(PIPE_BYTES);
+        tokio::spawn(frontend.serve_in_process(Box::new(gateway_side), origin));
+        let mut client = InProcessClient {
+            pipe,
+            buf: BytesMut::new(),
+        };
+        let mut out = BytesMut::new();
+        codec::startup_message(
+            &mut out,
+            &[
+                ("user", user),
+                ("database", connection),
+                ("application_name", application_name),
+                ("client_encoding", "UTF8"),
+            ],
+        );
+        client.send(&out).await?;
+        loop {
+            let (tag, body) = client.message().await?;
+            match tag {
+                b'R' => match body.get(..4) {
+                    Some([0, 0, 0, 3]) => {
+                        let mut out = BytesMut::new();
+                        codec::password_message(&mut out, token.as_bytes());
+                        client.send(&out).await?;
+                    }
+                    Some([0, 0, 0, 0]) => {}
+                    _ => return Err(SqlError::protocol("unexpected authentication request")),
+                },
+                b'E' => return Err(error(&body)),
+                b'Z' => return Ok(client),
+                // ParameterStatus, BackendKeyData, notices: nothing to keep.
+                _ => {}
+            }
+        }
+    }
+
+    /// Runs one statement with text parameters through the extended protocol, keeping at
+    /// most `max_rows` rows (the rest are not fetched).
+    pub async fn query(
+        &mut self,
+        sql: &str,
+        params: &[Option<&str>],
+        max_rows: usize,
+    ) -> Result<QueryResult, SqlError> {
+        if sql.contains('\0') || params.iter().flatten().any(|p| p.contains('\0')) {
+            return Err(SqlError {
+                code: "22021".into(),
+                message: "statement or parameter contains a NUL character".into(),
+            });
+        }
+        i16::try_from(params.len()).map_err(|_| SqlError {
+            code: "54000".into(),
+            message: "too many parameters".into(),
+        })?;
+        let fetch = i32::try_from(max_rows.saturating_add(1)).unwrap_or(i32::MAX);
+        let mut out = BytesMut::new();
+        codec::put_parse(&mut out, sql);
+        codec::put_bind_texts(&mut out, params);
+        codec::put_describe(&mut out, b'P', "");
+        codec::put_execute_limited(&mut out, "", fetch);
+        codec::sync(&mut out);
+        self.send(&out).await?;
+
+        let mut result = QueryResult::default();
+        let mut failure = None;
+        loop {
+            let (tag, body) = self.message().await?;
+            match tag {
+                b'T' => result.columns = row_description(&body)?,
+                b'D' => {
+                    if result.rows.len() < max_rows {
+                        result.rows.push(data_row(&body)?);
+                    } else {
+                        result.truncated = true;
+                    }
+                }
+                b's' => result.truncated = true,
+                b'C' => {
+                    let mut pos = 0;
+                    let tag = codec::read_cstr_lossy(&body, &mut pos, "CommandComplete")
+                        .map_err(|e| SqlError::protocol(e.to_string()))?;
+                    result.tag = Some(tag.into_owned());
+                }
+                b'N' => result
+                    .notices
+                    .push(codec::parse_error_fields(&body).message),
+                b'E' => failure = Some(error(&body)),
+                b'Z' => break,
+                // ParseComplete, BindComplete, NoData, EmptyQueryResponse, ParameterStatus.
+                _ => {}
+            }
+        }
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(result),
+        }
+    }
+
+    /// Ends the session politely.
+    pub async fn close(mut self) {
+        let _ = self.pipe.write_all(b"X\0\0\0\x04").await;
+        let _ = self.pipe.shutdown().await;
+    }
+
+    async fn send(&mut self, bytes: &[u8]) -> Result<(), SqlError> {
+        self.pipe
+            .write_all(bytes)
+            .await
+            .map_err(|_| SqlError::protocol("the gateway closed the session"))
+    }
+
+    /// The next whole message: its tag and body.
+    async fn message(&mut self) -> Result<(u8, BytesMut), SqlError> {
+        loop {
+            if let Some(h) =
+                codec::parse_header(&self.buf).map_err(|e| SqlError::protocol(e.to_string()))?
+            {
+                if h.body_len > MAX_MESSAGE {
+                    return Err(SqlError::protocol("message too large"));
+                }
+                if self.buf.len() >= 5 + h.body_len {
+                    self.buf.advance(5);
+                    return Ok((h.tag, self.buf.split_to(h.body_len)));
+                }
+            }
+            let n = self
+                .pipe
+                .read_buf(&mut self.buf)
+                .await
+                .map_err(|_| SqlError::protocol("the gateway closed the session"))?;
+            if n == 0 {
+                return Err(SqlError::protocol("the gateway closed the session"));
+            }
+        }
+    }
+}
+
+fn error(body: &[u8]) -> SqlError {
+    let fields = codec::parse_error_fields(body);
+    SqlError {
+        code: fields.code,
+        message: fields.message,
+    }
+}
+
+fn row_description(body: &[u8]) -> Result<Vec<Column>, SqlError> {
+    let bad = |e: codec::CodecError| SqlError::protocol(e.to_string());
+    let mut pos = 0;
+    let n = codec::read_i16(body, &mut pos, "RowDescription").map_err(bad)?;
+    let mut columns = Vec::with_capacity(n.max(0) as usize);
+    for _ in 0..n {
+        let name = codec::read_cstr_lossy(body, &mut pos, "RowDescription")
+            .map_err(bad)?
+            .into_owned();
+        // table OID, column number, then the type OID.
+        pos += 4 + 2;
+        let type_oid = codec::read_i32(body, &mut pos, "RowDescription").map_err(bad)? as u32;
+        // type size, modifier, format.
+        pos += 2 + 4 + 2;
+        columns.push(Column { name, type_oid });
+    }
+    Ok(columns)
+}
+
+fn data_row(body: &[u8]) -> Result<Vec<Option<String>>, SqlError> {
+    let bad = |e: codec::CodecError| SqlError::protocol(e.to_string());
+    let mut pos = 0;
+    let n = codec::read_i16(body, &mut pos, "DataRow").map_err(bad)?;
+    let mut cells = Vec::with_capacity(n.max(0) as usize);
+    for _ in 0..n {
+        let len = codec::read_i32(body, &mut pos, "DataRow").map_err(bad)?;
+        if len < 0 {
+            cells.push(None);
+            continue;
+        }
+        let end = pos
+            .checked_add(len as usize)
+            .filter(|&end| end <= body.len())
+            .ok_or_else(|| SqlError::protocol("truncated DataRow"))?;
+        cells.push(Some(String::from_utf8_lossy(&body[pos..end]).into_owned()));
+        pos = end;
+    }
+    Ok(cells)
+}
