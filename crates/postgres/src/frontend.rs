@@ -68,6 +68,8 @@ pub struct Frontend<P, C> {
     cancels: Mutex<HashMap<(i32, i32), CancelTarget>>,
     /// One catalog reader per target connection, for masking (made on first use).
     catalogs: Mutex<HashMap<String, Arc<Catalog>>>,
+    /// `max_connections` sessions at once, network and in-process clients together.
+    slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// Startup parameters the gateway owns and does not forward.
@@ -162,6 +164,7 @@ impl<P: Pipeline, C: Connector> Frontend<P, C> {
         Frontend {
             pipeline,
             connector,
+            slots: Arc::new(tokio::sync::Semaphore::new(config.max_connections)),
             config,
             cancels: Mutex::new(HashMap::new()),
             catalogs: Mutex::new(HashMap::new()),
@@ -170,7 +173,6 @@ impl<P: Pipeline, C: Connector> Frontend<P, C> {
 
     /// Accepts connections until the listener fails.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
-        let slots = Arc::new(tokio::sync::Semaphore::new(self.config.max_connections));
         loop {
             let (tcp, peer) = match listener.accept().await {
                 Ok(c) => c,
@@ -181,7 +183,7 @@ impl<P: Pipeline, C: Connector> Frontend<P, C> {
                     continue;
                 }
             };
-            let Ok(slot) = slots.clone().try_acquire_owned() else {
+            let Ok(slot) = self.slots.clone().try_acquire_owned() else {
                 tokio::spawn(self.clone().refuse_busy(tcp, peer));
                 continue;
             };
@@ -230,6 +232,13 @@ impl<P: Pipeline, C: Connector> Frontend<P, C> {
     /// calls): `stream` starts with a plain startup packet (no encryption to negotiate), then
     /// the session runs exactly as for a network client — token, policy, masking, audit.
     pub async fn serve_in_process(self: Arc<Self>, stream: BoxStream, origin: InProcess) {
+        let Ok(_slot) = self.slots.clone().try_acquire_owned() else {
+            warn!(client = %origin.client_addr, "session refused: too many connections");
+            let refusal = Refusal::new("53300", "sorry, too many clients already");
+            self.finish_early(Err(Early::Refuse(stream, refusal)), "in-process")
+                .await;
+            return;
+        };
         let result = async {
             let mut stream = stream;
             let first =

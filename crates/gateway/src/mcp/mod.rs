@@ -135,8 +135,14 @@ impl ServerHandler for SluiceMcp {
         };
         let agent_context = call_context(&request, &context, parts);
         let args = request.arguments.unwrap_or_default();
-        let result = tools::call(&self.deps, &caller, &request.name, args, agent_context).await;
-        Ok(result.into())
+        // A cancelled call drops its session; a statement already forwarded still finishes
+        // in the target and is recorded, as when any client hangs up.
+        tokio::select! {
+            result = tools::call(&self.deps, &caller, &request.name, args, agent_context) => {
+                Ok(result.into())
+            }
+            () = context.ct.cancelled() => Err(ErrorData::internal_error("cancelled", None)),
+        }
     }
 }
 
