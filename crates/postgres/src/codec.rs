@@ -529,6 +529,11 @@ pub fn ssl_request(out: &mut BytesMut) {
     out.put_i32(SSL_REQUEST);
 }
 
+/// CopyFail: the client aborts a COPY FROM STDIN with `message`.
+pub fn copy_fail(out: &mut BytesMut, message: &str) {
+    put_message(out, b'f', |b| put_cstr(b, message));
+}
+
 pub fn sync(out: &mut BytesMut) {
     put_message(out, b'S', |_| {});
 }

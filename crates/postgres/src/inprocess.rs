@@ -160,6 +160,14 @@ impl InProcessClient {
                 b'N' => result
                     .notices
                     .push(codec::parse_error_fields(&body).message),
+                // COPY FROM STDIN waits for data this client has none of: abort it. The
+                // server ignored the Sync sent during copy-in, so another one follows.
+                b'G' => {
+                    let mut out = BytesMut::new();
+                    codec::copy_fail(&mut out, "COPY FROM STDIN needs a client that sends data");
+                    codec::sync(&mut out);
+                    self.send(&out).await?;
+                }
                 b'E' => failure = Some(error(&body)),
                 b'Z' => break,
                 // ParseComplete, BindComplete, NoData, EmptyQueryResponse, ParameterStatus.

@@ -237,6 +237,21 @@ fn tour(gw: &Gateway, db: &str, client: &mut McpClient, prompt: &str) {
         json!({ "connection": db, "sql": "SELECT 1", "colour": "red" }),
     );
     assert_eq!(unknown["structured"]["status"], "invalid_arguments");
+    // COPY through the query tool: out runs (no rows to show), in is aborted, not hung.
+    let copy_out = client.call(
+        "query",
+        json!({ "connection": db, "sql": "COPY customers TO STDOUT" }),
+    );
+    assert_eq!(copy_out["structured"]["command"], "COPY 300", "{copy_out}");
+    let copy_in = client.call(
+        "query",
+        json!({ "connection": db, "sql": "COPY customers FROM STDIN" }),
+    );
+    assert_eq!(copy_in["is_error"], true, "{copy_in}");
+    assert!(copy_in["structured"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("needs a client that sends data"));
     let elsewhere = client.call(
         "query",
         json!({ "connection": "secret-db", "sql": "SELECT 1" }),
