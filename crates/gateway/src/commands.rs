@@ -780,22 +780,30 @@ impl Verb {
 }
 
 /// The gateway and token an API verb uses: as given, else the saved sign-in (`sluice
-/// login`), else the config's `listen.api`.
+/// login`), else the config's `listen.api`. The saved token goes only to the gateway it
+/// was issued by: `--gateway` naming another one (a command line someone else wrote, an
+/// `mcp.json` in a repository) needs its own `--token`.
 pub async fn api_target(
     config: &Config,
     gateway: Option<String>,
     token: String,
-) -> (String, String) {
-    let (gateway, token) = if token.is_empty() {
-        match crate::client::cache::current().await {
-            Ok(saved) => (Some(gateway.unwrap_or(saved.gateway)), saved.token),
-            Err(_) => (gateway, token),
-        }
-    } else {
-        (gateway, token)
+) -> Result<(String, String)> {
+    if !token.is_empty() {
+        let gateway = gateway.unwrap_or_else(|| format!("http://{}", config.listen.api));
+        return Ok((gateway, token));
+    }
+    let Ok(saved) = crate::client::cache::current().await else {
+        let gateway = gateway.unwrap_or_else(|| format!("http://{}", config.listen.api));
+        return Ok((gateway, token));
     };
-    let gateway = gateway.unwrap_or_else(|| format!("http://{}", config.listen.api));
-    (gateway, token)
+    let same = |a: &str, b: &str| a.trim_end_matches('/') == b.trim_end_matches('/');
+    match gateway {
+        Some(g) if !same(&g, &saved.gateway) => bail!(
+            "the saved sign-in is for {}, not {g}: pass --token (or SLUICE_TOKEN), or `sluice login --gateway {g}`",
+            saved.gateway
+        ),
+        _ => Ok((saved.gateway, saved.token)),
+    }
 }
 
 /// Calls the gateway's API as the holder of `token`; fails with the API's error message.
@@ -810,7 +818,7 @@ fn call_api(
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let (gateway, token) = runtime.block_on(api_target(config, gateway, token));
+    let (gateway, token) = runtime.block_on(api_target(config, gateway, token))?;
     let client = crate::api_client::ApiClient::new(&gateway, token)?;
     let (status, value) = runtime.block_on(client.call(method, path, body))?;
     if !status.is_success() {
@@ -963,6 +971,7 @@ fn print_review(r: &serde_json::Value) {
     if let Some(params) = r["params"].as_array().filter(|p| !p.is_empty()) {
         println!("  params: {}", serde_json::Value::Array(params.clone()));
     }
+    print_context(&r["context"]);
     println!(
         "  reviewers: {} (approvals needed: {})",
         r["reviewers"], r["min_approvals"]

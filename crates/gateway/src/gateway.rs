@@ -332,7 +332,6 @@ async fn shutdown_signal() {
     }
 }
 
-/// The connections as the API lists them.
 /// The `Host` values `/mcp` answers (DNS-rebinding protection): loopback names, the API
 /// listener's own address, and the host of `identity.public_url` behind a reverse proxy.
 fn mcp_hosts(config: &Config) -> Vec<String> {
@@ -353,6 +352,7 @@ fn mcp_hosts(config: &Config) -> Vec<String> {
     hosts
 }
 
+/// The connections as the API lists them.
 fn connection_views(config: &Config) -> Vec<ConnectionView> {
     let allow = config.allow_lists();
     config

@@ -589,7 +589,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     &config,
                     api.gateway,
                     api.token.unwrap_or_default(),
-                ));
+                ))?;
             let (gateway, token) = target;
             if token.is_empty() {
                 anyhow::bail!("no token: run `sluice login`, or set SLUICE_TOKEN");

@@ -211,20 +211,21 @@ impl GatewayPipeline {
     }
 }
 
-/// A `review` verdict, borrowed.
 /// How a `fail`-mode refusal starts; [`held_review_id`] reads the id back out of it.
 const HELD_FOR_REVIEW: &str = "statement held for review ";
 
 /// The review id in a `fail`-mode refusal's message, for callers (the MCP tools) that
 /// answer with it as a field of its own.
 pub fn held_review_id(message: &str) -> Option<&str> {
-    let at = message.find(HELD_FOR_REVIEW)? + HELD_FOR_REVIEW.len();
-    message[at..]
+    // Only at the start: a database error quoting data must not pass for a review.
+    message
+        .strip_prefix(HELD_FOR_REVIEW)?
         .split(|c: char| c.is_whitespace() || c == '(')
         .next()
         .filter(|id| !id.is_empty())
 }
 
+/// A `review` verdict, borrowed.
 struct Held<'a> {
     rule: &'a str,
     /// Definitions of the prepared statement the request runs, for the reviewers.

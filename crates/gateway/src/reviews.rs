@@ -205,6 +205,9 @@ impl Reviews {
             reviewers: serde_json::to_string(&held.reviewer_names).unwrap_or_else(|_| "[]".into()),
             min_approvals: held.min_approvals,
             use_window_ms: held.approval_window.as_millis() as i64,
+            context: held
+                .agent_context
+                .and_then(|c| serde_json::to_string(c).ok()),
         };
         let event = Event::now(
             Some(held.session_id.to_owned()),

@@ -366,6 +366,7 @@ pub fn review_json(r: &sluice_store::ReviewRow) -> Value {
         "reason": r.reason,
         "use_by": r.use_by_ms.map(time),
         "used": r.used_ms.map(time),
+        "context": r.context.as_deref().and_then(|c| serde_json::from_str::<Value>(c).ok()),
     })
 }
 

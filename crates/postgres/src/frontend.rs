@@ -92,6 +92,26 @@ struct Client {
     fail_fast_reviews: bool,
 }
 
+/// How an in-process client cancels its running statement: a CancelRequest with the key
+/// the session's BackendKeyData gave it, as any PostgreSQL client sends one.
+pub trait CancelSession: Send + Sync {
+    fn cancel_session(
+        &self,
+        pid: i32,
+        key: [u8; 4],
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>;
+}
+
+impl<P: Pipeline, C: Connector> CancelSession for Frontend<P, C> {
+    fn cancel_session(
+        &self,
+        pid: i32,
+        key: [u8; 4],
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(async move { self.cancel(pid, &key).await })
+    }
+}
+
 /// A client in this process (see [`Frontend::serve_in_process`]).
 pub struct InProcess {
     /// What the session records as the client address, e.g. `mcp:127.0.0.1:50312`.

@@ -6,18 +6,25 @@
 //! large result after a row limit.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
 use crate::codec;
-use crate::frontend::{Connector, Frontend, InProcess};
+use crate::frontend::{CancelSession, Connector, Frontend, InProcess};
 use sluice_core::Pipeline;
 
 /// Memory per direction of the in-memory pipe.
 const PIPE_BYTES: usize = 256 * 1024;
-/// Largest message accepted from the gateway (one row of a result).
+/// Largest message accepted from the gateway (one row of a result); read one at a time.
 const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+/// What a result keeps, whatever the target sends: cells are cut at `MAX_CELL_BYTES` (and
+/// marked), rows stop at `MAX_RESULT_BYTES` of kept text (the result is then truncated),
+/// and at most `MAX_NOTICES` notices are kept.
+pub const MAX_CELL_BYTES: usize = 16 * 1024;
+const MAX_RESULT_BYTES: usize = 4 * 1024 * 1024;
+const MAX_NOTICES: usize = 100;
 
 /// An error as PostgreSQL (or the gateway, in its name) reported it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -54,13 +61,21 @@ pub struct QueryResult {
     pub tag: Option<String>,
     /// Notices sent while it ran (a held statement's notice among them).
     pub notices: Vec<String>,
+    /// The statement was a COPY TO STDOUT, whose data this client does not keep.
+    pub copy_out: bool,
 }
 
 /// One session through the gateway.
 pub struct InProcessClient {
     pipe: DuplexStream,
     buf: BytesMut,
+    frontend: Arc<dyn CancelSession>,
+    /// The session's BackendKeyData, for cancelling.
+    cancel_key: Option<(i32, [u8; 4])>,
 }
+
+/// How long a cancelled statement has to answer before the session is given up.
+const CANCEL_GRACE: Duration = Duration::from_secs(10);
 
 impl InProcessClient {
     /// Opens a session on `connection` as `user` with `token`, served by `frontend` in this
@@ -74,10 +89,16 @@ impl InProcessClient {
         application_name: &str,
     ) -> Result<InProcessClient, SqlError> {
         let (pipe, gateway_side) = tokio::io::duplex(PIPE_BYTES);
-        tokio::spawn(frontend.serve_in_process(Box::new(gateway_side), origin));
+        tokio::spawn(
+            frontend
+                .clone()
+                .serve_in_process(Box::new(gateway_side), origin),
+        );
         let mut client = InProcessClient {
             pipe,
             buf: BytesMut::new(),
+            frontend,
+            cancel_key: None,
         };
         let mut out = BytesMut::new();
         codec::startup_message(
@@ -103,6 +124,12 @@ impl InProcessClient {
                     _ => return Err(SqlError::protocol("unexpected authentication request")),
                 },
                 b'E' => return Err(error(&body)),
+                b'K' => {
+                    if let (Some(pid), Some(key)) = (body.get(..4), body.get(4..8)) {
+                        let pid = i32::from_be_bytes([pid[0], pid[1], pid[2], pid[3]]);
+                        client.cancel_key = Some((pid, [key[0], key[1], key[2], key[3]]));
+                    }
+                }
                 b'Z' => return Ok(client),
                 // ParameterStatus, BackendKeyData, notices: nothing to keep.
                 _ => {}
@@ -111,8 +138,40 @@ impl InProcessClient {
     }
 
     /// Runs one statement with text parameters through the extended protocol, keeping at
-    /// most `max_rows` rows (the rest are not fetched).
+    /// most `max_rows` rows (the rest are not fetched). A statement still running after
+    /// `timeout` is cancelled (SQLSTATE 57014).
     pub async fn query(
+        &mut self,
+        sql: &str,
+        params: &[Option<&str>],
+        max_rows: usize,
+        timeout: Duration,
+    ) -> Result<QueryResult, SqlError> {
+        let (frontend, cancel_key) = (self.frontend.clone(), self.cancel_key);
+        let exchange = self.exchange(sql, params, max_rows);
+        tokio::pin!(exchange);
+        tokio::select! {
+            result = &mut exchange => return result,
+            () = tokio::time::sleep(timeout) => {}
+        }
+        if let Some((pid, key)) = cancel_key {
+            frontend.cancel_session(pid, key).await;
+        }
+        let overran = SqlError {
+            code: "57014".into(),
+            message: format!(
+                "the statement ran longer than {} s and was cancelled",
+                timeout.as_secs()
+            ),
+        };
+        match tokio::time::timeout(CANCEL_GRACE, exchange).await {
+            Ok(Err(e)) if e.code == "57014" => Err(overran),
+            Ok(result) => result,
+            Err(_) => Err(overran),
+        }
+    }
+
+    async fn exchange(
         &mut self,
         sql: &str,
         params: &[Option<&str>],
@@ -139,17 +198,25 @@ impl InProcessClient {
 
         let mut result = QueryResult::default();
         let mut failure = None;
+        let mut kept = 0usize;
         loop {
-            let (tag, body) = self.message().await?;
+            let (tag, body) = match self.message().await {
+                Ok(m) => m,
+                // A FATAL error and then the end of the session: the error tells why.
+                Err(e) => return Err(failure.unwrap_or(e)),
+            };
             match tag {
                 b'T' => result.columns = row_description(&body)?,
                 b'D' => {
-                    if result.rows.len() < max_rows {
-                        result.rows.push(data_row(&body)?);
+                    if result.rows.len() < max_rows && kept <= MAX_RESULT_BYTES {
+                        let row = data_row(&body)?;
+                        kept += row.iter().flatten().map(String::len).sum::<usize>();
+                        result.rows.push(row);
                     } else {
                         result.truncated = true;
                     }
                 }
+                b'H' => result.copy_out = true,
                 b's' => result.truncated = true,
                 b'C' => {
                     let mut pos = 0;
@@ -157,7 +224,7 @@ impl InProcessClient {
                         .map_err(|e| SqlError::protocol(e.to_string()))?;
                     result.tag = Some(tag.into_owned());
                 }
-                b'N' => result
+                b'N' if result.notices.len() < MAX_NOTICES => result
                     .notices
                     .push(codec::parse_error_fields(&body).message),
                 // COPY FROM STDIN waits for data this client has none of: abort it. The
@@ -261,8 +328,22 @@ fn data_row(body: &[u8]) -> Result<Vec<Option<String>>, SqlError> {
             .checked_add(len as usize)
             .filter(|&end| end <= body.len())
             .ok_or_else(|| SqlError::protocol("truncated DataRow"))?;
-        cells.push(Some(String::from_utf8_lossy(&body[pos..end]).into_owned()));
+        cells.push(Some(bounded_cell(&body[pos..end])));
         pos = end;
     }
     Ok(cells)
+}
+
+/// A cell's text, cut at [`MAX_CELL_BYTES`] on a character boundary and marked.
+fn bounded_cell(bytes: &[u8]) -> String {
+    if bytes.len() <= MAX_CELL_BYTES {
+        return String::from_utf8_lossy(bytes).into_owned();
+    }
+    let mut text = String::from_utf8_lossy(&bytes[..MAX_CELL_BYTES]).into_owned();
+    // A character cut in two at the end became U+FFFD: drop it.
+    if text.ends_with('\u{fffd}') {
+        text.pop();
+    }
+    text.push_str(&format!("…[{} bytes cut]", bytes.len() - MAX_CELL_BYTES));
+    text
 }

@@ -7,7 +7,7 @@
 //! and returns the pairs and the statement without it. A block comment that is not a
 //! well-formed list of pairs is not a sqlcommenter comment and stays in the text.
 
-use crate::lexer::{tokenize, TokenKind};
+use crate::lexer::{is_space, tokenize, tokenize_with, TokenKind};
 
 /// A statement's sqlcommenter comment, taken out.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,13 +24,22 @@ const MAX_PAIRS: usize = 64;
 /// Takes the sqlcommenter comment out of one statement: the last token before any trailing
 /// `;` and whitespace, else the first token. `None` when there is none (cheaply, when the
 /// text has no `/*` at all).
+///
+/// The comment must be the same comment whether `standard_conforming_strings` is on or off:
+/// with it off, `'\' /*a='` is one string constant, and what follows would run while the
+/// text without the "comment" looked harmless. Only whitespace as the server knows it is
+/// trimmed where the comment was (bytes >= 0x80 belong to identifiers), so the text left is
+/// the statement the server runs.
 pub fn take_comment(sql: &str) -> Option<Commented> {
     if !sql.contains("/*") {
         return None;
     }
     let tokens = tokenize(sql);
-    let is_comment =
-        |i: usize| matches!(tokens[i].kind, TokenKind::BlockComment { terminated: true });
+    let escaped = tokenize_with(sql, false);
+    let is_comment = |i: usize| {
+        matches!(tokens[i].kind, TokenKind::BlockComment { terminated: true })
+            && escaped.contains(&tokens[i])
+    };
     let last = tokens
         .iter()
         .rposition(|t| !matches!(t.kind, TokenKind::Whitespace | TokenKind::Semicolon));
@@ -46,10 +55,15 @@ pub fn take_comment(sql: &str) -> Option<Commented> {
         };
         let before = &sql[..token.start];
         let after = &sql[token.end..];
+        let space = |c: char| c.is_ascii() && is_space(c as u8);
         let statement = if Some(index) == last {
-            format!("{}{}", before.trim_end(), after.trim())
+            format!(
+                "{}{}",
+                before.trim_end_matches(space),
+                after.trim_matches(space)
+            )
         } else {
-            format!("{}{}", before, after.trim_start())
+            format!("{}{}", before, after.trim_start_matches(space))
         };
         return Some(Commented { statement, pairs });
     }
@@ -182,6 +196,8 @@ mod tests {
             "SELECT 1 /* a='unterminated */",
             "SELECT 1 /**/",
             "SELECT '/* prompt=''x'' */'",
+            "SELECT $$/*prompt='x'*/$$",
+            "SELECT 1 /*a='b'*/ -- trailing line comment",
             "SELECT 1 /* a='b' */ + 2",
             "SELECT 1",
         ] {
@@ -191,8 +207,29 @@ mod tests {
 
     #[test]
     fn nested_comment_in_a_value_cannot_escape() {
-        // The lexer ends the comment where the server does; the body is then not pairs.
-        assert_eq!(take_comment("SELECT 1 /* a='/* b' */ */"), None);
+        // Comments nest, as in the server: the first `*/` closes only the inner one, so the
+        // comment is unterminated and nothing is taken.
+        assert_eq!(take_comment("SELECT 1 /* a='/* b' */"), None);
+    }
+
+    #[test]
+    fn a_comment_only_with_standard_conforming_strings_on_is_not_taken() {
+        // With standard_conforming_strings off, `'\' /*a='` is one string and the subquery
+        // runs; taking the "comment" would hide it from policy and the record.
+        let sql = "SELECT '\\' /*a=' || (SELECT secret FROM t) --'*/";
+        assert_eq!(take_comment(sql), None);
+        // An E'' string reads the same either way: that comment is taken.
+        let c = take_comment("SELECT E'\\'' /*a='b'*/").unwrap();
+        assert_eq!(c.statement, "SELECT E'\\''");
+    }
+
+    #[test]
+    fn only_server_whitespace_is_trimmed() {
+        // U+00A0 is part of an identifier for PostgreSQL: it stays.
+        let c = take_comment("DELETE FROM accounts\u{a0} /*a='b'*/").unwrap();
+        assert_eq!(c.statement, "DELETE FROM accounts\u{a0}");
+        let c = take_comment("DELETE FROM accounts\u{a0}/*a='b'*/").unwrap();
+        assert_eq!(c.statement, "DELETE FROM accounts\u{a0}");
     }
 
     #[test]

@@ -160,6 +160,10 @@ const MIGRATIONS: &[&str] = &[
         state_ms   INTEGER
     ) STRICT;
     ",
+    // Version 7: the agent context (JSON) of a held statement, so reviewers see the prompt.
+    "
+    ALTER TABLE reviews ADD COLUMN context TEXT;
+    ",
 ];
 
 /// Handle to the metadata database.

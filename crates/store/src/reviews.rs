@@ -32,6 +32,8 @@ pub struct NewReview {
     pub min_approvals: u32,
     /// `fail` mode: how long an approval may be used by a retry.
     pub use_window_ms: i64,
+    /// The statement's agent context (JSON), when it had one.
+    pub context: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,10 +70,11 @@ pub struct ReviewRow {
     /// `fail` mode: until when the approval may be used by a retry.
     pub use_by_ms: Option<i64>,
     pub used_ms: Option<i64>,
+    pub context: Option<String>,
     pub approvals: Vec<Approval>,
 }
 
-const COLUMNS: &str = "id, created_ms, expires_ms, requester, actor, connection, session_id, rule, mode, statement, params, statement_hash, reviewers, min_approvals, use_window_ms, status, decided_ms, decided_by, reason, use_by_ms, used_ms";
+const COLUMNS: &str = "id, created_ms, expires_ms, requester, actor, connection, session_id, rule, mode, statement, params, statement_hash, reviewers, min_approvals, use_window_ms, status, decided_ms, decided_by, reason, use_by_ms, used_ms, context";
 
 fn from_row(row: &Row<'_>) -> rusqlite::Result<ReviewRow> {
     Ok(ReviewRow {
@@ -96,6 +99,7 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<ReviewRow> {
         reason: row.get(18)?,
         use_by_ms: row.get(19)?,
         used_ms: row.get(20)?,
+        context: row.get(21)?,
         approvals: Vec::new(),
     })
 }
@@ -153,12 +157,12 @@ impl Store {
     pub fn insert_review(&self, r: &NewReview) -> Result<(), StoreError> {
         self.write(|tx| {
             tx.execute(
-                "INSERT INTO reviews (id, created_ms, expires_ms, requester, actor, connection, session_id, rule, mode, statement, params, statement_hash, reviewers, min_approvals, use_window_ms, status)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, 'pending')",
+                "INSERT INTO reviews (id, created_ms, expires_ms, requester, actor, connection, session_id, rule, mode, statement, params, statement_hash, reviewers, min_approvals, use_window_ms, status, context)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, 'pending', ?16)",
                 params![
                     r.id, r.created_ms, r.expires_ms, r.requester, r.actor, r.connection,
                     r.session_id, r.rule, r.mode, r.statement, r.params, r.statement_hash,
-                    r.reviewers, r.min_approvals, r.use_window_ms
+                    r.reviewers, r.min_approvals, r.use_window_ms, r.context
                 ],
             )?;
             Ok(())
@@ -402,6 +406,7 @@ mod tests {
             reviewers: "[\"group:dba\"]".into(),
             min_approvals: min,
             use_window_ms: 5_000,
+            context: None,
         }
     }
 

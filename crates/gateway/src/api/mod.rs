@@ -88,10 +88,14 @@ pub fn router(
         rmcp::transport::streamable_http_server::session::local::LocalSessionManager,
     >,
 ) -> Router {
+    let mcp_auth = crate::mcp::McpAuth {
+        api: state.clone(),
+        owners: Arc::default(),
+    };
     let mcp = Router::new()
         .fallback_service(mcp)
         .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
+            mcp_auth,
             crate::mcp::authenticate,
         ));
     Router::new()

@@ -170,6 +170,42 @@ fn sse_messages(stream: &str) -> Vec<String> {
     out
 }
 
+enum Line {
+    Message(String),
+    TooLong,
+    End,
+}
+
+/// The next line from the MCP client, trimmed; invalid UTF-8 is replaced (the gateway then
+/// answers with a parse error) and a line over [`MAX_LINE`] is skipped whole.
+async fn read_message<R: tokio::io::AsyncBufRead + Unpin>(input: &mut R) -> std::io::Result<Line> {
+    let mut buf = Vec::new();
+    let n = (&mut *input)
+        .take(MAX_LINE as u64 + 1)
+        .read_until(b'\n', &mut buf)
+        .await?;
+    if n == 0 {
+        return Ok(Line::End);
+    }
+    if buf.len() > MAX_LINE && buf.last() != Some(&b'\n') {
+        // Skip the rest of the line.
+        loop {
+            let mut rest = Vec::new();
+            let n = (&mut *input)
+                .take(MAX_LINE as u64)
+                .read_until(b'\n', &mut rest)
+                .await?;
+            if n == 0 || rest.last() == Some(&b'\n') {
+                break;
+            }
+        }
+        return Ok(Line::TooLong);
+    }
+    Ok(Line::Message(
+        String::from_utf8_lossy(&buf).trim().to_owned(),
+    ))
+}
+
 fn rpc_error(id: &Value, code: i64, message: &str) -> String {
     json!({ "jsonrpc": "2.0", "id": id, "error": { "code": code, "message": message } }).to_string()
 }
@@ -206,19 +242,20 @@ pub fn run(gateway: &str, token: String) -> Result<std::process::ExitCode> {
             }
         });
         let mut stdin = BufReader::with_capacity(64 * 1024, tokio::io::stdin());
-        let mut line = String::new();
         let mut calls = tokio::task::JoinSet::new();
         loop {
-            line.clear();
-            let n = (&mut stdin)
-                .take(MAX_LINE as u64)
-                .read_line(&mut line)
-                .await
-                .context("reading stdin")?;
-            if n == 0 {
-                break;
-            }
-            let message = line.trim().to_owned();
+            let message = match read_message(&mut stdin).await.context("reading stdin")? {
+                Line::End => break,
+                Line::TooLong => {
+                    let _ = tx.send(rpc_error(
+                        &Value::Null,
+                        -32600,
+                        &format!("message longer than {MAX_LINE} bytes"),
+                    ));
+                    continue;
+                }
+                Line::Message(m) => m,
+            };
             if message.is_empty() {
                 continue;
             }
@@ -248,8 +285,34 @@ pub fn run(gateway: &str, token: String) -> Result<std::process::ExitCode> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn lines_are_read_whole_bounded_and_lossy() {
+        let mut input = format!("{{\"a\":1}}\n{}\n", "x".repeat(MAX_LINE + 10)).into_bytes();
+        input.extend_from_slice(b"\xff\xfe not utf-8\nlast");
+        let mut reader = BufReader::new(&input[..]);
+        assert!(
+            matches!(read_message(&mut reader).await.unwrap(), Line::Message(m) if m == "{\"a\":1}")
+        );
+        assert!(matches!(
+            read_message(&mut reader).await.unwrap(),
+            Line::TooLong
+        ));
+        assert!(matches!(
+            read_message(&mut reader).await.unwrap(),
+            Line::Message(_)
+        ));
+        assert!(
+            matches!(read_message(&mut reader).await.unwrap(), Line::Message(m) if m == "last")
+        );
+        assert!(matches!(
+            read_message(&mut reader).await.unwrap(),
+            Line::End
+        ));
+    }
 
     #[test]
     fn event_streams_yield_their_data() {

@@ -6,9 +6,12 @@
 
 mod tools;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use axum::extract::{Request, State};
+use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use rmcp::model::{
@@ -19,6 +22,7 @@ use rmcp::service::RequestContext;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{ErrorData, RoleServer, ServerHandler};
+use sha2::{Digest, Sha256};
 use sluice_core::{AgentContext, Identity};
 use sluice_mask::Masking;
 use sluice_postgres::Frontend;
@@ -40,6 +44,8 @@ pub struct McpDeps {
 #[derive(Clone)]
 pub struct McpCaller {
     pub identity: Identity,
+    /// The HTTP client's address, recorded as the session's `mcp:ADDR`.
+    pub addr: String,
     /// The caller's own token, presented again to open each query's session.
     token: Arc<str>,
 }
@@ -70,15 +76,68 @@ pub fn service(
     )
 }
 
+/// Most MCP sessions remembered at once; past that the oldest is forgotten (its client
+/// then has to initialize again).
+const MAX_SESSIONS: usize = 10_000;
+
+/// Which user opened each MCP session: a session id is not a credential, so a request
+/// naming another user's session is answered as if the session did not exist.
+#[derive(Default)]
+pub struct SessionOwners {
+    owners: Mutex<HashMap<String, (String, Instant)>>,
+}
+
+impl SessionOwners {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, Instant)>> {
+        self.owners
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn owned_by(&self, session: &str, user: &str) -> bool {
+        self.lock()
+            .get(session)
+            .is_some_and(|(owner, _)| owner == user)
+    }
+
+    fn insert(&self, session: String, user: String) {
+        let mut owners = self.lock();
+        if owners.len() >= MAX_SESSIONS {
+            let oldest = owners
+                .iter()
+                .min_by_key(|(_, (_, at))| *at)
+                .map(|(id, _)| id.clone());
+            if let Some(oldest) = oldest {
+                owners.remove(&oldest);
+            }
+        }
+        owners.insert(session, (user, Instant::now()));
+    }
+
+    fn remove(&self, session: &str) {
+        self.lock().remove(session);
+    }
+}
+
+/// What the `/mcp` middleware needs.
+#[derive(Clone)]
+pub struct McpAuth {
+    pub api: ApiState,
+    pub owners: Arc<SessionOwners>,
+}
+
+const SESSION_HEADER: &str = "mcp-session-id";
+
 /// Middleware: every `/mcp` request carries a sluice token (or service-account key) of a
-/// role that may act; the identity rides in the request's extensions to the tools.
+/// role that may act, and names only an MCP session its own user opened; the identity
+/// rides in the request's extensions to the tools.
 pub async fn authenticate(
-    State(state): State<ApiState>,
+    State(auth): State<McpAuth>,
     mut request: Request,
     next: Next,
 ) -> Response {
     let action = format!("{} /mcp", request.method());
-    let caller = match authorize(&state, request.headers(), Need::Act, &action).await {
+    let caller = match authorize(&auth.api, request.headers(), Need::Act, &action).await {
         Ok(c) => c,
         Err(refusal) => return refusal,
     };
@@ -89,13 +148,40 @@ pub async fn authenticate(
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(Arc::<str>::from)
     else {
-        return axum::http::StatusCode::UNAUTHORIZED.into_response();
+        return StatusCode::UNAUTHORIZED.into_response();
     };
+    let session = request
+        .headers()
+        .get(SESSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let user = caller.identity.user.clone();
+    if let Some(id) = &session {
+        if !auth.owners.owned_by(id, &user) {
+            return (StatusCode::NOT_FOUND, "no such MCP session\n").into_response();
+        }
+    }
+    let ending = request.method() == axum::http::Method::DELETE;
+    let addr = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map_or_else(|| "unknown".to_owned(), |c| c.0.to_string());
     request.extensions_mut().insert(McpCaller {
         identity: caller.identity,
+        addr,
         token,
     });
-    next.run(request).await
+    let response = next.run(request).await;
+    match (&session, response.headers().get(SESSION_HEADER)) {
+        (None, Some(new)) => {
+            if let Ok(new) = new.to_str() {
+                auth.owners.insert(new.to_owned(), user);
+            }
+        }
+        (Some(id), _) if ending && response.status().is_success() => auth.owners.remove(id),
+        _ => {}
+    }
+    response
 }
 
 #[derive(Clone)]
@@ -157,24 +243,28 @@ fn call_context(
 ) -> AgentContext {
     let mut ctx = AgentContext::default();
     if let Some(peer) = context.peer.peer_info() {
-        ctx.client = Some(peer.client_info.name.clone());
-        ctx.client_version = Some(peer.client_info.version.clone());
+        ctx.set("client", &peer.client_info.name);
+        ctx.set("client_version", &peer.client_info.version);
     }
     let header = |name: &str| {
         parts
             .and_then(|p| p.headers.get(name))
             .and_then(|v| v.to_str().ok())
     };
-    if let Some(session) = header("mcp-session-id") {
-        ctx.conversation = Some(session.to_owned());
+    // The MCP session, by a digest: its id is the client's handle on the session and is
+    // not written down.
+    if let Some(session) = header(SESSION_HEADER) {
+        let digest = Sha256::digest(session.as_bytes());
+        ctx.conversation = Some(format!("mcp-{}", hex::encode(&digest[..8])));
     }
     if let Some(tp) = header("traceparent") {
         ctx.set("traceparent", tp);
     }
-    ctx.tool_call = Some(match &context.id {
+    let id = match &context.id {
         rmcp::model::NumberOrString::Number(n) => n.to_string(),
         rmcp::model::NumberOrString::String(s) => s.to_string(),
-    });
+    };
+    ctx.set("tool_call", &id);
     let meta = request.meta.iter().flat_map(|m| m.0 .0.iter());
     for (key, value) in meta.chain(context.meta.0 .0.iter()) {
         let key = key.rsplit('/').next().unwrap_or(key);

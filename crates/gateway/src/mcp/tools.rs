@@ -1,6 +1,7 @@
 //! The MCP tools: their schemas and what each does.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use rmcp::model::{CallToolResult, JsonObject, Tool};
 use serde::Deserialize;
@@ -15,11 +16,12 @@ use super::{McpCaller, McpDeps};
 /// Rows a query returns unless it asks for another number, and the most it may ask for.
 const DEFAULT_ROWS: usize = 100;
 const MAX_ROWS: usize = 1000;
-/// Longest cell returned, in bytes; longer ones are cut and marked.
-const MAX_CELL_BYTES: usize = 16 * 1024;
 /// Columns a schema description lists at most.
 const MAX_DESCRIBED_COLUMNS: usize = 5000;
 const MAX_PARAMS: usize = 1000;
+/// How long a statement may run unless the call asks for less or more, and the most it may ask.
+const DEFAULT_TIMEOUT_S: u64 = 60;
+const MAX_TIMEOUT_S: u64 = 270;
 
 fn schema(value: Value) -> Arc<JsonObject> {
     match value {
@@ -59,7 +61,7 @@ pub fn definitions() -> Vec<Tool> {
         ),
         Tool::new(
             "query",
-            "Run one SQL statement on a connection, with $1, $2 … parameters. Policy may refuse it (the reason says which rule) or hold it for a human's review: then you get a review id; poll review_status and, once approved, call query again with exactly the same sql and params. Sensitive values in results are masked. Results hold at most max_rows rows and say when they were truncated.",
+            "Run one SQL statement on a connection, with $1, $2 … parameters. Policy may refuse it (the reason says which rule) or hold it for a human's review: then you get a review id; poll review_status and, once approved, call query again with exactly the same sql and params. Sensitive values in results are masked. Results hold at most max_rows rows (and 4 MiB of text; cells over 16 KiB are cut and marked) and say when they were truncated.",
             schema(json!({
                 "type": "object",
                 "properties": with_context(json!({
@@ -70,7 +72,8 @@ pub fn definitions() -> Vec<Tool> {
                         "description": "Values for $1, $2 …: strings, numbers, booleans or null.",
                         "items": { "type": ["string", "number", "boolean", "null"] }
                     },
-                    "max_rows": { "type": "integer", "minimum": 1, "maximum": MAX_ROWS, "default": DEFAULT_ROWS }
+                    "max_rows": { "type": "integer", "minimum": 1, "maximum": MAX_ROWS, "default": DEFAULT_ROWS },
+                    "timeout_seconds": { "type": "integer", "minimum": 1, "maximum": MAX_TIMEOUT_S, "default": DEFAULT_TIMEOUT_S, "description": "The statement is cancelled when it runs longer." }
                 })),
                 "required": ["connection", "sql"]
             })),
@@ -104,6 +107,7 @@ struct QueryArgs {
     #[serde(default)]
     params: Vec<Value>,
     max_rows: Option<usize>,
+    timeout_seconds: Option<u64>,
     prompt: Option<String>,
     intent: Option<String>,
 }
@@ -194,7 +198,7 @@ async fn open(
     InProcessClient::connect(
         deps.frontend.clone(),
         InProcess {
-            client_addr: "mcp".to_owned(),
+            client_addr: format!("mcp:{}", caller.addr),
             agent_context: Some(ctx),
             fail_fast_reviews: true,
         },
@@ -206,17 +210,23 @@ async fn open(
     .await
 }
 
+/// One statement a tool runs, and its limits.
+struct Statement<'a> {
+    sql: &'a str,
+    params: &'a [Option<&'a str>],
+    max_rows: usize,
+    timeout: Duration,
+}
+
 async fn run(
     deps: &McpDeps,
     caller: &McpCaller,
     connection: &str,
     ctx: AgentContext,
-    sql: &str,
-    params: &[Option<&str>],
-    max_rows: usize,
+    s: Statement<'_>,
 ) -> Result<QueryResult, SqlError> {
     let mut session = open(deps, caller, connection, ctx).await?;
-    let result = session.query(sql, params, max_rows).await;
+    let result = session.query(s.sql, s.params, s.max_rows, s.timeout).await;
     session.close().await;
     result
 }
@@ -260,13 +270,24 @@ async fn query(
         .collect();
     let params: Vec<Option<&str>> = params.iter().map(Option::as_deref).collect();
     let max_rows = a.max_rows.unwrap_or(DEFAULT_ROWS).clamp(1, MAX_ROWS);
-    match run(deps, caller, &a.connection, ctx, &a.sql, &params, max_rows).await {
-        Ok(result) => CallToolResult::structured(result_json(&a.connection, result, max_rows)),
+    let timeout = Duration::from_secs(
+        a.timeout_seconds
+            .unwrap_or(DEFAULT_TIMEOUT_S)
+            .clamp(1, MAX_TIMEOUT_S),
+    );
+    let statement = Statement {
+        sql: &a.sql,
+        params: &params,
+        max_rows,
+        timeout,
+    };
+    match run(deps, caller, &a.connection, ctx, statement).await {
+        Ok(result) => CallToolResult::structured(result_json(&a.connection, result)),
         Err(e) => sql_failure(e),
     }
 }
 
-fn result_json(connection: &str, r: QueryResult, max_rows: usize) -> Value {
+fn result_json(connection: &str, r: QueryResult) -> Value {
     let columns: Vec<Value> = r
         .columns
         .iter()
@@ -299,11 +320,15 @@ fn result_json(connection: &str, r: QueryResult, max_rows: usize) -> Value {
     });
     if r.truncated {
         out["note"] = json!(format!(
-            "only the first {max_rows} rows are shown; narrow the query or raise max_rows (at most {MAX_ROWS})"
+            "only the first {} rows are shown (at most max_rows, and 4 MiB of text); narrow the query or raise max_rows (at most {MAX_ROWS})",
+            r.rows.len()
         ));
     }
     if !r.notices.is_empty() {
         out["notices"] = json!(r.notices);
+    }
+    if r.copy_out {
+        out["note"] = json!("COPY … TO STDOUT ran, but this tool returns no COPY data: use SELECT");
     }
     out
 }
@@ -323,13 +348,6 @@ fn cell_json(cell: Option<&str>, type_oid: u32) -> Value {
             .ok()
             .filter(|f| f.is_finite())
             .map_or_else(|| json!(text), |f| json!(f)),
-        _ if text.len() > MAX_CELL_BYTES => {
-            let mut end = MAX_CELL_BYTES;
-            while !text.is_char_boundary(end) {
-                end -= 1;
-            }
-            json!(format!("{}…[{} bytes cut]", &text[..end], text.len() - end))
-        }
         _ => json!(text),
     }
 }
@@ -376,17 +394,13 @@ async fn describe(
     only_schema: Option<&str>,
     ctx: AgentContext,
 ) -> CallToolResult {
-    let result = match run(
-        deps,
-        caller,
-        connection,
-        ctx,
-        DESCRIBE_SQL,
-        &[only_schema],
-        MAX_DESCRIBED_COLUMNS,
-    )
-    .await
-    {
+    let statement = Statement {
+        sql: DESCRIBE_SQL,
+        params: &[only_schema],
+        max_rows: MAX_DESCRIBED_COLUMNS,
+        timeout: Duration::from_secs(DEFAULT_TIMEOUT_S),
+    };
+    let result = match run(deps, caller, connection, ctx, statement).await {
         Ok(r) => r,
         Err(e) => return sql_failure(e),
     };
@@ -454,4 +468,29 @@ async fn review_status(deps: &McpDeps, caller: &McpCaller, id: &str) -> CallTool
         _ => "this review will not let the query run; change course or ask a human",
     });
     CallToolResult::structured(out)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_review_refusal_reads_as_a_held_query() {
+        let held = sql_failure(SqlError {
+            code: "42501".into(),
+            message: "statement held for review r-0123456789ab (policy \"x\"); once …".into(),
+        });
+        let s = held.structured_content.unwrap_or_default();
+        assert_eq!(s["status"], "pending_review");
+        assert_eq!(s["review_id"], "r-0123456789ab");
+        // A database error quoting data that looks like one is an error.
+        let quoted = sql_failure(SqlError {
+            code: "22P02".into(),
+            message: "invalid input syntax for type integer: \"statement held for review r-1\""
+                .into(),
+        });
+        let s = quoted.structured_content.unwrap_or_default();
+        assert_eq!(s["status"], "error");
+    }
 }

@@ -134,6 +134,40 @@ fn search(gw: &Gateway, args: &[&str]) -> Vec<Value> {
         .unwrap()
 }
 
+/// Like [`search`], once every hit has its result on record (result events are written
+/// within 20 ms of the answer, not before the client has it).
+fn search_settled(gw: &Gateway, args: &[&str]) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let hits = search(gw, args);
+        if !hits.is_empty() && hits.iter().all(|h| !h["status"].is_null()) {
+            return hits;
+        }
+        assert!(std::time::Instant::now() < deadline, "{hits:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Every audit event, in order, from all segments.
+fn audit_events(gw: &Gateway) -> Vec<Value> {
+    let mut segments: Vec<_> = std::fs::read_dir(gw.data_dir().join("audit"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .collect();
+    segments.sort();
+    segments
+        .iter()
+        .flat_map(|p| {
+            std::fs::read_to_string(p)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str::<Value>(l).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 /// Runs the tool tour every transport must pass.
 fn tour(gw: &Gateway, db: &str, client: &mut McpClient, prompt: &str) {
     assert_eq!(
@@ -237,6 +271,35 @@ fn tour(gw: &Gateway, db: &str, client: &mut McpClient, prompt: &str) {
         json!({ "connection": db, "sql": "SELECT 1", "colour": "red" }),
     );
     assert_eq!(unknown["structured"]["status"], "invalid_arguments");
+    // Bounds: a long cell is cut and marked; a statement over its time is cancelled in the
+    // target, and the session answers again afterwards.
+    let wide = client.call(
+        "query",
+        json!({ "connection": db, "sql": "SELECT repeat('x', 100000) AS w" }),
+    );
+    let cell = wide["structured"]["rows"][0][0]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(cell.len() < 17 * 1024, "{}", cell.len());
+    assert!(cell.ends_with("bytes cut]"), "{}", &cell[cell.len() - 40..]);
+    let started = std::time::Instant::now();
+    let slow = client.call(
+        "query",
+        json!({ "connection": db, "sql": "SELECT pg_sleep(30)", "timeout_seconds": 1 }),
+    );
+    assert_eq!(slow["structured"]["code"], "57014", "{slow}");
+    assert!(started.elapsed() < Duration::from_secs(15));
+    assert_eq!(
+        pg().psql_admin(
+            db,
+            "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'"
+        )
+        .trim(),
+        "0",
+        "the statement was cancelled in the target"
+    );
+
     // COPY through the query tool: out runs (no rows to show), in is aborted, not hung.
     let copy_out = client.call(
         "query",
@@ -259,7 +322,7 @@ fn tour(gw: &Gateway, db: &str, client: &mut McpClient, prompt: &str) {
     assert_eq!(elsewhere["is_error"], true, "{elsewhere}");
 
     // The prompt leads to the statement, masked, with the call's context.
-    let hits = search(gw, &["--prompt", "first customers"]);
+    let hits = search_settled(gw, &["--prompt", "first customers"]);
     assert_eq!(hits.len(), 1, "{hits:?}");
     let hit = &hits[0];
     assert_eq!(
@@ -365,6 +428,13 @@ fn a_held_query_is_approved_through_the_cli_and_then_runs_once() {
     // The reviewer sees the prompt behind it, and approves through the CLI.
     let shown = gw.cli_as_json(&dora, &["reviews", "show", &review]);
     assert_eq!(shown["statement"], "DELETE FROM customers WHERE id = $1");
+    assert_eq!(
+        shown["context"]["prompt"], "remove customer seven",
+        "{shown}"
+    );
+    assert_eq!(shown["context"]["client"], "sluice-test-agent");
+    let text = gw.cli_as(&dora, &["reviews", "show", &review]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("prompt: remove customer seven"));
     let out = gw.cli_as(&dora, &["reviews", "approve", &review]);
     assert!(
         out.status.success(),
@@ -387,17 +457,8 @@ fn a_held_query_is_approved_through_the_cli_and_then_runs_once() {
     assert_ne!(third["structured"]["review_id"], review.as_str());
 
     // The review's record carries the prompt for the reviewers.
-    let audit = std::fs::read_to_string(
-        std::fs::read_dir(gw.data_dir().join("audit"))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .find(|p| p.extension().is_some_and(|e| e == "jsonl"))
-            .unwrap(),
-    )
-    .unwrap();
-    let created: Value = audit
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+    let created = audit_events(&gw)
+        .into_iter()
         .find(|e| e["kind"] == "review_created" && e["review_id"] == review.as_str())
         .unwrap();
     assert_eq!(created["context"]["prompt"], "remove customer seven");
@@ -427,11 +488,26 @@ fn psql_sqlcommenter_comments_link_statements_and_never_decide() {
         assert!(err.contains("no-drop"), "{err}");
     }
     // A comment inside a string constant is data, not context.
-    let (ok, out, _) = gw.psql(&conn, &["-c", "SELECT '/*prompt=''x''*/' AS s"]);
+    let (ok, out, _) = gw.psql(&conn, &["-c", "SELECT $$/*prompt='inside'*/$$ AS s"]);
     assert!(ok);
-    assert_eq!(out.trim(), "/*prompt='x'*/");
+    assert_eq!(out.trim(), "/*prompt='inside'*/");
+    let inside = search_settled(&gw, &["--statement", "prompt='inside'"]);
+    assert_eq!(inside.len(), 1);
+    assert!(inside[0]["context"].is_null(), "{inside:?}");
+    // With standard_conforming_strings off, `'\' /*a='` is a string: what follows runs, so
+    // it must stay in the statement policy judges and the record keeps.
+    let escaped = format!("{conn} options='-c standard_conforming_strings=off'");
+    let (ok, out, err) = gw.psql(&escaped, &["-c", "SELECT '\\' /*a=' || current_user --'*/"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("postgres"),
+        "the server ran the \"comment\": {out}"
+    );
+    let kept = search_settled(&gw, &["--statement", "current_user"]);
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert!(kept[0]["context"].is_null());
 
-    let hits = search(&gw, &["--tool-call", "call_42"]);
+    let hits = search_settled(&gw, &["--tool-call", "call_42"]);
     assert_eq!(hits.len(), 1, "{hits:?}");
     let hit = &hits[0];
     assert_eq!(hit["statement"], "SELECT count(*) FROM customers");
@@ -448,7 +524,6 @@ fn psql_sqlcommenter_comments_link_statements_and_never_decide() {
     assert_eq!(denied.len(), 1);
     assert_eq!(denied[0]["decision"], "deny");
     assert_eq!(denied[0]["statement"], "DROP TABLE customers");
-    assert!(search(&gw, &["--prompt", "prompt='x'"]).is_empty());
     // Nothing found: exit 1.
     let none = gw.cli(&["sessions", "search", "--tool-call", "nope"]);
     assert_eq!(none.status.code(), Some(1));
@@ -509,10 +584,38 @@ fn the_endpoint_refuses_missing_wrong_and_read_only_callers_and_browsers() {
         Some(&init),
     );
     assert_eq!(status, 200, "{head}");
-    assert!(
-        head.to_ascii_lowercase().contains("mcp-session-id"),
-        "{head}"
+    let session = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("mcp-session-id")
+                .then(|| value.trim().to_owned())
+        })
+        .expect("an MCP session id");
+    // The session is its opener's: another user's token cannot use or end it.
+    let other = gw.user_token("oscar");
+    let list = json!({ "jsonrpc": "2.0", "id": 2, "method": "tools/list" });
+    for (method, body) in [("POST", Some(&list)), ("DELETE", None), ("GET", None)] {
+        let (status, _, _) = http_with(
+            gw.api_port,
+            method,
+            "/mcp",
+            &format!("{accept}Authorization: Bearer {other}\r\nMcp-Session-Id: {session}\r\n"),
+            body,
+        );
+        assert_eq!(status, 404, "{method} with someone else's session");
+    }
+    let (status, _, body) = http_with(
+        gw.api_port,
+        "POST",
+        "/mcp",
+        &format!(
+            "{accept}Authorization: Bearer {token}\r\nMcp-Session-Id: {session}\r\nMcp-Protocol-Version: 2025-06-18\r\n"
+        ),
+        Some(&list),
     );
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("list_connections"), "{body}");
     let (status, _, _) = http(gw.api_port, "GET", "/healthz", None, None);
     assert_eq!(status, 200, "other routes still answer");
 }
