@@ -67,6 +67,9 @@ pub enum EventBody {
         /// Other settings the client asked for at startup (e.g. `options: -c role=x`).
         #[serde(skip_serializing_if = "Vec::is_empty", default)]
         settings: Vec<(String, String)>,
+        /// The agent context the whole session runs under (an MCP tool call's).
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        context: Option<Box<AgentContext>>,
     },
     /// A session ended.
     SessionClose {

@@ -38,6 +38,13 @@ impl ContextScrubber {
         Some(Box::new(ctx))
     }
 
+    /// The session's own context, masked, for its `session_open` record.
+    pub fn session(&self, session: &SessionInfo) -> Option<Box<AgentContext>> {
+        let mut ctx = session.agent_context.clone()?;
+        self.scrub(&mut ctx);
+        Some(Box::new(ctx))
+    }
+
     /// Masks what the detectors find in the context's free text.
     pub fn scrub(&self, ctx: &mut AgentContext) {
         let mut hits = Vec::new();

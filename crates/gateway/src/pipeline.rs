@@ -500,6 +500,7 @@ impl Pipeline for GatewayPipeline {
                 tls: session.tls,
                 application_name: session.application_name.clone(),
                 settings: session.client_settings.clone(),
+                context: self.context.session(session),
             },
         );
         let positions = self

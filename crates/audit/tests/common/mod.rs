@@ -25,6 +25,7 @@ pub fn every_kind() -> Vec<Event> {
             tls: true,
             application_name: Some("psql".into()),
             settings: vec![("options".into(), "-c search_path=app".into())],
+            context: None,
         },
         EventBody::SessionOpen {
             user: "bot".into(),
@@ -35,6 +36,10 @@ pub fn every_kind() -> Vec<Event> {
             tls: false,
             application_name: None,
             settings: Vec::new(),
+            context: Some(Box::new(sluice_audit::AgentContext::from_pairs(&[
+                ("client", "cursor"),
+                ("conversation", "c-1"),
+            ]))),
         },
         EventBody::AuthFailure {
             user: "mallory".into(),

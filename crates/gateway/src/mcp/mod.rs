@@ -171,7 +171,11 @@ pub async fn authenticate(
         addr,
         token,
     });
-    let response = next.run(request).await;
+    let mut response = next.run(request).await;
+    // rmcp answers a session's end with 202; clients expect the 204 of a DELETE done.
+    if ending && response.status() == StatusCode::ACCEPTED {
+        *response.status_mut() = StatusCode::NO_CONTENT;
+    }
     match (&session, response.headers().get(SESSION_HEADER)) {
         (None, Some(new)) => {
             if let Ok(new) = new.to_str() {

@@ -347,7 +347,17 @@ fn tour(gw: &Gateway, db: &str, client: &mut McpClient, prompt: &str) {
     let by_trace = search(gw, &["--trace", TRACEPARENT]);
     assert_eq!(by_trace.len(), 1);
     assert_eq!(by_trace[0]["session"], hit["session"]);
-    // The session replay shows the prompt beside the statement it caused.
+    // The session replay shows the prompt beside the statement it caused, and the session
+    // says where it came from.
+    let detail = gw.session(hit["session"].as_str().unwrap());
+    assert!(detail["client_addr"]
+        .as_str()
+        .unwrap()
+        .starts_with("mcp:127.0.0.1:"));
+    assert_eq!(
+        detail["events"][0]["context"]["client"],
+        "sluice-test-agent"
+    );
     let shown = gw.cli_ok(&["sessions", "show", hit["session"].as_str().unwrap()]);
     assert!(shown.contains("prompt: "), "{shown}");
     assert!(shown.contains("look at the first customers"), "{shown}");
