@@ -660,7 +660,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 fn init_logging(gateway: Option<LogFormat>) {
     use tracing_subscriber::EnvFilter;
     let default = if gateway.is_some() { "info" } else { "warn" };
-    let filter = EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let mut spec = std::env::var("SLUICE_LOG").unwrap_or_else(|_| default.to_owned());
+    // rmcp logs MCP session ids (the clients' handles on their sessions) at info: kept at
+    // warn unless SLUICE_LOG names rmcp itself.
+    if !spec.contains("rmcp") {
+        spec.push_str(",rmcp=warn");
+    }
+    let filter = EnvFilter::try_new(&spec).unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -309,6 +309,8 @@ pub struct ErrorFields {
     pub severity: String,
     pub code: String,
     pub message: String,
+    /// The server function that raised it (`R`); [`GATEWAY_ROUTINE`] for the gateway's own.
+    pub routine: String,
 }
 
 pub fn parse_error_fields(body: &[u8]) -> ErrorFields {
@@ -328,6 +330,7 @@ pub fn parse_error_fields(body: &[u8]) -> ErrorFields {
             b'S' if fields.severity.is_empty() => fields.severity = value.into_owned(),
             b'C' => fields.code = value.into_owned(),
             b'M' => fields.message = value.into_owned(),
+            b'R' => fields.routine = value.into_owned(),
             _ => {}
         }
     }
@@ -373,6 +376,11 @@ fn put_cstr(out: &mut BytesMut, s: &str) {
     out.put_u8(0);
 }
 
+/// The routine field (`R`) of every ErrorResponse the gateway makes itself: no statement
+/// can set it (RAISE sets the message, detail, hint and code, not the routine), so a client
+/// of the gateway can tell a gateway refusal from a database error with the same code.
+pub const GATEWAY_ROUTINE: &str = "sluice";
+
 pub fn error_response(out: &mut BytesMut, severity: &str, code: &str, message: &str) {
     put_message(out, b'E', |b| {
         for (field, value) in [
@@ -380,6 +388,7 @@ pub fn error_response(out: &mut BytesMut, severity: &str, code: &str, message: &
             (b'V', severity),
             (b'C', code),
             (b'M', message),
+            (b'R', GATEWAY_ROUTINE),
         ] {
             b.put_u8(field);
             put_cstr(b, value);

@@ -32,6 +32,8 @@ const MAX_NOTICES: usize = 100;
 pub struct SqlError {
     pub code: String,
     pub message: String,
+    /// The gateway said it (a policy refusal, a review hold), not the database.
+    pub from_gateway: bool,
 }
 
 impl SqlError {
@@ -39,6 +41,15 @@ impl SqlError {
         SqlError {
             code: "08P01".into(),
             message: message.into(),
+            from_gateway: false,
+        }
+    }
+
+    fn new(code: &str, message: String) -> SqlError {
+        SqlError {
+            code: code.into(),
+            message,
+            from_gateway: false,
         }
     }
 }
@@ -110,7 +121,13 @@ impl InProcessClient {
                 ("client_encoding", "UTF8"),
             ],
         );
-        client.send(&out).await?;
+        if let Err(e) = client.send(&out).await {
+            // Refused before reading a word (too many clients): the refusal may be waiting.
+            return Err(match client.message().await {
+                Ok((b'E', body)) => error(&body),
+                _ => e,
+            });
+        }
         loop {
             let (tag, body) = client.message().await?;
             match tag {
@@ -157,17 +174,21 @@ impl InProcessClient {
         if let Some((pid, key)) = cancel_key {
             frontend.cancel_session(pid, key).await;
         }
-        let overran = SqlError {
-            code: "57014".into(),
-            message: format!(
-                "the statement ran longer than {} s and was cancelled",
-                timeout.as_secs()
-            ),
-        };
+        let seconds = timeout.as_secs();
         match tokio::time::timeout(CANCEL_GRACE, exchange).await {
-            Ok(Err(e)) if e.code == "57014" => Err(overran),
+            Ok(Err(e)) if e.code == "57014" => Err(SqlError::new(
+                "57014",
+                format!("the statement ran longer than {seconds} s and was cancelled"),
+            )),
             Ok(result) => result,
-            Err(_) => Err(overran),
+            // No answer even to the cancel: it may not have reached the target yet, or it
+            // may still finish there. Only the audit log can tell.
+            Err(_) => Err(SqlError::new(
+                "57014",
+                format!(
+                    "the statement did not answer within {seconds} s and was asked to stop; it may still complete: check before running it again"
+                ),
+            )),
         }
     }
 
@@ -178,15 +199,13 @@ impl InProcessClient {
         max_rows: usize,
     ) -> Result<QueryResult, SqlError> {
         if sql.contains('\0') || params.iter().flatten().any(|p| p.contains('\0')) {
-            return Err(SqlError {
-                code: "22021".into(),
-                message: "statement or parameter contains a NUL character".into(),
-            });
+            return Err(SqlError::new(
+                "22021",
+                "statement or parameter contains a NUL character".into(),
+            ));
         }
-        i16::try_from(params.len()).map_err(|_| SqlError {
-            code: "54000".into(),
-            message: "too many parameters".into(),
-        })?;
+        i16::try_from(params.len())
+            .map_err(|_| SqlError::new("54000", "too many parameters".into()))?;
         let fetch = i32::try_from(max_rows.saturating_add(1)).unwrap_or(i32::MAX);
         let mut out = BytesMut::new();
         codec::put_parse(&mut out, sql);
@@ -208,12 +227,21 @@ impl InProcessClient {
             match tag {
                 b'T' => result.columns = row_description(&body)?,
                 b'D' => {
-                    if result.rows.len() < max_rows && kept <= MAX_RESULT_BYTES {
-                        let row = data_row(&body)?;
-                        kept += row.iter().flatten().map(String::len).sum::<usize>();
-                        result.rows.push(row);
-                    } else {
-                        result.truncated = true;
+                    let row = (result.rows.len() < max_rows)
+                        .then(|| data_row(&body))
+                        .transpose()?;
+                    // Every cell costs something, even NULL: wide rows of nothing are bounded too.
+                    let size = row.as_ref().map_or(0, |r| {
+                        r.iter()
+                            .map(|c| c.as_ref().map_or(0, String::len) + 8)
+                            .sum()
+                    });
+                    match row {
+                        Some(row) if kept + size <= MAX_RESULT_BYTES => {
+                            kept += size;
+                            result.rows.push(row);
+                        }
+                        _ => result.truncated = true,
                     }
                 }
                 b'H' => result.copy_out = true,
@@ -224,9 +252,9 @@ impl InProcessClient {
                         .map_err(|e| SqlError::protocol(e.to_string()))?;
                     result.tag = Some(tag.into_owned());
                 }
-                b'N' if result.notices.len() < MAX_NOTICES => result
-                    .notices
-                    .push(codec::parse_error_fields(&body).message),
+                b'N' if result.notices.len() < MAX_NOTICES => result.notices.push(bounded_cell(
+                    codec::parse_error_fields(&body).message.as_bytes(),
+                )),
                 // COPY FROM STDIN waits for data this client has none of: abort it. The
                 // server ignored the Sync sent during copy-in, so another one follows.
                 b'G' => {
@@ -290,7 +318,8 @@ fn error(body: &[u8]) -> SqlError {
     let fields = codec::parse_error_fields(body);
     SqlError {
         code: fields.code,
-        message: fields.message,
+        message: bounded_cell(fields.message.as_bytes()),
+        from_gateway: fields.routine == codec::GATEWAY_ROUTINE,
     }
 }
 

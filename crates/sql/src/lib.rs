@@ -18,5 +18,5 @@ pub use redact::redact_secrets;
 pub use shape::{
     fingerprint, first_word_is, has_unicode_identifier, identifiers, normalize, significant_tokens,
 };
-pub use split::{split_statements, split_statements_strict, Statement};
+pub use split::{reads_the_same_either_way, split_statements, split_statements_strict, Statement};
 pub use sqlcommenter::{take_comment, Commented};

@@ -28,15 +28,35 @@ pub fn split_statements(sql: &str) -> Vec<Statement<'_>> {
 
 /// [`split_statements`] for a gateway that cannot know the session's
 /// `standard_conforming_strings` (a client may turn it off, even in a message pipelined
-/// behind the one being split): `None` when the statements would differ with it off —
-/// only possible when a backslash sits in a plain string. Refusing such a message is the
-/// safe answer; otherwise the server could run text the gateway took for a comment.
+/// behind the one being split): `None` unless the text reads the same with it off (see
+/// [`reads_the_same_either_way`]).
 pub fn split_statements_strict(sql: &str) -> Option<Vec<Statement<'_>>> {
-    let on = split_with(sql, true);
+    reads_the_same_either_way(sql).then(|| split_with(sql, true))
+}
+
+/// Whether `sql` is the same tokens whether `standard_conforming_strings` is on or off —
+/// false only when a backslash sits in a plain `'…'` string where it changes where the
+/// string ends. The policy parser reads SQL with the setting on, and a client may turn it
+/// off: a text that reads differently could hide a subquery or a statement in what the
+/// gateway took for a string or a comment, so such a text is refused (`E''` strings,
+/// dollar quotes and backslashes that end no string are fine).
+pub fn reads_the_same_either_way(sql: &str) -> bool {
     if !sql.contains('\\') {
-        return Some(on);
+        return true;
     }
-    (split_with(sql, false) == on).then_some(on)
+    let on = tokenize_with(sql, true);
+    let off = tokenize_with(sql, false);
+    let same = |a: &Token, b: &Token| {
+        a.start == b.start
+            && a.end == b.end
+            && match (a.kind, b.kind) {
+                // A plain string is read as an escape string with the setting off; what
+                // matters is that it spans the same text.
+                (TokenKind::Literal(_), TokenKind::Literal(_)) => true,
+                (x, y) => x == y,
+            }
+    };
+    on.len() == off.len() && on.iter().zip(&off).all(|(a, b)| same(a, b))
 }
 
 fn split_with(sql: &str, standard_conforming_strings: bool) -> Vec<Statement<'_>> {
@@ -283,6 +303,19 @@ mod strict_tests {
             None
         );
         assert_eq!(split_statements_strict("SELECT '\\'; SELECT 2 --'"), None);
+    }
+
+    #[test]
+    fn backslash_that_hides_a_subquery_in_one_statement_is_ambiguous() {
+        // One statement either way, but with the setting off the server runs the subquery
+        // that the policy parser (setting on) reads as a comment.
+        let sql = "SELECT '\\' -- ', (SELECT string_agg(salary::text, ',') FROM payroll)";
+        assert_eq!(split_statements_strict(sql), None);
+        assert!(!reads_the_same_either_way(sql));
+        assert!(!reads_the_same_either_way("SELECT '\\' /*a='b'*/"));
+        assert!(reads_the_same_either_way(
+            "SELECT 'C:\\temp', E'\\'', $$\\$$"
+        ));
     }
 
     #[test]

@@ -30,9 +30,48 @@ struct Upstream {
     token: String,
     session: Mutex<Option<String>>,
     protocol_version: Mutex<Option<String>>,
+    /// The client's `initialize`, replayed when the gateway has forgotten the session
+    /// (restarted, or the session idled out), so the client need not notice.
+    initialize: Mutex<Option<String>>,
 }
 
 impl Upstream {
+    fn remember_session(&self, response: &HttpResponse) {
+        if let Some(session) = response
+            .headers
+            .get(SESSION_HEADER)
+            .and_then(|v| v.to_str().ok())
+        {
+            if let Ok(mut s) = self.session.lock() {
+                *s = Some(session.to_owned());
+            }
+        }
+    }
+
+    /// Posts `line`; when the gateway no longer knows the session, opens a new one with the
+    /// client's own `initialize` and posts `line` again, once.
+    async fn post_resuming(&self, line: &str, initialize: bool) -> Result<HttpResponse> {
+        let response = self.post(line).await?;
+        let had_session = self.session.lock().map(|s| s.is_some()).unwrap_or(false);
+        if response.status != hyper::StatusCode::NOT_FOUND || initialize || !had_session {
+            return Ok(response);
+        }
+        let Some(hello) = self.initialize.lock().ok().and_then(|i| i.clone()) else {
+            return Ok(response);
+        };
+        if let Ok(mut s) = self.session.lock() {
+            *s = None;
+        }
+        let reopened = self.post(&hello).await?;
+        if !reopened.status.is_success() {
+            return Ok(response);
+        }
+        self.remember_session(&reopened);
+        let initialized = json!({ "jsonrpc": "2.0", "method": "notifications/initialized" });
+        self.post(&initialized.to_string()).await?;
+        self.post(line).await
+    }
+
     async fn post(&self, body: &str) -> Result<HttpResponse> {
         let mut headers: Vec<(HeaderName, String)> = vec![
             (AUTHORIZATION, format!("Bearer {}", self.token)),
@@ -65,7 +104,13 @@ impl Upstream {
         };
         let id = message.get("id").cloned().unwrap_or(Value::Null);
         let is_request = message.get("method").is_some() && !id.is_null();
-        let response = match self.post(line).await {
+        let initialize = message.get("method").and_then(Value::as_str) == Some("initialize");
+        if initialize {
+            if let Ok(mut saved) = self.initialize.lock() {
+                *saved = Some(line.to_owned());
+            }
+        }
+        let response = match self.post_resuming(line, initialize).await {
             Ok(r) => r,
             Err(e) => {
                 return if is_request {
@@ -79,15 +124,7 @@ impl Upstream {
                 };
             }
         };
-        if let Some(session) = response
-            .headers
-            .get(SESSION_HEADER)
-            .and_then(|v| v.to_str().ok())
-        {
-            if let Ok(mut s) = self.session.lock() {
-                *s = Some(session.to_owned());
-            }
-        }
+        self.remember_session(&response);
         if !response.status.is_success() {
             let detail = serde_json::from_slice::<Value>(&response.body)
                 .ok()
@@ -124,7 +161,7 @@ impl Upstream {
         } else {
             vec![String::from_utf8_lossy(&response.body).into_owned()]
         };
-        if message.get("method").and_then(Value::as_str) == Some("initialize") {
+        if initialize {
             let version = out
                 .iter()
                 .filter_map(|m| serde_json::from_str::<Value>(m).ok())
@@ -173,11 +210,12 @@ fn sse_messages(stream: &str) -> Vec<String> {
 enum Line {
     Message(String),
     TooLong,
+    NotUtf8,
     End,
 }
 
-/// The next line from the MCP client, trimmed; invalid UTF-8 is replaced (the gateway then
-/// answers with a parse error) and a line over [`MAX_LINE`] is skipped whole.
+/// The next line from the MCP client, trimmed. A line that is not UTF-8, or longer than
+/// [`MAX_LINE`] (skipped whole), is answered with an error rather than passed on altered.
 async fn read_message<R: tokio::io::AsyncBufRead + Unpin>(input: &mut R) -> std::io::Result<Line> {
     let mut buf = Vec::new();
     let n = (&mut *input)
@@ -201,9 +239,10 @@ async fn read_message<R: tokio::io::AsyncBufRead + Unpin>(input: &mut R) -> std:
         }
         return Ok(Line::TooLong);
     }
-    Ok(Line::Message(
-        String::from_utf8_lossy(&buf).trim().to_owned(),
-    ))
+    match String::from_utf8(buf) {
+        Ok(text) => Ok(Line::Message(text.trim().to_owned())),
+        Err(_) => Ok(Line::NotUtf8),
+    }
 }
 
 fn rpc_error(id: &Value, code: i64, message: &str) -> String {
@@ -220,6 +259,7 @@ pub fn run(gateway: &str, token: String) -> Result<std::process::ExitCode> {
         token,
         session: Mutex::new(None),
         protocol_version: Mutex::new(None),
+        initialize: Mutex::new(None),
     });
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -252,6 +292,10 @@ pub fn run(gateway: &str, token: String) -> Result<std::process::ExitCode> {
                         -32600,
                         &format!("message longer than {MAX_LINE} bytes"),
                     ));
+                    continue;
+                }
+                Line::NotUtf8 => {
+                    let _ = tx.send(rpc_error(&Value::Null, -32700, "message is not UTF-8"));
                     continue;
                 }
                 Line::Message(m) => m,
@@ -303,7 +347,7 @@ mod tests {
         ));
         assert!(matches!(
             read_message(&mut reader).await.unwrap(),
-            Line::Message(_)
+            Line::NotUtf8
         ));
         assert!(
             matches!(read_message(&mut reader).await.unwrap(), Line::Message(m) if m == "last")

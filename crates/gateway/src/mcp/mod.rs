@@ -76,9 +76,12 @@ pub fn service(
     )
 }
 
-/// Most MCP sessions remembered at once; past that the oldest is forgotten (its client
-/// then has to initialize again).
+/// Most MCP sessions remembered at once, and per user; past that the least recently used
+/// is forgotten (its client then has to initialize again). One unused for longer than
+/// `SESSION_IDLE` is forgotten too (rmcp ends idle sessions sooner).
 const MAX_SESSIONS: usize = 10_000;
+const MAX_SESSIONS_PER_USER: usize = 100;
+const SESSION_IDLE: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// Which user opened each MCP session: a session id is not a credential, so a request
 /// naming another user's session is answered as if the session did not exist.
@@ -94,24 +97,40 @@ impl SessionOwners {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Whether `user` opened `session`; using it counts as activity.
     fn owned_by(&self, session: &str, user: &str) -> bool {
-        self.lock()
-            .get(session)
-            .is_some_and(|(owner, _)| owner == user)
+        match self.lock().get_mut(session) {
+            Some((owner, used)) if owner == user => {
+                *used = Instant::now();
+                true
+            }
+            _ => false,
+        }
     }
 
     fn insert(&self, session: String, user: String) {
         let mut owners = self.lock();
-        if owners.len() >= MAX_SESSIONS {
-            let oldest = owners
-                .iter()
-                .min_by_key(|(_, (_, at))| *at)
-                .map(|(id, _)| id.clone());
-            if let Some(oldest) = oldest {
-                owners.remove(&oldest);
-            }
+        let now = Instant::now();
+        owners.retain(|_, (_, used)| now.duration_since(*used) < SESSION_IDLE);
+        let theirs = owners.values().filter(|(owner, _)| *owner == user).count();
+        // A user's sessions make room among their own; only a full table takes from all.
+        let evict_from = if theirs >= MAX_SESSIONS_PER_USER {
+            Some(user.clone())
+        } else if owners.len() >= MAX_SESSIONS {
+            None
+        } else {
+            owners.insert(session, (user, now));
+            return;
+        };
+        let lru = owners
+            .iter()
+            .filter(|(_, (owner, _))| evict_from.as_ref().is_none_or(|u| owner == u))
+            .min_by_key(|(_, (_, used))| *used)
+            .map(|(id, _)| id.clone());
+        if let Some(lru) = lru {
+            owners.remove(&lru);
         }
-        owners.insert(session, (user, Instant::now()));
+        owners.insert(session, (user, now));
     }
 
     fn remove(&self, session: &str) {
@@ -280,4 +299,31 @@ fn call_context(
         }
     }
     ctx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_belong_to_their_user_and_one_user_evicts_only_their_own() {
+        let owners = SessionOwners::default();
+        owners.insert("a-1".into(), "alice".into());
+        assert!(owners.owned_by("a-1", "alice"));
+        assert!(!owners.owned_by("a-1", "mallory"));
+        assert!(!owners.owned_by("nope", "alice"));
+        for i in 0..=MAX_SESSIONS_PER_USER {
+            owners.insert(format!("m-{i}"), "mallory".into());
+        }
+        assert!(owners.owned_by("a-1", "alice"), "alice keeps her session");
+        let mallorys = owners
+            .lock()
+            .values()
+            .filter(|(owner, _)| owner == "mallory")
+            .count();
+        assert_eq!(mallorys, MAX_SESSIONS_PER_USER, "one of hers made room");
+        assert!(owners.owned_by(&format!("m-{MAX_SESSIONS_PER_USER}"), "mallory"));
+        owners.remove("a-1");
+        assert!(!owners.owned_by("a-1", "alice"));
+    }
 }

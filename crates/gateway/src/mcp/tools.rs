@@ -234,7 +234,10 @@ async fn run(
 /// A refusal or error as the model should see it: a held statement's review id, a
 /// policy's reason, or the database's error.
 fn sql_failure(e: SqlError) -> CallToolResult {
-    if let Some(id) = crate::pipeline::held_review_id(&e.message) {
+    let held = e
+        .from_gateway
+        .then(|| crate::pipeline::held_review_id(&e.message));
+    if let Some(id) = held.flatten() {
         return CallToolResult::structured_error(json!({
             "status": "pending_review",
             "review_id": id,
@@ -242,7 +245,11 @@ fn sql_failure(e: SqlError) -> CallToolResult {
             "next": "call review_status with this review_id; once it is approved, call query again with exactly the same sql and params (it then runs once)",
         }));
     }
-    let status = if e.code == "42501" { "denied" } else { "error" };
+    let status = if e.from_gateway && e.code == "42501" {
+        "denied"
+    } else {
+        "error"
+    };
     failure(status, Some(&e.code), e.message)
 }
 
@@ -477,20 +484,20 @@ mod tests {
 
     #[test]
     fn only_a_review_refusal_reads_as_a_held_query() {
-        let held = sql_failure(SqlError {
+        let refusal = |from_gateway: bool| SqlError {
             code: "42501".into(),
             message: "statement held for review r-0123456789ab (policy \"x\"); once …".into(),
-        });
-        let s = held.structured_content.unwrap_or_default();
+            from_gateway,
+        };
+        let s = sql_failure(refusal(true))
+            .structured_content
+            .unwrap_or_default();
         assert_eq!(s["status"], "pending_review");
         assert_eq!(s["review_id"], "r-0123456789ab");
-        // A database error quoting data that looks like one is an error.
-        let quoted = sql_failure(SqlError {
-            code: "22P02".into(),
-            message: "invalid input syntax for type integer: \"statement held for review r-1\""
-                .into(),
-        });
-        let s = quoted.structured_content.unwrap_or_default();
+        // The same words raised by a statement (RAISE … USING ERRCODE '42501') are an error.
+        let s = sql_failure(refusal(false))
+            .structured_content
+            .unwrap_or_default();
         assert_eq!(s["status"], "error");
     }
 }

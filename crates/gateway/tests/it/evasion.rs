@@ -70,13 +70,36 @@ fn standard_conforming_strings_off_cannot_hide_a_statement() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        stderr.contains("cannot tell where the statements"),
+        stderr.contains("cannot be sure how the server reads this text"),
         "{stderr}"
     );
     assert_eq!(rows("evade_scs"), "2", "nothing was deleted");
+    // One statement either way, but a subquery the policy parser would read as a comment.
+    let hidden = "SELECT '\\' -- ', (SELECT count(*) FROM victim)";
+    let out = std::process::Command::new("psql")
+        .env("PGOPTIONS", "-c standard_conforming_strings=off")
+        .args(["-X", "-A", "-t"])
+        .arg(gw.conninfo("evade_scs", "eve", &token))
+        .args(["-c", hidden])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be sure"));
+    // The same text through the extended protocol's Parse.
+    let mut s = logged_in(&gw, "evade_scs", "eve", &token);
+    let mut out = BytesMut::new();
+    parse(&mut out, "", hidden);
+    sync(&mut out);
+    s.write_all(&out).unwrap();
+    let answer = read_messages(&mut s, b'Z');
+    let (code, message) = error_code(&answer).unwrap();
+    assert_eq!(code, "42501");
+    assert!(message.contains("cannot be sure"), "{message}");
+    drop(s);
     // The setting the client asked for is on the session's record.
     gw.wait_sessions_closed();
-    let detail = gw.session(gw.sessions()[0]["id"].as_str().unwrap());
+    let first = gw.sessions().last().cloned().unwrap();
+    let detail = gw.session(first["id"].as_str().unwrap());
     assert_eq!(
         detail["events"][0]["settings"]["options"],
         "-c standard_conforming_strings=off"

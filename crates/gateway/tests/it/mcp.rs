@@ -289,11 +289,20 @@ fn tour(gw: &Gateway, db: &str, client: &mut McpClient, prompt: &str) {
         json!({ "connection": db, "sql": "SELECT pg_sleep(30)", "timeout_seconds": 1 }),
     );
     assert_eq!(slow["structured"]["code"], "57014", "{slow}");
-    assert!(started.elapsed() < Duration::from_secs(15));
+    // Cancelled, not given up on after the 10 s grace.
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(slow["structured"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("was cancelled"));
     assert_eq!(
         pg().psql_admin(
             db,
-            "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'"
+            "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' AND state = 'active' AND datname = current_database()"
         )
         .trim(),
         "0",
@@ -504,18 +513,12 @@ fn psql_sqlcommenter_comments_link_statements_and_never_decide() {
     let inside = search_settled(&gw, &["--statement", "prompt='inside'"]);
     assert_eq!(inside.len(), 1);
     assert!(inside[0]["context"].is_null(), "{inside:?}");
-    // With standard_conforming_strings off, `'\' /*a='` is a string: what follows runs, so
-    // it must stay in the statement policy judges and the record keeps.
+    // With standard_conforming_strings off, `'\' /*a='` is a string and what follows runs:
+    // such a text is refused before anything else looks at it.
     let escaped = format!("{conn} options='-c standard_conforming_strings=off'");
-    let (ok, out, err) = gw.psql(&escaped, &["-c", "SELECT '\\' /*a=' || current_user --'*/"]);
-    assert!(ok, "{err}");
-    assert!(
-        out.contains("postgres"),
-        "the server ran the \"comment\": {out}"
-    );
-    let kept = search_settled(&gw, &["--statement", "current_user"]);
-    assert_eq!(kept.len(), 1, "{kept:?}");
-    assert!(kept[0]["context"].is_null());
+    let (ok, _, err) = gw.psql(&escaped, &["-c", "SELECT '\\' /*a=' || current_user --'*/"]);
+    assert!(!ok);
+    assert!(err.contains("cannot be sure how the server reads"), "{err}");
 
     let hits = search_settled(&gw, &["--tool-call", "call_42"]);
     assert_eq!(hits.len(), 1, "{hits:?}");

@@ -131,6 +131,9 @@ struct Refusal<'a> {
     out: &'a mut BytesMut,
 }
 
+/// Why a text whose reading depends on `standard_conforming_strings` is refused.
+const AMBIGUOUS_BACKSLASH: &str = "sluice cannot be sure how the server reads this text: a backslash in a quoted string makes it depend on standard_conforming_strings; use E'' strings, or write the backslash another way";
+
 /// An unnamed Parse seen in the current read, and the portal bound from it.
 struct UnnamedParse {
     action: usize,
@@ -496,7 +499,7 @@ impl<P: Pipeline> ClientToServer<P> {
                 }
                 let Some(statements) = sluice_sql::split_statements_strict(&sql) else {
                     return Ok(Action::Refuse {
-                        message: "sluice cannot tell where the statements of this query string end: a backslash in a quoted string makes it depend on standard_conforming_strings; use E'' strings or send the statements separately".into(),
+                        message: AMBIGUOUS_BACKSLASH.into(),
                         query: true,
                     });
                 };
@@ -527,6 +530,12 @@ impl<P: Pipeline> ClientToServer<P> {
             ) => {
                 if let Some(stop) = self.encoding_gate(tag, body, &sql) {
                     return Ok(stop);
+                }
+                if !sluice_sql::reads_the_same_either_way(&sql) {
+                    return Ok(Action::Refuse {
+                        message: AMBIGUOUS_BACKSLASH.into(),
+                        query: false,
+                    });
                 }
                 let text = sluice_sql::redact_secrets(&sql).into_owned();
                 let statement = Statement {
