@@ -126,6 +126,9 @@ pub struct Request {
     pub params: Vec<Option<String>>,
     /// The prepared statement it defines or runs, when it has a name.
     pub statement_name: Option<String>,
+    /// Set when the frontend refuses the request itself because its text cannot be read
+    /// safely: the pipeline records it, denied with this reason, and never judges it.
+    pub refusal: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

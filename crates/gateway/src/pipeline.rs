@@ -190,6 +190,10 @@ impl GatewayPipeline {
         let verdicts = requests
             .iter()
             .map(|r| {
+                // Refused by the frontend: not judged (and not followed: it never runs).
+                if r.refusal.is_some() {
+                    return Verdict::Allow;
+                }
                 let name = r.statement_name.as_deref();
                 let subject = Subject {
                     sql: &r.text,
@@ -557,13 +561,24 @@ impl Pipeline for GatewayPipeline {
         // Before policy: a sqlcommenter comment is information, never part of a decision.
         let contexts: Vec<Option<Box<AgentContext>>> = requests
             .iter_mut()
-            .map(|r| self.context.take(session, r))
+            .map(|r| match r.refusal {
+                Some(_) => None,
+                None => self.context.take(session, r),
+            })
             .collect();
         let verdicts = self.judge(session, &requests);
         let mut decisions = Vec::with_capacity(n);
         let mut review_refs = Vec::with_capacity(n);
         let mut lifts = Vec::with_capacity(n);
         for ((request, verdict), agent_context) in requests.iter().zip(&verdicts).zip(&contexts) {
+            if let Some(reason) = &request.refusal {
+                decisions.push(Decision::Deny {
+                    reason: reason.clone(),
+                });
+                review_refs.push(None);
+                lifts.push(None);
+                continue;
+            }
             let (decision, review) = match verdict {
                 // A protocol-level Parse runs nothing: the review happens when an Execute
                 // runs the statement (each is judged on its own).

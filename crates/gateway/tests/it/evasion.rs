@@ -96,6 +96,18 @@ fn standard_conforming_strings_off_cannot_hide_a_statement() {
     assert_eq!(code, "42501");
     assert!(message.contains("cannot be sure"), "{message}");
     drop(s);
+    // Both attempts are on record, denied, and did not run.
+    gw.wait_sessions_closed();
+    let refused: Vec<_> = gw
+        .all_statements()
+        .into_iter()
+        .filter(|e| e["statement"] == hidden)
+        .collect();
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    for e in &refused {
+        assert_eq!(e["decision"], "deny");
+        assert_eq!(e["status"], "not_executed");
+    }
     // The setting the client asked for is on the session's record.
     gw.wait_sessions_closed();
     let first = gw.sessions().last().cloned().unwrap();

@@ -514,11 +514,18 @@ fn psql_sqlcommenter_comments_link_statements_and_never_decide() {
     assert_eq!(inside.len(), 1);
     assert!(inside[0]["context"].is_null(), "{inside:?}");
     // With standard_conforming_strings off, `'\' /*a='` is a string and what follows runs:
-    // such a text is refused before anything else looks at it.
+    // such a text is refused before anything else looks at it, and recorded whole, as a
+    // denied statement with no context taken out of it.
     let escaped = format!("{conn} options='-c standard_conforming_strings=off'");
     let (ok, _, err) = gw.psql(&escaped, &["-c", "SELECT '\\' /*a=' || current_user --'*/"]);
     assert!(!ok);
     assert!(err.contains("cannot be sure how the server reads"), "{err}");
+    let kept = search_settled(&gw, &["--statement", "current_user"]);
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(kept[0]["decision"], "deny");
+    assert_eq!(kept[0]["status"], "not_executed");
+    assert!(kept[0]["statement"].as_str().unwrap().contains("/*a="));
+    assert!(kept[0]["context"].is_null());
 
     let hits = search_settled(&gw, &["--tool-call", "call_42"]);
     assert_eq!(hits.len(), 1, "{hits:?}");

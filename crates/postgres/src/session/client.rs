@@ -121,6 +121,8 @@ enum Action {
     Refuse {
         message: String,
         query: bool,
+        /// The request that records the refused text, when it can be recorded.
+        recorded: Option<u64>,
     },
     Terminate,
 }
@@ -421,6 +423,7 @@ impl<P: Pipeline> ClientToServer<P> {
                 return Some(Action::Refuse {
                     message: format!("sluice cannot record statements in client_encoding {encoding} faithfully when they hold non-ASCII characters; use client_encoding UTF8 (the server converts)"),
                     query: tag == b'Q',
+                    recorded: None,
                 });
             }
         }
@@ -459,6 +462,24 @@ impl<P: Pipeline> ClientToServer<P> {
             *request = Some(index);
         }
     }
+    /// Refuses a text whose reading depends on `standard_conforming_strings`, recording it
+    /// (as a denied statement) so the attempt is on the record.
+    fn refuse_recorded(&mut self, requests: &mut Vec<Request>, sql: &str, query: bool) -> Action {
+        let id = self.next_id();
+        requests.push(Request {
+            id,
+            kind: RequestKind::Execute,
+            text: sluice_sql::redact_secrets(sql).into_owned(),
+            params: Vec::new(),
+            statement_name: None,
+            refusal: Some(AMBIGUOUS_BACKSLASH.into()),
+        });
+        Action::Refuse {
+            message: AMBIGUOUS_BACKSLASH.into(),
+            query,
+            recorded: Some(id),
+        }
+    }
 
     /// Queues the record of a statement definition; returns its index in `requests`.
     fn push_prepare(
@@ -474,6 +495,7 @@ impl<P: Pipeline> ClientToServer<P> {
             text,
             params: Vec::new(),
             statement_name: name.map(str::to_owned),
+            refusal: None,
         });
         requests.len() - 1
     }
@@ -498,10 +520,7 @@ impl<P: Pipeline> ClientToServer<P> {
                     return Ok(stop);
                 }
                 let Some(statements) = sluice_sql::split_statements_strict(&sql) else {
-                    return Ok(Action::Refuse {
-                        message: AMBIGUOUS_BACKSLASH.into(),
-                        query: true,
-                    });
+                    return Ok(self.refuse_recorded(requests, &sql, true));
                 };
                 let first = requests.len();
                 for stmt in statements {
@@ -512,6 +531,7 @@ impl<P: Pipeline> ClientToServer<P> {
                         text: sluice_sql::redact_secrets(stmt.text).into_owned(),
                         params: Vec::new(),
                         statement_name: None,
+                        refusal: None,
                     });
                 }
                 Action::Query {
@@ -532,10 +552,7 @@ impl<P: Pipeline> ClientToServer<P> {
                     return Ok(stop);
                 }
                 if !sluice_sql::reads_the_same_either_way(&sql) {
-                    return Ok(Action::Refuse {
-                        message: AMBIGUOUS_BACKSLASH.into(),
-                        query: false,
-                    });
+                    return Ok(self.refuse_recorded(requests, &sql, false));
                 }
                 let text = sluice_sql::redact_secrets(&sql).into_owned();
                 let statement = Statement {
@@ -648,6 +665,7 @@ impl<P: Pipeline> ClientToServer<P> {
                     text,
                     params,
                     statement_name,
+                    refusal: None,
                 });
                 Action::Execute {
                     range,
@@ -664,6 +682,7 @@ impl<P: Pipeline> ClientToServer<P> {
                     text: format!("<fast-path function call, oid {oid}>"),
                     params: render_params(&args, &[]),
                     statement_name: None,
+                    refusal: None,
                 });
                 Action::Execute {
                     range,
@@ -880,7 +899,14 @@ impl<P: Pipeline> ClientToServer<P> {
                     state.client_copy_ended();
                     out.extend_from_slice(&buf[range]);
                 }
-                Action::Refuse { message, query } => {
+                Action::Refuse {
+                    message,
+                    query,
+                    recorded,
+                } => {
+                    if let Some(id) = recorded {
+                        outcomes.push(not_executed(id, "refused by the gateway"));
+                    }
                     if !skipping {
                         let refusal = Refusal {
                             outcomes: &mut outcomes,
@@ -983,5 +1009,6 @@ fn ambiguous(what: &str, name: &str) -> Action {
             "sluice cannot tell which definition of {what} \"{name}\" the server will use; wait for the answer to the previous Close or Sync before redefining it"
         ),
         query: false,
+        recorded: None,
     }
 }
