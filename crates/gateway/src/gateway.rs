@@ -186,6 +186,7 @@ pub async fn run(config: Config) -> Result<File> {
             access,
             signin,
             connections,
+            audit_dir: config.audit_dir(),
         },
         mcp,
     );

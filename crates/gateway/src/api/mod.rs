@@ -49,6 +49,8 @@ pub struct ApiState {
     pub access: Arc<Access>,
     pub signin: Arc<SignIn>,
     pub connections: Arc<Vec<ConnectionView>>,
+    /// Where the audit log lives, for statement search.
+    pub audit_dir: std::path::PathBuf,
 }
 
 /// A connection as `/api/v1/connections` shows it.
@@ -113,6 +115,7 @@ pub fn router(
         .route("/api/v1/whoami", get(whoami))
         .route("/api/v1/connections", get(connections))
         .route("/api/v1/sessions", get(sessions))
+        .route("/api/v1/statements", get(search_statements))
         .route("/api/v1/reviews", get(list_reviews))
         .route("/api/v1/reviews/{id}", get(show_review))
         .route("/api/v1/reviews/{id}/approve", post(approve_review))
@@ -259,6 +262,64 @@ struct SessionQuery {
     user: Option<String>,
     connection: Option<String>,
     limit: Option<u32>,
+}
+
+#[derive(serde::Deserialize)]
+struct StatementQuery {
+    prompt: Option<String>,
+    tool_call: Option<String>,
+    trace: Option<String>,
+    conversation: Option<String>,
+    statement: Option<String>,
+    user: Option<String>,
+    connection: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /api/v1/statements`: statements by the agent context behind them or their text
+/// (`sluice sessions search` over the API). Users find their own statements only.
+async fn search_statements(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Query(q): Query<StatementQuery>,
+) -> Response {
+    const ACTION: &str = "GET /api/v1/statements";
+    let caller = match authorize(&state, &headers, Need::Any, ACTION).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let user = if caller.role.reads_everything() {
+        q.user
+    } else {
+        if q.user.as_ref().is_some_and(|u| *u != caller.identity.user) {
+            return deny(
+                &state,
+                &caller,
+                ACTION,
+                "users see only their own statements",
+            );
+        }
+        Some(caller.identity.user.clone())
+    };
+    let filter = crate::views::SearchFilter {
+        prompt: q.prompt,
+        tool_call: q.tool_call,
+        trace: q.trace,
+        statement: q.statement,
+        conversation: q.conversation,
+        user,
+        connection: q.connection,
+        limit: q.limit.unwrap_or(100).clamp(1, 1000),
+    };
+    let dir = state.audit_dir.clone();
+    match tokio::task::spawn_blocking(move || crate::views::search(&dir, &filter)).await {
+        Ok(Ok(hits)) => Json(hits).into_response(),
+        _ => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(serde_json::json!({ "error": "audit log unavailable" })),
+        )
+            .into_response(),
+    }
 }
 
 async fn sessions(

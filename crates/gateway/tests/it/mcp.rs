@@ -544,6 +544,38 @@ fn psql_sqlcommenter_comments_link_statements_and_never_decide() {
     assert_eq!(denied.len(), 1);
     assert_eq!(denied[0]["decision"], "deny");
     assert_eq!(denied[0]["statement"], "DROP TABLE customers");
+    // Over the API: a user finds their own statements, an auditor anyone's, another user
+    // none of them (and may not ask for them).
+    let api = |token: &str, query: &str| {
+        let (status, _, body) = http(
+            gw.api_port,
+            "GET",
+            &format!("/api/v1/statements?{query}"),
+            Some(token),
+            None,
+        );
+        let found: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        (status, found)
+    };
+    let (status, own) = api(&token, "tool_call=call_42");
+    assert_eq!(status, 200);
+    assert_eq!(
+        own[0]["statement"], "SELECT count(*) FROM customers",
+        "{own}"
+    );
+    gw.cli_ok(&["users", "add", "aude"]);
+    gw.cli_ok(&["users", "set-role", "aude", "auditor"]);
+    let aude = gw
+        .cli_ok(&["tokens", "issue", "aude", "--ttl", "1h"])
+        .trim()
+        .to_owned();
+    let (_, audited) = api(&aude, "trace=4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(audited.as_array().map(Vec::len), Some(1), "{audited}");
+    let mallory = gw.user_token("mallory");
+    let (_, theirs) = api(&mallory, "tool_call=call_42");
+    assert_eq!(theirs, json!([]));
+    let (status, _) = api(&mallory, "user=cody&tool_call=call_42");
+    assert_eq!(status, 403);
     // Nothing found: exit 1.
     let none = gw.cli(&["sessions", "search", "--tool-call", "nope"]);
     assert_eq!(none.status.code(), Some(1));
