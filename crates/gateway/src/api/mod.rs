@@ -288,18 +288,8 @@ async fn search_statements(
         Ok(c) => c,
         Err(r) => return r,
     };
-    let user = if caller.role.reads_everything() {
-        q.user
-    } else {
-        if q.user.as_ref().is_some_and(|u| *u != caller.identity.user) {
-            return deny(
-                &state,
-                &caller,
-                ACTION,
-                "users see only their own statements",
-            );
-        }
-        Some(caller.identity.user.clone())
+    let Some(user) = own_scope(&caller, q.user) else {
+        return others_records(&state, &caller, ACTION);
     };
     let filter = crate::views::SearchFilter {
         prompt: q.prompt,
@@ -322,6 +312,23 @@ async fn search_statements(
     }
 }
 
+/// Whose records a caller may read: auditors and admins anyone's (`requested`, or all),
+/// users their own only; `None` when a user asks for someone else's.
+fn own_scope(caller: &Caller, requested: Option<String>) -> Option<Option<String>> {
+    if caller.role.reads_everything() {
+        return Some(requested);
+    }
+    if requested.is_some_and(|u| u != caller.identity.user) {
+        return None;
+    }
+    Some(Some(caller.identity.user.clone()))
+}
+
+/// The refusal of a user asking for someone else's records, recorded.
+fn others_records(state: &ApiState, caller: &Caller, action: &str) -> Response {
+    deny(state, caller, action, "users see only their own records")
+}
+
 async fn sessions(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -331,19 +338,8 @@ async fn sessions(
         Ok(c) => c,
         Err(r) => return r,
     };
-    // A user sees their own sessions only.
-    let user = if caller.role.reads_everything() {
-        q.user
-    } else {
-        if q.user.as_ref().is_some_and(|u| *u != caller.identity.user) {
-            return deny(
-                &state,
-                &caller,
-                "GET /api/v1/sessions",
-                "users see only their own sessions",
-            );
-        }
-        Some(caller.identity.user.clone())
+    let Some(user) = own_scope(&caller, q.user) else {
+        return others_records(&state, &caller, "GET /api/v1/sessions");
     };
     let filter = SessionFilter {
         user,
