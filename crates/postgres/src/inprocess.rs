@@ -156,37 +156,41 @@ impl InProcessClient {
 
     /// Runs one statement with text parameters through the extended protocol, keeping at
     /// most `max_rows` rows (the rest are not fetched). A statement still running after
-    /// `timeout` is cancelled (SQLSTATE 57014).
+    /// `timeout`, or when `stop` completes (the caller gave up), is cancelled in the target
+    /// with a CancelRequest (SQLSTATE 57014).
     pub async fn query(
         &mut self,
         sql: &str,
         params: &[Option<&str>],
         max_rows: usize,
         timeout: Duration,
+        stop: impl std::future::Future<Output = ()>,
     ) -> Result<QueryResult, SqlError> {
         let (frontend, cancel_key) = (self.frontend.clone(), self.cancel_key);
         let exchange = self.exchange(sql, params, max_rows);
         tokio::pin!(exchange);
-        tokio::select! {
+        let why = tokio::select! {
             result = &mut exchange => return result,
-            () = tokio::time::sleep(timeout) => {}
-        }
+            () = tokio::time::sleep(timeout) => {
+                format!("the statement ran longer than {} s", timeout.as_secs())
+            }
+            () = stop => "the call was cancelled by its client".to_owned(),
+        };
         if let Some((pid, key)) = cancel_key {
             frontend.cancel_session(pid, key).await;
         }
-        let seconds = timeout.as_secs();
         match tokio::time::timeout(CANCEL_GRACE, exchange).await {
-            Ok(Err(e)) if e.code == "57014" => Err(SqlError::new(
-                "57014",
-                format!("the statement ran longer than {seconds} s and was cancelled"),
-            )),
+            Ok(Err(e)) if e.code == "57014" => {
+                Err(SqlError::new("57014", format!("{why} and was cancelled")))
+            }
             Ok(result) => result,
             // No answer even to the cancel: it may not have reached the target yet, or it
             // may still finish there. Only the audit log can tell.
             Err(_) => Err(SqlError::new(
                 "57014",
                 format!(
-                    "the statement did not answer within {seconds} s and was asked to stop; it may still complete: check before running it again"
+                    "{why}; it was asked to stop but did not answer within {} s and may still complete: check before running it again",
+                    CANCEL_GRACE.as_secs()
                 ),
             )),
         }

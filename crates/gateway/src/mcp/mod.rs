@@ -27,6 +27,7 @@ use sluice_core::{AgentContext, Identity};
 use sluice_mask::Masking;
 use sluice_postgres::Frontend;
 use sluice_store::Store;
+use tokio_util::sync::CancellationToken;
 
 use crate::agents::Connectors;
 use crate::api::{authorize, ApiState, ConnectionView, Need};
@@ -48,6 +49,9 @@ pub struct McpCaller {
     pub addr: String,
     /// The caller's own token, presented again to open each query's session.
     token: Arc<str>,
+    /// Cancelled when the client withdraws the call (MCP `notifications/cancelled`): its
+    /// statement is then cancelled in the target.
+    pub stop: CancellationToken,
 }
 
 impl std::fmt::Debug for McpCaller {
@@ -189,6 +193,7 @@ pub async fn authenticate(
         identity: caller.identity,
         addr,
         token,
+        stop: CancellationToken::new(),
     });
     let mut response = next.run(request).await;
     // rmcp answers a session's end with 202; clients expect the 204 of a DELETE done.
@@ -239,19 +244,14 @@ impl ServerHandler for SluiceMcp {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let parts = context.extensions.get::<axum::http::request::Parts>();
-        let Some(caller) = parts.and_then(|p| p.extensions.get::<McpCaller>()).cloned() else {
+        let Some(mut caller) = parts.and_then(|p| p.extensions.get::<McpCaller>()).cloned() else {
             return Err(ErrorData::invalid_request("not authenticated", None));
         };
+        caller.stop = context.ct.clone();
         let agent_context = call_context(&request, &context, parts);
         let args = request.arguments.unwrap_or_default();
-        // A cancelled call drops its session; a statement already forwarded still finishes
-        // in the target and is recorded, as when any client hangs up.
-        tokio::select! {
-            result = tools::call(&self.deps, &caller, &request.name, args, agent_context) => {
-                Ok(result.into())
-            }
-            () = context.ct.cancelled() => Err(ErrorData::internal_error("cancelled", None)),
-        }
+        let result = tools::call(&self.deps, &caller, &request.name, args, agent_context).await;
+        Ok(result.into())
     }
 }
 

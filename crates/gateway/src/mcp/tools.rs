@@ -226,7 +226,15 @@ async fn run(
     s: Statement<'_>,
 ) -> Result<QueryResult, SqlError> {
     let mut session = open(deps, caller, connection, ctx).await?;
-    let result = session.query(s.sql, s.params, s.max_rows, s.timeout).await;
+    let result = session
+        .query(
+            s.sql,
+            s.params,
+            s.max_rows,
+            s.timeout,
+            caller.stop.cancelled(),
+        )
+        .await;
     session.close().await;
     result
 }

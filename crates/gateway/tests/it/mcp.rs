@@ -671,3 +671,89 @@ fn the_endpoint_refuses_missing_wrong_and_read_only_callers_and_browsers() {
     let (status, _, _) = http(gw.api_port, "GET", "/healthz", None, None);
     assert_eq!(status, 200, "other routes still answer");
 }
+
+#[test]
+fn a_withdrawn_call_cancels_its_statement_in_the_target() {
+    let db = "mcp_cancel";
+    let (gw, token) = setup(db);
+    let headers = |session: Option<&str>| {
+        let mut h = format!(
+            "Accept: application/json, text/event-stream\r\nAuthorization: Bearer {token}\r\nMcp-Protocol-Version: 2025-06-18\r\n"
+        );
+        if let Some(s) = session {
+            h.push_str(&format!("Mcp-Session-Id: {s}\r\n"));
+        }
+        h
+    };
+    let init = json!({
+        "jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": { "protocolVersion": "2025-06-18", "capabilities": {},
+                    "clientInfo": { "name": "raw", "version": "1" } }
+    });
+    let (status, head, _) = http_with(gw.api_port, "POST", "/mcp", &headers(None), Some(&init));
+    assert_eq!(status, 200, "{head}");
+    let session = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("mcp-session-id")
+                .then(|| value.trim().to_owned())
+        })
+        .unwrap();
+    let initialized = json!({ "jsonrpc": "2.0", "method": "notifications/initialized" });
+    http_with(
+        gw.api_port,
+        "POST",
+        "/mcp",
+        &headers(Some(&session)),
+        Some(&initialized),
+    );
+    // The call runs in the background: its answer never comes once withdrawn.
+    let call = json!({
+        "jsonrpc": "2.0", "id": 7, "method": "tools/call",
+        "params": { "name": "query", "arguments": {
+            "connection": db, "sql": "SELECT pg_sleep(60)", "timeout_seconds": 120 } }
+    });
+    let (port, call_headers) = (gw.api_port, headers(Some(&session)));
+    std::thread::spawn(move || http_with(port, "POST", "/mcp", &call_headers, Some(&call)));
+    let sleeping = || {
+        pg().psql_admin(
+            db,
+            "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)' AND state = 'active' AND datname = current_database()",
+        )
+        .trim()
+        .to_owned()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while sleeping() != "1" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the statement never started"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let cancel = json!({
+        "jsonrpc": "2.0", "method": "notifications/cancelled",
+        "params": { "requestId": 7, "reason": "the user pressed stop" }
+    });
+    let (status, _, _) = http_with(
+        gw.api_port,
+        "POST",
+        "/mcp",
+        &headers(Some(&session)),
+        Some(&cancel),
+    );
+    assert!(status == 202 || status == 200, "{status}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while sleeping() != "0" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the withdrawn statement still runs in the target"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // On the record: the statement, and how it ended.
+    let hits = search_settled(&gw, &["--statement", "pg_sleep(60)"]);
+    assert_eq!(hits[0]["status"], "error", "{hits:?}");
+    assert_eq!(hits[0]["error"]["code"], "57014");
+}
