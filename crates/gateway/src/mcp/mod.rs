@@ -291,11 +291,22 @@ fn call_context(
     let meta = request.meta.iter().flat_map(|m| m.0 .0.iter());
     for (key, value) in meta.chain(context.meta.0 .0.iter()) {
         let key = key.rsplit('/').next().unwrap_or(key);
-        if key == "progressToken" {
-            continue;
-        }
-        if let Some(text) = value.as_str() {
-            ctx.set(key, text);
+        match (key, value) {
+            ("progressToken", _) => {}
+            // Sessionless protocol versions carry the client on every request instead of
+            // in a handshake.
+            ("clientInfo", serde_json::Value::Object(info)) => {
+                for (field, as_key) in [("name", "client"), ("version", "client_version")] {
+                    if let Some(text) = info.get(field).and_then(|v| v.as_str()) {
+                        ctx.set(as_key, text);
+                    }
+                }
+            }
+            (key, value) => {
+                if let Some(text) = value.as_str() {
+                    ctx.set(key, text);
+                }
+            }
         }
     }
     ctx

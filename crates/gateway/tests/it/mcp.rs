@@ -668,6 +668,33 @@ fn the_endpoint_refuses_missing_wrong_and_read_only_callers_and_browsers() {
     );
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("list_connections"), "{body}");
+    // The sessionless protocol (2026-07-28): no handshake, the client named on each request.
+    let call = json!({
+        "jsonrpc": "2.0", "id": 3, "method": "tools/call",
+        "params": {
+            "name": "query",
+            "arguments": { "connection": db, "sql": "SELECT 42 AS answer", "prompt": "sessionless" },
+            "_meta": {
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientInfo": { "name": "future-agent", "version": "3.0" },
+                "io.modelcontextprotocol/clientCapabilities": {}
+            }
+        }
+    });
+    let (status, _, body) = http_with(
+        gw.api_port,
+        "POST",
+        "/mcp",
+        &format!(
+            "{accept}Authorization: Bearer {token}\r\nMcp-Protocol-Version: 2026-07-28\r\nMcp-Method: tools/call\r\nMcp-Name: query\r\n"
+        ),
+        Some(&call),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("[[42]]"), "{body}");
+    let hits = search_settled(&gw, &["--prompt", "sessionless"]);
+    assert_eq!(hits[0]["context"]["client"], "future-agent", "{hits:?}");
+    assert_eq!(hits[0]["context"]["client_version"], "3.0");
     let (status, _, _) = http(gw.api_port, "GET", "/healthz", None, None);
     assert_eq!(status, 200, "other routes still answer");
 }
