@@ -168,8 +168,8 @@ fn audit_events(gw: &Gateway) -> Vec<Value> {
         .collect()
 }
 
-/// Runs the tool tour every transport must pass.
-fn tour(gw: &Gateway, db: &str, client: &mut McpClient, prompt: &str) {
+/// Runs the tool tour every transport must pass; `actor` is how the caller is recorded.
+fn tour(gw: &Gateway, db: &str, client: &mut McpClient, prompt: &str, actor: &str) {
     assert_eq!(
         client.tools,
         [
@@ -339,6 +339,7 @@ fn tour(gw: &Gateway, db: &str, client: &mut McpClient, prompt: &str) {
         "SELECT id, email, note FROM customers WHERE id >= $1 ORDER BY id"
     );
     assert_eq!(hit["params"], json!(["1"]));
+    assert_eq!(hit["actor"], actor);
     assert_eq!(hit["status"], "ok");
     let ctx = &hit["context"];
     assert_eq!(ctx["client"], "sluice-test-agent");
@@ -375,13 +376,25 @@ fn tour(gw: &Gateway, db: &str, client: &mut McpClient, prompt: &str) {
 #[test]
 fn python_sdk_over_streamable_http() {
     let db = "mcp_http";
-    let (gw, token) = setup(db);
+    let (gw, _) = setup(db);
+    // As an AI agent would run: a service account's API key.
+    let token = gw
+        .cli_ok(&[
+            "service-accounts",
+            "add",
+            "cursor-bot",
+            "--group",
+            "engineers",
+        ])
+        .trim()
+        .to_owned();
     let mut client = McpClient::http(&gw, &token);
     tour(
         &gw,
         db,
         &mut client,
         "list customers; charge card 4111 1111 1111 1111 later",
+        "agent",
     );
     assert!(
         !gw.everything_written().contains(&token),
@@ -399,6 +412,7 @@ fn python_sdk_through_sluice_mcp_over_stdio() {
         db,
         &mut client,
         "show me customers, my card is 4111 1111 1111 1111",
+        "human",
     );
 }
 
