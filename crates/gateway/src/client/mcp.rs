@@ -334,7 +334,7 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn lines_are_read_whole_bounded_and_lossy() {
+    async fn lines_are_read_whole_bounded_and_utf8_only() {
         let mut input = format!("{{\"a\":1}}\n{}\n", "x".repeat(MAX_LINE + 10)).into_bytes();
         input.extend_from_slice(b"\xff\xfe not utf-8\nlast");
         let mut reader = BufReader::new(&input[..]);
