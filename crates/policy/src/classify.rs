@@ -12,8 +12,8 @@ use std::fmt;
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    visit_relations, CopySource, Expr, FromTable, Function, ObjectName, ObjectNamePart, Query,
-    Reset, Set, SetExpr, Statement, TableFactor, TableObject, Value, Visit, Visitor,
+    visit_relations, CopySource, Expr, FromTable, Function, Ident, ObjectName, ObjectNamePart,
+    Query, Reset, Set, SetExpr, Statement, TableFactor, TableObject, Value, Visit, Visitor,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
@@ -671,8 +671,12 @@ fn search_path_set(set: &Set) -> Option<PathChange> {
                         return Some(PathChange::Reset)
                     }
                     Expr::Identifier(id) => schemas.push(ident(id)),
+                    // A backslash means another name with standard_conforming_strings off
+                    // (`'sec\x72et'` is `secret`), which a client may have turned off.
                     Expr::Value(value) => match &value.value {
-                        Value::SingleQuotedString(text) if !text.contains(',') => {
+                        Value::SingleQuotedString(text)
+                            if !text.contains(',') && !text.contains('\\') =>
+                        {
                             schemas.push(text.clone())
                         }
                         _ => return Some(PathChange::Unknown),
@@ -696,14 +700,22 @@ fn search_path_set(set: &Set) -> Option<PathChange> {
         Set::SetRole {
             role_name: Some(role),
             ..
-        } => Some(PathChange::Set(vec![ident(role)])),
+        } => Some(role_path(role)),
         Set::SetSessionAuthorization(param) => match &param.kind {
-            sqlparser::ast::SetSessionAuthorizationParamKind::User(user) => {
-                Some(PathChange::Set(vec![ident(user)]))
-            }
+            sqlparser::ast::SetSessionAuthorizationParamKind::User(user) => Some(role_path(user)),
             sqlparser::ast::SetSessionAuthorizationParamKind::Default => None,
         },
         _ => None,
+    }
+}
+
+/// The path a new role brings: its own schema, unless the name holds a backslash, which
+/// names another role when standard_conforming_strings is off.
+fn role_path(role: &Ident) -> PathChange {
+    if role.value.contains('\\') {
+        PathChange::Unknown
+    } else {
+        PathChange::Set(vec![ident(role)])
     }
 }
 
@@ -1103,6 +1115,18 @@ mod tests {
             change("set local search_path = x"),
             [SessionEffect::SearchPath(PathChange::Unknown)]
         );
+        // With standard_conforming_strings off these name `secret`.
+        for sql in [
+            r"set search_path = 'sec\x72et'",
+            r"set role 'sec\x72et'",
+            r"set session authorization 'sec\x72et'",
+        ] {
+            assert_eq!(
+                change(sql),
+                [SessionEffect::SearchPath(PathChange::Unknown)],
+                "{sql}"
+            );
+        }
         assert_eq!(
             change("select set_config('search_path', 'x', false)"),
             [SessionEffect::SearchPath(PathChange::Unknown)]

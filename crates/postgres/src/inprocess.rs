@@ -45,7 +45,7 @@ impl SqlError {
         }
     }
 
-    fn new(code: &str, message: String) -> SqlError {
+    pub fn new(code: &str, message: String) -> SqlError {
         SqlError {
             code: code.into(),
             message,
@@ -87,6 +87,8 @@ pub struct InProcessClient {
 
 /// How long a cancelled statement has to answer before the session is given up.
 const CANCEL_GRACE: Duration = Duration::from_secs(10);
+/// How often the cancel is sent again while the statement has not answered.
+const CANCEL_RETRY: Duration = Duration::from_millis(500);
 
 impl InProcessClient {
     /// Opens a session on `connection` as `user` with `token`, served by `frontend` in this
@@ -176,17 +178,27 @@ impl InProcessClient {
             }
             () = stop => "the call was cancelled by its client".to_owned(),
         };
-        if let Some((pid, key)) = cancel_key {
-            frontend.cancel_session(pid, key).await;
-        }
-        match tokio::time::timeout(CANCEL_GRACE, exchange).await {
-            Ok(Err(e)) if e.code == "57014" => {
+        // A cancel that arrives while the statement is still in the gateway (policy, the
+        // audit write) finds the backend idle and is ignored: ask again until it answers.
+        let deadline = tokio::time::Instant::now() + CANCEL_GRACE;
+        let answer = loop {
+            if let Some((pid, key)) = cancel_key {
+                frontend.cancel_session(pid, key).await;
+            }
+            match tokio::time::timeout(CANCEL_RETRY, &mut exchange).await {
+                Ok(answer) => break Some(answer),
+                Err(_) if tokio::time::Instant::now() >= deadline => break None,
+                Err(_) => {}
+            }
+        };
+        match answer {
+            Some(Err(e)) if e.code == "57014" => {
                 Err(SqlError::new("57014", format!("{why} and was cancelled")))
             }
-            Ok(result) => result,
-            // No answer even to the cancel: it may not have reached the target yet, or it
-            // may still finish there. Only the audit log can tell.
-            Err(_) => Err(SqlError::new(
+            Some(result) => result,
+            // No answer even to the cancel: it may still finish in the target. Only the
+            // audit log can tell.
+            None => Err(SqlError::new(
                 "57014",
                 format!(
                     "{why}; it was asked to stop but did not answer within {} s and may still complete: check before running it again",

