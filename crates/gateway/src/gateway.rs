@@ -187,6 +187,7 @@ pub async fn run(config: Config) -> Result<File> {
             signin,
             connections,
             audit_dir: config.audit_dir(),
+            searches: Arc::new(tokio::sync::Semaphore::new(2)),
         },
         mcp,
     );

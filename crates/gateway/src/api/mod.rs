@@ -51,6 +51,8 @@ pub struct ApiState {
     pub connections: Arc<Vec<ConnectionView>>,
     /// Where the audit log lives, for statement search.
     pub audit_dir: std::path::PathBuf,
+    /// Statement searches read the whole log: two at a time, the rest wait their turn.
+    pub searches: Arc<tokio::sync::Semaphore>,
 }
 
 /// A connection as `/api/v1/connections` shows it.
@@ -302,6 +304,9 @@ async fn search_statements(
         limit: q.limit.unwrap_or(100).clamp(1, 1000),
     };
     let dir = state.audit_dir.clone();
+    let Ok(_turn) = state.searches.clone().acquire_owned().await else {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    };
     match tokio::task::spawn_blocking(move || crate::views::search(&dir, &filter)).await {
         Ok(Ok(hits)) => Json(hits).into_response(),
         _ => (
