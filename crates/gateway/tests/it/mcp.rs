@@ -148,6 +148,29 @@ fn search_settled(gw: &Gateway, args: &[&str]) -> Vec<Value> {
     }
 }
 
+/// `POST /mcp` with `headers` (lines ending in `\r\n`) and a JSON-RPC message.
+fn post_mcp(gw: &Gateway, headers: &str, message: &Value) -> (u16, String, String) {
+    let accept = "Accept: application/json, text/event-stream\r\n";
+    http_with(
+        gw.api_port,
+        "POST",
+        "/mcp",
+        &format!("{accept}{headers}"),
+        Some(message),
+    )
+}
+
+/// The `Mcp-Session-Id` of a response's header block.
+fn session_id(head: &str) -> String {
+    head.lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("mcp-session-id")
+                .then(|| value.trim().to_owned())
+        })
+        .expect("an MCP session id")
+}
+
 /// Every audit event, in order, from all segments.
 fn audit_events(gw: &Gateway) -> Vec<Value> {
     let mut segments: Vec<_> = std::fs::read_dir(gw.data_dir().join("audit"))
@@ -608,13 +631,7 @@ fn the_endpoint_refuses_missing_wrong_and_read_only_callers_and_browsers() {
     let accept = "Accept: application/json, text/event-stream\r\n";
     let (status, head, _) = http_with(gw.api_port, "POST", "/mcp", accept, Some(&init));
     assert_eq!(status, 401, "{head}");
-    let (status, _, body) = http_with(
-        gw.api_port,
-        "POST",
-        "/mcp",
-        &format!("{accept}Authorization: Bearer slu_wrong_token\r\n"),
-        Some(&init),
-    );
+    let (status, _, body) = post_mcp(&gw, "Authorization: Bearer slu_wrong_token\r\n", &init);
     assert_eq!(status, 401);
     assert!(!body.contains("slu_wrong_token"));
     // Auditors read; they do not run queries.
@@ -624,40 +641,19 @@ fn the_endpoint_refuses_missing_wrong_and_read_only_callers_and_browsers() {
         .cli_ok(&["tokens", "issue", "audrey", "--ttl", "1h"])
         .trim()
         .to_owned();
-    let (status, _, _) = http_with(
-        gw.api_port,
-        "POST",
-        "/mcp",
-        &format!("{accept}Authorization: Bearer {audrey}\r\n"),
-        Some(&init),
-    );
+    let (status, _, _) = post_mcp(&gw, &format!("Authorization: Bearer {audrey}\r\n"), &init);
     assert_eq!(status, 403);
     // A web page cannot drive it with someone's token.
-    let (status, _, _) = http_with(
-        gw.api_port,
-        "POST",
-        "/mcp",
-        &format!("{accept}Authorization: Bearer {token}\r\nOrigin: https://evil.example\r\n"),
-        Some(&init),
+    let (status, _, _) = post_mcp(
+        &gw,
+        &format!("Authorization: Bearer {token}\r\nOrigin: https://evil.example\r\n"),
+        &init,
     );
     assert_eq!(status, 403);
     // The caller with a good token gets a session.
-    let (status, head, _) = http_with(
-        gw.api_port,
-        "POST",
-        "/mcp",
-        &format!("{accept}Authorization: Bearer {token}\r\n"),
-        Some(&init),
-    );
+    let (status, head, _) = post_mcp(&gw, &format!("Authorization: Bearer {token}\r\n"), &init);
     assert_eq!(status, 200, "{head}");
-    let session = head
-        .lines()
-        .find_map(|l| {
-            let (name, value) = l.split_once(':')?;
-            name.eq_ignore_ascii_case("mcp-session-id")
-                .then(|| value.trim().to_owned())
-        })
-        .expect("an MCP session id");
+    let session = session_id(&head);
     // The session is its opener's: another user's token cannot use or end it.
     let other = gw.user_token("oscar");
     let list = json!({ "jsonrpc": "2.0", "id": 2, "method": "tools/list" });
@@ -733,14 +729,7 @@ fn a_withdrawn_call_cancels_its_statement_in_the_target() {
     });
     let (status, head, _) = http_with(gw.api_port, "POST", "/mcp", &headers(None), Some(&init));
     assert_eq!(status, 200, "{head}");
-    let session = head
-        .lines()
-        .find_map(|l| {
-            let (name, value) = l.split_once(':')?;
-            name.eq_ignore_ascii_case("mcp-session-id")
-                .then(|| value.trim().to_owned())
-        })
-        .unwrap();
+    let session = session_id(&head);
     let initialized = json!({ "jsonrpc": "2.0", "method": "notifications/initialized" });
     http_with(
         gw.api_port,
