@@ -135,14 +135,11 @@ pub fn trace_id(traceparent: &str) -> Option<String> {
 }
 
 fn bounded(value: &str) -> String {
-    if value.len() <= MAX_FIELD_BYTES {
+    let kept = crate::text::clip(value, MAX_FIELD_BYTES);
+    if kept.len() == value.len() {
         return value.to_owned();
     }
-    let mut end = MAX_FIELD_BYTES;
-    while !value.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…[truncated]", &value[..end])
+    format!("{kept}…[truncated]")
 }
 
 #[cfg(test)]

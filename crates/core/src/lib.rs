@@ -6,6 +6,7 @@
 
 pub mod context;
 mod principal;
+pub mod text;
 
 pub use context::AgentContext;
 pub use principal::{glob, glob_exact, Principal};

@@ -384,11 +384,32 @@ fn bounded_cell(bytes: &[u8]) -> String {
     if bytes.len() <= MAX_CELL_BYTES {
         return String::from_utf8_lossy(bytes).into_owned();
     }
-    let mut text = String::from_utf8_lossy(&bytes[..MAX_CELL_BYTES]).into_owned();
-    // A character cut in two at the end became U+FFFD: drop it.
-    if text.ends_with('\u{fffd}') {
-        text.pop();
+    // A few bytes past the cut, so the character the cut falls in is decoded whole and
+    // then left out whole.
+    let head = String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_CELL_BYTES + 3)]);
+    let kept = sluice_core::text::clip(&head, MAX_CELL_BYTES);
+    format!("{kept}…[{} bytes cut]", bytes.len() - kept.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{bounded_cell, MAX_CELL_BYTES};
+
+    #[test]
+    fn long_cells_are_cut_whole_characters_and_marked() {
+        assert_eq!(bounded_cell(b"short"), "short");
+        // The cut falls inside a two-byte character.
+        let long = format!("x{}", "é".repeat(MAX_CELL_BYTES));
+        let cut = bounded_cell(long.as_bytes());
+        assert!(cut.starts_with("xé"));
+        assert!(!cut.contains('\u{fffd}'), "no half character");
+        let kept = MAX_CELL_BYTES - 1;
+        assert!(
+            cut.ends_with(&format!("…[{} bytes cut]", long.len() - kept)),
+            "{}",
+            &cut[cut.len() - 30..]
+        );
+        let exactly_one_more = "x".repeat(MAX_CELL_BYTES + 1);
+        assert!(bounded_cell(exactly_one_more.as_bytes()).ends_with("…[1 bytes cut]"));
     }
-    text.push_str(&format!("…[{} bytes cut]", bytes.len() - MAX_CELL_BYTES));
-    text
 }

@@ -69,10 +69,7 @@ fn truncate(mut s: String) -> String {
         return s;
     }
     let total = s.len();
-    let mut cut = MAX_RENDERED;
-    while !s.is_char_boundary(cut) {
-        cut -= 1;
-    }
+    let cut = sluice_core::text::clip(&s, MAX_RENDERED).len();
     s.truncate(cut);
     s.push_str(&format!("…({total} bytes)"));
     s

@@ -834,14 +834,11 @@ fn now_ms() -> i64 {
 
 /// `text` cut to `MAX_RECORDED` bytes (on a character boundary) for the record.
 fn clip(text: &str) -> String {
-    if text.len() <= MAX_RECORDED {
+    let kept = sluice_core::text::clip(text, MAX_RECORDED);
+    if kept.len() == text.len() {
         return text.to_owned();
     }
-    let mut end = MAX_RECORDED;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &text[..end])
+    format!("{kept}…")
 }
 
 /// The cookie naming the browser a sign-in started in.
