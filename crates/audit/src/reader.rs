@@ -16,6 +16,11 @@ pub struct Records {
     /// The seq the first record must have, for reads from a [`Position`].
     first_seq: Option<u64>,
     failed: bool,
+    /// Where the record last returned starts, for a reader that resumes later.
+    last: Option<Position>,
+    /// The stored line of the record last returned, when asked for ([`Records::keep_lines`]).
+    keep_lines: bool,
+    last_line: Vec<u8>,
 }
 
 /// Reads records starting at `start` (a position returned by the writer), continuing through
@@ -36,6 +41,9 @@ pub fn read_from(dir: &Path, start: Position) -> Result<Records, AuditError> {
         lines: LogLines::new(dir, segments, start.offset),
         first_seq: Some(start.seq),
         failed: false,
+        last: None,
+        keep_lines: false,
+        last_line: Vec::new(),
     })
 }
 
@@ -45,6 +53,9 @@ pub fn read_all(dir: &Path) -> Result<Records, AuditError> {
         lines: LogLines::new(dir, segment::list(dir)?, 0),
         first_seq: None,
         failed: false,
+        last: None,
+        keep_lines: false,
+        last_line: Vec::new(),
     })
 }
 
@@ -62,6 +73,7 @@ impl Records {
                 },
             }
         })?;
+        let (segment_number, offset) = (line.segment, line.offset);
         let file = || segment::file_name(line.segment);
         let record = record::parse_line(&line.bytes).map_err(|detail| AuditError::Malformed {
             file: file(),
@@ -78,7 +90,34 @@ impl Records {
                 });
             }
         }
+        self.last = Some(Position {
+            segment: segment_number,
+            offset,
+            seq: record.seq,
+        });
+        if self.keep_lines {
+            self.last_line = line.bytes;
+        }
         Ok(record)
+    }
+
+    /// Keeps each record's stored line (without its newline) for [`Records::last_line`]:
+    /// for exports whose lines must still verify against their hashes.
+    pub fn keep_lines(mut self) -> Records {
+        self.keep_lines = true;
+        self
+    }
+
+    /// The stored line of the record `next` returned last (empty unless
+    /// [`Records::keep_lines`] was asked for).
+    pub fn last_line(&self) -> &[u8] {
+        &self.last_line
+    }
+
+    /// The position of the record `next` returned last (`None` before the first): give it
+    /// to [`read_from`] to read again from that record.
+    pub fn last_position(&self) -> Option<Position> {
+        self.last
     }
 }
 

@@ -188,6 +188,7 @@ pub async fn run(config: Config) -> Result<File> {
             connections,
             audit_dir: config.audit_dir(),
             searches: Arc::new(tokio::sync::Semaphore::new(2)),
+            console: crate::console::ConsoleState::new(),
         },
         mcp,
     );
@@ -200,6 +201,7 @@ pub async fn run(config: Config) -> Result<File> {
     );
 
     tokio::spawn(anchor_audit_log(audit.clone(), store.clone()));
+    tokio::spawn(crate::index::follow(config.audit_dir(), store.clone()));
     let tunnel = async {
         match tunnel_listener {
             Some(listener) => {

@@ -529,6 +529,9 @@ impl Pipeline for GatewayPipeline {
             audit_segment: position.segment,
             audit_offset: position.offset,
             audit_seq: position.seq,
+            denied: 0,
+            held: 0,
+            masked: 0,
         };
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || store.insert_session(&row))

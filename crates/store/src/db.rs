@@ -164,6 +164,34 @@ const MIGRATIONS: &[&str] = &[
     "
     ALTER TABLE reviews ADD COLUMN context TEXT;
     ",
+    // Version 8: the statement index the console filters sessions by, filled from the
+    // audit log behind the writer (the log stays the record; this is a derived index),
+    // per-session counts of denied, held and masked statements, and how far it has read.
+    "
+    ALTER TABLE sessions ADD COLUMN denied INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE sessions ADD COLUMN held INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE sessions ADD COLUMN masked INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX sessions_by_actor ON sessions(actor, started_ms);
+
+    CREATE TABLE statements (
+        session_id   TEXT    NOT NULL,
+        statement_id INTEGER NOT NULL,
+        seq          INTEGER NOT NULL,
+        time_ms      INTEGER NOT NULL,
+        decision     TEXT    NOT NULL,
+        held         INTEGER NOT NULL,
+        masked       INTEGER NOT NULL DEFAULT 0,
+        statement    TEXT    NOT NULL,
+        PRIMARY KEY (session_id, statement_id)
+    ) STRICT, WITHOUT ROWID;
+
+    CREATE TABLE audit_index (
+        id      INTEGER NOT NULL PRIMARY KEY CHECK (id = 1),
+        segment INTEGER NOT NULL,
+        offset  INTEGER NOT NULL,
+        seq     INTEGER NOT NULL
+    ) STRICT;
+    ",
 ];
 
 /// Handle to the metadata database.

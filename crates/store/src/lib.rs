@@ -16,6 +16,7 @@ mod error;
 mod refresh;
 mod reviews;
 mod sessions;
+mod statement_index;
 mod tokens;
 mod users;
 
@@ -26,5 +27,6 @@ pub use error::StoreError;
 pub use refresh::RefreshHandle;
 pub use reviews::{Approval, NewReview, ReviewRow};
 pub use sessions::{SessionFilter, SessionRow};
+pub use statement_index::{IndexEntry, IndexPosition, MAX_INDEXED_TEXT};
 pub use tokens::{NewToken, TokenKind, TokenRecord};
 pub use users::{NewUser, Origin, User};

@@ -32,6 +32,11 @@ pub struct SessionRow {
     pub audit_offset: u64,
     /// Sequence number of that event.
     pub audit_seq: u64,
+    /// Statements denied, held for review, and whose answers masking changed, as far as
+    /// the statement index has read the audit log.
+    pub denied: u64,
+    pub held: u64,
+    pub masked: u64,
 }
 
 /// Which sessions [`Store::list_sessions`] returns. All conditions must hold.
@@ -45,10 +50,24 @@ pub struct SessionFilter {
     pub limit: u32,
     /// Only sessions that have not ended.
     pub open_only: bool,
+    /// `human` or `agent`.
+    pub actor: Option<String>,
+    /// Only sessions started before this time (unix milliseconds).
+    pub until_ms: Option<i64>,
+    /// Only sessions with a statement containing this text (case-insensitive for ASCII).
+    pub statement: Option<String>,
+    /// Only sessions with a denied / held / masked statement.
+    pub denied: bool,
+    pub held: bool,
+    pub masked: bool,
+    /// Keyset pagination: only sessions listed after this one (its start and id), in the
+    /// newest-first order — the last row of the previous page.
+    pub after: Option<(i64, String)>,
 }
 
 const SESSION_COLUMNS: &str = "id, user_name, actor, connection, protocol, client_addr, \
-     started_ms, ended_ms, end_reason, statements, audit_segment, audit_offset, audit_seq";
+     started_ms, ended_ms, end_reason, statements, audit_segment, audit_offset, audit_seq, \
+     denied, held, masked";
 
 fn session_from_row(row: &Row<'_>) -> rusqlite::Result<SessionRow> {
     Ok(SessionRow {
@@ -65,6 +84,9 @@ fn session_from_row(row: &Row<'_>) -> rusqlite::Result<SessionRow> {
         audit_segment: row.get(10)?,
         audit_offset: row.get(11)?,
         audit_seq: row.get(12)?,
+        denied: row.get(13)?,
+        held: row.get(14)?,
+        masked: row.get(15)?,
     })
 }
 
@@ -74,7 +96,7 @@ impl Store {
         self.write(|tx| {
             let sql = format!(
                 "INSERT INTO sessions ({SESSION_COLUMNS})
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
             );
             tx.execute(
                 &sql,
@@ -92,6 +114,9 @@ impl Store {
                     s.audit_segment,
                     s.audit_offset,
                     s.audit_seq,
+                    s.denied,
+                    s.held,
+                    s.masked,
                 ],
             )?;
             Ok(())
@@ -148,6 +173,36 @@ impl Store {
         if filter.open_only {
             clauses.push("ended_ms IS NULL");
         }
+        if let Some(actor) = &filter.actor {
+            clauses.push("actor = ?");
+            args.push(actor);
+        }
+        if let Some(until_ms) = &filter.until_ms {
+            clauses.push("started_ms < ?");
+            args.push(until_ms);
+        }
+        if filter.denied {
+            clauses.push("denied > 0");
+        }
+        if filter.held {
+            clauses.push("held > 0");
+        }
+        if filter.masked {
+            clauses.push("masked > 0");
+        }
+        let pattern = filter.statement.as_deref().map(like_pattern);
+        if let Some(pattern) = &pattern {
+            clauses.push(
+                "EXISTS (SELECT 1 FROM statements st WHERE st.session_id = sessions.id \
+                 AND st.statement LIKE ? ESCAPE '\\')",
+            );
+            args.push(pattern);
+        }
+        if let Some((started_ms, id)) = &filter.after {
+            clauses.push("(started_ms, id) < (?, ?)");
+            args.push(started_ms);
+            args.push(id);
+        }
         let limit = if filter.limit == 0 {
             DEFAULT_LIMIT
         } else {
@@ -186,6 +241,20 @@ impl Store {
     }
 }
 
+/// A LIKE pattern matching `text` anywhere, its wildcards taken literally.
+fn like_pattern(text: &str) -> String {
+    let mut pattern = String::with_capacity(text.len() + 2);
+    pattern.push('%');
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -206,6 +275,9 @@ mod tests {
             audit_segment: 3,
             audit_offset: 4096,
             audit_seq: 77,
+            denied: 0,
+            held: 0,
+            masked: 0,
         }
     }
 

@@ -17,7 +17,7 @@ use crate::reviews::ReviewError;
 use crate::views::{access_json, review_json};
 
 /// Longest reason accepted with a decision or an access request.
-const MAX_REASON: usize = 2000;
+pub(crate) const MAX_REASON: usize = 2000;
 
 /// Review and access-request statuses a list may be filtered by.
 const STATUSES: &[&str] = &[
@@ -389,14 +389,24 @@ pub(super) async fn deny_access(
     decide_access(state, headers, id, reason(body), false).await
 }
 
-fn sees_review(who: &Caller, review: &ReviewRow) -> bool {
+pub(crate) fn sees_review(who: &Caller, review: &ReviewRow) -> bool {
     who.role.reads_everything()
         || review.requester == who.identity.user
         || crate::reviews::is_reviewer(review, &who.identity)
 }
 
-fn sees_access(state: &ApiState, who: &Caller, row: &AccessRow) -> bool {
+pub(crate) fn sees_access(state: &ApiState, who: &Caller, row: &AccessRow) -> bool {
     who.role.reads_everything()
         || row.requester == who.identity.user
         || state.access.may_decide(&row.connection, &who.identity)
+}
+
+/// The HTTP status a review error is answered with (the console's too).
+pub(crate) fn review_error_status(e: &ReviewError) -> StatusCode {
+    e.status()
+}
+
+/// The HTTP status an access-request error is answered with (the console's too).
+pub(crate) fn access_error_status(e: &AccessError) -> StatusCode {
+    e.status()
 }

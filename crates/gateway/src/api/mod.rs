@@ -32,7 +32,7 @@ use crate::reviews::Reviews;
 use crate::signin::{routes as signin, SignIn};
 use crate::views::SessionSummary;
 
-mod decisions;
+pub(crate) mod decisions;
 
 use decisions::{
     approve_access, approve_review, deny_access, deny_review, list_access, list_reviews,
@@ -53,6 +53,7 @@ pub struct ApiState {
     pub audit_dir: std::path::PathBuf,
     /// Statement searches read the whole log: two at a time, the rest wait their turn.
     pub searches: Arc<tokio::sync::Semaphore>,
+    pub console: Arc<crate::console::ConsoleState>,
 }
 
 /// A connection as `/api/v1/connections` shows it.
@@ -129,6 +130,7 @@ pub fn router(
         .route("/api/v1/access-requests/{id}", get(show_access))
         .route("/api/v1/access-requests/{id}/approve", post(approve_access))
         .route("/api/v1/access-requests/{id}/deny", post(deny_access))
+        .merge(crate::console::router())
         .with_state(state)
 }
 
@@ -174,6 +176,18 @@ pub(crate) async fn authorize(
 
 /// Records and answers a refusal of an authenticated caller.
 pub(crate) fn deny(state: &ApiState, caller: &Caller, action: &str, reason: &str) -> Response {
+    record_denied(state, caller, action, reason);
+    (
+        StatusCode::FORBIDDEN,
+        Json(serde_json::json!({
+            "error": format!("{action}: {reason} (you are {}, role {})", caller.identity.user, caller.role.as_str())
+        })),
+    )
+        .into_response()
+}
+
+/// Records a refusal of an authenticated caller as a `denied` event.
+pub(crate) fn record_denied(state: &ApiState, caller: &Caller, action: &str, reason: &str) {
     state.audit.append(sluice_audit::Event::now(
         None,
         sluice_audit::EventBody::Denied {
@@ -184,13 +198,6 @@ pub(crate) fn deny(state: &ApiState, caller: &Caller, action: &str, reason: &str
             reason: reason.into(),
         },
     ));
-    (
-        StatusCode::FORBIDDEN,
-        Json(serde_json::json!({
-            "error": format!("{action}: {reason} (you are {}, role {})", caller.identity.user, caller.role.as_str())
-        })),
-    )
-        .into_response()
 }
 
 async fn whoami(State(state): State<ApiState>, headers: HeaderMap) -> Response {

@@ -99,9 +99,24 @@ struct Login {
     /// Also set as a cookie in the browser that started the sign-in; the callback must
     /// come from that browser (a provider URL sent to someone else gets nowhere).
     browser_key: String,
-    cli_port: u16,
-    cli_challenge: String,
+    target: LoginFor,
     started: Instant,
+}
+
+/// Who gets the result of a browser sign-in.
+enum LoginFor {
+    /// `sluice login`: a one-time code on its loopback port, redeemed with its verifier.
+    Cli { port: u16, challenge: String },
+    /// The web console in the same browser: a console session cookie.
+    Console,
+}
+
+/// Where a browser sign-in ends.
+pub enum CallbackEnd {
+    /// Send the browser to this URL (the CLI's loopback listener).
+    Cli(String),
+    /// The console signed in (or was refused): its cookie is set by the route.
+    Console(Result<Granted, Refusal>),
 }
 
 struct Handoff {
@@ -290,13 +305,48 @@ impl SignIn {
         cli_challenge: &str,
         login_hint: Option<&str>,
     ) -> Result<(String, String), Refusal> {
-        let provider = self.provider()?;
         if cli_port < 1024 || cli_challenge.len() != 43 {
             return Err(Refusal::new(
                 StatusCode::BAD_REQUEST,
                 "cli_port must be 1024-65535 and challenge a base64url SHA-256",
             ));
         }
+        let target = LoginFor::Cli {
+            port: cli_port,
+            challenge: cli_challenge.to_owned(),
+        };
+        self.start_login(target, login_hint).await
+    }
+
+    /// `GET /console/login/oidc`: a browser sign-in for the console itself.
+    pub async fn console_start(&self) -> Result<(String, String), Refusal> {
+        self.start_login(LoginFor::Console, None).await
+    }
+
+    /// Whether console sign-in through the identity provider is offered.
+    pub fn has_provider(&self) -> bool {
+        self.oidc.is_some()
+    }
+
+    /// Whether cookies must be `Secure` (the gateway's public URL is https).
+    pub fn secure_cookies(&self) -> bool {
+        self.secure_cookie
+    }
+
+    /// Revokes a sign-in token (the console's sign-out).
+    pub async fn sign_out(&self, token_id: &str) {
+        let (tokens, id) = (self.tokens.clone(), token_id.to_owned());
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || tokens.revoke(&id)).await {
+            warn!(error = %e, "cannot revoke a console token at sign-out");
+        }
+    }
+
+    async fn start_login(
+        &self,
+        target: LoginFor,
+        login_hint: Option<&str>,
+    ) -> Result<(String, String), Refusal> {
+        let provider = self.provider()?;
         let (state, nonce, verifier) = (random(), random(), random());
         let url = provider
             .authorize_url(
@@ -318,8 +368,7 @@ impl SignIn {
                 nonce,
                 verifier,
                 browser_key: browser_key.clone(),
-                cli_port,
-                cli_challenge: cli_challenge.to_owned(),
+                target,
                 started: Instant::now(),
             },
         );
@@ -335,8 +384,8 @@ impl SignIn {
         )
     }
 
-    /// `GET /auth/oidc/callback`: redeems the code and returns where to send the browser
-    /// (the CLI's loopback listener, with a one-time code or the error).
+    /// `GET /auth/oidc/callback`: redeems the code and says where the sign-in ends (the
+    /// CLI's loopback listener, with a one-time code or the error; or the console).
     pub async fn callback(
         &self,
         code: Option<&str>,
@@ -344,7 +393,7 @@ impl SignIn {
         browser_key: Option<&str>,
         provider_error: Option<&str>,
         addr: &str,
-    ) -> Result<String, Refusal> {
+    ) -> Result<CallbackEnd, Refusal> {
         let provider = self.provider()?;
         // Taken out at once: a state (and the code with it) is good for one callback.
         let login = lock(&self.pending).logins.remove(state);
@@ -370,7 +419,6 @@ impl SignIn {
                 ),
             ));
         }
-        let back = |query: &str| format!("http://127.0.0.1:{}/callback?{query}", login.cli_port);
         let result = async {
             if let Some(e) = provider_error {
                 return Err(Refusal::unauthorized(format!(
@@ -392,7 +440,12 @@ impl SignIn {
             self.person_signs_in(&person, "oidc", addr, tokens.refresh_token.as_deref())
                 .await
         }
-        .await;
+        .await
+        .map_err(|refusal| self.refused("", "oidc", addr, refusal));
+        let LoginFor::Cli { port, challenge } = login.target else {
+            return Ok(CallbackEnd::Console(result));
+        };
+        let back = |query: &str| format!("http://127.0.0.1:{port}/callback?{query}");
         match result {
             Ok(granted) => {
                 let code = random();
@@ -400,18 +453,17 @@ impl SignIn {
                     code.clone(),
                     Handoff {
                         granted,
-                        cli_challenge: login.cli_challenge,
+                        cli_challenge: challenge,
                         made: Instant::now(),
                     },
                 );
-                Ok(back(&format!("code={code}")))
+                Ok(CallbackEnd::Cli(back(&format!("code={code}"))))
             }
             Err(refusal) => {
-                let refusal = self.refused("", "oidc", addr, refusal);
                 let query = form_urlencoded::Serializer::new(String::new())
                     .append_pair("error", &refusal.message)
                     .finish();
-                Ok(back(&query))
+                Ok(CallbackEnd::Cli(back(&query)))
             }
         }
     }

@@ -124,7 +124,10 @@ pub async fn oidc_callback(
         )
         .await
     {
-        Ok(url) => redirect(&url),
+        Ok(super::CallbackEnd::Cli(url)) => redirect(&url),
+        Ok(super::CallbackEnd::Console(result)) => {
+            crate::console::signed_in_by_provider(&state, result)
+        }
         Err(r) => page(r.status, "Sign-in failed", &r.message),
     }
 }

@@ -7,6 +7,7 @@ mod audit;
 mod auth;
 mod bad_input;
 mod clients;
+mod console;
 mod evasion;
 mod identity;
 mod masking;

@@ -1,0 +1,920 @@
+//! The console's handlers: each checks the viewer, gathers what its page shows (from the
+//! store, the review and access services, or the audit log) and hands it to `pages`.
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::extract::rejection::FormRejection;
+use axum::extract::{ConnectInfo, Form, Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use sluice_audit::{EventBody, Position};
+use sluice_store::{SessionFilter, SessionRow};
+
+use super::auth::{self, see_other, viewer, Viewer};
+use super::pages::{self, SessionsPage};
+use super::verify;
+use crate::access::AccessAsk;
+use crate::api::{decisions, record_denied, ApiState};
+
+/// Sessions per page.
+const PAGE: u32 = 50;
+/// Pending reviews and access requests shown, and recent decisions.
+const QUEUE: u32 = 200;
+const RECENT: usize = 20;
+
+/// The viewer, or the response that ends the request.
+macro_rules! viewer_or_return {
+    ($state:expr, $headers:expr) => {
+        match viewer(&$state, &$headers).await {
+            Ok(v) => v,
+            Err(r) => return r,
+        }
+    };
+}
+
+/// A refusal of a signed-in viewer: recorded as a `denied` event, shown as a page.
+fn refuse(state: &ApiState, viewer: &Viewer, action: &str, reason: &str) -> Response {
+    record_denied(state, &viewer.caller, action, reason);
+    pages::problem(StatusCode::FORBIDDEN, "Not allowed", reason)
+}
+
+fn unavailable(what: &str) -> Response {
+    pages::problem(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Unavailable",
+        &format!("{what} is unavailable; try again"),
+    )
+}
+
+fn bad_form(r: FormRejection) -> Response {
+    pages::problem(r.status(), "Bad request", &r.body_text())
+}
+
+pub async fn home() -> Response {
+    see_other("/console/sessions")
+}
+
+pub async fn login_page(State(state): State<ApiState>, headers: HeaderMap) -> Response {
+    if viewer(&state, &headers).await.is_ok() {
+        return see_other("/console/sessions");
+    }
+    pages::login(StatusCode::OK, None, None, state.signin.has_provider())
+}
+
+#[derive(Deserialize)]
+pub struct LoginForm {
+    user: String,
+    password: String,
+}
+
+pub async fn login(
+    State(state): State<ApiState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    form: Result<Form<LoginForm>, FormRejection>,
+) -> Response {
+    // No session yet, so no CSRF token: a form posted from another site (signing the
+    // victim in as someone else) is told apart by its Origin.
+    if !auth::same_origin(&headers) {
+        return pages::problem(
+            StatusCode::FORBIDDEN,
+            "Refused",
+            "cross-origin request refused",
+        );
+    }
+    let Form(form) = match form {
+        Ok(f) => f,
+        Err(r) => return bad_form(r),
+    };
+    match state
+        .signin
+        .password(&form.user, &form.password, &addr.to_string())
+        .await
+    {
+        Ok(granted) => auth::start_session(&state, &granted),
+        Err(refusal) => pages::login(
+            refusal.status,
+            Some(&form.user),
+            Some(&refusal.message),
+            state.signin.has_provider(),
+        ),
+    }
+}
+
+pub async fn login_oidc(State(state): State<ApiState>) -> Response {
+    match state.signin.console_start().await {
+        Ok((url, browser_key)) => {
+            let mut response = see_other(&url);
+            if let Ok(cookie) = state.signin.browser_cookie(&browser_key).parse() {
+                response.headers_mut().insert(header::SET_COOKIE, cookie);
+            }
+            response
+        }
+        Err(r) => pages::login(
+            r.status,
+            None,
+            Some(&r.message),
+            state.signin.has_provider(),
+        ),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+pub async fn logout(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    form: Result<Form<CsrfForm>, FormRejection>,
+) -> Response {
+    let Form(form) = match form {
+        Ok(f) => f,
+        Err(r) => return bad_form(r),
+    };
+    let viewer = viewer_or_return!(state, headers);
+    if let Err(r) = auth::check_post(&state, &headers, &form.csrf) {
+        return *r;
+    }
+    state.signin.sign_out(&viewer.token_id).await;
+    let mut response = see_other("/console/login");
+    auth::end_session_cookie(&mut response);
+    response
+}
+
+pub async fn connections(State(state): State<ApiState>, headers: HeaderMap) -> Response {
+    let viewer = viewer_or_return!(state, headers);
+    let store = state.store.clone();
+    let agents = tokio::task::spawn_blocking(move || store.list_agents())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    let now_ms = crate::reviews::now_ms();
+    // The gateway writes each agent's live tunnels every 2 s.
+    let connected = |name: &str| {
+        agents.iter().any(|a| {
+            a.name == name
+                && a.revoked_ms.is_none()
+                && a.state != "[]"
+                && a.state_ms.is_some_and(|ms| now_ms - ms < 10_000)
+        })
+    };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("127.0.0.1")
+        .to_owned();
+    let rows: Vec<pages::ConnectionRow> = state
+        .connections
+        .iter()
+        .map(|c| pages::ConnectionRow {
+            name: c.name.clone(),
+            kind: c.kind,
+            agent: c.agent.clone(),
+            state: if c.agent == "embedded" || connected(&c.agent) {
+                "ready"
+            } else {
+                "agent not connected"
+            },
+            listen: c.listen.clone(),
+            allowed: viewer.acts()
+                && c.allow
+                    .as_ref()
+                    .is_none_or(|list| list.iter().any(|p| p.covers(&viewer.caller.identity))),
+            requires_access_request: c.requires_access_request,
+        })
+        .collect();
+    pages::connections(&viewer, &rows, &host)
+}
+
+#[derive(Deserialize, Default)]
+pub struct SessionsQuery {
+    #[serde(default)]
+    user: String,
+    #[serde(default)]
+    actor: String,
+    #[serde(default)]
+    connection: String,
+    #[serde(default)]
+    from: String,
+    #[serde(default)]
+    to: String,
+    /// `denied`, `held` or `masked`.
+    #[serde(default)]
+    decision: String,
+    /// Text in a statement.
+    #[serde(default)]
+    q: String,
+    /// The last session of the previous page: `STARTED_MS.ID`.
+    #[serde(default)]
+    after: String,
+}
+
+impl SessionsQuery {
+    /// The query as form fields, for the next page's link.
+    pub fn pairs(&self) -> Vec<(&'static str, &str)> {
+        [
+            ("user", self.user.as_str()),
+            ("actor", &self.actor),
+            ("connection", &self.connection),
+            ("from", &self.from),
+            ("to", &self.to),
+            ("decision", &self.decision),
+            ("q", &self.q),
+        ]
+        .into_iter()
+        .filter(|(_, v)| !v.is_empty())
+        .collect()
+    }
+
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+    pub fn actor(&self) -> &str {
+        &self.actor
+    }
+    pub fn connection(&self) -> &str {
+        &self.connection
+    }
+    pub fn from(&self) -> &str {
+        &self.from
+    }
+    pub fn to(&self) -> &str {
+        &self.to
+    }
+    pub fn decision(&self) -> &str {
+        &self.decision
+    }
+    pub fn text(&self) -> &str {
+        &self.q
+    }
+    pub fn paged(&self) -> bool {
+        !self.after.is_empty()
+    }
+}
+
+/// A form's time (`datetime-local`: `YYYY-MM-DDTHH:MM[:SS]`, read as UTC) in unix ms.
+fn form_time(value: &str) -> Result<Option<i64>, String> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Ok(None);
+    }
+    let full = if value.len() == 16 {
+        format!("{value}:00Z")
+    } else if value.ends_with('Z') {
+        value.to_owned()
+    } else {
+        format!("{value}Z")
+    };
+    humantime::parse_rfc3339(&full)
+        .map(|t| {
+            Some(
+                t.duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as i64),
+            )
+        })
+        .map_err(|_| format!("{value:?} is not a time (YYYY-MM-DDTHH:MM, UTC)"))
+}
+
+pub async fn sessions(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Query(q): Query<SessionsQuery>,
+) -> Response {
+    let viewer = viewer_or_return!(state, headers);
+    let mut problems = Vec::new();
+    let mut time = |v: &str| {
+        form_time(v).unwrap_or_else(|e| {
+            problems.push(e);
+            None
+        })
+    };
+    let (since_ms, until_ms) = (time(&q.from), time(&q.to));
+    let after = q
+        .after
+        .split_once('.')
+        .and_then(|(ms, id)| Some((ms.parse::<i64>().ok()?, id.to_owned())));
+    let nonempty = |s: &str| (!s.trim().is_empty()).then(|| s.trim().to_owned());
+    let filter = SessionFilter {
+        // Users see their own sessions only.
+        user: if viewer.reads_everything() {
+            nonempty(&q.user)
+        } else {
+            Some(viewer.user().to_owned())
+        },
+        connection: nonempty(&q.connection),
+        since_ms,
+        until_ms,
+        actor: nonempty(&q.actor).filter(|a| a == "human" || a == "agent"),
+        statement: nonempty(&q.q),
+        denied: q.decision == "denied",
+        held: q.decision == "held",
+        masked: q.decision == "masked",
+        after,
+        limit: PAGE + 1,
+        open_only: false,
+    };
+    let store = state.store.clone();
+    let Ok(Ok(mut rows)) = tokio::task::spawn_blocking(move || store.list_sessions(&filter)).await
+    else {
+        return unavailable("the metadata store");
+    };
+    let next = (rows.len() > PAGE as usize).then(|| {
+        rows.truncate(PAGE as usize);
+        rows.last()
+            .map(|r| format!("{}.{}", r.started_ms, r.id))
+            .unwrap_or_default()
+    });
+    let names: Vec<String> = state.connections.iter().map(|c| c.name.clone()).collect();
+    pages::sessions(
+        &viewer,
+        &SessionsPage {
+            query: &q,
+            rows: &rows,
+            next,
+            problems: &problems,
+            connections: &names,
+        },
+    )
+}
+
+/// The session `id` if the viewer may read it.
+async fn visible_session(
+    state: &ApiState,
+    viewer: &Viewer,
+    id: &str,
+    action: &str,
+) -> Result<SessionRow, Response> {
+    let store = state.store.clone();
+    let key = id.to_owned();
+    let row = match tokio::task::spawn_blocking(move || store.get_session(&key)).await {
+        Ok(Ok(Some(row))) => row,
+        Ok(Ok(None)) => {
+            return Err(pages::problem(
+                StatusCode::NOT_FOUND,
+                "No such session",
+                "no session has this id",
+            ))
+        }
+        _ => return Err(unavailable("the metadata store")),
+    };
+    if !viewer.reads_everything() && row.user != viewer.user() {
+        return Err(refuse(
+            state,
+            viewer,
+            action,
+            "users see only their own sessions",
+        ));
+    }
+    Ok(row)
+}
+
+async fn detail(
+    state: &ApiState,
+    row: SessionRow,
+) -> Result<crate::views::SessionDetail, Response> {
+    let dir = state.audit_dir.clone();
+    match tokio::task::spawn_blocking(move || crate::views::session_detail(&dir, &row)).await {
+        Ok(Ok(d)) => Ok(d),
+        _ => Err(unavailable("the audit log")),
+    }
+}
+
+pub async fn session(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let viewer = viewer_or_return!(state, headers);
+    let row = match visible_session(&state, &viewer, &id, "GET /console/sessions/ID").await {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let (started_ms, open) = (row.started_ms, row.ended_ms.is_none());
+    let counts = (row.denied, row.held, row.masked);
+    match detail(&state, row).await {
+        Ok(d) => pages::session(&viewer, &d, started_ms, open, counts),
+        Err(r) => r,
+    }
+}
+
+#[derive(Deserialize)]
+pub struct TimelineQuery {
+    #[serde(default)]
+    after: u64,
+}
+
+/// Live follow: the timeline entries written or completed after `after` (a seq).
+pub async fn timeline(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<TimelineQuery>,
+) -> Response {
+    let viewer = viewer_or_return!(state, headers);
+    let row = match visible_session(&state, &viewer, &id, "GET /console/sessions/ID").await {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let (started_ms, open) = (row.started_ms, row.ended_ms.is_none());
+    match detail(&state, row).await {
+        Ok(d) => {
+            let newer = |key: &str, e: &serde_json::Value| {
+                e.get(key)
+                    .and_then(|v| v.as_u64())
+                    .is_some_and(|s| s > q.after)
+            };
+            let events: Vec<&serde_json::Value> = d
+                .events
+                .iter()
+                .filter(|e| newer("seq", e) || newer("result_seq", e))
+                .collect();
+            let mut response = pages::timeline_fragment(&events, started_ms);
+            response.headers_mut().insert(
+                "x-session-open",
+                header::HeaderValue::from_static(if open { "1" } else { "0" }),
+            );
+            response
+        }
+        Err(r) => r,
+    }
+}
+
+async fn review_lists(
+    state: &ApiState,
+    viewer: &Viewer,
+) -> Option<(Vec<sluice_store::ReviewRow>, Vec<sluice_store::ReviewRow>)> {
+    let pending = state
+        .reviews
+        .list(Some("pending".into()), QUEUE)
+        .await
+        .ok()?;
+    let all = state.reviews.list(None, QUEUE).await.ok()?;
+    let sees = |r: &sluice_store::ReviewRow| decisions::sees_review(&viewer.caller, r);
+    let pending = pending.into_iter().filter(sees).collect();
+    let recent = all
+        .into_iter()
+        .filter(|r| r.status != "pending" && sees(r))
+        .take(RECENT)
+        .collect();
+    Some((pending, recent))
+}
+
+#[derive(Deserialize, Default)]
+pub struct DoneQuery {
+    #[serde(default)]
+    done: String,
+}
+
+pub async fn reviews(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Query(done): Query<DoneQuery>,
+) -> Response {
+    let viewer = viewer_or_return!(state, headers);
+    match review_lists(&state, &viewer).await {
+        Some((pending, recent)) => pages::reviews(&viewer, &pending, &recent, &done.done),
+        None => unavailable("the review store"),
+    }
+}
+
+pub async fn review_queue(State(state): State<ApiState>, headers: HeaderMap) -> Response {
+    let viewer = viewer_or_return!(state, headers);
+    match review_lists(&state, &viewer).await {
+        Some((pending, _)) => pages::review_queue_fragment(&viewer, &pending),
+        None => unavailable("the review store"),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct DecisionForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    reason: String,
+}
+
+/// Reads `verdict` (`approve` or `deny`) and checks the form and the viewer's role.
+fn decision_checks(
+    state: &ApiState,
+    viewer: &Viewer,
+    headers: &HeaderMap,
+    form: &DecisionForm,
+    verdict: &str,
+    action: &str,
+) -> Result<bool, Box<Response>> {
+    auth::check_post(state, headers, &form.csrf)?;
+    let approve = match verdict {
+        "approve" => true,
+        "deny" => false,
+        _ => {
+            let message = "the verdict is approve or deny";
+            return Err(Box::new(pages::problem(
+                StatusCode::NOT_FOUND,
+                "Not found",
+                message,
+            )));
+        }
+    };
+    if !viewer.acts() {
+        let reason = "auditors can read but not act";
+        return Err(Box::new(refuse(state, viewer, action, reason)));
+    }
+    if form.reason.chars().count() > decisions::MAX_REASON {
+        let message = format!(
+            "the reason is longer than {} characters",
+            decisions::MAX_REASON
+        );
+        return Err(Box::new(pages::problem(
+            StatusCode::BAD_REQUEST,
+            "Bad request",
+            &message,
+        )));
+    }
+    Ok(approve)
+}
+
+fn reason(form: &DecisionForm) -> Option<String> {
+    let r = form.reason.trim();
+    (!r.is_empty()).then(|| r.to_owned())
+}
+
+pub async fn decide_review(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path((id, verdict)): Path<(String, String)>,
+    form: Result<Form<DecisionForm>, FormRejection>,
+) -> Response {
+    let Form(form) = match form {
+        Ok(f) => f,
+        Err(r) => return bad_form(r),
+    };
+    let viewer = viewer_or_return!(state, headers);
+    let action = "POST /console/reviews/ID";
+    let approve = match decision_checks(&state, &viewer, &headers, &form, &verdict, action) {
+        Ok(a) => a,
+        Err(r) => return *r,
+    };
+    let who = &viewer.caller.identity;
+    let decided = if approve {
+        state.reviews.approve(&id, who, reason(&form)).await
+    } else {
+        state.reviews.deny(&id, who, reason(&form)).await
+    };
+    match decided {
+        Ok(row) => see_other(&format!(
+            "/console/reviews?done={}",
+            form_urlencoded::byte_serialize(format!("{} {}", row.id, row.status).as_bytes())
+                .collect::<String>()
+        )),
+        Err(e) => pages::problem(
+            decisions::review_error_status(&e),
+            "Not decided",
+            &e.to_string(),
+        ),
+    }
+}
+
+async fn access_lists(
+    state: &ApiState,
+    viewer: &Viewer,
+) -> Option<(Vec<sluice_store::AccessRow>, Vec<sluice_store::AccessRow>)> {
+    let pending = state
+        .access
+        .list(Some("pending".into()), QUEUE)
+        .await
+        .ok()?;
+    let all = state.access.list(None, QUEUE).await.ok()?;
+    let sees = |r: &sluice_store::AccessRow| decisions::sees_access(state, &viewer.caller, r);
+    let pending = pending.into_iter().filter(sees).collect();
+    let recent = all
+        .into_iter()
+        .filter(|r| r.status != "pending" && sees(r))
+        .take(RECENT)
+        .collect();
+    Some((pending, recent))
+}
+
+pub async fn access(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Query(done): Query<DoneQuery>,
+) -> Response {
+    let viewer = viewer_or_return!(state, headers);
+    let names: Vec<String> = state.connections.iter().map(|c| c.name.clone()).collect();
+    match access_lists(&state, &viewer).await {
+        Some((pending, recent)) => pages::access(&viewer, &pending, &recent, &names, &done.done),
+        None => unavailable("the access-request store"),
+    }
+}
+
+pub async fn access_queue(State(state): State<ApiState>, headers: HeaderMap) -> Response {
+    let viewer = viewer_or_return!(state, headers);
+    match access_lists(&state, &viewer).await {
+        Some((pending, _)) => pages::access_queue_fragment(&viewer, &pending),
+        None => unavailable("the access-request store"),
+    }
+}
+
+pub async fn decide_access(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path((id, verdict)): Path<(String, String)>,
+    form: Result<Form<DecisionForm>, FormRejection>,
+) -> Response {
+    let Form(form) = match form {
+        Ok(f) => f,
+        Err(r) => return bad_form(r),
+    };
+    let viewer = viewer_or_return!(state, headers);
+    let action = "POST /console/access/ID";
+    let approve = match decision_checks(&state, &viewer, &headers, &form, &verdict, action) {
+        Ok(a) => a,
+        Err(r) => return *r,
+    };
+    match state
+        .access
+        .decide(&id, &viewer.caller.identity, approve, reason(&form))
+        .await
+    {
+        Ok(row) => see_other(&format!(
+            "/console/access?done={}",
+            form_urlencoded::byte_serialize(format!("{} {}", row.id, row.status).as_bytes())
+                .collect::<String>()
+        )),
+        Err(e) => pages::problem(
+            decisions::access_error_status(&e),
+            "Not decided",
+            &e.to_string(),
+        ),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct AccessForm {
+    #[serde(default)]
+    csrf: String,
+    connection: String,
+    duration: String,
+    reason: String,
+    #[serde(default)]
+    lift_rule: String,
+}
+
+pub async fn request_access(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    form: Result<Form<AccessForm>, FormRejection>,
+) -> Response {
+    let Form(form) = match form {
+        Ok(f) => f,
+        Err(r) => return bad_form(r),
+    };
+    let viewer = viewer_or_return!(state, headers);
+    if let Err(r) = auth::check_post(&state, &headers, &form.csrf) {
+        return *r;
+    }
+    if !viewer.acts() {
+        return refuse(
+            &state,
+            &viewer,
+            "POST /console/access",
+            "auditors can read but not act",
+        );
+    }
+    let bad = |m: String| pages::problem(StatusCode::BAD_REQUEST, "Bad request", &m);
+    if form.reason.chars().count() > decisions::MAX_REASON {
+        return bad(format!(
+            "the reason is longer than {} characters",
+            decisions::MAX_REASON
+        ));
+    }
+    let duration = match humantime::parse_duration(form.duration.trim()) {
+        Ok(d) => d,
+        Err(e) => return bad(format!("duration {:?}: {e}", form.duration)),
+    };
+    let ask = AccessAsk {
+        connection: form.connection,
+        duration,
+        reason: form.reason,
+        lift_rule: Some(form.lift_rule.trim().to_owned()).filter(|r| !r.is_empty()),
+    };
+    match state.access.request(&viewer.caller.identity, ask).await {
+        Ok(row) => see_other(&format!(
+            "/console/access?done={}",
+            form_urlencoded::byte_serialize(format!("{} requested", row.id).as_bytes())
+                .collect::<String>()
+        )),
+        Err(e) => pages::problem(
+            decisions::access_error_status(&e),
+            "Not requested",
+            &e.to_string(),
+        ),
+    }
+}
+
+pub async fn audit(State(state): State<ApiState>, headers: HeaderMap) -> Response {
+    let viewer = viewer_or_return!(state, headers);
+    if !viewer.reads_everything() {
+        return refuse(
+            &state,
+            &viewer,
+            "GET /console/audit",
+            "needs role auditor or admin",
+        );
+    }
+    let store = state.store.clone();
+    let anchor = tokio::task::spawn_blocking(move || store.audit_anchor())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .flatten();
+    let (seq, _) = state.audit.head();
+    pages::audit(&viewer, &verify::current(&state.console), anchor, seq)
+}
+
+pub async fn audit_verify(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    form: Result<Form<CsrfForm>, FormRejection>,
+) -> Response {
+    let Form(form) = match form {
+        Ok(f) => f,
+        Err(r) => return bad_form(r),
+    };
+    let viewer = viewer_or_return!(state, headers);
+    if let Err(r) = auth::check_post(&state, &headers, &form.csrf) {
+        return *r;
+    }
+    if !viewer.reads_everything() {
+        return refuse(
+            &state,
+            &viewer,
+            "POST /console/audit/verify",
+            "needs role auditor or admin",
+        );
+    }
+    verify::start(
+        state.console.clone(),
+        state.audit_dir.clone(),
+        state.store.clone(),
+        viewer.user(),
+    );
+    see_other("/console/audit")
+}
+
+#[derive(Deserialize)]
+pub struct ExportQuery {
+    #[serde(default)]
+    session: String,
+    #[serde(default)]
+    from: String,
+    #[serde(default)]
+    to: String,
+}
+
+/// Which records an export takes.
+enum Export {
+    Session(Box<SessionRow>),
+    Range { from_ms: i64, to_ms: i64 },
+}
+
+/// `GET /console/audit/export`: the stored records of a session or a time range as JSONL,
+/// streamed; each line is exactly as in the log, so its hash still checks.
+pub async fn audit_export(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Query(q): Query<ExportQuery>,
+) -> Response {
+    let viewer = viewer_or_return!(state, headers);
+    const ACTION: &str = "GET /console/audit/export";
+    if !viewer.reads_everything() {
+        return refuse(&state, &viewer, ACTION, "needs role auditor or admin");
+    }
+    let bad = |m: String| pages::problem(StatusCode::BAD_REQUEST, "Bad request", &m);
+    let (export, name) = if !q.session.trim().is_empty() {
+        match visible_session(&state, &viewer, q.session.trim(), ACTION).await {
+            Ok(row) => {
+                let name = format!("sluice-session-{}.jsonl", row.id);
+                (Export::Session(Box::new(row)), name)
+            }
+            Err(r) => return r,
+        }
+    } else {
+        let (from, to) = match (form_time(&q.from), form_time(&q.to)) {
+            (Ok(Some(from)), Ok(to)) => (from, to.unwrap_or(i64::MAX)),
+            (Ok(None), _) => return bad("give a session id or a start time".into()),
+            (Err(e), _) | (_, Err(e)) => return bad(e),
+        };
+        (
+            Export::Range {
+                from_ms: from,
+                to_ms: to,
+            },
+            format!("sluice-audit-{from}-{to}.jsonl"),
+        )
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(8);
+    let dir = state.audit_dir.clone();
+    tokio::task::spawn_blocking(move || export_lines(&dir, &export, &tx));
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk| (chunk, rx))
+    });
+    (
+        [
+            (header::CONTENT_TYPE, "application/x-ndjson".to_owned()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{name}\""),
+            ),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+/// Sends the export's lines in chunks of about 64 KiB; stops when the client leaves.
+fn export_lines(
+    dir: &std::path::Path,
+    export: &Export,
+    tx: &tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
+) {
+    const CHUNK: usize = 64 * 1024;
+    let records = match export {
+        Export::Session(row) => sluice_audit::read_from(
+            dir,
+            Position {
+                segment: row.audit_segment,
+                offset: row.audit_offset,
+                seq: row.audit_seq,
+            },
+        ),
+        Export::Range { .. } => sluice_audit::read_all(dir),
+    };
+    let mut records = match records {
+        Ok(r) => r.keep_lines(),
+        Err(e) => {
+            let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+            return;
+        }
+    };
+    let mut chunk = Vec::with_capacity(CHUNK);
+    while let Some(record) = records.next() {
+        let record = match record {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+                return;
+            }
+        };
+        let (take, done) = match export {
+            Export::Session(row) => {
+                let mine = record.event.session.as_deref() == Some(row.id.as_str());
+                let closed = mine && matches!(record.event.body, EventBody::SessionClose { .. });
+                (mine, closed)
+            }
+            Export::Range { from_ms, to_ms } => {
+                let ms = record
+                    .event
+                    .time
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as i64);
+                (ms >= *from_ms && ms < *to_ms, ms >= *to_ms)
+            }
+        };
+        if take {
+            chunk.extend_from_slice(records.last_line());
+            chunk.push(b'\n');
+        }
+        let full = chunk.len() >= CHUNK || (done && !chunk.is_empty());
+        if full && tx.blocking_send(Ok(std::mem::take(&mut chunk))).is_err() {
+            return;
+        }
+        if done {
+            return;
+        }
+    }
+    if !chunk.is_empty() {
+        let _ = tx.blocking_send(Ok(chunk));
+    }
+}
+
+/// How long ago, for the pages ("3 s", "2 min").
+pub fn ago(ms: i64) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let secs = Duration::from_millis((now - ms).max(0) as u64).as_secs();
+    match secs {
+        0..=59 => format!("{secs} s ago"),
+        60..=3599 => format!("{} min ago", secs / 60),
+        3600..=86_399 => format!("{} h ago", secs / 3600),
+        _ => format!("{} d ago", secs / 86_400),
+    }
+}
