@@ -172,6 +172,10 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE sessions ADD COLUMN held INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE sessions ADD COLUMN masked INTEGER NOT NULL DEFAULT 0;
     CREATE INDEX sessions_by_actor ON sessions(actor, started_ms);
+    -- Few sessions have a denied, held or masked statement: their own small indexes.
+    CREATE INDEX sessions_denied ON sessions(started_ms) WHERE denied > 0;
+    CREATE INDEX sessions_held ON sessions(started_ms) WHERE held > 0;
+    CREATE INDEX sessions_masked ON sessions(started_ms) WHERE masked > 0;
 
     CREATE TABLE statements (
         session_id   TEXT    NOT NULL,

@@ -137,6 +137,34 @@ const scenarios = {
     return seen;
   },
 
+  // Live follow: the page of an open session shows statements as they run, then its end.
+  async follow(page) {
+    const seen = {};
+    watch(page, seen);
+    await signIn(page, args.user, args.password);
+    await page.goto(`${args.url}/console/sessions/${args.session}`);
+    seen.following = await page.textContent("#follow");
+    const shows = (text) => page.waitForFunction(
+      (t) => Array.from(document.querySelectorAll("#timeline pre.sql")).some((p) => p.textContent.includes(t)),
+      text, { timeout: 20000 });
+    await shows(args.first);
+    await waitFor("next-statement");
+    await shows(args.second);
+    // The result arrives after the statement: the entry is completed in place.
+    await page.waitForFunction(
+      (t) => Array.from(document.querySelectorAll("#timeline li.ev")).some((li) =>
+        li.querySelector("pre.sql")?.textContent.includes(t) && li.querySelector(".status.ok")),
+      args.second, { timeout: 20000 });
+    seen.entries_with_second = await page.$$eval("#timeline pre.sql", (p, t) =>
+      p.filter((e) => e.textContent.includes(t)).length, args.second);
+    await waitFor("close");
+    await page.waitForFunction(() => document.getElementById("follow").textContent === "session ended",
+      null, { timeout: 20000 });
+    seen.last_kind = await page.$eval("#timeline > li.ev:last-child .kind", (e) => e.textContent);
+    seen.reloads = await page.evaluate(() => performance.getEntriesByType("navigation").length);
+    return seen;
+  },
+
   // A person signing in through the identity provider, in the browser.
   async sso(page) {
     const seen = {};

@@ -110,14 +110,14 @@ fn psql_bg(gw: &Gateway, db: &str, user: &str, token: &str, sql: &str) -> Child 
         .unwrap()
 }
 
-/// Waits until the statement index has read the newest audit records (it follows the
-/// log once a second): sessions with `text` are listed.
-fn wait_indexed(gw: &Gateway, cookie: &str, text: &str) {
+/// Waits until the statement index has read the audit log up to session `id` (it follows
+/// the log once a second, in order): the session is listed among those with `text`.
+fn wait_indexed(gw: &Gateway, cookie: &str, text: &str, id: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     let path = format!("/console/sessions?q={text}");
     loop {
         let (_, _, body) = get(gw, &path, cookie);
-        if body.contains("/console/sessions/") {
+        if body.contains(&format!("/console/sessions/{id}")) {
             return;
         }
         assert!(Instant::now() < deadline, "{text} never indexed");
@@ -238,7 +238,7 @@ fn sign_in_search_replay_and_approve_a_waiting_psql_in_chromium() {
     let session_id = gw.sessions()[0]["id"].as_str().unwrap().to_owned();
     // The reviewer in the browser is an admin who also reviews.
     add_user(&gw, "ada", &["--group", "dba", "--role", "admin"]);
-    wait_indexed(&gw, &sign_in(&gw, "ada"), "onerror");
+    wait_indexed(&gw, &sign_in(&gw, "ada"), "onerror", &session_id);
     // rita is a user: the search finds nothing of anyone else's.
     let (_, _, rita_list) = get(&gw, "/console/sessions?q=onerror", &sign_in(&gw, "rita"));
     assert!(
@@ -384,10 +384,15 @@ fn forged_cross_site_and_out_of_role_requests_are_refused() {
         db,
         "CREATE TABLE orders(id int); INSERT INTO orders VALUES (1)",
     );
-    let gw = Gateway::start_with(db, "", POLICIES);
+    let locked = format!(
+        "  - name: locked\n    kind: postgres\n    address: 127.0.0.1:{}\n    database: {db}\n    user: postgres\n    password: env:SLUICE_TEST_TARGET_PASSWORD\n    require_access_request: true\n    access_reviewers: [group:dba]\n",
+        pg().port
+    );
+    let gw = Gateway::start_with(db, &locked, POLICIES);
     add_user(&gw, "rita", &["--group", "dba"]);
     add_user(&gw, "audrey", &["--role", "auditor"]);
     add_user(&gw, "mallory", &[]);
+    add_user(&gw, "erin", &[]);
     let eve = gw.user_token("eve");
 
     // Not signed in: pages send to the sign-in page, fragments answer 401.
@@ -544,6 +549,52 @@ fn forged_cross_site_and_out_of_role_requests_are_refused() {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // Access requests: asked for and decided in the console, by the rules of the API.
+    let erin = sign_in(&gw, "erin");
+    let (_, _, erin_page) = get(&gw, "/console/access", &erin);
+    let erin_csrf = csrf(&erin_page);
+    let (status, head, _) = post(
+        &gw,
+        "/console/access",
+        Some(&erin),
+        "",
+        &format!("csrf={erin_csrf}&connection=locked&duration=10m&reason=incident+7&lift_rule="),
+    );
+    assert_eq!(status, 303, "{head}");
+    let (_, _, queue) = get(&gw, "/console/access/queue", &rita);
+    let at = queue
+        .find("id=\"access-")
+        .expect("the request in rita's queue")
+        + 11;
+    let request = queue[at..at + queue[at..].find('"').unwrap()].to_owned();
+    assert!(queue.contains("incident 7") && queue.contains("form class=\"decide\""));
+    let (_, _, own) = get(&gw, "/console/access/queue", &erin);
+    assert!(own.contains("incident 7") && !own.contains("form class=\"decide\""));
+    let (status, _, body) = post(
+        &gw,
+        &format!("/console/access/{request}/approve"),
+        Some(&erin),
+        "",
+        &format!("csrf={erin_csrf}&reason=mine"),
+    );
+    assert_eq!(status, 403, "nobody approves their own request: {body}");
+    let (status, _, _) = post(
+        &gw,
+        &format!("/console/access/{request}/approve"),
+        Some(&rita),
+        "",
+        &format!("csrf={rita_csrf}&reason=go"),
+    );
+    assert_eq!(status, 303);
+    let (_, _, page) = get(&gw, "/console/access", &erin);
+    assert!(
+        page.contains("<span class=\"status approved\">approved</span> by rita"),
+        "{page}"
+    );
+    // The console's sign-in token is erin's token: the window is open for her psql too.
+    let (ok, out, err) = gw.psql(&gw.conninfo("locked", "erin", &erin), &["-c", "SELECT 7"]);
+    assert!(ok && out.trim() == "7", "{err}");
+
     // Signing out revokes the token behind the cookie.
     let (status, _, _) = post(
         &gw,
@@ -597,4 +648,111 @@ fn sign_in_through_the_identity_provider_in_chromium() {
     let sign_ins = denied_events(&gw);
     assert!(sign_ins.is_empty(), "{sign_ins:?}");
     assert!(gw.verify().status.success());
+}
+
+#[test]
+fn an_open_session_is_followed_live_and_sessions_page_through_the_index() {
+    let db = "console_follow";
+    pg().create_db(db);
+    let gw = Gateway::start_with(db, "", POLICIES);
+    add_user(&gw, "ada", &["--role", "admin"]);
+    let ada = sign_in(&gw, "ada");
+    let eve = gw.user_token("eve");
+
+    // Sixty short sessions (pgbench connects anew for each transaction), then pages of 50.
+    let script = gw.dir.path().join("select.sql");
+    std::fs::write(&script, "SELECT 'paging';\n").unwrap();
+    let out = Command::new("pgbench")
+        .args(["-n", "-C", "-c", "1", "-t", "60", "-f"])
+        .arg(&script)
+        .arg(gw.conninfo(db, "eve", &eve))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    gw.wait_sessions_closed();
+    let newest = gw.sessions()[0]["id"].as_str().unwrap().to_owned();
+    wait_indexed(&gw, &ada, "paging", &newest);
+    let ids = |page: &str| -> Vec<String> {
+        page.match_indices("<td><a href=\"/console/sessions/")
+            .map(|(at, m)| page[at + m.len()..].split('"').next().unwrap().to_owned())
+            .collect()
+    };
+    let (_, _, first) = get(&gw, "/console/sessions?q=paging", &ada);
+    let first_ids = ids(&first);
+    assert_eq!(first_ids.len(), 50);
+    let next = first
+        .split("id=\"next-page\" href=\"")
+        .nth(1)
+        .expect("a link to the next page")
+        .split('"')
+        .next()
+        .unwrap()
+        .replace("&amp;", "&");
+    assert!(next.contains("q=paging"), "{next}");
+    let (_, _, second) = get(&gw, &next, &ada);
+    let second_ids = ids(&second);
+    // pgbench's 60, and nothing else has that text; no session on both pages.
+    assert_eq!(second_ids.len(), 10, "{second}");
+    assert!(!second.contains("next-page"));
+    assert!(second_ids.iter().all(|id| !first_ids.contains(id)));
+    // Filters that exclude them all.
+    for query in [
+        "q=paging&actor=agent",
+        "q=paging&decision=denied",
+        "q=paging&from=2999-01-01T00:00",
+        "q=paging&connection=nope",
+        "q=nothing%25like%25this",
+    ] {
+        let (status, _, page) = get(&gw, &format!("/console/sessions?{query}"), &ada);
+        assert_eq!(status, 200);
+        assert!(page.contains("No sessions match."), "{query}");
+    }
+    let (_, _, page) = get(&gw, "/console/sessions?from=yesterday", &ada);
+    assert!(page.contains("is not a time"), "{page}");
+
+    // An open psql session, followed in the browser while it runs statements.
+    let mut psql = Command::new("psql")
+        .args(["-X", "-A", "-t", "-f", "-"])
+        .arg(gw.conninfo(db, "eve", &eve))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = psql.stdin.take().unwrap();
+    writeln!(stdin, "SELECT 'first statement';").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let session = loop {
+        if let Some(open) = gw.sessions().into_iter().find(|s| s["end"].is_null()) {
+            break open["id"].as_str().unwrap().to_owned();
+        }
+        assert!(Instant::now() < deadline, "the psql session never opened");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let seen = drive(
+        "follow",
+        &serde_json::json!({
+            "url": format!("http://127.0.0.1:{}", gw.api_port),
+            "user": "ada", "password": PASSWORD, "session": session,
+            "first": "first statement", "second": "second statement",
+        }),
+        |name| match name {
+            "next-statement" => {
+                writeln!(stdin, "SELECT 'second statement';").unwrap();
+                stdin.flush().unwrap();
+            }
+            "close" => writeln!(stdin, "\\q").unwrap(),
+            other => panic!("unexpected wait {other}"),
+        },
+    );
+    drop(stdin);
+    assert!(psql.wait().unwrap().success());
+    assert_eq!(seen["following"], "following live", "{seen}");
+    assert_eq!(seen["entries_with_second"], 1, "{seen}");
+    assert_eq!(seen["last_kind"], "session close", "{seen}");
+    assert_eq!(seen["reloads"], 1, "followed without reloading: {seen}");
 }
