@@ -89,6 +89,67 @@ pub fn session_detail(audit_dir: &Path, row: &SessionRow) -> Result<SessionDetai
     })
 }
 
+/// A stretch of one session's timeline, for the console: at most `max_events` entries
+/// from `start`, and where to read again for what comes next.
+pub struct Timeline {
+    pub events: Vec<Value>,
+    /// Where a later read starts: the earliest statement still waiting for its result
+    /// (so the result can be joined to it), else the last record read.
+    pub resume: Position,
+    /// `max_events` was reached before the session's end.
+    pub truncated: bool,
+}
+
+/// Reads session `id`'s records from `start` (one of its records, or its first), joining
+/// each statement to its result, until its close record, the log's end or `max_events`.
+pub fn timeline(
+    audit_dir: &Path,
+    id: &str,
+    start: Position,
+    max_events: usize,
+) -> Result<Timeline> {
+    let mut records = sluice_audit::read_from(audit_dir, start)
+        .with_context(|| format!("cannot read the audit log in {}", audit_dir.display()))?;
+    let mut events: Vec<Value> = Vec::new();
+    let mut by_statement: HashMap<u64, usize> = HashMap::new();
+    // Statements without a result yet, by statement id: where their record starts.
+    let mut waiting: HashMap<u64, Position> = HashMap::new();
+    let mut last = start;
+    let mut truncated = false;
+    while let Some(record) = records.next() {
+        let record = record.context("reading the audit log")?;
+        let position = records.last_position().unwrap_or(last);
+        last = position;
+        if record.event.session.as_deref() != Some(id) {
+            continue;
+        }
+        match &record.event.body {
+            EventBody::Statement { statement_id, .. } => {
+                waiting.insert(*statement_id, position);
+            }
+            EventBody::Result { statement_id, .. } => {
+                waiting.remove(statement_id);
+            }
+            _ => {}
+        }
+        let closed = matches!(record.event.body, EventBody::SessionClose { .. });
+        add_event(&mut events, &mut by_statement, record);
+        if closed {
+            break;
+        }
+        if events.len() >= max_events {
+            truncated = true;
+            break;
+        }
+    }
+    let resume = waiting.into_values().min_by_key(|p| p.seq).unwrap_or(last);
+    Ok(Timeline {
+        events,
+        resume,
+        truncated,
+    })
+}
+
 /// What `sessions search` looks for; every given criterion must hold.
 #[derive(Debug, Default)]
 pub struct SearchFilter {

@@ -11,8 +11,20 @@ use sha2::Sha256;
 use crate::api::{ApiState, Caller};
 use crate::signin::{Granted, Refusal};
 
-/// The session cookie: a sign-in token, sent only to the console's own paths.
-pub const COOKIE: &str = "sluice_console";
+/// The session cookie over plain HTTP (loopback): a sign-in token, sent only to the
+/// console's own paths.
+const COOKIE: &str = "sluice_console";
+/// The same over HTTPS: the `__Host-` prefix makes browsers refuse it from a sibling
+/// subdomain or without `Secure` (it must then have `Path=/`).
+const SECURE_COOKIE: &str = "__Host-sluice_console";
+
+fn cookie_name(state: &ApiState) -> &'static str {
+    if state.signin.secure_cookies() {
+        SECURE_COOKIE
+    } else {
+        COOKIE
+    }
+}
 
 /// A signed-in viewer.
 pub struct Viewer {
@@ -67,7 +79,7 @@ pub async fn viewer(state: &ApiState, headers: &HeaderMap) -> Result<Viewer, Res
             see_other("/console/login")
         }
     };
-    let Some(token) = cookie_value(headers, COOKIE) else {
+    let Some(token) = cookie_value(headers, cookie_name(state)) else {
         return Err(out());
     };
     let tokens = state.tokens.clone();
@@ -95,10 +107,10 @@ pub fn check_post(
     headers: &HeaderMap,
     presented_csrf: &str,
 ) -> Result<(), Box<Response>> {
-    if !same_origin(headers) {
+    if !same_origin(state, headers) {
         return Err(Box::new(forbidden("cross-origin request refused")));
     }
-    let Some(token) = cookie_value(headers, COOKIE) else {
+    let Some(token) = cookie_value(headers, cookie_name(state)) else {
         return Err(Box::new(forbidden("not signed in")));
     };
     let ok = hex::decode(presented_csrf)
@@ -112,18 +124,27 @@ pub fn check_post(
     Ok(())
 }
 
-/// `false` when the request says it comes from another origin than the `Host` it was
-/// sent to.
-pub fn same_origin(headers: &HeaderMap) -> bool {
+/// `false` when the browser says the request comes from another site: `Sec-Fetch-Site`
+/// other than same-origin, or an `Origin` that is neither the gateway's public origin nor
+/// the `Host` the request was sent to (`Origin: null` included).
+pub fn same_origin(state: &ApiState, headers: &HeaderMap) -> bool {
+    let fetch_site = headers
+        .get("sec-fetch-site")
+        .map(|v| v.to_str().unwrap_or_default());
+    if fetch_site.is_some_and(|site| site != "same-origin" && site != "none") {
+        return false;
+    }
     let Some(origin) = headers.get(header::ORIGIN) else {
         return true;
     };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    if origin.eq_ignore_ascii_case(state.signin.public_origin()) {
+        return true;
+    }
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-    let origin_host = origin
-        .to_str()
-        .ok()
-        .and_then(|o| o.split_once("://"))
-        .map(|(_, rest)| rest);
+    let origin_host = origin.split_once("://").map(|(_, rest)| rest);
     matches!((origin_host, host), (Some(o), Some(h)) if o.eq_ignore_ascii_case(h))
 }
 
@@ -141,15 +162,17 @@ pub fn start_session(state: &ApiState, granted: &Granted) -> Response {
         .expires
         .duration_since(SystemTime::now())
         .map_or(0, |d| d.as_secs());
-    let cookie = format!(
-        "{COOKIE}={}; Path=/console; HttpOnly; SameSite=Lax; Max-Age={max_age}{}",
-        granted.token,
-        if state.signin.secure_cookies() {
-            "; Secure"
-        } else {
-            ""
-        }
-    );
+    let cookie = if state.signin.secure_cookies() {
+        format!(
+            "{SECURE_COOKIE}={}; Path=/; HttpOnly; SameSite=Lax; Secure; Max-Age={max_age}",
+            granted.token
+        )
+    } else {
+        format!(
+            "{COOKIE}={}; Path=/console; HttpOnly; SameSite=Lax; Max-Age={max_age}",
+            granted.token
+        )
+    };
     let mut response = see_other("/console/sessions");
     if let Ok(value) = cookie.parse() {
         response.headers_mut().insert(header::SET_COOKIE, value);
@@ -158,8 +181,12 @@ pub fn start_session(state: &ApiState, granted: &Granted) -> Response {
 }
 
 /// Clears the session cookie.
-pub fn end_session_cookie(response: &mut Response) {
-    let cookie = format!("{COOKIE}=; Path=/console; HttpOnly; SameSite=Lax; Max-Age=0");
+pub fn end_session_cookie(state: &ApiState, response: &mut Response) {
+    let cookie = if state.signin.secure_cookies() {
+        format!("{SECURE_COOKIE}=; Path=/; HttpOnly; SameSite=Lax; Secure; Max-Age=0")
+    } else {
+        format!("{COOKIE}=; Path=/console; HttpOnly; SameSite=Lax; Max-Age=0")
+    };
     if let Ok(value) = cookie.parse() {
         response.headers_mut().insert(header::SET_COOKIE, value);
     }

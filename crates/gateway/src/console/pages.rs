@@ -11,7 +11,7 @@ use sluice_store::{AccessRow, ReviewRow, SessionRow};
 use super::auth::Viewer;
 use super::routes::{ago, SessionsQuery};
 use super::verify::VerifyStatus;
-use crate::views::{rfc3339_ms, SessionDetail};
+use crate::views::rfc3339_ms;
 
 /// A page or fragment as a response, with the console's security headers (also set by
 /// the router's layer; repeated here for pages served from `/auth/`).
@@ -65,6 +65,7 @@ fn head(title: &str) -> Markup {
             meta charset="utf-8";
             meta name="viewport" content="width=device-width, initial-scale=1";
             title { "sluice · " (title) }
+            link rel="icon" href="/console/assets/icon.svg" type="image/svg+xml";
             link rel="stylesheet" href="/console/assets/console.css";
             script src="/console/assets/console.js" defer {}
         }
@@ -149,7 +150,7 @@ pub struct ConnectionRow {
     pub requires_access_request: bool,
 }
 
-pub fn connections(viewer: &Viewer, rows: &[ConnectionRow], api_host: &str) -> Response {
+pub fn connections(viewer: &Viewer, rows: &[ConnectionRow], api: &str) -> Response {
     let user = viewer.user();
     let body = html! {
         p { "Sign in once with " code { "sluice login" } "; the snippets below then carry your token. " code { "sluice connect NAME" } " opens a local port for clients that cannot." }
@@ -168,7 +169,7 @@ pub fn connections(viewer: &Viewer, rows: &[ConnectionRow], api_host: &str) -> R
                 h3 { "DBeaver / JDBC" }
                 pre.snippet { "jdbc:postgresql://" (host) ":" (port) "/" (c.name) "?user=" (user) "\n# password: your sluice token (sluice credentials " (c.name) " --format json)" }
                 h3 { "Cursor / Claude Code (MCP)" }
-                pre.snippet { "{\n  \"mcpServers\": {\n    \"sluice\": {\n      \"command\": \"sluice\",\n      \"args\": [\"mcp\", \"--gateway\", \"http://" (api_host) "\"]\n    }\n  }\n}" }
+                pre.snippet { "{\n  \"mcpServers\": {\n    \"sluice\": {\n      \"command\": \"sluice\",\n      \"args\": [\"mcp\", \"--gateway\", \"" (api) "\"]\n    }\n  }\n}" }
             }
         }
         @if rows.is_empty() { p { "No connections are configured." } }
@@ -357,28 +358,21 @@ fn timeline_item(e: &Value, started_ms: i64) -> Markup {
 
 pub fn session(
     viewer: &Viewer,
-    d: &SessionDetail,
-    started_ms: i64,
-    open: bool,
-    (denied, held, masked): (u64, u64, u64),
+    s: &SessionRow,
+    events: &[Value],
+    truncated: bool,
+    resume: &str,
 ) -> Response {
-    let s = &d.summary;
-    let last_seq = d
-        .events
-        .iter()
-        .flat_map(|e| [e.get("seq"), e.get("result_seq")])
-        .flatten()
-        .filter_map(Value::as_u64)
-        .max()
-        .unwrap_or(0);
+    let open = s.ended_ms.is_none();
+    let follow = (open && !truncated).then(|| format!("/console/sessions/{}/timeline", s.id));
     let body = html! {
         dl.facts.summary {
             dt { "user" } dd { (s.user) " (" (s.actor) ")" }
             dt { "connection" } dd { (s.connection) }
             dt { "client" } dd { (s.client_addr) }
-            dt { "started" } dd { (s.start) }
-            dt { "ended" } dd { @match &s.end { Some(e) => { (e) @if let Some(r) = &s.end_reason { " (" (r) ")" } }, None => span.live { "open" } } }
-            dt { "statements" } dd { (s.statements) " · denied " (denied) " · held " (held) " · masked " (masked) }
+            dt { "started" } dd { (rfc3339_ms(s.started_ms)) }
+            dt { "ended" } dd { @match s.ended_ms { Some(ms) => { (rfc3339_ms(ms)) @if let Some(r) = &s.end_reason { " (" (r) ")" } }, None => span.live { "open" } } }
+            dt { "statements" } dd { (s.statements) " · denied " (s.denied) " · held " (s.held) " · masked " (s.masked) }
         }
         div.replay role="toolbar" aria-label="Replay" {
             button #play type="button" { "Play" }
@@ -390,10 +384,13 @@ pub fn session(
             }
             span #replay-pos aria-live="polite" {}
             span.hint { "Plays at recorded timing; pauses longer than 5 s are shortened." }
-            @if open { span #follow.live { "following live" } }
+            @if follow.is_some() { span #follow.live { "following live" } }
         }
-        ol #timeline data-follow-url=[open.then(|| format!("/console/sessions/{}/timeline", s.id))] data-last-seq=(last_seq) {
-            @for e in &d.events { (timeline_item(e, started_ms)) }
+        @if truncated {
+            p.notice { "Showing the first " (events.len()) " entries of this session. The export has all of them." }
+        }
+        ol #timeline data-follow-url=[follow] data-resume=(resume) {
+            @for e in events { (timeline_item(e, s.started_ms)) }
         }
         @if viewer.reads_everything() {
             p { a href={ "/console/audit/export?session=" (s.id) } download { "Export this session (JSONL)" } }
@@ -438,8 +435,10 @@ fn review_card(viewer: &Viewer, r: &ReviewRow) -> Markup {
         article.review id={ "review-" (r.id) } data-status=(r.status) {
             header {
                 strong { (r.requester) } " (" (r.actor) ") on " strong { (r.connection) }
-                " · rule " code { (r.rule) } " · " (r.mode) " · " (ago(r.created_ms)) " · "
-                a href={ "/console/sessions/" (r.session_id) } { "session" }
+                " · rule " code { (r.rule) } " · " (r.mode) " · " (ago(r.created_ms))
+                @if viewer.reads_everything() || mine {
+                    " · " a href={ "/console/sessions/" (r.session_id) } { "session" }
+                }
             }
             pre.sql { (r.statement) }
             (params_list(&r.params))

@@ -21,8 +21,9 @@ use crate::api::{decisions, record_denied, ApiState};
 
 /// Sessions per page.
 const PAGE: u32 = 50;
-/// Pending reviews and access requests shown, and recent decisions.
-const QUEUE: u32 = 200;
+/// Reviews and access requests read for a queue (then narrowed to what the viewer may
+/// see), and recent decisions shown.
+const QUEUE: u32 = 1000;
 const RECENT: usize = 20;
 
 /// The viewer, or the response that ends the request.
@@ -78,7 +79,7 @@ pub async fn login(
 ) -> Response {
     // No session yet, so no CSRF token: a form posted from another site (signing the
     // victim in as someone else) is told apart by its Origin.
-    if !auth::same_origin(&headers) {
+    if !auth::same_origin(&state, &headers) {
         return pages::problem(
             StatusCode::FORBIDDEN,
             "Refused",
@@ -143,7 +144,7 @@ pub async fn logout(
     }
     state.signin.sign_out(&viewer.token_id).await;
     let mut response = see_other("/console/login");
-    auth::end_session_cookie(&mut response);
+    auth::end_session_cookie(&state, &mut response);
     response
 }
 
@@ -165,11 +166,7 @@ pub async fn connections(State(state): State<ApiState>, headers: HeaderMap) -> R
                 && a.state_ms.is_some_and(|ms| now_ms - ms < 10_000)
         })
     };
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("127.0.0.1")
-        .to_owned();
+    let api = state.signin.public_origin().to_owned();
     let rows: Vec<pages::ConnectionRow> = state
         .connections
         .iter()
@@ -190,7 +187,7 @@ pub async fn connections(State(state): State<ApiState>, headers: HeaderMap) -> R
             requires_access_request: c.requires_access_request,
         })
         .collect();
-    pages::connections(&viewer, &rows, &host)
+    pages::connections(&viewer, &rows, &api)
 }
 
 #[derive(Deserialize, Default)]
@@ -375,13 +372,42 @@ async fn visible_session(
     Ok(row)
 }
 
-async fn detail(
+/// Entries the session page shows at most; the export has them all.
+const PAGE_EVENTS: usize = 5_000;
+/// Entries one live-follow poll returns at most.
+const FOLLOW_EVENTS: usize = 1_000;
+
+fn session_start(row: &SessionRow) -> Position {
+    Position {
+        segment: row.audit_segment,
+        offset: row.audit_offset,
+        seq: row.audit_seq,
+    }
+}
+
+/// A resume position as the page carries it: `SEGMENT.OFFSET.SEQ`.
+fn position_text(p: Position) -> String {
+    format!("{}.{}.{}", p.segment, p.offset, p.seq)
+}
+
+fn parse_position(text: &str) -> Option<Position> {
+    let mut parts = text.splitn(3, '.');
+    Some(Position {
+        segment: parts.next()?.parse().ok()?,
+        offset: parts.next()?.parse().ok()?,
+        seq: parts.next()?.parse().ok()?,
+    })
+}
+
+async fn read_timeline(
     state: &ApiState,
-    row: SessionRow,
-) -> Result<crate::views::SessionDetail, Response> {
-    let dir = state.audit_dir.clone();
-    match tokio::task::spawn_blocking(move || crate::views::session_detail(&dir, &row)).await {
-        Ok(Ok(d)) => Ok(d),
+    id: &str,
+    from: Position,
+    max: usize,
+) -> Result<crate::views::Timeline, Response> {
+    let (dir, id) = (state.audit_dir.clone(), id.to_owned());
+    match tokio::task::spawn_blocking(move || crate::views::timeline(&dir, &id, from, max)).await {
+        Ok(Ok(t)) => Ok(t),
         _ => Err(unavailable("the audit log")),
     }
 }
@@ -396,10 +422,14 @@ pub async fn session(
         Ok(r) => r,
         Err(r) => return r,
     };
-    let (started_ms, open) = (row.started_ms, row.ended_ms.is_none());
-    let counts = (row.denied, row.held, row.masked);
-    match detail(&state, row).await {
-        Ok(d) => pages::session(&viewer, &d, started_ms, open, counts),
+    match read_timeline(&state, &row.id, session_start(&row), PAGE_EVENTS).await {
+        Ok(t) => pages::session(
+            &viewer,
+            &row,
+            &t.events,
+            t.truncated,
+            &position_text(t.resume),
+        ),
         Err(r) => r,
     }
 }
@@ -407,10 +437,12 @@ pub async fn session(
 #[derive(Deserialize)]
 pub struct TimelineQuery {
     #[serde(default)]
-    after: u64,
+    from: String,
 }
 
-/// Live follow: the timeline entries written or completed after `after` (a seq).
+/// Live follow: the session's entries from `from` (the position the last answer gave in
+/// `x-resume`), so each poll reads only what is new; entries already shown come again
+/// when their result arrived, and replace the old ones.
 pub async fn timeline(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -422,24 +454,24 @@ pub async fn timeline(
         Ok(r) => r,
         Err(r) => return r,
     };
-    let (started_ms, open) = (row.started_ms, row.ended_ms.is_none());
-    match detail(&state, row).await {
-        Ok(d) => {
-            let newer = |key: &str, e: &serde_json::Value| {
-                e.get(key)
-                    .and_then(|v| v.as_u64())
-                    .is_some_and(|s| s > q.after)
-            };
-            let events: Vec<&serde_json::Value> = d
-                .events
-                .iter()
-                .filter(|e| newer("seq", e) || newer("result_seq", e))
-                .collect();
-            let mut response = pages::timeline_fragment(&events, started_ms);
-            response.headers_mut().insert(
+    let open = row.ended_ms.is_none();
+    // Never before the session's own start; any other position is checked by the reader
+    // (it must hold the record with that seq) and only this session's records are shown.
+    let from = parse_position(&q.from)
+        .filter(|p| p.seq >= row.audit_seq)
+        .unwrap_or_else(|| session_start(&row));
+    match read_timeline(&state, &row.id, from, FOLLOW_EVENTS).await {
+        Ok(t) => {
+            let events: Vec<&serde_json::Value> = t.events.iter().collect();
+            let mut response = pages::timeline_fragment(&events, row.started_ms);
+            let headers = response.headers_mut();
+            headers.insert(
                 "x-session-open",
                 header::HeaderValue::from_static(if open { "1" } else { "0" }),
             );
+            if let Ok(resume) = header::HeaderValue::from_str(&position_text(t.resume)) {
+                headers.insert("x-resume", resume);
+            }
             response
         }
         Err(r) => r,
@@ -472,6 +504,26 @@ pub struct DoneQuery {
     done: String,
 }
 
+impl DoneQuery {
+    /// The notice after a decision (`ID STATUS`), shown only in the form the console
+    /// itself writes, so a crafted link cannot put words on the page.
+    fn notice(&self) -> &str {
+        let well_formed = self.done.split_once(' ').is_some_and(|(id, status)| {
+            !id.is_empty()
+                && id.len() <= 64
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && ["approved", "denied", "pending", "requested"].contains(&status)
+        });
+        if well_formed {
+            &self.done
+        } else {
+            ""
+        }
+    }
+}
+
 pub async fn reviews(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -479,7 +531,7 @@ pub async fn reviews(
 ) -> Response {
     let viewer = viewer_or_return!(state, headers);
     match review_lists(&state, &viewer).await {
-        Some((pending, recent)) => pages::reviews(&viewer, &pending, &recent, &done.done),
+        Some((pending, recent)) => pages::reviews(&viewer, &pending, &recent, done.notice()),
         None => unavailable("the review store"),
     }
 }
@@ -609,7 +661,7 @@ pub async fn access(
     let viewer = viewer_or_return!(state, headers);
     let names: Vec<String> = state.connections.iter().map(|c| c.name.clone()).collect();
     match access_lists(&state, &viewer).await {
-        Some((pending, recent)) => pages::access(&viewer, &pending, &recent, &names, &done.done),
+        Some((pending, recent)) => pages::access(&viewer, &pending, &recent, &names, done.notice()),
         None => unavailable("the access-request store"),
     }
 }
@@ -820,9 +872,29 @@ pub async fn audit_export(
             format!("sluice-audit-{from}-{to}.jsonl"),
         )
     };
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(8);
+    // Exports read the log like searches do: a few at a time. The reader is opened before
+    // answering, so a log that cannot be read is a 503, not a 200 with nothing in it.
+    let Ok(turn) = state.searches.clone().acquire_owned().await else {
+        return unavailable("the audit log");
+    };
     let dir = state.audit_dir.clone();
-    tokio::task::spawn_blocking(move || export_lines(&dir, &export, &tx));
+    let start = match &export {
+        Export::Session(row) => Some(session_start(row)),
+        Export::Range { .. } => None,
+    };
+    let opened = tokio::task::spawn_blocking(move || match start {
+        Some(p) => sluice_audit::read_from(&dir, p),
+        None => sluice_audit::read_all(&dir),
+    })
+    .await;
+    let Ok(Ok(records)) = opened else {
+        return unavailable("the audit log");
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(8);
+    tokio::task::spawn_blocking(move || {
+        let _turn = turn;
+        export_lines(records.keep_lines(), &export, &tx);
+    });
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|chunk| (chunk, rx))
     });
@@ -839,31 +911,17 @@ pub async fn audit_export(
         .into_response()
 }
 
+/// Records are in log order, which is nearly but not exactly time order (an event is
+/// stamped before it waits for the log): a range export reads this far past its end.
+const RANGE_GRACE_MS: i64 = 60_000;
+
 /// Sends the export's lines in chunks of about 64 KiB; stops when the client leaves.
 fn export_lines(
-    dir: &std::path::Path,
+    mut records: sluice_audit::Records,
     export: &Export,
     tx: &tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
 ) {
     const CHUNK: usize = 64 * 1024;
-    let records = match export {
-        Export::Session(row) => sluice_audit::read_from(
-            dir,
-            Position {
-                segment: row.audit_segment,
-                offset: row.audit_offset,
-                seq: row.audit_seq,
-            },
-        ),
-        Export::Range { .. } => sluice_audit::read_all(dir),
-    };
-    let mut records = match records {
-        Ok(r) => r.keep_lines(),
-        Err(e) => {
-            let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
-            return;
-        }
-    };
     let mut chunk = Vec::with_capacity(CHUNK);
     while let Some(record) = records.next() {
         let record = match record {
@@ -885,7 +943,10 @@ fn export_lines(
                     .time
                     .duration_since(UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis() as i64);
-                (ms >= *from_ms && ms < *to_ms, ms >= *to_ms)
+                (
+                    ms >= *from_ms && ms < *to_ms,
+                    ms >= to_ms.saturating_add(RANGE_GRACE_MS),
+                )
             }
         };
         if take {

@@ -44,12 +44,17 @@ pub fn start(
             .ok()
             .flatten()
             .map(|(seq, hash)| sluice_audit::Anchor { seq, hash });
-        let outcome = match sluice_audit::verify_with_anchor(&audit_dir, anchor.as_ref()) {
-            Ok(report) => Ok(format!(
+        // A panic must not leave the check marked as running for good.
+        let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            sluice_audit::verify_with_anchor(&audit_dir, anchor.as_ref())
+        }));
+        let outcome = match checked {
+            Ok(Ok(report)) => Ok(format!(
                 "intact: {} events in {} segment(s), head {}",
                 report.events, report.segments, report.head_hash
             )),
-            Err(e) => Err(e.to_string()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("the check stopped unexpectedly; see the gateway's log".to_owned()),
         };
         let mut status = lock(&console);
         status.running = false;

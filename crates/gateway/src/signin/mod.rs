@@ -76,6 +76,7 @@ pub struct SignIn {
     trusts: Vec<Trust>,
     /// Whether the browser cookie that binds a sign-in to its browser needs `Secure`.
     secure_cookie: bool,
+    public_origin: String,
     pending: Mutex<Pending>,
     /// Password attempts per user name (counted before the check, so parallel guesses
     /// cannot outrun the limit) and when the count started.
@@ -227,6 +228,9 @@ impl SignIn {
             oidc,
             trusts,
             secure_cookie,
+            public_origin: url::Url::parse(&public)
+                .map(|u| u.origin().ascii_serialization())
+                .unwrap_or_default(),
             pending: Mutex::new(Pending::default()),
             attempts: Mutex::new(HashMap::new()),
             password_checks: tokio::sync::Semaphore::new(PASSWORD_CHECKS),
@@ -333,6 +337,12 @@ impl SignIn {
         self.secure_cookie
     }
 
+    /// The gateway's public origin (`scheme://host[:port]`), which browsers name in
+    /// `Origin` when the gateway sits behind a proxy that rewrites `Host`.
+    pub fn public_origin(&self) -> &str {
+        &self.public_origin
+    }
+
     /// Revokes a sign-in token (the console's sign-out).
     pub async fn sign_out(&self, token_id: &str) {
         let (tokens, id) = (self.tokens.clone(), token_id.to_owned());
@@ -437,8 +447,12 @@ impl SignIn {
                 .person(&id_token, Some(&login.nonce))
                 .await
                 .map_err(|e| Refusal::unauthorized(format!("{e:#}")))?;
-            self.person_signs_in(&person, "oidc", addr, tokens.refresh_token.as_deref())
-                .await
+            // The console renews nothing: its sign-in keeps no provider refresh token.
+            let refresh = match login.target {
+                LoginFor::Cli { .. } => tokens.refresh_token.as_deref(),
+                LoginFor::Console => None,
+            };
+            self.person_signs_in(&person, "oidc", addr, refresh).await
         }
         .await
         .map_err(|refusal| self.refused("", "oidc", addr, refusal));

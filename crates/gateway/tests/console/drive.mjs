@@ -42,8 +42,10 @@ function watch(page, seen) {
   seen.dialogs = [];
   seen.console_errors = [];
   page.on("dialog", async (d) => { seen.dialogs.push(d.message()); await d.dismiss(); });
-  page.on("console", (m) => { if (m.type() === "error") seen.console_errors.push(m.text()); });
-  page.on("pageerror", (e) => seen.console_errors.push(String(e)));
+  // Only the console's own pages count (the identity provider's are not ours).
+  const ours = () => page.url().startsWith(args.url);
+  page.on("console", (m) => { if (m.type() === "error" && ours()) seen.console_errors.push(m.text()); });
+  page.on("pageerror", (e) => { if (ours()) seen.console_errors.push(String(e)); });
 }
 
 const visibleCount = (page) =>
@@ -143,6 +145,8 @@ const scenarios = {
     watch(page, seen);
     await signIn(page, args.user, args.password);
     await page.goto(`${args.url}/console/sessions/${args.session}`);
+    // Gone if anything reloads the page.
+    await page.evaluate(() => { window.sluiceMark = 1; });
     seen.following = await page.textContent("#follow");
     const shows = (text) => page.waitForFunction(
       (t) => Array.from(document.querySelectorAll("#timeline pre.sql")).some((p) => p.textContent.includes(t)),
@@ -161,7 +165,7 @@ const scenarios = {
     await page.waitForFunction(() => document.getElementById("follow").textContent === "session ended",
       null, { timeout: 20000 });
     seen.last_kind = await page.$eval("#timeline > li.ev:last-child .kind", (e) => e.textContent);
-    seen.reloads = await page.evaluate(() => performance.getEntriesByType("navigation").length);
+    seen.same_document = await page.evaluate(() => window.sluiceMark === 1);
     return seen;
   },
 

@@ -162,6 +162,21 @@ fn post(
     (status, head.to_owned(), body.to_owned())
 }
 
+/// An HTTP/1.1 chunked body, decoded.
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).expect("chunk size");
+        if size == 0 {
+            break;
+        }
+        out.push_str(&after[..size]);
+        rest = &after[size + 2..];
+    }
+    out
+}
+
 /// Signs in with a password; returns the session cookie's value.
 fn sign_in(gw: &Gateway, user: &str) -> String {
     let form = format!("user={user}&password={}", PASSWORD.replace(' ', "+"));
@@ -262,8 +277,10 @@ fn sign_in_search_replay_and_approve_a_waiting_psql_in_chromium() {
         },
     );
     assert_eq!(seen["found"], serde_json::json!([session_id]), "{seen}");
-    // Statement text is shown as text: no dialog, no script but the console's own.
+    // Statement text is shown as text: no dialog, no script but the console's own, and
+    // nothing the CSP had to block.
     assert_eq!(seen["dialogs"], serde_json::json!([]), "{seen}");
+    assert_eq!(seen["console_errors"], serde_json::json!([]), "{seen}");
     assert_eq!(
         seen["scripts"],
         serde_json::json!(["/console/assets/console.js"]),
@@ -351,6 +368,7 @@ fn sign_in_search_replay_and_approve_a_waiting_psql_in_chromium() {
         |_| {},
     );
     assert_eq!(seen["badge"], "read-only", "{seen}");
+    assert_eq!(seen["console_errors"], serde_json::json!([]), "{seen}");
     assert_eq!(seen["decide_forms"], 0, "{seen}");
     assert!(seen["reviews_listed"].as_u64().unwrap() >= 1, "{seen}");
     assert!(
@@ -518,6 +536,42 @@ fn forged_cross_site_and_out_of_role_requests_are_refused() {
     };
     let (status, _, _) = get(&gw, &format!("/console/sessions/{eve_session}"), &mallory);
     assert_eq!(status, 403);
+    let (status, _, _) = get(
+        &gw,
+        &format!("/console/sessions/{eve_session}/timeline"),
+        &mallory,
+    );
+    assert_eq!(status, 403, "nor its live-follow fragment");
+    let (_, _, list) = get(&gw, "/console/sessions?user=eve", &mallory);
+    assert!(
+        !list.contains(&eve_session) && list.contains("No sessions match."),
+        "a user's list is their own whatever it asks for"
+    );
+    // An auditor exports a time range: every record from then on, as stored.
+    let (status, head, export) = get(&gw, "/console/audit/export?from=2000-01-01T00:00", &audrey);
+    assert_eq!(status, 200, "{head}");
+    let log = std::fs::read_to_string(gw.data_dir().join("audit/audit-000001.jsonl")).unwrap();
+    let stored: Vec<&str> = log.lines().collect();
+    let export = dechunk(&export);
+    let exported: Vec<&str> = export.lines().collect();
+    assert!(
+        exported.len() <= stored.len()
+            && exported
+                .iter()
+                .any(|l| l.contains("\"kind\":\"session_open\"")),
+        "{} of {}: {export:?}",
+        exported.len(),
+        stored.len()
+    );
+    assert_eq!(
+        exported,
+        stored[..exported.len()],
+        "the log's own lines, in order"
+    );
+    let (status, _, _) = get(&gw, "/console/audit/export?from=2999-01-01T00:00", &audrey);
+    assert_eq!(status, 200);
+    let (status, _, page) = get(&gw, "/console/audit/export?from=soon", &audrey);
+    assert_eq!(status, 400, "{page}");
     let (status, _, _) = get(&gw, "/console/audit", &mallory);
     assert_eq!(status, 403);
     let (status, _, _) = get(
@@ -578,6 +632,7 @@ fn forged_cross_site_and_out_of_role_requests_are_refused() {
         &format!("csrf={erin_csrf}&reason=mine"),
     );
     assert_eq!(status, 403, "nobody approves their own request: {body}");
+    assert!(body.contains("cannot approve their own"), "{body}");
     let (status, _, _) = post(
         &gw,
         &format!("/console/access/{request}/approve"),
@@ -645,6 +700,7 @@ fn sign_in_through_the_identity_provider_in_chromium() {
         "{seen}"
     );
     assert_eq!(seen["after_sign_out"], "/console/login", "{seen}");
+    assert_eq!(seen["console_errors"], serde_json::json!([]), "{seen}");
     let sign_ins = denied_events(&gw);
     assert!(sign_ins.is_empty(), "{sign_ins:?}");
     assert!(gw.verify().status.success());
@@ -754,5 +810,64 @@ fn an_open_session_is_followed_live_and_sessions_page_through_the_index() {
     assert_eq!(seen["following"], "following live", "{seen}");
     assert_eq!(seen["entries_with_second"], 1, "{seen}");
     assert_eq!(seen["last_kind"], "session close", "{seen}");
-    assert_eq!(seen["reloads"], 1, "followed without reloading: {seen}");
+    assert_eq!(
+        seen["same_document"], true,
+        "followed without reloading: {seen}"
+    );
+    assert_eq!(seen["console_errors"], serde_json::json!([]), "{seen}");
+}
+
+#[test]
+fn served_as_https_the_cookie_is_secure_and_host_only() {
+    let db = "console_https";
+    pg().create_db(db);
+    // A TLS-terminating proxy in front: the public URL is https.
+    let gw = Gateway::start_with(
+        db,
+        "",
+        "identity:\n  public_url: https://sluice.example.com\n",
+    );
+    add_user(&gw, "ada", &["--role", "admin"]);
+    let form = format!("user=ada&password={}", PASSWORD.replace(' ', "+"));
+    // The browser names the public origin, which differs from the Host the proxy sends.
+    let (status, head, body) = post(
+        &gw,
+        "/console/login",
+        None,
+        "Origin: https://sluice.example.com\r\nSec-Fetch-Site: same-origin\r\n",
+        &form,
+    );
+    assert_eq!(status, 303, "{head}\n{body}");
+    let cookie = head
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .unwrap_or_else(|| panic!("no cookie: {head}"));
+    assert!(cookie.starts_with("__Host-sluice_console=slu_"), "{cookie}");
+    for attribute in ["Path=/;", "HttpOnly", "SameSite=Lax", "Secure"] {
+        assert!(cookie.contains(attribute), "{attribute}: {cookie}");
+    }
+    let value = cookie.split(';').next().unwrap();
+    let (status, _, page) = http_with(
+        gw.api_port,
+        "GET",
+        "/console/connections",
+        &format!("Cookie: {value}\r\n"),
+        None,
+    );
+    assert_eq!(status, 200);
+    // Snippets name the public URL.
+    assert!(page.contains("https://sluice.example.com"), "{page}");
+    // The plain-HTTP cookie name is not accepted in its place.
+    let token = value.split_once('=').unwrap().1;
+    let (status, _, _) = get(&gw, "/console/connections", token);
+    assert_eq!(status, 303);
+    // A browser saying the post comes from another site is refused.
+    let (status, _, _) = post(
+        &gw,
+        "/console/login",
+        None,
+        "Sec-Fetch-Site: cross-site\r\n",
+        &form,
+    );
+    assert_eq!(status, 403);
 }

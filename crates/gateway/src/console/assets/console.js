@@ -99,13 +99,15 @@ function replay(timeline) {
   return { refresh: render };
 }
 
-// Live follow of an open session: new and completed entries every second.
+// Live follow of an open session: every second, the entries written since the last
+// answer (read from the position it gave), new ones appended, completed ones replaced.
 function follow(timeline, player) {
   const url = timeline.dataset.followUrl;
-  let lastSeq = Number(timeline.dataset.lastSeq || 0);
+  let resume = timeline.dataset.resume || "";
   const tick = async () => {
-    const response = await fetchFragment(`${url}?after=${lastSeq}`).catch(() => null);
+    const response = await fetchFragment(`${url}?from=${encodeURIComponent(resume)}`).catch(() => null);
     if (response) {
+      resume = response.headers.get("x-resume") || resume;
       const template = document.createElement("template");
       template.innerHTML = await response.text(); // rendered and escaped by the gateway
       for (const li of Array.from(template.content.children)) {
@@ -116,7 +118,6 @@ function follow(timeline, player) {
         } else {
           timeline.appendChild(li);
         }
-        lastSeq = Math.max(lastSeq, Number(li.dataset.seq || 0), Number(li.dataset.resultSeq || 0));
       }
       player.refresh();
       if (response.headers.get("x-session-open") === "0") {
