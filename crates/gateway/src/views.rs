@@ -33,6 +33,11 @@ pub struct SessionSummary {
     pub end: Option<String>,
     pub end_reason: Option<String>,
     pub statements: u64,
+    /// Statements denied, held for review, and with masked results (from the statement
+    /// index, which follows the audit log within about a second).
+    pub denied: u64,
+    pub held: u64,
+    pub masked: u64,
 }
 
 impl From<&SessionRow> for SessionSummary {
@@ -48,6 +53,9 @@ impl From<&SessionRow> for SessionSummary {
             end: r.ended_ms.map(rfc3339_ms),
             end_reason: r.end_reason.clone(),
             statements: r.statements,
+            denied: r.denied,
+            held: r.held,
+            masked: r.masked,
         }
     }
 }
