@@ -681,6 +681,14 @@ impl Config {
             .context("sealing.key: too short")
     }
 
+    /// The key of the console's CSRF tokens.
+    pub fn console_key(&self) -> Result<[u8; 32]> {
+        let key = self.key_file("console.key")?;
+        key.get(..32)
+            .and_then(|k| <[u8; 32]>::try_from(k).ok())
+            .context("console.key: too short")
+    }
+
     /// A random 32-byte key kept in `data_dir/NAME` (mode 0600), made on first use.
     fn key_file(&self, name: &str) -> Result<Vec<u8>> {
         let path = self.data_dir.join(name);

@@ -188,7 +188,7 @@ pub async fn run(config: Config) -> Result<File> {
             connections,
             audit_dir: config.audit_dir(),
             searches: Arc::new(tokio::sync::Semaphore::new(2)),
-            console: crate::console::ConsoleState::new(),
+            console: crate::console::ConsoleState::new(config.console_key()?, mcp_hosts(&config)),
         },
         mcp,
     );

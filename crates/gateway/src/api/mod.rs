@@ -130,7 +130,7 @@ pub fn router(
         .route("/api/v1/access-requests/{id}", get(show_access))
         .route("/api/v1/access-requests/{id}/approve", post(approve_access))
         .route("/api/v1/access-requests/{id}/deny", post(deny_access))
-        .merge(crate::console::router())
+        .merge(crate::console::router(state.clone()))
         .with_state(state)
 }
 

@@ -143,9 +143,17 @@ pub fn same_origin(state: &ApiState, headers: &HeaderMap) -> bool {
     if origin.eq_ignore_ascii_case(state.signin.public_origin()) {
         return true;
     }
+    // The listener itself serves plain HTTP.
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-    let origin_host = origin.split_once("://").map(|(_, rest)| rest);
-    matches!((origin_host, host), (Some(o), Some(h)) if o.eq_ignore_ascii_case(h))
+    host.is_some_and(|h| origin.eq_ignore_ascii_case(&format!("http://{h}")))
+}
+
+/// The host name in a `Host` header (`name`, `name:port`, `[v6]:port`).
+pub fn host_name(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    host.rsplit_once(':').map_or(host, |(name, _)| name)
 }
 
 fn forbidden(message: &str) -> Response {

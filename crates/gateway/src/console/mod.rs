@@ -27,23 +27,26 @@ pub use verify::VerifyStatus;
 
 /// What the console keeps beyond the API's state.
 pub struct ConsoleState {
-    /// Keys the CSRF tokens (random per gateway start: a form from before a restart asks
-    /// to be reloaded).
+    /// Keys the CSRF tokens (`data_dir/console.key`, so open pages survive a restart).
     csrf_key: [u8; 32],
+    /// Host names the console answers to (loopback, the listener's address, the public
+    /// URL's host): a page on another name that resolves here (DNS rebinding) gets nothing.
+    hosts: Vec<String>,
     verify: std::sync::Mutex<VerifyStatus>,
 }
 
 impl ConsoleState {
-    pub fn new() -> Arc<ConsoleState> {
+    pub fn new(csrf_key: [u8; 32], hosts: Vec<String>) -> Arc<ConsoleState> {
         Arc::new(ConsoleState {
-            csrf_key: rand::random(),
+            csrf_key,
+            hosts,
             verify: std::sync::Mutex::new(VerifyStatus::default()),
         })
     }
 }
 
 /// Every console page and fragment; the headers every answer carries are added here.
-pub fn router() -> Router<ApiState> {
+pub fn router(state: ApiState) -> Router<ApiState> {
     Router::new()
         .route("/console", get(routes::home))
         .route("/console/", get(routes::home))
@@ -76,7 +79,35 @@ pub fn router() -> Router<ApiState> {
         .route("/console/audit/verify", post(routes::audit_verify))
         .route("/console/audit/export", get(routes::audit_export))
         .route("/console/assets/{name}", get(assets::serve))
+        .layer(axum::middleware::from_fn_with_state(state, known_host))
         .layer(axum::middleware::map_response(security_headers))
+}
+
+/// Refuses requests whose `Host` is not a name the console answers to.
+async fn known_host(
+    axum::extract::State(state): axum::extract::State<ApiState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(auth::host_name);
+    if host.is_some_and(|h| {
+        state
+            .console
+            .hosts
+            .iter()
+            .any(|k| k.eq_ignore_ascii_case(h))
+    }) {
+        return next.run(request).await;
+    }
+    pages::problem(
+        axum::http::StatusCode::MISDIRECTED_REQUEST,
+        "Unknown host",
+        "the console answers only on its own host names (loopback or identity.public_url)",
+    )
 }
 
 /// Statements and results are attacker-chosen text: besides escaping, no inline script or

@@ -140,6 +140,19 @@ pub fn login(
     )
 }
 
+/// `text` percent-encoded for a URI, every byte but the unreserved ones: safe inside a
+/// URI and inside the shell's double quotes the snippets use.
+fn uri_part(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 pub struct ConnectionRow {
     pub name: String,
     pub kind: &'static str,
@@ -165,9 +178,9 @@ pub fn connections(viewer: &Viewer, rows: &[ConnectionRow], api: &str) -> Respon
                     dt { "you may connect" } dd { (if c.allowed { "yes" } else { "no" }) @if c.requires_access_request { " (after an approved access request)" } }
                 }
                 h3 { "psql" }
-                pre.snippet { "psql \"$(sluice credentials " (c.name) " --format uri)\"\n# or, with a token as the password:\npsql \"host=" (host) " port=" (port) " dbname=" (c.name) " user=" (user) "\"" }
+                pre.snippet { "psql \"$(sluice credentials " (c.name) " --format uri)\"\n# or, with a token as the password:\npsql \"postgresql://" (uri_part(user)) "@" (host) ":" (port) "/" (uri_part(&c.name)) "\"" }
                 h3 { "DBeaver / JDBC" }
-                pre.snippet { "jdbc:postgresql://" (host) ":" (port) "/" (c.name) "?user=" (user) "\n# password: your sluice token (sluice credentials " (c.name) " --format json)" }
+                pre.snippet { "jdbc:postgresql://" (host) ":" (port) "/" (uri_part(&c.name)) "?user=" (uri_part(user)) "\n# password: your sluice token (sluice credentials " (c.name) " --format json)" }
                 h3 { "Cursor / Claude Code (MCP)" }
                 pre.snippet { "{\n  \"mcpServers\": {\n    \"sluice\": {\n      \"command\": \"sluice\",\n      \"args\": [\"mcp\", \"--gateway\", \"" (api) "\"]\n    }\n  }\n}" }
             }
@@ -253,7 +266,11 @@ pub fn sessions(viewer: &Viewer, page: &SessionsPage<'_>) -> Response {
             @if let Some(link) = &next_link { a #next-page href=(link) { "Older »" } }
         }
     };
-    layout(viewer, "/console/sessions", "Sessions", body)
+    let mut response = layout(viewer, "/console/sessions", "Sessions", body);
+    if !page.problems.is_empty() {
+        *response.status_mut() = StatusCode::BAD_REQUEST;
+    }
+    response
 }
 
 /// The sessions list with the same filters, from the start or after a session.

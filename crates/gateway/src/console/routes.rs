@@ -293,10 +293,27 @@ pub async fn sessions(
         })
     };
     let (since_ms, until_ms) = (time(&q.from), time(&q.to));
-    let after = q
-        .after
-        .split_once('.')
-        .and_then(|(ms, id)| Some((ms.parse::<i64>().ok()?, id.to_owned())));
+    if !["", "human", "agent"].contains(&q.actor.as_str()) {
+        problems.push(format!("{:?} is not an actor (human or agent)", q.actor));
+    }
+    if !["", "denied", "held", "masked"].contains(&q.decision.as_str()) {
+        problems.push(format!(
+            "{:?} is not a decision filter (denied, held or masked)",
+            q.decision
+        ));
+    }
+    let after = if q.after.is_empty() {
+        None
+    } else {
+        let parsed = q
+            .after
+            .split_once('.')
+            .and_then(|(ms, id)| Some((ms.parse::<i64>().ok()?, id.to_owned())));
+        if parsed.is_none() {
+            problems.push("the page link is damaged: start from the newest".to_owned());
+        }
+        parsed
+    };
     let nonempty = |s: &str| (!s.trim().is_empty()).then(|| s.trim().to_owned());
     let filter = SessionFilter {
         // Users see their own sessions only.
@@ -308,7 +325,7 @@ pub async fn sessions(
         connection: nonempty(&q.connection),
         since_ms,
         until_ms,
-        actor: nonempty(&q.actor).filter(|a| a == "human" || a == "agent"),
+        actor: nonempty(&q.actor),
         statement: nonempty(&q.q),
         denied: q.decision == "denied",
         held: q.decision == "held",
@@ -318,9 +335,13 @@ pub async fn sessions(
         open_only: false,
     };
     let store = state.store.clone();
-    let Ok(Ok(mut rows)) = tokio::task::spawn_blocking(move || store.list_sessions(&filter)).await
-    else {
-        return unavailable("the metadata store");
+    let mut rows = if problems.is_empty() {
+        match tokio::task::spawn_blocking(move || store.list_sessions(&filter)).await {
+            Ok(Ok(rows)) => rows,
+            _ => return unavailable("the metadata store"),
+        }
+    } else {
+        Vec::new()
     };
     let next = (rows.len() > PAGE as usize).then(|| {
         rows.truncate(PAGE as usize);
@@ -455,11 +476,36 @@ pub async fn timeline(
         Err(r) => return r,
     };
     let open = row.ended_ms.is_none();
+    let bad_position = || {
+        pages::problem(
+            StatusCode::BAD_REQUEST,
+            "Bad request",
+            "from is not a position in this session's part of the audit log",
+        )
+    };
     // Never before the session's own start; any other position is checked by the reader
     // (it must hold the record with that seq) and only this session's records are shown.
-    let from = parse_position(&q.from)
-        .filter(|p| p.seq >= row.audit_seq)
-        .unwrap_or_else(|| session_start(&row));
+    let from = if q.from.is_empty() {
+        session_start(&row)
+    } else {
+        match parse_position(&q.from).filter(|p| p.seq >= row.audit_seq) {
+            Some(p) => p,
+            None => return bad_position(),
+        }
+    };
+    // A position that names no record is the caller's mistake, not an outage.
+    let dir = state.audit_dir.clone();
+    let exists = tokio::task::spawn_blocking(move || {
+        sluice_audit::read_from(&dir, from)
+            .ok()
+            .and_then(|mut r| r.next())
+            .is_some_and(|r| r.is_ok())
+    })
+    .await
+    .unwrap_or(false);
+    if !exists {
+        return bad_position();
+    }
     match read_timeline(&state, &row.id, from, FOLLOW_EVENTS).await {
         Ok(t) => {
             let events: Vec<&serde_json::Value> = t.events.iter().collect();
@@ -489,7 +535,9 @@ async fn review_lists(
         .ok()?;
     let all = state.reviews.list(None, QUEUE).await.ok()?;
     let sees = |r: &sluice_store::ReviewRow| decisions::sees_review(&viewer.caller, r);
-    let pending = pending.into_iter().filter(sees).collect();
+    // A queue: oldest first, so a new arrival goes to the end and nothing shown moves.
+    let mut pending: Vec<_> = pending.into_iter().filter(sees).collect();
+    pending.sort_by_key(|r| (r.created_ms, r.id.clone()));
     let recent = all
         .into_iter()
         .filter(|r| r.status != "pending" && sees(r))
@@ -505,22 +553,11 @@ pub struct DoneQuery {
 }
 
 impl DoneQuery {
-    /// The notice after a decision (`ID STATUS`), shown only in the form the console
-    /// itself writes, so a crafted link cannot put words on the page.
-    fn notice(&self) -> &str {
-        let well_formed = self.done.split_once(' ').is_some_and(|(id, status)| {
-            !id.is_empty()
-                && id.len() <= 64
-                && id
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-                && ["approved", "denied", "pending", "requested"].contains(&status)
-        });
-        if well_formed {
-            &self.done
-        } else {
-            ""
-        }
+    /// The notice after a decision: the request's id and its status *now*, from `status`
+    /// (`None` for an unknown id), so a crafted link cannot put words on the page.
+    fn notice(&self, status: impl Fn(&str) -> Option<String>) -> String {
+        let id = self.done.split(' ').next().unwrap_or_default();
+        status(id).map_or_else(String::new, |s| format!("{id} {s}"))
     }
 }
 
@@ -531,7 +568,13 @@ pub async fn reviews(
 ) -> Response {
     let viewer = viewer_or_return!(state, headers);
     match review_lists(&state, &viewer).await {
-        Some((pending, recent)) => pages::reviews(&viewer, &pending, &recent, done.notice()),
+        Some((pending, recent)) => {
+            let status = |id: &str| {
+                let row = pending.iter().chain(&recent).find(|r| r.id == id);
+                row.map(|r| r.status.clone())
+            };
+            pages::reviews(&viewer, &pending, &recent, &done.notice(status))
+        }
         None => unavailable("the review store"),
     }
 }
@@ -644,7 +687,8 @@ async fn access_lists(
         .ok()?;
     let all = state.access.list(None, QUEUE).await.ok()?;
     let sees = |r: &sluice_store::AccessRow| decisions::sees_access(state, &viewer.caller, r);
-    let pending = pending.into_iter().filter(sees).collect();
+    let mut pending: Vec<_> = pending.into_iter().filter(sees).collect();
+    pending.sort_by_key(|r| (r.created_ms, r.id.clone()));
     let recent = all
         .into_iter()
         .filter(|r| r.status != "pending" && sees(r))
@@ -661,7 +705,13 @@ pub async fn access(
     let viewer = viewer_or_return!(state, headers);
     let names: Vec<String> = state.connections.iter().map(|c| c.name.clone()).collect();
     match access_lists(&state, &viewer).await {
-        Some((pending, recent)) => pages::access(&viewer, &pending, &recent, &names, done.notice()),
+        Some((pending, recent)) => {
+            let status = |id: &str| {
+                let row = pending.iter().chain(&recent).find(|r| r.id == id);
+                row.map(|r| r.status.clone())
+            };
+            pages::access(&viewer, &pending, &recent, &names, &done.notice(status))
+        }
         None => unavailable("the access-request store"),
     }
 }
@@ -860,16 +910,23 @@ pub async fn audit_export(
         }
     } else {
         let (from, to) = match (form_time(&q.from), form_time(&q.to)) {
-            (Ok(Some(from)), Ok(to)) => (from, to.unwrap_or(i64::MAX)),
+            (Ok(Some(from)), Ok(to)) => (from, to),
             (Ok(None), _) => return bad("give a session id or a start time".into()),
             (Err(e), _) | (_, Err(e)) => return bad(e),
+        };
+        if to.is_some_and(|to| to <= from) {
+            return bad("the end of the range must come after its start".into());
+        }
+        let name = match to {
+            Some(to) => format!("sluice-audit-{from}-{to}.jsonl"),
+            None => format!("sluice-audit-{from}-end.jsonl"),
         };
         (
             Export::Range {
                 from_ms: from,
-                to_ms: to,
+                to_ms: to.unwrap_or(i64::MAX),
             },
-            format!("sluice-audit-{from}-{to}.jsonl"),
+            name,
         )
     };
     // Exports read the log like searches do: a few at a time. The reader is opened before

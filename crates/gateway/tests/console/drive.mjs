@@ -100,13 +100,26 @@ const scenarios = {
     await waitFor("held-statement");
     // No reload: the queue updates by itself.
     await page.waitForSelector("#review-queue article.review form.decide", { timeout: 20000 });
-    seen.review_statement = await page.textContent("#review-queue article.review pre.sql");
-    await page.fill("#review-queue article.review textarea[name=reason]", args.reason);
+    const first = "#review-queue article.review:nth-of-type(1)";
+    seen.review_statement = await page.textContent(`${first} pre.sql`);
+    await page.fill(`${first} textarea[name=reason]`, args.reason);
+    const approveAt = async () => (await page.locator(`${first} button.approve`).boundingBox()).y;
+    seen.approve_y_before = await approveAt();
+    // A second held statement arrives while the reviewer is about to click: it goes to
+    // the end, nothing moves, and the reason typed (then left) stays.
+    await page.hover(`${first} button.approve`);
+    await waitFor("second-held-statement");
+    await page.waitForFunction(() => document.querySelectorAll("#review-queue article.review").length === 2,
+      null, { timeout: 20000 });
+    await page.click("h1");
+    await page.waitForTimeout(2500);
+    seen.approve_y_after = await approveAt();
+    seen.queue_statements = await page.$$eval("#review-queue article.review pre.sql", (p) => p.map((e) => e.textContent));
+    seen.reason_kept = await page.inputValue(`${first} textarea[name=reason]`);
     await shot(page, "console-reviews");
-    seen.approved_at_ms = Date.now();
     await Promise.all([
       page.waitForURL("**/console/reviews?done=**"),
-      page.click("#review-queue article.review button.approve"),
+      page.click(`${first} button.approve`),
     ]);
     seen.notice = await page.textContent("p.notice");
     say("step approved");

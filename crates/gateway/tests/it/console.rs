@@ -261,6 +261,7 @@ fn sign_in_search_replay_and_approve_a_waiting_psql_in_chromium() {
         "users see only their own sessions"
     );
     let mut psql = None;
+    let mut second = None;
     let seen = drive(
         "reviewer",
         &serde_json::json!({
@@ -268,13 +269,29 @@ fn sign_in_search_replay_and_approve_a_waiting_psql_in_chromium() {
             "user": "ada", "password": PASSWORD, "search": "onerror",
             "reason": "ticket 42", "shots": screenshots(),
         }),
-        |name| {
-            assert_eq!(name, "held-statement");
-            psql = Some((
-                psql_bg(&gw, db, "eve", &eve, "DELETE FROM orders WHERE id = 1"),
-                Instant::now(),
-            ));
+        |name| match name {
+            "held-statement" => {
+                psql = Some((
+                    psql_bg(&gw, db, "eve", &eve, "DELETE FROM orders WHERE id = 1"),
+                    Instant::now(),
+                ))
+            }
+            "second-held-statement" => {
+                second = Some(psql_bg(&gw, db, "eve", &eve, "DELETE FROM orders"))
+            }
+            other => panic!("unexpected wait {other}"),
         },
+    );
+    // The second review, still pending: its psql is ended without a decision.
+    let mut second = second.expect("a second statement was held");
+    second.kill().unwrap();
+    second.wait().unwrap();
+    assert_eq!(seen["approve_y_before"], seen["approve_y_after"], "{seen}");
+    assert_eq!(seen["reason_kept"], "ticket 42", "{seen}");
+    assert_eq!(
+        seen["queue_statements"],
+        serde_json::json!(["DELETE FROM orders WHERE id = 1", "DELETE FROM orders"]),
+        "oldest first, the newcomer at the end: {seen}"
     );
     assert_eq!(seen["found"], serde_json::json!([session_id]), "{seen}");
     // Statement text is shown as text: no dialog, no script but the console's own, and
@@ -326,7 +343,10 @@ fn sign_in_search_replay_and_approve_a_waiting_psql_in_chromium() {
     assert_eq!(seen["queue_before"], 0, "{seen}");
     assert_eq!(seen["review_statement"], "DELETE FROM orders WHERE id = 1");
     assert!(
-        seen["notice"].as_str().unwrap().ends_with(" approved"),
+        // `used` once the statement ran, which may be before the page is drawn.
+        ["approved", "used"]
+            .iter()
+            .any(|s| seen["notice"].as_str().unwrap().ends_with(&format!(" {s}"))),
         "{seen}"
     );
     let (child, started) = psql.expect("the held statement was started");
@@ -572,6 +592,49 @@ fn forged_cross_site_and_out_of_role_requests_are_refused() {
     assert_eq!(status, 200);
     let (status, _, page) = get(&gw, "/console/audit/export?from=soon", &audrey);
     assert_eq!(status, 400, "{page}");
+    let (status, _, _) = get(
+        &gw,
+        "/console/audit/export?from=2030-01-01T00:00&to=2020-01-01T00:00",
+        &audrey,
+    );
+    assert_eq!(status, 400);
+    // Positions and filters that mean nothing are the caller's mistake: 400, not 503.
+    for from in [
+        "abc",
+        "1.1.1",
+        "1.0.18446744073709551615",
+        "1.4294967296.1",
+        "9.0.5",
+    ] {
+        let (status, _, _) = get(
+            &gw,
+            &format!("/console/sessions/{eve_session}/timeline?from={from}"),
+            &audrey,
+        );
+        assert_eq!(status, 400, "from={from}");
+    }
+    for query in ["actor=robot", "decision=bogus", "after=nonsense"] {
+        let (status, _, _) = get(&gw, &format!("/console/sessions?{query}"), &audrey);
+        assert_eq!(status, 400, "{query}");
+    }
+    // A page reached through another host name (DNS rebinding) gets nothing.
+    let rebound = {
+        use std::io::Read;
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.api_port)).unwrap();
+        write!(
+            s,
+            "GET /console/login HTTP/1.1\r\nHost: attacker.example:{}\r\nConnection: close\r\n\r\n",
+            gw.api_port
+        )
+        .unwrap();
+        let mut response = String::new();
+        s.read_to_string(&mut response).unwrap();
+        response
+    };
+    assert!(rebound.starts_with("HTTP/1.1 421"), "{rebound}");
+    // A crafted link cannot put a notice on the page.
+    let (_, _, page) = get(&gw, "/console/reviews?done=r-0000+approved", &audrey);
+    assert!(!page.contains("class=\"notice\""), "{page}");
     let (status, _, _) = get(&gw, "/console/audit", &mallory);
     assert_eq!(status, 403);
     let (status, _, _) = get(

@@ -15,19 +15,36 @@ async function fetchFragment(url) {
   return response;
 }
 
-// A queue (reviews, access requests) that refreshes every second, except while the
-// viewer is typing into it.
+// A queue (reviews, access requests) kept current every second without moving what the
+// viewer may be about to click: cards already shown are never re-rendered (a reason being
+// typed stays), new ones are added at the end (the queue is oldest first), and a card no
+// longer pending loses its buttons in place.
 function liveQueue(container) {
   const url = container.dataset.liveUrl;
-  let last = container.innerHTML;
+  const cards = () => Array.from(container.querySelectorAll(":scope > article[id]"));
   setInterval(async () => {
-    if (container.contains(document.activeElement)) return;
     const response = await fetchFragment(url).catch(() => null);
     if (!response) return;
-    const html = await response.text();
-    if (html !== last && !container.contains(document.activeElement)) {
-      container.innerHTML = html; // rendered and escaped by the gateway
-      last = html;
+    const template = document.createElement("template");
+    template.innerHTML = await response.text(); // rendered and escaped by the gateway
+    // (`:scope` means nothing in a fragment: walk its children.)
+    const fresh = Array.from(template.content.children).filter((e) => e.tagName === "ARTICLE" && e.id);
+    const pending = new Set(fresh.map((card) => card.id));
+    for (const card of cards()) {
+      if (pending.has(card.id) || card.classList.contains("gone")) continue;
+      card.classList.add("gone");
+      card.querySelectorAll("form.decide button").forEach((b) => { b.disabled = true; });
+      const note = document.createElement("p");
+      note.className = "meta gone-note";
+      note.textContent = "No longer pending (decided, withdrawn or expired). Reload to see how.";
+      card.appendChild(note);
+    }
+    const shown = new Set(cards().map((card) => card.id));
+    for (const card of fresh) {
+      if (shown.has(card.id)) continue;
+      const empty = container.querySelector(":scope > p.empty");
+      if (empty) empty.remove();
+      container.appendChild(card);
     }
   }, 1000);
 }
