@@ -92,7 +92,7 @@ impl Store {
                         held,
                         text,
                     } => {
-                        let text = clip(text, MAX_INDEXED_TEXT);
+                        let text = sluice_core::text::clip(text, MAX_INDEXED_TEXT);
                         let added = insert.execute(params![
                             session,
                             statement_id,
@@ -124,18 +124,6 @@ impl Store {
             Ok(())
         })
     }
-}
-
-/// `text` cut to at most `max` bytes at a character boundary.
-fn clip(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
 }
 
 #[cfg(test)]

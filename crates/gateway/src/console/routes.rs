@@ -17,7 +17,7 @@ use super::auth::{self, see_other, viewer, Viewer};
 use super::pages::{self, SessionsPage};
 use super::verify;
 use crate::access::AccessAsk;
-use crate::api::{decisions, record_denied, ApiState};
+use crate::api::{decisions, record_denied, ApiState, Need};
 
 /// Sessions per page.
 const PAGE: u32 = 50;
@@ -129,19 +129,49 @@ pub struct CsrfForm {
     csrf: String,
 }
 
+/// A form that changes something: it carries the session's CSRF token.
+trait Posted {
+    fn csrf(&self) -> &str;
+}
+
+impl Posted for CsrfForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
+/// The viewer and their form, once the form parsed, the viewer is signed in, the CSRF
+/// token and origin check out, and the role may do `action` (a refusal is recorded).
+async fn posted<F: Posted>(
+    state: &ApiState,
+    headers: &HeaderMap,
+    form: Result<Form<F>, FormRejection>,
+    need: Need,
+    action: &str,
+) -> Result<(Viewer, F), Response> {
+    let Form(form) = form.map_err(bad_form)?;
+    let viewer = viewer(state, headers).await?;
+    auth::check_post(state, headers, form.csrf()).map_err(|r| *r)?;
+    let refusal = match need {
+        Need::Any => None,
+        Need::ReadAll => (!viewer.reads_everything()).then_some("needs role auditor or admin"),
+        Need::Act => (!viewer.acts()).then_some("auditors can read but not act"),
+    };
+    if let Some(reason) = refusal {
+        return Err(refuse(state, &viewer, action, reason));
+    }
+    Ok((viewer, form))
+}
+
 pub async fn logout(
     State(state): State<ApiState>,
     headers: HeaderMap,
     form: Result<Form<CsrfForm>, FormRejection>,
 ) -> Response {
-    let Form(form) = match form {
-        Ok(f) => f,
-        Err(r) => return bad_form(r),
+    let viewer = match posted(&state, &headers, form, Need::Any, "POST /console/logout").await {
+        Ok((viewer, _)) => viewer,
+        Err(r) => return r,
     };
-    let viewer = viewer_or_return!(state, headers);
-    if let Err(r) = auth::check_post(&state, &headers, &form.csrf) {
-        return *r;
-    }
     state.signin.sign_out(&viewer.token_id).await;
     let mut response = see_other("/console/login");
     auth::end_session_cookie(&state, &mut response);
@@ -595,44 +625,30 @@ pub struct DecisionForm {
     reason: String,
 }
 
-/// Reads `verdict` (`approve` or `deny`) and checks the form and the viewer's role.
-fn decision_checks(
-    state: &ApiState,
-    viewer: &Viewer,
-    headers: &HeaderMap,
-    form: &DecisionForm,
-    verdict: &str,
-    action: &str,
-) -> Result<bool, Box<Response>> {
-    auth::check_post(state, headers, &form.csrf)?;
-    let approve = match verdict {
-        "approve" => true,
-        "deny" => false,
-        _ => {
-            let message = "the verdict is approve or deny";
-            return Err(Box::new(pages::problem(
-                StatusCode::NOT_FOUND,
-                "Not found",
-                message,
-            )));
-        }
-    };
-    if !viewer.acts() {
-        let reason = "auditors can read but not act";
-        return Err(Box::new(refuse(state, viewer, action, reason)));
+impl Posted for DecisionForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
     }
+}
+
+/// `approve` or `deny` as a bool, and the reason checked; otherwise the refusal's status
+/// and message.
+fn read_verdict(verdict: &str, form: &DecisionForm) -> Result<bool, (StatusCode, String)> {
     if form.reason.chars().count() > decisions::MAX_REASON {
         let message = format!(
             "the reason is longer than {} characters",
             decisions::MAX_REASON
         );
-        return Err(Box::new(pages::problem(
-            StatusCode::BAD_REQUEST,
-            "Bad request",
-            &message,
-        )));
+        return Err((StatusCode::BAD_REQUEST, message));
     }
-    Ok(approve)
+    match verdict {
+        "approve" => Ok(true),
+        "deny" => Ok(false),
+        _ => Err((
+            StatusCode::NOT_FOUND,
+            "the verdict is approve or deny".to_owned(),
+        )),
+    }
 }
 
 fn reason(form: &DecisionForm) -> Option<String> {
@@ -646,15 +662,14 @@ pub async fn decide_review(
     Path((id, verdict)): Path<(String, String)>,
     form: Result<Form<DecisionForm>, FormRejection>,
 ) -> Response {
-    let Form(form) = match form {
-        Ok(f) => f,
-        Err(r) => return bad_form(r),
-    };
-    let viewer = viewer_or_return!(state, headers);
     let action = "POST /console/reviews/ID";
-    let approve = match decision_checks(&state, &viewer, &headers, &form, &verdict, action) {
+    let (viewer, form) = match posted(&state, &headers, form, Need::Act, action).await {
+        Ok(posted) => posted,
+        Err(r) => return r,
+    };
+    let approve = match read_verdict(&verdict, &form) {
         Ok(a) => a,
-        Err(r) => return *r,
+        Err((status, message)) => return pages::problem(status, "Not decided", &message),
     };
     let who = &viewer.caller.identity;
     let decided = if approve {
@@ -730,15 +745,14 @@ pub async fn decide_access(
     Path((id, verdict)): Path<(String, String)>,
     form: Result<Form<DecisionForm>, FormRejection>,
 ) -> Response {
-    let Form(form) = match form {
-        Ok(f) => f,
-        Err(r) => return bad_form(r),
-    };
-    let viewer = viewer_or_return!(state, headers);
     let action = "POST /console/access/ID";
-    let approve = match decision_checks(&state, &viewer, &headers, &form, &verdict, action) {
+    let (viewer, form) = match posted(&state, &headers, form, Need::Act, action).await {
+        Ok(posted) => posted,
+        Err(r) => return r,
+    };
+    let approve = match read_verdict(&verdict, &form) {
         Ok(a) => a,
-        Err(r) => return *r,
+        Err((status, message)) => return pages::problem(status, "Not decided", &message),
     };
     match state
         .access
@@ -769,27 +783,22 @@ pub struct AccessForm {
     lift_rule: String,
 }
 
+impl Posted for AccessForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
 pub async fn request_access(
     State(state): State<ApiState>,
     headers: HeaderMap,
     form: Result<Form<AccessForm>, FormRejection>,
 ) -> Response {
-    let Form(form) = match form {
-        Ok(f) => f,
-        Err(r) => return bad_form(r),
-    };
-    let viewer = viewer_or_return!(state, headers);
-    if let Err(r) = auth::check_post(&state, &headers, &form.csrf) {
-        return *r;
-    }
-    if !viewer.acts() {
-        return refuse(
-            &state,
-            &viewer,
-            "POST /console/access",
-            "auditors can read but not act",
-        );
-    }
+    let (viewer, form) =
+        match posted(&state, &headers, form, Need::Act, "POST /console/access").await {
+            Ok(posted) => posted,
+            Err(r) => return r,
+        };
     let bad = |m: String| pages::problem(StatusCode::BAD_REQUEST, "Bad request", &m);
     if form.reason.chars().count() > decisions::MAX_REASON {
         return bad(format!(
@@ -846,22 +855,11 @@ pub async fn audit_verify(
     headers: HeaderMap,
     form: Result<Form<CsrfForm>, FormRejection>,
 ) -> Response {
-    let Form(form) = match form {
-        Ok(f) => f,
-        Err(r) => return bad_form(r),
+    let action = "POST /console/audit/verify";
+    let viewer = match posted(&state, &headers, form, Need::ReadAll, action).await {
+        Ok((viewer, _)) => viewer,
+        Err(r) => return r,
     };
-    let viewer = viewer_or_return!(state, headers);
-    if let Err(r) = auth::check_post(&state, &headers, &form.csrf) {
-        return *r;
-    }
-    if !viewer.reads_everything() {
-        return refuse(
-            &state,
-            &viewer,
-            "POST /console/audit/verify",
-            "needs role auditor or admin",
-        );
-    }
     verify::start(
         state.console.clone(),
         state.audit_dir.clone(),

@@ -1,7 +1,7 @@
 //! Time-boxed access requests: a connection that needs one, the window that ends open
 //! sessions, and a review rule lifted for a while.
 
-use crate::support::{pg, Gateway};
+use crate::support::{extra_connection, pg, Gateway};
 
 const POLICIES: &str = r#"policies:
   - name: deletes-need-review
@@ -27,9 +27,13 @@ fn a_connection_that_needs_a_request_opens_for_the_window_only() {
         db,
         "CREATE TABLE victim(id int); INSERT INTO victim VALUES (1), (2)",
     );
-    let locked = format!(
-        "  - name: locked\n    kind: postgres\n    address: 127.0.0.1:{}\n    database: {db}\n    user: postgres\n    password: env:SLUICE_TEST_TARGET_PASSWORD\n    require_access_request: true\n    access_reviewers: [group:dba]\n",
-        pg().port
+    let locked = extra_connection(
+        "locked",
+        db,
+        &[
+            "require_access_request: true",
+            "access_reviewers: [group:dba]",
+        ],
     );
     let gw = Gateway::start_with(db, &locked, POLICIES);
     let eve = gw.user_token("eve");
@@ -89,10 +93,7 @@ fn an_approved_request_lifts_a_review_rule_for_a_while() {
         db,
         "CREATE TABLE victim(id int); INSERT INTO victim VALUES (1), (2)",
     );
-    let reviewed = format!(
-        "  - name: reviewed\n    kind: postgres\n    address: 127.0.0.1:{}\n    database: {db}\n    user: postgres\n    password: env:SLUICE_TEST_TARGET_PASSWORD\n    access_reviewers: [group:dba]\n",
-        pg().port
-    );
+    let reviewed = extra_connection("reviewed", db, &["access_reviewers: [group:dba]"]);
     let gw = Gateway::start_with(db, &reviewed, POLICIES);
     let eve = gw.user_token("eve");
     gw.cli_ok(&["users", "add", "bob", "--group", "dba"]);

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::{free_port, http_with, pg, sluice_bin, Gateway, OidcProvider, OIDC_SECRET};
+use crate::support::{
+    extra_connection, free_port, http_with, oidc_identity, pg, sluice_bin, Gateway, OidcProvider,
+};
 
 const POLICIES: &str = r#"policies:
   - name: deletes-need-review
@@ -422,9 +424,13 @@ fn forged_cross_site_and_out_of_role_requests_are_refused() {
         db,
         "CREATE TABLE orders(id int); INSERT INTO orders VALUES (1)",
     );
-    let locked = format!(
-        "  - name: locked\n    kind: postgres\n    address: 127.0.0.1:{}\n    database: {db}\n    user: postgres\n    password: env:SLUICE_TEST_TARGET_PASSWORD\n    require_access_request: true\n    access_reviewers: [group:dba]\n",
-        pg().port
+    let locked = extra_connection(
+        "locked",
+        db,
+        &[
+            "require_access_request: true",
+            "access_reviewers: [group:dba]",
+        ],
     );
     let gw = Gateway::start_with(db, &locked, POLICIES);
     add_user(&gw, "rita", &["--group", "dba"]);
@@ -734,19 +740,7 @@ fn sign_in_through_the_identity_provider_in_chromium() {
     let api_port = free_port();
     let idp = OidcProvider::start(api_port);
     let home = tempfile::tempdir().unwrap();
-    let secret_file = home.path().join("oidc-secret");
-    std::fs::write(&secret_file, OIDC_SECRET).unwrap();
-    let yaml = format!(
-        "identity:\n\
-         \x20 oidc:\n\
-         \x20   issuer: {}\n\
-         \x20   client_id: sluice\n\
-         \x20   client_secret: file:{}\n\
-         \x20   group_map: {{ idp-engineers: engineers, idp-auditors: auditors }}\n\
-         \x20   auditor_groups: [auditors]\n",
-        idp.issuer,
-        secret_file.display()
-    );
+    let yaml = oidc_identity(&idp, home.path(), "");
     let gw = Gateway::start_on(api_port, db, "", &yaml);
     let seen = drive(
         "sso",

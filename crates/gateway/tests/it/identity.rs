@@ -11,7 +11,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::{json, Value};
 
 use crate::support::{
-    drive, free_port, http, http_with, oidc_dir, pg, sluice_bin, Gateway, OidcProvider, OIDC_SECRET,
+    drive, free_port, http, http_with, oidc_dir, oidc_identity, pg, sluice_bin, Gateway,
+    OidcProvider, OIDC_SECRET,
 };
 
 /// A gateway whose identity provider is `idp`, and a private home for the CLI.
@@ -26,21 +27,7 @@ fn setup(db: &str, extra_identity: &str) -> Setup {
     let api_port = free_port();
     let idp = OidcProvider::start(api_port);
     let home = tempfile::tempdir().unwrap();
-    let secret_file = home.path().join("oidc-secret");
-    std::fs::write(&secret_file, OIDC_SECRET).unwrap();
-    let yaml = format!(
-        "identity:\n\
-         \x20 login_ttl: 1h\n\
-         \x20 oidc:\n\
-         \x20   issuer: {issuer}\n\
-         \x20   client_id: sluice\n\
-         \x20   client_secret: file:{secret}\n\
-         \x20   group_map: {{ idp-engineers: engineers, idp-auditors: auditors }}\n\
-         \x20   auditor_groups: [auditors]\n\
-         {extra_identity}",
-        issuer = idp.issuer,
-        secret = secret_file.display(),
-    );
+    let yaml = oidc_identity(&idp, home.path(), extra_identity);
     let gw = Gateway::start_on(api_port, db, "", &yaml);
     Setup { idp, gw, home }
 }

@@ -543,6 +543,19 @@ impl Drop for Gateway {
     }
 }
 
+/// YAML for one more connection under `connections:`: `name` → database `db` on the test
+/// server, with more keys (each `key: value`) appended.
+pub fn extra_connection(name: &str, db: &str, keys: &[&str]) -> String {
+    let mut yaml = format!(
+        "  - name: {name}\n    kind: postgres\n    address: 127.0.0.1:{}\n    database: {db}\n    user: postgres\n    password: env:SLUICE_TEST_TARGET_PASSWORD\n",
+        pg().port
+    );
+    for key in keys {
+        yaml.push_str(&format!("    {key}\n"));
+    }
+    yaml
+}
+
 /// One HTTP/1.1 request to 127.0.0.1:`port`; returns the status, the headers and the body.
 pub fn http(
     port: u16,
@@ -663,6 +676,27 @@ impl Drop for OidcProvider {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The `identity:` YAML for a gateway that trusts `idp` (its client secret written to a
+/// file in `dir`), mapping the provider's groups `idp-engineers` and `idp-auditors`, the
+/// latter to role auditor; `extra` is appended under `identity:`.
+pub fn oidc_identity(idp: &OidcProvider, dir: &Path, extra: &str) -> String {
+    let secret_file = dir.join("oidc-secret");
+    std::fs::write(&secret_file, OIDC_SECRET).expect("write the client secret");
+    format!(
+        "identity:\n\
+         \x20 login_ttl: 1h\n\
+         \x20 oidc:\n\
+         \x20   issuer: {issuer}\n\
+         \x20   client_id: sluice\n\
+         \x20   client_secret: file:{secret}\n\
+         \x20   group_map: {{ idp-engineers: engineers, idp-auditors: auditors }}\n\
+         \x20   auditor_groups: [auditors]\n\
+         {extra}",
+        issuer = idp.issuer,
+        secret = secret_file.display(),
+    )
 }
 
 /// Runs `drive.mjs ARGS` (the browser stand-in); returns (success, stdout, stderr).
