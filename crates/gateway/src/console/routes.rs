@@ -565,15 +565,7 @@ async fn review_lists(
         .ok()?;
     let all = state.reviews.list(None, QUEUE).await.ok()?;
     let sees = |r: &sluice_store::ReviewRow| decisions::sees_review(&viewer.caller, r);
-    // A queue: oldest first, so a new arrival goes to the end and nothing shown moves.
-    let mut pending: Vec<_> = pending.into_iter().filter(sees).collect();
-    pending.sort_by_key(|r| (r.created_ms, r.id.clone()));
-    let recent = all
-        .into_iter()
-        .filter(|r| r.status != "pending" && sees(r))
-        .take(RECENT)
-        .collect();
-    Some((pending, recent))
+    Some(queue(pending, all, sees))
 }
 
 #[derive(Deserialize, Default)]
@@ -583,12 +575,63 @@ pub struct DoneQuery {
 }
 
 impl DoneQuery {
-    /// The notice after a decision: the request's id and its status *now*, from `status`
-    /// (`None` for an unknown id), so a crafted link cannot put words on the page.
-    fn notice(&self, status: impl Fn(&str) -> Option<String>) -> String {
-        let id = self.done.split(' ').next().unwrap_or_default();
-        status(id).map_or_else(String::new, |s| format!("{id} {s}"))
+    /// The notice after a decision: the request's id and its status *now*, looked up in
+    /// what the page lists (nothing for an unknown id), so a crafted link cannot put words
+    /// on the page.
+    fn notice<T: Queued>(&self, pending: &[T], recent: &[T]) -> String {
+        let row = pending.iter().chain(recent).find(|r| r.id() == self.done);
+        row.map_or_else(String::new, |r| format!("{} {}", r.id(), r.status()))
     }
+}
+
+/// What the review and access-request queues have in common.
+trait Queued {
+    fn id(&self) -> &str;
+    fn status(&self) -> &str;
+    fn created_ms(&self) -> i64;
+}
+
+impl Queued for sluice_store::ReviewRow {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn status(&self) -> &str {
+        &self.status
+    }
+    fn created_ms(&self) -> i64 {
+        self.created_ms
+    }
+}
+
+impl Queued for sluice_store::AccessRow {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn status(&self) -> &str {
+        &self.status
+    }
+    fn created_ms(&self) -> i64 {
+        self.created_ms
+    }
+}
+
+/// The pending ones the viewer may see, oldest first (so a new arrival goes to the end
+/// and nothing shown moves), and the most recent decided ones.
+fn queue<T: Queued>(pending: Vec<T>, all: Vec<T>, sees: impl Fn(&T) -> bool) -> (Vec<T>, Vec<T>) {
+    let mut pending: Vec<T> = pending.into_iter().filter(|r| sees(r)).collect();
+    pending.sort_by(|a, b| (a.created_ms(), a.id()).cmp(&(b.created_ms(), b.id())));
+    let recent = all
+        .into_iter()
+        .filter(|r| r.status() != "pending" && sees(r))
+        .take(RECENT)
+        .collect();
+    (pending, recent)
+}
+
+/// Back to a queue page after a decision or request, which shows its notice.
+fn back_to(page: &str, id: &str) -> Response {
+    let id: String = form_urlencoded::byte_serialize(id.as_bytes()).collect();
+    see_other(&format!("{page}?done={id}"))
 }
 
 pub async fn reviews(
@@ -599,11 +642,7 @@ pub async fn reviews(
     let viewer = viewer_or_return!(state, headers);
     match review_lists(&state, &viewer).await {
         Some((pending, recent)) => {
-            let status = |id: &str| {
-                let row = pending.iter().chain(&recent).find(|r| r.id == id);
-                row.map(|r| r.status.clone())
-            };
-            pages::reviews(&viewer, &pending, &recent, &done.notice(status))
+            pages::reviews(&viewer, &pending, &recent, &done.notice(&pending, &recent))
         }
         None => unavailable("the review store"),
     }
@@ -678,11 +717,7 @@ pub async fn decide_review(
         state.reviews.deny(&id, who, reason(&form)).await
     };
     match decided {
-        Ok(row) => see_other(&format!(
-            "/console/reviews?done={}",
-            form_urlencoded::byte_serialize(format!("{} {}", row.id, row.status).as_bytes())
-                .collect::<String>()
-        )),
+        Ok(row) => back_to("/console/reviews", &row.id),
         Err(e) => pages::problem(
             decisions::review_error_status(&e),
             "Not decided",
@@ -702,14 +737,7 @@ async fn access_lists(
         .ok()?;
     let all = state.access.list(None, QUEUE).await.ok()?;
     let sees = |r: &sluice_store::AccessRow| decisions::sees_access(state, &viewer.caller, r);
-    let mut pending: Vec<_> = pending.into_iter().filter(sees).collect();
-    pending.sort_by_key(|r| (r.created_ms, r.id.clone()));
-    let recent = all
-        .into_iter()
-        .filter(|r| r.status != "pending" && sees(r))
-        .take(RECENT)
-        .collect();
-    Some((pending, recent))
+    Some(queue(pending, all, sees))
 }
 
 pub async fn access(
@@ -721,11 +749,8 @@ pub async fn access(
     let names: Vec<String> = state.connections.iter().map(|c| c.name.clone()).collect();
     match access_lists(&state, &viewer).await {
         Some((pending, recent)) => {
-            let status = |id: &str| {
-                let row = pending.iter().chain(&recent).find(|r| r.id == id);
-                row.map(|r| r.status.clone())
-            };
-            pages::access(&viewer, &pending, &recent, &names, &done.notice(status))
+            let notice = done.notice(&pending, &recent);
+            pages::access(&viewer, &pending, &recent, &names, &notice)
         }
         None => unavailable("the access-request store"),
     }
@@ -759,11 +784,7 @@ pub async fn decide_access(
         .decide(&id, &viewer.caller.identity, approve, reason(&form))
         .await
     {
-        Ok(row) => see_other(&format!(
-            "/console/access?done={}",
-            form_urlencoded::byte_serialize(format!("{} {}", row.id, row.status).as_bytes())
-                .collect::<String>()
-        )),
+        Ok(row) => back_to("/console/access", &row.id),
         Err(e) => pages::problem(
             decisions::access_error_status(&e),
             "Not decided",
@@ -817,11 +838,7 @@ pub async fn request_access(
         lift_rule: Some(form.lift_rule.trim().to_owned()).filter(|r| !r.is_empty()),
     };
     match state.access.request(&viewer.caller.identity, ask).await {
-        Ok(row) => see_other(&format!(
-            "/console/access?done={}",
-            form_urlencoded::byte_serialize(format!("{} requested", row.id).as_bytes())
-                .collect::<String>()
-        )),
+        Ok(row) => back_to("/console/access", &row.id),
         Err(e) => pages::problem(
             decisions::access_error_status(&e),
             "Not requested",
