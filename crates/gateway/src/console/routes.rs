@@ -690,9 +690,23 @@ fn read_verdict(verdict: &str, form: &DecisionForm) -> Result<bool, (StatusCode,
     }
 }
 
-fn reason(form: &DecisionForm) -> Option<String> {
-    let r = form.reason.trim();
-    (!r.is_empty()).then(|| r.to_owned())
+/// A decision's form checked: the viewer, whether they approve, and their reason.
+async fn decision(
+    state: &ApiState,
+    headers: &HeaderMap,
+    form: Result<Form<DecisionForm>, FormRejection>,
+    verdict: &str,
+    action: &str,
+) -> Result<(Viewer, bool, Option<String>), Response> {
+    let (viewer, form) = posted(state, headers, form, Need::Act, action).await?;
+    let approve = read_verdict(verdict, &form)
+        .map_err(|(status, message)| pages::problem(status, "Not decided", &message))?;
+    let reason = form.reason.trim();
+    Ok((
+        viewer,
+        approve,
+        (!reason.is_empty()).then(|| reason.to_owned()),
+    ))
 }
 
 pub async fn decide_review(
@@ -702,19 +716,15 @@ pub async fn decide_review(
     form: Result<Form<DecisionForm>, FormRejection>,
 ) -> Response {
     let action = "POST /console/reviews/ID";
-    let (viewer, form) = match posted(&state, &headers, form, Need::Act, action).await {
-        Ok(posted) => posted,
+    let (viewer, approve, reason) = match decision(&state, &headers, form, &verdict, action).await {
+        Ok(d) => d,
         Err(r) => return r,
-    };
-    let approve = match read_verdict(&verdict, &form) {
-        Ok(a) => a,
-        Err((status, message)) => return pages::problem(status, "Not decided", &message),
     };
     let who = &viewer.caller.identity;
     let decided = if approve {
-        state.reviews.approve(&id, who, reason(&form)).await
+        state.reviews.approve(&id, who, reason).await
     } else {
-        state.reviews.deny(&id, who, reason(&form)).await
+        state.reviews.deny(&id, who, reason).await
     };
     match decided {
         Ok(row) => back_to("/console/reviews", &row.id),
@@ -771,17 +781,13 @@ pub async fn decide_access(
     form: Result<Form<DecisionForm>, FormRejection>,
 ) -> Response {
     let action = "POST /console/access/ID";
-    let (viewer, form) = match posted(&state, &headers, form, Need::Act, action).await {
-        Ok(posted) => posted,
+    let (viewer, approve, reason) = match decision(&state, &headers, form, &verdict, action).await {
+        Ok(d) => d,
         Err(r) => return r,
-    };
-    let approve = match read_verdict(&verdict, &form) {
-        Ok(a) => a,
-        Err((status, message)) => return pages::problem(status, "Not decided", &message),
     };
     match state
         .access
-        .decide(&id, &viewer.caller.identity, approve, reason(&form))
+        .decide(&id, &viewer.caller.identity, approve, reason)
         .await
     {
         Ok(row) => back_to("/console/access", &row.id),
