@@ -365,12 +365,35 @@ pub fn sessions(config: &Config, cmd: SessionsCommand) -> Result<ExitCode> {
         SessionsCommand::List {
             user,
             connection,
+            actor,
+            with,
+            text,
+            since,
+            until,
             limit,
             out,
         } => {
+            // The gateway indexes the log once a second; catch up here too, so the counts
+            // and filters are current even when it is not running (applying a record
+            // twice changes nothing).
+            if config.audit_dir().exists() {
+                crate::index::catch_up(&config.audit_dir(), &store)?;
+            }
+            let ms = |t: humantime::Timestamp| {
+                std::time::SystemTime::from(t)
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as i64)
+            };
             let rows = store.list_sessions(&SessionFilter {
                 user,
                 connection,
+                actor,
+                statement: text,
+                since_ms: since.map(ms),
+                until_ms: until.map(ms),
+                denied: with.as_deref() == Some("denied"),
+                held: with.as_deref() == Some("held"),
+                masked: with.as_deref() == Some("masked"),
                 limit,
                 ..SessionFilter::default()
             })?;

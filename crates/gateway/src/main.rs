@@ -407,12 +407,27 @@ enum TokensCommand {
 
 #[derive(Subcommand)]
 enum SessionsCommand {
-    /// List sessions, newest first.
+    /// List sessions, newest first. Every given filter must hold.
     List {
         #[arg(long)]
         user: Option<String>,
         #[arg(long)]
         connection: Option<String>,
+        /// People or agents (service accounts).
+        #[arg(long, value_parser = ["human", "agent"])]
+        actor: Option<String>,
+        /// Sessions with a denied statement, a held one, or masked results.
+        #[arg(long = "with", value_parser = ["denied", "held", "masked"])]
+        with: Option<String>,
+        /// Sessions with a statement containing this text (case-insensitive for ASCII).
+        #[arg(long)]
+        text: Option<String>,
+        /// Sessions started at or after this time (RFC 3339, e.g. 2026-11-27T09:00:00Z).
+        #[arg(long)]
+        since: Option<humantime::Timestamp>,
+        /// Sessions started before this time (RFC 3339).
+        #[arg(long)]
+        until: Option<humantime::Timestamp>,
         /// Most sessions to list.
         #[arg(long, default_value_t = 50)]
         limit: u32,

@@ -379,6 +379,29 @@ fn sign_in_search_replay_and_approve_a_waiting_psql_in_chromium() {
         .unwrap();
     assert_eq!(delete["review"]["by"], "ada");
 
+    // The same filters from the command line, for scripts.
+    let listed = |args: &[&str]| -> Vec<String> {
+        let list = gw.cli_json(&[&["sessions", "list", "--json"], args].concat());
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        listed(&["--text", "onerror"]),
+        std::slice::from_ref(&session_id)
+    );
+    assert!(listed(&["--with", "denied"]).contains(&session_id));
+    assert!(listed(&["--with", "masked"]).contains(&session_id));
+    assert!(listed(&["--actor", "agent"]).is_empty());
+    assert!(listed(&["--text", "onerror", "--since", "2999-01-01T00:00:00Z"]).is_empty());
+    let shown = gw.cli_json(&["sessions", "list", "--json", "--text", "onerror"]);
+    assert_eq!(
+        (shown[0]["denied"].as_u64(), shown[0]["masked"].as_u64()),
+        (Some(1), Some(1))
+    );
+
     // An auditor: read-only everywhere, verifies the chain, exports the session.
     let seen = drive(
         "auditor",
