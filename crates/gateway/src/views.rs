@@ -97,37 +97,50 @@ pub fn session_detail(audit_dir: &Path, row: &SessionRow) -> Result<SessionDetai
     })
 }
 
+/// Where a timeline read starts: at a record, or just after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resume {
+    pub at: Position,
+    /// The record at `at` was shown already and is skipped.
+    pub after: bool,
+}
+
 /// A stretch of one session's timeline, for the console: at most `max_events` entries
-/// from `start`, and where to read again for what comes next.
+/// from a [`Resume`] point, and where to read again for what comes next.
 pub struct Timeline {
     pub events: Vec<Value>,
-    /// Where a later read starts: the earliest statement still waiting for its result
-    /// (so the result can be joined to it), else the last record read.
-    pub resume: Position,
+    /// Where a later read starts: at the earliest statement still waiting for its result
+    /// (so the result can be joined to it), else just after the last record read.
+    pub resume: Resume,
     /// `max_events` was reached before the session's end.
     pub truncated: bool,
 }
 
-/// Reads session `id`'s records from `start` (one of its records, or its first), joining
-/// each statement to its result, until its close record, the log's end or `max_events`.
-pub fn timeline(
-    audit_dir: &Path,
-    id: &str,
-    start: Position,
-    max_events: usize,
-) -> Result<Timeline> {
-    let mut records = sluice_audit::read_from(audit_dir, start)
+/// Reads session `id`'s records from `from` (its first record, or a point a previous read
+/// returned), joining each statement to its result, until its close record, the log's end
+/// or `max_events`.
+pub fn timeline(audit_dir: &Path, id: &str, from: Resume, max_events: usize) -> Result<Timeline> {
+    let mut records = sluice_audit::read_from(audit_dir, from.at)
         .with_context(|| format!("cannot read the audit log in {}", audit_dir.display()))?;
+    if from.after {
+        records
+            .next()
+            .transpose()
+            .context("reading the audit log")?;
+    }
     let mut events: Vec<Value> = Vec::new();
     let mut by_statement: HashMap<u64, usize> = HashMap::new();
     // Statements without a result yet, by statement id: where their record starts.
     let mut waiting: HashMap<u64, Position> = HashMap::new();
-    let mut last = start;
+    let mut last = from;
     let mut truncated = false;
     while let Some(record) = records.next() {
         let record = record.context("reading the audit log")?;
-        let position = records.last_position().unwrap_or(last);
-        last = position;
+        let position = records.last_position().unwrap_or(last.at);
+        last = Resume {
+            at: position,
+            after: true,
+        };
         if record.event.session.as_deref() != Some(id) {
             continue;
         }
@@ -150,7 +163,10 @@ pub fn timeline(
             break;
         }
     }
-    let resume = waiting.into_values().min_by_key(|p| p.seq).unwrap_or(last);
+    let resume = waiting
+        .into_values()
+        .min_by_key(|p| p.seq)
+        .map_or(last, |at| Resume { at, after: false });
     Ok(Timeline {
         events,
         resume,

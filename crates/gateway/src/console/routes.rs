@@ -18,6 +18,7 @@ use super::pages::{self, SessionsPage};
 use super::verify;
 use crate::access::AccessAsk;
 use crate::api::{decisions, record_denied, ApiState, Need};
+use crate::views::Resume;
 
 /// Sessions per page.
 const PAGE: u32 = 50;
@@ -436,24 +437,32 @@ fn session_start(row: &SessionRow) -> Position {
     }
 }
 
-/// A resume position as the page carries it: `SEGMENT.OFFSET.SEQ`.
-fn position_text(p: Position) -> String {
-    format!("{}.{}.{}", p.segment, p.offset, p.seq)
+/// A resume point as the page carries it: `SEGMENT.OFFSET.SEQ`, and `.next` when the
+/// record there was shown already.
+fn position_text(r: Resume) -> String {
+    let p = r.at;
+    let next = if r.after { ".next" } else { "" };
+    format!("{}.{}.{}{next}", p.segment, p.offset, p.seq)
 }
 
-fn parse_position(text: &str) -> Option<Position> {
+fn parse_position(text: &str) -> Option<Resume> {
+    let (text, after) = match text.strip_suffix(".next") {
+        Some(t) => (t, true),
+        None => (text, false),
+    };
     let mut parts = text.splitn(3, '.');
-    Some(Position {
+    let at = Position {
         segment: parts.next()?.parse().ok()?,
         offset: parts.next()?.parse().ok()?,
         seq: parts.next()?.parse().ok()?,
-    })
+    };
+    Some(Resume { at, after })
 }
 
 async fn read_timeline(
     state: &ApiState,
     id: &str,
-    from: Position,
+    from: Resume,
     max: usize,
 ) -> Result<crate::views::Timeline, Response> {
     let (dir, id) = (state.audit_dir.clone(), id.to_owned());
@@ -473,7 +482,11 @@ pub async fn session(
         Ok(r) => r,
         Err(r) => return r,
     };
-    match read_timeline(&state, &row.id, session_start(&row), PAGE_EVENTS).await {
+    let from = Resume {
+        at: session_start(&row),
+        after: false,
+    };
+    match read_timeline(&state, &row.id, from, PAGE_EVENTS).await {
         Ok(t) => pages::session(
             &viewer,
             &row,
@@ -516,17 +529,20 @@ pub async fn timeline(
     // Never before the session's own start; any other position is checked by the reader
     // (it must hold the record with that seq) and only this session's records are shown.
     let from = if q.from.is_empty() {
-        session_start(&row)
+        Resume {
+            at: session_start(&row),
+            after: false,
+        }
     } else {
-        match parse_position(&q.from).filter(|p| p.seq >= row.audit_seq) {
-            Some(p) => p,
+        match parse_position(&q.from).filter(|r| r.at.seq >= row.audit_seq) {
+            Some(r) => r,
             None => return bad_position(),
         }
     };
     // A position that names no record is the caller's mistake, not an outage.
     let dir = state.audit_dir.clone();
     let exists = tokio::task::spawn_blocking(move || {
-        sluice_audit::read_from(&dir, from)
+        sluice_audit::read_from(&dir, from.at)
             .ok()
             .and_then(|mut r| r.next())
             .is_some_and(|r| r.is_ok())

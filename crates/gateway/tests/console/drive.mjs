@@ -124,6 +124,16 @@ const scenarios = {
     seen.notice = await page.textContent("p.notice");
     say("step approved");
 
+    // The other review is decided elsewhere: its card closes in place, at the same size.
+    const other = "#review-queue article.review:nth-of-type(1)";
+    await page.waitForSelector(`${other} button.approve`);
+    const height = async () => (await page.locator(other).boundingBox()).height;
+    seen.other_height_before = await height();
+    await waitFor("deny-elsewhere");
+    await page.waitForSelector(`${other}.gone`, { timeout: 20000 });
+    seen.other_height_after = await height();
+    seen.other_button = await page.textContent(`${other} button.approve`);
+
     await page.goto(`${args.url}/console/connections`);
     seen.connections = await page.$$eval("section.connection h2", (h) => h.map((e) => e.textContent));
     seen.snippet = await page.textContent("section.connection pre.snippet");
@@ -178,7 +188,11 @@ const scenarios = {
     await page.waitForFunction(() => document.getElementById("follow").textContent === "session ended",
       null, { timeout: 20000 });
     seen.last_kind = await page.$eval("#timeline > li.ev:last-child .kind", (e) => e.textContent);
+    const entries = () => page.$$eval("#timeline > li.ev", (all) => all.map((li) => li.querySelector(".kind").textContent));
+    seen.live_entries = await entries();
     seen.same_document = await page.evaluate(() => window.sluiceMark === 1);
+    await page.reload();
+    seen.reloaded_entries = await entries();
     return seen;
   },
 

@@ -264,6 +264,7 @@ fn sign_in_search_replay_and_approve_a_waiting_psql_in_chromium() {
     );
     let mut psql = None;
     let mut second = None;
+    let ada_token = gw.cli_ok(&["tokens", "issue", "ada"]).trim().to_owned();
     let seen = drive(
         "reviewer",
         &serde_json::json!({
@@ -281,13 +282,33 @@ fn sign_in_search_replay_and_approve_a_waiting_psql_in_chromium() {
             "second-held-statement" => {
                 second = Some(psql_bg(&gw, db, "eve", &eve, "DELETE FROM orders"))
             }
+            "deny-elsewhere" => {
+                let pending =
+                    gw.cli_as_json(&ada_token, &["reviews", "list", "--status", "pending"]);
+                let id = pending[0]["id"]
+                    .as_str()
+                    .expect("the second review")
+                    .to_owned();
+                let denied = gw.cli_as(
+                    &ada_token,
+                    &["reviews", "deny", &id, "--reason", "too broad"],
+                );
+                assert!(denied.status.success(), "{denied:?}");
+            }
             other => panic!("unexpected wait {other}"),
         },
     );
-    // The second review, still pending: its psql is ended without a decision.
-    let mut second = second.expect("a second statement was held");
-    second.kill().unwrap();
-    second.wait().unwrap();
+    // The second review was denied from the command line: its psql got the refusal, and
+    // its card closed in place without changing size.
+    let second = second.expect("a second statement was held");
+    let out = second.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("denied by ada"));
+    assert_eq!(
+        seen["other_height_before"], seen["other_height_after"],
+        "{seen}"
+    );
+    assert_eq!(seen["other_button"], "Closed", "{seen}");
     assert_eq!(seen["approve_y_before"], seen["approve_y_after"], "{seen}");
     assert_eq!(seen["reason_kept"], "ticket 42", "{seen}");
     assert_eq!(
@@ -893,6 +914,10 @@ fn an_open_session_is_followed_live_and_sessions_page_through_the_index() {
     assert_eq!(
         seen["same_document"], true,
         "followed without reloading: {seen}"
+    );
+    assert_eq!(
+        seen["live_entries"], seen["reloaded_entries"],
+        "live follow shows what a reload shows: {seen}"
     );
     assert_eq!(seen["console_errors"], serde_json::json!([]), "{seen}");
 }

@@ -32,12 +32,15 @@ function liveQueue(container) {
     const pending = new Set(fresh.map((card) => card.id));
     for (const card of cards()) {
       if (pending.has(card.id) || card.classList.contains("gone")) continue;
+      // In place and at the same size: the first button says so, the others keep their
+      // space (hidden by the stylesheet), nothing below moves.
       card.classList.add("gone");
-      card.querySelectorAll("form.decide button").forEach((b) => { b.disabled = true; });
-      const note = document.createElement("p");
-      note.className = "meta gone-note";
-      note.textContent = "No longer pending (decided, withdrawn or expired). Reload to see how.";
-      card.appendChild(note);
+      card.querySelectorAll("form.decide button, form.decide textarea").forEach((e) => { e.disabled = true; });
+      const first = card.querySelector("form.decide button");
+      if (first) {
+        first.textContent = "Closed";
+        first.title = "Decided, withdrawn or expired elsewhere; reload to see how";
+      }
     }
     const shown = new Set(cards().map((card) => card.id));
     for (const card of fresh) {
