@@ -68,6 +68,21 @@ pub struct ConnectionView {
     pub listen: String,
 }
 
+impl ConnectionView {
+    /// Whether `caller` may open sessions on this connection (an access request may still
+    /// be needed).
+    pub(crate) fn allows(&self, caller: &Caller) -> bool {
+        caller.role.acts() && self.admits(&caller.identity)
+    }
+
+    /// Whether the connection's `allow:` list (if any) covers `who`.
+    pub(crate) fn admits(&self, who: &Identity) -> bool {
+        self.allow
+            .as_ref()
+            .is_none_or(|list| list.iter().any(|p| p.covers(who)))
+    }
+}
+
 /// Who is calling, with their role.
 #[derive(Debug, Clone)]
 pub(crate) struct Caller {
@@ -84,6 +99,17 @@ pub(crate) enum Need {
     ReadAll,
     /// Acting (sessions, requests, decisions): users and admins.
     Act,
+}
+
+impl Need {
+    /// Why `role` may not do what needs this, or `None` when it may.
+    pub(crate) fn refusal(self, role: Role) -> Option<&'static str> {
+        match self {
+            Need::Any => None,
+            Need::ReadAll => (!role.reads_everything()).then_some("needs role auditor or admin"),
+            Need::Act => (!role.acts()).then_some("auditors can read but not act"),
+        }
+    }
 }
 
 pub fn router(
@@ -159,16 +185,7 @@ pub(crate) async fn authorize(
             },
             _ => return Err(unauthorized("invalid or expired token")),
         };
-    let allowed = match need {
-        Need::Any => true,
-        Need::ReadAll => caller.role.reads_everything(),
-        Need::Act => caller.role.acts(),
-    };
-    if !allowed {
-        let reason = match need {
-            Need::ReadAll => "needs role auditor or admin",
-            _ => "auditors can read but not act",
-        };
+    if let Some(reason) = need.refusal(caller.role) {
         return Err(deny(state, &caller, action, reason));
     }
     Ok(caller)
@@ -223,10 +240,7 @@ async fn connections(State(state): State<ApiState>, headers: HeaderMap) -> Respo
         .connections
         .iter()
         .map(|c| {
-            let allowed = caller.role.acts()
-                && c.allow
-                    .as_ref()
-                    .is_none_or(|list| list.iter().any(|p| p.covers(&caller.identity)));
+            let allowed = c.allows(&caller);
             serde_json::json!({
                 "name": c.name,
                 "kind": c.kind,

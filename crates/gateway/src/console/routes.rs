@@ -153,12 +153,7 @@ async fn posted<F: Posted>(
     let Form(form) = form.map_err(bad_form)?;
     let viewer = viewer(state, headers).await?;
     auth::check_post(state, headers, form.csrf()).map_err(|r| *r)?;
-    let refusal = match need {
-        Need::Any => None,
-        Need::ReadAll => (!viewer.reads_everything()).then_some("needs role auditor or admin"),
-        Need::Act => (!viewer.acts()).then_some("auditors can read but not act"),
-    };
-    if let Some(reason) = refusal {
+    if let Some(reason) = need.refusal(viewer.caller.role) {
         return Err(refuse(state, &viewer, action, reason));
     }
     Ok((viewer, form))
@@ -211,10 +206,7 @@ pub async fn connections(State(state): State<ApiState>, headers: HeaderMap) -> R
                 "agent not connected"
             },
             listen: c.listen.clone(),
-            allowed: viewer.acts()
-                && c.allow
-                    .as_ref()
-                    .is_none_or(|list| list.iter().any(|p| p.covers(&viewer.caller.identity))),
+            allowed: c.allows(&viewer.caller),
             requires_access_request: c.requires_access_request,
         })
         .collect();
@@ -871,13 +863,8 @@ pub async fn request_access(
 
 pub async fn audit(State(state): State<ApiState>, headers: HeaderMap) -> Response {
     let viewer = viewer_or_return!(state, headers);
-    if !viewer.reads_everything() {
-        return refuse(
-            &state,
-            &viewer,
-            "GET /console/audit",
-            "needs role auditor or admin",
-        );
+    if let Some(reason) = Need::ReadAll.refusal(viewer.caller.role) {
+        return refuse(&state, &viewer, "GET /console/audit", reason);
     }
     let store = state.store.clone();
     let anchor = tokio::task::spawn_blocking(move || store.audit_anchor())
@@ -933,8 +920,8 @@ pub async fn audit_export(
 ) -> Response {
     let viewer = viewer_or_return!(state, headers);
     const ACTION: &str = "GET /console/audit/export";
-    if !viewer.reads_everything() {
-        return refuse(&state, &viewer, ACTION, "needs role auditor or admin");
+    if let Some(reason) = Need::ReadAll.refusal(viewer.caller.role) {
+        return refuse(&state, &viewer, ACTION, reason);
     }
     let bad = |m: String| pages::problem(StatusCode::BAD_REQUEST, "Bad request", &m);
     let (export, name) = if !q.session.trim().is_empty() {

@@ -171,11 +171,7 @@ fn list_connections(deps: &McpDeps, caller: &McpCaller) -> CallToolResult {
     let list: Vec<Value> = deps
         .connections
         .iter()
-        .filter(|c| {
-            c.allow
-                .as_ref()
-                .is_none_or(|list| list.iter().any(|p| p.covers(&caller.identity)))
-        })
+        .filter(|c| c.admits(&caller.identity))
         .map(|c| {
             json!({
                 "name": c.name, "kind": c.kind, "agent": c.agent,
