@@ -379,11 +379,7 @@ pub fn sessions(config: &Config, cmd: SessionsCommand) -> Result<ExitCode> {
             if config.audit_dir().exists() {
                 crate::index::catch_up(&config.audit_dir(), &store)?;
             }
-            let ms = |t: humantime::Timestamp| {
-                std::time::SystemTime::from(t)
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as i64)
-            };
+            let ms = |t: humantime::Timestamp| crate::views::unix_ms(t.into());
             let rows = store.list_sessions(&SessionFilter {
                 user,
                 connection,

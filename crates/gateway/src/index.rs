@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use sluice_audit::{EventBody, Position, Record};
@@ -113,11 +113,7 @@ fn entry(record: &Record) -> Option<IndexEntry> {
             session,
             statement_id: *statement_id,
             seq: record.seq,
-            time_ms: record
-                .event
-                .time
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as i64),
+            time_ms: crate::views::unix_ms(record.event.time),
             decision: decision.clone(),
             held: review.is_some(),
             text: statement.clone(),

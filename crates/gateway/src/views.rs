@@ -17,6 +17,21 @@ pub fn rfc3339_ms(ms: i64) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
+/// `t` in unix milliseconds (0 before the epoch).
+pub fn unix_ms(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Where session `row`'s records start in the audit log.
+pub fn session_start(row: &SessionRow) -> Position {
+    Position {
+        segment: row.audit_segment,
+        offset: row.audit_offset,
+        seq: row.audit_seq,
+    }
+}
+
 fn rfc3339_micros(t: SystemTime) -> String {
     humantime::format_rfc3339_micros(t).to_string()
 }
@@ -71,12 +86,7 @@ pub struct SessionDetail {
 /// Reads the session's records from the audit log, starting where the index says the
 /// session began and stopping at its close record.
 pub fn session_detail(audit_dir: &Path, row: &SessionRow) -> Result<SessionDetail> {
-    let start = Position {
-        segment: row.audit_segment,
-        offset: row.audit_offset,
-        seq: row.audit_seq,
-    };
-    let records = sluice_audit::read_from(audit_dir, start)
+    let records = sluice_audit::read_from(audit_dir, session_start(row))
         .with_context(|| format!("cannot read the audit log in {}", audit_dir.display()))?;
     let mut events: Vec<Value> = Vec::new();
     let mut by_statement: HashMap<u64, usize> = HashMap::new();

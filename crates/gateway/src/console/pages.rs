@@ -291,8 +291,7 @@ fn offset_ms(event: &Value, started_ms: i64) -> i64 {
         .get("time")
         .and_then(Value::as_str)
         .and_then(|t| humantime::parse_rfc3339(t).ok())
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| (d.as_millis() as i64 - started_ms).max(0))
+        .map_or(0, |t| (crate::views::unix_ms(t) - started_ms).max(0))
 }
 
 fn text<'a>(event: &'a Value, key: &str) -> Option<&'a str> {

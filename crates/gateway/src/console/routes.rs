@@ -2,7 +2,7 @@
 //! store, the review and access services, or the audit log) and hands it to `pages`.
 
 use std::net::SocketAddr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use axum::body::Body;
 use axum::extract::rejection::FormRejection;
@@ -18,7 +18,7 @@ use super::pages::{self, SessionsPage};
 use super::verify;
 use crate::access::AccessAsk;
 use crate::api::{decisions, record_denied, ApiState, Need};
-use crate::views::Resume;
+use crate::views::{session_start, unix_ms, Resume};
 
 /// Sessions per page.
 const PAGE: u32 = 50;
@@ -293,12 +293,7 @@ fn form_time(value: &str) -> Result<Option<i64>, String> {
         format!("{value}Z")
     };
     humantime::parse_rfc3339(&full)
-        .map(|t| {
-            Some(
-                t.duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as i64),
-            )
-        })
+        .map(|t| Some(unix_ms(t)))
         .map_err(|_| format!("{value:?} is not a time (YYYY-MM-DDTHH:MM, UTC)"))
 }
 
@@ -420,14 +415,6 @@ async fn visible_session(
 const PAGE_EVENTS: usize = 5_000;
 /// Entries one live-follow poll returns at most.
 const FOLLOW_EVENTS: usize = 1_000;
-
-fn session_start(row: &SessionRow) -> Position {
-    Position {
-        segment: row.audit_segment,
-        offset: row.audit_offset,
-        seq: row.audit_seq,
-    }
-}
 
 /// A resume point as the page carries it: `SEGMENT.OFFSET.SEQ`, and `.next` when the
 /// record there was shown already.
@@ -1019,11 +1006,7 @@ fn export_lines(
                 (mine, closed)
             }
             Export::Range { from_ms, to_ms } => {
-                let ms = record
-                    .event
-                    .time
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as i64);
+                let ms = unix_ms(record.event.time);
                 (
                     ms >= *from_ms && ms < *to_ms,
                     ms >= to_ms.saturating_add(RANGE_GRACE_MS),
@@ -1049,9 +1032,7 @@ fn export_lines(
 
 /// How long ago, for the pages ("3 s", "2 min").
 pub fn ago(ms: i64) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
+    let now = unix_ms(SystemTime::now());
     let secs = Duration::from_millis((now - ms).max(0) as u64).as_secs();
     match secs {
         0..=59 => format!("{secs} s ago"),
