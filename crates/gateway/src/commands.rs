@@ -170,9 +170,11 @@ pub fn agents(config: &Config, cmd: AgentsCommand) -> Result<ExitCode> {
                 .map(|a| {
                     let tunnels: Vec<serde_json::Value> =
                         serde_json::from_str(&a.state).unwrap_or_default();
-                    // The gateway rewrites the state every 2 s; an old one is a stopped gateway.
-                    let fresh = a.state_ms.is_some_and(|at| now - at < 10_000);
-                    let tunnels = if fresh { tunnels } else { Vec::new() };
+                    let tunnels = if a.state_is_fresh(now) {
+                        tunnels
+                    } else {
+                        Vec::new()
+                    };
                     let state = if a.revoked_ms.is_some() {
                         "revoked"
                     } else if tunnels.is_empty() {

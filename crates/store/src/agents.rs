@@ -20,6 +20,22 @@ pub struct AgentRow {
 
 const COLUMNS: &str = "name, key_id, created_ms, revoked_ms, state, state_ms";
 
+/// The gateway rewrites each agent's state every 2 s; one older than this was left by a
+/// gateway that stopped.
+const STATE_FRESH_MS: i64 = 10_000;
+
+impl AgentRow {
+    /// Whether `state` was written recently enough to describe the agent now.
+    pub fn state_is_fresh(&self, now_ms: i64) -> bool {
+        self.state_ms.is_some_and(|at| now_ms - at < STATE_FRESH_MS)
+    }
+
+    /// Whether the agent has a live tunnel to a running gateway now.
+    pub fn connected(&self, now_ms: i64) -> bool {
+        self.revoked_ms.is_none() && self.state_is_fresh(now_ms) && self.state.trim() != "[]"
+    }
+}
+
 fn agent_from_row(row: &Row<'_>) -> rusqlite::Result<AgentRow> {
     Ok(AgentRow {
         name: row.get(0)?,

@@ -183,15 +183,7 @@ pub async fn connections(State(state): State<ApiState>, headers: HeaderMap) -> R
         .and_then(Result::ok)
         .unwrap_or_default();
     let now_ms = crate::reviews::now_ms();
-    // The gateway writes each agent's live tunnels every 2 s.
-    let connected = |name: &str| {
-        agents.iter().any(|a| {
-            a.name == name
-                && a.revoked_ms.is_none()
-                && a.state != "[]"
-                && a.state_ms.is_some_and(|ms| now_ms - ms < 10_000)
-        })
-    };
+    let connected = |name: &str| agents.iter().any(|a| a.name == name && a.connected(now_ms));
     let api = state.signin.public_origin().to_owned();
     let rows: Vec<pages::ConnectionRow> = state
         .connections
