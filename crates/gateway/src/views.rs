@@ -115,6 +115,11 @@ pub struct Resume {
     pub after: bool,
 }
 
+/// A timeline was asked to start where the audit log holds no record.
+#[derive(Debug, thiserror::Error)]
+#[error("no record at this position of the audit log")]
+pub struct NoSuchPosition;
+
 /// A stretch of one session's timeline, for the console: at most `max_events` entries
 /// from a [`Resume`] point, and where to read again for what comes next.
 pub struct Timeline {
@@ -130,22 +135,26 @@ pub struct Timeline {
 /// returned), joining each statement to its result, until its close record, the log's end
 /// or `max_events`.
 pub fn timeline(audit_dir: &Path, id: &str, from: Resume, max_events: usize) -> Result<Timeline> {
-    let mut records = sluice_audit::read_from(audit_dir, from.at)
-        .with_context(|| format!("cannot read the audit log in {}", audit_dir.display()))?;
-    if from.after {
-        records
-            .next()
-            .transpose()
-            .context("reading the audit log")?;
-    }
+    // `from` must name a record: it may come from a client.
+    let mut records = sluice_audit::read_from(audit_dir, from.at).map_err(|_| NoSuchPosition)?;
+    let mut first = match records.next() {
+        Some(Ok(record)) => (!from.after).then_some(record),
+        _ => return Err(NoSuchPosition.into()),
+    };
     let mut events: Vec<Value> = Vec::new();
     let mut by_statement: HashMap<u64, usize> = HashMap::new();
     // Statements without a result yet, by statement id: where their record starts.
     let mut waiting: HashMap<u64, Position> = HashMap::new();
     let mut last = from;
     let mut truncated = false;
-    while let Some(record) = records.next() {
-        let record = record.context("reading the audit log")?;
+    loop {
+        let record = match first.take() {
+            Some(record) => record,
+            None => match records.next() {
+                Some(record) => record.context("reading the audit log")?,
+                None => break,
+            },
+        };
         let position = records.last_position().unwrap_or(last.at);
         last = Resume {
             at: position,

@@ -207,34 +207,34 @@ pub fn sessions(viewer: &Viewer, page: &SessionsPage<'_>) -> Response {
     let body = html! {
         form.filters method="get" action="/console/sessions" {
             @if viewer.reads_everything() {
-                label { "User" input name="user" value=(q.user()); }
+                label { "User" input name="user" value=(q.user); }
             }
             label { "Actor"
                 select name="actor" {
                     option value="" { "anyone" }
-                    option value="human" selected[q.actor() == "human"] { "human" }
-                    option value="agent" selected[q.actor() == "agent"] { "agent" }
+                    option value="human" selected[q.actor == "human"] { "human" }
+                    option value="agent" selected[q.actor == "agent"] { "agent" }
                 }
             }
             label { "Connection"
                 select name="connection" {
                     option value="" { "any" }
                     @for name in page.connections {
-                        option value=(name) selected[q.connection() == name] { (name) }
+                        option value=(name) selected[&q.connection == name] { (name) }
                     }
                 }
             }
-            label { "From (UTC)" input name="from" type="datetime-local" value=(q.from()); }
-            label { "To (UTC)" input name="to" type="datetime-local" value=(q.to()); }
+            label { "From (UTC)" input name="from" type="datetime-local" value=(q.from); }
+            label { "To (UTC)" input name="to" type="datetime-local" value=(q.to); }
             label { "With"
                 select name="decision" {
                     option value="" { "any statement" }
-                    option value="denied" selected[q.decision() == "denied"] { "a denied statement" }
-                    option value="held" selected[q.decision() == "held"] { "a held statement" }
-                    option value="masked" selected[q.decision() == "masked"] { "masked results" }
+                    option value="denied" selected[q.decision == "denied"] { "a denied statement" }
+                    option value="held" selected[q.decision == "held"] { "a held statement" }
+                    option value="masked" selected[q.decision == "masked"] { "masked results" }
                 }
             }
-            label.wide { "Statement text" input name="q" type="search" value=(q.text()) placeholder="e.g. DELETE FROM orders"; }
+            label.wide { "Statement text" input name="q" type="search" value=(q.q) placeholder="e.g. DELETE FROM orders"; }
             button type="submit" { "Filter" }
         }
         @for p in page.problems { p.error role="alert" { (p) } }
@@ -420,7 +420,7 @@ pub fn session(
     )
 }
 
-pub fn timeline_fragment(events: &[&Value], started_ms: i64) -> Response {
+pub fn timeline_fragment(events: &[Value], started_ms: i64) -> Response {
     respond(
         StatusCode::OK,
         html! { @for e in events { (timeline_item(e, started_ms)) } },

@@ -108,13 +108,7 @@ pub async fn login(
 
 pub async fn login_oidc(State(state): State<ApiState>) -> Response {
     match state.signin.console_start().await {
-        Ok((url, browser_key)) => {
-            let mut response = see_other(&url);
-            if let Ok(cookie) = state.signin.browser_cookie(&browser_key).parse() {
-                response.headers_mut().insert(header::SET_COOKIE, cookie);
-            }
-            response
-        }
+        Ok((url, browser_key)) => crate::signin::routes::to_provider(&state, &url, &browser_key),
         Err(r) => pages::login(
             r.status,
             None,
@@ -208,24 +202,24 @@ pub async fn connections(State(state): State<ApiState>, headers: HeaderMap) -> R
 #[derive(Deserialize, Default)]
 pub struct SessionsQuery {
     #[serde(default)]
-    user: String,
+    pub user: String,
     #[serde(default)]
-    actor: String,
+    pub actor: String,
     #[serde(default)]
-    connection: String,
+    pub connection: String,
     #[serde(default)]
-    from: String,
+    pub from: String,
     #[serde(default)]
-    to: String,
+    pub to: String,
     /// `denied`, `held` or `masked`.
     #[serde(default)]
-    decision: String,
+    pub decision: String,
     /// Text in a statement.
     #[serde(default)]
-    q: String,
+    pub q: String,
     /// The last session of the previous page: `STARTED_MS.ID`.
     #[serde(default)]
-    after: String,
+    pub after: String,
 }
 
 impl SessionsQuery {
@@ -245,27 +239,6 @@ impl SessionsQuery {
         .collect()
     }
 
-    pub fn user(&self) -> &str {
-        &self.user
-    }
-    pub fn actor(&self) -> &str {
-        &self.actor
-    }
-    pub fn connection(&self) -> &str {
-        &self.connection
-    }
-    pub fn from(&self) -> &str {
-        &self.from
-    }
-    pub fn to(&self) -> &str {
-        &self.to
-    }
-    pub fn decision(&self) -> &str {
-        &self.decision
-    }
-    pub fn text(&self) -> &str {
-        &self.q
-    }
     pub fn paged(&self) -> bool {
         !self.after.is_empty()
     }
@@ -430,15 +403,18 @@ fn parse_position(text: &str) -> Option<Resume> {
     Some(Resume { at, after })
 }
 
+/// The session's timeline from `from`; a `from` naming no record is `bad_position`.
 async fn read_timeline(
     state: &ApiState,
     id: &str,
     from: Resume,
     max: usize,
+    bad_position: impl FnOnce() -> Response,
 ) -> Result<crate::views::Timeline, Response> {
     let (dir, id) = (state.audit_dir.clone(), id.to_owned());
     match tokio::task::spawn_blocking(move || crate::views::timeline(&dir, &id, from, max)).await {
         Ok(Ok(t)) => Ok(t),
+        Ok(Err(e)) if e.is::<crate::views::NoSuchPosition>() => Err(bad_position()),
         _ => Err(unavailable("the audit log")),
     }
 }
@@ -457,7 +433,9 @@ pub async fn session(
         at: session_start(&row),
         after: false,
     };
-    match read_timeline(&state, &row.id, from, PAGE_EVENTS).await {
+    // The start comes from the session index: not finding it there is an outage.
+    let outage = || unavailable("the audit log");
+    match read_timeline(&state, &row.id, from, PAGE_EVENTS, outage).await {
         Ok(t) => pages::session(
             &viewer,
             &row,
@@ -511,22 +489,9 @@ pub async fn timeline(
         }
     };
     // A position that names no record is the caller's mistake, not an outage.
-    let dir = state.audit_dir.clone();
-    let exists = tokio::task::spawn_blocking(move || {
-        sluice_audit::read_from(&dir, from.at)
-            .ok()
-            .and_then(|mut r| r.next())
-            .is_some_and(|r| r.is_ok())
-    })
-    .await
-    .unwrap_or(false);
-    if !exists {
-        return bad_position();
-    }
-    match read_timeline(&state, &row.id, from, FOLLOW_EVENTS).await {
+    match read_timeline(&state, &row.id, from, FOLLOW_EVENTS, bad_position).await {
         Ok(t) => {
-            let events: Vec<&serde_json::Value> = t.events.iter().collect();
-            let mut response = pages::timeline_fragment(&events, row.started_ms);
+            let mut response = pages::timeline_fragment(&t.events, row.started_ms);
             let headers = response.headers_mut();
             headers.insert(
                 "x-session-open",
@@ -541,18 +506,25 @@ pub async fn timeline(
     }
 }
 
-async fn review_lists(
+/// The pending reviews the viewer may see, oldest first.
+async fn pending_reviews(
     state: &ApiState,
     viewer: &Viewer,
-) -> Option<(Vec<sluice_store::ReviewRow>, Vec<sluice_store::ReviewRow>)> {
-    let pending = state
+) -> Option<Vec<sluice_store::ReviewRow>> {
+    let rows = state
         .reviews
         .list(Some("pending".into()), QUEUE)
         .await
         .ok()?;
-    let all = state.reviews.list(None, QUEUE).await.ok()?;
-    let sees = |r: &sluice_store::ReviewRow| decisions::sees_review(&viewer.caller, r);
-    Some(queue(pending, all, sees))
+    Some(oldest_first(rows, |r| {
+        decisions::sees_review(&viewer.caller, r)
+    }))
+}
+
+/// The reviews decided last that the viewer may see.
+async fn recent_reviews(state: &ApiState, viewer: &Viewer) -> Option<Vec<sluice_store::ReviewRow>> {
+    let rows = state.reviews.list(None, QUEUE).await.ok()?;
+    Some(decided(rows, |r| decisions::sees_review(&viewer.caller, r)))
 }
 
 #[derive(Deserialize, Default)]
@@ -602,17 +574,20 @@ impl Queued for sluice_store::AccessRow {
     }
 }
 
-/// The pending ones the viewer may see, oldest first (so a new arrival goes to the end
-/// and nothing shown moves), and the most recent decided ones.
-fn queue<T: Queued>(pending: Vec<T>, all: Vec<T>, sees: impl Fn(&T) -> bool) -> (Vec<T>, Vec<T>) {
-    let mut pending: Vec<T> = pending.into_iter().filter(|r| sees(r)).collect();
-    pending.sort_by(|a, b| (a.created_ms(), a.id()).cmp(&(b.created_ms(), b.id())));
-    let recent = all
-        .into_iter()
+/// Those the viewer may see, oldest first: a new arrival goes to the end of a queue, so
+/// nothing already shown moves.
+fn oldest_first<T: Queued>(rows: Vec<T>, sees: impl Fn(&T) -> bool) -> Vec<T> {
+    let mut rows: Vec<T> = rows.into_iter().filter(|r| sees(r)).collect();
+    rows.sort_by(|a, b| (a.created_ms(), a.id()).cmp(&(b.created_ms(), b.id())));
+    rows
+}
+
+/// The most recent decided ones the viewer may see.
+fn decided<T: Queued>(rows: Vec<T>, sees: impl Fn(&T) -> bool) -> Vec<T> {
+    rows.into_iter()
         .filter(|r| r.status() != "pending" && sees(r))
         .take(RECENT)
-        .collect();
-    (pending, recent)
+        .collect()
 }
 
 /// Back to a queue page after a decision or request, which shows its notice.
@@ -627,18 +602,22 @@ pub async fn reviews(
     Query(done): Query<DoneQuery>,
 ) -> Response {
     let viewer = viewer_or_return!(state, headers);
-    match review_lists(&state, &viewer).await {
-        Some((pending, recent)) => {
+    let lists = (
+        pending_reviews(&state, &viewer).await,
+        recent_reviews(&state, &viewer).await,
+    );
+    match lists {
+        (Some(pending), Some(recent)) => {
             pages::reviews(&viewer, &pending, &recent, &done.notice(&pending, &recent))
         }
-        None => unavailable("the review store"),
+        _ => unavailable("the review store"),
     }
 }
 
 pub async fn review_queue(State(state): State<ApiState>, headers: HeaderMap) -> Response {
     let viewer = viewer_or_return!(state, headers);
-    match review_lists(&state, &viewer).await {
-        Some((pending, _)) => pages::review_queue_fragment(&viewer, &pending),
+    match pending_reviews(&state, &viewer).await {
+        Some(pending) => pages::review_queue_fragment(&viewer, &pending),
         None => unavailable("the review store"),
     }
 }
@@ -723,18 +702,24 @@ pub async fn decide_review(
     }
 }
 
-async fn access_lists(
-    state: &ApiState,
-    viewer: &Viewer,
-) -> Option<(Vec<sluice_store::AccessRow>, Vec<sluice_store::AccessRow>)> {
-    let pending = state
+/// The pending access requests the viewer may see, oldest first.
+async fn pending_access(state: &ApiState, viewer: &Viewer) -> Option<Vec<sluice_store::AccessRow>> {
+    let rows = state
         .access
         .list(Some("pending".into()), QUEUE)
         .await
         .ok()?;
-    let all = state.access.list(None, QUEUE).await.ok()?;
-    let sees = |r: &sluice_store::AccessRow| decisions::sees_access(state, &viewer.caller, r);
-    Some(queue(pending, all, sees))
+    Some(oldest_first(rows, |r| {
+        decisions::sees_access(state, &viewer.caller, r)
+    }))
+}
+
+/// The access requests decided last that the viewer may see.
+async fn recent_access(state: &ApiState, viewer: &Viewer) -> Option<Vec<sluice_store::AccessRow>> {
+    let rows = state.access.list(None, QUEUE).await.ok()?;
+    Some(decided(rows, |r| {
+        decisions::sees_access(state, &viewer.caller, r)
+    }))
 }
 
 pub async fn access(
@@ -744,19 +729,23 @@ pub async fn access(
 ) -> Response {
     let viewer = viewer_or_return!(state, headers);
     let names: Vec<String> = state.connections.iter().map(|c| c.name.clone()).collect();
-    match access_lists(&state, &viewer).await {
-        Some((pending, recent)) => {
+    let lists = (
+        pending_access(&state, &viewer).await,
+        recent_access(&state, &viewer).await,
+    );
+    match lists {
+        (Some(pending), Some(recent)) => {
             let notice = done.notice(&pending, &recent);
             pages::access(&viewer, &pending, &recent, &names, &notice)
         }
-        None => unavailable("the access-request store"),
+        _ => unavailable("the access-request store"),
     }
 }
 
 pub async fn access_queue(State(state): State<ApiState>, headers: HeaderMap) -> Response {
     let viewer = viewer_or_return!(state, headers);
-    match access_lists(&state, &viewer).await {
-        Some((pending, _)) => pages::access_queue_fragment(&viewer, &pending),
+    match pending_access(&state, &viewer).await {
+        Some(pending) => pages::access_queue_fragment(&viewer, &pending),
         None => unavailable("the access-request store"),
     }
 }

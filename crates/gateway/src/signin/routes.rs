@@ -67,19 +67,22 @@ pub struct StartQuery {
     login_hint: Option<String>,
 }
 
+/// Sends the browser to the provider, with the cookie that binds the sign-in to it.
+pub fn to_provider(state: &ApiState, url: &str, browser_key: &str) -> Response {
+    let mut response = redirect(url);
+    if let Ok(cookie) = state.signin.browser_cookie(browser_key).parse() {
+        response.headers_mut().insert(header::SET_COOKIE, cookie);
+    }
+    response
+}
+
 pub async fn oidc_start(State(state): State<ApiState>, Query(q): Query<StartQuery>) -> Response {
     match state
         .signin
         .browser_start(q.cli_port, &q.challenge, q.login_hint.as_deref())
         .await
     {
-        Ok((url, browser_key)) => {
-            let mut response = redirect(&url);
-            if let Ok(cookie) = state.signin.browser_cookie(&browser_key).parse() {
-                response.headers_mut().insert(header::SET_COOKIE, cookie);
-            }
-            response
-        }
+        Ok((url, browser_key)) => to_provider(&state, &url, &browser_key),
         Err(r) => page(r.status, "Sign-in could not start", &r.message),
     }
 }
