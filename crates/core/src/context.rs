@@ -109,12 +109,21 @@ impl AgentContext {
         self
     }
 
-    /// Every free-text field, for masking before the context is stored.
+    /// Every text field a client chose (all but the derived trace id), for masking before
+    /// the context is stored.
     pub fn texts_mut(&mut self) -> impl Iterator<Item = &mut String> {
-        [&mut self.prompt, &mut self.intent]
-            .into_iter()
-            .flatten()
-            .chain(self.tags.iter_mut().map(|(_, v)| v))
+        [
+            &mut self.client,
+            &mut self.client_version,
+            &mut self.conversation,
+            &mut self.tool_call,
+            &mut self.prompt,
+            &mut self.intent,
+            &mut self.traceparent,
+        ]
+        .into_iter()
+        .flatten()
+        .chain(self.tags.iter_mut().map(|(_, v)| v))
     }
 }
 

@@ -45,10 +45,14 @@ impl ContextScrubber {
         Some(Box::new(ctx))
     }
 
-    /// Masks what the detectors find in the context's free text.
+    /// Masks what the detectors find in every text of the context, and the passwords of
+    /// any connection string or URI in it.
     pub fn scrub(&self, ctx: &mut AgentContext) {
         let mut hits = Vec::new();
         for text in ctx.texts_mut() {
+            if let std::borrow::Cow::Owned(redacted) = sluice_sql::redact_text_secrets(text) {
+                *text = redacted;
+            }
             hits.clear();
             self.detectors.find(text.as_bytes(), &mut hits);
             if !hits.is_empty() {
@@ -105,5 +109,20 @@ mod tests {
         assert!(!prompt.contains("AKIAIOSFODNN7EXAMPLE"), "{prompt}");
         assert!(!prompt.contains("bob@example.com"), "{prompt}");
         assert!(prompt.ends_with("— ok"), "{prompt}");
+    }
+
+    #[test]
+    fn every_field_loses_connection_passwords() {
+        let scrubber = ContextScrubber::new();
+        let mut ctx = AgentContext::from_pairs(&[
+            ("prompt", "use postgres://app:hunter2@db/x"),
+            ("tool_call", "host=db password=s3cret"),
+            ("conversation", "postgresql://u:pw1234@h"),
+        ]);
+        scrubber.scrub(&mut ctx);
+        let all = format!("{ctx:?}");
+        for secret in ["hunter2", "s3cret", "pw1234"] {
+            assert!(!all.contains(secret), "{all}");
+        }
     }
 }

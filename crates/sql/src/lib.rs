@@ -14,7 +14,7 @@ mod split;
 mod sqlcommenter;
 
 pub use copy::{copy_to_stdout, CopyOut};
-pub use redact::redact_secrets;
+pub use redact::{redact_secrets, redact_text_secrets};
 pub use shape::{
     fingerprint, first_word_is, has_unicode_identifier, identifiers, normalize, significant_tokens,
 };

@@ -4,7 +4,7 @@ use std::borrow::Cow;
 use std::ops::Range;
 
 use crate::conninfo;
-use crate::lexer::{next_significant, tokenize, LiteralKind, Token, TokenKind};
+use crate::lexer::{next_significant, tokenize, Literal, LiteralKind, Token, TokenKind};
 
 /// What a secret string constant is replaced with.
 const REDACTED_LITERAL: &str = "'***'";
@@ -43,6 +43,30 @@ pub fn redact_secrets(sql: &str) -> Cow<'_, str> {
         copied = edit.range.end;
     }
     redacted.push_str(&sql[copied..]);
+    Cow::Owned(redacted)
+}
+
+/// Redacts the passwords in free text that is not SQL (a prompt, a tool's arguments):
+/// libpq connection strings (`password=…`) and URIs (`postgresql://user:…@host`) anywhere
+/// in it, as if it were the body of a dollar-quoted string.
+pub fn redact_text_secrets(text: &str) -> Cow<'_, str> {
+    let whole = Literal {
+        kind: LiteralKind::Dollar,
+        body_start: 0,
+        body_end: text.len(),
+    };
+    let ranges = conninfo::secret_ranges(text, whole);
+    if ranges.is_empty() {
+        return Cow::Borrowed(text);
+    }
+    let mut redacted = String::with_capacity(text.len());
+    let mut copied = 0;
+    for range in ranges {
+        redacted.push_str(&text[copied..range.start]);
+        redacted.push_str(REDACTED_TEXT);
+        copied = range.end;
+    }
+    redacted.push_str(&text[copied..]);
     Cow::Owned(redacted)
 }
 
@@ -316,5 +340,19 @@ mod tests {
             assert!(matches!(twice, Cow::Borrowed(_)), "input {sql:?}");
             assert_eq!(twice, once, "input {sql:?}");
         }
+    }
+
+    #[test]
+    fn free_text_loses_connection_passwords() {
+        let prompt = "connect with postgres://app:hunter2@db/x or host=db password=s3cret please";
+        let redacted = redact_text_secrets(prompt);
+        assert_eq!(
+            redacted,
+            "connect with postgres://app:***@db/x or host=db password=*** please"
+        );
+        assert!(matches!(
+            redact_text_secrets("no secrets here"),
+            Cow::Borrowed(_)
+        ));
     }
 }
