@@ -43,10 +43,6 @@ pub struct AgentContext {
 }
 
 impl AgentContext {
-    pub fn is_empty(&self) -> bool {
-        *self == AgentContext::default()
-    }
-
     /// Reads sqlcommenter-style pairs (or any key/value list an agent sends). Unknown keys
     /// become tags; values are bounded.
     pub fn from_pairs<K: AsRef<str>, V: AsRef<str>>(pairs: &[(K, V)]) -> AgentContext {

@@ -451,15 +451,7 @@ pub fn put_parse(out: &mut BytesMut, sql: &str) {
 
 /// Bind of the unnamed statement to the unnamed portal with one text parameter.
 pub fn put_bind_text(out: &mut BytesMut, value: &str) {
-    let len = 4 + 1 + 1 + 2 + 2 + 4 + value.len() + 2;
-    out.extend_from_slice(b"B");
-    out.extend_from_slice(&(len as i32).to_be_bytes());
-    out.extend_from_slice(b"\0\0"); // portal, statement
-    out.extend_from_slice(&0i16.to_be_bytes()); // parameter formats: all text
-    out.extend_from_slice(&1i16.to_be_bytes());
-    out.extend_from_slice(&(value.len() as i32).to_be_bytes());
-    out.extend_from_slice(value.as_bytes());
-    out.extend_from_slice(&0i16.to_be_bytes()); // result formats: all text
+    put_bind_texts(out, &[Some(value)]);
 }
 
 pub fn put_describe(out: &mut BytesMut, kind: u8, name: &str) {

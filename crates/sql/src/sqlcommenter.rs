@@ -35,10 +35,11 @@ pub fn take_comment(sql: &str) -> Option<Commented> {
         return None;
     }
     let tokens = tokenize(sql);
-    let escaped = tokenize_with(sql, false);
+    // Without a backslash the setting changes nothing: no second lexing.
+    let escaped = sql.contains('\\').then(|| tokenize_with(sql, false));
     let is_comment = |i: usize| {
         matches!(tokens[i].kind, TokenKind::BlockComment { terminated: true })
-            && escaped.contains(&tokens[i])
+            && escaped.as_ref().is_none_or(|e| e.contains(&tokens[i]))
     };
     let last = tokens
         .iter()

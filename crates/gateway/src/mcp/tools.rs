@@ -192,16 +192,15 @@ async fn open(
 ) -> Result<InProcessClient, SqlError> {
     // What the client calls itself, as the server would keep it: no control characters,
     // at most 63 bytes (NAMEDATALEN - 1).
-    let mut application_name: String = ctx
+    let printable: String = ctx
         .client
         .as_deref()
         .unwrap_or("mcp")
         .chars()
         .filter(|c| !c.is_control())
         .collect();
-    while application_name.len() > 63 {
-        application_name.pop();
-    }
+    // PostgreSQL keeps 63 bytes of application_name.
+    let application_name = sluice_core::text::clip(&printable, 63).to_owned();
     InProcessClient::connect(
         deps.frontend.clone(),
         InProcess {
