@@ -164,9 +164,9 @@ where
         .context("HTTP handshake")?;
     tokio::spawn(connection);
     let response = sender.send_request(request).await.context("sending")?;
-    let status = response.status();
-    let headers = response.headers().clone();
-    let body = Limited::new(response.into_body(), MAX_BODY)
+    let (parts, body) = response.into_parts();
+    let (status, headers) = (parts.status, parts.headers);
+    let body = Limited::new(body, MAX_BODY)
         .collect()
         .await
         .map_err(|e| anyhow!("reading the answer: {e}"))?

@@ -14,13 +14,12 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 
 use crate::http_client::{HttpClient, HttpResponse};
+use crate::mcp::SESSION_HEADER;
 
 /// A tool call may run a long query; the gateway ends stuck ones itself.
 const CALL_TIMEOUT: Duration = Duration::from_secs(300);
 /// Longest line read from the MCP client.
 const MAX_LINE: usize = 4 * 1024 * 1024;
-
-const SESSION_HEADER: &str = "mcp-session-id";
 const VERSION_HEADER: &str = "mcp-protocol-version";
 
 /// The HTTP side: where to post, as whom, and the MCP session once the gateway gave one.

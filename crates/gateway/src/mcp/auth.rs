@@ -84,7 +84,8 @@ pub struct McpAuth {
     pub owners: Arc<SessionOwners>,
 }
 
-pub(super) const SESSION_HEADER: &str = "mcp-session-id";
+/// The MCP streamable-HTTP session header (the server and `sluice mcp` alike).
+pub(crate) const SESSION_HEADER: &str = "mcp-session-id";
 
 /// Middleware: every `/mcp` request carries a sluice token (or service-account key) of a
 /// role that may act, and names only an MCP session its own user opened; the identity

@@ -7,7 +7,7 @@
 mod auth;
 mod tools;
 
-use auth::SESSION_HEADER;
+pub(crate) use auth::SESSION_HEADER;
 pub use auth::{authenticate, McpAuth};
 
 use std::sync::Arc;
