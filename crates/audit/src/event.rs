@@ -299,8 +299,8 @@ fn finite_f64<S: serde::Serializer>(value: &f64, serializer: S) -> Result<S::Ok,
     }
 }
 
-/// `SystemTime` as RFC 3339 UTC with exactly six fractional digits.
-mod rfc3339_micros {
+/// `SystemTime` as RFC 3339 UTC with exactly six fractional digits (for `#[serde(with)]`).
+pub mod rfc3339_micros {
     use std::time::{SystemTime, UNIX_EPOCH};
 
     use serde::{de, ser, Deserialize, Deserializer, Serializer};

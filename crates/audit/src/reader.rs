@@ -8,6 +8,13 @@ use crate::record::{self, Record};
 use crate::segment;
 use crate::writer::Position;
 
+/// The fields of a record that a reader decodes for itself ([`Records::next_as`]). Field
+/// names are those of the line format: `seq`, then [`Event`](crate::Event)'s.
+pub trait RecordView: serde::de::DeserializeOwned {
+    /// The record's `seq`.
+    fn seq(&self) -> u64;
+}
+
 /// Iterator over records, in log order, across segments. It parses records but does not check
 /// the hash chain (use [`verify`](crate::verify) for that). It ends after the first error, and
 /// quietly before a final line that is still being appended.
@@ -61,6 +68,19 @@ pub fn read_all(dir: &Path) -> Result<Records, AuditError> {
 
 impl Records {
     fn decode(&mut self, line: Result<Line, LineError>) -> Result<Record, AuditError> {
+        self.decode_with(line, |bytes| {
+            let record = record::parse_line(bytes)?;
+            Ok((record.seq, record))
+        })
+    }
+
+    /// Checks and positions one line, decoding it with `parse` (which returns the line's seq
+    /// and what it decoded).
+    fn decode_with<T>(
+        &mut self,
+        line: Result<Line, LineError>,
+        parse: impl FnOnce(&[u8]) -> Result<(u64, T), String>,
+    ) -> Result<T, AuditError> {
         let line = line.map_err(|err| {
             let file = segment::file_name(err.segment);
             match err.problem {
@@ -75,30 +95,46 @@ impl Records {
         })?;
         let (segment_number, offset) = (line.segment, line.offset);
         let file = || segment::file_name(line.segment);
-        let record = record::parse_line(&line.bytes).map_err(|detail| AuditError::Malformed {
+        let (seq, decoded) = parse(&line.bytes).map_err(|detail| AuditError::Malformed {
             file: file(),
             offset: line.offset,
             detail,
         })?;
         if let Some(expected) = self.first_seq.take() {
-            if record.seq != expected {
+            if seq != expected {
                 return Err(AuditError::PositionMismatch {
                     file: file(),
                     offset: line.offset,
                     expected,
-                    found: record.seq,
+                    found: seq,
                 });
             }
         }
         self.last = Some(Position {
             segment: segment_number,
             offset,
-            seq: record.seq,
+            seq,
         });
         if self.keep_lines {
             self.last_line = line.bytes;
         }
-        Ok(record)
+        Ok(decoded)
+    }
+
+    /// Like `next`, but decodes only the fields of `T` — for a reader that needs a few fields
+    /// of many records, such as an index, and should not pay for building whole events. The
+    /// hash is not looked at, as with `next`.
+    pub fn next_as<T: RecordView>(&mut self) -> Option<Result<T, AuditError>> {
+        if self.failed {
+            return None;
+        }
+        let line = self.lines.next()?;
+        let decoded = self.decode_with(line, |bytes| {
+            let view: T = serde_json::from_slice(bytes).map_err(|err| err.to_string())?;
+            Ok((view.seq(), view))
+        });
+        self.failed = decoded.is_err();
+        Some(decoded)
     }
 
     /// Keeps each record's stored line (without its newline) for [`Records::last_line`]:
