@@ -170,6 +170,9 @@ pub enum EventBody {
         /// What the agent or tool said about why (prompt, tool call, trace), when it did.
         #[serde(skip_serializing_if = "Option::is_none", default)]
         context: Option<Box<AgentContext>>,
+        /// For an API call (AWS, HTTP): service, action and resource.
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        call: Option<Box<CallInfo>>,
     },
     /// A statement was held for review.
     ReviewCreated {
@@ -246,7 +249,35 @@ pub enum EventBody {
         /// What masking changed in the answer, by column and by detector (counts only).
         #[serde(skip_serializing_if = "Vec::is_empty", default)]
         masked: Vec<MaskedInfo>,
+        /// For an API call: the HTTP status and the bytes each way.
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        transfer: Option<TransferInfo>,
     },
+}
+
+/// What an API call does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallInfo {
+    /// `s3`, `lambda`, `http`, …
+    pub service: String,
+    /// The API action (`GetObject`) or HTTP method.
+    pub action: String,
+    /// What it acts on (`bucket/key`, a function, a path).
+    pub resource: String,
+    /// What else it reads (a copy's source).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub source: Option<String>,
+}
+
+/// What an API call moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferInfo {
+    /// HTTP status of the answer.
+    pub status: u16,
+    /// Request body bytes forwarded to the target.
+    pub bytes_in: u64,
+    /// Answer body bytes sent to the client.
+    pub bytes_out: u64,
 }
 
 /// The review behind a statement's decision.

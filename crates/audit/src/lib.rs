@@ -21,7 +21,10 @@ mod verify;
 mod writer;
 
 pub use error::AuditError;
-pub use event::{rfc3339_micros, AgentContext, ErrorInfo, Event, EventBody, MaskedInfo, ReviewRef};
+pub use event::{
+    rfc3339_micros, AgentContext, CallInfo, ErrorInfo, Event, EventBody, MaskedInfo, ReviewRef,
+    TransferInfo,
+};
 pub use reader::{read_all, read_from, RecordView, Records};
 pub use record::{Record, GENESIS_HASH};
 pub use verify::{verify, verify_with_anchor, Anchor, VerifyError, VerifyErrorKind, VerifyReport};

@@ -290,6 +290,7 @@ async fn unserializable_event_is_rejected_without_writing() {
         time: common::time(),
         session: None,
         body: EventBody::Result {
+            transfer: None,
             statement_id: 1,
             status: "ok".into(),
             tag: None,

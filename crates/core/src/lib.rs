@@ -130,6 +130,27 @@ pub struct Request {
     /// Set when the frontend refuses the request itself because its text cannot be read
     /// safely: the pipeline records it, denied with this reason, and never judges it.
     pub refusal: Option<String>,
+    /// For an API call (AWS, HTTP) rather than a statement: what it does. Policy judges
+    /// these by action and resource instead of parsing `text`.
+    pub call: Option<ApiCall>,
+}
+
+/// One API call, named protocol-neutrally: `s3` / `GetObject` / `bucket/key`, or `http` /
+/// `DELETE` / `/v1/users/7`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiCall {
+    pub service: String,
+    pub action: String,
+    pub resource: String,
+    /// What else the call reads (a copy's source), judged as a read of it.
+    pub source: Option<String>,
+}
+
+impl ApiCall {
+    /// `service:action`, the way policies and the record name it.
+    pub fn qualified_action(&self) -> String {
+        format!("{}:{}", self.service, self.action)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,6 +208,19 @@ pub struct Outcome {
     pub duration: Duration,
     /// What masking changed in the answer, by column and by detector.
     pub masked: Vec<MaskCount>,
+    /// For an API call: the answer's status and the bytes each way.
+    pub transfer: Option<Transfer>,
+}
+
+/// What an API call moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transfer {
+    /// The HTTP status of the answer.
+    pub status: u16,
+    /// Request body bytes forwarded to the target.
+    pub bytes_in: u64,
+    /// Answer body bytes sent back to the client.
+    pub bytes_out: u64,
 }
 
 /// How many values one column rule or one detector masked in an answer (never the values).

@@ -13,7 +13,10 @@ use sluice_store::{NewUser, Origin, SessionFilter, Store, TokenKind, User};
 
 use crate::config::Config;
 use crate::views::{rfc3339_ms, session_detail, SessionSummary};
-use crate::{AgentsCommand, ServiceAccountsCommand, SessionsCommand, TokensCommand, UsersCommand};
+use crate::{
+    AgentsCommand, AwsKeysCommand, ServiceAccountsCommand, SessionsCommand, TokensCommand,
+    UsersCommand,
+};
 
 pub(crate) fn open_store(config: &Config) -> Result<Arc<Store>> {
     let path = config.store_path();
@@ -294,6 +297,102 @@ pub fn service_accounts(config: &Config, cmd: ServiceAccountsCommand) -> Result<
             }
             store.remove_user(&name)?;
             eprintln!("removed service account {name} and its keys");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn aws_keys(config: &Config, cmd: AwsKeysCommand) -> Result<ExitCode> {
+    let store = open_store(config)?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    match cmd {
+        AwsKeysCommand::Issue {
+            user,
+            connection,
+            ttl,
+            out,
+        } => {
+            if let Some(name) = &connection {
+                match config.connections.iter().find(|c| &c.name == name) {
+                    Some(c) if c.kind == crate::config::Kind::Aws => {}
+                    Some(_) => bail!("connection {name:?} is not a kind: aws connection"),
+                    None => bail!("no connection {name:?} in the configuration"),
+                }
+            }
+            let sealer = sluice_auth::Sealer::new(&config.sealing_key()?);
+            let issued = crate::aws::keys::issue(
+                &store,
+                &sealer,
+                &user,
+                connection.as_deref(),
+                parse_ttl(&ttl)?,
+            )?;
+            let endpoint = config
+                .listen
+                .http
+                .map(|a| format!("http://{a}"))
+                .unwrap_or_else(|| "http://<listen.http>".into());
+            let expires = humantime::format_rfc3339_seconds(issued.expires).to_string();
+            if out.json {
+                print_json(&json!({
+                    "access_key_id": issued.access_key_id,
+                    "secret_access_key": issued.secret_access_key,
+                    "user": issued.user,
+                    "connection": issued.connection,
+                    "expires": expires,
+                    "endpoint_url": endpoint,
+                }))?;
+            } else {
+                eprintln!(
+                    "issued AWS key {} for {} (expires {expires}); the secret is shown only now",
+                    issued.access_key_id, issued.user
+                );
+                println!("export AWS_ACCESS_KEY_ID={}", issued.access_key_id);
+                println!("export AWS_SECRET_ACCESS_KEY={}", issued.secret_access_key);
+                println!("export AWS_ENDPOINT_URL={endpoint}");
+            }
+        }
+        AwsKeysCommand::List { user, out } => {
+            let rows: Vec<_> = store
+                .list_aws_keys(user.as_deref())?
+                .iter()
+                .map(|k| {
+                    let state = if k.revoked_ms.is_some() {
+                        "revoked"
+                    } else if k.expires_ms <= now {
+                        "expired"
+                    } else {
+                        "active"
+                    };
+                    json!({
+                        "access_key_id": k.id, "user": k.user, "connection": k.connection,
+                        "state": state, "created": rfc3339_ms(k.created_ms),
+                        "expires": rfc3339_ms(k.expires_ms), "last_used": k.last_used_ms.map(rfc3339_ms),
+                    })
+                })
+                .collect();
+            if out.json {
+                print_json(&rows)?;
+            } else {
+                for r in rows {
+                    println!(
+                        "{}\t{}\t{}\texpires {}",
+                        r["access_key_id"].as_str().unwrap_or_default(),
+                        r["user"].as_str().unwrap_or_default(),
+                        r["state"].as_str().unwrap_or_default(),
+                        r["expires"].as_str().unwrap_or_default()
+                    );
+                }
+            }
+        }
+        AwsKeysCommand::Revoke { id } => {
+            if !store.revoke_aws_key(&id, now)? {
+                bail!("no active AWS key with id {id:?}");
+            }
+            eprintln!("revoked AWS key {id}");
         }
     }
     Ok(ExitCode::SUCCESS)

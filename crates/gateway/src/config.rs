@@ -330,6 +330,14 @@ pub struct Listen {
     /// remote agents.
     #[serde(default)]
     pub tunnel: Option<SocketAddr>,
+    /// Where AWS clients send requests (`AWS_ENDPOINT_URL=http://ADDR`); needed by
+    /// `kind: aws` connections.
+    #[serde(default)]
+    pub http: Option<SocketAddr>,
+    /// The host name S3 clients use for virtual-hosted addressing
+    /// (`BUCKET.s3.sluice.example.com`); absent: path-style only.
+    #[serde(default)]
+    pub s3_virtual_host: Option<String>,
 }
 
 impl Default for Listen {
@@ -338,6 +346,8 @@ impl Default for Listen {
             api: default_api(),
             postgres: default_postgres(),
             tunnel: None,
+            http: None,
+            s3_virtual_host: None,
         }
     }
 }
@@ -394,6 +404,18 @@ impl Default for Limits {
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
     Postgres,
+    /// AWS APIs (S3, Lambda, any SigV4 service): clients sign with a sluice key on
+    /// `listen.http`, the agent signs again with the real credential.
+    Aws,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Postgres => "postgres",
+            Kind::Aws => "aws",
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -404,13 +426,33 @@ pub struct Connection {
     /// `embedded` (the default) or, later, the name of a remote agent.
     #[serde(default = "default_agent")]
     pub agent: String,
-    /// `host:port` of the target.
+    /// `host:port` of the target (`kind: postgres`).
+    #[serde(default)]
     pub address: String,
+    #[serde(default)]
     pub database: String,
+    #[serde(default)]
     pub user: String,
     /// Literal, `env:NAME` or `file:PATH`; resolved by the agent at connect time.
     #[serde(default)]
     pub password: Option<String>,
+    /// `kind: aws`: the region requests are signed for.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// `kind: aws`: the services it serves, by signing name (`s3`, `lambda`, `dynamodb`, …).
+    #[serde(default)]
+    pub services: Vec<String>,
+    /// `kind: aws`: where requests go (an S3-compatible server, a VPC endpoint), e.g.
+    /// `https://s3.internal:9000`. Absent: AWS's endpoint for the service and region.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// `kind: aws`: the real credential, resolved by the agent like `password`.
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    #[serde(default)]
+    pub secret_access_key: Option<String>,
+    #[serde(default)]
+    pub session_token: Option<String>,
     #[serde(default)]
     pub tls: UpstreamTls,
     /// CA bundle for `tls: verify-full`.
@@ -617,9 +659,33 @@ impl Config {
                     );
                 }
             }
-            match c.address.rsplit_once(':') {
-                Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {}
-                _ => bail!("{}: {:?} must be host:port", at("address"), c.address),
+            match c.kind {
+                Kind::Postgres => {
+                    match c.address.rsplit_once(':') {
+                        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {}
+                        _ => bail!("{}: {:?} must be host:port", at("address"), c.address),
+                    }
+                    for (field, set) in [
+                        ("database", c.database.is_empty()),
+                        ("user", c.user.is_empty()),
+                    ] {
+                        if set {
+                            bail!("{}: required for kind: postgres", at(field));
+                        }
+                    }
+                    let aws_only = [
+                        ("region", c.region.is_some()),
+                        ("services", !c.services.is_empty()),
+                        ("endpoint", c.endpoint.is_some()),
+                        ("access_key_id", c.access_key_id.is_some()),
+                        ("secret_access_key", c.secret_access_key.is_some()),
+                        ("session_token", c.session_token.is_some()),
+                    ];
+                    if let Some((field, _)) = aws_only.iter().find(|(_, set)| *set) {
+                        bail!("{}: only kind: aws connections take it", at(field));
+                    }
+                }
+                Kind::Aws => self.validate_aws(c, &at)?,
             }
             if c.tls == UpstreamTls::VerifyFull && c.ca_file.is_none() {
                 bail!("{}: tls: verify-full needs ca_file", at("ca_file"));
@@ -654,6 +720,78 @@ impl Config {
         sluice_mask::Masking::new(&self.masking, Vec::new()).context("masking")?;
         self.identity.validate()?;
         crate::webhooks::Notifier::validate(&self.notifications.webhooks)?;
+        Ok(())
+    }
+
+    fn validate_aws(&self, c: &Connection, at: &dyn Fn(&str) -> String) -> Result<()> {
+        if self.listen.http.is_none() {
+            bail!(
+                "{}: kind: aws needs listen.http, where AWS clients send their requests",
+                at("kind")
+            );
+        }
+        if c.agent != "embedded" {
+            bail!(
+                "{}: kind: aws connections are served by the embedded agent for now (remote agents carry PostgreSQL sessions only)",
+                at("agent")
+            );
+        }
+        for (field, set) in [
+            ("address", !c.address.is_empty()),
+            ("database", !c.database.is_empty()),
+            ("user", !c.user.is_empty()),
+            ("password", c.password.is_some()),
+        ] {
+            if set {
+                bail!("{}: kind: aws connections do not take it", at(field));
+            }
+        }
+        match c.region.as_deref() {
+            Some(r)
+                if !r.is_empty() && r.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-') => {
+            }
+            _ => bail!(
+                "{}: kind: aws needs a region such as eu-west-1",
+                at("region")
+            ),
+        }
+        if c.services.is_empty() {
+            bail!(
+                "{}: name the services it serves, e.g. [s3, lambda]",
+                at("services")
+            );
+        }
+        if let Some(bad) = c.services.iter().find(|s| {
+            s.is_empty()
+                || !s
+                    .chars()
+                    .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-')
+        }) {
+            bail!(
+                "{}: {bad:?} is not a service signing name (s3, lambda, …)",
+                at("services")
+            );
+        }
+        if let Some(endpoint) = &c.endpoint {
+            let uri: hyper::Uri = endpoint
+                .parse()
+                .with_context(|| format!("{}: {endpoint:?} is not a URL", at("endpoint")))?;
+            if !matches!(uri.scheme_str(), Some("http" | "https"))
+                || uri.host().is_none()
+                || !uri.path().trim_end_matches('/').is_empty()
+            {
+                bail!(
+                    "{}: {endpoint:?} must be http(s)://HOST[:PORT], without a path",
+                    at("endpoint")
+                );
+            }
+        }
+        if c.access_key_id.is_none() || c.secret_access_key.is_none() {
+            bail!(
+                "{}: kind: aws needs access_key_id and secret_access_key (env:NAME or file:PATH)",
+                at("access_key_id")
+            );
+        }
         Ok(())
     }
 

@@ -21,10 +21,16 @@ impl ContextScrubber {
     /// Takes `request`'s sqlcommenter comment out of its text (policy and the record see
     /// the statement without it) and returns the context to record with it, if any.
     pub fn take(&self, session: &SessionInfo, request: &mut Request) -> Option<Box<AgentContext>> {
-        let own = sluice_sql::take_comment(&request.text).map(|c| {
-            request.text = c.statement;
-            AgentContext::from_pairs(&c.pairs)
-        });
+        // An API call's text names it (`s3:GetObject bucket/key`); it is not SQL, and a
+        // key may well contain `/*`.
+        let own = if request.call.is_some() {
+            None
+        } else {
+            sluice_sql::take_comment(&request.text).map(|c| {
+                request.text = c.statement;
+                AgentContext::from_pairs(&c.pairs)
+            })
+        };
         let mut ctx = match (own, &session.agent_context) {
             (None, None) => return None,
             (Some(own), Some(session_ctx)) => own.or(session_ctx),

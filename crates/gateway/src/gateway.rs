@@ -149,6 +149,22 @@ pub async fn run(config: Config) -> Result<File> {
     let api_listener = TcpListener::bind(config.listen.api)
         .await
         .with_context(|| format!("cannot listen on {} (listen.api)", config.listen.api))?;
+    let aws = match config.listen.http {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (listen.http)"))?;
+            let frontend = crate::aws::AwsFrontend::new(
+                pipeline.clone(),
+                store.clone(),
+                sluice_auth::Sealer::new(&config.sealing_key()?),
+                aws_targets(&config)?,
+                config.listen.s3_virtual_host.clone(),
+            );
+            Some((Arc::new(frontend), listener))
+        }
+        None => None,
+    };
     let tunnel_listener = match config.listen.tunnel {
         Some(addr) => Some(
             TcpListener::bind(addr)
@@ -215,8 +231,18 @@ pub async fn run(config: Config) -> Result<File> {
             None => std::future::pending().await,
         }
     };
+    let aws = async {
+        match aws {
+            Some((frontend, listener)) => {
+                info!(http = ?config.listen.http, "accepting AWS clients");
+                frontend.serve(listener).await
+            }
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         r = tunnel => r.context("tunnel listener failed")?,
+        r = aws => r.context("http listener failed")?,
         r = frontend.serve(pg_listener) => r.context("postgres listener failed")?,
         r = axum::serve(
             api_listener,
@@ -265,8 +291,11 @@ async fn anchor_audit_log(audit: AuditWriter, store: Arc<Store>) {
 
 fn postgres_targets(config: &Config) -> Result<HashMap<String, PostgresTarget>> {
     let mut targets = HashMap::new();
-    for c in &config.connections {
-        let config::Kind::Postgres = c.kind;
+    for c in config
+        .connections
+        .iter()
+        .filter(|c| c.kind == config::Kind::Postgres)
+    {
         let tls = match c.tls {
             UpstreamTls::Disable => TlsMode::Disable,
             UpstreamTls::Prefer => TlsMode::Prefer,
@@ -299,6 +328,33 @@ fn postgres_targets(config: &Config) -> Result<HashMap<String, PostgresTarget>> 
         );
     }
     Ok(targets)
+}
+
+fn aws_targets(config: &Config) -> Result<Vec<crate::aws::AwsTarget>> {
+    config
+        .connections
+        .iter()
+        .filter(|c| c.kind == config::Kind::Aws)
+        .map(|c| {
+            let secret = |s: &Option<String>| s.as_deref().map(SecretRef::parse);
+            Ok(crate::aws::AwsTarget {
+                name: c.name.clone(),
+                region: c.region.clone().unwrap_or_default(),
+                services: c.services.clone(),
+                endpoint: c
+                    .endpoint
+                    .as_deref()
+                    .map(str::parse)
+                    .transpose()
+                    .with_context(|| format!("connection {}: endpoint", c.name))?,
+                access_key_id: secret(&c.access_key_id).context("access_key_id")?,
+                secret_access_key: secret(&c.secret_access_key).context("secret_access_key")?,
+                session_token: secret(&c.session_token),
+                tls: crate::tls::client_config(c.ca_file.as_deref())
+                    .with_context(|| format!("connection {}: ca_file", c.name))?,
+            })
+        })
+        .collect()
 }
 
 fn create_private_dir(path: &std::path::Path) -> Result<()> {
@@ -364,13 +420,18 @@ fn connection_views(config: &Config) -> Vec<ConnectionView> {
         .iter()
         .map(|c| ConnectionView {
             name: c.name.clone(),
-            kind: match c.kind {
-                config::Kind::Postgres => "postgres",
-            },
+            kind: c.kind.as_str(),
             agent: c.agent.clone(),
             allow: allow.get(&c.name).cloned().flatten(),
             requires_access_request: c.require_access_request,
-            listen: config.listen.postgres.to_string(),
+            listen: match c.kind {
+                config::Kind::Postgres => config.listen.postgres.to_string(),
+                config::Kind::Aws => config
+                    .listen
+                    .http
+                    .map(|a| a.to_string())
+                    .unwrap_or_default(),
+            },
         })
         .collect()
 }

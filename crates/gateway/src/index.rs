@@ -159,6 +159,7 @@ mod tests {
         Event::now(
             Some(session.into()),
             EventBody::Statement {
+                call: None,
                 statement_id: id,
                 user: "eve".into(),
                 actor: "human".into(),
@@ -181,6 +182,7 @@ mod tests {
         Event::now(
             Some(session.into()),
             EventBody::Result {
+                transfer: None,
                 statement_id: id,
                 status: "ok".into(),
                 tag: None,

@@ -5,6 +5,7 @@ mod agent;
 mod agents;
 mod api;
 mod api_client;
+mod aws;
 mod client;
 mod commands;
 mod config;
@@ -120,6 +121,10 @@ enum Command {
     /// Issue, list and revoke access tokens.
     #[command(subcommand)]
     Tokens(TokensCommand),
+    /// Issue, list and revoke AWS key pairs for `kind: aws` connections (clients sign with
+    /// them; they never hold an AWS credential).
+    #[command(subcommand, name = "aws-keys")]
+    AwsKeys(AwsKeysCommand),
     /// Inspect recorded sessions.
     #[command(subcommand)]
     Sessions(SessionsCommand),
@@ -406,6 +411,34 @@ enum TokensCommand {
 }
 
 #[derive(Subcommand)]
+enum AwsKeysCommand {
+    /// Issue a key pair for a user: prints the access key id and secret (`--json`: an
+    /// object), and the environment to use it with.
+    Issue {
+        #[arg(long)]
+        user: String,
+        /// The one `kind: aws` connection the key is for (default: whichever serves the
+        /// service a request is signed for).
+        #[arg(long)]
+        connection: Option<String>,
+        /// Lifetime, e.g. 1h, 12h, 7d (at most 30d).
+        #[arg(long, default_value = "12h")]
+        ttl: String,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// List key pairs (ids, users, state; never the secrets).
+    List {
+        #[arg(long)]
+        user: Option<String>,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Revoke a key pair by its access key id.
+    Revoke { id: String },
+}
+
+#[derive(Subcommand)]
 enum SessionsCommand {
     /// List sessions, newest first. Every given filter must hold.
     List {
@@ -614,6 +647,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             client::mcp::run(&gateway, token)
         }
         Command::Tokens(cmd) => commands::tokens(&config, cmd),
+        Command::AwsKeys(cmd) => commands::aws_keys(&config, cmd),
         Command::Sessions(cmd) => commands::sessions(&config, cmd),
         Command::Audit(AuditCommand::Verify { out }) => commands::audit_verify(&config, out.json),
         Command::Access(args) => {

@@ -6,11 +6,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use sluice_audit::{AuditWriter, ErrorInfo, Event, EventBody, MaskedInfo, ReviewRef};
+use sluice_audit::{
+    AuditWriter, CallInfo, ErrorInfo, Event, EventBody, MaskedInfo, ReviewRef, TransferInfo,
+};
 use sluice_auth::{AuthError, Tokens};
 use sluice_core::{
     AgentContext, AuthFailure, Decision, HoldChannel, Identity, Outcome, OutcomeStatus, Pipeline,
-    RecordError, Request, RequestKind, SessionControl, SessionInfo,
+    RecordError, Request, RequestKind, Role, SessionControl, SessionInfo,
 };
 use sluice_policy::{Policy, Principal, Review, ReviewMode, SessionPolicy, Subject, Verdict};
 use sluice_store::ReviewRow;
@@ -92,7 +94,8 @@ impl GatewayPipeline {
         }
     }
 
-    fn auth_failed(
+    /// Records a failed authentication (also for frontends that check a signature themselves).
+    pub(crate) fn auth_failed(
         &self,
         user: &str,
         connection: &str,
@@ -152,6 +155,43 @@ impl GatewayPipeline {
         .abort_handle()
     }
 
+    /// Whether `identity` (of `role`, already authenticated) may open a session on
+    /// `connection`: its role uses connections, the connection's `allow` list names it, or
+    /// an approved access request lets it in for its window.
+    pub async fn admit(
+        &self,
+        identity: Identity,
+        role: Role,
+        connection: &str,
+    ) -> Result<Identity, AuthFailure> {
+        let user = identity.user.clone();
+        // Auditors read the record; they do not use the connections.
+        if !role.acts() {
+            return Err(AuthFailure::NotAllowed {
+                user,
+                connection: connection.to_owned(),
+            });
+        }
+        match self.needs_grant(connection, &identity) {
+            None => Err(AuthFailure::UnknownConnection(connection.to_owned())),
+            Some(false) => Ok(identity),
+            Some(true) => match self.access.grant(&user, connection).await {
+                Ok(Some(_)) => Ok(identity),
+                Ok(None) if self.requires_access.contains(connection) => {
+                    Err(AuthFailure::AccessRequired(connection.to_owned()))
+                }
+                Ok(None) => Err(AuthFailure::NotAllowed {
+                    user,
+                    connection: connection.to_owned(),
+                }),
+                Err(e) => {
+                    error!(error = %e, "access grants unavailable");
+                    Err(AuthFailure::Unavailable("metadata store error".into()))
+                }
+            },
+        }
+    }
+
     /// Ends every open session, telling each client `message` (the gateway is stopping).
     pub fn end_all_sessions(&self, message: &str) {
         for open in self.sessions().values() {
@@ -193,6 +233,11 @@ impl GatewayPipeline {
                 // Refused by the frontend: not judged (and not followed: it never runs).
                 if r.refusal.is_some() {
                     return Verdict::Allow;
+                }
+                if let Some(call) = &r.call {
+                    return self
+                        .policy
+                        .judge_call(&session.identity, &session.connection, call);
                 }
                 let name = r.statement_name.as_deref();
                 let subject = Subject {
@@ -457,30 +502,7 @@ impl Pipeline for GatewayPipeline {
             Ok(Ok(v)) if v.identity.user != user => {
                 Err(AuthFailure::BadCredentials(user.to_owned()))
             }
-            // Auditors read the record; they do not use the connections.
-            Ok(Ok(v)) if !v.role.acts() => Err(AuthFailure::NotAllowed {
-                user: user.to_owned(),
-                connection: connection.to_owned(),
-            }),
-            Ok(Ok(v)) => match self.needs_grant(connection, &v.identity) {
-                None => Err(AuthFailure::UnknownConnection(connection.to_owned())),
-                Some(false) => Ok(v.identity),
-                // An approved access request lets its holder in for its window.
-                Some(true) => match self.access.grant(user, connection).await {
-                    Ok(Some(_)) => Ok(v.identity),
-                    Ok(None) if self.requires_access.contains(connection) => {
-                        Err(AuthFailure::AccessRequired(connection.to_owned()))
-                    }
-                    Ok(None) => Err(AuthFailure::NotAllowed {
-                        user: user.to_owned(),
-                        connection: connection.to_owned(),
-                    }),
-                    Err(e) => {
-                        error!(error = %e, "access grants unavailable");
-                        Err(AuthFailure::Unavailable("metadata store error".into()))
-                    }
-                },
-            },
+            Ok(Ok(v)) => self.admit(v.identity, v.role, connection).await,
         };
         if let Err(failure) = &result {
             self.auth_failed(user, connection, client_addr, protocol, failure);
@@ -659,6 +681,14 @@ impl Pipeline for GatewayPipeline {
                     Event::now(
                         Some(session.id.clone()),
                         EventBody::Statement {
+                            call: r.call.map(|c| {
+                                Box::new(CallInfo {
+                                    service: c.service,
+                                    action: c.action,
+                                    resource: c.resource,
+                                    source: c.source,
+                                })
+                            }),
                             statement_id: r.id,
                             user: session.identity.user.clone(),
                             actor: session.identity.actor.as_str().into(),
@@ -726,8 +756,14 @@ impl Pipeline for GatewayPipeline {
                 values: m.values,
             })
             .collect();
+        let transfer = outcome.transfer.map(|t| TransferInfo {
+            status: t.status,
+            bytes_in: t.bytes_in,
+            bytes_out: t.bytes_out,
+        });
         let body = match outcome.status {
             OutcomeStatus::Ok { tag, rows } => EventBody::Result {
+                transfer,
                 statement_id: outcome.request_id,
                 status: "ok".into(),
                 tag: Some(tag),
@@ -741,6 +777,7 @@ impl Pipeline for GatewayPipeline {
                 message,
                 rows,
             } => EventBody::Result {
+                transfer,
                 statement_id: outcome.request_id,
                 status: "error".into(),
                 tag: None,
@@ -750,6 +787,7 @@ impl Pipeline for GatewayPipeline {
                 masked,
             },
             OutcomeStatus::NotExecuted { reason } => EventBody::Result {
+                transfer,
                 statement_id: outcome.request_id,
                 status: "not_executed".into(),
                 tag: None,

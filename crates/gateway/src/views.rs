@@ -354,10 +354,11 @@ fn add_event(events: &mut Vec<Value>, by_statement: &mut HashMap<u64, usize>, r:
             review,
             access_request,
             context,
+            call,
             ..
         } => {
             by_statement.insert(statement_id, events.len());
-            events.push(json!({
+            let mut entry = json!({
                 "seq": r.seq, "time": time, "kind": if prepare { "prepare" } else { "statement" },
                 "statement_id": statement_id, "actor": actor, "statement": statement, "params": params,
                 "statement_name": statement_name,
@@ -365,7 +366,11 @@ fn add_event(events: &mut Vec<Value>, by_statement: &mut HashMap<u64, usize>, r:
                 "access_request": access_request, "context": context,
                 "status": null, "tag": null, "rows": null, "duration_ms": null, "error": null,
                 "masked": [],
-            }));
+            });
+            if let (Some(call), Value::Object(fields)) = (call, &mut entry) {
+                fields.insert("call".into(), json!(call));
+            }
+            events.push(entry);
         }
         EventBody::Result {
             statement_id,
@@ -375,6 +380,7 @@ fn add_event(events: &mut Vec<Value>, by_statement: &mut HashMap<u64, usize>, r:
             duration_ms,
             error,
             masked,
+            transfer,
         } => {
             let error = error.map(|e| json!({ "code": e.code, "message": e.message }));
             let masked: Vec<Value> = masked
@@ -390,11 +396,14 @@ fn add_event(events: &mut Vec<Value>, by_statement: &mut HashMap<u64, usize>, r:
                     stmt.insert("error".into(), error.unwrap_or(Value::Null));
                     stmt.insert("masked".into(), json!(masked));
                     stmt.insert("result_seq".into(), json!(r.seq));
+                    if let Some(transfer) = transfer {
+                        stmt.insert("transfer".into(), json!(transfer));
+                    }
                 }
                 _ => events.push(with_statement_keys(json!({
                     "seq": r.seq, "time": time, "kind": "result", "statement_id": statement_id,
                     "status": status, "tag": tag, "rows": rows, "duration_ms": duration_ms, "error": error,
-                    "masked": masked,
+                    "masked": masked, "transfer": transfer,
                 }))),
             }
         }

@@ -314,11 +314,45 @@ impl Policy {
         facts: &Facts,
         search_path: &SearchPath,
     ) -> Verdict {
+        self.strictest(identity, connection, |rule| {
+            rule.matches(facts, search_path)
+        })
+    }
+
+    /// Decides an API call (AWS, HTTP) for `identity` on `connection`: by its
+    /// `service:Action` and resource. A call that also reads something (a copy's source) is
+    /// judged as well as a `GetObject`-style read of that: the stricter verdict wins, so a
+    /// copy cannot take out what a rule keeps from being read.
+    pub fn judge_call(
+        &self,
+        identity: &Identity,
+        connection: &str,
+        call: &sluice_core::ApiCall,
+    ) -> Verdict {
+        let action = call.qualified_action();
+        let read = call.source.as_ref().map(|source| {
+            (
+                format!("{}:{}", call.service, read_action(&call.service)),
+                source,
+            )
+        });
+        self.strictest(identity, connection, |rule| {
+            rule.matches_call(&action, &call.resource)
+                || read
+                    .as_ref()
+                    .is_some_and(|(action, source)| rule.matches_call(action, source))
+        })
+    }
+
+    fn strictest(
+        &self,
+        identity: &Identity,
+        connection: &str,
+        matches: impl Fn(&Rule) -> bool,
+    ) -> Verdict {
         let mut verdict = Verdict::Allow;
         for rule in self.rules.iter().filter(|rule| {
-            rule.covers_connection(connection)
-                && rule.applies_to(identity)
-                && rule.matches(facts, search_path)
+            rule.covers_connection(connection) && rule.applies_to(identity) && matches(rule)
         }) {
             match &rule.action {
                 Action::Deny => {
@@ -370,6 +404,14 @@ impl Policy {
         }
         cache.insert(key, classified.clone());
         classified
+    }
+}
+
+/// The action that reads one object of `service`, for judging a copy's source.
+fn read_action(service: &str) -> &'static str {
+    match service {
+        "s3" => "GetObject",
+        _ => "Read",
     }
 }
 

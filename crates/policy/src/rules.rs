@@ -78,6 +78,14 @@ pub struct MatchSpec {
     /// Function globs, `name` or `schema.name`.
     #[serde(default)]
     pub functions: Vec<String>,
+    /// API actions of AWS and HTTP connections, `service:Action` globs: `s3:DeleteObject`,
+    /// `s3:Put*`, `lambda:Invoke`, `http:DELETE`.
+    #[serde(default)]
+    pub actions: Vec<String>,
+    /// What an API call acts on, globs: `prod-*` (a bucket), `prod-*/*` (its objects),
+    /// `billing-*` (a function), `/admin/*` (an HTTP path).
+    #[serde(default)]
+    pub resources: Vec<String>,
 }
 
 /// How a client waits for a review.
@@ -162,6 +170,21 @@ struct Matcher {
     tables: Vec<TablePattern>,
     where_present: Option<bool>,
     functions: Vec<String>,
+    actions: Vec<String>,
+    resources: Vec<String>,
+}
+
+impl Matcher {
+    fn has_sql_criteria(&self) -> bool {
+        !self.kinds.is_empty()
+            || !self.tables.is_empty()
+            || self.where_present.is_some()
+            || !self.functions.is_empty()
+    }
+
+    fn has_call_criteria(&self) -> bool {
+        !self.actions.is_empty() || !self.resources.is_empty()
+    }
 }
 
 /// Where a session's unqualified table names may resolve (every schema it may have put on
@@ -330,6 +353,33 @@ impl Rule {
                 }
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let globs = |list: &[String], key: &str| {
+            list.iter()
+                .map(|g| match g.trim() {
+                    "" => Err(invalid(format!("`match.{key}` has an empty entry"))),
+                    g => Ok(g.to_owned()),
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let actions = globs(&spec.matcher.actions, "actions")?;
+        if let Some(bad) = actions.iter().find(|a| !a.contains(':')) {
+            return Err(invalid(format!(
+                "`match.actions`: {bad:?} must be service:Action (e.g. s3:DeleteObject)"
+            )));
+        }
+        let matcher = Matcher {
+            kinds,
+            tables,
+            where_present,
+            functions,
+            actions,
+            resources: globs(&spec.matcher.resources, "resources")?,
+        };
+        if matcher.has_sql_criteria() && matcher.has_call_criteria() {
+            return Err(invalid(
+                "`match` mixes SQL criteria (statement, tables, where, functions) with API criteria (actions, resources); write two rules".into(),
+            ));
+        }
         Ok(Rule {
             name: spec.name.clone(),
             connections: spec.connections.clone(),
@@ -337,12 +387,7 @@ impl Rule {
             except,
             action,
             message: spec.message.clone(),
-            matcher: Matcher {
-                kinds,
-                tables,
-                where_present,
-                functions,
-            },
+            matcher,
         })
     }
 
@@ -358,9 +403,22 @@ impl Rule {
         named && !self.except.iter().any(|p| p.covers(identity))
     }
 
+    /// Whether an API call matches: its `service:Action` against `actions`, what it acts
+    /// on against `resources`. Rules with SQL criteria never match a call.
+    pub fn matches_call(&self, action: &str, resource: &str) -> bool {
+        let m = &self.matcher;
+        !m.has_sql_criteria()
+            && (m.actions.is_empty() || m.actions.iter().any(|p| action_matches(p, action)))
+            && (m.resources.is_empty() || m.resources.iter().any(|p| glob(p, resource)))
+    }
+
     /// Whether the statement described by `facts`, run in a session with `path`, matches.
+    /// Rules with API criteria never match a statement.
     pub fn matches(&self, facts: &Facts, path: &SearchPath) -> bool {
         let m = &self.matcher;
+        if m.has_call_criteria() {
+            return false;
+        }
         let tables_ok = |tables: &[&TableName]| {
             m.tables.is_empty()
                 || tables
@@ -393,6 +451,15 @@ impl Rule {
                     .is_none_or(|want| op.has_where == Some(want))
                 && tables_ok(&op.tables.iter().collect::<Vec<_>>())
         })
+    }
+}
+
+/// `s3:Put*` against `s3:PutObject`: the service exactly (case-insensitive, as AWS treats
+/// it), the action as a glob.
+fn action_matches(pattern: &str, action: &str) -> bool {
+    match (pattern.split_once(':'), action.split_once(':')) {
+        (Some((ps, pa)), Some((s, a))) => ps.eq_ignore_ascii_case(s) && glob(pa, a),
+        _ => false,
     }
 }
 

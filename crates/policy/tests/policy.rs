@@ -612,3 +612,93 @@ fn second_red_team_pass_stays_closed() {
         Verdict::Deny { .. }
     ));
 }
+
+fn call(service: &str, action: &str, resource: &str, source: Option<&str>) -> sluice_core::ApiCall {
+    sluice_core::ApiCall {
+        service: service.into(),
+        action: action.into(),
+        resource: resource.into(),
+        source: source.map(str::to_owned),
+    }
+}
+
+#[test]
+fn api_calls_are_judged_by_action_and_resource_and_copies_by_their_source_too() {
+    let specs: Vec<RuleSpec> = serde_yaml_ng::from_str(
+        r#"
+- { name: keep-prod, match: { actions: ["s3:DeleteObject", "s3:DeleteObjects"], resources: ["prod-*"] }, action: deny }
+- { name: secrets, match: { actions: ["s3:GetObject"], resources: ["secret/*"] }, action: deny }
+- { name: billing, match: { actions: ["lambda:Invoke"], resources: ["billing-*"] }, action: review, reviewers: [group:ops] }
+- { name: no-drop, match: { statement: [drop] }, action: deny }
+"#,
+    )
+    .unwrap();
+    let p = Policy::new(&specs, &[("aws".into(), Unparsed::Deny)]).unwrap();
+    let alice = person(&[]);
+    let judged = |c: &sluice_core::ApiCall| match p.judge_call(&alice, "aws", c) {
+        Verdict::Allow => None,
+        Verdict::Deny { rule, .. } => Some(rule),
+        Verdict::Review { rule, .. } => Some(format!("review:{rule}")),
+        Verdict::NotUnderstood { .. } => Some(String::new()),
+    };
+    assert_eq!(
+        judged(&call("s3", "DeleteObject", "prod-eu/a.csv", None)).as_deref(),
+        Some("keep-prod")
+    );
+    assert_eq!(judged(&call("s3", "DeleteObject", "dev/a.csv", None)), None);
+    assert_eq!(
+        judged(&call("s3", "PutObject", "prod-eu/a.csv", None)),
+        None
+    );
+    // Service names are case-insensitive, actions are not globbed loosely.
+    assert_eq!(
+        judged(&call("S3", "DeleteObject", "prod-eu/a", None)).as_deref(),
+        Some("keep-prod")
+    );
+    assert_eq!(
+        judged(&call("s3", "DeleteObjectTagging", "prod-eu/a", None)),
+        None
+    );
+    assert_eq!(
+        judged(&call("lambda", "Invoke", "billing-x", None)).as_deref(),
+        Some("review:billing")
+    );
+    // A copy reads its source: it cannot carry out what may not be read.
+    assert_eq!(
+        judged(&call(
+            "s3",
+            "CopyObject",
+            "open/x",
+            Some("secret/passwords.txt")
+        ))
+        .as_deref(),
+        Some("secrets")
+    );
+    assert_eq!(
+        judged(&call("s3", "CopyObject", "open/x", Some("open/y"))),
+        None
+    );
+    // SQL rules never match calls, and call rules never match SQL.
+    assert_eq!(
+        rule(&p, &alice, "aws", "DROP TABLE t").as_deref(),
+        Some("no-drop")
+    );
+    assert_eq!(
+        rule(&p, &alice, "aws", "DELETE FROM prod_x WHERE id = 1"),
+        None
+    );
+
+    let mixed: Vec<RuleSpec> = serde_yaml_ng::from_str(
+        "[{ name: m, match: { statement: [drop], actions: [\"s3:*\"] }, action: deny }]",
+    )
+    .unwrap();
+    let err = Policy::new(&mixed, &[]).unwrap_err().to_string();
+    assert!(err.contains("mixes SQL criteria"), "{err}");
+    let bare: Vec<RuleSpec> =
+        serde_yaml_ng::from_str("[{ name: m, match: { actions: [DeleteObject] }, action: deny }]")
+            .unwrap();
+    assert!(Policy::new(&bare, &[])
+        .unwrap_err()
+        .to_string()
+        .contains("service:Action"));
+}

@@ -196,6 +196,20 @@ const MIGRATIONS: &[&str] = &[
         seq     INTEGER NOT NULL
     ) STRICT;
     ",
+    // v9: AWS access keys; the secret is sealed, a SigV4 check needs it.
+    "
+    CREATE TABLE aws_keys (
+        id            TEXT    NOT NULL PRIMARY KEY,
+        user_name     TEXT    NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+        sealed_secret TEXT    NOT NULL,
+        created_ms    INTEGER NOT NULL,
+        expires_ms    INTEGER NOT NULL,
+        revoked_ms    INTEGER,
+        last_used_ms  INTEGER,
+        connection    TEXT
+    ) STRICT;
+    CREATE INDEX aws_keys_by_user ON aws_keys(user_name);
+    ",
 ];
 
 /// Handle to the metadata database.

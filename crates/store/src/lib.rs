@@ -11,6 +11,7 @@
 mod access;
 mod agents;
 mod anchor;
+mod aws_keys;
 mod db;
 mod error;
 mod refresh;
@@ -22,6 +23,7 @@ mod users;
 
 pub use access::{AccessRow, NewAccessRequest};
 pub use agents::AgentRow;
+pub use aws_keys::AwsKeyRow;
 pub use db::Store;
 pub use error::StoreError;
 pub use refresh::RefreshHandle;

@@ -49,6 +49,7 @@ pub fn every_kind() -> Vec<Event> {
             reason: "bad password".into(),
         },
         EventBody::Statement {
+            call: None,
             statement_id: 7,
             user: "alice".into(),
             actor: "human".into(),
@@ -77,6 +78,7 @@ pub fn every_kind() -> Vec<Event> {
             ]))),
         },
         EventBody::Statement {
+            call: None,
             statement_id: 8,
             user: "alice".into(),
             actor: "human".into(),
@@ -129,6 +131,7 @@ pub fn every_kind() -> Vec<Event> {
             reason: Some("looks fine".into()),
         },
         EventBody::Result {
+            transfer: None,
             statement_id: 7,
             status: "ok".into(),
             tag: Some("SELECT 1".into()),
@@ -138,6 +141,7 @@ pub fn every_kind() -> Vec<Event> {
             masked: Vec::new(),
         },
         EventBody::Result {
+            transfer: None,
             statement_id: 9,
             status: "error".into(),
             tag: None,
@@ -180,6 +184,7 @@ pub fn statement(id: u64) -> Event {
         time: time(),
         session: Some("s-1".into()),
         body: EventBody::Statement {
+            call: None,
             statement_id: id,
             user: "alice".into(),
             actor: "human".into(),

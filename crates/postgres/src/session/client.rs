@@ -480,6 +480,7 @@ impl<P: Pipeline> ClientToServer<P> {
     ) -> Action {
         let id = self.next_id();
         requests.push(Request {
+            call: None,
             id,
             kind: match parsed {
                 Some(_) => RequestKind::Prepare,
@@ -506,6 +507,7 @@ impl<P: Pipeline> ClientToServer<P> {
     ) -> usize {
         let id = self.next_id();
         requests.push(Request {
+            call: None,
             id,
             kind: RequestKind::Prepare,
             text,
@@ -542,6 +544,7 @@ impl<P: Pipeline> ClientToServer<P> {
                 for stmt in statements {
                     let id = self.next_id();
                     requests.push(Request {
+                        call: None,
                         id,
                         kind: RequestKind::Execute,
                         text: sluice_sql::redact_secrets(stmt.text).into_owned(),
@@ -676,6 +679,7 @@ impl<P: Pipeline> ClientToServer<P> {
                 };
                 let id = self.next_id();
                 requests.push(Request {
+                    call: None,
                     id,
                     kind: RequestKind::Execute,
                     text,
@@ -693,6 +697,7 @@ impl<P: Pipeline> ClientToServer<P> {
             (_, Some(FrontendMessage::FunctionCall { oid, args })) => {
                 let id = self.next_id();
                 requests.push(Request {
+                    call: None,
                     id,
                     kind: RequestKind::Execute,
                     text: format!("<fast-path function call, oid {oid}>"),

@@ -124,6 +124,7 @@ impl Exec {
 
     fn finish(self, status: OutcomeStatus) -> Outcome {
         Outcome {
+            transfer: None,
             request_id: self.request_id,
             status,
             duration: self.started.elapsed(),
@@ -143,6 +144,7 @@ impl Exec {
 
 pub(super) fn not_executed(request_id: u64, reason: &str) -> Outcome {
     Outcome {
+        transfer: None,
         request_id,
         status: OutcomeStatus::NotExecuted {
             reason: reason.to_owned(),

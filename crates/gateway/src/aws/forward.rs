@@ -1,0 +1,222 @@
+//! The embedded agent's side of an AWS call: resolve the real credential, sign the request
+//! again with it, and send it to the service (or the configured endpoint), streaming both
+//! bodies.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use hyper::body::Incoming;
+use hyper::header::{HeaderMap, HeaderValue};
+use hyper::{Method, Request, Response, Uri};
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::ServerName;
+use sluice_agent::SecretRef;
+use sluice_aws::{Credentials, PayloadHash};
+use tokio::net::TcpStream;
+
+use super::body::BoxBody;
+
+/// How long connecting to the target may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A `kind: aws` connection as the agent serves it.
+pub struct AwsTarget {
+    pub name: String,
+    pub region: String,
+    pub services: Vec<String>,
+    /// `scheme://host[:port]`; `None`: AWS's endpoint for the service and region.
+    pub endpoint: Option<Uri>,
+    pub access_key_id: SecretRef,
+    pub secret_access_key: SecretRef,
+    pub session_token: Option<SecretRef>,
+    /// How the target's certificate is checked (the connection's `ca_file`, else the
+    /// Mozilla roots).
+    pub tls: Arc<rustls::ClientConfig>,
+}
+
+impl std::fmt::Debug for AwsTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AwsTarget")
+            .field("name", &self.name)
+            .field("region", &self.region)
+            .field("services", &self.services)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a call could not be sent (shown to the client without secrets).
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("the connection's credential cannot be read: {0}")]
+    Credential(String),
+    #[error("cannot reach {0}: {1}")]
+    Connect(String, String),
+    #[error("the target did not answer: {0}")]
+    Send(String),
+    #[error("cannot sign the request: {0}")]
+    Sign(String),
+}
+
+impl AwsTarget {
+    /// Where requests for `service` go: (`https`?, `host:port`, host name).
+    fn endpoint(&self, service: &str) -> (bool, String, String) {
+        if let Some(uri) = &self.endpoint {
+            let https = uri.scheme_str() == Some("https");
+            let host = uri.host().unwrap_or_default().to_owned();
+            let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+            return (https, format!("{host}:{port}"), host);
+        }
+        let host = format!("{service}.{}.amazonaws.com", self.region);
+        (true, format!("{host}:443"), host)
+    }
+
+    fn credentials(&self) -> Result<Credentials, ForwardError> {
+        let resolve = |s: &SecretRef| {
+            s.resolve()
+                .map_err(|e| ForwardError::Credential(e.to_string()))
+        };
+        Ok(Credentials {
+            access_key_id: resolve(&self.access_key_id)?,
+            secret_access_key: resolve(&self.secret_access_key)?,
+            session_token: self.session_token.as_ref().map(resolve).transpose()?,
+        })
+    }
+}
+
+/// Headers that belong to the client's hop or its signature, never forwarded.
+const DROPPED: &[&str] = &[
+    "authorization",
+    "connection",
+    "content-length",
+    "expect",
+    "host",
+    "keep-alive",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "x-amz-content-sha256",
+    "x-amz-date",
+    "x-amz-security-token",
+    "x-amz-decoded-content-length",
+    "x-amz-trailer",
+];
+
+/// Sends one call to `target`: `path_and_query` as the client sent it (path-style),
+/// `headers` the client's (its signature and hop headers are dropped), `body` the payload
+/// to forward with `length` bytes when known.
+#[allow(clippy::too_many_arguments)]
+pub async fn send(
+    target: &AwsTarget,
+    service: &str,
+    method: Method,
+    path_and_query: &str,
+    client_headers: &HeaderMap,
+    body: BoxBody,
+    length: Option<u64>,
+    payload: &PayloadHash,
+) -> Result<Response<Incoming>, ForwardError> {
+    let credentials = target.credentials()?;
+    let (https, authority, host) = target.endpoint(service);
+    let mut headers = HeaderMap::new();
+    for (name, value) in client_headers {
+        if !DROPPED.contains(&name.as_str()) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    // An aws-chunked upload reaches the target decoded.
+    if let Some(encoding) = headers.get(hyper::header::CONTENT_ENCODING).cloned() {
+        let rest: Vec<&str> = encoding
+            .to_str()
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty() && *e != "aws-chunked")
+            .collect();
+        if rest.is_empty() {
+            headers.remove(hyper::header::CONTENT_ENCODING);
+        } else if let Ok(value) = HeaderValue::from_str(&rest.join(",")) {
+            headers.insert(hyper::header::CONTENT_ENCODING, value);
+        }
+    }
+    let authority_value =
+        if (https && authority.ends_with(":443")) || (!https && authority.ends_with(":80")) {
+            host.clone()
+        } else {
+            authority.clone()
+        };
+    headers.insert(
+        hyper::header::HOST,
+        HeaderValue::from_str(&authority_value).map_err(|e| ForwardError::Sign(e.to_string()))?,
+    );
+    if let Some(length) = length {
+        headers.insert(hyper::header::CONTENT_LENGTH, HeaderValue::from(length));
+    }
+    let uri: Uri = path_and_query
+        .parse()
+        .map_err(|e: hyper::http::uri::InvalidUri| ForwardError::Sign(e.to_string()))?;
+    // Content-Length is part of what S3 checks but not signed by the CLI either; the rest
+    // of what the client sent is signed again with the real credential.
+    sluice_aws::sign(
+        &method,
+        &uri,
+        &mut headers,
+        &sluice_aws::SigningScope {
+            credentials: &credentials,
+            region: &target.region,
+            service,
+        },
+        payload,
+        SystemTime::now(),
+    )
+    .map_err(|e| ForwardError::Sign(e.to_string()))?;
+    let mut request = Request::new(body);
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.headers_mut() = headers;
+
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&authority))
+        .await
+        .map_err(|_| ForwardError::Connect(authority.clone(), "timed out".into()))?
+        .map_err(|e| ForwardError::Connect(authority.clone(), e.to_string()))?;
+    let _ = tcp.set_nodelay(true);
+    if https {
+        let name = ServerName::try_from(host.clone())
+            .map_err(|e| ForwardError::Connect(authority.clone(), e.to_string()))?;
+        let stream = tokio_rustls::TlsConnector::from(target.tls.clone())
+            .connect(name, tcp)
+            .await
+            .map_err(|e| ForwardError::Connect(authority.clone(), e.to_string()))?;
+        exchange(TokioIo::new(stream), request).await
+    } else {
+        exchange(TokioIo::new(tcp), request).await
+    }
+}
+
+async fn exchange<T>(io: T, request: Request<BoxBody>) -> Result<Response<Incoming>, ForwardError>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| ForwardError::Send(e.to_string()))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "connection to the AWS target ended");
+        }
+    });
+    sender
+        .send_request(request)
+        .await
+        .map_err(|e| ForwardError::Send(upload_cause(&e)))
+}
+
+/// The most telling cause of a failed exchange (an upload cut off names why).
+fn upload_cause(e: &hyper::Error) -> String {
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
