@@ -177,6 +177,11 @@ pub fn parse(uri: &Uri, headers: &HeaderMap) -> Result<SignatureInfo, SigError> 
             .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
     };
     let Some(algorithm) = find("X-Amz-Algorithm") else {
+        if find("AWSAccessKeyId").is_some() {
+            return Err(SigError::Unsupported(
+                "a Signature Version 2 presigned URL (use Signature Version 4: for the AWS CLI v1, `aws configure set default.s3.signature_version s3v4`)".into(),
+            ));
+        }
         return Err(SigError::Missing);
     };
     if algorithm != ALGORITHM {

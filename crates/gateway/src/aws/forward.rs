@@ -14,7 +14,8 @@ use sluice_agent::SecretRef;
 use sluice_aws::{Credentials, PayloadHash};
 use tokio::net::TcpStream;
 
-use super::body::BoxBody;
+use super::body::{BoxBody, UploadError};
+use sluice_aws::ChunkError;
 
 /// How long connecting to the target may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -55,6 +56,9 @@ pub enum ForwardError {
     Send(String),
     #[error("cannot sign the request: {0}")]
     Sign(String),
+    /// The client's upload failed its check on the way (the target got no whole body).
+    #[error("{message}")]
+    Upload { code: &'static str, message: String },
 }
 
 impl AwsTarget {
@@ -206,17 +210,30 @@ where
             tracing::debug!(error = %e, "connection to the AWS target ended");
         }
     });
-    sender
-        .send_request(request)
-        .await
-        .map_err(|e| ForwardError::Send(upload_cause(&e)))
+    sender.send_request(request).await.map_err(|e| failure(&e))
 }
 
-/// The most telling cause of a failed exchange (an upload cut off names why).
-fn upload_cause(e: &hyper::Error) -> String {
-    let mut cause: &dyn std::error::Error = e;
-    while let Some(next) = cause.source() {
-        cause = next;
+/// Why an exchange failed: the client's upload failing its check, or the target.
+fn failure(e: &hyper::Error) -> ForwardError {
+    let mut cause: &(dyn std::error::Error + 'static) = e;
+    loop {
+        if let Some(upload) = cause.downcast_ref::<UploadError>() {
+            let code = match upload {
+                UploadError::HashMismatch => "XAmzContentSHA256Mismatch",
+                UploadError::Chunk(
+                    ChunkError::BadSignature(_) | ChunkError::BadTrailerSignature,
+                ) => "SignatureDoesNotMatch",
+                UploadError::Chunk(_) => "IncompleteBody",
+                UploadError::Client(_) => "RequestTimeout",
+            };
+            return ForwardError::Upload {
+                code,
+                message: upload.to_string(),
+            };
+        }
+        match cause.source() {
+            Some(next) => cause = next,
+            None => return ForwardError::Send(cause.to_string()),
+        }
     }
-    cause.to_string()
 }

@@ -424,12 +424,17 @@ impl AwsFrontend {
                 ),
             };
         let upstream_body = Counted::new(upstream_body, bytes_in.clone(), None).boxed();
-        let path_and_query = path_style(
+        let mut path_and_query = path_style(
             &parts.uri,
             &op,
             self.virtual_host.as_deref(),
             &parts.headers,
         );
+        if info.presigned() {
+            // The target gets the call signed in headers with the real credential; the
+            // client's query-string signature names the sluice key.
+            path_and_query = without_presigning(&path_and_query);
+        }
         let answer = forward::send(
             target,
             &info.service,
@@ -463,11 +468,16 @@ impl AwsFrontend {
                         }),
                     },
                 );
-                return Err(Refusal(
-                    StatusCode::BAD_GATEWAY,
-                    "ServiceUnavailable",
-                    e.to_string(),
-                ));
+                return Err(match e {
+                    forward::ForwardError::Upload { code, message } => {
+                        Refusal(StatusCode::BAD_REQUEST, code, message)
+                    }
+                    other => Refusal(
+                        StatusCode::BAD_GATEWAY,
+                        "ServiceUnavailable",
+                        other.to_string(),
+                    ),
+                });
             }
         };
         let (mut head, answer_body) = response.into_parts();
@@ -621,6 +631,34 @@ impl AwsFrontend {
 enum Upload {
     Buffered(Bytes),
     Streaming(Incoming),
+}
+
+/// `path?query` without the query parameters of a presigned URL's signature.
+fn without_presigning(path_and_query: &str) -> String {
+    const SIGNING: &[&str] = &[
+        "X-Amz-Algorithm",
+        "X-Amz-Credential",
+        "X-Amz-Date",
+        "X-Amz-Expires",
+        "X-Amz-SignedHeaders",
+        "X-Amz-Signature",
+        "X-Amz-Security-Token",
+    ];
+    let Some((path, query)) = path_and_query.split_once('?') else {
+        return path_and_query.to_owned();
+    };
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| {
+            let name = pair.split_once('=').map_or(*pair, |(k, _)| k);
+            !pair.is_empty() && !SIGNING.contains(&name)
+        })
+        .collect();
+    if kept.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{}", kept.join("&"))
+    }
 }
 
 /// The path and query to send to the target: path-style (`/bucket/key`) also for a call

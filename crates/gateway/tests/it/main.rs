@@ -5,6 +5,7 @@
 mod access;
 mod audit;
 mod auth;
+mod aws;
 mod bad_input;
 mod clients;
 mod console;

@@ -176,9 +176,19 @@ pub struct Gateway {
     pub api_port: u16,
     /// Where remote agents dial in (only listened on when started with a tunnel).
     pub tunnel_port: u16,
+    /// Where AWS clients send requests (only listened on when started with it).
+    pub http_port: u16,
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
     child: Option<Child>,
+}
+
+/// Which optional listeners a test gateway opens.
+#[derive(Clone, Copy)]
+enum Listeners {
+    Base,
+    Tunnel,
+    Http,
 }
 
 pub fn sluice_bin() -> &'static str {
@@ -200,12 +210,23 @@ impl Gateway {
     /// Like [`Gateway::start_with`], with the API on a port chosen beforehand (e.g. one an
     /// identity provider already redirects to).
     pub fn start_on(api_port: u16, db: &str, extra_connections: &str, extra_yaml: &str) -> Gateway {
-        Gateway::start_full(api_port, db, extra_connections, extra_yaml, false)
+        Gateway::start_full(api_port, db, extra_connections, extra_yaml, Listeners::Base)
     }
 
     /// Like [`Gateway::start`], also accepting remote agents on `tunnel_port`.
     pub fn start_with_tunnel(db: &str, extra_connections: &str) -> Gateway {
-        Gateway::start_full(free_port(), db, extra_connections, "", true)
+        Gateway::start_full(free_port(), db, extra_connections, "", Listeners::Tunnel)
+    }
+
+    /// Like [`Gateway::start_with`], also accepting AWS clients on `http_port`.
+    pub fn start_with_http(db: &str, extra_connections: &str, extra_yaml: &str) -> Gateway {
+        Gateway::start_full(
+            free_port(),
+            db,
+            extra_connections,
+            extra_yaml,
+            Listeners::Http,
+        )
     }
 
     fn start_full(
@@ -213,15 +234,16 @@ impl Gateway {
         db: &str,
         extra_connections: &str,
         extra_yaml: &str,
-        tunnel: bool,
+        listeners: Listeners,
     ) -> Gateway {
         let dir = tempfile::tempdir().expect("temp dir");
         let pg_port = free_port();
         let tunnel_port = free_port();
-        let tunnel_listen = if tunnel {
-            format!(", tunnel: 127.0.0.1:{tunnel_port}")
-        } else {
-            String::new()
+        let http_port = free_port();
+        let tunnel_listen = match listeners {
+            Listeners::Tunnel => format!(", tunnel: 127.0.0.1:{tunnel_port}"),
+            Listeners::Http => format!(", http: 127.0.0.1:{http_port}"),
+            Listeners::Base => String::new(),
         };
         let config = dir.path().join("sluice.yaml");
         let yaml = format!(
@@ -244,6 +266,7 @@ impl Gateway {
             pg_port,
             api_port,
             tunnel_port,
+            http_port,
             dir,
             config,
             child: None,

@@ -1,0 +1,617 @@
+//! AWS through the gateway: the AWS CLI (PyPI awscli, with its own botocore) signs with a
+//! sluice key pair, the gateway checks it, judges and records each call, and signs again
+//! with the real credential for s3s-fs (an S3 server that checks SigV4 itself) or a local
+//! Lambda endpoint that checks SigV4 with its own code (`tests/aws/lambda_endpoint.py`).
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::{free_port, pg, Gateway};
+
+const REAL_KEY: &str = "AKIAREALKEYFORTESTS1";
+const REAL_SECRET: &str = "real-secret-never-leaves-the-agent";
+
+/// Where scripts/test installed the AWS CLI (a venv) and s3s-fs.
+fn tools() -> PathBuf {
+    match std::env::var_os("SLUICE_TEST_TOOLS") {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/test-tools"),
+    }
+}
+
+fn tool(relative: &str) -> PathBuf {
+    let path = tools().join(relative);
+    assert!(
+        path.exists(),
+        "{} is missing: scripts/test installs the AWS CLI and s3s-fs under {}",
+        path.display(),
+        tools().display()
+    );
+    path
+}
+
+fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/aws")
+        .join(name)
+}
+
+struct Peer {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_port(port: u16, child: &mut Child, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "{what} exited before listening"
+        );
+        assert!(Instant::now() < deadline, "{what} did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// s3s-fs over a temp dir, with the real credential.
+fn s3_server() -> Peer {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = Command::new(tool("bin/s3s-fs"))
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--access-key", REAL_KEY, "--secret-key", REAL_SECRET])
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_port(port, &mut child, "s3s-fs");
+    Peer { child, port, dir }
+}
+
+fn lambda_server() -> Peer {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = Command::new(tool("venv/bin/python"))
+        .arg(script("lambda_endpoint.py"))
+        .args([&port.to_string(), REAL_KEY, REAL_SECRET, "eu-west-1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert_eq!(ready.trim(), "ready");
+    wait_port(port, &mut child, "the Lambda endpoint");
+    Peer { child, port, dir }
+}
+
+const POLICIES: &str = r#"policies:
+  - { name: keep-prod, match: { actions: ["s3:DeleteObject", "s3:DeleteObjects"], resources: ["prod-*"] }, action: deny }
+  - { name: reviewed-puts, match: { actions: ["s3:PutObject"], resources: ["held-*"] }, action: review, reviewers: [user:boss], timeout: 60s }
+  - { name: no-secret-reads, match: { actions: ["s3:GetObject"], resources: ["secret-*"] }, action: deny }
+  - { name: billing, match: { actions: ["lambda:Invoke"], resources: ["billing-*"] }, action: deny }
+"#;
+
+fn aws_connections(s3: u16, lambda: u16) -> String {
+    format!(
+        "  - name: aws-s3\n    kind: aws\n    region: us-east-1\n    services: [s3]\n    endpoint: http://127.0.0.1:{s3}\n    access_key_id: env:TEST_REAL_KEY\n    secret_access_key: file:{{SECRET_FILE}}\n\
+         \x20 - name: aws-lambda\n    kind: aws\n    region: eu-west-1\n    services: [lambda]\n    endpoint: http://127.0.0.1:{lambda}\n    access_key_id: env:TEST_REAL_KEY\n    secret_access_key: file:{{SECRET_FILE}}\n"
+    )
+}
+
+struct Setup {
+    gw: Gateway,
+    s3: Peer,
+    _lambda: Peer,
+    key: String,
+    secret: String,
+    work: tempfile::TempDir,
+}
+
+fn setup(db: &str) -> Setup {
+    pg().create_db(db);
+    let s3 = s3_server();
+    let lambda = lambda_server();
+    let work = tempfile::tempdir().unwrap();
+    // The CLI's HOME: v1 presigns with Signature Version 2 unless told otherwise.
+    std::fs::create_dir(work.path().join(".aws")).unwrap();
+    std::fs::write(
+        work.path().join(".aws/config"),
+        "[default]\ns3 =\n    signature_version = s3v4\n",
+    )
+    .unwrap();
+    let secret_file = work.path().join("real-secret");
+    std::fs::write(&secret_file, REAL_SECRET).unwrap();
+    let connections = aws_connections(s3.port, lambda.port)
+        .replace("{SECRET_FILE}", &secret_file.display().to_string());
+    // The real key id reaches the gateway through its environment only.
+    std::env::set_var("TEST_REAL_KEY", REAL_KEY);
+    let gw = Gateway::start_with_http(db, &connections, POLICIES);
+    gw.cli_ok(&["users", "add", "alice", "--group", "engineers"]);
+    gw.cli_ok(&["users", "add", "boss"]);
+    let issued = gw.cli_json(&[
+        "aws-keys", "issue", "--user", "alice", "--ttl", "1h", "--json",
+    ]);
+    Setup {
+        key: issued["access_key_id"].as_str().unwrap().to_owned(),
+        secret: issued["secret_access_key"].as_str().unwrap().to_owned(),
+        gw,
+        s3,
+        _lambda: lambda,
+        work,
+    }
+}
+
+impl Setup {
+    fn aws_with(&self, key: &str, secret: &str, region: &str, args: &[&str]) -> Output {
+        Command::new(tool("venv/bin/aws"))
+            .args(args)
+            .current_dir(self.work.path())
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", self.work.path())
+            .env("AWS_ACCESS_KEY_ID", key)
+            .env("AWS_SECRET_ACCESS_KEY", secret)
+            .env("AWS_DEFAULT_REGION", region)
+            .env(
+                "AWS_ENDPOINT_URL",
+                format!("http://127.0.0.1:{}", self.gw.http_port),
+            )
+            .env("AWS_MAX_ATTEMPTS", "1")
+            .output()
+            .unwrap()
+    }
+
+    fn aws(&self, args: &[&str]) -> Output {
+        self.aws_with(&self.key, &self.secret, "us-east-1", args)
+    }
+
+    fn aws_ok(&self, args: &[&str]) -> String {
+        let out = self.aws(args);
+        assert!(
+            out.status.success(),
+            "aws {args:?} failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn aws_err(&self, args: &[&str]) -> String {
+        let out = self.aws(args);
+        assert!(!out.status.success(), "aws {args:?} should have failed");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    fn signed(&self, mode: &str, bucket: &str, name: &str) -> (Vec<u16>, String) {
+        let out = Command::new(tool("venv/bin/python"))
+            .arg(script("signed.py"))
+            .args([
+                mode,
+                &format!("http://127.0.0.1:{}", self.gw.http_port),
+                &self.key,
+                &self.secret,
+                bucket,
+                name,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (statuses, body) = text.split_once('\n').unwrap_or((&text, ""));
+        (
+            statuses
+                .split_whitespace()
+                .map(|s| s.parse().unwrap())
+                .collect(),
+            body.to_owned(),
+        )
+    }
+
+    fn object(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {
+        std::fs::read(self.s3.dir.path().join(bucket).join(key)).ok()
+    }
+
+    /// Every call recorded on the AWS connections, as `s3:Action resource` → decision.
+    fn calls(&self) -> Vec<Value> {
+        self.gw.wait_sessions_closed();
+        self.gw
+            .all_statements()
+            .into_iter()
+            .filter(|s| s.get("call").is_some())
+            .collect()
+    }
+}
+
+/// Writes `size` bytes that do not repeat within a part, without holding them in memory.
+fn write_big_file(path: &Path, size: usize) {
+    use std::io::Write;
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut block = [0u8; 64 * 1024];
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut written = 0;
+    while written < size {
+        for chunk in block.chunks_mut(8) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            chunk.copy_from_slice(&state.to_le_bytes()[..chunk.len()]);
+        }
+        let n = block.len().min(size - written);
+        file.write_all(&block[..n]).unwrap();
+        written += n;
+    }
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    use sha2::{Digest, Sha256};
+    let hash = |p: &Path| {
+        let mut hasher = Sha256::new();
+        let mut f = std::fs::File::open(p).unwrap();
+        std::io::copy(&mut f, &mut hasher).unwrap();
+        hasher.finalize()
+    };
+    hash(a) == hash(b)
+}
+
+#[test]
+fn the_aws_cli_uses_s3_through_the_gateway_with_policy_audit_and_constant_memory() {
+    let s = setup("aws_s3");
+    let dir = s.work.path();
+
+    // Small objects: make a bucket, upload, list, download.
+    assert!(s
+        .aws_ok(&["s3", "mb", "s3://prod-data"])
+        .contains("make_bucket"));
+    std::fs::write(dir.join("small.txt"), "hello through sluice\n").unwrap();
+    s.aws_ok(&["s3", "cp", "small.txt", "s3://prod-data/reports/small.txt"]);
+    let listed = s.aws_ok(&["s3", "ls", "s3://prod-data/reports/"]);
+    assert!(listed.contains("small.txt"), "{listed}");
+    let listed = s.aws_ok(&[
+        "s3api",
+        "list-objects-v2",
+        "--bucket",
+        "prod-data",
+        "--prefix",
+        "reports/",
+    ]);
+    assert!(listed.contains("reports/small.txt"), "{listed}");
+    s.aws_ok(&["s3", "cp", "s3://prod-data/reports/small.txt", "back.txt"]);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("back.txt")).unwrap(),
+        "hello through sluice\n"
+    );
+
+    // 200 MB up (multipart: the CLI cuts it in 8 MiB parts) and down, while the gateway's
+    // memory stays far below the object's size.
+    let rss_before = s.gw.peak_rss_kib();
+    let big = dir.join("big.bin");
+    write_big_file(&big, 200 * 1024 * 1024);
+    s.aws_ok(&["s3", "cp", "big.bin", "s3://prod-data/big.bin"]);
+    assert!(same_file(&big, &s.s3.dir.path().join("prod-data/big.bin")));
+    s.aws_ok(&["s3", "cp", "s3://prod-data/big.bin", "big-back.bin"]);
+    assert!(same_file(&big, &dir.join("big-back.bin")));
+    let rss_after = s.gw.peak_rss_kib();
+    eprintln!("gateway peak RSS: {rss_before} KiB before, {rss_after} KiB after 2 x 200 MB");
+    assert!(
+        rss_after < rss_before + 64 * 1024,
+        "the gateway's peak memory grew from {rss_before} KiB to {rss_after} KiB moving 200 MB"
+    );
+    let calls = s.calls();
+    let actions: Vec<&str> = calls
+        .iter()
+        .filter_map(|c| c["call"]["action"].as_str())
+        .collect();
+    for action in [
+        "CreateMultipartUpload",
+        "UploadPart",
+        "CompleteMultipartUpload",
+        "GetObject",
+    ] {
+        assert!(
+            actions.contains(&action),
+            "{action} not recorded: {actions:?}"
+        );
+    }
+    let parts = calls
+        .iter()
+        .filter(|c| c["call"]["action"] == "UploadPart")
+        .collect::<Vec<_>>();
+    assert!(parts.len() >= 20, "{} parts", parts.len());
+    let uploaded: u64 = parts
+        .iter()
+        .map(|c| c["transfer"]["bytes_in"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        uploaded,
+        200 * 1024 * 1024,
+        "bytes in recorded for the parts"
+    );
+    let got = calls
+        .iter()
+        .filter(|c| {
+            c["call"]["action"] == "GetObject" && c["call"]["resource"] == "prod-data/big.bin"
+        })
+        .map(|c| c["transfer"]["bytes_out"].as_u64().unwrap_or(0))
+        .sum::<u64>();
+    assert_eq!(
+        got,
+        200 * 1024 * 1024,
+        "bytes out recorded for the download"
+    );
+
+    // A presigned URL works with any HTTP client until it expires, and not once changed.
+    let url = s
+        .aws_ok(&[
+            "s3",
+            "presign",
+            "s3://prod-data/reports/small.txt",
+            "--expires-in",
+            "300",
+        ])
+        .trim()
+        .to_owned();
+    assert!(url.contains("X-Amz-Signature="), "{url}");
+    let curl = |url: &str| {
+        let out = Command::new("curl")
+            .args(["-s", "-o", "-", "-w", "\n%{http_code}", url])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let fetched = curl(&url);
+    assert!(fetched.ends_with("\n200"), "{fetched}");
+    assert!(fetched.starts_with("hello through sluice"), "{fetched}");
+    let forged = url.replace("reports/small.txt", "reports/other.txt");
+    let refused = curl(&forged);
+    assert!(
+        refused.contains("SignatureDoesNotMatch") && refused.ends_with("\n403"),
+        "{refused}"
+    );
+
+    // Policy: deleting from prod-* is refused, and the object is still there.
+    let err = s.aws_err(&["s3", "rm", "s3://prod-data/reports/small.txt"]);
+    assert!(
+        err.contains("AccessDenied") && err.contains("keep-prod"),
+        "{err}"
+    );
+    assert!(s.object("prod-data", "reports/small.txt").is_some());
+    // A copy cannot carry out what may not be read.
+    s.aws_ok(&["s3", "mb", "s3://secret-vault"]);
+    s.aws_ok(&["s3", "cp", "small.txt", "s3://secret-vault/keys.txt"]);
+    let err = s.aws_err(&[
+        "s3",
+        "cp",
+        "s3://secret-vault/keys.txt",
+        "s3://prod-data/copied.txt",
+    ]);
+    assert!(
+        err.contains("AccessDenied") && err.contains("no-secret-reads"),
+        "{err}"
+    );
+    assert!(s.object("prod-data", "copied.txt").is_none());
+
+    // A put into held-* waits for a reviewer, then completes.
+    s.aws_ok(&["s3", "mb", "s3://held-area"]);
+    let mut held = Command::new(tool("venv/bin/aws"))
+        .args(["s3", "cp", "small.txt", "s3://held-area/waiting.txt"])
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", dir)
+        .env("AWS_ACCESS_KEY_ID", &s.key)
+        .env("AWS_SECRET_ACCESS_KEY", &s.secret)
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env(
+            "AWS_ENDPOINT_URL",
+            format!("http://127.0.0.1:{}", s.gw.http_port),
+        )
+        .env("AWS_MAX_ATTEMPTS", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let boss =
+        s.gw.cli_ok(&["tokens", "issue", "boss", "--ttl", "1h"])
+            .trim()
+            .to_owned();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let review = loop {
+        let pending = s.gw.cli_as_json(&boss, &["reviews", "list"]);
+        if let Some(r) = pending.as_array().and_then(|a| a.first()).cloned() {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no review was filed for the held put"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        review
+            .to_string()
+            .contains("s3:PutObject held-area/waiting.txt"),
+        "{review}"
+    );
+    assert!(
+        s.object("held-area", "waiting.txt").is_none(),
+        "put before approval"
+    );
+    let id = review["id"].as_str().unwrap();
+    let approved =
+        s.gw.cli_as(&boss, &["reviews", "approve", id, "--reason", "fine"]);
+    assert!(
+        approved.status.success(),
+        "{}",
+        String::from_utf8_lossy(&approved.stderr)
+    );
+    let status = held.wait().unwrap();
+    assert!(status.success(), "the held put failed after approval");
+    assert_eq!(
+        s.object("held-area", "waiting.txt").as_deref(),
+        Some(&b"hello through sluice\n"[..])
+    );
+
+    // Streamed (aws-chunked) uploads with chunk signatures: a good one lands, one with a
+    // changed byte is refused before the target has it.
+    let (statuses, _) = s.signed("streaming", "prod-data", "streamed.bin");
+    assert_eq!(statuses, [200]);
+    assert_eq!(
+        s.object("prod-data", "streamed.bin").map(|b| b.len()),
+        Some(131_076)
+    );
+    let (statuses, body) = s.signed("streaming-tampered", "prod-data", "tampered.bin");
+    assert_eq!(statuses, [400], "{body}");
+    assert!(body.contains("SignatureDoesNotMatch"), "{body}");
+    assert!(s.object("prod-data", "tampered.bin").is_none());
+    let (statuses, body) = s.signed("tampered-body", "prod-data", "swapped.bin");
+    assert_eq!(statuses, [400], "{body}");
+    assert!(body.contains("XAmzContentSHA256Mismatch"), "{body}");
+    assert!(s.object("prod-data", "swapped.bin").is_none());
+    // A captured request cannot be sent again.
+    let (statuses, body) = s.signed("replay", "prod-data", "reports/small.txt");
+    assert_eq!(statuses, [200, 403], "{body}");
+
+    // Wrong secret, unknown key, revoked key: refused with the error the CLI shows.
+    let err = s.aws_with(&s.key, "not-the-secret", "us-east-1", &["s3", "ls"]);
+    assert!(String::from_utf8_lossy(&err.stderr).contains("SignatureDoesNotMatch"));
+    let err = s.aws_with(
+        "SLUICEUNKNOWNKEY0000",
+        &s.secret,
+        "us-east-1",
+        &["s3", "ls"],
+    );
+    assert!(String::from_utf8_lossy(&err.stderr).contains("InvalidAccessKeyId"));
+    s.gw.cli_ok(&["aws-keys", "revoke", &s.key]);
+    let err = s.aws_err(&["s3", "ls"]);
+    assert!(err.contains("revoked"), "{err}");
+
+    // The record: every call with its decision, intact; no secret anywhere.
+    let calls = s.calls();
+    let denied: Vec<String> = calls
+        .iter()
+        .filter(|c| c["decision"] == "deny")
+        .map(|c| c["statement"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        denied.contains(&"s3:DeleteObject prod-data/reports/small.txt".to_owned()),
+        "{denied:?}"
+    );
+    assert!(
+        denied
+            .contains(&"s3:CopyObject prod-data/copied.txt from secret-vault/keys.txt".to_owned()),
+        "{denied:?}"
+    );
+    let held_put = calls
+        .iter()
+        .find(|c| c["statement"] == "s3:PutObject held-area/waiting.txt")
+        .unwrap();
+    assert_eq!(held_put["review"]["status"], "approved");
+    assert_eq!(held_put["review"]["by"], "boss");
+    assert!(s.gw.verify().status.success());
+    let written = s.gw.everything_written();
+    assert!(
+        !written.contains(REAL_SECRET),
+        "the real secret was written"
+    );
+    assert!(
+        !written.contains(&s.secret),
+        "the sluice secret was written"
+    );
+}
+
+#[test]
+fn aws_lambda_invoke_is_signed_again_for_the_function_and_judged_by_name() {
+    let s = setup("aws_lambda");
+    let region = "eu-west-1";
+    let out = s.aws_with(
+        &s.key,
+        &s.secret,
+        region,
+        &[
+            "lambda",
+            "invoke",
+            "--function-name",
+            "report-daily",
+            "--payload",
+            "{\"day\": 3}",
+            "out.json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer: Value =
+        serde_json::from_slice(&std::fs::read(s.work.path().join("out.json")).unwrap()).unwrap();
+    assert_eq!(answer["function"], "report-daily");
+    assert_eq!(answer["event"]["day"], 3);
+
+    let out = s.aws_with(
+        &s.key,
+        &s.secret,
+        region,
+        &[
+            "lambda",
+            "invoke",
+            "--function-name",
+            "billing-charge",
+            "--payload",
+            "{}",
+            "out2.json",
+        ],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("AccessDenied") && err.contains("billing"),
+        "{err}"
+    );
+
+    let calls = s.calls();
+    let invoked: Vec<(String, String)> = calls
+        .iter()
+        .map(|c| {
+            (
+                c["statement"].as_str().unwrap().to_owned(),
+                c["decision"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        invoked.contains(&("lambda:Invoke report-daily".into(), "allow".into())),
+        "{invoked:?}"
+    );
+    assert!(
+        invoked.contains(&("lambda:Invoke billing-charge".into(), "deny".into())),
+        "{invoked:?}"
+    );
+    let ok = calls
+        .iter()
+        .find(|c| c["statement"] == "lambda:Invoke report-daily")
+        .unwrap();
+    assert_eq!(ok["transfer"]["status"], 200);
+    assert_eq!(ok["tag"], "HTTP 200");
+    assert!(s.gw.verify().status.success());
+}
