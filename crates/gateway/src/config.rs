@@ -604,6 +604,9 @@ impl Config {
         if let Ok(v) = std::env::var("SLUICE_LISTEN_TUNNEL") {
             self.listen.tunnel = Some(v.parse().context("SLUICE_LISTEN_TUNNEL")?);
         }
+        if let Ok(v) = std::env::var("SLUICE_LISTEN_HTTP") {
+            self.listen.http = Some(v.parse().context("SLUICE_LISTEN_HTTP")?);
+        }
         if let Ok(v) = std::env::var("SLUICE_AUDIT_DURABILITY") {
             self.audit.durability = match v.as_str() {
                 "fsync" => Durability::Fsync,
@@ -906,6 +909,53 @@ mod tests {
         assert_eq!(config.notifications.webhooks.len(), 1);
         let debug = format!("{:?}", config.notifications.webhooks[0]);
         assert!(!debug.contains("/sluice"), "{debug}");
+    }
+
+    #[test]
+    fn aws_connections_are_checked() {
+        let ok = "listen: { http: 127.0.0.1:18080 }\nconnections:\n  - { name: a, kind: aws, region: eu-west-1, services: [s3], access_key_id: env:K, secret_access_key: env:S";
+        parse(&format!("{ok} }}\n")).unwrap();
+        let bad = [
+            (
+                ok.replace("listen: { http: 127.0.0.1:18080 }", "listen: {}"),
+                "listen.http",
+            ),
+            (
+                format!("{ok}, agent: vpc }}")
+                    .replace("18080 }", "18080, tunnel: 127.0.0.1:8443 }"),
+                "embedded agent",
+            ),
+            (format!("{ok}, address: 'h:1' }}"), "connections[0].address"),
+            (
+                format!("{ok}, endpoint: 'http://h:9000/path' }}"),
+                "without a path",
+            ),
+            (ok.replace("region: eu-west-1, ", ""), "region"),
+            (ok.replace("services: [s3]", "services: []"), "services"),
+            (
+                ok.replace("services: [s3]", "services: [S3]"),
+                "signing name",
+            ),
+            (
+                ok.replace(", secret_access_key: env:S", ""),
+                "secret_access_key",
+            ),
+        ];
+        for (yaml, expected) in bad {
+            let yaml = if yaml.ends_with('}') {
+                yaml
+            } else {
+                format!("{yaml} }}")
+            };
+            let err = format!("{:#}", parse(&format!("{yaml}\n")).unwrap_err());
+            assert!(err.contains(expected), "{yaml}: {err}");
+        }
+        let err = format!(
+            "{:#}",
+            parse("connections:\n  - { name: p, kind: postgres, address: 'h:1', database: d, user: u, region: x }\n")
+                .unwrap_err()
+        );
+        assert!(err.contains("connections[0].region"), "{err}");
     }
 
     #[test]

@@ -160,6 +160,7 @@ pub async fn run(config: Config) -> Result<File> {
                 sluice_auth::Sealer::new(&config.sealing_key()?),
                 aws_targets(&config)?,
                 config.listen.s3_virtual_host.clone(),
+                masking.clone(),
             );
             Some((Arc::new(frontend), listener))
         }

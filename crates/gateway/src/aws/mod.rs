@@ -11,6 +11,7 @@ mod body;
 mod errors;
 mod forward;
 pub mod keys;
+mod masking;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -31,6 +32,7 @@ use sluice_core::{
     ApiCall, AuthFailure, Decision, HoldChannel, Identity, Outcome, OutcomeStatus, Pipeline,
     Request as CallRequest, RequestKind, SessionControl, SessionInfo, Transfer,
 };
+use sluice_mask::{Masking, SessionMasking};
 use sluice_store::Store;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
@@ -63,6 +65,7 @@ pub struct AwsFrontend {
     /// `kind: aws` connections, in config order.
     targets: Vec<AwsTarget>,
     virtual_host: Option<String>,
+    masking: Option<Arc<Masking>>,
     seen: Mutex<SeenSignatures>,
 }
 
@@ -101,6 +104,8 @@ struct CallSession {
     info: SessionInfo,
     next_id: AtomicU64,
     control: Arc<EndFlag>,
+    /// The masking rules covering this user on this connection.
+    masking: Option<Arc<SessionMasking>>,
 }
 
 /// Set when the pipeline ends the session (an access window closed, the gateway stops):
@@ -167,6 +172,7 @@ impl AwsFrontend {
         sealer: Sealer,
         targets: Vec<AwsTarget>,
         virtual_host: Option<String>,
+        masking: Option<Arc<Masking>>,
     ) -> AwsFrontend {
         AwsFrontend {
             pipeline,
@@ -174,6 +180,7 @@ impl AwsFrontend {
             sealer: Arc::new(sealer),
             targets,
             virtual_host,
+            masking,
             seen: Mutex::new(SeenSignatures::default()),
         }
     }
@@ -492,6 +499,72 @@ impl AwsFrontend {
         ] {
             head.headers.remove(hop);
         }
+        // A masked session's JSON or text answer is read whole, masked, and sent on.
+        let mut masked = Vec::new();
+        let kind = session
+            .masking
+            .as_ref()
+            .filter(|_| head.status.is_success())
+            .and_then(|m| masking::maskable(&head.headers, &op.resource).map(|k| (m, k)));
+        let answer_body: BoxBody = if let Some((masking, kind)) = kind {
+            let whole = match Limited::new(answer_body, masking::MAX_MASKED_BODY)
+                .collect()
+                .await
+            {
+                Ok(whole) => whole.to_bytes(),
+                Err(e) => {
+                    let message = format!(
+                        "the answer cannot be masked (over {} bytes, or cut off: {e}), so it is not passed on; read it in smaller ranges",
+                        masking::MAX_MASKED_BODY
+                    );
+                    self.pipeline.outcome(
+                        &session.info,
+                        Outcome {
+                            request_id,
+                            status: OutcomeStatus::Error {
+                                code: status.to_string(),
+                                message: message.clone(),
+                                rows: 0,
+                            },
+                            duration: started.elapsed(),
+                            masked: Vec::new(),
+                            transfer: Some(Transfer {
+                                status,
+                                bytes_in: bytes_in.load(Ordering::Relaxed),
+                                bytes_out: 0,
+                            }),
+                        },
+                    );
+                    return Err(Refusal(StatusCode::FORBIDDEN, "AccessDenied", message));
+                }
+            };
+            let body = match masking::mask_body(masking, kind, &whole) {
+                Some((body, counts)) => {
+                    masked = counts;
+                    // What the target said about its own bytes no longer holds.
+                    let stale: Vec<_> = head
+                        .headers
+                        .keys()
+                        .filter(|k| {
+                            k.as_str().starts_with("x-amz-checksum-") || k.as_str() == "content-md5"
+                        })
+                        .cloned()
+                        .collect();
+                    for name in stale {
+                        head.headers.remove(name);
+                    }
+                    Bytes::from(body)
+                }
+                None => whole,
+            };
+            head.headers
+                .insert(hyper::header::CONTENT_LENGTH, body.len().into());
+            full(body)
+        } else {
+            answer_body
+                .map_err(|e| -> body::BoxError { Box::new(e) })
+                .boxed()
+        };
         let pipeline = self.pipeline.clone();
         let info_for_end = session.info.clone();
         let on_end: body::OnEnd = Box::new(move |bytes_out, complete| {
@@ -522,7 +595,7 @@ impl AwsFrontend {
                     request_id,
                     status,
                     duration: started.elapsed(),
-                    masked: Vec::new(),
+                    masked,
                     transfer: Some(transfer),
                 },
             );
@@ -589,6 +662,16 @@ impl AwsFrontend {
             .admit(identity, row.role, &target.name)
             .await
             .map_err(|f| refuse(&f))?;
+        let masking = match &self.masking {
+            Some(rules) => rules.for_session(&target.name, &identity).map_err(|e| {
+                Refusal(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "ServiceUnavailable",
+                    format!("the masking rules cannot be applied: {e}"),
+                )
+            })?,
+            None => None,
+        };
         let info = SessionInfo {
             id: {
                 let bytes: [u8; 8] = rand::random();
@@ -620,6 +703,7 @@ impl AwsFrontend {
             info,
             next_id: AtomicU64::new(1),
             control,
+            masking,
         });
         sessions.insert(key, session.clone());
         Ok(session)

@@ -106,6 +106,8 @@ const POLICIES: &str = r#"policies:
   - { name: reviewed-puts, match: { actions: ["s3:PutObject"], resources: ["held-*"] }, action: review, reviewers: [user:boss], timeout: 60s }
   - { name: no-secret-reads, match: { actions: ["s3:GetObject"], resources: ["secret-*"] }, action: deny }
   - { name: billing, match: { actions: ["lambda:Invoke"], resources: ["billing-*"] }, action: deny }
+masking:
+  - { connections: [aws-s3, aws-lambda], detectors: [email] }
 "#;
 
 fn aws_connections(s3: u16, lambda: u16) -> String {
@@ -389,6 +391,17 @@ fn the_aws_cli_uses_s3_through_the_gateway_with_policy_audit_and_constant_memory
         "{refused}"
     );
 
+    // Masking: a CSV read from S3 comes back with the e-mail addresses masked; the object
+    // itself is untouched.
+    std::fs::write(dir.join("people.csv"), "id,email\n1,jane.doe@example.com\n").unwrap();
+    s.aws_ok(&["s3", "cp", "people.csv", "s3://prod-data/people.csv"]);
+    let read = s.aws_ok(&["s3", "cp", "s3://prod-data/people.csv", "-"]);
+    assert_eq!(read, "id,email\n1,[redacted]\n");
+    assert_eq!(
+        s.object("prod-data", "people.csv").as_deref(),
+        Some(&b"id,email\n1,jane.doe@example.com\n"[..])
+    );
+
     // Policy: deleting from prod-* is refused, and the object is still there.
     let err = s.aws_err(&["s3", "rm", "s3://prod-data/reports/small.txt"]);
     assert!(
@@ -522,6 +535,15 @@ fn the_aws_cli_uses_s3_through_the_gateway_with_policy_audit_and_constant_memory
             .contains(&"s3:CopyObject prod-data/copied.txt from secret-vault/keys.txt".to_owned()),
         "{denied:?}"
     );
+    let masked_read = calls
+        .iter()
+        .find(|c| c["statement"] == "s3:GetObject prod-data/people.csv")
+        .unwrap();
+    assert_eq!(
+        masked_read["masked"][0]["detector"], "email",
+        "{masked_read}"
+    );
+    assert_eq!(masked_read["masked"][0]["values"], 1);
     let held_put = calls
         .iter()
         .find(|c| c["statement"] == "s3:PutObject held-area/waiting.txt")
@@ -554,7 +576,7 @@ fn aws_lambda_invoke_is_signed_again_for_the_function_and_judged_by_name() {
             "--function-name",
             "report-daily",
             "--payload",
-            "{\"day\": 3}",
+            "{\"day\": 3, \"notify\": \"ops\\u0040example.com\"}",
             "out.json",
         ],
     );
@@ -567,6 +589,8 @@ fn aws_lambda_invoke_is_signed_again_for_the_function_and_judged_by_name() {
         serde_json::from_slice(&std::fs::read(s.work.path().join("out.json")).unwrap()).unwrap();
     assert_eq!(answer["function"], "report-daily");
     assert_eq!(answer["event"]["day"], 3);
+    // The function's JSON answer is masked value by value (the escape is decoded first).
+    assert_eq!(answer["event"]["notify"], "[redacted]");
 
     let out = s.aws_with(
         &s.key,
