@@ -323,7 +323,7 @@ pub fn aws_keys(config: &Config, cmd: AwsKeysCommand) -> Result<ExitCode> {
                 }
             }
             let sealer = sluice_auth::Sealer::new(&config.sealing_key()?);
-            let issued = crate::aws::keys::issue(
+            let issued = crate::apis::keys::issue(
                 &store,
                 &sealer,
                 &user,

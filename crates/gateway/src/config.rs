@@ -407,6 +407,9 @@ pub enum Kind {
     /// AWS APIs (S3, Lambda, any SigV4 service): clients sign with a sluice key on
     /// `listen.http`, the agent signs again with the real credential.
     Aws,
+    /// A plain HTTP API: clients send their sluice token as a bearer token to
+    /// `listen.http` under `/CONNECTION/`, the agent adds the API's own credentials.
+    Http,
 }
 
 impl Kind {
@@ -414,6 +417,7 @@ impl Kind {
         match self {
             Kind::Postgres => "postgres",
             Kind::Aws => "aws",
+            Kind::Http => "http",
         }
     }
 }
@@ -453,6 +457,13 @@ pub struct Connection {
     pub secret_access_key: Option<String>,
     #[serde(default)]
     pub session_token: Option<String>,
+    /// `kind: http`: the API's base URL, e.g. `https://billing.internal/api`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// `kind: http`: headers added to every request, e.g. `Authorization: Bearer
+    /// env:API_TOKEN` (a trailing `env:NAME` / `file:PATH` is resolved by the agent).
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
     #[serde(default)]
     pub tls: UpstreamTls,
     /// CA bundle for `tls: verify-full`.
@@ -683,12 +694,15 @@ impl Config {
                         ("access_key_id", c.access_key_id.is_some()),
                         ("secret_access_key", c.secret_access_key.is_some()),
                         ("session_token", c.session_token.is_some()),
+                        ("url", c.url.is_some()),
+                        ("headers", !c.headers.is_empty()),
                     ];
                     if let Some((field, _)) = aws_only.iter().find(|(_, set)| *set) {
-                        bail!("{}: only kind: aws connections take it", at(field));
+                        bail!("{}: kind: postgres connections do not take it", at(field));
                     }
                 }
                 Kind::Aws => self.validate_aws(c, &at)?,
+                Kind::Http => self.validate_http(c, &at)?,
             }
             if c.tls == UpstreamTls::VerifyFull && c.ca_file.is_none() {
                 bail!("{}: tls: verify-full needs ca_file", at("ca_file"));
@@ -726,6 +740,67 @@ impl Config {
         Ok(())
     }
 
+    fn validate_http(&self, c: &Connection, at: &dyn Fn(&str) -> String) -> Result<()> {
+        if self.listen.http.is_none() {
+            bail!(
+                "{}: kind: http needs listen.http, where clients send their requests",
+                at("kind")
+            );
+        }
+        if c.agent != "embedded" {
+            bail!(
+                "{}: kind: http connections are served by the embedded agent for now (remote agents carry PostgreSQL sessions only)",
+                at("agent")
+            );
+        }
+        for (field, set) in [
+            ("address", !c.address.is_empty()),
+            ("database", !c.database.is_empty()),
+            ("user", !c.user.is_empty()),
+            ("password", c.password.is_some()),
+            ("region", c.region.is_some()),
+            ("services", !c.services.is_empty()),
+            ("endpoint", c.endpoint.is_some()),
+            ("access_key_id", c.access_key_id.is_some()),
+            ("secret_access_key", c.secret_access_key.is_some()),
+            ("session_token", c.session_token.is_some()),
+        ] {
+            if set {
+                bail!("{}: kind: http connections do not take it", at(field));
+            }
+        }
+        let Some(url) = &c.url else {
+            bail!("{}: kind: http needs the API's base URL", at("url"));
+        };
+        let uri: hyper::Uri = url
+            .parse()
+            .with_context(|| format!("{}: {url:?} is not a URL", at("url")))?;
+        if !matches!(uri.scheme_str(), Some("http" | "https"))
+            || uri.host().is_none()
+            || uri.query().is_some()
+        {
+            bail!(
+                "{}: {url:?} must be http(s)://HOST[:PORT][/PATH]",
+                at("url")
+            );
+        }
+        for (name, value) in &c.headers {
+            if hyper::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                bail!("{}: {name:?} is not a header name", at("headers"));
+            }
+            if matches!(
+                name.to_ascii_lowercase().as_str(),
+                "host" | "content-length" | "transfer-encoding" | "connection"
+            ) {
+                bail!("{}: {name} is set by the gateway", at("headers"));
+            }
+            if value.contains(['\r', '\n']) {
+                bail!("{}: the value of {name} has a line break", at("headers"));
+            }
+        }
+        Ok(())
+    }
+
     fn validate_aws(&self, c: &Connection, at: &dyn Fn(&str) -> String) -> Result<()> {
         if self.listen.http.is_none() {
             bail!(
@@ -744,6 +819,8 @@ impl Config {
             ("database", !c.database.is_empty()),
             ("user", !c.user.is_empty()),
             ("password", c.password.is_some()),
+            ("url", c.url.is_some()),
+            ("headers", !c.headers.is_empty()),
         ] {
             if set {
                 bail!("{}: kind: aws connections do not take it", at(field));

@@ -154,11 +154,12 @@ pub async fn run(config: Config) -> Result<File> {
             let listener = TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("cannot listen on {addr} (listen.http)"))?;
-            let frontend = crate::aws::AwsFrontend::new(
+            let frontend = crate::apis::ApiFrontend::new(
                 pipeline.clone(),
                 store.clone(),
                 sluice_auth::Sealer::new(&config.sealing_key()?),
                 aws_targets(&config)?,
+                http_targets(&config)?,
                 config.listen.s3_virtual_host.clone(),
                 masking.clone(),
             );
@@ -331,14 +332,14 @@ fn postgres_targets(config: &Config) -> Result<HashMap<String, PostgresTarget>> 
     Ok(targets)
 }
 
-fn aws_targets(config: &Config) -> Result<Vec<crate::aws::AwsTarget>> {
+fn aws_targets(config: &Config) -> Result<Vec<crate::apis::AwsTarget>> {
     config
         .connections
         .iter()
         .filter(|c| c.kind == config::Kind::Aws)
         .map(|c| {
             let secret = |s: &Option<String>| s.as_deref().map(SecretRef::parse);
-            Ok(crate::aws::AwsTarget {
+            Ok(crate::apis::AwsTarget {
                 name: c.name.clone(),
                 region: c.region.clone().unwrap_or_default(),
                 services: c.services.clone(),
@@ -351,6 +352,33 @@ fn aws_targets(config: &Config) -> Result<Vec<crate::aws::AwsTarget>> {
                 access_key_id: secret(&c.access_key_id).context("access_key_id")?,
                 secret_access_key: secret(&c.secret_access_key).context("secret_access_key")?,
                 session_token: secret(&c.session_token),
+                tls: crate::tls::client_config(c.ca_file.as_deref())
+                    .with_context(|| format!("connection {}: ca_file", c.name))?,
+            })
+        })
+        .collect()
+}
+
+fn http_targets(config: &Config) -> Result<Vec<crate::apis::HttpTarget>> {
+    config
+        .connections
+        .iter()
+        .filter(|c| c.kind == config::Kind::Http)
+        .map(|c| {
+            Ok(crate::apis::HttpTarget {
+                name: c.name.clone(),
+                url: c
+                    .url
+                    .as_deref()
+                    .unwrap_or_default()
+                    .parse()
+                    .with_context(|| format!("connection {}: url", c.name))?,
+                headers: c
+                    .headers
+                    .iter()
+                    .map(|(k, v)| crate::apis::InjectedHeader::parse(k, v))
+                    .collect::<Result<_>>()
+                    .with_context(|| format!("connection {}: headers", c.name))?,
                 tls: crate::tls::client_config(c.ca_file.as_deref())
                     .with_context(|| format!("connection {}: ca_file", c.name))?,
             })
@@ -427,7 +455,7 @@ fn connection_views(config: &Config) -> Vec<ConnectionView> {
             requires_access_request: c.require_access_request,
             listen: match c.kind {
                 config::Kind::Postgres => config.listen.postgres.to_string(),
-                config::Kind::Aws => config
+                config::Kind::Aws | config::Kind::Http => config
                     .listen
                     .http
                     .map(|a| a.to_string())

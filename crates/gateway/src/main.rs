@@ -5,7 +5,7 @@ mod agent;
 mod agents;
 mod api;
 mod api_client;
-mod aws;
+mod apis;
 mod client;
 mod commands;
 mod config;

@@ -10,6 +10,7 @@ mod bad_input;
 mod clients;
 mod console;
 mod evasion;
+mod http_api;
 mod identity;
 mod masking;
 mod mcp;

@@ -10,6 +10,7 @@
 mod body;
 mod errors;
 mod forward;
+mod http;
 pub mod keys;
 mod masking;
 
@@ -30,7 +31,7 @@ use sluice_auth::Sealer;
 use sluice_aws::{ChunkDecoder, PayloadHash, SigError};
 use sluice_core::{
     ApiCall, AuthFailure, Decision, HoldChannel, Identity, Outcome, OutcomeStatus, Pipeline,
-    Request as CallRequest, RequestKind, SessionControl, SessionInfo, Transfer,
+    Request as CallRequest, RequestKind, Role, SessionControl, SessionInfo, Transfer,
 };
 use sluice_mask::{Masking, SessionMasking};
 use sluice_store::Store;
@@ -41,6 +42,7 @@ use crate::pipeline::GatewayPipeline;
 use body::{BoxBody, Counted, Dechunked, HashChecked};
 use errors::{error, Shape};
 pub use forward::AwsTarget;
+pub use http::{HttpTarget, InjectedHeader};
 
 /// The largest body read whole: services other than S3 sign the body's hash without
 /// declaring it, so it must be read before the signature can be checked.
@@ -58,12 +60,16 @@ pub(crate) fn full(bytes: Bytes) -> BoxBody {
 }
 
 /// The AWS listener's state.
-pub struct AwsFrontend {
+pub struct ApiFrontend {
     pipeline: Arc<GatewayPipeline>,
     store: Arc<Store>,
     sealer: Arc<Sealer>,
     /// `kind: aws` connections, in config order.
     targets: Vec<AwsTarget>,
+    /// `kind: http` connections.
+    http_targets: Vec<HttpTarget>,
+    /// Bearer tokens of `kind: http` callers.
+    tokens: sluice_auth::Tokens,
     virtual_host: Option<String>,
     masking: Option<Arc<Masking>>,
     seen: Mutex<SeenSignatures>,
@@ -165,20 +171,24 @@ fn request_id() -> String {
     bytes.iter().map(|b| format!("{b:02X}")).collect()
 }
 
-impl AwsFrontend {
+impl ApiFrontend {
     pub fn new(
         pipeline: Arc<GatewayPipeline>,
         store: Arc<Store>,
         sealer: Sealer,
         targets: Vec<AwsTarget>,
+        http_targets: Vec<HttpTarget>,
         virtual_host: Option<String>,
         masking: Option<Arc<Masking>>,
-    ) -> AwsFrontend {
-        AwsFrontend {
+    ) -> ApiFrontend {
+        let tokens = sluice_auth::Tokens::new(store.clone());
+        ApiFrontend {
+            tokens,
             pipeline,
             store,
             sealer: Arc::new(sealer),
             targets,
+            http_targets,
             virtual_host,
             masking,
             seen: Mutex::new(SeenSignatures::default()),
@@ -223,6 +233,14 @@ impl AwsFrontend {
         conn: &ClientConnection,
     ) -> Response<BoxBody> {
         let id = request_id();
+        if let Some(token) = http::bearer(&request) {
+            return match self.http_call(request, token, conn).await {
+                Ok(response) => response,
+                Err(Refusal(status, code, message)) => {
+                    error(Shape::Http, status, code, &message, &id)
+                }
+            };
+        }
         let target_header = request.headers().contains_key("x-amz-target");
         // Before the service is known, refusals take S3's shape (the likeliest client).
         let mut shape = Shape::S3;
@@ -317,7 +335,14 @@ impl AwsFrontend {
             }
         }
         let target = self.target_for(key.connection.as_deref(), &info.service)?;
-        let session = self.session(conn, &key.user, target).await?;
+        let session = self
+            .session(
+                conn,
+                Caller::StoredUser(key.user.clone()),
+                &target.name,
+                PROTOCOL,
+            )
+            .await?;
         if let Some(message) = session.control.ended() {
             return Err(Refusal(StatusCode::FORBIDDEN, "AccessDenied", message));
         }
@@ -457,24 +482,7 @@ impl AwsFrontend {
             Ok(response) => response,
             Err(e) => {
                 warn!(connection = %target.name, error = %e, "AWS call failed");
-                self.pipeline.outcome(
-                    &session.info,
-                    Outcome {
-                        request_id,
-                        status: OutcomeStatus::Error {
-                            code: "502".into(),
-                            message: e.to_string(),
-                            rows: 0,
-                        },
-                        duration: started.elapsed(),
-                        masked: Vec::new(),
-                        transfer: Some(Transfer {
-                            status: 502,
-                            bytes_in: bytes_in.load(Ordering::Relaxed),
-                            bytes_out: 0,
-                        }),
-                    },
-                );
+                self.failed(&session, request_id, started, &bytes_in, &e);
                 return Err(match e {
                     forward::ForwardError::Upload { code, message } => {
                         Refusal(StatusCode::BAD_REQUEST, code, message)
@@ -487,6 +495,57 @@ impl AwsFrontend {
                 });
             }
         };
+        self.answer(
+            &session,
+            request_id,
+            &op.resource,
+            started,
+            bytes_in,
+            response,
+        )
+        .await
+    }
+
+    /// Records a call that got no answer from its target.
+    fn failed(
+        &self,
+        session: &CallSession,
+        request_id: u64,
+        started: Instant,
+        bytes_in: &AtomicU64,
+        error: &forward::ForwardError,
+    ) {
+        self.pipeline.outcome(
+            &session.info,
+            Outcome {
+                request_id,
+                status: OutcomeStatus::Error {
+                    code: "502".into(),
+                    message: error.to_string(),
+                    rows: 0,
+                },
+                duration: started.elapsed(),
+                masked: Vec::new(),
+                transfer: Some(Transfer {
+                    status: 502,
+                    bytes_in: bytes_in.load(Ordering::Relaxed),
+                    bytes_out: 0,
+                }),
+            },
+        );
+    }
+
+    /// The target's answer on its way to the client: hop headers dropped, masked when the
+    /// session's rules cover it, counted, and its `result` recorded when it ends.
+    async fn answer(
+        &self,
+        session: &CallSession,
+        request_id: u64,
+        resource: &str,
+        started: Instant,
+        bytes_in: Arc<AtomicU64>,
+        response: Response<Incoming>,
+    ) -> Result<Response<BoxBody>, Refusal> {
         let (mut head, answer_body) = response.into_parts();
         let status = head.status.as_u16();
         for hop in [
@@ -505,7 +564,7 @@ impl AwsFrontend {
             .masking
             .as_ref()
             .filter(|_| head.status.is_success())
-            .and_then(|m| masking::maskable(&head.headers, &op.resource).map(|k| (m, k)));
+            .and_then(|m| masking::maskable(&head.headers, resource).map(|k| (m, k)));
         let answer_body: BoxBody = if let Some((masking, kind)) = kind {
             let whole = match Limited::new(answer_body, masking::MAX_MASKED_BODY)
                 .collect()
@@ -623,47 +682,59 @@ impl AwsFrontend {
         })
     }
 
-    /// The session of `user` on `target` within this client connection, opened (and
-    /// admitted) on first use.
+    /// The session of a caller on `connection` within this client connection, opened (and
+    /// admitted) on first use. An AWS key names a stored user; a bearer token was verified
+    /// already.
     async fn session(
         &self,
         conn: &ClientConnection,
-        user: &str,
-        target: &AwsTarget,
+        caller: Caller,
+        connection: &str,
+        protocol: &'static str,
     ) -> Result<Arc<CallSession>, Refusal> {
+        let user = match &caller {
+            Caller::StoredUser(name) => name.clone(),
+            Caller::Verified(identity, _) => identity.user.clone(),
+        };
+        let user = user.as_str();
         let mut sessions = conn.sessions.lock().await;
-        let key = (user.to_owned(), target.name.clone());
+        let key = (user.to_owned(), connection.to_owned());
         if let Some(open) = sessions.get(&key) {
             return Ok(open.clone());
         }
         let refuse = |failure: &AuthFailure| {
             self.pipeline
-                .auth_failed(user, &target.name, &conn.addr, PROTOCOL, failure);
+                .auth_failed(user, connection, &conn.addr, protocol, failure);
             Refusal(StatusCode::FORBIDDEN, "AccessDenied", failure.to_string())
         };
-        let store = self.store.clone();
-        let name = user.to_owned();
-        let found = tokio::task::spawn_blocking(move || store.get_user(&name))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()));
-        let row = match found {
-            Ok(Some(row)) => row,
-            Ok(None) => return Err(refuse(&AuthFailure::BadCredentials(user.to_owned()))),
-            Err(e) => return Err(refuse(&AuthFailure::Unavailable(e))),
-        };
-        let identity = Identity {
-            user: row.name.clone(),
-            groups: row.groups.clone(),
-            actor: row.actor,
+        let (identity, role) = match caller {
+            Caller::Verified(identity, role) => (identity, role),
+            Caller::StoredUser(name) => {
+                let store = self.store.clone();
+                let found = tokio::task::spawn_blocking(move || store.get_user(&name))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string()));
+                let row = match found {
+                    Ok(Some(row)) => row,
+                    Ok(None) => return Err(refuse(&AuthFailure::BadCredentials(user.to_owned()))),
+                    Err(e) => return Err(refuse(&AuthFailure::Unavailable(e))),
+                };
+                let identity = Identity {
+                    user: row.name.clone(),
+                    groups: row.groups.clone(),
+                    actor: row.actor,
+                };
+                (identity, row.role)
+            }
         };
         let identity = self
             .pipeline
-            .admit(identity, row.role, &target.name)
+            .admit(identity, role, connection)
             .await
             .map_err(|f| refuse(&f))?;
         let masking = match &self.masking {
-            Some(rules) => rules.for_session(&target.name, &identity).map_err(|e| {
+            Some(rules) => rules.for_session(connection, &identity).map_err(|e| {
                 Refusal(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "ServiceUnavailable",
@@ -678,8 +749,8 @@ impl AwsFrontend {
                 bytes.iter().map(|b| format!("{b:02x}")).collect()
             },
             identity,
-            connection: target.name.clone(),
-            protocol: PROTOCOL,
+            connection: connection.to_owned(),
+            protocol,
             client_addr: conn.addr.clone(),
             tls: false,
             application_name: None,
@@ -698,7 +769,7 @@ impl AwsFrontend {
                     format!("the call cannot be recorded, so it is not made: {e}"),
                 )
             })?;
-        info!(session = %info.id, user, connection = %target.name, "AWS session opened");
+        info!(session = %info.id, user, connection, protocol, "API session opened");
         let session = Arc::new(CallSession {
             info,
             next_id: AtomicU64::new(1),
@@ -708,6 +779,14 @@ impl AwsFrontend {
         sessions.insert(key, session.clone());
         Ok(session)
     }
+}
+
+/// Who a call comes from, as far as its credential told.
+enum Caller {
+    /// An AWS key's user, looked up when the session opens.
+    StoredUser(String),
+    /// A bearer token's holder, verified.
+    Verified(Identity, Role),
 }
 
 /// The request body as it arrived: read whole (services that do not declare its hash) or

@@ -16,6 +16,8 @@ pub enum Shape {
     Json,
     /// Query-protocol services (STS, SQS, …): `<ErrorResponse>`.
     Query,
+    /// `kind: http` connections: `{"error": {"code", "message"}}`.
+    Http,
 }
 
 impl Shape {
@@ -69,6 +71,11 @@ pub fn error(
         Shape::Json => (
             "application/x-amz-json-1.1",
             serde_json::json!({ "__type": json_code(code), "message": message }).to_string(),
+        ),
+        Shape::Http => (
+            "application/json",
+            serde_json::json!({ "error": { "code": code, "message": message, "request_id": request_id } })
+                .to_string(),
         ),
         Shape::Query => (
             "text/xml",

@@ -88,7 +88,7 @@ impl AwsTarget {
 }
 
 /// Headers that belong to the client's hop or its signature, never forwarded.
-const DROPPED: &[&str] = &[
+pub(super) const DROPPED: &[&str] = &[
     "authorization",
     "connection",
     "content-length",
@@ -180,18 +180,30 @@ pub async fn send(
     *request.uri_mut() = uri;
     *request.headers_mut() = headers;
 
-    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&authority))
+    deliver(https, &authority, &host, &target.tls, request).await
+}
+
+/// Connects to `authority` (TLS checked against `tls` for `host` when `https`) and makes
+/// one exchange.
+pub(super) async fn deliver(
+    https: bool,
+    authority: &str,
+    host: &str,
+    tls: &Arc<rustls::ClientConfig>,
+    request: Request<BoxBody>,
+) -> Result<Response<Incoming>, ForwardError> {
+    let unreachable = |e: String| ForwardError::Connect(authority.to_owned(), e);
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(authority))
         .await
-        .map_err(|_| ForwardError::Connect(authority.clone(), "timed out".into()))?
-        .map_err(|e| ForwardError::Connect(authority.clone(), e.to_string()))?;
+        .map_err(|_| unreachable("timed out".into()))?
+        .map_err(|e| unreachable(e.to_string()))?;
     let _ = tcp.set_nodelay(true);
     if https {
-        let name = ServerName::try_from(host.clone())
-            .map_err(|e| ForwardError::Connect(authority.clone(), e.to_string()))?;
-        let stream = tokio_rustls::TlsConnector::from(target.tls.clone())
+        let name = ServerName::try_from(host.to_owned()).map_err(|e| unreachable(e.to_string()))?;
+        let stream = tokio_rustls::TlsConnector::from(tls.clone())
             .connect(name, tcp)
             .await
-            .map_err(|e| ForwardError::Connect(authority.clone(), e.to_string()))?;
+            .map_err(|e| unreachable(e.to_string()))?;
         exchange(TokioIo::new(stream), request).await
     } else {
         exchange(TokioIo::new(tcp), request).await

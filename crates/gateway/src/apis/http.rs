@@ -1,0 +1,354 @@
+//! `kind: http` connections: a plain HTTP API behind the gateway. Clients send their sluice
+//! token as `Authorization: Bearer …` to `listen.http` under `/CONNECTION/…`; the call is
+//! judged by method and path (`http:DELETE /v1/users/7`), recorded, and sent to the API's
+//! base URL with the API's own headers (its credential, resolved by the agent) in place of
+//! the client's token.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::header::{HeaderName, HeaderValue};
+use hyper::{Request, Response, StatusCode, Uri};
+use percent_encoding::percent_decode_str;
+use sluice_agent::SecretRef;
+use sluice_auth::{AuthError, Tokens};
+use sluice_core::{
+    ApiCall, AuthFailure, Decision, Outcome, OutcomeStatus, Pipeline, Request as CallRequest,
+    RequestKind,
+};
+use tracing::warn;
+
+use super::body::{BoxBody, Counted};
+use super::forward::{deliver, ForwardError, DROPPED};
+use super::{ApiFrontend, Caller, ClientConnection, Refusal, Waiting};
+
+/// Protocol name on sessions and in the record.
+const PROTOCOL: &str = "http";
+
+/// A header the agent adds to every request: text, then optionally a secret reference
+/// resolved when the request is sent (`Bearer env:API_TOKEN`).
+pub struct InjectedHeader {
+    name: HeaderName,
+    prefix: String,
+    secret: Option<SecretRef>,
+}
+
+impl InjectedHeader {
+    /// `value` as written in the config; a last word `env:NAME` or `file:PATH` is a secret.
+    pub fn parse(name: &str, value: &str) -> anyhow::Result<InjectedHeader> {
+        let name = HeaderName::from_bytes(name.as_bytes())?;
+        let (prefix, last) = match value.rsplit_once(' ') {
+            Some((head, last)) => (format!("{head} "), last),
+            None => (String::new(), value),
+        };
+        Ok(if last.starts_with("env:") || last.starts_with("file:") {
+            InjectedHeader {
+                name,
+                prefix,
+                secret: Some(SecretRef::parse(last)),
+            }
+        } else {
+            InjectedHeader {
+                name,
+                prefix: value.to_owned(),
+                secret: None,
+            }
+        })
+    }
+
+    fn value(&self) -> Result<HeaderValue, ForwardError> {
+        let secret = match &self.secret {
+            Some(s) => s
+                .resolve()
+                .map_err(|e| ForwardError::Credential(e.to_string()))?,
+            None => String::new(),
+        };
+        HeaderValue::from_str(&format!("{}{secret}", self.prefix)).map_err(|_| {
+            ForwardError::Credential(format!("the value of {} is not a header value", self.name))
+        })
+    }
+}
+
+/// A `kind: http` connection as the agent serves it.
+pub struct HttpTarget {
+    pub name: String,
+    /// `scheme://host[:port][/base]`.
+    pub url: Uri,
+    pub headers: Vec<InjectedHeader>,
+    pub tls: Arc<rustls::ClientConfig>,
+}
+
+impl std::fmt::Debug for HttpTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpTarget")
+            .field("name", &self.name)
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The bearer token of a request, if it carries one.
+pub fn bearer(request: &Request<Incoming>) -> Option<String> {
+    let value = request
+        .headers()
+        .get(hyper::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_owned())
+}
+
+fn refusal(status: StatusCode, code: &'static str, message: impl Into<String>) -> Refusal {
+    Refusal(status, code, message.into())
+}
+
+impl ApiFrontend {
+    /// One call to a `kind: http` connection.
+    pub(super) async fn http_call(
+        &self,
+        request: Request<Incoming>,
+        token: String,
+        conn: &ClientConnection,
+    ) -> Result<Response<BoxBody>, Refusal> {
+        let (parts, body) = request.into_parts();
+        // `/CONNECTION/rest?query`
+        let path = parts.uri.path().trim_start_matches('/').to_owned();
+        let (name, rest) = path.split_once('/').unwrap_or((&path, ""));
+        let name = percent_decode_str(name).decode_utf8_lossy().into_owned();
+        let Some(target) = self.http_targets.iter().find(|t| t.name == name) else {
+            return Err(refusal(
+                StatusCode::NOT_FOUND,
+                "NoSuchConnection",
+                format!("no kind: http connection {name:?}; send requests to /CONNECTION/PATH"),
+            ));
+        };
+        let verified = verify_token(self.tokens.clone(), token).await;
+        let (identity, role) = match verified {
+            Ok(v) => v,
+            Err(failure) => {
+                self.pipeline
+                    .auth_failed("", &target.name, &conn.addr, PROTOCOL, &failure);
+                return Err(refusal(
+                    StatusCode::UNAUTHORIZED,
+                    "Unauthorized",
+                    failure.to_string(),
+                ));
+            }
+        };
+        let session = self
+            .session(
+                conn,
+                Caller::Verified(identity, role),
+                &target.name,
+                PROTOCOL,
+            )
+            .await?;
+        if let Some(message) = session.control.ended() {
+            return Err(refusal(StatusCode::FORBIDDEN, "AccessDenied", message));
+        }
+
+        let resource = resource_of(rest)?;
+        let action = parts.method.as_str().to_ascii_uppercase();
+        let request_id = session
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let call = CallRequest {
+            id: request_id,
+            kind: RequestKind::Execute,
+            text: format!("http:{action} {resource}"),
+            params: Vec::new(),
+            statement_name: None,
+            refusal: None,
+            call: Some(ApiCall {
+                service: "http".into(),
+                action,
+                resource: resource.clone(),
+                source: None,
+            }),
+        };
+        let decision = self
+            .pipeline
+            .requests(&session.info, vec![call], &Waiting)
+            .await
+            .into_iter()
+            .next()
+            .unwrap_or(Decision::Deny {
+                reason: "no decision was made".into(),
+            });
+        if let Decision::Deny { reason } | Decision::Withdrawn { reason } = decision {
+            self.pipeline.outcome(
+                &session.info,
+                Outcome {
+                    request_id,
+                    status: OutcomeStatus::NotExecuted {
+                        reason: reason.clone(),
+                    },
+                    duration: Duration::ZERO,
+                    masked: Vec::new(),
+                    transfer: None,
+                },
+            );
+            return Err(refusal(StatusCode::FORBIDDEN, "AccessDenied", reason));
+        }
+
+        let started = Instant::now();
+        let bytes_in = Arc::new(AtomicU64::new(0));
+        let upstream = self
+            .http_send(target, parts, rest, body, bytes_in.clone())
+            .await;
+        let response = match upstream {
+            Ok(response) => response,
+            Err(e) => {
+                warn!(connection = %target.name, error = %e, "HTTP call failed");
+                self.failed(&session, request_id, started, &bytes_in, &e);
+                return Err(refusal(
+                    StatusCode::BAD_GATEWAY,
+                    "BadGateway",
+                    e.to_string(),
+                ));
+            }
+        };
+        self.answer(&session, request_id, &resource, started, bytes_in, response)
+            .await
+    }
+
+    async fn http_send(
+        &self,
+        target: &HttpTarget,
+        parts: hyper::http::request::Parts,
+        rest: &str,
+        body: Incoming,
+        bytes_in: Arc<AtomicU64>,
+    ) -> Result<Response<Incoming>, ForwardError> {
+        let https = target.url.scheme_str() == Some("https");
+        let host = target.url.host().unwrap_or_default().to_owned();
+        let port = target
+            .url
+            .port_u16()
+            .unwrap_or(if https { 443 } else { 80 });
+        let authority = format!("{host}:{port}");
+        let base = target.url.path().trim_end_matches('/');
+        let path_and_query = match parts.uri.query() {
+            Some(q) => format!("{base}/{rest}?{q}"),
+            None => format!("{base}/{rest}"),
+        };
+        let mut headers = hyper::HeaderMap::new();
+        for (name, value) in &parts.headers {
+            if !DROPPED.contains(&name.as_str()) {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+        if let Some(length) = parts.headers.get(hyper::header::CONTENT_LENGTH) {
+            headers.insert(hyper::header::CONTENT_LENGTH, length.clone());
+        }
+        let host_header = match target.url.port_u16() {
+            Some(p) => format!("{host}:{p}"),
+            None => host.clone(),
+        };
+        headers.insert(
+            hyper::header::HOST,
+            HeaderValue::from_str(&host_header)
+                .map_err(|e| ForwardError::Connect(authority.clone(), e.to_string()))?,
+        );
+        for injected in &target.headers {
+            headers.insert(injected.name.clone(), injected.value()?);
+        }
+        let uri: Uri = path_and_query
+            .parse()
+            .map_err(|e: hyper::http::uri::InvalidUri| ForwardError::Send(e.to_string()))?;
+        let body: BoxBody = Counted::new(
+            body.map_err(|e| -> super::body::BoxError { Box::new(e) })
+                .boxed(),
+            bytes_in,
+            None,
+        )
+        .boxed();
+        let mut request = Request::new(body);
+        *request.method_mut() = parts.method;
+        *request.uri_mut() = uri;
+        *request.headers_mut() = headers;
+        deliver(https, &authority, &host, &target.tls, request).await
+    }
+}
+
+/// The path a call acts on, as policy sees it: decoded. A path the target could read
+/// differently from the policy — with `.` or `..` segments, encoded separators or
+/// backslashes — is refused, so `/public/../admin` cannot pass for `/public/…`.
+fn resource_of(rest: &str) -> Result<String, Refusal> {
+    let lower = rest.to_ascii_lowercase();
+    let decoded = percent_decode_str(rest).decode_utf8_lossy();
+    let ambiguous = lower.contains("%2f")
+        || lower.contains("%5c")
+        || decoded.contains('\\')
+        || decoded
+            .split('/')
+            .any(|segment| segment == "." || segment == "..");
+    if ambiguous {
+        return Err(refusal(
+            StatusCode::BAD_REQUEST,
+            "AmbiguousPath",
+            "paths with . or .. segments, encoded slashes or backslashes are refused",
+        ));
+    }
+    Ok(format!("/{decoded}"))
+}
+
+/// Verifies a bearer token off the async threads (it reads the store).
+async fn verify_token(
+    tokens: Tokens,
+    token: String,
+) -> Result<(sluice_core::Identity, sluice_core::Role), AuthFailure> {
+    let verified = tokio::task::spawn_blocking(move || tokens.verify(&token, SystemTime::now()))
+        .await
+        .map_err(|e| AuthFailure::Unavailable(e.to_string()))?;
+    match verified {
+        Ok(v) => Ok((v.identity, v.role)),
+        Err(AuthError::Expired { .. }) => {
+            Err(AuthFailure::Expired("the bearer token's user".into()))
+        }
+        Err(AuthError::Store(_)) => Err(AuthFailure::Unavailable("metadata store error".into())),
+        Err(_) => Err(AuthFailure::BadCredentials("the bearer token".into())),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_decoded_for_policy_and_ambiguous_ones_refused() {
+        assert_eq!(
+            resource_of("v1/users/7").ok().as_deref(),
+            Some("/v1/users/7")
+        );
+        assert_eq!(resource_of("%61dmin/x").ok().as_deref(), Some("/admin/x"));
+        for bad in [
+            "public/../admin",
+            "a/%2e%2e/admin",
+            "a%2Fb",
+            "a\\b",
+            "a%5cb",
+            "./x",
+        ] {
+            assert!(resource_of(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn injected_headers_keep_their_secret_apart() {
+        let h = InjectedHeader::parse("Authorization", "Bearer env:SOME_TOKEN").unwrap();
+        assert_eq!(h.prefix, "Bearer ");
+        assert!(h.secret.is_some());
+        let h = InjectedHeader::parse("X-Team", "platform eng").unwrap();
+        assert_eq!(
+            (h.prefix.as_str(), h.secret.is_none()),
+            ("platform eng", true)
+        );
+    }
+}

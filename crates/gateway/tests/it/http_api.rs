@@ -1,0 +1,177 @@
+//! `kind: http` through the gateway: curl with a sluice token as its bearer token, a
+//! small real HTTP API (`tests/http/api_server.py`) that accepts only the API token sluice
+//! injects, policies on method and path, masking of the JSON answer, and the record.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use serde_json::Value;
+
+use crate::support::{free_port, pg, Gateway};
+
+const API_TOKEN: &str = "api-token-only-the-agent-knows";
+
+struct Api {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Api {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn api() -> Api {
+    let port = free_port();
+    let mut child = Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/http/api_server.py"
+        ))
+        .args([&port.to_string(), API_TOKEN])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert_eq!(ready.trim(), "ready");
+    Api { child, port }
+}
+
+/// curl through the gateway: (status, body).
+fn curl(gw: &Gateway, token: &str, method: &str, path: &str, extra: &[&str]) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-s", "--path-as-is", "-X", method, "-w", "\n%{http_code}"])
+        .args(["-H", &format!("Authorization: Bearer {token}")])
+        .args(extra)
+        .arg(format!("http://127.0.0.1:{}{path}", gw.http_port))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap();
+    (status.parse().unwrap(), body.to_owned())
+}
+
+fn hits(api: &Api) -> Vec<String> {
+    let out = Command::new("curl")
+        .args(["-s", &format!("http://127.0.0.1:{}/hits", api.port)])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h.as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn an_http_api_behind_the_gateway_gets_its_own_token_and_only_allowed_calls() {
+    let db = "http_api";
+    pg().create_db(db);
+    let api = api();
+    let connections = format!(
+        "  - name: billing\n    kind: http\n    url: http://127.0.0.1:{}/api\n    headers:\n      Authorization: Bearer env:TEST_API_TOKEN\n      X-Team: platform\n",
+        api.port
+    );
+    let yaml = r#"policies:
+  - { name: no-admin, connections: [billing], match: { actions: ["http:*"], resources: ["/admin/*"] }, action: deny }
+  - { name: no-deletes, match: { actions: ["http:DELETE"], resources: ["/v1/*"] }, action: deny }
+masking:
+  - { connections: [billing], detectors: [email] }
+"#;
+    std::env::set_var("TEST_API_TOKEN", API_TOKEN);
+    let gw = Gateway::start_with_http(db, &connections, yaml);
+    let token = gw.user_token("alice");
+
+    // An allowed call: the API gets its own token (not the client's) and the injected
+    // header; the e-mail in its JSON answer is masked.
+    let (status, body) = curl(&gw, &token, "GET", "/billing/v1/users/7", &[]);
+    assert_eq!(status, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["auth_ok"], true);
+    assert_eq!(answer["team"], "platform");
+    assert_eq!(answer["email"], "[redacted]");
+    assert!(!body.contains(&token));
+
+    // A POST with a body is passed on.
+    let (status, body) = curl(
+        &gw,
+        &token,
+        "POST",
+        "/billing/v1/invoices?draft=1",
+        &[
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            "{\"amount\": 12}",
+        ],
+    );
+    assert_eq!(status, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["path"], "/api/v1/invoices?draft=1");
+    assert_eq!(answer["body"], "{\"amount\": 12}");
+
+    // Refused by policy, by path encoding tricks, or without a valid token: the API never
+    // sees them.
+    let before = hits(&api).len();
+    let (status, body) = curl(&gw, &token, "POST", "/billing/admin/reset", &[]);
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("no-admin"), "{body}");
+    let (status, body) = curl(&gw, &token, "POST", "/billing/%61dmin/reset", &[]);
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = curl(&gw, &token, "GET", "/billing/v1/../admin/reset", &[]);
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = curl(&gw, &token, "delete", "/billing/v1/users/7", &[]);
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("no-deletes"), "{body}");
+    let (status, _) = curl(&gw, "slu_wrong_token", "GET", "/billing/v1/users/7", &[]);
+    assert_eq!(status, 401);
+    let (status, body) = curl(&gw, &token, "GET", "/nosuch/v1", &[]);
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(hits(&api).len(), before, "{:?}", hits(&api));
+
+    // The record.
+    gw.wait_sessions_closed();
+    let calls: Vec<Value> = gw
+        .all_statements()
+        .into_iter()
+        .filter(|s| s.get("call").is_some())
+        .collect();
+    let texts: Vec<(String, String)> = calls
+        .iter()
+        .map(|c| {
+            (
+                c["statement"].as_str().unwrap().to_owned(),
+                c["decision"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    for expected in [
+        ("http:GET /v1/users/7", "allow"),
+        ("http:POST /v1/invoices", "allow"),
+        ("http:POST /admin/reset", "deny"),
+        ("http:DELETE /v1/users/7", "deny"),
+    ] {
+        assert!(
+            texts.contains(&(expected.0.to_owned(), expected.1.to_owned())),
+            "{expected:?} not in {texts:?}"
+        );
+    }
+    let get = calls
+        .iter()
+        .find(|c| c["statement"] == "http:GET /v1/users/7")
+        .unwrap();
+    assert_eq!(get["transfer"]["status"], 200);
+    assert_eq!(get["masked"][0]["detector"], "email");
+    assert!(gw.verify().status.success());
+    let written = gw.everything_written();
+    assert!(!written.contains(API_TOKEN), "the API token was written");
+    assert!(!written.contains(&token), "the sluice token was written");
+}
