@@ -247,6 +247,14 @@ pub enum AuthFailure {
     NotAllowed { user: String, connection: String },
     #[error("connection \"{0}\" does not exist")]
     UnknownConnection(String),
+    #[error(
+        "connection \"{connection}\" is a kind: {kind} connection, not reached over {protocol}"
+    )]
+    WrongKind {
+        connection: String,
+        kind: String,
+        protocol: String,
+    },
     #[error("connection \"{0}\" needs an approved access request: sluice access request {0} --for 1h --reason \"…\"")]
     AccessRequired(String),
     #[error("authentication is unavailable: {0}")]

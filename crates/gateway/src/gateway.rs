@@ -125,6 +125,11 @@ pub async fn run(config: Config) -> Result<File> {
             .map(|c| c.name.clone())
             .collect(),
         metrics: metrics.clone(),
+        kinds: config
+            .connections
+            .iter()
+            .map(|c| (c.name.clone(), c.kind.as_str()))
+            .collect(),
     }));
     let masking = config.masking().context("masking")?;
     let frontend = Arc::new(Frontend::new(

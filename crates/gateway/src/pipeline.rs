@@ -30,6 +30,8 @@ pub struct GatewayPipeline {
     tokens: Tokens,
     /// Connection name → who may use it (`None`: every authenticated user).
     allow: HashMap<String, Option<Vec<Principal>>>,
+    /// Connection name → its kind.
+    kinds: HashMap<String, &'static str>,
     policy: Arc<Policy>,
     reviews: Arc<Reviews>,
     access: Arc<Access>,
@@ -73,6 +75,9 @@ pub struct Parts {
     /// Connections whose sessions need an approved access request.
     pub requires_access: HashSet<String>,
     pub metrics: Arc<Metrics>,
+    /// Connection name → its kind (`postgres`, `aws`, `http`), which is also the protocol
+    /// its sessions speak.
+    pub kinds: HashMap<String, &'static str>,
 }
 
 impl GatewayPipeline {
@@ -83,6 +88,7 @@ impl GatewayPipeline {
             audit: parts.audit,
             store: parts.store,
             allow: parts.allow,
+            kinds: parts.kinds,
             policy: parts.policy,
             reviews: parts.reviews,
             access: parts.access,
@@ -483,6 +489,15 @@ impl Pipeline for GatewayPipeline {
         client_addr: &str,
         protocol: &'static str,
     ) -> Result<Identity, AuthFailure> {
+        if let Some(kind) = self.kinds.get(connection).filter(|k| **k != protocol) {
+            let failure = AuthFailure::WrongKind {
+                connection: connection.to_owned(),
+                kind: (*kind).to_owned(),
+                protocol: protocol.to_owned(),
+            };
+            self.auth_failed(user, connection, client_addr, protocol, &failure);
+            return Err(failure);
+        }
         let tokens = self.tokens.clone();
         let presented = secret.to_owned();
         let verified =

@@ -698,7 +698,7 @@ fn auth_refusal(failure: &AuthFailure) -> Refusal {
     let code = match failure {
         AuthFailure::BadCredentials(_) | AuthFailure::Expired(_) => "28P01",
         AuthFailure::NotAllowed { .. } | AuthFailure::AccessRequired(_) => "28000",
-        AuthFailure::UnknownConnection(_) => "3D000",
+        AuthFailure::UnknownConnection(_) | AuthFailure::WrongKind { .. } => "3D000",
         AuthFailure::Unavailable(_) => "57P03",
     };
     Refusal::new(code, failure.to_string())

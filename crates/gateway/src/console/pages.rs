@@ -177,12 +177,24 @@ pub fn connections(viewer: &Viewer, rows: &[ConnectionRow], api: &str) -> Respon
                     dt { "state" } dd class=(if c.state == "ready" { "ok" } else { "bad" }) { (c.state) }
                     dt { "you may connect" } dd { (if c.allowed { "yes" } else { "no" }) @if c.requires_access_request { " (after an approved access request)" } }
                 }
-                h3 { "psql" }
-                pre.snippet { "psql \"$(sluice credentials " (c.name) " --format uri)\"\n# or, with a token as the password:\npsql \"postgresql://" (uri_part(user)) "@" (host) ":" (port) "/" (uri_part(&c.name)) "\"" }
-                h3 { "DBeaver / JDBC" }
-                pre.snippet { "jdbc:postgresql://" (host) ":" (port) "/" (uri_part(&c.name)) "?user=" (uri_part(user)) "\n# password: your sluice token (sluice credentials " (c.name) " --format json)" }
-                h3 { "Cursor / Claude Code (MCP)" }
-                pre.snippet { "{\n  \"mcpServers\": {\n    \"sluice\": {\n      \"command\": \"sluice\",\n      \"args\": [\"mcp\", \"--gateway\", \"" (api) "\"]\n    }\n  }\n}" }
+                @match c.kind {
+                    "aws" => {
+                        h3 { "AWS CLI / SDKs" }
+                        pre.snippet { "# a key pair for you (ask an admin: sluice aws-keys issue --user " (user) " --connection " (c.name) ")\nexport AWS_ACCESS_KEY_ID=SLUICE...\nexport AWS_SECRET_ACCESS_KEY=...\nexport AWS_ENDPOINT_URL=http://" (c.listen) "\naws s3 ls\n# AWS CLI v1 presigned URLs: aws configure set default.s3.signature_version s3v4" }
+                    }
+                    "http" => {
+                        h3 { "curl" }
+                        pre.snippet { "curl -H \"Authorization: Bearer $SLUICE_TOKEN\" http://" (c.listen) "/" (uri_part(&c.name)) "/PATH" }
+                    }
+                    _ => {
+                        h3 { "psql" }
+                        pre.snippet { "psql \"$(sluice credentials " (c.name) " --format uri)\"\n# or, with a token as the password:\npsql \"postgresql://" (uri_part(user)) "@" (host) ":" (port) "/" (uri_part(&c.name)) "\"" }
+                        h3 { "DBeaver / JDBC" }
+                        pre.snippet { "jdbc:postgresql://" (host) ":" (port) "/" (uri_part(&c.name)) "?user=" (uri_part(user)) "\n# password: your sluice token (sluice credentials " (c.name) " --format json)" }
+                        h3 { "Cursor / Claude Code (MCP)" }
+                        pre.snippet { "{\n  \"mcpServers\": {\n    \"sluice\": {\n      \"command\": \"sluice\",\n      \"args\": [\"mcp\", \"--gateway\", \"" (api) "\"]\n    }\n  }\n}" }
+                    }
+                }
             }
         }
         @if rows.is_empty() { p { "No connections are configured." } }

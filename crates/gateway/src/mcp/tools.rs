@@ -171,7 +171,8 @@ fn list_connections(deps: &McpDeps, caller: &McpCaller) -> CallToolResult {
     let list: Vec<Value> = deps
         .connections
         .iter()
-        .filter(|c| c.admits(&caller.identity))
+        // The tools speak SQL.
+        .filter(|c| c.kind == "postgres" && c.admits(&caller.identity))
         .map(|c| {
             json!({
                 "name": c.name, "kind": c.kind, "agent": c.agent,

@@ -137,6 +137,14 @@ masking:
     assert_eq!(status, 404, "{body}");
     assert_eq!(hits(&api).len(), before, "{:?}", hits(&api));
 
+    // The connection is not a database: psql is told so.
+    let (ok, _, err) = gw.psql(
+        &gw.conninfo("billing", "alice", &token),
+        &["-c", "SELECT 1"],
+    );
+    assert!(!ok);
+    assert!(err.contains("is a kind: http connection"), "{err}");
+
     // The record.
     gw.wait_sessions_closed();
     let calls: Vec<Value> = gw
