@@ -302,15 +302,32 @@ pub fn service_accounts(config: &Config, cmd: ServiceAccountsCommand) -> Result<
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn aws_keys(config: &Config, cmd: AwsKeysCommand) -> Result<ExitCode> {
-    let store = open_store(config)?;
+pub fn aws_keys(
+    config: &Config,
+    cmd: AwsKeysCommand,
+    gateway: Option<String>,
+    token: String,
+) -> Result<ExitCode> {
+    let endpoint = config
+        .listen
+        .http
+        .map(|a| format!("http://{a}"))
+        .unwrap_or_else(|| "http://<listen.http>".into());
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0);
     match cmd {
         AwsKeysCommand::Issue {
-            user,
+            user: None,
+            connection,
+            ttl,
+            out,
+        } => {
+            issue_aws_key_through_api(config, gateway, token, connection, ttl, out.json, &endpoint)?
+        }
+        AwsKeysCommand::Issue {
+            user: Some(user),
             connection,
             ttl,
             out,
@@ -324,17 +341,12 @@ pub fn aws_keys(config: &Config, cmd: AwsKeysCommand) -> Result<ExitCode> {
             }
             let sealer = sluice_auth::Sealer::new(&config.sealing_key()?);
             let issued = crate::apis::keys::issue(
-                &store,
+                &*open_store(config)?,
                 &sealer,
                 &user,
                 connection.as_deref(),
                 parse_ttl(&ttl)?,
             )?;
-            let endpoint = config
-                .listen
-                .http
-                .map(|a| format!("http://{a}"))
-                .unwrap_or_else(|| "http://<listen.http>".into());
             let expires = humantime::format_rfc3339_seconds(issued.expires).to_string();
             if out.json {
                 print_json(&json!({
@@ -356,7 +368,7 @@ pub fn aws_keys(config: &Config, cmd: AwsKeysCommand) -> Result<ExitCode> {
             }
         }
         AwsKeysCommand::List { user, out } => {
-            let rows: Vec<_> = store
+            let rows: Vec<_> = open_store(config)?
                 .list_aws_keys(user.as_deref())?
                 .iter()
                 .map(|k| {
@@ -389,13 +401,51 @@ pub fn aws_keys(config: &Config, cmd: AwsKeysCommand) -> Result<ExitCode> {
             }
         }
         AwsKeysCommand::Revoke { id } => {
-            if !store.revoke_aws_key(&id, now)? {
+            if !open_store(config)?.revoke_aws_key(&id, now)? {
                 bail!("no active AWS key with id {id:?}");
             }
             eprintln!("revoked AWS key {id}");
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `sluice aws-keys issue` without `--user`: a key pair for yourself, through the API.
+fn issue_aws_key_through_api(
+    config: &Config,
+    gateway: Option<String>,
+    token: String,
+    connection: Option<String>,
+    ttl: String,
+    json_out: bool,
+    endpoint: &str,
+) -> Result<()> {
+    let mut issued = call_api(
+        config,
+        gateway,
+        token,
+        hyper::Method::POST,
+        "/api/v1/aws-keys",
+        Some(json!({ "connection": connection, "ttl": ttl })),
+    )?;
+    if json_out {
+        issued["endpoint_url"] = json!(endpoint);
+        return print_json(&issued);
+    }
+    let field = |name: &str| issued[name].as_str().unwrap_or_default().to_owned();
+    eprintln!(
+        "issued AWS key {} for {} (expires {}); the secret is shown only now",
+        field("access_key_id"),
+        field("user"),
+        field("expires")
+    );
+    println!("export AWS_ACCESS_KEY_ID={}", field("access_key_id"));
+    println!(
+        "export AWS_SECRET_ACCESS_KEY={}",
+        field("secret_access_key")
+    );
+    println!("export AWS_ENDPOINT_URL={endpoint}");
+    Ok(())
 }
 
 pub fn tokens(config: &Config, cmd: TokensCommand) -> Result<ExitCode> {

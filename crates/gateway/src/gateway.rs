@@ -212,6 +212,7 @@ pub async fn run(config: Config) -> Result<File> {
             audit_dir: config.audit_dir(),
             searches: Arc::new(tokio::sync::Semaphore::new(2)),
             console: crate::console::ConsoleState::new(config.console_key()?, mcp_hosts(&config)),
+            sealer: Arc::new(sluice_auth::Sealer::new(&config.sealing_key()?)),
         },
         mcp,
     );

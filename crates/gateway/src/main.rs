@@ -123,8 +123,8 @@ enum Command {
     Tokens(TokensCommand),
     /// Issue, list and revoke AWS key pairs for `kind: aws` connections (clients sign with
     /// them; they never hold an AWS credential).
-    #[command(subcommand, name = "aws-keys")]
-    AwsKeys(AwsKeysCommand),
+    #[command(name = "aws-keys")]
+    AwsKeys(AwsKeysArgs),
     /// Inspect recorded sessions.
     #[command(subcommand)]
     Sessions(SessionsCommand),
@@ -410,13 +410,23 @@ enum TokensCommand {
     Revoke { id: String },
 }
 
+#[derive(Args)]
+struct AwsKeysArgs {
+    #[command(flatten)]
+    api: ApiArgs,
+    #[command(subcommand)]
+    command: AwsKeysCommand,
+}
+
 #[derive(Subcommand)]
 enum AwsKeysCommand {
-    /// Issue a key pair for a user: prints the access key id and secret (`--json`: an
-    /// object), and the environment to use it with.
+    /// Issue a key pair: for yourself through the gateway's API (as the holder of your
+    /// token), or with `--user` for anyone, in the store of `--config`. Prints the access
+    /// key id and secret (`--json`: an object), and the environment to use them with.
     Issue {
+        /// Issue for this user directly in the store (needs the config and its data_dir).
         #[arg(long)]
-        user: String,
+        user: Option<String>,
         /// The one `kind: aws` connection the key is for (default: whichever serves the
         /// service a request is signed for).
         #[arg(long)]
@@ -647,7 +657,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             client::mcp::run(&gateway, token)
         }
         Command::Tokens(cmd) => commands::tokens(&config, cmd),
-        Command::AwsKeys(cmd) => commands::aws_keys(&config, cmd),
+        Command::AwsKeys(args) => commands::aws_keys(
+            &config,
+            args.command,
+            args.api.gateway,
+            args.api.token.unwrap_or_default(),
+        ),
         Command::Sessions(cmd) => commands::sessions(&config, cmd),
         Command::Audit(AuditCommand::Verify { out }) => commands::audit_verify(&config, out.json),
         Command::Access(args) => {

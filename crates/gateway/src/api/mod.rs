@@ -32,6 +32,7 @@ use crate::reviews::Reviews;
 use crate::signin::{routes as signin, SignIn};
 use crate::views::SessionSummary;
 
+pub(crate) mod aws_keys;
 pub(crate) mod decisions;
 
 use decisions::{
@@ -54,6 +55,8 @@ pub struct ApiState {
     /// Statement searches read the whole log: two at a time, the rest wait their turn.
     pub searches: Arc<tokio::sync::Semaphore>,
     pub console: Arc<crate::console::ConsoleState>,
+    /// Seals the secrets of AWS keys issued through the API.
+    pub sealer: Arc<sluice_auth::Sealer>,
 }
 
 /// A connection as `/api/v1/connections` shows it.
@@ -145,6 +148,14 @@ pub fn router(
         .route("/api/v1/connections", get(connections))
         .route("/api/v1/sessions", get(sessions))
         .route("/api/v1/statements", get(search_statements))
+        .route(
+            "/api/v1/aws-keys",
+            get(aws_keys::list).post(aws_keys::issue),
+        )
+        .route(
+            "/api/v1/aws-keys/{id}",
+            axum::routing::delete(aws_keys::revoke),
+        )
         .route("/api/v1/reviews", get(list_reviews))
         .route("/api/v1/reviews/{id}", get(show_review))
         .route("/api/v1/reviews/{id}/approve", post(approve_review))

@@ -613,6 +613,45 @@ fn aws_lambda_invoke_is_signed_again_for_the_function_and_judged_by_name() {
         "{err}"
     );
 
+    // A user issues a key pair for themselves through the API (no access to the store),
+    // and uses it; an auditor may not.
+    let boss =
+        s.gw.cli_ok(&["tokens", "issue", "boss", "--ttl", "1h"])
+            .trim()
+            .to_owned();
+    let own =
+        s.gw.cli_as_json(&boss, &["aws-keys", "issue", "--ttl", "1h"]);
+    assert_eq!(own["user"], "boss");
+    let out = s.aws_with(
+        own["access_key_id"].as_str().unwrap(),
+        own["secret_access_key"].as_str().unwrap(),
+        region,
+        &[
+            "lambda",
+            "invoke",
+            "--function-name",
+            "report-weekly",
+            "out3.json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.gw.cli_ok(&["users", "add", "audrey", "--role", "auditor"]);
+    let audrey =
+        s.gw.cli_ok(&["tokens", "issue", "audrey", "--ttl", "1h"])
+            .trim()
+            .to_owned();
+    let refused = s.gw.cli_as(&audrey, &["aws-keys", "issue"]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("403"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
     let calls = s.calls();
     let invoked: Vec<(String, String)> = calls
         .iter()
@@ -631,6 +670,11 @@ fn aws_lambda_invoke_is_signed_again_for_the_function_and_judged_by_name() {
         invoked.contains(&("lambda:Invoke billing-charge".into(), "deny".into())),
         "{invoked:?}"
     );
+    let weekly = calls
+        .iter()
+        .find(|c| c["statement"] == "lambda:Invoke report-weekly")
+        .unwrap();
+    assert_eq!(weekly["decision"], "allow");
     let ok = calls
         .iter()
         .find(|c| c["statement"] == "lambda:Invoke report-daily")
