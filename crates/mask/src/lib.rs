@@ -54,6 +54,10 @@ pub struct MaskRuleSpec {
     /// Built-in detector names, or `{name, regex}` / `{name, words}` for your own.
     #[serde(default)]
     pub detectors: Vec<DetectorSpec>,
+    /// Fields of JSON answers (HTTP APIs, Lambda results), by path: `email`,
+    /// `users[*].email`, `*.card.number` (`*` any key, `[*]` any array element).
+    #[serde(default)]
+    pub fields: Vec<String>,
     /// `redact` (default), `partial`, `hash` or `null`.
     #[serde(default)]
     pub style: Option<String>,
@@ -219,8 +223,73 @@ struct Rule {
     applies_to: Vec<Principal>,
     except: Vec<Principal>,
     columns: Vec<ColumnPattern>,
+    fields: Vec<FieldPattern>,
     detectors: Vec<String>,
     style: Style,
+}
+
+/// A JSON field path as written in a rule: `users[*].email`.
+#[derive(Debug, Clone)]
+struct FieldPattern {
+    text: String,
+    steps: Vec<FieldStep>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum FieldStep {
+    /// An object key, a glob (`*` any run of characters).
+    Key(String),
+    /// Any element of an array.
+    AnyItem,
+}
+
+/// One step of where a JSON value sits: an object key or an array index.
+#[derive(Debug, Clone, Copy)]
+pub enum JsonStep<'a> {
+    Key(&'a str),
+    Item,
+}
+
+impl FieldPattern {
+    fn parse(text: &str) -> Result<FieldPattern, String> {
+        let bad = || format!("`fields`: {text:?} is not a path like users[*].email");
+        let mut steps = Vec::new();
+        for part in text.trim_start_matches("$.").split('.') {
+            let (key, mut rest) = match part.find('[') {
+                Some(at) => (&part[..at], &part[at..]),
+                None => (part, ""),
+            };
+            if !key.is_empty() {
+                steps.push(FieldStep::Key(key.to_owned()));
+            } else if rest.is_empty() {
+                return Err(bad());
+            }
+            while !rest.is_empty() {
+                rest = rest.strip_prefix("[*]").ok_or_else(bad)?;
+                steps.push(FieldStep::AnyItem);
+            }
+        }
+        if steps.is_empty() {
+            return Err(bad());
+        }
+        Ok(FieldPattern {
+            text: text.to_owned(),
+            steps,
+        })
+    }
+
+    fn matches(&self, path: &[JsonStep<'_>]) -> bool {
+        self.steps.len() == path.len()
+            && self
+                .steps
+                .iter()
+                .zip(path)
+                .all(|(want, at)| match (want, at) {
+                    (FieldStep::Key(pattern), JsonStep::Key(key)) => glob(pattern, key),
+                    (FieldStep::AnyItem, JsonStep::Item) => true,
+                    _ => false,
+                })
+    }
 }
 
 impl Rule {
@@ -253,9 +322,16 @@ impl Masking {
                 rule: label.clone(),
                 reason,
             };
-            if spec.columns.is_empty() && spec.detectors.is_empty() {
-                return Err(bad("names neither `columns` nor `detectors`".into()));
+            if spec.columns.is_empty() && spec.detectors.is_empty() && spec.fields.is_empty() {
+                return Err(bad(
+                    "names none of `columns`, `fields` and `detectors`".into()
+                ));
             }
+            let fields = spec
+                .fields
+                .iter()
+                .map(|f| FieldPattern::parse(f).map_err(&bad))
+                .collect::<Result<Vec<_>, _>>()?;
             let principals = |list: &[String], key: &str| {
                 list.iter()
                     .map(|p| Principal::parse(p).map_err(|e| bad(format!("`{key}`: {e}"))))
@@ -315,6 +391,7 @@ impl Masking {
                 applies_to: principals(&spec.applies_to, "applies_to")?,
                 except: principals(&spec.except, "except")?,
                 columns,
+                fields,
                 detectors,
                 style,
             });
@@ -340,10 +417,14 @@ impl Masking {
         identity: &Identity,
     ) -> Result<Option<Arc<SessionMasking>>, MaskError> {
         let mut columns = Vec::new();
+        let mut fields = Vec::new();
         let mut detector_styles: Vec<(String, Style)> = Vec::new();
         for rule in self.rules.iter().filter(|r| r.covers(connection, identity)) {
             for c in &rule.columns {
                 columns.push((c.parts.clone(), rule.style.clone()));
+            }
+            for f in &rule.fields {
+                fields.push((f.clone(), rule.style.clone()));
             }
             for d in &rule.detectors {
                 // The first rule naming a detector decides its style.
@@ -352,7 +433,7 @@ impl Masking {
                 }
             }
         }
-        if columns.is_empty() && detector_styles.is_empty() {
+        if columns.is_empty() && fields.is_empty() && detector_styles.is_empty() {
             return Ok(None);
         }
         let names: Vec<String> = detector_styles.iter().map(|(n, _)| n.clone()).collect();
@@ -373,6 +454,7 @@ impl Masking {
                 .into_iter()
                 .map(|(parts, style)| (ColumnPattern { parts }, style))
                 .collect(),
+            fields,
             detectors,
             detector_styles: styles,
             key: self.key.clone(),
@@ -406,6 +488,8 @@ impl Masking {
 #[derive(Debug)]
 pub struct SessionMasking {
     columns: Vec<(ColumnPattern, Style)>,
+    /// JSON field rules, in rule order.
+    fields: Vec<(FieldPattern, Style)>,
     detectors: Arc<DetectorSet>,
     /// Style of each detector, by detector id.
     detector_styles: Vec<Style>,
@@ -543,6 +627,30 @@ impl SessionMasking {
         };
         let names = sluice_sql::identifiers(sql);
         self.columns.iter().any(|(p, _)| p.reaches(&names))
+    }
+
+    /// Masks a JSON value at `path` whole when a `fields` rule names it: returns the value's
+    /// replacement (a styled string, or JSON null for the `null` style) and the count.
+    /// `text` gives the value as text (a string's content, a number's digits, a document);
+    /// it is asked for only when a rule names the path.
+    pub fn mask_field(
+        &self,
+        path: &[JsonStep<'_>],
+        text: impl FnOnce() -> String,
+    ) -> Option<(Option<String>, MaskCount)> {
+        let (pattern, style) = self.fields.iter().find(|(p, _)| p.matches(path))?;
+        let count = MaskCount {
+            column: Some(format!("json:{}", pattern.text)),
+            detector: None,
+            style: style.name().to_owned(),
+            values: 1,
+        };
+        if matches!(style, Style::Null) {
+            return Some((None, count));
+        }
+        let mut out = Vec::new();
+        style.write_span(text().as_bytes(), &self.key, false, &mut out);
+        Some((Some(String::from_utf8_lossy(&out).into_owned()), count))
     }
 
     /// Masks what the detectors find in a free text (an error message, a notice detail).

@@ -5,7 +5,7 @@
 use hyper::header::{HeaderMap, CONTENT_TYPE};
 use serde_json::Value;
 use sluice_core::MaskCount;
-use sluice_mask::SessionMasking;
+use sluice_mask::{JsonStep, SessionMasking};
 
 /// The largest answer masked: it is read whole. A larger answer in a masked session is
 /// refused rather than passed unmasked.
@@ -56,7 +56,7 @@ pub fn mask_body(
     if kind == BodyKind::Json {
         if let Ok(mut doc) = serde_json::from_slice::<Value>(body) {
             let mut counts = Vec::new();
-            mask_value(masking, &mut doc, &mut counts);
+            mask_value(masking, &mut doc, &mut Vec::new(), &mut counts);
             if counts.is_empty() {
                 return None;
             }
@@ -67,7 +67,36 @@ pub fn mask_body(
     masking.mask_text(body)
 }
 
-fn mask_value(masking: &SessionMasking, value: &mut Value, counts: &mut Vec<MaskCount>) {
+/// Where a value sits in the document being masked.
+enum Step {
+    Key(String),
+    Item,
+}
+
+/// Masks `value`, found at `path`: whole when a `fields` rule names the path, else its
+/// strings through the detectors.
+fn mask_value(
+    masking: &SessionMasking,
+    value: &mut Value,
+    path: &mut Vec<Step>,
+    counts: &mut Vec<MaskCount>,
+) {
+    let steps: Vec<JsonStep<'_>> = path
+        .iter()
+        .map(|p| match p {
+            Step::Key(key) => JsonStep::Key(key),
+            Step::Item => JsonStep::Item,
+        })
+        .collect();
+    let text = || match &*value {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    if let Some((replacement, count)) = masking.mask_field(&steps, text) {
+        *value = replacement.map_or(Value::Null, Value::String);
+        add(counts, vec![count]);
+        return;
+    }
     match value {
         Value::String(text) => {
             if let Some((masked, found)) = masking.mask_text(text.as_bytes()) {
@@ -77,12 +106,16 @@ fn mask_value(masking: &SessionMasking, value: &mut Value, counts: &mut Vec<Mask
         }
         Value::Array(items) => {
             for item in items {
-                mask_value(masking, item, counts);
+                path.push(Step::Item);
+                mask_value(masking, item, path, counts);
+                path.pop();
             }
         }
         Value::Object(fields) => {
-            for (_, item) in fields.iter_mut() {
-                mask_value(masking, item, counts);
+            for (key, item) in fields.iter_mut() {
+                path.push(Step::Key(key.clone()));
+                mask_value(masking, item, path, counts);
+                path.pop();
             }
         }
         Value::Null | Value::Bool(_) | Value::Number(_) => {}
@@ -137,6 +170,39 @@ mod tests {
         assert_eq!(doc["n"], 5);
         assert_eq!(counts.iter().map(|c| c.values).sum::<u64>(), 2);
         assert!(mask_body(&m, BodyKind::Json, br#"{"ok":true}"#).is_none());
+    }
+
+    #[test]
+    fn json_fields_named_by_path_are_masked_whole() {
+        let specs: Vec<MaskRuleSpec> = serde_yaml_ng::from_str(
+            "[{ fields: ['users[*].ssn', '*.card'] }, { fields: [total], style: 'null' }]",
+        )
+        .unwrap();
+        let who = Identity {
+            user: "a".into(),
+            groups: vec![],
+            actor: ActorKind::Human,
+        };
+        let m = Masking::new(&specs, vec![1; 32])
+            .unwrap()
+            .for_session("api", &who)
+            .unwrap()
+            .unwrap();
+        let body = br#"{"users":[{"ssn":"123-45-6789","name":"x"},{"ssn":7}],"pay":{"card":{"n":1}},"total":12,"ssn":"keep"}"#;
+        let (masked, counts) = mask_body(&m, BodyKind::Json, body).unwrap();
+        let doc: Value = serde_json::from_slice(&masked).unwrap();
+        assert_eq!(doc["users"][0]["ssn"], "[redacted]");
+        assert_eq!(doc["users"][1]["ssn"], "[redacted]");
+        assert_eq!(doc["users"][0]["name"], "x");
+        assert_eq!(doc["pay"]["card"], "[redacted]");
+        assert_eq!(doc["total"], Value::Null);
+        assert_eq!(doc["ssn"], "keep");
+        assert_eq!(counts.iter().map(|c| c.values).sum::<u64>(), 4);
+        assert!(Masking::new(
+            &serde_yaml_ng::from_str::<Vec<MaskRuleSpec>>("[{ fields: ['a[0]'] }]").unwrap(),
+            vec![1; 32]
+        )
+        .is_err());
     }
 
     #[test]

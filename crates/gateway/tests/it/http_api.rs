@@ -85,6 +85,7 @@ fn an_http_api_behind_the_gateway_gets_its_own_token_and_only_allowed_calls() {
   - { name: no-deletes, match: { actions: ["http:DELETE"], resources: ["/v1/*"] }, action: deny }
 masking:
   - { connections: [billing], detectors: [email] }
+  - { connections: [billing], fields: ["team"], style: hash }
 "#;
     std::env::set_var("TEST_API_TOKEN", API_TOKEN);
     let gw = Gateway::start_with_http(db, &connections, yaml);
@@ -96,7 +97,19 @@ masking:
     assert_eq!(status, 200, "{body}");
     let answer: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(answer["auth_ok"], true);
-    assert_eq!(answer["team"], "platform");
+    let forwarded: Vec<&str> = answer["forwarded_headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h.as_str().unwrap())
+        .collect();
+    assert!(forwarded.contains(&"x-team"), "{forwarded:?}");
+    // A field named by path is masked whole (here keyed-hashed); the detector caught the
+    // e-mail elsewhere.
+    assert!(
+        answer["team"].as_str().unwrap().starts_with("hmac:"),
+        "{answer}"
+    );
     assert_eq!(answer["email"], "[redacted]");
     assert!(!body.contains(&token));
 
