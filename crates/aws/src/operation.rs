@@ -52,19 +52,56 @@ fn decode(text: &str) -> String {
     percent_decode_str(text).decode_utf8_lossy().into_owned()
 }
 
-fn has_param(uri: &Uri, name: &str) -> bool {
-    uri.query().unwrap_or("").split('&').any(|pair| {
-        let key = pair.split_once('=').map_or(pair, |(k, _)| k);
-        key == name
-    })
+/// The query's parameter names, decoded (as the service decodes them: `%64elete` is
+/// `delete`).
+fn param_names(uri: &Uri) -> Vec<String> {
+    uri.query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| decode(pair.split_once('=').map_or(pair, |(k, _)| k)))
+        .collect()
 }
 
-fn param(uri: &Uri, name: &str) -> Option<String> {
-    uri.query().unwrap_or("").split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (k == name).then(|| decode(v))
-    })
+fn has_param(uri: &Uri, name: &str) -> bool {
+    param_names(uri).iter().any(|k| k == name)
 }
+
+/// Whether every query parameter is one of `known`: a request with a sub-resource or option
+/// this module does not know is `Unknown`, never taken for a plainer action.
+fn only_params(uri: &Uri, known: &[&str]) -> bool {
+    param_names(uri)
+        .iter()
+        .all(|k| known.contains(&k.as_str()) || k.starts_with("x-amz-") || k.starts_with("X-Amz-"))
+}
+
+/// Parameters of a plain object read or write (no sub-resource).
+const OBJECT_OPTIONS: &[&str] = &[
+    "versionId",
+    "partNumber",
+    "x-id",
+    "response-cache-control",
+    "response-content-disposition",
+    "response-content-encoding",
+    "response-content-language",
+    "response-content-type",
+    "response-expires",
+];
+
+/// Parameters of a bucket listing.
+const LIST_OPTIONS: &[&str] = &[
+    "prefix",
+    "delimiter",
+    "marker",
+    "max-keys",
+    "encoding-type",
+    "list-type",
+    "continuation-token",
+    "start-after",
+    "fetch-owner",
+    "x-id",
+    "optional-object-attributes",
+];
 
 /// S3, path-style (`/bucket/key`) or virtual-hosted (`bucket.host/key`).
 fn s3(
@@ -92,6 +129,7 @@ fn s3(
     };
     let sub = |name: &str| has_param(uri, name);
     let upload = sub("uploadId");
+    let plain = only_params(uri, OBJECT_OPTIONS);
     let action = if bucket.is_empty() {
         match *method {
             Method::GET => "ListBuckets",
@@ -105,17 +143,17 @@ fn s3(
             Method::GET if sub("tagging") => "GetObjectTagging",
             Method::GET if sub("attributes") => "GetObjectAttributes",
             Method::GET if upload => "ListParts",
-            Method::GET => "GetObject",
-            Method::HEAD => "HeadObject",
+            Method::GET if plain => "GetObject",
+            Method::HEAD if plain => "HeadObject",
             Method::PUT if sub("acl") => "PutObjectAcl",
             Method::PUT if sub("tagging") => "PutObjectTagging",
             Method::PUT if upload && headers.contains_key("x-amz-copy-source") => "UploadPartCopy",
             Method::PUT if upload => "UploadPart",
-            Method::PUT if headers.contains_key("x-amz-copy-source") => "CopyObject",
-            Method::PUT => "PutObject",
+            Method::PUT if plain && headers.contains_key("x-amz-copy-source") => "CopyObject",
+            Method::PUT if plain => "PutObject",
             Method::DELETE if sub("tagging") => "DeleteObjectTagging",
             Method::DELETE if upload => "AbortMultipartUpload",
-            Method::DELETE => "DeleteObject",
+            Method::DELETE if plain => "DeleteObject",
             Method::POST if sub("uploads") => "CreateMultipartUpload",
             Method::POST if upload => "CompleteMultipartUpload",
             Method::POST if sub("select") => "SelectObjectContent",
@@ -128,13 +166,22 @@ fn s3(
     } else {
         format!("{bucket}/{key}")
     };
-    let source = headers
+    let copied = headers
         .get("x-amz-copy-source")
         .and_then(|v| v.to_str().ok())
         .map(|v| {
             let v = v.split_once("?versionId=").map_or(v, |(path, _)| path);
             decode(v.trim_start_matches('/'))
         });
+    // An access point or Outposts ARN names its object indirectly: not judged, so unknown.
+    if copied.as_deref().is_some_and(|c| c.starts_with("arn:")) {
+        return ("Unknown".to_owned(), resource, copied);
+    }
+    // A select reads the object it runs on.
+    let source = match action {
+        "SelectObjectContent" => Some(resource.clone()),
+        _ => copied,
+    };
     (action.to_owned(), resource, source)
 }
 
@@ -156,22 +203,24 @@ fn bucket_action(method: &Method, uri: &Uri) -> &'static str {
         ("website", "BucketWebsite"),
     ];
     let sub = |name: &str| has_param(uri, name);
+    let listing = only_params(uri, LIST_OPTIONS);
+    let bare = only_params(uri, &["x-id"]);
     match *method {
-        Method::GET if sub("list-type") => "ListObjectsV2",
+        Method::GET if sub("list-type") && listing => "ListObjectsV2",
         Method::GET if sub("versions") => "ListObjectVersions",
         Method::GET if sub("uploads") => "ListMultipartUploads",
         Method::GET if sub("location") => "GetBucketLocation",
         Method::POST if sub("delete") => "DeleteObjects",
-        Method::HEAD => "HeadBucket",
+        Method::HEAD if bare => "HeadBucket",
         _ => {
             let found = SUBRESOURCES.iter().find(|(name, _)| sub(name));
             match (method, found) {
                 (&Method::GET, Some((_, what))) => get_action(what),
                 (&Method::PUT, Some((_, what))) => put_action(what),
                 (&Method::DELETE, Some((_, what))) => delete_action(what),
-                (&Method::GET, None) => "ListObjects",
-                (&Method::PUT, None) => "CreateBucket",
-                (&Method::DELETE, None) => "DeleteBucket",
+                (&Method::GET, None) if listing => "ListObjects",
+                (&Method::PUT, None) if bare => "CreateBucket",
+                (&Method::DELETE, None) if bare => "DeleteBucket",
                 _ => "Unknown",
             }
         }
@@ -206,6 +255,64 @@ prefixed!(get_action, "Get");
 prefixed!(put_action, "Put");
 prefixed!(delete_action, "Delete");
 
+/// The object keys of an S3 batch delete (`POST /bucket?delete`), from its XML body, so
+/// each can be judged as the `DeleteObject` it is. `None` when the body is not the plain
+/// shape S3 documents (CDATA, entities of a DTD, prefixed tags, markup inside a key), which
+/// could make the service read other keys than sluice did.
+pub fn batch_delete_keys(body: &[u8]) -> Option<Vec<String>> {
+    let text = std::str::from_utf8(body).ok()?;
+    if text.contains("<!") || text.contains(":Key") {
+        return None;
+    }
+    let mut keys = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("<Key>") {
+        let after = &rest[start + "<Key>".len()..];
+        let end = after.find("</Key>")?;
+        let raw = &after[..end];
+        if raw.contains('<') {
+            return None;
+        }
+        keys.push(xml_unescape(raw)?);
+        rest = &after[end + "</Key>".len()..];
+    }
+    // Every key tag was read (no `<Key attr>` or `<Key >` slipped past).
+    (text.matches("<Key").count() == keys.len() && text.matches("</Key").count() == keys.len())
+        .then_some(keys)
+}
+
+/// XML's five named entities and numeric references.
+fn xml_unescape(text: &str) -> Option<String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find('&') {
+        out.push_str(&rest[..at]);
+        let end = rest[at..].find(';')? + at;
+        let entity = &rest[at + 1..end];
+        let c = match entity {
+            "amp" => '&',
+            "lt" => '<',
+            "gt" => '>',
+            "quot" => '"',
+            "apos" => '\'',
+            _ => {
+                let code = match entity
+                    .strip_prefix("#x")
+                    .or_else(|| entity.strip_prefix("#X"))
+                {
+                    Some(hex) => u32::from_str_radix(hex, 16).ok()?,
+                    None => entity.strip_prefix('#')?.parse().ok()?,
+                };
+                char::from_u32(code)?
+            }
+        };
+        out.push(c);
+        rest = &rest[end + 1..];
+    }
+    out.push_str(rest);
+    Some(out)
+}
+
 /// Lambda's REST paths (`/2015-03-31/functions/NAME/invocations`, …).
 fn lambda(method: &Method, uri: &Uri) -> (String, String, Option<String>) {
     let segments: Vec<&str> = uri.path().split('/').filter(|s| !s.is_empty()).collect();
@@ -218,8 +325,12 @@ fn lambda(method: &Method, uri: &Uri) -> (String, String, Option<String>) {
         }
     };
     let (action, resource) = match (method, segments.as_slice()) {
-        (&Method::POST, [_, "functions", name, "invocations"]) => ("Invoke", function(name)),
-        (&Method::POST, [_, "functions", name, "invoke-async"]) => ("InvokeAsync", function(name)),
+        // Every way of running a function is an Invoke for policy.
+        (
+            &Method::POST,
+            [_, "functions", name, "invocations" | "response-streaming-invocations"],
+        )
+        | (&Method::POST, [_, "functions", name, "invoke-async"]) => ("Invoke", function(name)),
         (&Method::GET, [_, "functions"]) => ("ListFunctions", "*".to_owned()),
         (&Method::POST, [_, "functions"]) => ("CreateFunction", "*".to_owned()),
         (&Method::GET, [_, "functions", name]) => ("GetFunction", function(name)),
@@ -239,20 +350,32 @@ fn lambda(method: &Method, uri: &Uri) -> (String, String, Option<String>) {
 
 /// Any other service: the JSON protocol's `X-Amz-Target: Prefix.Action`, or the query
 /// protocol's `Action=` in the query string or form body.
+/// A request that names its action in more than one place, or more than once, is
+/// `Unknown`: the service may read another one than sluice did.
 fn other(uri: &Uri, headers: &HeaderMap, form: Option<&[u8]>) -> String {
-    if let Some(target) = headers.get("x-amz-target").and_then(|v| v.to_str().ok()) {
-        return target.rsplit('.').next().unwrap_or(target).to_owned();
+    let mut named: Vec<String> = Vec::new();
+    for target in headers.get_all("x-amz-target") {
+        let target = target.to_str().unwrap_or("");
+        named.push(target.rsplit('.').next().unwrap_or(target).to_owned());
     }
-    if let Some(action) = param(uri, "Action") {
-        return action;
+    for pair in uri.query().unwrap_or("").split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if decode(k) == "Action" {
+            named.push(decode(v));
+        }
     }
-    form.and_then(|body| {
-        std::str::from_utf8(body).ok()?.split('&').find_map(|pair| {
-            let (k, v) = pair.split_once('=')?;
-            (k == "Action").then(|| decode(&v.replace('+', " ")))
-        })
-    })
-    .unwrap_or_else(|| "Unknown".to_owned())
+    if let Some(body) = form.and_then(|b| std::str::from_utf8(b).ok()) {
+        for pair in body.split('&') {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            if decode(&k.replace('+', " ")) == "Action" {
+                named.push(decode(&v.replace('+', " ")));
+            }
+        }
+    }
+    match named.as_slice() {
+        [one] if !one.is_empty() => one.clone(),
+        _ => "Unknown".to_owned(),
+    }
 }
 
 #[cfg(test)]
@@ -364,6 +487,38 @@ mod tests {
                 "{target}"
             );
         }
+        // What S3 would read differently, or sluice does not know, is Unknown.
+        for (method, target) in [
+            (Method::PUT, "/b?inventory&id=1"),
+            (Method::DELETE, "/b?metrics&id=1"),
+            (Method::GET, "/b?list-type=2&surprise=1"),
+            (Method::PUT, "/b/k?retention"),
+            (Method::GET, "/b/k?torrent"),
+        ] {
+            assert_eq!(
+                s3_op(method, "gw", target, None).action,
+                "Unknown",
+                "{target}"
+            );
+        }
+        assert_eq!(
+            s3_op(Method::POST, "gw", "/b?%64elete", None).action,
+            "DeleteObjects"
+        );
+        let select = s3_op(
+            Method::POST,
+            "gw",
+            "/secret/f.csv?select&select-type=2",
+            None,
+        );
+        assert_eq!(select.source.as_deref(), Some("secret/f.csv"));
+        let arn = s3_op(
+            Method::PUT,
+            "gw",
+            "/b/k",
+            Some("arn:aws:s3:us-east-1:1:accesspoint/ap/object/k"),
+        );
+        assert_eq!(arn.action, "Unknown");
         let copy = s3_op(
             Method::PUT,
             "gw",
@@ -373,6 +528,24 @@ mod tests {
         assert_eq!(copy.action, "CopyObject");
         assert_eq!(copy.source.as_deref(), Some("secret/a b"));
         assert_eq!(copy.qualified_action(), "s3:CopyObject");
+    }
+
+    #[test]
+    fn batch_delete_keys_are_read_or_refused() {
+        let body = b"<Delete><Object><Key>prod/a&amp;b.csv</Key></Object><Object><Key>x&#x2F;y</Key><VersionId>1</VersionId></Object><Quiet>true</Quiet></Delete>";
+        assert_eq!(batch_delete_keys(body).unwrap(), ["prod/a&b.csv", "x/y"]);
+        for bad in [
+            &b"<Delete><Object><Key><![CDATA[prod/a]]></Key></Object></Delete>"[..],
+            b"<!DOCTYPE d [<!ENTITY e 'prod'>]><Delete><Object><Key>&e;/a</Key></Object></Delete>",
+            b"<Delete><Object><s3:Key>prod/a</s3:Key></Object></Delete>",
+            b"<Delete><Object><Key>a</Key><Key >prod/b</Key ></Object></Delete>",
+        ] {
+            assert!(
+                batch_delete_keys(bad).is_none(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 
     #[test]
@@ -390,6 +563,30 @@ mod tests {
             (op.action.as_str(), op.resource.as_str()),
             ("Invoke", "billing-x")
         );
+        let streamed = classify(
+            "lambda",
+            &Method::POST,
+            &"/2021-11-15/functions/billing-x/response-streaming-invocations"
+                .parse()
+                .unwrap(),
+            &none,
+            None,
+            None,
+        );
+        assert_eq!(
+            (streamed.action.as_str(), streamed.resource.as_str()),
+            ("Invoke", "billing-x")
+        );
+        // Named twice, differently: the service might read either.
+        let twice = classify(
+            "iam",
+            &Method::POST,
+            &"/?Action=ListUsers".parse().unwrap(),
+            &none,
+            None,
+            Some(b"Action=DeleteUser&UserName=admin"),
+        );
+        assert_eq!(twice.action, "Unknown");
         let mut headers = HeaderMap::new();
         headers.insert(
             "x-amz-target",

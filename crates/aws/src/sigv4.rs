@@ -303,6 +303,11 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, Sig
         .transpose()
 }
 
+/// The time a request says it was signed at.
+pub fn request_time(info: &SignatureInfo) -> Option<SystemTime> {
+    parse_amz_date(&info.amz_date).ok()
+}
+
 /// A request whose signature checked out: what chunk signatures chain from.
 #[derive(Clone)]
 pub struct Verified {

@@ -163,10 +163,13 @@ pub async fn run(config: Config) -> Result<File> {
                 pipeline.clone(),
                 store.clone(),
                 sluice_auth::Sealer::new(&config.sealing_key()?),
-                aws_targets(&config)?,
-                http_targets(&config)?,
+                crate::apis::ApiTargets {
+                    aws: aws_targets(&config)?,
+                    http: http_targets(&config)?,
+                },
                 config.listen.s3_virtual_host.clone(),
                 masking.clone(),
+                config.limits.max_connections,
             );
             Some((Arc::new(frontend), listener))
         }

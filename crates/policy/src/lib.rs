@@ -329,6 +329,22 @@ impl Policy {
         connection: &str,
         call: &sluice_core::ApiCall,
     ) -> Verdict {
+        if !self.governs(connection) {
+            return Verdict::Allow;
+        }
+        // A call sluice could not name cannot be matched against the rules: on a connection
+        // with rules it counts as not understood, like an unparsable statement.
+        if call.action == UNKNOWN_ACTION {
+            return match self.unparsed.get(connection) {
+                Some(Unparsed::Allow) => Verdict::Allow,
+                _ => Verdict::NotUnderstood {
+                    reason: format!(
+                        "sluice cannot tell which {} action this request is",
+                        call.service
+                    ),
+                },
+            };
+        }
         let action = call.qualified_action();
         let read = call.source.as_ref().map(|source| {
             (
@@ -406,6 +422,9 @@ impl Policy {
         classified
     }
 }
+
+/// The action name of a call whose action could not be told.
+pub const UNKNOWN_ACTION: &str = "Unknown";
 
 /// The action that reads one object of `service`, for judging a copy's source.
 fn read_action(service: &str) -> &'static str {

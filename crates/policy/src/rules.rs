@@ -409,7 +409,10 @@ impl Rule {
         let m = &self.matcher;
         !m.has_sql_criteria()
             && (m.actions.is_empty() || m.actions.iter().any(|p| action_matches(p, action)))
-            && (m.resources.is_empty() || m.resources.iter().any(|p| glob(p, resource)))
+            // An unknown resource (`*`) may be any: a rule naming resources matches it.
+            && (m.resources.is_empty()
+                || resource == "*"
+                || m.resources.iter().any(|p| glob(p, resource)))
     }
 
     /// Whether the statement described by `facts`, run in a session with `path`, matches.

@@ -678,6 +678,16 @@ fn api_calls_are_judged_by_action_and_resource_and_copies_by_their_source_too() 
         judged(&call("s3", "CopyObject", "open/x", Some("open/y"))),
         None
     );
+    // A call whose resource is unknown may be any resource: rules naming resources match.
+    assert_eq!(
+        judged(&call("s3", "DeleteObject", "*", None)).as_deref(),
+        Some("keep-prod")
+    );
+    // A call sluice cannot name is not understood on a connection with rules.
+    assert_eq!(
+        judged(&call("s3", "Unknown", "b", None)).as_deref(),
+        Some("")
+    );
     // SQL rules never match calls, and call rules never match SQL.
     assert_eq!(
         rule(&p, &alice, "aws", "DROP TABLE t").as_deref(),

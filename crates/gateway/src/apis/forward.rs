@@ -48,8 +48,8 @@ impl std::fmt::Debug for AwsTarget {
 /// Why a call could not be sent (shown to the client without secrets).
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
-    #[error("the connection's credential cannot be read: {0}")]
-    Credential(String),
+    #[error("the connection's credential cannot be read (see the gateway's log)")]
+    Credential,
     #[error("cannot reach {0}: {1}")]
     Connect(String, String),
     #[error("the target did not answer: {0}")]
@@ -76,8 +76,11 @@ impl AwsTarget {
 
     fn credentials(&self) -> Result<Credentials, ForwardError> {
         let resolve = |s: &SecretRef| {
-            s.resolve()
-                .map_err(|e| ForwardError::Credential(e.to_string()))
+            s.resolve().map_err(|e| {
+                // Where the credential should be is for the operator's log, not the client.
+                tracing::error!(connection = %self.name, error = %e, "cannot read the AWS credential");
+                ForwardError::Credential
+            })
         };
         Ok(Credentials {
             access_key_id: resolve(&self.access_key_id)?,
@@ -129,7 +132,11 @@ pub async fn send(
             headers.append(name.clone(), value.clone());
         }
     }
-    // An aws-chunked upload reaches the target decoded.
+    // An aws-chunked upload reaches the target decoded, without the trailing checksum it
+    // announced (its chunks were checked here; the trailer is not passed on).
+    if client_headers.contains_key("x-amz-decoded-content-length") {
+        headers.remove("x-amz-sdk-checksum-algorithm");
+    }
     if let Some(encoding) = headers.get(hyper::header::CONTENT_ENCODING).cloned() {
         let rest: Vec<&str> = encoding
             .to_str()

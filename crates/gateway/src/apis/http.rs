@@ -61,13 +61,15 @@ impl InjectedHeader {
 
     fn value(&self) -> Result<HeaderValue, ForwardError> {
         let secret = match &self.secret {
-            Some(s) => s
-                .resolve()
-                .map_err(|e| ForwardError::Credential(e.to_string()))?,
+            Some(s) => s.resolve().map_err(|e| {
+                tracing::error!(header = %self.name, error = %e, "cannot read an HTTP API credential");
+                ForwardError::Credential
+            })?,
             None => String::new(),
         };
         HeaderValue::from_str(&format!("{}{secret}", self.prefix)).map_err(|_| {
-            ForwardError::Credential(format!("the value of {} is not a header value", self.name))
+            tracing::error!(header = %self.name, "an HTTP API credential is not a header value");
+            ForwardError::Credential
         })
     }
 }
@@ -115,7 +117,7 @@ impl ApiFrontend {
         token: String,
         conn: &ClientConnection,
     ) -> Result<Response<BoxBody>, Refusal> {
-        let (parts, body) = request.into_parts();
+        let (mut parts, body) = request.into_parts();
         // `/CONNECTION/rest?query`
         let path = parts.uri.path().trim_start_matches('/').to_owned();
         let (name, rest) = path.split_once('/').unwrap_or((&path, ""));
@@ -154,6 +156,32 @@ impl ApiFrontend {
 
         let resource = resource_of(rest)?;
         let action = parts.method.as_str().to_ascii_uppercase();
+        // Frameworks that let a header or parameter stand for the method would run another
+        // method than the one judged.
+        let overridden = METHOD_OVERRIDES
+            .iter()
+            .any(|h| parts.headers.contains_key(*h))
+            || parts.uri.query().is_some_and(|q| {
+                q.split('&').any(|p| {
+                    percent_decode_str(p.split('=').next().unwrap_or("")).decode_utf8_lossy()
+                        == "_method"
+                })
+            });
+        if overridden {
+            return Err(refusal(
+                StatusCode::BAD_REQUEST,
+                "MethodOverride",
+                "method overrides (X-HTTP-Method-Override, _method, …) are refused: send the method itself",
+            ));
+        }
+        let method_is_head = parts.method == hyper::Method::HEAD;
+        if session.masking.is_some() {
+            // A compressed answer could not be masked.
+            parts.headers.insert(
+                hyper::header::ACCEPT_ENCODING,
+                HeaderValue::from_static("identity"),
+            );
+        }
         let request_id = session
             .next_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -205,7 +233,7 @@ impl ApiFrontend {
             Ok(response) => response,
             Err(e) => {
                 warn!(connection = %target.name, error = %e, "HTTP call failed");
-                self.failed(&session, request_id, started, &bytes_in, &e);
+                self.failed(&session, &[request_id], started, &bytes_in, &e);
                 return Err(refusal(
                     StatusCode::BAD_GATEWAY,
                     "BadGateway",
@@ -213,8 +241,17 @@ impl ApiFrontend {
                 ));
             }
         };
-        self.answer(&session, request_id, &resource, started, bytes_in, response)
-            .await
+        let head_only = method_is_head;
+        self.answer(
+            &session,
+            &[request_id],
+            &resource,
+            head_only,
+            started,
+            bytes_in,
+            response,
+        )
+        .await
     }
 
     async fn http_send(
@@ -276,6 +313,13 @@ impl ApiFrontend {
     }
 }
 
+/// Headers some frameworks read as the request's method.
+const METHOD_OVERRIDES: &[&str] = &[
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
 /// The path a call acts on, as policy sees it: decoded. A path the target could read
 /// differently from the policy — with `.` or `..` segments, encoded separators or
 /// backslashes — is refused, so `/public/../admin` cannot pass for `/public/…`.
@@ -285,6 +329,9 @@ fn resource_of(rest: &str) -> Result<String, Refusal> {
     let ambiguous = lower.contains("%2f")
         || lower.contains("%5c")
         || decoded.contains('\\')
+        || decoded.contains(';')
+        || decoded.starts_with('/')
+        || decoded.contains("//")
         || decoded
             .split('/')
             .any(|segment| segment == "." || segment == "..");
@@ -292,7 +339,7 @@ fn resource_of(rest: &str) -> Result<String, Refusal> {
         return Err(refusal(
             StatusCode::BAD_REQUEST,
             "AmbiguousPath",
-            "paths with . or .. segments, encoded slashes or backslashes are refused",
+            "paths with . or .. segments, empty segments, ';', encoded slashes or backslashes are refused",
         ));
     }
     Ok(format!("/{decoded}"))
@@ -329,6 +376,8 @@ mod tests {
         );
         assert_eq!(resource_of("%61dmin/x").ok().as_deref(), Some("/admin/x"));
         for bad in [
+            "/admin/x",
+            "admin;x/users",
             "public/../admin",
             "a/%2e%2e/admin",
             "a%2Fb",

@@ -46,7 +46,24 @@ pub use http::{HttpTarget, InjectedHeader};
 
 /// The largest body read whole: services other than S3 sign the body's hash without
 /// declaring it, so it must be read before the signature can be checked.
-const MAX_BUFFERED_BODY: usize = 16 * 1024 * 1024;
+const MAX_BUFFERED_BODY: usize = 8 * 1024 * 1024;
+/// Bodies being read whole at once (each up to [`MAX_BUFFERED_BODY`]), so that a flood of
+/// them cannot take the gateway's memory.
+const BUFFERING_AT_ONCE: usize = 8;
+/// How long a client may take to send a request's headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Headers a request may carry once: sluice and the service must read the same value.
+const SINGLE_HEADERS: &[&str] = &[
+    "host",
+    "authorization",
+    "content-length",
+    "content-type",
+    "x-amz-content-sha256",
+    "x-amz-date",
+    "x-amz-copy-source",
+    "x-amz-target",
+    "x-amz-decoded-content-length",
+];
 /// How long a header-signed request's signature counts as used (its validity window).
 const REPLAY_WINDOW: Duration = Duration::from_secs(15 * 60);
 /// Signatures remembered at most, to bound memory under a flood.
@@ -73,6 +90,9 @@ pub struct ApiFrontend {
     virtual_host: Option<String>,
     masking: Option<Arc<Masking>>,
     seen: Mutex<SeenSignatures>,
+    buffering: tokio::sync::Semaphore,
+    /// Client connections at once (`limits.max_connections`).
+    connections: Arc<tokio::sync::Semaphore>,
 }
 
 /// Header-signed requests already served, so a captured request cannot be sent again
@@ -80,23 +100,36 @@ pub struct ApiFrontend {
 /// to be used more than once until they expire.)
 #[derive(Default)]
 struct SeenSignatures {
-    at: HashMap<String, Instant>,
+    /// Signature → until when it is accepted at all.
+    until: HashMap<String, Instant>,
+}
+
+/// Why a header-signed request may not be served.
+enum Replay {
+    Seen,
+    /// Too many signatures are still within their window to remember another.
+    Full,
 }
 
 impl SeenSignatures {
-    /// `false` when `signature` was seen within the window.
-    fn first_use(&mut self, signature: &str, now: Instant) -> bool {
-        if self.at.len() >= MAX_REMEMBERED {
-            self.at
-                .retain(|_, t| now.duration_since(*t) < REPLAY_WINDOW);
+    /// Notes `signature`, valid until `valid_until`; refuses one seen before.
+    fn first_use(
+        &mut self,
+        signature: &str,
+        valid_until: Instant,
+        now: Instant,
+    ) -> Result<(), Replay> {
+        if self.until.get(signature).is_some_and(|t| *t > now) {
+            return Err(Replay::Seen);
         }
-        match self.at.get(signature) {
-            Some(t) if now.duration_since(*t) < REPLAY_WINDOW => false,
-            _ => {
-                self.at.insert(signature.to_owned(), now);
-                true
+        if self.until.len() >= MAX_REMEMBERED {
+            self.until.retain(|_, t| *t > now);
+            if self.until.len() >= MAX_REMEMBERED {
+                return Err(Replay::Full);
             }
         }
+        self.until.insert(signature.to_owned(), valid_until);
+        Ok(())
     }
 }
 
@@ -171,15 +204,21 @@ fn request_id() -> String {
     bytes.iter().map(|b| format!("{b:02X}")).collect()
 }
 
+/// The connections the listener serves, by kind.
+pub struct ApiTargets {
+    pub aws: Vec<AwsTarget>,
+    pub http: Vec<HttpTarget>,
+}
+
 impl ApiFrontend {
     pub fn new(
         pipeline: Arc<GatewayPipeline>,
         store: Arc<Store>,
         sealer: Sealer,
-        targets: Vec<AwsTarget>,
-        http_targets: Vec<HttpTarget>,
+        targets: ApiTargets,
         virtual_host: Option<String>,
         masking: Option<Arc<Masking>>,
+        max_connections: usize,
     ) -> ApiFrontend {
         let tokens = sluice_auth::Tokens::new(store.clone());
         ApiFrontend {
@@ -187,11 +226,13 @@ impl ApiFrontend {
             pipeline,
             store,
             sealer: Arc::new(sealer),
-            targets,
-            http_targets,
+            targets: targets.aws,
+            http_targets: targets.http,
             virtual_host,
             masking,
             seen: Mutex::new(SeenSignatures::default()),
+            buffering: tokio::sync::Semaphore::new(BUFFERING_AT_ONCE),
+            connections: Arc::new(tokio::sync::Semaphore::new(max_connections)),
         }
     }
 
@@ -199,8 +240,16 @@ impl ApiFrontend {
     pub async fn serve(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
         loop {
             let (tcp, addr) = listener.accept().await?;
+            // Over the limit, a connection is closed at once; the others carry on.
+            let Ok(permit) = self.connections.clone().try_acquire_owned() else {
+                warn!(client = %addr, "too many AWS/HTTP client connections; closing one");
+                continue;
+            };
             let this = self.clone();
-            tokio::spawn(async move { this.connection(tcp, addr.to_string()).await });
+            tokio::spawn(async move {
+                this.connection(tcp, addr.to_string()).await;
+                drop(permit);
+            });
         }
     }
 
@@ -216,6 +265,8 @@ impl ApiFrontend {
             async move { Ok::<_, Infallible>(this.handle(request, &conn).await) }
         });
         if let Err(e) = http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(HEADER_TIMEOUT)
             .serve_connection(TokioIo::new(tcp), service)
             .await
         {
@@ -257,7 +308,18 @@ impl ApiFrontend {
         shape: &mut Shape,
         target_header: bool,
     ) -> Result<Response<BoxBody>, Refusal> {
-        let (parts, body) = request.into_parts();
+        let (mut parts, body) = request.into_parts();
+        // A header the service reads once must come once: otherwise sluice and the service
+        // might each read another copy.
+        for name in SINGLE_HEADERS {
+            if parts.headers.get_all(*name).iter().count() > 1 {
+                return Err(Refusal(
+                    StatusCode::BAD_REQUEST,
+                    "InvalidArgument",
+                    format!("the {name} header may be sent once"),
+                ));
+            }
+        }
         let info = sluice_aws::sigv4::parse(&parts.uri, &parts.headers)?;
         *shape = Shape::for_request(&info.service, target_header);
         let key = match keys::open(&self.store, &self.sealer, &info.access_key).await {
@@ -282,8 +344,40 @@ impl ApiFrontend {
                 return Err(Refusal(StatusCode::FORBIDDEN, code, e.to_string()));
             }
         };
-        // Services other than S3 sign the body's hash without declaring it.
-        let (body, computed) = if info.payload.is_none() {
+        // Services other than S3 sign the body's hash without declaring it; query-protocol
+        // services name the action in a form body; an S3 batch delete names its keys in
+        // its body. Those bodies are read whole before anything else.
+        let batch_delete = info.service == "s3"
+            && parts.method == hyper::Method::POST
+            && sluice_aws::classify(
+                "s3",
+                &parts.method,
+                &parts.uri,
+                &parts.headers,
+                self.virtual_host.as_deref(),
+                None,
+            )
+            .action
+                == "DeleteObjects";
+        let read_whole = info.payload.is_none() || info.service != "s3" || batch_delete;
+        let (body, computed) = if read_whole {
+            if info.payload.as_ref().is_some_and(PayloadHash::is_streaming) {
+                return Err(Refusal(
+                    StatusCode::NOT_IMPLEMENTED,
+                    "NotImplemented",
+                    format!(
+                        "streamed (aws-chunked) bodies are supported for S3 uploads only, not {}",
+                        info.service
+                    ),
+                ));
+            }
+            let _turn = self.buffering.acquire().await.map_err(|_| {
+                Refusal(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "ServiceUnavailable",
+                    "the gateway is stopping".into(),
+                )
+            })?;
             let bytes = Limited::new(body, MAX_BUFFERED_BODY)
                 .collect()
                 .await
@@ -295,8 +389,17 @@ impl ApiFrontend {
                     )
                 })?
                 .to_bytes();
-            let hash = PayloadHash::Sha256(hex::encode(Sha256::digest(&bytes)));
-            (Upload::Buffered(bytes), Some(hash))
+            let actual = hex::encode(Sha256::digest(&bytes));
+            if let Some(PayloadHash::Sha256(declared)) = &info.payload {
+                if *declared != actual {
+                    return Err(Refusal(
+                        StatusCode::BAD_REQUEST,
+                        "XAmzContentSHA256Mismatch",
+                        "the body does not match its declared x-amz-content-sha256".into(),
+                    ));
+                }
+            }
+            (Upload::Buffered(bytes), Some(PayloadHash::Sha256(actual)))
         } else {
             (Upload::Streaming(body), None)
         };
@@ -318,12 +421,25 @@ impl ApiFrontend {
             }
         };
         if !info.presigned() {
-            let first = self
+            // Remembered for as long as the signature is accepted: up to the skew window
+            // after the time it names (which may be ahead of the gateway's clock).
+            let now = Instant::now();
+            let ahead = sluice_aws::sigv4::request_time(&info)
+                .and_then(|t| t.duration_since(SystemTime::now()).ok())
+                .unwrap_or_default();
+            let used = self
                 .seen
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .first_use(&info.signature, Instant::now());
-            if !first {
+                .first_use(&info.signature, now + ahead + REPLAY_WINDOW, now);
+            if let Err(Replay::Full) = used {
+                return Err(Refusal(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "SlowDown",
+                    "too many signed requests at once; try again shortly".into(),
+                ));
+            }
+            if used.is_err() {
                 let failure = AuthFailure::BadCredentials(key.user.clone());
                 self.pipeline
                     .auth_failed(&key.user, "", &conn.addr, PROTOCOL, &failure);
@@ -359,6 +475,23 @@ impl ApiFrontend {
             self.virtual_host.as_deref(),
             form,
         );
+        let head_only = parts.method == hyper::Method::HEAD;
+        if session.masking.is_some() {
+            // What the answer says it is decides whether it is masked: the client may not
+            // rename it, nor have it compressed.
+            let query = parts.uri.query().unwrap_or("").to_ascii_lowercase();
+            if query.split('&').any(|p| p.starts_with("response-content-")) {
+                return Err(Refusal(
+                    StatusCode::FORBIDDEN,
+                    "AccessDenied",
+                    "answers are masked for you: response-content-* overrides are refused".into(),
+                ));
+            }
+            parts.headers.insert(
+                hyper::header::ACCEPT_ENCODING,
+                hyper::header::HeaderValue::from_static("identity"),
+            );
+        }
         let request_id = session.next_id.fetch_add(1, Ordering::Relaxed);
         let text = match &op.source {
             Some(source) => format!("{} {} from {source}", op.qualified_action(), op.resource),
@@ -378,29 +511,60 @@ impl ApiFrontend {
                 source: op.source.clone(),
             }),
         };
-        let decision = self
+        let mut calls = vec![call];
+        // A batch delete is judged (and recorded) as the DeleteObject of each of its keys.
+        if op.action == "DeleteObjects" {
+            let keys = match &body {
+                Upload::Buffered(bytes) => sluice_aws::batch_delete_keys(bytes),
+                Upload::Streaming(_) => None,
+            };
+            let Some(keys) = keys else {
+                return Err(Refusal(
+                    StatusCode::BAD_REQUEST,
+                    "MalformedXML",
+                    "the batch delete's keys cannot be read unambiguously".into(),
+                ));
+            };
+            let bucket = op.resource.clone();
+            for key in keys {
+                let resource = format!("{bucket}/{key}");
+                calls.push(CallRequest {
+                    id: session.next_id.fetch_add(1, Ordering::Relaxed),
+                    kind: RequestKind::Execute,
+                    text: format!("s3:DeleteObject {resource} (in DeleteObjects)"),
+                    params: Vec::new(),
+                    statement_name: None,
+                    refusal: None,
+                    call: Some(ApiCall {
+                        service: "s3".into(),
+                        action: "DeleteObject".into(),
+                        resource,
+                        source: None,
+                    }),
+                });
+            }
+        }
+        let ids: Vec<u64> = calls.iter().map(|c| c.id).collect();
+        let refused = self
             .pipeline
-            .requests(&session.info, vec![call], &Waiting)
+            .requests(&session.info, calls, &Waiting)
             .await
             .into_iter()
-            .next()
-            .unwrap_or(Decision::Deny {
-                reason: "no decision was made".into(),
+            .find_map(|d| match d {
+                Decision::Allow => None,
+                Decision::Deny { reason } | Decision::Withdrawn { reason } => Some(reason),
             });
         let started = Instant::now();
-        if let Decision::Deny { reason } | Decision::Withdrawn { reason } = decision {
-            self.pipeline.outcome(
-                &session.info,
-                Outcome {
-                    request_id,
-                    status: OutcomeStatus::NotExecuted {
-                        reason: reason.clone(),
-                    },
-                    duration: Duration::ZERO,
-                    masked: Vec::new(),
-                    transfer: None,
+        if let Some(reason) = refused {
+            self.record(&session, &ids, |_| Outcome {
+                request_id: 0,
+                status: OutcomeStatus::NotExecuted {
+                    reason: reason.clone(),
                 },
-            );
+                duration: Duration::ZERO,
+                masked: Vec::new(),
+                transfer: None,
+            });
             return Err(Refusal(StatusCode::FORBIDDEN, "AccessDenied", reason));
         }
 
@@ -422,7 +586,8 @@ impl ApiFrontend {
             match (body, &declared) {
                 (Upload::Buffered(bytes), _) => {
                     let length = bytes.len() as u64;
-                    (full(bytes), Some(length), declared.clone())
+                    let hash = PayloadHash::Sha256(hex::encode(Sha256::digest(&bytes)));
+                    (full(bytes), Some(length), hash)
                 }
                 (Upload::Streaming(body), PayloadHash::Sha256(hash)) => (
                     HashChecked::new(body, hash).boxed(),
@@ -482,7 +647,7 @@ impl ApiFrontend {
             Ok(response) => response,
             Err(e) => {
                 warn!(connection = %target.name, error = %e, "AWS call failed");
-                self.failed(&session, request_id, started, &bytes_in, &e);
+                self.failed(&session, &ids, started, &bytes_in, &e);
                 return Err(match e {
                     forward::ForwardError::Upload { code, message } => {
                         Refusal(StatusCode::BAD_REQUEST, code, message)
@@ -497,8 +662,9 @@ impl ApiFrontend {
         };
         self.answer(
             &session,
-            request_id,
+            &ids,
             &op.resource,
+            head_only,
             started,
             bytes_in,
             response,
@@ -506,42 +672,47 @@ impl ApiFrontend {
         .await
     }
 
+    /// Records the outcome of each of `ids` (a call, and the keys of a batch delete): the
+    /// first gets what `outcome` makes of it, the others the same status alone.
+    fn record(&self, session: &CallSession, ids: &[u64], outcome: impl FnOnce(u64) -> Outcome) {
+        record_outcomes(&self.pipeline, &session.info, ids, outcome);
+    }
+
     /// Records a call that got no answer from its target.
     fn failed(
         &self,
         session: &CallSession,
-        request_id: u64,
+        ids: &[u64],
         started: Instant,
         bytes_in: &AtomicU64,
         error: &forward::ForwardError,
     ) {
-        self.pipeline.outcome(
-            &session.info,
-            Outcome {
-                request_id,
-                status: OutcomeStatus::Error {
-                    code: "502".into(),
-                    message: error.to_string(),
-                    rows: 0,
-                },
-                duration: started.elapsed(),
-                masked: Vec::new(),
-                transfer: Some(Transfer {
-                    status: 502,
-                    bytes_in: bytes_in.load(Ordering::Relaxed),
-                    bytes_out: 0,
-                }),
+        self.record(session, ids, |request_id| Outcome {
+            request_id,
+            status: OutcomeStatus::Error {
+                code: "502".into(),
+                message: error.to_string(),
+                rows: 0,
             },
-        );
+            duration: started.elapsed(),
+            masked: Vec::new(),
+            transfer: Some(Transfer {
+                status: 502,
+                bytes_in: bytes_in.load(Ordering::Relaxed),
+                bytes_out: 0,
+            }),
+        });
     }
 
     /// The target's answer on its way to the client: hop headers dropped, masked when the
     /// session's rules cover it, counted, and its `result` recorded when it ends.
+    #[allow(clippy::too_many_arguments)]
     async fn answer(
         &self,
         session: &CallSession,
-        request_id: u64,
+        ids: &[u64],
         resource: &str,
+        head_only: bool,
         started: Instant,
         bytes_in: Arc<AtomicU64>,
         response: Response<Incoming>,
@@ -563,8 +734,37 @@ impl ApiFrontend {
         let kind = session
             .masking
             .as_ref()
-            .filter(|_| head.status.is_success())
+            .filter(|_| head.status.is_success() && !head_only)
             .and_then(|m| masking::maskable(&head.headers, resource).map(|k| (m, k)));
+        if kind.is_some() {
+            // A part of a value, or a compressed one, cannot be masked reliably.
+            let encoded = head
+                .headers
+                .get(hyper::header::CONTENT_ENCODING)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| {
+                    !v.trim().is_empty() && !v.trim().eq_ignore_ascii_case("identity")
+                });
+            if head.status == StatusCode::PARTIAL_CONTENT || encoded {
+                let message = "this answer is masked for you and cannot be masked in ranges or compressed; read it whole".to_owned();
+                self.record(session, ids, |request_id| Outcome {
+                    request_id,
+                    status: OutcomeStatus::Error {
+                        code: status.to_string(),
+                        message: message.clone(),
+                        rows: 0,
+                    },
+                    duration: started.elapsed(),
+                    masked: Vec::new(),
+                    transfer: Some(Transfer {
+                        status,
+                        bytes_in: bytes_in.load(Ordering::Relaxed),
+                        bytes_out: 0,
+                    }),
+                });
+                return Err(Refusal(StatusCode::FORBIDDEN, "AccessDenied", message));
+            }
+        }
         let answer_body: BoxBody = if let Some((masking, kind)) = kind {
             let whole = match Limited::new(answer_body, masking::MAX_MASKED_BODY)
                 .collect()
@@ -573,27 +773,24 @@ impl ApiFrontend {
                 Ok(whole) => whole.to_bytes(),
                 Err(e) => {
                     let message = format!(
-                        "the answer cannot be masked (over {} bytes, or cut off: {e}), so it is not passed on; read it in smaller ranges",
+                        "the answer cannot be masked (over {} bytes, or cut off: {e}), so it is not passed on",
                         masking::MAX_MASKED_BODY
                     );
-                    self.pipeline.outcome(
-                        &session.info,
-                        Outcome {
-                            request_id,
-                            status: OutcomeStatus::Error {
-                                code: status.to_string(),
-                                message: message.clone(),
-                                rows: 0,
-                            },
-                            duration: started.elapsed(),
-                            masked: Vec::new(),
-                            transfer: Some(Transfer {
-                                status,
-                                bytes_in: bytes_in.load(Ordering::Relaxed),
-                                bytes_out: 0,
-                            }),
+                    self.record(session, ids, |request_id| Outcome {
+                        request_id,
+                        status: OutcomeStatus::Error {
+                            code: status.to_string(),
+                            message: message.clone(),
+                            rows: 0,
                         },
-                    );
+                        duration: started.elapsed(),
+                        masked: Vec::new(),
+                        transfer: Some(Transfer {
+                            status,
+                            bytes_in: bytes_in.load(Ordering::Relaxed),
+                            bytes_out: 0,
+                        }),
+                    });
                     return Err(Refusal(StatusCode::FORBIDDEN, "AccessDenied", message));
                 }
             };
@@ -626,6 +823,7 @@ impl ApiFrontend {
         };
         let pipeline = self.pipeline.clone();
         let info_for_end = session.info.clone();
+        let ids = ids.to_vec();
         let on_end: body::OnEnd = Box::new(move |bytes_out, complete| {
             let transfer = Transfer {
                 status,
@@ -648,16 +846,13 @@ impl ApiFrontend {
                     rows: 0,
                 }
             };
-            pipeline.outcome(
-                &info_for_end,
-                Outcome {
-                    request_id,
-                    status,
-                    duration: started.elapsed(),
-                    masked,
-                    transfer: Some(transfer),
-                },
-            );
+            record_outcomes(&pipeline, &info_for_end, &ids, |request_id| Outcome {
+                request_id,
+                status,
+                duration: started.elapsed(),
+                masked,
+                transfer: Some(transfer),
+            });
         });
         let counted = Counted::new(answer_body, Arc::new(AtomicU64::new(0)), Some(on_end));
         Ok(Response::from_parts(head, counted.boxed()))
@@ -779,6 +974,32 @@ impl ApiFrontend {
         sessions.insert(key, session.clone());
         Ok(session)
     }
+}
+
+/// Records `outcome(ids[0])`, and for every other id the same status alone.
+fn record_outcomes(
+    pipeline: &GatewayPipeline,
+    session: &SessionInfo,
+    ids: &[u64],
+    outcome: impl FnOnce(u64) -> Outcome,
+) {
+    let Some((first, rest)) = ids.split_first() else {
+        return;
+    };
+    let outcome = outcome(*first);
+    for id in rest {
+        pipeline.outcome(
+            session,
+            Outcome {
+                request_id: *id,
+                status: outcome.status.clone(),
+                duration: outcome.duration,
+                masked: Vec::new(),
+                transfer: None,
+            },
+        );
+    }
+    pipeline.outcome(session, outcome);
 }
 
 /// Who a call comes from, as far as its credential told.

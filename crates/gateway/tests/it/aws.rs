@@ -102,7 +102,7 @@ fn lambda_server() -> Peer {
 }
 
 const POLICIES: &str = r#"policies:
-  - { name: keep-prod, match: { actions: ["s3:DeleteObject", "s3:DeleteObjects"], resources: ["prod-*"] }, action: deny }
+  - { name: keep-prod, match: { actions: ["s3:DeleteObject"], resources: ["prod-*"] }, action: deny }
   - { name: reviewed-puts, match: { actions: ["s3:PutObject"], resources: ["held-*"] }, action: review, reviewers: [user:boss], timeout: 60s }
   - { name: no-secret-reads, match: { actions: ["s3:GetObject"], resources: ["secret-*"] }, action: deny }
   - { name: billing, match: { actions: ["lambda:Invoke"], resources: ["billing-*"] }, action: deny }
@@ -409,6 +409,36 @@ fn the_aws_cli_uses_s3_through_the_gateway_with_policy_audit_and_constant_memory
         "{err}"
     );
     assert!(s.object("prod-data", "reports/small.txt").is_some());
+    // A batch delete is judged key by key as the DeleteObject it is.
+    let err = s.aws_err(&[
+        "s3api",
+        "delete-objects",
+        "--bucket",
+        "prod-data",
+        "--delete",
+        "Objects=[{Key=reports/small.txt}]",
+    ]);
+    assert!(
+        err.contains("AccessDenied") && err.contains("keep-prod"),
+        "{err}"
+    );
+    assert!(s.object("prod-data", "reports/small.txt").is_some());
+    // A masked answer cannot be read in pieces (a value could be split between them).
+    let err = s.aws_err(&[
+        "s3api",
+        "get-object",
+        "--bucket",
+        "prod-data",
+        "--key",
+        "people.csv",
+        "--range",
+        "bytes=0-12",
+        "part.csv",
+    ]);
+    assert!(
+        err.contains("AccessDenied") && err.contains("ranges"),
+        "{err}"
+    );
     // A copy cannot carry out what may not be read.
     s.aws_ok(&["s3", "mb", "s3://secret-vault"]);
     s.aws_ok(&["s3", "cp", "small.txt", "s3://secret-vault/keys.txt"]);
@@ -526,6 +556,11 @@ fn the_aws_cli_uses_s3_through_the_gateway_with_policy_audit_and_constant_memory
         .filter(|c| c["decision"] == "deny")
         .map(|c| c["statement"].as_str().unwrap().to_owned())
         .collect();
+    assert!(
+        denied
+            .contains(&"s3:DeleteObject prod-data/reports/small.txt (in DeleteObjects)".to_owned()),
+        "{denied:?}"
+    );
     assert!(
         denied.contains(&"s3:DeleteObject prod-data/reports/small.txt".to_owned()),
         "{denied:?}"

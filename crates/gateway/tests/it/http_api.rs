@@ -141,6 +141,16 @@ masking:
     assert_eq!(status, 403, "{body}");
     let (status, body) = curl(&gw, &token, "GET", "/billing/v1/../admin/reset", &[]);
     assert_eq!(status, 400, "{body}");
+    let (status, body) = curl(&gw, &token, "POST", "/billing//admin/reset", &[]);
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = curl(
+        &gw,
+        &token,
+        "POST",
+        "/billing/v1/users/7",
+        &["-H", "X-HTTP-Method-Override: DELETE"],
+    );
+    assert_eq!(status, 400, "{body}");
     let (status, body) = curl(&gw, &token, "delete", "/billing/v1/users/7", &[]);
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("no-deletes"), "{body}");
