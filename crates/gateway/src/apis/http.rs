@@ -201,7 +201,7 @@ impl ApiFrontend {
         };
         let decision = self
             .pipeline
-            .requests(&session.info, vec![call], &Waiting)
+            .requests(&session.info, vec![call], &Waiting { peer: &conn.peer })
             .await
             .into_iter()
             .next()

@@ -137,6 +137,15 @@ impl SeenSignatures {
 struct ClientConnection {
     addr: String,
     sessions: tokio::sync::Mutex<HashMap<(String, String), Arc<CallSession>>>,
+    /// A second handle on the socket, to see the client hang up while a call is held.
+    peer: TcpStream,
+}
+
+/// The connection, and a second handle on its socket for [`Waiting`].
+fn watched(tcp: TcpStream) -> std::io::Result<(TcpStream, TcpStream)> {
+    let std = tcp.into_std()?;
+    let second = std.try_clone()?;
+    Ok((TcpStream::from_std(std)?, TcpStream::from_std(second)?))
 }
 
 struct CallSession {
@@ -169,14 +178,31 @@ impl EndFlag {
     }
 }
 
-/// An HTTP client cannot be told anything while its call is held; it waits for the answer.
-struct Waiting;
+/// An HTTP client cannot be told anything while its call is held; it waits for the answer,
+/// and withdraws the call by hanging up.
+struct Waiting<'a> {
+    /// A second handle on the client's socket (hyper does not read it while a call is held).
+    peer: &'a TcpStream,
+}
 
-impl HoldChannel for Waiting {
+/// How often a held call looks whether its client hung up.
+const HANGUP_CHECK: Duration = Duration::from_millis(250);
+
+impl HoldChannel for Waiting<'_> {
     fn notice(&self, _message: &str) {}
 
     fn withdrawn(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
-        Box::pin(std::future::pending())
+        let peer = self.peer;
+        Box::pin(async move {
+            loop {
+                // Read-closed shows a hang-up even while unread request bytes wait.
+                match peer.ready(tokio::io::Interest::READABLE).await {
+                    Ok(ready) if ready.is_read_closed() => return,
+                    Err(_) => return,
+                    Ok(_) => tokio::time::sleep(HANGUP_CHECK).await,
+                }
+            }
+        })
     }
 }
 
@@ -255,9 +281,17 @@ impl ApiFrontend {
 
     async fn connection(self: Arc<Self>, tcp: TcpStream, addr: String) {
         let _ = tcp.set_nodelay(true);
+        let (tcp, peer) = match watched(tcp) {
+            Ok(pair) => pair,
+            Err(e) => {
+                debug!(error = %e, client = %addr, "cannot watch an AWS/HTTP client connection");
+                return;
+            }
+        };
         let client = Arc::new(ClientConnection {
             addr,
             sessions: tokio::sync::Mutex::new(HashMap::new()),
+            peer,
         });
         let (this, conn) = (self.clone(), client.clone());
         let service = service_fn(move |request| {
@@ -547,7 +581,7 @@ impl ApiFrontend {
         let ids: Vec<u64> = calls.iter().map(|c| c.id).collect();
         let refused = self
             .pipeline
-            .requests(&session.info, calls, &Waiting)
+            .requests(&session.info, calls, &Waiting { peer: &conn.peer })
             .await
             .into_iter()
             .find_map(|d| match d {

@@ -515,6 +515,51 @@ fn the_aws_cli_uses_s3_through_the_gateway_with_policy_audit_and_constant_memory
         Some(&b"hello through sluice\n"[..])
     );
 
+    // A client that hangs up while its call is held withdraws it.
+    let mut gone = Command::new(tool("venv/bin/aws"))
+        .args(["s3", "cp", "small.txt", "s3://held-area/abandoned.txt"])
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", dir)
+        .env("AWS_ACCESS_KEY_ID", &s.key)
+        .env("AWS_SECRET_ACCESS_KEY", &s.secret)
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env(
+            "AWS_ENDPOINT_URL",
+            format!("http://127.0.0.1:{}", s.gw.http_port),
+        )
+        .env("AWS_MAX_ATTEMPTS", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let status_of = |statement: &str| {
+        let all =
+            s.gw.cli_as_json(&boss, &["reviews", "list", "--status", "all"]);
+        all.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["statement"] == statement)
+            .map(|r| r["status"].as_str().unwrap().to_owned())
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while status_of("s3:PutObject held-area/abandoned.txt").as_deref() != Some("pending") {
+        assert!(Instant::now() < deadline, "no review for the abandoned put");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    gone.kill().unwrap();
+    gone.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status_of("s3:PutObject held-area/abandoned.txt").as_deref() != Some("withdrawn") {
+        assert!(
+            Instant::now() < deadline,
+            "the abandoned put was not withdrawn"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(s.object("held-area", "abandoned.txt").is_none());
+
     // Streamed (aws-chunked) uploads with chunk signatures: a good one lands, one with a
     // changed byte is refused before the target has it.
     let (statuses, _) = s.signed("streaming", "prod-data", "streamed.bin");
