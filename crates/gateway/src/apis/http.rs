@@ -189,7 +189,13 @@ impl ApiFrontend {
             id: request_id,
             kind: RequestKind::Execute,
             text: format!("http:{action} {resource}"),
-            params: Vec::new(),
+            // The query decides what the call does too: recorded, and bound into a
+            // fail-mode approval.
+            params: parts
+                .uri
+                .query()
+                .map(|q| vec![Some(format!("query: {q}"))])
+                .unwrap_or_default(),
             statement_name: None,
             refusal: None,
             call: Some(ApiCall {

@@ -531,11 +531,31 @@ impl ApiFrontend {
             Some(source) => format!("{} {} from {source}", op.qualified_action(), op.resource),
             None => format!("{} {}", op.qualified_action(), op.resource),
         };
+        // What else decides what the call does, recorded with it and bound into a fail-mode
+        // approval: its query (less a presigned URL's signature) and its body's hash (never
+        // the body, which may carry secrets).
+        let mut params = Vec::new();
+        if let Some((_, query)) =
+            without_presigning(parts.uri.path_and_query().map_or("", |p| p.as_str()))
+                .split_once('?')
+        {
+            params.push(Some(format!("query: {query}")));
+        }
+        params.push(Some(match (&body, &info.payload) {
+            (Upload::Buffered(bytes), _) => {
+                format!("body sha256: {}", hex::encode(Sha256::digest(bytes)))
+            }
+            (Upload::Streaming(_), Some(PayloadHash::Sha256(hash))) => {
+                format!("body sha256: {hash}")
+            }
+            (Upload::Streaming(_), Some(other)) => format!("body: {}", other.as_str()),
+            (Upload::Streaming(_), None) => "body: unsigned".to_owned(),
+        }));
         let call = CallRequest {
             id: request_id,
             kind: RequestKind::Execute,
             text,
-            params: Vec::new(),
+            params,
             statement_name: None,
             refusal: None,
             call: Some(ApiCall {
