@@ -17,7 +17,7 @@ pub mod operation;
 pub mod sigv4;
 
 pub use chunked::{ChunkDecoder, ChunkError};
-pub use operation::{batch_delete_keys, classify, Operation};
+pub use operation::{batch_delete_keys, classify, xml_text, Operation};
 pub use sigv4::{
     sign, verify, Credentials, PayloadHash, SigError, SignatureInfo, SigningScope, Verified,
 };

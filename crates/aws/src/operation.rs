@@ -281,6 +281,15 @@ pub fn batch_delete_keys(body: &[u8]) -> Option<Vec<String>> {
         .then_some(keys)
 }
 
+/// The text of the first `<tag>…</tag>` in `xml`, unescaped (for the few fields read from
+/// AWS answers, such as STS credentials and error codes).
+pub fn xml_text(xml: &str, tag: &str) -> Option<String> {
+    let open = format!("<{tag}>");
+    let start = xml.find(&open)? + open.len();
+    let end = xml[start..].find(&format!("</{tag}>"))? + start;
+    xml_unescape(&xml[start..end])
+}
+
 /// XML's five named entities and numeric references.
 fn xml_unescape(text: &str) -> Option<String> {
     let mut out = String::with_capacity(text.len());

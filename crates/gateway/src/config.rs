@@ -457,6 +457,15 @@ pub struct Connection {
     pub secret_access_key: Option<String>,
     #[serde(default)]
     pub session_token: Option<String>,
+    /// `kind: aws`: sign as this role (STS AssumeRole with the credential above).
+    #[serde(default)]
+    pub role_arn: Option<String>,
+    /// `kind: aws` with `role_arn`: the external id the role's trust policy asks for.
+    #[serde(default)]
+    pub external_id: Option<String>,
+    /// `kind: aws` with `role_arn`: where STS is (default `https://sts.REGION.amazonaws.com`).
+    #[serde(default)]
+    pub sts_endpoint: Option<String>,
     /// `kind: http`: the API's base URL, e.g. `https://billing.internal/api`.
     #[serde(default)]
     pub url: Option<String>,
@@ -696,6 +705,9 @@ impl Config {
                         ("session_token", c.session_token.is_some()),
                         ("url", c.url.is_some()),
                         ("headers", !c.headers.is_empty()),
+                        ("role_arn", c.role_arn.is_some()),
+                        ("external_id", c.external_id.is_some()),
+                        ("sts_endpoint", c.sts_endpoint.is_some()),
                     ];
                     if let Some((field, _)) = aws_only.iter().find(|(_, set)| *set) {
                         bail!("{}: kind: postgres connections do not take it", at(field));
@@ -764,6 +776,9 @@ impl Config {
             ("access_key_id", c.access_key_id.is_some()),
             ("secret_access_key", c.secret_access_key.is_some()),
             ("session_token", c.session_token.is_some()),
+            ("role_arn", c.role_arn.is_some()),
+            ("external_id", c.external_id.is_some()),
+            ("sts_endpoint", c.sts_endpoint.is_some()),
         ] {
             if set {
                 bail!("{}: kind: http connections do not take it", at(field));
@@ -863,6 +878,32 @@ impl Config {
                 bail!(
                     "{}: {endpoint:?} must be http(s)://HOST[:PORT], without a path",
                     at("endpoint")
+                );
+            }
+        }
+        match (&c.role_arn, &c.external_id, &c.sts_endpoint) {
+            (Some(arn), _, _) if !arn.starts_with("arn:") => {
+                bail!(
+                    "{}: {arn:?} is not a role ARN (arn:aws:iam::ACCOUNT:role/NAME)",
+                    at("role_arn")
+                )
+            }
+            (None, Some(_), _) | (None, _, Some(_)) => {
+                bail!(
+                    "{}: external_id and sts_endpoint go with role_arn",
+                    at("role_arn")
+                )
+            }
+            _ => {}
+        }
+        if let Some(sts) = &c.sts_endpoint {
+            let uri: hyper::Uri = sts
+                .parse()
+                .with_context(|| format!("{}: {sts:?} is not a URL", at("sts_endpoint")))?;
+            if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+                bail!(
+                    "{}: {sts:?} must be http(s)://HOST[:PORT]",
+                    at("sts_endpoint")
                 );
             }
         }
@@ -1017,6 +1058,12 @@ mod tests {
                 ok.replace(", secret_access_key: env:S", ""),
                 "secret_access_key",
             ),
+            (format!("{ok}, role_arn: admin }}"), "not a role ARN"),
+            (format!("{ok}, external_id: x }}"), "go with role_arn"),
+            (
+                format!("{ok}, role_arn: 'arn:aws:iam::1:role/r', sts_endpoint: 'ftp://x' }}"),
+                "sts_endpoint",
+            ),
         ];
         for (yaml, expected) in bad {
             let yaml = if yaml.ends_with('}') {
@@ -1118,7 +1165,7 @@ mod tests {
             ),
             (
                 "masking:\n  - {name: pii}\n",
-                "names neither `columns` nor `detectors`",
+                "names none of `columns`, `fields` and `detectors`",
             ),
             (
                 "masking:\n  - {name: pii, columns: [\"*.t.c\"], except: [everyone]}\n",

@@ -361,6 +361,24 @@ fn aws_targets(config: &Config) -> Result<Vec<crate::apis::AwsTarget>> {
                 access_key_id: secret(&c.access_key_id).context("access_key_id")?,
                 secret_access_key: secret(&c.secret_access_key).context("secret_access_key")?,
                 session_token: secret(&c.session_token),
+                role: match &c.role_arn {
+                    Some(arn) => {
+                        let region = c.region.as_deref().unwrap_or_default();
+                        let sts = c
+                            .sts_endpoint
+                            .clone()
+                            .unwrap_or_else(|| format!("https://sts.{region}.amazonaws.com"))
+                            .parse()
+                            .with_context(|| format!("connection {}: sts_endpoint", c.name))?;
+                        Some(crate::apis::AssumeRole::new(
+                            arn.clone(),
+                            c.external_id.clone(),
+                            format!("sluice-{}", c.name),
+                            sts,
+                        ))
+                    }
+                    None => None,
+                },
                 tls: crate::tls::client_config(c.ca_file.as_deref())
                     .with_context(|| format!("connection {}: ca_file", c.name))?,
             })

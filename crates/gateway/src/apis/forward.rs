@@ -30,6 +30,8 @@ pub struct AwsTarget {
     pub access_key_id: SecretRef,
     pub secret_access_key: SecretRef,
     pub session_token: Option<SecretRef>,
+    /// The role to sign as (STS AssumeRole with the credential above), if any.
+    pub role: Option<super::assume_role::AssumeRole>,
     /// How the target's certificate is checked (the connection's `ca_file`, else the
     /// Mozilla roots).
     pub tls: Arc<rustls::ClientConfig>,
@@ -74,7 +76,16 @@ impl AwsTarget {
         (true, format!("{host}:443"), host)
     }
 
-    fn credentials(&self) -> Result<Credentials, ForwardError> {
+    /// The credential requests are signed with: the connection's own, or the role's.
+    async fn credentials(&self) -> Result<Credentials, ForwardError> {
+        let base = self.base_credentials()?;
+        match &self.role {
+            Some(role) => role.credentials(&base, &self.region, &self.tls).await,
+            None => Ok(base),
+        }
+    }
+
+    fn base_credentials(&self) -> Result<Credentials, ForwardError> {
         let resolve = |s: &SecretRef| {
             s.resolve().map_err(|e| {
                 // Where the credential should be is for the operator's log, not the client.
@@ -124,7 +135,7 @@ pub async fn send(
     length: Option<u64>,
     payload: &PayloadHash,
 ) -> Result<Response<Incoming>, ForwardError> {
-    let credentials = target.credentials()?;
+    let credentials = target.credentials().await?;
     let (https, authority, host) = target.endpoint(service);
     let mut headers = HeaderMap::new();
     for (name, value) in client_headers {

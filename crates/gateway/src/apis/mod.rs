@@ -7,6 +7,7 @@
 //! A client TCP connection is a session per user and connection it uses, as a database
 //! connection is; each call is one request in it.
 
+mod assume_role;
 mod body;
 mod errors;
 mod forward;
@@ -39,6 +40,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
 use crate::pipeline::GatewayPipeline;
+pub use assume_role::AssumeRole;
 use body::{BoxBody, Counted, Dechunked, HashChecked};
 use errors::{error, Shape};
 pub use forward::AwsTarget;

@@ -15,6 +15,9 @@ use crate::support::{free_port, pg, Gateway};
 
 const REAL_KEY: &str = "AKIAREALKEYFORTESTS1";
 const REAL_SECRET: &str = "real-secret-never-leaves-the-agent";
+/// The credential of the role connection: good only for AssumeRole at the test STS.
+const STS_KEY: &str = "AKIASTSBASEKEY000001";
+const STS_SECRET: &str = "sts-base-secret";
 
 /// Where scripts/test installed the AWS CLI (a venv) and s3s-fs.
 fn tools() -> PathBuf {
@@ -83,11 +86,21 @@ fn s3_server() -> Peer {
 }
 
 fn lambda_server() -> Peer {
+    endpoint_server(&[REAL_KEY, REAL_SECRET, "eu-west-1"])
+}
+
+/// STS that accepts the STS key and hands out the real key as the role's credentials.
+fn sts_server() -> Peer {
+    endpoint_server(&[STS_KEY, STS_SECRET, "us-east-1", REAL_KEY, REAL_SECRET])
+}
+
+fn endpoint_server(args: &[&str]) -> Peer {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let mut child = Command::new(tool("venv/bin/python"))
-        .arg(script("lambda_endpoint.py"))
-        .args([&port.to_string(), REAL_KEY, REAL_SECRET, "eu-west-1"])
+        .arg(script("aws_endpoint.py"))
+        .arg(port.to_string())
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -121,6 +134,7 @@ struct Setup {
     gw: Gateway,
     s3: Peer,
     _lambda: Peer,
+    sts: Peer,
     key: String,
     secret: String,
     work: tempfile::TempDir,
@@ -130,6 +144,7 @@ fn setup(db: &str) -> Setup {
     pg().create_db(db);
     let s3 = s3_server();
     let lambda = lambda_server();
+    let sts = sts_server();
     let work = tempfile::tempdir().unwrap();
     // The CLI's HOME: v1 presigns with Signature Version 2 unless told otherwise.
     std::fs::create_dir(work.path().join(".aws")).unwrap();
@@ -141,9 +156,15 @@ fn setup(db: &str) -> Setup {
     let secret_file = work.path().join("real-secret");
     std::fs::write(&secret_file, REAL_SECRET).unwrap();
     let connections = aws_connections(s3.port, lambda.port)
-        .replace("{SECRET_FILE}", &secret_file.display().to_string());
+        .replace("{SECRET_FILE}", &secret_file.display().to_string())
+        + &format!(
+            "  - name: aws-s3-role\n    kind: aws\n    region: us-east-1\n    services: [s3]\n    endpoint: http://127.0.0.1:{}\n    access_key_id: env:TEST_STS_KEY\n    secret_access_key: env:TEST_STS_SECRET\n    role_arn: arn:aws:iam::123456789012:role/sluice-test\n    sts_endpoint: http://127.0.0.1:{}\n",
+            s3.port, sts.port
+        );
     // The real key id reaches the gateway through its environment only.
     std::env::set_var("TEST_REAL_KEY", REAL_KEY);
+    std::env::set_var("TEST_STS_KEY", STS_KEY);
+    std::env::set_var("TEST_STS_SECRET", STS_SECRET);
     let gw = Gateway::start_with_http(db, &connections, POLICIES);
     gw.cli_ok(&["users", "add", "alice", "--group", "engineers"]);
     gw.cli_ok(&["users", "add", "boss"]);
@@ -156,6 +177,7 @@ fn setup(db: &str) -> Setup {
         gw,
         s3,
         _lambda: lambda,
+        sts,
         work,
     }
 }
@@ -762,4 +784,45 @@ fn aws_lambda_invoke_is_signed_again_for_the_function_and_judged_by_name() {
     assert_eq!(ok["transfer"]["status"], 200);
     assert_eq!(ok["tag"], "HTTP 200");
     assert!(s.gw.verify().status.success());
+}
+
+#[test]
+fn a_connection_with_a_role_signs_with_credentials_from_assume_role() {
+    let s = setup("aws_role");
+    let role_key = s.gw.cli_json(&[
+        "aws-keys",
+        "issue",
+        "--user",
+        "alice",
+        "--connection",
+        "aws-s3-role",
+        "--json",
+    ]);
+    let (key, secret) = (
+        role_key["access_key_id"].as_str().unwrap(),
+        role_key["secret_access_key"].as_str().unwrap(),
+    );
+    // The connection's own credential is good only for STS; the S3 server accepts the
+    // role's temporary one, which the gateway got with it.
+    let made = s.aws_with(key, secret, "us-east-1", &["s3", "mb", "s3://role-bucket"]);
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let listed = s.aws_with(key, secret, "us-east-1", &["s3", "ls"]);
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("role-bucket"));
+    // Asked once, then reused while valid.
+    let out = Command::new("curl")
+        .args(["-s", &format!("http://127.0.0.1:{}/assumed", s.sts.port)])
+        .output()
+        .unwrap();
+    let assumed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        assumed["assumed"],
+        serde_json::json!(["arn:aws:iam::123456789012:role/sluice-test"])
+    );
+    let written = s.gw.everything_written();
+    assert!(!written.contains(STS_SECRET));
+    assert!(!written.contains(REAL_SECRET));
 }

@@ -1,11 +1,16 @@
-"""A local stand-in for the Lambda Invoke API that checks SigV4 itself (its own
-implementation, independent of the gateway's), for the AWS integration tests.
+"""A local stand-in for two AWS APIs that checks SigV4 itself (its own implementation,
+independent of the gateway's), for the AWS integration tests:
 
-Usage: lambda_endpoint.py PORT ACCESS_KEY SECRET_KEY REGION
-Prints "ready" once listening. POST /2015-03-31/functions/NAME/invocations answers
-{"function": NAME, "event": <the payload>}; a request that is not signed with the given
-key gets 403 and {"message": ...}.
+- Lambda Invoke: POST /2015-03-31/functions/NAME/invocations answers
+  {"function": NAME, "event": <the payload>};
+- STS AssumeRole (when ISSUE_KEY and ISSUE_SECRET are given): POST / with
+  Action=AssumeRole answers temporary credentials ISSUE_KEY / ISSUE_SECRET with a session
+  token; GET /assumed (unsigned) says how many times a role was assumed.
+
+Usage: aws_endpoint.py PORT ACCESS_KEY SECRET_KEY REGION [ISSUE_KEY ISSUE_SECRET]
+Prints "ready" once listening. A request not signed with ACCESS_KEY gets 403.
 """
+import datetime
 import hashlib
 import hmac
 import http.server
@@ -14,6 +19,8 @@ import sys
 import urllib.parse
 
 PORT, KEY, SECRET, REGION = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+ISSUE = sys.argv[5:7]
+ASSUMED = []
 
 
 def hmac_sha256(key, msg):
@@ -26,7 +33,7 @@ def expected_signature(method, raw_path, headers, body):
         raise ValueError("not SigV4")
     fields = dict(p.strip().split("=", 1) for p in auth[len("AWS4-HMAC-SHA256 "):].split(","))
     key, date, region, service, _ = fields["Credential"].split("/")
-    if key != KEY or region != REGION or service != "lambda":
+    if key != KEY or region != REGION or service not in ("lambda", "sts"):
         raise ValueError("wrong credential scope")
     signed = fields["SignedHeaders"].split(";")
     path, _, query = raw_path.partition("?")
@@ -55,6 +62,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
+    def do_GET(self):
+        if self.path == "/assumed":
+            return self.answer(200, {"assumed": ASSUMED})
+        self.answer(404, {"message": "no such API"})
+
     def answer(self, status, obj, headers=()):
         body = json.dumps(obj).encode()
         self.send_response(status)
@@ -74,6 +86,24 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return self.answer(403, {"message": f"bad signature: {e}"}, [("x-amzn-errortype", "InvalidSignatureException")])
         if not hmac.compare_digest(want, got):
             return self.answer(403, {"message": "signature mismatch"}, [("x-amzn-errortype", "InvalidSignatureException")])
+        if self.path == "/" and ISSUE:
+            form = urllib.parse.parse_qs(body.decode())
+            if form.get("Action") != ["AssumeRole"] or not form.get("RoleArn"):
+                return self.answer(400, {"message": "not an AssumeRole"})
+            ASSUMED.append(form["RoleArn"][0])
+            expires = (datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+            xml = (
+                "<AssumeRoleResponse><AssumeRoleResult><Credentials>"
+                f"<AccessKeyId>{ISSUE[0]}</AccessKeyId><SecretAccessKey>{ISSUE[1]}</SecretAccessKey>"
+                f"<SessionToken>token-{len(ASSUMED)}</SessionToken><Expiration>{expires}</Expiration>"
+                "</Credentials></AssumeRoleResult></AssumeRoleResponse>"
+            ).encode()
+            self.send_response(200)
+            self.send_header("content-type", "text/xml")
+            self.send_header("content-length", str(len(xml)))
+            self.end_headers()
+            self.wfile.write(xml)
+            return
         parts = self.path.split("?")[0].strip("/").split("/")
         if len(parts) != 4 or parts[1] != "functions" or parts[3] != "invocations":
             return self.answer(404, {"message": "no such API"}, [("x-amzn-errortype", "ResourceNotFoundException")])
