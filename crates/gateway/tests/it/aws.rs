@@ -826,3 +826,48 @@ fn a_connection_with_a_role_signs_with_credentials_from_assume_role() {
     assert!(!written.contains(STS_SECRET));
     assert!(!written.contains(REAL_SECRET));
 }
+
+#[test]
+fn boto3_puts_gets_multiparts_and_presigns_through_the_gateway() {
+    let s = setup("aws_sdk");
+    s.aws_ok(&["s3", "mb", "s3://prod-sdk"]);
+    let out = Command::new(tool("venv/bin/python"))
+        .arg(script("sdk.py"))
+        .arg("prod-sdk")
+        .env("AWS_ACCESS_KEY_ID", &s.key)
+        .env("AWS_SECRET_ACCESS_KEY", &s.secret)
+        .env(
+            "AWS_ENDPOINT_URL",
+            format!("http://127.0.0.1:{}", s.gw.http_port),
+        )
+        .env("HOME", s.work.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let results: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(results["put_get"], true, "{results}");
+    assert_eq!(results["multipart"], true, "{results}");
+    assert_eq!(results["presigned"], true, "{results}");
+    assert_eq!(results["delete"], "AccessDenied", "{results}");
+    assert_eq!(
+        s.object("prod-sdk", "sdk/big.bin").map(|b| b.len()),
+        Some(20 * 1024 * 1024)
+    );
+    // What the SDK signed its uploads with is on record.
+    let puts: Vec<Value> = s
+        .calls()
+        .into_iter()
+        .filter(|c| c["call"]["action"] == "PutObject" || c["call"]["action"] == "UploadPart")
+        .collect();
+    assert!(!puts.is_empty());
+    for put in &puts {
+        let params = put["params"].to_string();
+        assert!(params.contains("body"), "{put}");
+    }
+    eprintln!("boto3 upload signing: {}", puts[0]["params"]);
+    assert!(s.gw.verify().status.success());
+}
