@@ -358,33 +358,20 @@ pub fn aws_keys(
                     "endpoint_url": endpoint,
                 }))?;
             } else {
-                eprintln!(
-                    "issued AWS key {} for {} (expires {expires}); the secret is shown only now",
-                    issued.access_key_id, issued.user
+                print_key_exports(
+                    &issued.access_key_id,
+                    &issued.secret_access_key,
+                    &issued.user,
+                    &expires,
+                    &endpoint,
                 );
-                println!("export AWS_ACCESS_KEY_ID={}", issued.access_key_id);
-                println!("export AWS_SECRET_ACCESS_KEY={}", issued.secret_access_key);
-                println!("export AWS_ENDPOINT_URL={endpoint}");
             }
         }
         AwsKeysCommand::List { user, out } => {
             let rows: Vec<_> = open_store(config)?
                 .list_aws_keys(user.as_deref())?
                 .iter()
-                .map(|k| {
-                    let state = if k.revoked_ms.is_some() {
-                        "revoked"
-                    } else if k.expires_ms <= now {
-                        "expired"
-                    } else {
-                        "active"
-                    };
-                    json!({
-                        "access_key_id": k.id, "user": k.user, "connection": k.connection,
-                        "state": state, "created": rfc3339_ms(k.created_ms),
-                        "expires": rfc3339_ms(k.expires_ms), "last_used": k.last_used_ms.map(rfc3339_ms),
-                    })
-                })
+                .map(|k| crate::apis::keys::key_json(k, now))
                 .collect();
             if out.json {
                 print_json(&rows)?;
@@ -433,19 +420,22 @@ fn issue_aws_key_through_api(
         return print_json(&issued);
     }
     let field = |name: &str| issued[name].as_str().unwrap_or_default().to_owned();
-    eprintln!(
-        "issued AWS key {} for {} (expires {}); the secret is shown only now",
-        field("access_key_id"),
-        field("user"),
-        field("expires")
+    print_key_exports(
+        &field("access_key_id"),
+        &field("secret_access_key"),
+        &field("user"),
+        &field("expires"),
+        endpoint,
     );
-    println!("export AWS_ACCESS_KEY_ID={}", field("access_key_id"));
-    println!(
-        "export AWS_SECRET_ACCESS_KEY={}",
-        field("secret_access_key")
-    );
-    println!("export AWS_ENDPOINT_URL={endpoint}");
     Ok(())
+}
+
+/// The environment to use an issued key with, on stdout (the note on stderr).
+fn print_key_exports(id: &str, secret: &str, user: &str, expires: &str, endpoint: &str) {
+    eprintln!("issued AWS key {id} for {user} (expires {expires}); the secret is shown only now");
+    println!("export AWS_ACCESS_KEY_ID={id}");
+    println!("export AWS_SECRET_ACCESS_KEY={secret}");
+    println!("export AWS_ENDPOINT_URL={endpoint}");
 }
 
 pub fn tokens(config: &Config, cmd: TokensCommand) -> Result<ExitCode> {
@@ -472,13 +462,7 @@ pub fn tokens(config: &Config, cmd: TokensCommand) -> Result<ExitCode> {
             let rows: Vec<_> = list
                 .iter()
                 .map(|t| {
-                    let state = if t.revoked_ms.is_some() {
-                        "revoked"
-                    } else if t.expires_ms <= now {
-                        "expired"
-                    } else {
-                        "active"
-                    };
+                    let state = crate::views::credential_state(t.revoked_ms, t.expires_ms, now);
                     json!({
                         "id": t.id, "user": t.user, "kind": t.kind.as_str(), "state": state,
                         "created": rfc3339_ms(t.created_ms), "expires": rfc3339_ms(t.expires_ms),

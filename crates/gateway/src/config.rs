@@ -496,6 +496,35 @@ pub struct Connection {
 }
 
 impl Connection {
+    /// The first field set that belongs to another kind of connection.
+    fn foreign_field(&self) -> Option<&'static str> {
+        let fields = [
+            ("address", Kind::Postgres, !self.address.is_empty()),
+            ("database", Kind::Postgres, !self.database.is_empty()),
+            ("user", Kind::Postgres, !self.user.is_empty()),
+            ("password", Kind::Postgres, self.password.is_some()),
+            ("region", Kind::Aws, self.region.is_some()),
+            ("services", Kind::Aws, !self.services.is_empty()),
+            ("endpoint", Kind::Aws, self.endpoint.is_some()),
+            ("access_key_id", Kind::Aws, self.access_key_id.is_some()),
+            (
+                "secret_access_key",
+                Kind::Aws,
+                self.secret_access_key.is_some(),
+            ),
+            ("session_token", Kind::Aws, self.session_token.is_some()),
+            ("role_arn", Kind::Aws, self.role_arn.is_some()),
+            ("external_id", Kind::Aws, self.external_id.is_some()),
+            ("sts_endpoint", Kind::Aws, self.sts_endpoint.is_some()),
+            ("url", Kind::Http, self.url.is_some()),
+            ("headers", Kind::Http, !self.headers.is_empty()),
+        ];
+        fields
+            .into_iter()
+            .find(|(_, kind, set)| *set && *kind != self.kind)
+            .map(|(field, _, _)| field)
+    }
+
     /// Who may approve access requests for this connection.
     pub fn access_reviewers(&self) -> Vec<Principal> {
         self.access_reviewers
@@ -682,6 +711,13 @@ impl Config {
                     );
                 }
             }
+            if let Some(field) = c.foreign_field() {
+                bail!(
+                    "{}: kind: {} connections do not take it",
+                    at(field),
+                    c.kind.as_str()
+                );
+            }
             match c.kind {
                 Kind::Postgres => {
                     match c.address.rsplit_once(':') {
@@ -695,22 +731,6 @@ impl Config {
                         if set {
                             bail!("{}: required for kind: postgres", at(field));
                         }
-                    }
-                    let aws_only = [
-                        ("region", c.region.is_some()),
-                        ("services", !c.services.is_empty()),
-                        ("endpoint", c.endpoint.is_some()),
-                        ("access_key_id", c.access_key_id.is_some()),
-                        ("secret_access_key", c.secret_access_key.is_some()),
-                        ("session_token", c.session_token.is_some()),
-                        ("url", c.url.is_some()),
-                        ("headers", !c.headers.is_empty()),
-                        ("role_arn", c.role_arn.is_some()),
-                        ("external_id", c.external_id.is_some()),
-                        ("sts_endpoint", c.sts_endpoint.is_some()),
-                    ];
-                    if let Some((field, _)) = aws_only.iter().find(|(_, set)| *set) {
-                        bail!("{}: kind: postgres connections do not take it", at(field));
                     }
                 }
                 Kind::Aws => self.validate_aws(c, &at)?,
@@ -765,25 +785,6 @@ impl Config {
                 at("agent")
             );
         }
-        for (field, set) in [
-            ("address", !c.address.is_empty()),
-            ("database", !c.database.is_empty()),
-            ("user", !c.user.is_empty()),
-            ("password", c.password.is_some()),
-            ("region", c.region.is_some()),
-            ("services", !c.services.is_empty()),
-            ("endpoint", c.endpoint.is_some()),
-            ("access_key_id", c.access_key_id.is_some()),
-            ("secret_access_key", c.secret_access_key.is_some()),
-            ("session_token", c.session_token.is_some()),
-            ("role_arn", c.role_arn.is_some()),
-            ("external_id", c.external_id.is_some()),
-            ("sts_endpoint", c.sts_endpoint.is_some()),
-        ] {
-            if set {
-                bail!("{}: kind: http connections do not take it", at(field));
-            }
-        }
         let Some(url) = &c.url else {
             bail!("{}: kind: http needs the API's base URL", at("url"));
         };
@@ -828,18 +829,6 @@ impl Config {
                 "{}: kind: aws connections are served by the embedded agent for now (remote agents carry PostgreSQL sessions only)",
                 at("agent")
             );
-        }
-        for (field, set) in [
-            ("address", !c.address.is_empty()),
-            ("database", !c.database.is_empty()),
-            ("user", !c.user.is_empty()),
-            ("password", c.password.is_some()),
-            ("url", c.url.is_some()),
-            ("headers", !c.headers.is_empty()),
-        ] {
-            if set {
-                bail!("{}: kind: aws connections do not take it", at(field));
-            }
         }
         match c.region.as_deref() {
             Some(r)

@@ -23,6 +23,17 @@ pub fn unix_ms(t: SystemTime) -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// `revoked`, `expired` or `active`: a token's or a key's state at `now_ms`.
+pub fn credential_state(revoked_ms: Option<i64>, expires_ms: i64, now_ms: i64) -> &'static str {
+    if revoked_ms.is_some() {
+        "revoked"
+    } else if expires_ms <= now_ms {
+        "expired"
+    } else {
+        "active"
+    }
+}
+
 /// Where session `row`'s records start in the audit log.
 pub fn session_start(row: &SessionRow) -> Position {
     Position {

@@ -15,7 +15,6 @@ use sluice_core::Role;
 use tracing::info;
 
 use super::{authorize, ApiState, Need};
-use crate::views::rfc3339_ms;
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "error": message.into() }))).into_response()
@@ -128,20 +127,7 @@ pub(crate) async fn list(State(state): State<ApiState>, headers: HeaderMap) -> R
     let now = now_ms();
     let list: Vec<_> = rows
         .iter()
-        .map(|k| {
-            let state = if k.revoked_ms.is_some() {
-                "revoked"
-            } else if k.expires_ms <= now {
-                "expired"
-            } else {
-                "active"
-            };
-            json!({
-                "access_key_id": k.id, "user": k.user, "connection": k.connection, "state": state,
-                "created": rfc3339_ms(k.created_ms), "expires": rfc3339_ms(k.expires_ms),
-                "last_used": k.last_used_ms.map(rfc3339_ms),
-            })
-        })
+        .map(|k| crate::apis::keys::key_json(k, now))
         .collect();
     Json(list).into_response()
 }

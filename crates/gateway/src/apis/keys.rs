@@ -150,3 +150,14 @@ pub async fn open(
     .await
     .map_err(|_| KeyError::Unavailable)?
 }
+
+/// A stored key as listings show it (never the secret).
+pub fn key_json(key: &AwsKeyRow, now_ms: i64) -> serde_json::Value {
+    use crate::views::{credential_state, rfc3339_ms};
+    serde_json::json!({
+        "access_key_id": key.id, "user": key.user, "connection": key.connection,
+        "state": credential_state(key.revoked_ms, key.expires_ms, now_ms),
+        "created": rfc3339_ms(key.created_ms), "expires": rfc3339_ms(key.expires_ms),
+        "last_used": key.last_used_ms.map(rfc3339_ms),
+    })
+}

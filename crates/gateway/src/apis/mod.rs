@@ -743,17 +743,31 @@ impl ApiFrontend {
         bytes_in: &AtomicU64,
         error: &forward::ForwardError,
     ) {
+        self.not_passed_on(session, ids, 502, started, bytes_in, &error.to_string());
+    }
+
+    /// Records calls whose answer (`status` from the target, 502 for none) the client did
+    /// not get, and why.
+    fn not_passed_on(
+        &self,
+        session: &CallSession,
+        ids: &[u64],
+        status: u16,
+        started: Instant,
+        bytes_in: &AtomicU64,
+        message: &str,
+    ) {
         self.record(session, ids, |request_id| Outcome {
             request_id,
             status: OutcomeStatus::Error {
-                code: "502".into(),
-                message: error.to_string(),
+                code: status.to_string(),
+                message: message.to_owned(),
                 rows: 0,
             },
             duration: started.elapsed(),
             masked: Vec::new(),
             transfer: Some(Transfer {
-                status: 502,
+                status,
                 bytes_in: bytes_in.load(Ordering::Relaxed),
                 bytes_out: 0,
             }),
@@ -803,21 +817,7 @@ impl ApiFrontend {
                 });
             if head.status == StatusCode::PARTIAL_CONTENT || encoded {
                 let message = "this answer is masked for you and cannot be masked in ranges or compressed; read it whole".to_owned();
-                self.record(session, ids, |request_id| Outcome {
-                    request_id,
-                    status: OutcomeStatus::Error {
-                        code: status.to_string(),
-                        message: message.clone(),
-                        rows: 0,
-                    },
-                    duration: started.elapsed(),
-                    masked: Vec::new(),
-                    transfer: Some(Transfer {
-                        status,
-                        bytes_in: bytes_in.load(Ordering::Relaxed),
-                        bytes_out: 0,
-                    }),
-                });
+                self.not_passed_on(session, ids, status, started, &bytes_in, &message);
                 return Err(Refusal(StatusCode::FORBIDDEN, "AccessDenied", message));
             }
         }
@@ -832,21 +832,7 @@ impl ApiFrontend {
                         "the answer cannot be masked (over {} bytes, or cut off: {e}), so it is not passed on",
                         masking::MAX_MASKED_BODY
                     );
-                    self.record(session, ids, |request_id| Outcome {
-                        request_id,
-                        status: OutcomeStatus::Error {
-                            code: status.to_string(),
-                            message: message.clone(),
-                            rows: 0,
-                        },
-                        duration: started.elapsed(),
-                        masked: Vec::new(),
-                        transfer: Some(Transfer {
-                            status,
-                            bytes_in: bytes_in.load(Ordering::Relaxed),
-                            bytes_out: 0,
-                        }),
-                    });
+                    self.not_passed_on(session, ids, status, started, &bytes_in, &message);
                     return Err(Refusal(StatusCode::FORBIDDEN, "AccessDenied", message));
                 }
             };

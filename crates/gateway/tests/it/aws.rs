@@ -183,8 +183,10 @@ fn setup(db: &str) -> Setup {
 }
 
 impl Setup {
-    fn aws_with(&self, key: &str, secret: &str, region: &str, args: &[&str]) -> Output {
-        Command::new(tool("venv/bin/aws"))
+    /// The AWS CLI with `args`, signing with `key` / `secret`, aimed at the gateway.
+    fn aws_command(&self, key: &str, secret: &str, region: &str, args: &[&str]) -> Command {
+        let mut command = Command::new(tool("venv/bin/aws"));
+        command
             .args(args)
             .current_dir(self.work.path())
             .env_clear()
@@ -197,8 +199,22 @@ impl Setup {
                 "AWS_ENDPOINT_URL",
                 format!("http://127.0.0.1:{}", self.gw.http_port),
             )
-            .env("AWS_MAX_ATTEMPTS", "1")
+            .env("AWS_MAX_ATTEMPTS", "1");
+        command
+    }
+
+    fn aws_with(&self, key: &str, secret: &str, region: &str, args: &[&str]) -> Output {
+        self.aws_command(key, secret, region, args)
             .output()
+            .unwrap()
+    }
+
+    /// The AWS CLI started in the background, as alice.
+    fn aws_child(&self, args: &[&str]) -> std::process::Child {
+        self.aws_command(&self.key, &self.secret, "us-east-1", args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
             .unwrap()
     }
 
@@ -478,24 +494,7 @@ fn the_aws_cli_uses_s3_through_the_gateway_with_policy_audit_and_constant_memory
 
     // A put into held-* waits for a reviewer, then completes.
     s.aws_ok(&["s3", "mb", "s3://held-area"]);
-    let mut held = Command::new(tool("venv/bin/aws"))
-        .args(["s3", "cp", "small.txt", "s3://held-area/waiting.txt"])
-        .current_dir(dir)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", dir)
-        .env("AWS_ACCESS_KEY_ID", &s.key)
-        .env("AWS_SECRET_ACCESS_KEY", &s.secret)
-        .env("AWS_DEFAULT_REGION", "us-east-1")
-        .env(
-            "AWS_ENDPOINT_URL",
-            format!("http://127.0.0.1:{}", s.gw.http_port),
-        )
-        .env("AWS_MAX_ATTEMPTS", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut held = s.aws_child(&["s3", "cp", "small.txt", "s3://held-area/waiting.txt"]);
     let boss =
         s.gw.cli_ok(&["tokens", "issue", "boss", "--ttl", "1h"])
             .trim()
@@ -538,24 +537,7 @@ fn the_aws_cli_uses_s3_through_the_gateway_with_policy_audit_and_constant_memory
     );
 
     // A client that hangs up while its call is held withdraws it.
-    let mut gone = Command::new(tool("venv/bin/aws"))
-        .args(["s3", "cp", "small.txt", "s3://held-area/abandoned.txt"])
-        .current_dir(dir)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", dir)
-        .env("AWS_ACCESS_KEY_ID", &s.key)
-        .env("AWS_SECRET_ACCESS_KEY", &s.secret)
-        .env("AWS_DEFAULT_REGION", "us-east-1")
-        .env(
-            "AWS_ENDPOINT_URL",
-            format!("http://127.0.0.1:{}", s.gw.http_port),
-        )
-        .env("AWS_MAX_ATTEMPTS", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut gone = s.aws_child(&["s3", "cp", "small.txt", "s3://held-area/abandoned.txt"]);
     let status_of = |statement: &str| {
         let all =
             s.gw.cli_as_json(&boss, &["reviews", "list", "--status", "all"]);
