@@ -17,7 +17,10 @@ pub mod operation;
 pub mod sigv4;
 
 pub use chunked::{ChunkDecoder, ChunkError};
-pub use operation::{batch_delete_keys, classify, xml_text, Operation};
+pub use operation::{
+    batch_delete_keys, classify, query_param_names, valid_bucket_name, xml_text, Operation,
+    PRESIGNING,
+};
 pub use sigv4::{
     sign, verify, Credentials, PayloadHash, SigError, SignatureInfo, SigningScope, Verified,
 };

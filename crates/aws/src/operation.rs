@@ -67,12 +67,42 @@ fn has_param(uri: &Uri, name: &str) -> bool {
     param_names(uri).iter().any(|k| k == name)
 }
 
-/// Whether every query parameter is one of `known`: a request with a sub-resource or option
-/// this module does not know is `Unknown`, never taken for a plainer action.
+/// Whether every query parameter is one of `known` (or a presigned URL's own): a request
+/// with a sub-resource or option this module does not know is `Unknown`, never taken for a
+/// plainer action. (Other `x-amz-*` parameters are not allowed: a presigner may carry
+/// headers such as `x-amz-copy-source` in the query.)
 fn only_params(uri: &Uri, known: &[&str]) -> bool {
     param_names(uri)
         .iter()
-        .all(|k| known.contains(&k.as_str()) || k.starts_with("x-amz-") || k.starts_with("X-Amz-"))
+        .all(|k| known.contains(&k.as_str()) || PRESIGNING.contains(&k.as_str()))
+}
+
+/// The query parameters of a presigned URL's signature.
+pub const PRESIGNING: &[&str] = &[
+    "X-Amz-Algorithm",
+    "X-Amz-Credential",
+    "X-Amz-Date",
+    "X-Amz-Expires",
+    "X-Amz-SignedHeaders",
+    "X-Amz-Signature",
+    "X-Amz-Security-Token",
+];
+
+/// The query's parameter names, decoded.
+pub fn query_param_names(uri: &Uri) -> Vec<String> {
+    param_names(uri)
+}
+
+/// S3's rules for bucket names: 3 to 63 lowercase letters, digits, dots and hyphens,
+/// starting and ending with a letter or digit.
+pub fn valid_bucket_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    (3..=63).contains(&bytes.len())
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'.' || *b == b'-')
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes[bytes.len() - 1].is_ascii_alphanumeric()
 }
 
 /// Parameters of a plain object read or write (no sub-resource).
@@ -115,7 +145,7 @@ fn s3(
         .and_then(|h| h.to_str().ok())
         .map(|h| h.rsplit_once(':').map_or(h, |(name, _)| name))
         .unwrap_or("");
-    let path = uri.path().trim_start_matches('/');
+    let path = uri.path().strip_prefix('/').unwrap_or(uri.path());
     let hosted = virtual_host
         .and_then(|base| host.strip_suffix(base))
         .and_then(|prefix| prefix.strip_suffix('.'))
@@ -127,6 +157,11 @@ fn s3(
             (decode(bucket), decode(key))
         }
     };
+    // A bucket name S3 would not accept could hide a path or query in a Host header (or an
+    // encoded slash in the path): such a request is not named.
+    if !bucket.is_empty() && !valid_bucket_name(&bucket) {
+        return ("Unknown".to_owned(), bucket, None);
+    }
     let sub = |name: &str| has_param(uri, name);
     let upload = sub("uploadId");
     let plain = only_params(uri, OBJECT_OPTIONS);
@@ -170,7 +205,7 @@ fn s3(
         .get("x-amz-copy-source")
         .and_then(|v| v.to_str().ok())
         .map(|v| {
-            let v = v.split_once("?versionId=").map_or(v, |(path, _)| path);
+            let v = v.split_once('?').map_or(v, |(path, _)| path);
             decode(v.trim_start_matches('/'))
         });
     // An access point or Outposts ARN names its object indirectly: not judged, so unknown.
@@ -212,6 +247,7 @@ fn bucket_action(method: &Method, uri: &Uri) -> &'static str {
         Method::GET if sub("location") => "GetBucketLocation",
         Method::POST if sub("delete") => "DeleteObjects",
         Method::HEAD if bare => "HeadBucket",
+        _ if SUBRESOURCES.iter().filter(|(name, _)| sub(name)).count() > 1 => "Unknown",
         _ => {
             let found = SUBRESOURCES.iter().find(|(name, _)| sub(name));
             match (method, found) {
@@ -325,13 +361,26 @@ fn xml_unescape(text: &str) -> Option<String> {
 /// Lambda's REST paths (`/2015-03-31/functions/NAME/invocations`, …).
 fn lambda(method: &Method, uri: &Uri) -> (String, String, Option<String>) {
     let segments: Vec<&str> = uri.path().split('/').filter(|s| !s.is_empty()).collect();
-    let function = |name: &str| {
-        // A function may be named by ARN (arn:aws:lambda:REGION:ACCOUNT:function:NAME[:QUAL]).
-        let name = decode(name);
-        match name.split_once(":function:") {
-            Some((_, rest)) => rest.split(':').next().unwrap_or(rest).to_owned(),
-            None => name.split(':').next().unwrap_or(&name).to_owned(),
-        }
+    // A function is named by name, `name:qualifier`, `function:name`, a partial ARN
+    // (`ACCOUNT:function:name`) or a full ARN; anything else is not named.
+    let function = |raw: &str| {
+        let raw = decode(raw);
+        let parts: Vec<&str> = raw.split(':').collect();
+        let name = match parts.iter().position(|p| *p == "function") {
+            Some(at) => parts.get(at + 1).copied(),
+            None if parts.len() <= 2 => parts.first().copied(),
+            None => None,
+        };
+        name.filter(|n| {
+            !n.is_empty()
+                && n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        })
+        .map(str::to_owned)
+    };
+    let named = |action: &'static str, raw: &str| match function(raw) {
+        Some(name) => (action, name),
+        None => ("Unknown", "*".to_owned()),
     };
     let (action, resource) = match (method, segments.as_slice()) {
         // Every way of running a function is an Invoke for policy.
@@ -339,19 +388,21 @@ fn lambda(method: &Method, uri: &Uri) -> (String, String, Option<String>) {
             &Method::POST,
             [_, "functions", name, "invocations" | "response-streaming-invocations"],
         )
-        | (&Method::POST, [_, "functions", name, "invoke-async"]) => ("Invoke", function(name)),
+        | (&Method::POST, [_, "functions", name, "invoke-async"]) => named("Invoke", name),
         (&Method::GET, [_, "functions"]) => ("ListFunctions", "*".to_owned()),
         (&Method::POST, [_, "functions"]) => ("CreateFunction", "*".to_owned()),
-        (&Method::GET, [_, "functions", name]) => ("GetFunction", function(name)),
-        (&Method::DELETE, [_, "functions", name]) => ("DeleteFunction", function(name)),
+        (&Method::GET, [_, "functions", name]) => named("GetFunction", name),
+        (&Method::DELETE, [_, "functions", name]) => named("DeleteFunction", name),
         (&Method::GET, [_, "functions", name, "configuration"]) => {
-            ("GetFunctionConfiguration", function(name))
+            named("GetFunctionConfiguration", name)
         }
         (&Method::PUT, [_, "functions", name, "configuration"]) => {
-            ("UpdateFunctionConfiguration", function(name))
+            named("UpdateFunctionConfiguration", name)
         }
-        (&Method::PUT, [_, "functions", name, "code"]) => ("UpdateFunctionCode", function(name)),
-        (_, [_, "functions", name, ..]) => ("Unknown", function(name)),
+        (&Method::PUT, [_, "functions", name, "code"]) => named("UpdateFunctionCode", name),
+        (_, [_, "functions", name, ..]) => {
+            ("Unknown", function(name).unwrap_or_else(|| "*".into()))
+        }
         _ => ("Unknown", "*".to_owned()),
     };
     (action.to_owned(), resource, None)
@@ -362,6 +413,15 @@ fn lambda(method: &Method, uri: &Uri) -> (String, String, Option<String>) {
 /// A request that names its action in more than one place, or more than once, is
 /// `Unknown`: the service may read another one than sluice did.
 fn other(uri: &Uri, headers: &HeaderMap, form: Option<&[u8]>) -> String {
+    // Protocols that name the operation elsewhere (RPC v2's path, a compressed body) are
+    // not read here.
+    let plain_post = matches!(uri.path(), "" | "/")
+        && !headers.contains_key("smithy-protocol")
+        && !headers.contains_key(http::header::CONTENT_ENCODING)
+        && form.is_none_or(|b| std::str::from_utf8(b).is_ok());
+    if !plain_post {
+        return "Unknown".to_owned();
+    }
     let mut named: Vec<String> = Vec::new();
     for target in headers.get_all("x-amz-target") {
         let target = target.to_str().unwrap_or("");
@@ -438,40 +498,40 @@ mod tests {
             (
                 Method::POST,
                 "gw:1",
-                "/b/k?uploads",
+                "/bk1/k?uploads",
                 "CreateMultipartUpload",
-                "b/k",
+                "bk1/k",
             ),
             (
                 Method::PUT,
                 "gw:1",
-                "/b/k?partNumber=1&uploadId=x",
+                "/bk1/k?partNumber=1&uploadId=x",
                 "UploadPart",
-                "b/k",
+                "bk1/k",
             ),
             (
                 Method::POST,
                 "gw:1",
-                "/b/k?uploadId=x",
+                "/bk1/k?uploadId=x",
                 "CompleteMultipartUpload",
-                "b/k",
+                "bk1/k",
             ),
             (
                 Method::DELETE,
                 "gw:1",
-                "/b/k?uploadId=x",
+                "/bk1/k?uploadId=x",
                 "AbortMultipartUpload",
-                "b/k",
+                "bk1/k",
             ),
-            (Method::POST, "gw:1", "/b?delete", "DeleteObjects", "b"),
-            (Method::PUT, "gw:1", "/b", "CreateBucket", "b"),
-            (Method::GET, "gw:1", "/b?policy", "GetBucketPolicy", "b"),
+            (Method::POST, "gw:1", "/bk1?delete", "DeleteObjects", "bk1"),
+            (Method::PUT, "gw:1", "/bk1", "CreateBucket", "bk1"),
+            (Method::GET, "gw:1", "/bk1?policy", "GetBucketPolicy", "bk1"),
             (
                 Method::DELETE,
                 "gw:1",
-                "/b?tagging",
+                "/bk1?tagging",
                 "DeleteBucketTagging",
-                "b",
+                "bk1",
             ),
             (
                 Method::GET,
@@ -498,11 +558,11 @@ mod tests {
         }
         // What S3 would read differently, or sluice does not know, is Unknown.
         for (method, target) in [
-            (Method::PUT, "/b?inventory&id=1"),
-            (Method::DELETE, "/b?metrics&id=1"),
-            (Method::GET, "/b?list-type=2&surprise=1"),
-            (Method::PUT, "/b/k?retention"),
-            (Method::GET, "/b/k?torrent"),
+            (Method::PUT, "/bk1?inventory&id=1"),
+            (Method::DELETE, "/bk1?metrics&id=1"),
+            (Method::GET, "/bk1?list-type=2&surprise=1"),
+            (Method::PUT, "/bk1/k?retention"),
+            (Method::GET, "/bk1/k?torrent"),
         ] {
             assert_eq!(
                 s3_op(method, "gw", target, None).action,
@@ -511,7 +571,7 @@ mod tests {
             );
         }
         assert_eq!(
-            s3_op(Method::POST, "gw", "/b?%64elete", None).action,
+            s3_op(Method::POST, "gw", "/bk1?%64elete", None).action,
             "DeleteObjects"
         );
         let select = s3_op(
@@ -521,10 +581,30 @@ mod tests {
             None,
         );
         assert_eq!(select.source.as_deref(), Some("secret/f.csv"));
+        // A Host header or encoded slash that is no bucket name is not named.
+        assert_eq!(
+            s3_op(Method::DELETE, "prod/k#.s3.gw.test", "/", None).action,
+            "Unknown"
+        );
+        assert_eq!(
+            s3_op(Method::GET, "gw", "/prod%2Fsecret.csv", None).action,
+            "Unknown"
+        );
+        // Headers carried in the query (as some presigners do) are not options.
+        assert_eq!(
+            s3_op(
+                Method::PUT,
+                "gw",
+                "/open/k?x-amz-copy-source=secret%2Fpw.csv",
+                None
+            )
+            .action,
+            "Unknown"
+        );
         let arn = s3_op(
             Method::PUT,
             "gw",
-            "/b/k",
+            "/bk1/k",
             Some("arn:aws:s3:us-east-1:1:accesspoint/ap/object/k"),
         );
         assert_eq!(arn.action, "Unknown");
@@ -572,6 +652,43 @@ mod tests {
             (op.action.as_str(), op.resource.as_str()),
             ("Invoke", "billing-x")
         );
+        for (path, name) in [
+            (
+                "/2015-03-31/functions/function:billing-x/invocations",
+                "billing-x",
+            ),
+            (
+                "/2015-03-31/functions/123456789012:function:billing-x:prod/invocations",
+                "billing-x",
+            ),
+            (
+                "/2015-03-31/functions/billing-x:prod/invocations",
+                "billing-x",
+            ),
+        ] {
+            let op = classify(
+                "lambda",
+                &Method::POST,
+                &path.parse().unwrap(),
+                &none,
+                None,
+                None,
+            );
+            assert_eq!(
+                (op.action.as_str(), op.resource.as_str()),
+                ("Invoke", name),
+                "{path}"
+            );
+        }
+        let odd = classify(
+            "lambda",
+            &Method::POST,
+            &"/2015-03-31/functions/a:b:c/invocations".parse().unwrap(),
+            &none,
+            None,
+            None,
+        );
+        assert_eq!(odd.action, "Unknown");
         let streamed = classify(
             "lambda",
             &Method::POST,

@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode, Uri};
@@ -167,6 +167,53 @@ impl ApiFrontend {
                         == "_method"
                 })
             });
+        // A form body can carry `_method` too: forms are read whole and looked at.
+        let form = parts
+            .headers
+            .get(hyper::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.to_ascii_lowercase())
+            .is_some_and(|v| {
+                v.starts_with("application/x-www-form-urlencoded")
+                    || v.starts_with("multipart/form-data")
+            });
+        let body: BoxBody = if form {
+            let _turn = self.buffering.acquire().await.map_err(|_| {
+                refusal(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "ServiceUnavailable",
+                    "the gateway is stopping",
+                )
+            })?;
+            let bytes = Limited::new(body, super::MAX_BUFFERED_BODY)
+                .collect()
+                .await
+                .map_err(|e| {
+                    refusal(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "RequestEntityTooLarge",
+                        format!(
+                            "a form body is read whole, at most {} bytes: {e}",
+                            super::MAX_BUFFERED_BODY
+                        ),
+                    )
+                })?
+                .to_bytes();
+            if bytes
+                .windows(b"_method".len())
+                .any(|w| w.eq_ignore_ascii_case(b"_method"))
+            {
+                return Err(refusal(
+                    StatusCode::BAD_REQUEST,
+                    "MethodOverride",
+                    "a form field _method is refused: send the method itself",
+                ));
+            }
+            super::full(bytes)
+        } else {
+            body.map_err(|e| -> super::body::BoxError { Box::new(e) })
+                .boxed()
+        };
         if overridden {
             return Err(refusal(
                 StatusCode::BAD_REQUEST,
@@ -251,6 +298,7 @@ impl ApiFrontend {
         self.answer(
             &session,
             &[request_id],
+            "http",
             &resource,
             head_only,
             started,
@@ -265,7 +313,7 @@ impl ApiFrontend {
         target: &HttpTarget,
         parts: hyper::http::request::Parts,
         rest: &str,
-        body: Incoming,
+        body: BoxBody,
         bytes_in: Arc<AtomicU64>,
     ) -> Result<Response<Incoming>, ForwardError> {
         let https = target.url.scheme_str() == Some("https");
@@ -304,13 +352,7 @@ impl ApiFrontend {
         let uri: Uri = path_and_query
             .parse()
             .map_err(|e: hyper::http::uri::InvalidUri| ForwardError::Send(e.to_string()))?;
-        let body: BoxBody = Counted::new(
-            body.map_err(|e| -> super::body::BoxError { Box::new(e) })
-                .boxed(),
-            bytes_in,
-            None,
-        )
-        .boxed();
+        let body: BoxBody = Counted::new(body, bytes_in, None).boxed();
         let mut request = Request::new(body);
         *request.method_mut() = parts.method;
         *request.uri_mut() = uri;
@@ -324,6 +366,9 @@ const METHOD_OVERRIDES: &[&str] = &[
     "x-http-method-override",
     "x-http-method",
     "x-method-override",
+    // … and the path (IIS, some Symfony set-ups).
+    "x-original-url",
+    "x-rewrite-url",
 ];
 
 /// The path a call acts on, as policy sees it: decoded. A path the target could read

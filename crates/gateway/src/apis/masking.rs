@@ -20,7 +20,10 @@ pub enum BodyKind {
 
 /// Whether an answer is masked, by its content type or, for objects stored with a generic
 /// one, the name it was read under (`report.csv`).
-pub fn maskable(headers: &HeaderMap, resource: &str) -> Option<BodyKind> {
+///
+/// S3's own XML (listings) is left alone, so keys and continuation tokens stay usable; other
+/// services' XML answers (SQS messages, the query protocol) are masked as text.
+pub fn maskable(headers: &HeaderMap, resource: &str, s3: bool) -> Option<BodyKind> {
     let content_type = headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -29,7 +32,11 @@ pub fn maskable(headers: &HeaderMap, resource: &str) -> Option<BodyKind> {
     if content_type.contains("json") {
         return Some(BodyKind::Json);
     }
-    if content_type.starts_with("text/") && content_type != "text/xml" {
+    let xml = content_type.ends_with("/xml") || content_type.ends_with("+xml");
+    if xml {
+        return (!s3).then_some(BodyKind::Text);
+    }
+    if content_type.starts_with("text/") {
         return Some(BodyKind::Text);
     }
     let name = resource.to_ascii_lowercase();
@@ -211,14 +218,18 @@ mod tests {
         let (masked, _) = mask_body(&m, BodyKind::Text, b"id,email\n1,bob@example.org\n").unwrap();
         assert_eq!(masked, b"id,email\n1,<x>\n");
         let mut headers = HeaderMap::new();
-        assert_eq!(maskable(&headers, "b/report.csv"), Some(BodyKind::Text));
-        assert_eq!(maskable(&headers, "b/blob.bin"), None);
+        assert_eq!(
+            maskable(&headers, "b/report.csv", true),
+            Some(BodyKind::Text)
+        );
+        assert_eq!(maskable(&headers, "b/blob.bin", true), None);
         headers.insert(
             CONTENT_TYPE,
             HeaderValue::from_static("application/json; charset=utf-8"),
         );
-        assert_eq!(maskable(&headers, "fn"), Some(BodyKind::Json));
+        assert_eq!(maskable(&headers, "fn", false), Some(BodyKind::Json));
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/xml"));
-        assert_eq!(maskable(&headers, "b"), None);
+        assert_eq!(maskable(&headers, "b", true), None);
+        assert_eq!(maskable(&headers, "queue", false), Some(BodyKind::Text));
     }
 }

@@ -48,7 +48,7 @@ pub use http::{HttpTarget, InjectedHeader};
 
 /// The largest body read whole: services other than S3 sign the body's hash without
 /// declaring it, so it must be read before the signature can be checked.
-const MAX_BUFFERED_BODY: usize = 8 * 1024 * 1024;
+pub(super) const MAX_BUFFERED_BODY: usize = 8 * 1024 * 1024;
 /// Bodies being read whole at once (each up to [`MAX_BUFFERED_BODY`]), so that a flood of
 /// them cannot take the gateway's memory.
 const BUFFERING_AT_ONCE: usize = 8;
@@ -92,7 +92,7 @@ pub struct ApiFrontend {
     virtual_host: Option<String>,
     masking: Option<Arc<Masking>>,
     seen: Mutex<SeenSignatures>,
-    buffering: tokio::sync::Semaphore,
+    pub(super) buffering: tokio::sync::Semaphore,
     /// Client connections at once (`limits.max_connections`).
     connections: Arc<tokio::sync::Semaphore>,
 }
@@ -358,6 +358,18 @@ impl ApiFrontend {
         }
         let info = sluice_aws::sigv4::parse(&parts.uri, &parts.headers)?;
         *shape = Shape::for_request(&info.service, target_header);
+        if info.presigned() && info.service != "s3" {
+            // A presigned URL does not sign a body: for other services anyone holding it
+            // could send any payload.
+            return Err(Refusal(
+                StatusCode::BAD_REQUEST,
+                "NotImplemented",
+                format!(
+                    "presigned URLs are accepted for S3 only, not {}",
+                    info.service
+                ),
+            ));
+        }
         let key = match keys::open(&self.store, &self.sealer, &info.access_key).await {
             Ok(key) => key,
             Err(e) => {
@@ -511,22 +523,41 @@ impl ApiFrontend {
             self.virtual_host.as_deref(),
             form,
         );
+        // What is sent on must be what was named: a bucket S3 would not accept could carry
+        // a path or query of its own into the forwarded request.
+        let bucket = op.resource.split('/').next().unwrap_or("");
+        if op.service == "s3" && !bucket.is_empty() && !sluice_aws::valid_bucket_name(bucket) {
+            return Err(Refusal(
+                StatusCode::BAD_REQUEST,
+                "InvalidBucketName",
+                "the bucket name is not one S3 accepts".into(),
+            ));
+        }
         let head_only = parts.method == hyper::Method::HEAD;
         if session.masking.is_some() {
             // What the answer says it is decides whether it is masked: the client may not
-            // rename it, nor have it compressed.
-            let query = parts.uri.query().unwrap_or("").to_ascii_lowercase();
-            if query.split('&').any(|p| p.starts_with("response-content-")) {
+            // rename it, nor have it compressed, streamed or transformed.
+            let overrides = sluice_aws::query_param_names(&parts.uri)
+                .iter()
+                .any(|p| p.to_ascii_lowercase().starts_with("response-content-"));
+            let unmaskable = matches!(op.action.as_str(), "SelectObjectContent")
+                || parts
+                    .uri
+                    .path()
+                    .ends_with("/response-streaming-invocations");
+            if overrides || unmaskable {
                 return Err(Refusal(
                     StatusCode::FORBIDDEN,
                     "AccessDenied",
-                    "answers are masked for you: response-content-* overrides are refused".into(),
+                    "answers are masked for you: response-content-* overrides, S3 Select and streamed invocations are refused".into(),
                 ));
             }
             parts.headers.insert(
                 hyper::header::ACCEPT_ENCODING,
                 hyper::header::HeaderValue::from_static("identity"),
             );
+            // A Lambda's log tail comes back in a header, which is not masked.
+            parts.headers.remove("x-amz-log-type");
         }
         let request_id = session.next_id.fetch_add(1, Ordering::Relaxed);
         let text = match &op.source {
@@ -719,6 +750,7 @@ impl ApiFrontend {
         self.answer(
             &session,
             &ids,
+            &op.service,
             &op.resource,
             head_only,
             started,
@@ -781,6 +813,7 @@ impl ApiFrontend {
         &self,
         session: &CallSession,
         ids: &[u64],
+        service: &str,
         resource: &str,
         head_only: bool,
         started: Instant,
@@ -801,11 +834,30 @@ impl ApiFrontend {
         }
         // A masked session's JSON or text answer is read whole, masked, and sent on.
         let mut masked = Vec::new();
-        let kind = session
-            .masking
-            .as_ref()
-            .filter(|_| head.status.is_success() && !head_only)
-            .and_then(|m| masking::maskable(&head.headers, resource).map(|k| (m, k)));
+        let s3 = service == "s3";
+        let masked_session = session.masking.as_ref().filter(|_| !head_only);
+        let kind = masked_session
+            .and_then(|m| masking::maskable(&head.headers, resource, s3).map(|k| (m, k)));
+        // Outside S3 objects (whose binary content cannot be masked anyway), an answer of a
+        // kind that cannot be masked is not passed on in a masked session.
+        let has_body = !matches!(status, 204 | 304)
+            && head
+                .headers
+                .get(hyper::header::CONTENT_LENGTH)
+                .is_none_or(|v| v.as_bytes() != b"0");
+        if masked_session.is_some() && kind.is_none() && !s3 && has_body {
+            let content_type = head
+                .headers
+                .get(hyper::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("no content type")
+                .to_owned();
+            let message = format!(
+                "this answer is masked for you, and a {content_type} answer cannot be masked"
+            );
+            self.not_passed_on(session, ids, status, started, &bytes_in, &message);
+            return Err(Refusal(StatusCode::FORBIDDEN, "AccessDenied", message));
+        }
         if kind.is_some() {
             // A part of a value, or a compressed one, cannot be masked reliably.
             let encoded = head

@@ -696,6 +696,27 @@ fn aws_lambda_invoke_is_signed_again_for_the_function_and_judged_by_name() {
         err.contains("AccessDenied") && err.contains("billing"),
         "{err}"
     );
+    // The same function named by partial ARN is the same function.
+    let out = s.aws_with(
+        &s.key,
+        &s.secret,
+        region,
+        &[
+            "lambda",
+            "invoke",
+            "--function-name",
+            "123456789012:function:billing-charge",
+            "--payload",
+            "{}",
+            "out4.json",
+        ],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("AccessDenied") && err.contains("billing"),
+        "{err}"
+    );
 
     // A user issues a key pair for themselves through the API (no access to the store),
     // and uses it; an auditor may not.

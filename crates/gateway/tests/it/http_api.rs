@@ -151,6 +151,14 @@ masking:
         &["-H", "X-HTTP-Method-Override: DELETE"],
     );
     assert_eq!(status, 400, "{body}");
+    let (status, body) = curl(
+        &gw,
+        &token,
+        "POST",
+        "/billing/v1/users/7",
+        &["--data-urlencode", "_method=DELETE"],
+    );
+    assert_eq!(status, 400, "{body}");
     let (status, body) = curl(&gw, &token, "delete", "/billing/v1/users/7", &[]);
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("no-deletes"), "{body}");
