@@ -161,6 +161,30 @@ impl GatewayPipeline {
         .abort_handle()
     }
 
+    /// Verifies a sluice token (off the async threads: it reads the store). `who` names the
+    /// caller in the refusal (never the token).
+    pub(crate) async fn verify_token(
+        &self,
+        token: &str,
+        who: &str,
+    ) -> Result<(Identity, Role), AuthFailure> {
+        let tokens = self.tokens.clone();
+        let presented = token.to_owned();
+        let verified =
+            tokio::task::spawn_blocking(move || tokens.verify(&presented, SystemTime::now()))
+                .await
+                .map_err(|e| AuthFailure::Unavailable(e.to_string()))?;
+        match verified {
+            Ok(v) => Ok((v.identity, v.role)),
+            Err(AuthError::Expired { .. }) => Err(AuthFailure::Expired(who.to_owned())),
+            Err(AuthError::Store(e)) => {
+                error!(error = %e, "token store unavailable");
+                Err(AuthFailure::Unavailable("metadata store error".into()))
+            }
+            Err(_) => Err(AuthFailure::BadCredentials(who.to_owned())),
+        }
+    }
+
     /// Whether `identity` (of `role`, already authenticated) may open a session on
     /// `connection`: its role uses connections, the connection's `allow` list names it, or
     /// an approved access request lets it in for its window.
@@ -498,26 +522,14 @@ impl Pipeline for GatewayPipeline {
             self.auth_failed(user, connection, client_addr, protocol, &failure);
             return Err(failure);
         }
-        let tokens = self.tokens.clone();
-        let presented = secret.to_owned();
-        let verified =
-            tokio::task::spawn_blocking(move || tokens.verify(&presented, SystemTime::now()))
-                .await
-                .map_err(|e| AuthFailure::Unavailable(e.to_string()));
-        let result = match verified {
+        let result = match self.verify_token(secret, user).await {
             Err(failure) => Err(failure),
-            Ok(Err(AuthError::Expired { .. })) => Err(AuthFailure::Expired(user.to_owned())),
-            Ok(Err(AuthError::Store(e))) => {
-                error!(error = %e, "token store unavailable");
-                Err(AuthFailure::Unavailable("metadata store error".into()))
-            }
-            Ok(Err(_)) => Err(AuthFailure::BadCredentials(user.to_owned())),
             // The token must belong to the user named in the startup packet, so that the
             // name a client shows everywhere is the one that was authenticated.
-            Ok(Ok(v)) if v.identity.user != user => {
+            Ok((identity, _)) if identity.user != user => {
                 Err(AuthFailure::BadCredentials(user.to_owned()))
             }
-            Ok(Ok(v)) => self.admit(v.identity, v.role, connection).await,
+            Ok((identity, role)) => self.admit(identity, role, connection).await,
         };
         if let Err(failure) = &result {
             self.auth_failed(user, connection, client_addr, protocol, failure);

@@ -2,7 +2,7 @@
 //! holder of the bearer token. Users see and revoke their own keys; admins see and revoke
 //! everyone's.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
@@ -18,12 +18,6 @@ use super::{authorize, ApiState, Need};
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "error": message.into() }))).into_response()
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 #[derive(Deserialize)]
@@ -124,7 +118,7 @@ pub(crate) async fn list(State(state): State<ApiState>, headers: HeaderMap) -> R
             )
         }
     };
-    let now = now_ms();
+    let now = crate::views::unix_ms(SystemTime::now());
     let list: Vec<_> = rows
         .iter()
         .map(|k| crate::apis::keys::key_json(k, now))
@@ -159,7 +153,11 @@ pub(crate) async fn revoke(
         return error(StatusCode::NOT_FOUND, format!("no AWS key {id:?}"));
     };
     let store = state.store.clone();
-    match tokio::task::spawn_blocking(move || store.revoke_aws_key(&row.id, now_ms())).await {
+    match tokio::task::spawn_blocking(move || {
+        store.revoke_aws_key(&row.id, crate::views::unix_ms(SystemTime::now()))
+    })
+    .await
+    {
         Ok(Ok(true)) => Json(json!({ "revoked": id })).into_response(),
         Ok(Ok(false)) => error(
             StatusCode::CONFLICT,

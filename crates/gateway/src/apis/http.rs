@@ -6,7 +6,7 @@
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -14,10 +14,8 @@ use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode, Uri};
 use percent_encoding::percent_decode_str;
 use sluice_agent::SecretRef;
-use sluice_auth::{AuthError, Tokens};
 use sluice_core::{
-    ApiCall, AuthFailure, Decision, Outcome, OutcomeStatus, Pipeline, Request as CallRequest,
-    RequestKind,
+    ApiCall, Decision, Outcome, OutcomeStatus, Pipeline, Request as CallRequest, RequestKind,
 };
 use tracing::warn;
 
@@ -129,7 +127,10 @@ impl ApiFrontend {
                 format!("no kind: http connection {name:?}; send requests to /CONNECTION/PATH"),
             ));
         };
-        let verified = verify_token(self.tokens.clone(), token).await;
+        let verified = self
+            .pipeline
+            .verify_token(&token, "the bearer token's holder")
+            .await;
         let (identity, role) = match verified {
             Ok(v) => v,
             Err(failure) => {
@@ -394,24 +395,6 @@ fn resource_of(rest: &str) -> Result<String, Refusal> {
         ));
     }
     Ok(format!("/{decoded}"))
-}
-
-/// Verifies a bearer token off the async threads (it reads the store).
-async fn verify_token(
-    tokens: Tokens,
-    token: String,
-) -> Result<(sluice_core::Identity, sluice_core::Role), AuthFailure> {
-    let verified = tokio::task::spawn_blocking(move || tokens.verify(&token, SystemTime::now()))
-        .await
-        .map_err(|e| AuthFailure::Unavailable(e.to_string()))?;
-    match verified {
-        Ok(v) => Ok((v.identity, v.role)),
-        Err(AuthError::Expired { .. }) => {
-            Err(AuthFailure::Expired("the bearer token's user".into()))
-        }
-        Err(AuthError::Store(_)) => Err(AuthFailure::Unavailable("metadata store error".into())),
-        Err(_) => Err(AuthFailure::BadCredentials("the bearer token".into())),
-    }
 }
 
 #[cfg(test)]

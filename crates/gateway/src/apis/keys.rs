@@ -52,11 +52,6 @@ pub enum KeyError {
     Sealing,
 }
 
-fn unix_ms(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 fn random(alphabet: &[u8], len: usize) -> String {
     let pick = Uniform::from(0..alphabet.len());
     (0..len)
@@ -96,8 +91,8 @@ pub fn issue(
             user: user.to_owned(),
             connection: connection.map(str::to_owned),
             sealed_secret: sealed,
-            created_ms: unix_ms(created),
-            expires_ms: unix_ms(expires),
+            created_ms: crate::views::unix_ms(created),
+            expires_ms: crate::views::unix_ms(expires),
             revoked_ms: None,
             last_used_ms: None,
         })
@@ -112,7 +107,7 @@ pub fn issue(
         secret_access_key: secret,
         user: user.to_owned(),
         connection: connection.map(str::to_owned),
-        expires: UNIX_EPOCH + Duration::from_millis(unix_ms(expires).unsigned_abs()),
+        expires: UNIX_EPOCH + Duration::from_millis(crate::views::unix_ms(expires).unsigned_abs()),
     })
 }
 
@@ -127,7 +122,7 @@ pub async fn open(
         let row = store
             .get_aws_key(&key_id)?
             .ok_or_else(|| KeyError::Unknown(key_id.clone()))?;
-        let now = unix_ms(SystemTime::now());
+        let now = crate::views::unix_ms(SystemTime::now());
         if row.revoked_ms.is_some() {
             return Err(KeyError::Revoked(key_id));
         }

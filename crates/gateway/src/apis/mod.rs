@@ -87,8 +87,6 @@ pub struct ApiFrontend {
     targets: Vec<AwsTarget>,
     /// `kind: http` connections.
     http_targets: Vec<HttpTarget>,
-    /// Bearer tokens of `kind: http` callers.
-    tokens: sluice_auth::Tokens,
     virtual_host: Option<String>,
     masking: Option<Arc<Masking>>,
     seen: Mutex<SeenSignatures>,
@@ -248,9 +246,7 @@ impl ApiFrontend {
         masking: Option<Arc<Masking>>,
         max_connections: usize,
     ) -> ApiFrontend {
-        let tokens = sluice_auth::Tokens::new(store.clone());
         ApiFrontend {
-            tokens,
             pipeline,
             store,
             sealer: Arc::new(sealer),
