@@ -629,6 +629,11 @@ impl SessionMasking {
         self.columns.iter().any(|(p, _)| p.reaches(&names))
     }
 
+    /// Whether any `fields` rule applies (JSON answers need their paths followed only then).
+    pub fn has_fields(&self) -> bool {
+        !self.fields.is_empty()
+    }
+
     /// Masks a JSON value at `path` whole when a `fields` rule names it: returns the value's
     /// replacement (a styled string, or JSON null for the `null` style) and the count.
     /// `text` gives the value as text (a string's content, a number's digits, a document);

@@ -11,7 +11,7 @@ use hyper::{Method, Request, Uri};
 use sluice_aws::{Credentials, PayloadHash};
 
 use super::body::BoxBody;
-use super::forward::{deliver, ForwardError};
+use super::forward::{deliver, Address, ForwardError};
 
 /// How long asked-for credentials last.
 const DURATION: Duration = Duration::from_secs(3600);
@@ -83,19 +83,12 @@ impl AssumeRole {
             }
             Bytes::from(form.finish())
         };
-        let https = self.sts.scheme_str() != Some("http");
-        let host = self.sts.host().unwrap_or_default().to_owned();
-        let port = self.sts.port_u16().unwrap_or(if https { 443 } else { 80 });
-        let authority = format!("{host}:{port}");
+        let address = Address::of(&self.sts);
         let mut headers = hyper::HeaderMap::new();
-        let host_header = match self.sts.port_u16() {
-            Some(p) => format!("{host}:{p}"),
-            None => host.clone(),
-        };
         let failed = |what: String| ForwardError::Sign(format!("AssumeRole: {what}"));
         headers.insert(
             hyper::header::HOST,
-            HeaderValue::from_str(&host_header).map_err(|e| failed(e.to_string()))?,
+            HeaderValue::from_str(&address.host_header).map_err(|e| failed(e.to_string()))?,
         );
         headers.insert(
             hyper::header::CONTENT_TYPE,
@@ -124,7 +117,7 @@ impl AssumeRole {
         *request.method_mut() = Method::POST;
         *request.uri_mut() = uri;
         *request.headers_mut() = headers;
-        let answer = deliver(https, &authority, &host, tls, request).await?;
+        let answer = deliver(&address, tls, request).await?;
         let status = answer.status();
         let text = Limited::new(answer.into_body(), MAX_ANSWER)
             .collect()

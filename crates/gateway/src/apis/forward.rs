@@ -63,17 +63,47 @@ pub enum ForwardError {
     Upload { code: &'static str, message: String },
 }
 
+/// Where a target listens, from its URL.
+pub(super) struct Address {
+    pub https: bool,
+    /// The name its certificate is checked against.
+    pub host: String,
+    /// `host:port`, to connect to.
+    pub authority: String,
+    /// The `Host` header: the port only when it is not the scheme's.
+    pub host_header: String,
+}
+
+impl Address {
+    pub fn of(uri: &Uri) -> Address {
+        let https = uri.scheme_str() == Some("https");
+        let host = uri.host().unwrap_or_default().to_owned();
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        Address {
+            https,
+            authority: format!("{host}:{port}"),
+            host_header: match uri.port_u16() {
+                Some(p) => format!("{host}:{p}"),
+                None => host.clone(),
+            },
+            host,
+        }
+    }
+}
+
 impl AwsTarget {
-    /// Where requests for `service` go: (`https`?, `host:port`, host name).
-    fn endpoint(&self, service: &str) -> (bool, String, String) {
+    /// Where requests for `service` go.
+    fn endpoint(&self, service: &str) -> Address {
         if let Some(uri) = &self.endpoint {
-            let https = uri.scheme_str() == Some("https");
-            let host = uri.host().unwrap_or_default().to_owned();
-            let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-            return (https, format!("{host}:{port}"), host);
+            return Address::of(uri);
         }
         let host = format!("{service}.{}.amazonaws.com", self.region);
-        (true, format!("{host}:443"), host)
+        Address {
+            https: true,
+            authority: format!("{host}:443"),
+            host_header: host.clone(),
+            host,
+        }
     }
 
     /// The credential requests are signed with: the connection's own, or the role's.
@@ -136,7 +166,7 @@ pub async fn send(
     payload: &PayloadHash,
 ) -> Result<Response<Incoming>, ForwardError> {
     let credentials = target.credentials().await?;
-    let (https, authority, host) = target.endpoint(service);
+    let address = target.endpoint(service);
     let mut headers = HeaderMap::new();
     for (name, value) in client_headers {
         if !DROPPED.contains(&name.as_str()) {
@@ -162,15 +192,10 @@ pub async fn send(
             headers.insert(hyper::header::CONTENT_ENCODING, value);
         }
     }
-    let authority_value =
-        if (https && authority.ends_with(":443")) || (!https && authority.ends_with(":80")) {
-            host.clone()
-        } else {
-            authority.clone()
-        };
     headers.insert(
         hyper::header::HOST,
-        HeaderValue::from_str(&authority_value).map_err(|e| ForwardError::Sign(e.to_string()))?,
+        HeaderValue::from_str(&address.host_header)
+            .map_err(|e| ForwardError::Sign(e.to_string()))?,
     );
     if let Some(length) = length {
         headers.insert(hyper::header::CONTENT_LENGTH, HeaderValue::from(length));
@@ -198,26 +223,25 @@ pub async fn send(
     *request.uri_mut() = uri;
     *request.headers_mut() = headers;
 
-    deliver(https, &authority, &host, &target.tls, request).await
+    deliver(&address, &target.tls, request).await
 }
 
 /// Connects to `authority` (TLS checked against `tls` for `host` when `https`) and makes
 /// one exchange.
 pub(super) async fn deliver(
-    https: bool,
-    authority: &str,
-    host: &str,
+    address: &Address,
     tls: &Arc<rustls::ClientConfig>,
     request: Request<BoxBody>,
 ) -> Result<Response<Incoming>, ForwardError> {
-    let unreachable = |e: String| ForwardError::Connect(authority.to_owned(), e);
-    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(authority))
+    let unreachable = |e: String| ForwardError::Connect(address.authority.clone(), e);
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&address.authority))
         .await
         .map_err(|_| unreachable("timed out".into()))?
         .map_err(|e| unreachable(e.to_string()))?;
     let _ = tcp.set_nodelay(true);
-    if https {
-        let name = ServerName::try_from(host.to_owned()).map_err(|e| unreachable(e.to_string()))?;
+    if address.https {
+        let name =
+            ServerName::try_from(address.host.clone()).map_err(|e| unreachable(e.to_string()))?;
         let stream = tokio_rustls::TlsConnector::from(tls.clone())
             .connect(name, tcp)
             .await

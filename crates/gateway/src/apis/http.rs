@@ -20,7 +20,7 @@ use sluice_core::{
 use tracing::warn;
 
 use super::body::{BoxBody, Counted};
-use super::forward::{deliver, ForwardError, DROPPED};
+use super::forward::{deliver, Address, ForwardError, DROPPED};
 use super::{ApiFrontend, Caller, ClientConnection, Refusal, Waiting};
 
 /// Protocol name on sessions and in the record.
@@ -317,13 +317,7 @@ impl ApiFrontend {
         body: BoxBody,
         bytes_in: Arc<AtomicU64>,
     ) -> Result<Response<Incoming>, ForwardError> {
-        let https = target.url.scheme_str() == Some("https");
-        let host = target.url.host().unwrap_or_default().to_owned();
-        let port = target
-            .url
-            .port_u16()
-            .unwrap_or(if https { 443 } else { 80 });
-        let authority = format!("{host}:{port}");
+        let address = Address::of(&target.url);
         let base = target.url.path().trim_end_matches('/');
         let path_and_query = match parts.uri.query() {
             Some(q) => format!("{base}/{rest}?{q}"),
@@ -338,14 +332,10 @@ impl ApiFrontend {
         if let Some(length) = parts.headers.get(hyper::header::CONTENT_LENGTH) {
             headers.insert(hyper::header::CONTENT_LENGTH, length.clone());
         }
-        let host_header = match target.url.port_u16() {
-            Some(p) => format!("{host}:{p}"),
-            None => host.clone(),
-        };
         headers.insert(
             hyper::header::HOST,
-            HeaderValue::from_str(&host_header)
-                .map_err(|e| ForwardError::Connect(authority.clone(), e.to_string()))?,
+            HeaderValue::from_str(&address.host_header)
+                .map_err(|e| ForwardError::Connect(address.authority.clone(), e.to_string()))?,
         );
         for injected in &target.headers {
             headers.insert(injected.name.clone(), injected.value()?);
@@ -358,7 +348,7 @@ impl ApiFrontend {
         *request.method_mut() = parts.method;
         *request.uri_mut() = uri;
         *request.headers_mut() = headers;
-        deliver(https, &authority, &host, &target.tls, request).await
+        deliver(&address, &target.tls, request).await
     }
 }
 

@@ -88,21 +88,23 @@ fn mask_value(
     path: &mut Vec<Step>,
     counts: &mut Vec<MaskCount>,
 ) {
-    let steps: Vec<JsonStep<'_>> = path
-        .iter()
-        .map(|p| match p {
-            Step::Key(key) => JsonStep::Key(key),
-            Step::Item => JsonStep::Item,
-        })
-        .collect();
-    let text = || match &*value {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
-    if let Some((replacement, count)) = masking.mask_field(&steps, text) {
-        *value = replacement.map_or(Value::Null, Value::String);
-        add(counts, vec![count]);
-        return;
+    if masking.has_fields() {
+        let steps: Vec<JsonStep<'_>> = path
+            .iter()
+            .map(|p| match p {
+                Step::Key(key) => JsonStep::Key(key),
+                Step::Item => JsonStep::Item,
+            })
+            .collect();
+        let text = || match &*value {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        if let Some((replacement, count)) = masking.mask_field(&steps, text) {
+            *value = replacement.map_or(Value::Null, Value::String);
+            add(counts, vec![count]);
+            return;
+        }
     }
     match value {
         Value::String(text) => {
