@@ -373,19 +373,7 @@ pub fn aws_keys(
                 .iter()
                 .map(|k| crate::apis::keys::key_json(k, now))
                 .collect();
-            if out.json {
-                print_json(&rows)?;
-            } else {
-                for r in rows {
-                    println!(
-                        "{}\t{}\t{}\texpires {}",
-                        r["access_key_id"].as_str().unwrap_or_default(),
-                        r["user"].as_str().unwrap_or_default(),
-                        r["state"].as_str().unwrap_or_default(),
-                        r["expires"].as_str().unwrap_or_default()
-                    );
-                }
-            }
+            print_credentials(&rows, "access_key_id", out.json)?;
         }
         AwsKeysCommand::Revoke { id } => {
             if !open_store(config)?.revoke_aws_key(&id, now)? {
@@ -430,6 +418,25 @@ fn issue_aws_key_through_api(
     Ok(())
 }
 
+/// Tokens or keys as listed: JSON, or a line each (id, user, state, expiry) where `id` is
+/// the field holding the id.
+fn print_credentials(rows: &[serde_json::Value], id: &str, json: bool) -> Result<()> {
+    if json {
+        return print_json(&rows);
+    }
+    for r in rows {
+        let field = |name: &str| r[name].as_str().unwrap_or_default().to_owned();
+        println!(
+            "{}\t{}\t{}\texpires {}",
+            field(id),
+            field("user"),
+            field("state"),
+            field("expires")
+        );
+    }
+    Ok(())
+}
+
 /// The environment to use an issued key with, on stdout (the note on stderr).
 fn print_key_exports(id: &str, secret: &str, user: &str, expires: &str, endpoint: &str) {
     eprintln!("issued AWS key {id} for {user} (expires {expires}); the secret is shown only now");
@@ -470,19 +477,7 @@ pub fn tokens(config: &Config, cmd: TokensCommand) -> Result<ExitCode> {
                     })
                 })
                 .collect();
-            if out.json {
-                print_json(&rows)?;
-            } else {
-                for r in rows {
-                    println!(
-                        "{}\t{}\t{}\texpires {}",
-                        r["id"].as_str().unwrap_or_default(),
-                        r["user"].as_str().unwrap_or_default(),
-                        r["state"].as_str().unwrap_or_default(),
-                        r["expires"].as_str().unwrap_or_default()
-                    );
-                }
-            }
+            print_credentials(&rows, "id", out.json)?;
         }
         TokensCommand::Revoke { id } => {
             if !tokens.revoke(&id)? {

@@ -3,7 +3,6 @@
 //! with the real credential for s3s-fs (an S3 server that checks SigV4 itself) or a local
 //! Lambda endpoint that checks SigV4 with its own code (`tests/aws/lambda_endpoint.py`).
 
-use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -11,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::{free_port, pg, Gateway};
+use crate::support::{free_port, pg, spawn_ready, Gateway};
 
 const REAL_KEY: &str = "AKIAREALKEYFORTESTS1";
 const REAL_SECRET: &str = "real-secret-never-leaves-the-agent";
@@ -97,19 +96,12 @@ fn sts_server() -> Peer {
 fn endpoint_server(args: &[&str]) -> Peer {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut child = Command::new(tool("venv/bin/python"))
-        .arg(script("aws_endpoint.py"))
-        .arg(port.to_string())
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut ready = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut ready)
-        .unwrap();
-    assert_eq!(ready.trim(), "ready");
+    let mut child = spawn_ready(
+        Command::new(tool("venv/bin/python"))
+            .arg(script("aws_endpoint.py"))
+            .arg(port.to_string())
+            .args(args),
+    );
     wait_port(port, &mut child, "the Lambda endpoint");
     Peer { child, port, dir }
 }

@@ -2,12 +2,11 @@
 //! small real HTTP API (`tests/http/api_server.py`) that accepts only the API token sluice
 //! injects, policies on method and path, masking of the JSON answer, and the record.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 
 use serde_json::Value;
 
-use crate::support::{free_port, pg, Gateway};
+use crate::support::{free_port, pg, spawn_ready, Gateway};
 
 const API_TOKEN: &str = "api-token-only-the-agent-knows";
 
@@ -25,21 +24,14 @@ impl Drop for Api {
 
 fn api() -> Api {
     let port = free_port();
-    let mut child = Command::new("python3")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/http/api_server.py"
-        ))
-        .args([&port.to_string(), API_TOKEN])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut ready = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut ready)
-        .unwrap();
-    assert_eq!(ready.trim(), "ready");
+    let child = spawn_ready(
+        Command::new("python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/http/api_server.py"
+            ))
+            .args([&port.to_string(), API_TOKEN]),
+    );
     Api { child, port }
 }
 

@@ -735,3 +735,19 @@ pub fn drive(args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Starts a test peer that prints `ready` on its first line once it listens.
+pub fn spawn_ready(command: &mut Command) -> Child {
+    use std::io::BufRead;
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start the test peer");
+    let mut ready = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("peer stdout"))
+        .read_line(&mut ready)
+        .expect("read the peer's first line");
+    assert_eq!(ready.trim(), "ready", "the test peer did not start");
+    child
+}
