@@ -242,7 +242,7 @@ impl ApiFrontend {
             params: parts
                 .uri
                 .query()
-                .map(|q| vec![Some(format!("query: {q}"))])
+                .map(|q| vec![Some(format!("query: {}", super::recorded_query(q)))])
                 .unwrap_or_default(),
             statement_name: None,
             refusal: None,
@@ -411,6 +411,14 @@ mod tests {
         ] {
             assert!(resource_of(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn secrets_in_a_query_are_not_recorded() {
+        assert_eq!(
+            super::super::recorded_query("draft=1&api_key=s3cr3t&Access%5FToken=t&q"),
+            "draft=1&api_key=[redacted]&Access%5FToken=[redacted]&q"
+        );
     }
 
     #[test]

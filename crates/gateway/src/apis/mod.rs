@@ -568,7 +568,7 @@ impl ApiFrontend {
             without_presigning(parts.uri.path_and_query().map_or("", |p| p.as_str()))
                 .split_once('?')
         {
-            params.push(Some(format!("query: {query}")));
+            params.push(Some(format!("query: {}", recorded_query(query))));
         }
         params.push(Some(match (&body, &info.payload) {
             (Upload::Buffered(bytes), _) => {
@@ -1105,6 +1105,42 @@ enum Caller {
 enum Upload {
     Buffered(Bytes),
     Streaming(Incoming),
+}
+
+/// A query as the record keeps it: the values of parameters whose names say they carry a
+/// secret (`api_key`, `token`, `password`, …) are replaced, so a client's or an API's
+/// credential passed in a URL is not written down.
+pub(crate) fn recorded_query(query: &str) -> String {
+    const SECRET_NAMES: &[&str] = &[
+        "key",
+        "token",
+        "secret",
+        "password",
+        "passwd",
+        "pwd",
+        "auth",
+        "credential",
+        "signature",
+        "session",
+        "sig",
+    ];
+    query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((name, _)) => {
+                let lower = percent_encoding::percent_decode_str(name)
+                    .decode_utf8_lossy()
+                    .to_ascii_lowercase();
+                if SECRET_NAMES.iter().any(|s| lower.contains(s)) {
+                    format!("{name}=[redacted]")
+                } else {
+                    pair.to_owned()
+                }
+            }
+            None => pair.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("&")
 }
 
 /// `path?query` without the query parameters of a presigned URL's signature.

@@ -105,6 +105,16 @@ masking:
     assert_eq!(answer["email"], "[redacted]");
     assert!(!body.contains(&token));
 
+    // A credential in the query reaches the API but not the record.
+    let (status, body) = curl(
+        &gw,
+        &token,
+        "GET",
+        "/billing/v1/users/8?api_key=leak-me-123",
+        &[],
+    );
+    assert_eq!(status, 200, "{body}");
+
     // A POST with a body is passed on.
     let (status, body) = curl(
         &gw,
@@ -205,4 +215,9 @@ masking:
     let written = gw.everything_written();
     assert!(!written.contains(API_TOKEN), "the API token was written");
     assert!(!written.contains(&token), "the sluice token was written");
+    assert!(
+        !written.contains("leak-me-123"),
+        "a query credential was written"
+    );
+    assert!(written.contains("api_key=[redacted]"));
 }
