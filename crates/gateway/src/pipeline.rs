@@ -402,6 +402,8 @@ impl GatewayPipeline {
             approval_window: held.review.approval_window,
             agent_context: held.agent_context,
         };
+        // Held from before the review is filed: a cancel as soon as it shows withdraws it.
+        let withdrawn = hold.withdrawn();
         let row = match self.reviews.file(&statement).await {
             Ok(row) => row,
             Err(e) => return unavailable(e),
@@ -427,7 +429,7 @@ impl GatewayPipeline {
             timeout = humantime::format_duration(held.review.timeout),
             url = self.reviews.url(&row.id),
         ));
-        let waited = match self.reviews.wait(&row.id, hold.withdrawn()).await {
+        let waited = match self.reviews.wait(&row.id, withdrawn).await {
             Ok(waited) => waited,
             Err(e) => return unavailable(e),
         };

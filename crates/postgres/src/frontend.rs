@@ -11,7 +11,6 @@ use rand::Rng;
 use sluice_core::{AgentContext, AuthFailure, Pipeline, SessionInfo};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Notify;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
@@ -56,8 +55,8 @@ pub struct FrontendConfig {
 struct CancelTarget {
     connection: String,
     upstream: CancelKey,
-    /// Wakes the session when it holds a statement for review: a cancel withdraws it.
-    withdraw: Arc<Notify>,
+    /// Withdraws a statement the session holds for review.
+    held: Arc<session::CancelSignal>,
 }
 
 /// The PostgreSQL frontend of the gateway.
@@ -467,10 +466,9 @@ impl<P: Pipeline, C: Connector> Frontend<P, C> {
             return Err(Early::Refuse(stream, Refusal::new("57P03", e.to_string())));
         }
 
-        let withdraw = Arc::new(Notify::new());
+        let cancel = Arc::new(session::CancelSignal::default());
         let upstream_cancel = upstream.cancel.clone();
-        let (pid, key) =
-            self.register_cancel(&connection, upstream.cancel.clone(), withdraw.clone());
+        let (pid, key) = self.register_cancel(&connection, upstream.cancel.clone(), cancel.clone());
         let mut out = BytesMut::new();
         codec::auth_request(&mut out, 0);
         out.extend_from_slice(&upstream.startup_frames);
@@ -490,7 +488,7 @@ impl<P: Pipeline, C: Connector> Frontend<P, C> {
                     txn_status: upstream.txn_status,
                     client_encoding: encoding.as_deref(),
                     max_message: self.config.max_message_bytes,
-                    withdraw,
+                    cancel,
                     end: end.clone(),
                     masking,
                 },
@@ -619,7 +617,7 @@ impl<P: Pipeline, C: Connector> Frontend<P, C> {
         &self,
         connection: &str,
         upstream: CancelKey,
-        withdraw: Arc<Notify>,
+        held: Arc<session::CancelSignal>,
     ) -> (i32, i32) {
         let mut cancels = lock(&self.cancels);
         let mut rng = rand::thread_rng();
@@ -629,7 +627,7 @@ impl<P: Pipeline, C: Connector> Frontend<P, C> {
                 slot.insert(CancelTarget {
                     connection: connection.to_owned(),
                     upstream,
-                    withdraw,
+                    held,
                 });
                 return key;
             }
@@ -642,11 +640,10 @@ impl<P: Pipeline, C: Connector> Frontend<P, C> {
         };
         let target = {
             let cancels = lock(&self.cancels);
-            cancels.get(&(pid, i32::from_be_bytes(key))).map(|t| {
+            cancels.get(&(pid, i32::from_be_bytes(key))).and_then(|t| {
                 // A statement held for review is withdrawn; one running is cancelled below.
-                // Only a waiting hold is woken: no permit is stored for a later one.
-                t.withdraw.notify_waiters();
-                (t.connection.clone(), t.upstream.clone())
+                // Nothing is kept for a later hold.
+                (!t.held.withdraw_held()).then(|| (t.connection.clone(), t.upstream.clone()))
             })
         };
         // Unknown keys are ignored silently, as PostgreSQL does.

@@ -206,9 +206,10 @@ fn denial_timeout_and_cancel_end_a_hold_without_running_it() {
         }
         cancel.cancel_query(NoTls).await.unwrap();
         let (result, client) = held.await.unwrap();
-        // The session is still usable after the withdrawal.
+        // The session is still usable after the withdrawal, and the cancel did not go on
+        // to the target, where it would cancel this next statement instead.
         let n: i64 = client
-            .query_one("SELECT count(*) FROM victim", &[])
+            .query_one("SELECT count(*) FROM victim, pg_sleep(0.5)", &[])
             .await
             .unwrap()
             .get(0);

@@ -82,11 +82,53 @@ impl SessionEnd {
     }
 }
 
+/// Where a CancelRequest for a session lands. A statement held for review is withdrawn,
+/// and the target is left alone: it is not running anything for this session, and a cancel
+/// sent to it could arrive during the client's next statement. Otherwise the cancel is for
+/// the statement the target runs.
+#[derive(Default)]
+pub(crate) struct CancelSignal {
+    wake: Notify,
+    /// A statement is held for review now.
+    holding: AtomicBool,
+    /// The statement held now was withdrawn by a CancelRequest.
+    cancelled: AtomicBool,
+}
+
+impl CancelSignal {
+    /// Withdraws the statement held for review; false when none is held.
+    pub(crate) fn withdraw_held(&self) -> bool {
+        if !self.holding.load(Ordering::SeqCst) {
+            return false;
+        }
+        self.cancelled.store(true, Ordering::SeqCst);
+        self.wake.notify_waiters();
+        true
+    }
+}
+
+/// Marks the session as holding a statement until dropped.
+struct Holding(Arc<CancelSignal>);
+
+impl Holding {
+    fn begin(signal: &Arc<CancelSignal>) -> Self {
+        signal.cancelled.store(false, Ordering::SeqCst);
+        signal.holding.store(true, Ordering::SeqCst);
+        Holding(signal.clone())
+    }
+}
+
+impl Drop for Holding {
+    fn drop(&mut self) {
+        self.0.holding.store(false, Ordering::SeqCst);
+    }
+}
+
 /// The client side of a held statement: notices go out through the server-to-client
 /// direction, a CancelRequest for this session withdraws.
 struct ClientHold {
     shared: Arc<Shared>,
-    withdraw: Arc<Notify>,
+    cancel: Arc<CancelSignal>,
     /// The client closed its connection while a statement was held.
     client_gone: AtomicBool,
     /// What is held now is withdrawn (the client left, or queued too much behind it).
@@ -108,7 +150,7 @@ impl ClientHold {
     /// Withdraws what is held in the current read (the client queued too much behind it).
     fn withdraw_held(&self) {
         self.withdrawing.store(true, Ordering::SeqCst);
-        self.withdraw.notify_waiters();
+        self.cancel.wake.notify_waiters();
     }
 
     /// The current read is decided: a later hold starts afresh (unless the client is gone).
@@ -126,12 +168,16 @@ impl HoldChannel for ClientHold {
     }
 
     fn withdrawn(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        // The hold begins now, not at the first poll: a cancel that arrives in between
+        // withdraws it rather than going to the target.
+        let holding = Holding::begin(&self.cancel);
         Box::pin(async move {
-            let notified = self.withdraw.notified();
+            let notified = holding.0.wake.notified();
             tokio::pin!(notified);
-            // Registered before the flag is read, so a departure in between is not missed.
+            // Registered before the flags are read, so a withdrawal in between is not missed.
             notified.as_mut().enable();
-            if self.withdrawing.load(Ordering::SeqCst) {
+            if self.withdrawing.load(Ordering::SeqCst) || holding.0.cancelled.load(Ordering::SeqCst)
+            {
                 return;
             }
             notified.await;
@@ -160,8 +206,8 @@ pub(crate) struct Start<'a> {
     pub client_encoding: Option<&'a str>,
     /// Largest Query/Parse/Bind accepted from the client.
     pub max_message: usize,
-    /// Notified when the client sends a CancelRequest for this session.
-    pub withdraw: Arc<Notify>,
+    /// Signalled when the client sends a CancelRequest for this session.
+    pub cancel: Arc<CancelSignal>,
     /// Set when the pipeline ends the session.
     pub end: Arc<SessionEnd>,
     /// The masking that covers this session, and the catalog of its target.
@@ -183,7 +229,7 @@ pub(crate) async fn run<P: Pipeline>(
         txn_status,
         client_encoding,
         max_message,
-        withdraw,
+        cancel,
         end,
         masking,
     } = start;
@@ -197,7 +243,7 @@ pub(crate) async fn run<P: Pipeline>(
     });
     let hold = ClientHold {
         shared: shared.clone(),
-        withdraw,
+        cancel,
         client_gone: AtomicBool::new(false),
         withdrawing: AtomicBool::new(false),
     };
