@@ -167,9 +167,12 @@ pub async fn run(config: Config) -> Result<File> {
                     aws: aws_targets(&config)?,
                     http: http_targets(&config)?,
                 },
-                config.listen.s3_virtual_host.clone(),
                 masking.clone(),
-                config.limits.max_connections,
+                crate::apis::ListenOptions {
+                    virtual_host: config.listen.s3_virtual_host.clone(),
+                    max_connections: config.limits.max_connections,
+                    tls: crate::tls::http_acceptor(&config)?,
+                },
             );
             Some((Arc::new(frontend), listener))
         }

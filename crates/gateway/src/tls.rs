@@ -61,7 +61,19 @@ pub fn fingerprint(config: &Config) -> Result<String> {
     Ok(sluice_tunnel::pin::fingerprint(&cert))
 }
 
+/// TLS for PostgreSQL clients.
 pub fn acceptor(config: &Config) -> Result<TlsAcceptor> {
+    // PostgreSQL 17 clients ask for ALPN "postgresql" (required for direct SSL).
+    acceptor_for(config, b"postgresql")
+}
+
+/// TLS for AWS and HTTP clients on `listen.http`.
+pub fn http_acceptor(config: &Config) -> Result<TlsAcceptor> {
+    acceptor_for(config, b"http/1.1")
+}
+
+/// The gateway's certificate, offering `alpn` to clients that ask for a protocol.
+fn acceptor_for(config: &Config, alpn: &[u8]) -> Result<TlsAcceptor> {
     let (cert_path, key_path) = files(config)?;
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)
         .with_context(|| format!("cannot read TLS certificate {}", cert_path.display()))?
@@ -76,8 +88,7 @@ pub fn acceptor(config: &Config) -> Result<TlsAcceptor> {
             .with_no_client_auth()
             .with_single_cert(certs, key)
             .context("TLS certificate and key do not match")?;
-    // PostgreSQL 17 clients ask for ALPN "postgresql" (required for direct SSL).
-    server.alpn_protocols = vec![b"postgresql".to_vec()];
+    server.alpn_protocols = vec![alpn.to_vec()];
     Ok(TlsAcceptor::from(Arc::new(server)))
 }
 

@@ -171,6 +171,101 @@ impl Body for Dechunked {
     }
 }
 
+/// Passes an unsigned `aws-chunked` upload on as it came, for the target to decode and to
+/// check against its trailing checksum, while decoding it here to hold it to its framing
+/// and its declared length: the last frame goes on only once the body proved whole.
+pub struct ChunkChecked {
+    inner: Incoming,
+    decoder: ChunkDecoder,
+    declared: Option<u64>,
+    held: Option<Bytes>,
+    done: bool,
+}
+
+impl ChunkChecked {
+    pub fn new(inner: Incoming, decoder: ChunkDecoder, declared: Option<u64>) -> ChunkChecked {
+        ChunkChecked {
+            inner,
+            decoder,
+            declared,
+            held: None,
+            done: false,
+        }
+    }
+
+    fn check(&mut self, data: &[u8]) -> Result<(), UploadError> {
+        // The payload itself is not needed here; only whether it decodes.
+        let mut scratch = Vec::new();
+        self.decoder.push(data, &mut scratch)?;
+        if self
+            .declared
+            .is_some_and(|n| self.decoder.decoded_len() > n)
+        {
+            return Err(UploadError::Chunk(ChunkError::Malformed(
+                "more data than x-amz-decoded-content-length".into(),
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_end(&self) -> Result<(), UploadError> {
+        self.decoder.finish()?;
+        if self
+            .declared
+            .is_some_and(|n| self.decoder.decoded_len() != n)
+        {
+            return Err(UploadError::Chunk(ChunkError::Truncated));
+        }
+        Ok(())
+    }
+}
+
+impl Body for ChunkChecked {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            if this.done {
+                return Poll::Ready(this.held.take().map(|b| Ok(Frame::data(b))));
+            }
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Err(e))) => {
+                    return Poll::Ready(Some(Err(UploadError::Client(e).into())))
+                }
+                Poll::Ready(Some(Ok(frame))) => {
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    if let Err(e) = this.check(&data) {
+                        this.held = None;
+                        return Poll::Ready(Some(Err(e.into())));
+                    }
+                    if let Some(previous) = this.held.replace(data) {
+                        return Poll::Ready(Some(Ok(Frame::data(previous))));
+                    }
+                }
+                Poll::Ready(None) => {
+                    if let Err(e) = this.check_end() {
+                        this.held = None;
+                        return Poll::Ready(Some(Err(e.into())));
+                    }
+                    this.done = true;
+                }
+            }
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// What a body reports when it ends or is dropped: bytes passed and whether it ended
 /// cleanly.
 pub type OnEnd = Box<dyn FnOnce(u64, bool) + Send + Sync>;

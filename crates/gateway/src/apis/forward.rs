@@ -167,30 +167,26 @@ pub async fn send(
 ) -> Result<Response<Incoming>, ForwardError> {
     let credentials = target.credentials().await?;
     let address = target.endpoint(service);
+    // An unsigned aws-chunked upload goes on as it came, with what describes its chunks and
+    // its trailing checksum.
+    let passes_chunks = *payload == PayloadHash::StreamingUnsigned;
     let mut headers = HeaderMap::new();
     for (name, value) in client_headers {
-        if !DROPPED.contains(&name.as_str()) {
+        let chunk_header = matches!(
+            name.as_str(),
+            "x-amz-decoded-content-length" | "x-amz-trailer"
+        );
+        if (passes_chunks && chunk_header) || !DROPPED.contains(&name.as_str()) {
             headers.append(name.clone(), value.clone());
         }
     }
-    // An aws-chunked upload reaches the target decoded, without the trailing checksum it
-    // announced (its chunks were checked here; the trailer is not passed on).
-    if client_headers.contains_key("x-amz-decoded-content-length") {
-        headers.remove("x-amz-sdk-checksum-algorithm");
-    }
-    if let Some(encoding) = headers.get(hyper::header::CONTENT_ENCODING).cloned() {
-        let rest: Vec<&str> = encoding
-            .to_str()
-            .unwrap_or_default()
-            .split(',')
-            .map(str::trim)
-            .filter(|e| !e.is_empty() && *e != "aws-chunked")
-            .collect();
-        if rest.is_empty() {
-            headers.remove(hyper::header::CONTENT_ENCODING);
-        } else if let Ok(value) = HeaderValue::from_str(&rest.join(",")) {
-            headers.insert(hyper::header::CONTENT_ENCODING, value);
+    // A chunk-signed upload reaches the target decoded (its chunk signatures were checked
+    // here), without the trailing checksum it may have announced.
+    if !passes_chunks {
+        if client_headers.contains_key("x-amz-decoded-content-length") {
+            headers.remove("x-amz-sdk-checksum-algorithm");
         }
+        without_aws_chunked(&mut headers);
     }
     headers.insert(
         hyper::header::HOST,
@@ -224,6 +220,25 @@ pub async fn send(
     *request.headers_mut() = headers;
 
     deliver(&address, &target.tls, request).await
+}
+
+/// Takes `aws-chunked` out of the `Content-Encoding` of a body that goes on decoded.
+fn without_aws_chunked(headers: &mut HeaderMap) {
+    let Some(encoding) = headers.get(hyper::header::CONTENT_ENCODING).cloned() else {
+        return;
+    };
+    let rest: Vec<&str> = encoding
+        .to_str()
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty() && *e != "aws-chunked")
+        .collect();
+    if rest.is_empty() {
+        headers.remove(hyper::header::CONTENT_ENCODING);
+    } else if let Ok(value) = HeaderValue::from_str(&rest.join(",")) {
+        headers.insert(hyper::header::CONTENT_ENCODING, value);
+    }
 }
 
 /// Connects to `authority` (TLS checked against `tls` for `host` when `https`) and makes

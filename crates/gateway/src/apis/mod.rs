@@ -37,11 +37,12 @@ use sluice_core::{
 use sluice_mask::{Masking, SessionMasking};
 use sluice_store::Store;
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
 use crate::pipeline::GatewayPipeline;
 pub use assume_role::AssumeRole;
-use body::{BoxBody, Counted, Dechunked, HashChecked};
+use body::{BoxBody, ChunkChecked, Counted, Dechunked, HashChecked};
 use errors::{error, Shape};
 pub use forward::AwsTarget;
 pub use http::{HttpTarget, InjectedHeader};
@@ -93,6 +94,7 @@ pub struct ApiFrontend {
     pub(super) buffering: tokio::sync::Semaphore,
     /// Client connections at once (`limits.max_connections`).
     connections: Arc<tokio::sync::Semaphore>,
+    tls: TlsAcceptor,
 }
 
 /// Header-signed requests already served, so a captured request cannot be sent again
@@ -139,6 +141,13 @@ struct ClientConnection {
     sessions: tokio::sync::Mutex<HashMap<(String, String), Arc<CallSession>>>,
     /// A second handle on the socket, to see the client hang up while a call is held.
     peer: TcpStream,
+}
+
+/// Whether the client's first byte opens a TLS handshake (record type 22).
+async fn starts_tls(tcp: &TcpStream) -> std::io::Result<bool> {
+    let mut first = [0u8; 1];
+    let n = tcp.peek(&mut first).await?;
+    Ok(n == 1 && first[0] == 0x16)
 }
 
 /// The connection, and a second handle on its socket for [`Waiting`].
@@ -230,6 +239,15 @@ fn request_id() -> String {
     bytes.iter().map(|b| format!("{b:02X}")).collect()
 }
 
+/// How the listener takes clients.
+pub struct ListenOptions {
+    /// The domain of virtual-hosted S3 addressing (`BUCKET.<domain>`), if used.
+    pub virtual_host: Option<String>,
+    pub max_connections: usize,
+    /// The gateway's certificate, for clients that connect with `https://`.
+    pub tls: TlsAcceptor,
+}
+
 /// The connections the listener serves, by kind.
 pub struct ApiTargets {
     pub aws: Vec<AwsTarget>,
@@ -242,9 +260,8 @@ impl ApiFrontend {
         store: Arc<Store>,
         sealer: Sealer,
         targets: ApiTargets,
-        virtual_host: Option<String>,
         masking: Option<Arc<Masking>>,
-        max_connections: usize,
+        listen: ListenOptions,
     ) -> ApiFrontend {
         ApiFrontend {
             pipeline,
@@ -252,11 +269,12 @@ impl ApiFrontend {
             sealer: Arc::new(sealer),
             targets: targets.aws,
             http_targets: targets.http,
-            virtual_host,
+            virtual_host: listen.virtual_host,
             masking,
             seen: Mutex::new(SeenSignatures::default()),
             buffering: tokio::sync::Semaphore::new(BUFFERING_AT_ONCE),
-            connections: Arc::new(tokio::sync::Semaphore::new(max_connections)),
+            connections: Arc::new(tokio::sync::Semaphore::new(listen.max_connections)),
+            tls: listen.tls,
         }
     }
 
@@ -296,12 +314,26 @@ impl ApiFrontend {
             let (this, conn) = (this.clone(), conn.clone());
             async move { Ok::<_, Infallible>(this.handle(request, &conn).await) }
         });
-        if let Err(e) = http1::Builder::new()
+        let http = http1::Builder::new()
             .timer(hyper_util::rt::TokioTimer::new())
             .header_read_timeout(HEADER_TIMEOUT)
-            .serve_connection(TokioIo::new(tcp), service)
-            .await
-        {
+            .clone();
+        // One port for http:// and https://: a TLS ClientHello starts with a handshake record.
+        let served = match tokio::time::timeout(HEADER_TIMEOUT, starts_tls(&tcp)).await {
+            Ok(Ok(true)) => {
+                match tokio::time::timeout(HEADER_TIMEOUT, self.tls.accept(tcp)).await {
+                    Ok(Ok(tls)) => http.serve_connection(TokioIo::new(tls), service).await,
+                    Ok(Err(e)) => {
+                        debug!(error = %e, client = %client.addr, "TLS with an AWS/HTTP client failed");
+                        return;
+                    }
+                    Err(_) => return,
+                }
+            }
+            Ok(Ok(false)) => http.serve_connection(TokioIo::new(tcp), service).await,
+            Ok(Err(_)) | Err(_) => return,
+        };
+        if let Err(e) = served {
             debug!(error = %e, client = %client.addr, "AWS client connection ended");
         }
         for (_, session) in client.sessions.lock().await.drain() {
@@ -692,15 +724,17 @@ impl ApiFrontend {
                     header_u64("x-amz-decoded-content-length"),
                     PayloadHash::Unsigned,
                 ),
+                // Passed on chunked, so that its trailing checksum reaches the target,
+                // which checks it and keeps it with the object (or the part).
                 (Upload::Streaming(body), PayloadHash::StreamingUnsigned) => (
-                    Dechunked::new(
+                    ChunkChecked::new(
                         body,
                         ChunkDecoder::unsigned(),
                         header_u64("x-amz-decoded-content-length"),
                     )
                     .boxed(),
-                    header_u64("x-amz-decoded-content-length"),
-                    PayloadHash::Unsigned,
+                    header_u64("content-length"),
+                    PayloadHash::StreamingUnsigned,
                 ),
             };
         let upstream_body = Counted::new(upstream_body, bytes_in.clone(), None).boxed();

@@ -1,16 +1,20 @@
 """Signed S3 requests the AWS CLI does not make, for the AWS integration tests: a replayed
-request, a streamed (aws-chunked, chunk-signed) upload, and tampered bodies. The request
+request, streamed (aws-chunked) uploads with chunk signatures or with a trailing checksum,
+and tampered bodies. The request
 signature comes from botocore; chunk signatures are computed here.
 
 Usage: signed.py MODE ENDPOINT ACCESS_KEY SECRET BUCKET KEY
-MODE: replay | streaming | streaming-tampered | tampered-body
+MODE: replay | streaming | streaming-tampered | unsigned-trailer | unsigned-trailer-bad-crc |
+      tampered-body
 Prints one HTTP status per request sent, space-separated, then the last answer's body.
 """
+import base64
 import hashlib
 import hmac
 import http.client
 import sys
 import urllib.parse
+import zlib
 
 # awscli 1.46 carries its own botocore.
 from awscli.botocore.auth import S3SigV4Auth, SigV4Auth
@@ -86,6 +90,27 @@ elif MODE in ("streaming", "streaming-tampered"):
     if MODE == "streaming-tampered":
         at = body.index(b"bbbb")
         body = body[:at] + b"X" + body[at + 1:]
+    signed["Content-Length"] = str(len(body))
+    status, last = send("PUT", url, signed, body)
+    statuses.append(status)
+elif MODE in ("unsigned-trailer", "unsigned-trailer-bad-crc"):
+    # What SDKs send over https: chunks without signatures, a CRC32 of the payload after them.
+    chunks = [b"c" * 70000, b"d" * 1000]
+    payload = b"".join(chunks)
+    crc = zlib.crc32(payload if MODE == "unsigned-trailer" else payload + b"!")
+    checksum = base64.b64encode(crc.to_bytes(4, "big")).decode()
+    body = b"".join(f"{len(c):x}\r\n".encode() + c + b"\r\n" for c in chunks)
+    body += f"0\r\nx-amz-checksum-crc32:{checksum}\r\n\r\n".encode()
+    headers = {
+        "X-Amz-Content-SHA256": "STREAMING-UNSIGNED-PAYLOAD-TRAILER",
+        "Content-Encoding": "aws-chunked",
+        "X-Amz-Decoded-Content-Length": str(len(payload)),
+        "X-Amz-Trailer": "x-amz-checksum-crc32",
+        "X-Amz-Sdk-Checksum-Algorithm": "CRC32",
+    }
+    req = AWSRequest(method="PUT", url=url, headers=headers)
+    SigV4Auth(creds, "s3", REGION).add_auth(req)
+    signed = dict(req.headers)
     signed["Content-Length"] = str(len(body))
     status, last = send("PUT", url, signed, body)
     statuses.append(status)

@@ -89,6 +89,26 @@ masking:
     assert_eq!(status, 200, "{body}");
     let answer: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(answer["auth_ok"], true);
+    // The same port speaks https:// with the gateway's certificate, so the token need not
+    // cross the network in the clear.
+    let ca = gw.data_dir().join("tls/server.crt");
+    let out = Command::new("curl")
+        .args(["-s", "--fail-with-body", "--cacert"])
+        .arg(&ca)
+        .args(["-H", &format!("Authorization: Bearer {token}")])
+        .arg(format!(
+            "https://localhost:{}/billing/v1/users/7",
+            gw.http_port
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let over_tls: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(over_tls["auth_ok"], true, "{over_tls}");
     let forwarded: Vec<&str> = answer["forwarded_headers"]
         .as_array()
         .unwrap()
