@@ -210,6 +210,15 @@ const MIGRATIONS: &[&str] = &[
     ) STRICT;
     CREATE INDEX aws_keys_by_user ON aws_keys(user_name);
     ",
+    // v10: header-signed AWS requests already served, kept while they would be accepted,
+    // so a captured request cannot be sent again, not even after a restart.
+    "
+    CREATE TABLE used_signatures (
+        signature TEXT    NOT NULL PRIMARY KEY,
+        until_ms  INTEGER NOT NULL
+    ) STRICT, WITHOUT ROWID;
+    CREATE INDEX used_signatures_by_until ON used_signatures(until_ms);
+    ",
 ];
 
 /// Handle to the metadata database.

@@ -1,4 +1,5 @@
-//! Metadata store (SQLite): users, groups, tokens, session index, reviews.
+//! Metadata store (SQLite): users, groups, tokens, session index, reviews, AWS keys and the
+//! AWS signatures already used.
 //!
 //! The gateway process and the CLI (`sluice users add`, `sluice tokens issue`,
 //! `sluice sessions list`) open the same database file concurrently, so every connection
@@ -19,6 +20,7 @@ mod reviews;
 mod sessions;
 mod statement_index;
 mod tokens;
+mod used_signatures;
 mod users;
 
 pub use access::{AccessRow, NewAccessRequest};

@@ -67,10 +67,9 @@ const SINGLE_HEADERS: &[&str] = &[
     "x-amz-target",
     "x-amz-decoded-content-length",
 ];
+
 /// How long a header-signed request's signature counts as used (its validity window).
 const REPLAY_WINDOW: Duration = Duration::from_secs(15 * 60);
-/// Signatures remembered at most, to bound memory under a flood.
-const MAX_REMEMBERED: usize = 200_000;
 
 /// Protocol name on sessions and in the record.
 const PROTOCOL: &str = "aws";
@@ -90,49 +89,10 @@ pub struct ApiFrontend {
     http_targets: Vec<HttpTarget>,
     virtual_host: Option<String>,
     masking: Option<Arc<Masking>>,
-    seen: Mutex<SeenSignatures>,
     pub(super) buffering: tokio::sync::Semaphore,
     /// Client connections at once (`limits.max_connections`).
     connections: Arc<tokio::sync::Semaphore>,
     tls: TlsAcceptor,
-}
-
-/// Header-signed requests already served, so a captured request cannot be sent again
-/// while its signature is still within the clock-skew window. (Presigned URLs are meant
-/// to be used more than once until they expire.)
-#[derive(Default)]
-struct SeenSignatures {
-    /// Signature → until when it is accepted at all.
-    until: HashMap<String, Instant>,
-}
-
-/// Why a header-signed request may not be served.
-enum Replay {
-    Seen,
-    /// Too many signatures are still within their window to remember another.
-    Full,
-}
-
-impl SeenSignatures {
-    /// Notes `signature`, valid until `valid_until`; refuses one seen before.
-    fn first_use(
-        &mut self,
-        signature: &str,
-        valid_until: Instant,
-        now: Instant,
-    ) -> Result<(), Replay> {
-        if self.until.get(signature).is_some_and(|t| *t > now) {
-            return Err(Replay::Seen);
-        }
-        if self.until.len() >= MAX_REMEMBERED {
-            self.until.retain(|_, t| *t > now);
-            if self.until.len() >= MAX_REMEMBERED {
-                return Err(Replay::Full);
-            }
-        }
-        self.until.insert(signature.to_owned(), valid_until);
-        Ok(())
-    }
 }
 
 /// One client TCP connection: its sessions by (user, connection).
@@ -271,7 +231,6 @@ impl ApiFrontend {
             http_targets: targets.http,
             virtual_host: listen.virtual_host,
             masking,
-            seen: Mutex::new(SeenSignatures::default()),
             buffering: tokio::sync::Semaphore::new(BUFFERING_AT_ONCE),
             connections: Arc::new(tokio::sync::Semaphore::new(listen.max_connections)),
             tls: listen.tls,
@@ -497,25 +456,41 @@ impl ApiFrontend {
             }
         };
         if !info.presigned() {
-            // Remembered for as long as the signature is accepted: up to the skew window
-            // after the time it names (which may be ahead of the gateway's clock).
-            let now = Instant::now();
-            let ahead = sluice_aws::sigv4::request_time(&info)
-                .and_then(|t| t.duration_since(SystemTime::now()).ok())
-                .unwrap_or_default();
-            let used = self
-                .seen
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .first_use(&info.signature, now + ahead + REPLAY_WINDOW, now);
-            if let Err(Replay::Full) = used {
-                return Err(Refusal(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "SlowDown",
-                    "too many signed requests at once; try again shortly".into(),
-                ));
-            }
-            if used.is_err() {
+            // Header-signed requests are not meant to be sent twice (presigned URLs are).
+            // Remembered in the store for as long as the signature is accepted: up to the
+            // skew window after the time it names (which may be ahead of the gateway's
+            // clock), so a restart does not reopen the window.
+            let now = SystemTime::now();
+            let named = sluice_aws::sigv4::request_time(&info).unwrap_or(now);
+            let until = named.max(now) + REPLAY_WINDOW;
+            let (store, signature) = (self.store.clone(), info.signature.clone());
+            let first_use = tokio::task::spawn_blocking(move || {
+                store.use_signature(
+                    &signature,
+                    crate::views::unix_ms(until),
+                    crate::views::unix_ms(now),
+                )
+            })
+            .await;
+            let first_use = match first_use {
+                Ok(Ok(first)) => first,
+                Ok(Err(e)) => {
+                    warn!(error = %e, "cannot record a used AWS signature");
+                    return Err(Refusal(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "ServiceUnavailable",
+                        "the gateway cannot check this request right now; try again".into(),
+                    ));
+                }
+                Err(_) => {
+                    return Err(Refusal(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "ServiceUnavailable",
+                        "the gateway cannot check this request right now; try again".into(),
+                    ))
+                }
+            };
+            if !first_use {
                 let failure = AuthFailure::BadCredentials(key.user.clone());
                 self.pipeline
                     .auth_failed(&key.user, "", &conn.addr, PROTOCOL, &failure);

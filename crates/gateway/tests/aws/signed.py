@@ -4,7 +4,7 @@ and tampered bodies. The request
 signature comes from botocore; chunk signatures are computed here.
 
 Usage: signed.py MODE ENDPOINT ACCESS_KEY SECRET BUCKET KEY
-MODE: replay | streaming | streaming-tampered | unsigned-trailer | unsigned-trailer-bad-crc |
+MODE: replay | capture | resend | streaming | streaming-tampered | unsigned-trailer | unsigned-trailer-bad-crc |
       tampered-body
 Prints one HTTP status per request sent, space-separated, then the last answer's body.
 """
@@ -12,6 +12,8 @@ import base64
 import hashlib
 import hmac
 import http.client
+import json
+import os
 import sys
 import urllib.parse
 import zlib
@@ -68,7 +70,17 @@ def chunked(headers, chunks):
 url = f"{ENDPOINT}/{BUCKET}/{NAME}"
 creds = Credentials(KEY, SECRET)
 statuses, last = [], ""
-if MODE == "replay":
+if MODE == "capture":
+    # Sent once; its signed headers printed as the body, for "resend" (SIGNED_HEADERS).
+    req = AWSRequest(method="GET", url=url)
+    S3SigV4Auth(creds, "s3", REGION).add_auth(req)
+    status, _ = send("GET", url, dict(req.headers), b"")
+    statuses.append(status)
+    last = json.dumps(dict(req.headers))
+elif MODE == "resend":
+    status, last = send("GET", url, json.loads(os.environ["SIGNED_HEADERS"]), b"")
+    statuses.append(status)
+elif MODE == "replay":
     req = AWSRequest(method="GET", url=url)
     S3SigV4Auth(creds, "s3", REGION).add_auth(req)
     for _ in range(2):

@@ -232,7 +232,19 @@ impl Setup {
     }
 
     fn signed(&self, mode: &str, bucket: &str, name: &str) -> (Vec<u16>, String) {
+        self.signed_with(mode, bucket, name, "")
+    }
+
+    /// [`Setup::signed`] with `SIGNED_HEADERS` (for mode `resend`).
+    fn signed_with(
+        &self,
+        mode: &str,
+        bucket: &str,
+        name: &str,
+        headers: &str,
+    ) -> (Vec<u16>, String) {
         let out = Command::new(tool("venv/bin/python"))
+            .env("SIGNED_HEADERS", headers)
             .arg(script("signed.py"))
             .args([
                 mode,
@@ -837,7 +849,7 @@ fn a_connection_with_a_role_signs_with_credentials_from_assume_role() {
 
 #[test]
 fn boto3_puts_gets_multiparts_and_presigns_through_the_gateway() {
-    let s = setup("aws_sdk");
+    let mut s = setup("aws_sdk");
     let sdk = |bucket: &str, endpoint: String| {
         s.aws_ok(&["s3", "mb", &format!("s3://{bucket}")]);
         let out = Command::new(tool("venv/bin/python"))
@@ -884,5 +896,13 @@ fn boto3_puts_gets_multiparts_and_presigns_through_the_gateway() {
         assert!(params.contains("body"), "{put}");
     }
     eprintln!("boto3 upload signing: {}", puts[0]["params"]);
+
+    // A captured header-signed request stays refused after the gateway restarts.
+    let (statuses, captured) = s.signed("capture", "prod-sdk", "sdk/object.bin");
+    assert_eq!(statuses, [200], "{captured}");
+    s.gw.restart();
+    let (statuses, body) = s.signed_with("resend", "prod-sdk", "sdk/object.bin", &captured);
+    assert_eq!(statuses, [403], "{body}");
+    assert!(body.contains("already used"), "{body}");
     assert!(s.gw.verify().status.success());
 }
