@@ -55,6 +55,8 @@ pub struct ChunkDecoder {
     decoded: u64,
     trailers: Vec<(String, String)>,
     trailer_signature: Option<String>,
+    /// The trailers the request announced (`x-amz-trailer`), lower-cased.
+    announced: Vec<String>,
 }
 
 impl ChunkDecoder {
@@ -81,7 +83,20 @@ impl ChunkDecoder {
             decoded: 0,
             trailers: Vec::new(),
             trailer_signature: None,
+            announced: Vec::new(),
         }
+    }
+
+    /// The request's `x-amz-trailer` header: exactly these trailers must follow the final
+    /// chunk (and only checksums, `x-amz-checksum-*`, are accepted there).
+    pub fn announcing(mut self, header: Option<&str>) -> ChunkDecoder {
+        self.announced = header
+            .unwrap_or_default()
+            .split(',')
+            .map(|n| n.trim().to_ascii_lowercase())
+            .filter(|n| !n.is_empty())
+            .collect();
+        self
     }
 
     /// Payload bytes decoded so far.
@@ -140,7 +155,15 @@ impl ChunkDecoder {
                         }
                         None => (line, None),
                     };
-                    let size = usize::from_str_radix(size.trim(), 16)
+                    // Hex digits only: no sign, no spaces, that another parser could read
+                    // differently.
+                    if size.is_empty()
+                        || size.len() > 16
+                        || !size.bytes().all(|b| b.is_ascii_hexdigit())
+                    {
+                        return Err(ChunkError::Malformed(format!("bad chunk size {size:?}")));
+                    }
+                    let size = usize::from_str_radix(size, 16)
                         .map_err(|_| ChunkError::Malformed(format!("bad chunk size {size:?}")))?;
                     if size > MAX_CHUNK {
                         return Err(ChunkError::Malformed(format!(
@@ -220,11 +243,24 @@ impl ChunkDecoder {
                     let (name, value) = line
                         .split_once(':')
                         .ok_or_else(|| ChunkError::Malformed("trailer without ':'".into()))?;
-                    let (name, value) = (name.trim().to_ascii_lowercase(), value.trim().to_owned());
-                    if name == "x-amz-trailer-signature" {
+                    let (name, value) = (
+                        name.to_ascii_lowercase(),
+                        value.trim_matches([' ', '\t']).to_owned(),
+                    );
+                    if name == "x-amz-trailer-signature" && self.signing.is_some() {
                         self.trailer_signature = Some(value);
-                    } else if self.trailers.len() == MAX_TRAILERS {
-                        return Err(ChunkError::Malformed("too many trailers".into()));
+                    } else if !is_checksum_name(&name) || !is_base64(&value) {
+                        // A target reads what follows the final chunk as it likes: only
+                        // checksums, in their plain form, go there.
+                        return Err(ChunkError::Malformed(format!(
+                            "trailer {name:?} is not a checksum"
+                        )));
+                    } else if self.trailers.len() == MAX_TRAILERS
+                        || self.trailers.iter().any(|(n, _)| *n == name)
+                    {
+                        return Err(ChunkError::Malformed(
+                            "repeated or too many trailers".into(),
+                        ));
                     } else {
                         self.trailers.push((name, value));
                     }
@@ -261,6 +297,17 @@ impl ChunkDecoder {
     }
 
     fn check_trailers(&self) -> Result<(), ChunkError> {
+        let mut received: Vec<&str> = self.trailers.iter().map(|(n, _)| n.as_str()).collect();
+        let mut announced: Vec<&str> = self.announced.iter().map(String::as_str).collect();
+        received.sort_unstable();
+        announced.sort_unstable();
+        if received != announced {
+            return Err(ChunkError::Malformed(format!(
+                "the trailers sent ({}) are not the ones x-amz-trailer announced ({})",
+                received.join(", "),
+                announced.join(", ")
+            )));
+        }
         let Some(signing) = &self.signing else {
             return Ok(());
         };
@@ -291,9 +338,30 @@ impl ChunkDecoder {
     }
 }
 
-/// The next CRLF-terminated line of `input` (without the CRLF), if complete.
+/// `x-amz-checksum-` and a lower-case algorithm name.
+fn is_checksum_name(name: &str) -> bool {
+    name.strip_prefix("x-amz-checksum-").is_some_and(|alg| {
+        !alg.is_empty()
+            && alg
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    })
+}
+
+fn is_base64(value: &str) -> bool {
+    !value.is_empty()
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
+}
+
+/// The next CRLF-terminated line of `input` (without the CRLF), if complete. A line with a
+/// bare CR, LF or NUL is refused: another parser could split it elsewhere.
 fn take_line(input: &[u8]) -> Result<Option<&[u8]>, ChunkError> {
     match input.windows(2).position(|w| w == b"\r\n") {
+        Some(end) if input[..end].iter().any(|b| matches!(b, b'\r' | b'\n' | 0)) => Err(
+            ChunkError::Malformed("a bare CR, LF or NUL in a chunk header or trailer".into()),
+        ),
         Some(end) => Ok(Some(&input[..end])),
         None if input.len() > MAX_LINE => Err(ChunkError::Malformed(
             "chunk header or trailer line too long".into(),
@@ -375,7 +443,8 @@ mod tests {
     #[test]
     fn unsigned_chunks_with_a_checksum_trailer() {
         let body = b"5\r\nhello\r\n6\r\n world\r\n0\r\nx-amz-checksum-crc32:abc=\r\n\r\n";
-        let mut decoder = ChunkDecoder::unsigned();
+        let announced = Some("x-amz-checksum-crc32");
+        let mut decoder = ChunkDecoder::unsigned().announcing(announced);
         let mut out = Vec::new();
         decoder.push(body, &mut out).unwrap();
         decoder.finish().unwrap();
@@ -388,5 +457,49 @@ mod tests {
         assert!(decoder.push(b"5;chunk-signature=00\r\n", &mut out).is_err());
         let mut decoder = ChunkDecoder::unsigned();
         assert!(decoder.push(b"ffffffff\r\n", &mut out).is_err());
+    }
+
+    /// The body goes on to the target as it came, so nothing in it may read two ways.
+    #[test]
+    fn unsigned_chunks_are_held_to_one_reading() {
+        let refused = |body: &[u8], announced: Option<&str>| {
+            let mut decoder = ChunkDecoder::unsigned().announcing(announced);
+            let mut out = Vec::new();
+            decoder
+                .push(body, &mut out)
+                .and_then(|()| decoder.finish())
+                .is_err()
+        };
+        let crc = Some("x-amz-checksum-crc32");
+        assert!(!refused(
+            b"1\r\na\r\n0\r\nx-amz-checksum-crc32:AAAA==\r\n\r\n",
+            crc
+        ));
+        // Not announced, or announced and missing.
+        assert!(refused(
+            b"1\r\na\r\n0\r\nx-amz-checksum-crc32:AAAA==\r\n\r\n",
+            None
+        ));
+        assert!(refused(b"1\r\na\r\n0\r\n\r\n", crc));
+        // Only checksums, once, in base64.
+        let copy = b"1\r\na\r\n0\r\nx-amz-copy-source:secret/pw.csv\r\n\r\n";
+        assert!(refused(copy, Some("x-amz-copy-source")));
+        let twice =
+            b"1\r\na\r\n0\r\nx-amz-checksum-crc32:AAAA==\r\nx-amz-checksum-crc32:AAAA==\r\n\r\n";
+        assert!(refused(twice, crc));
+        assert!(refused(
+            b"1\r\na\r\n0\r\nx-amz-checksum-crc32:AA AA\r\n\r\n",
+            crc
+        ));
+        // A bare LF that another parser would take for a line end.
+        let smuggled = b"1\r\na\r\n0\r\nx-amz-checksum-crc32:AAAA==\nx-amz-copy-source:x/y\r\n\r\n";
+        assert!(refused(smuggled, crc));
+        assert!(refused(b"a\n \r\n0123456789\r\n0\r\n\r\n", None));
+        // Sizes in plain hex only.
+        assert!(refused(b"+1\r\na\r\n0\r\n\r\n", None));
+        assert!(refused(b" 1\r\na\r\n0\r\n\r\n", None));
+        // No trailer signature without a signed payload.
+        let signature = b"1\r\na\r\n0\r\nx-amz-trailer-signature:00\r\n\r\n";
+        assert!(refused(signature, None));
     }
 }

@@ -282,9 +282,10 @@ impl Reviews {
                 () = &mut notified => {}
                 () = tokio::time::sleep(pause) => {}
                 () = &mut withdrawn => {
+                    // Withdrawn by its client, it does not run, even if a reviewer approved
+                    // it a moment before: the client was told its cancel took.
                     let review = self.close(id, "withdrawn").await?;
                     break match review.status.as_str() {
-                        "approved" | "used" => Waited::Approved(review),
                         "denied" => Waited::Denied(review),
                         _ => Waited::Withdrawn(review),
                     };

@@ -25,30 +25,34 @@ pub enum UploadError {
     Client(#[from] hyper::Error),
 }
 
-/// Passes a body on while hashing it. Each frame is held until the next one arrives, and
-/// the last only once the hash matches: a body that does not match its signed hash never
-/// reaches the target whole, whatever the target checks itself.
-pub struct HashChecked {
+/// What an upload must pass on its way: fed every frame, asked once at the end.
+pub trait UploadCheck {
+    fn update(&mut self, data: &[u8]) -> Result<(), UploadError>;
+    fn finish(&mut self) -> Result<(), UploadError>;
+}
+
+/// Passes a body on while `C` checks it. Each frame is held until the next one arrives,
+/// and the last only once the check passed: a body that fails it never reaches the target
+/// whole, whatever the target checks itself.
+pub struct Checked<C> {
     inner: Incoming,
-    expected: String,
-    hasher: Sha256,
+    check: C,
     held: Option<Bytes>,
     done: bool,
 }
 
-impl HashChecked {
-    pub fn new(inner: Incoming, expected_hex: &str) -> HashChecked {
-        HashChecked {
+impl<C: UploadCheck> Checked<C> {
+    pub fn new(inner: Incoming, check: C) -> Checked<C> {
+        Checked {
             inner,
-            expected: expected_hex.to_ascii_lowercase(),
-            hasher: Sha256::new(),
+            check,
             held: None,
             done: false,
         }
     }
 }
 
-impl Body for HashChecked {
+impl<C: UploadCheck + Unpin> Body for Checked<C> {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -70,16 +74,18 @@ impl Body for HashChecked {
                     let Ok(data) = frame.into_data() else {
                         continue;
                     };
-                    this.hasher.update(&data);
+                    if let Err(e) = this.check.update(&data) {
+                        this.held = None;
+                        return Poll::Ready(Some(Err(e.into())));
+                    }
                     if let Some(previous) = this.held.replace(data) {
                         return Poll::Ready(Some(Ok(Frame::data(previous))));
                     }
                 }
                 Poll::Ready(None) => {
-                    let actual = hex::encode(std::mem::take(&mut this.hasher).finalize());
-                    if actual != this.expected {
+                    if let Err(e) = this.check.finish() {
                         this.held = None;
-                        return Poll::Ready(Some(Err(UploadError::HashMismatch.into())));
+                        return Poll::Ready(Some(Err(e.into())));
                     }
                     this.done = true;
                 }
@@ -89,6 +95,79 @@ impl Body for HashChecked {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// The body's SHA-256 against the one the client signed.
+pub struct Sha256Matches {
+    expected: String,
+    hasher: Sha256,
+}
+
+impl Sha256Matches {
+    pub fn new(expected_hex: &str) -> Sha256Matches {
+        Sha256Matches {
+            expected: expected_hex.to_ascii_lowercase(),
+            hasher: Sha256::new(),
+        }
+    }
+}
+
+impl UploadCheck for Sha256Matches {
+    fn update(&mut self, data: &[u8]) -> Result<(), UploadError> {
+        self.hasher.update(data);
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<(), UploadError> {
+        let actual = hex::encode(std::mem::take(&mut self.hasher).finalize());
+        if actual == self.expected {
+            Ok(())
+        } else {
+            Err(UploadError::HashMismatch)
+        }
+    }
+}
+
+/// An unsigned `aws-chunked` upload that goes on as it came, for the target to decode and
+/// to check against its trailing checksum: decoded here only to hold it to its framing and
+/// its declared length.
+pub struct ChunkFraming {
+    decoder: ChunkDecoder,
+    declared: Option<u64>,
+}
+
+impl ChunkFraming {
+    pub fn new(decoder: ChunkDecoder, declared: Option<u64>) -> ChunkFraming {
+        ChunkFraming { decoder, declared }
+    }
+}
+
+impl UploadCheck for ChunkFraming {
+    fn update(&mut self, data: &[u8]) -> Result<(), UploadError> {
+        // The payload itself is not needed here; only whether it decodes.
+        let mut scratch = Vec::new();
+        self.decoder.push(data, &mut scratch)?;
+        if self
+            .declared
+            .is_some_and(|n| self.decoder.decoded_len() > n)
+        {
+            return Err(UploadError::Chunk(ChunkError::Malformed(
+                "more data than x-amz-decoded-content-length".into(),
+            )));
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<(), UploadError> {
+        self.decoder.finish()?;
+        if self
+            .declared
+            .is_some_and(|n| self.decoder.decoded_len() != n)
+        {
+            return Err(UploadError::Chunk(ChunkError::Truncated));
+        }
+        Ok(())
     }
 }
 
@@ -168,101 +247,6 @@ impl Body for Dechunked {
                 }
             }
         }
-    }
-}
-
-/// Passes an unsigned `aws-chunked` upload on as it came, for the target to decode and to
-/// check against its trailing checksum, while decoding it here to hold it to its framing
-/// and its declared length: the last frame goes on only once the body proved whole.
-pub struct ChunkChecked {
-    inner: Incoming,
-    decoder: ChunkDecoder,
-    declared: Option<u64>,
-    held: Option<Bytes>,
-    done: bool,
-}
-
-impl ChunkChecked {
-    pub fn new(inner: Incoming, decoder: ChunkDecoder, declared: Option<u64>) -> ChunkChecked {
-        ChunkChecked {
-            inner,
-            decoder,
-            declared,
-            held: None,
-            done: false,
-        }
-    }
-
-    fn check(&mut self, data: &[u8]) -> Result<(), UploadError> {
-        // The payload itself is not needed here; only whether it decodes.
-        let mut scratch = Vec::new();
-        self.decoder.push(data, &mut scratch)?;
-        if self
-            .declared
-            .is_some_and(|n| self.decoder.decoded_len() > n)
-        {
-            return Err(UploadError::Chunk(ChunkError::Malformed(
-                "more data than x-amz-decoded-content-length".into(),
-            )));
-        }
-        Ok(())
-    }
-
-    fn check_end(&self) -> Result<(), UploadError> {
-        self.decoder.finish()?;
-        if self
-            .declared
-            .is_some_and(|n| self.decoder.decoded_len() != n)
-        {
-            return Err(UploadError::Chunk(ChunkError::Truncated));
-        }
-        Ok(())
-    }
-}
-
-impl Body for ChunkChecked {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        loop {
-            if this.done {
-                return Poll::Ready(this.held.take().map(|b| Ok(Frame::data(b))));
-            }
-            match Pin::new(&mut this.inner).poll_frame(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Some(Err(e))) => {
-                    return Poll::Ready(Some(Err(UploadError::Client(e).into())))
-                }
-                Poll::Ready(Some(Ok(frame))) => {
-                    let Ok(data) = frame.into_data() else {
-                        continue;
-                    };
-                    if let Err(e) = this.check(&data) {
-                        this.held = None;
-                        return Poll::Ready(Some(Err(e.into())));
-                    }
-                    if let Some(previous) = this.held.replace(data) {
-                        return Poll::Ready(Some(Ok(Frame::data(previous))));
-                    }
-                }
-                Poll::Ready(None) => {
-                    if let Err(e) = this.check_end() {
-                        this.held = None;
-                        return Poll::Ready(Some(Err(e.into())));
-                    }
-                    this.done = true;
-                }
-            }
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
 

@@ -42,7 +42,7 @@ use tracing::{debug, info, warn};
 
 use crate::pipeline::GatewayPipeline;
 pub use assume_role::AssumeRole;
-use body::{BoxBody, ChunkChecked, Counted, Dechunked, HashChecked};
+use body::{BoxBody, Checked, ChunkFraming, Counted, Dechunked, Sha256Matches};
 use errors::{error, Shape};
 pub use forward::AwsTarget;
 pub use http::{HttpTarget, InjectedHeader};
@@ -66,6 +66,7 @@ const SINGLE_HEADERS: &[&str] = &[
     "x-amz-copy-source",
     "x-amz-target",
     "x-amz-decoded-content-length",
+    "x-amz-trailer",
 ];
 
 /// How long a header-signed request's signature counts as used (its validity window).
@@ -672,6 +673,11 @@ impl ApiFrontend {
             .clone()
             .or(computed)
             .unwrap_or(PayloadHash::Unsigned);
+        // What an aws-chunked upload may end with.
+        let announced = parts
+            .headers
+            .get("x-amz-trailer")
+            .and_then(|v| v.to_str().ok());
         let (upstream_body, length, upstream_payload): (BoxBody, Option<u64>, PayloadHash) =
             match (body, &declared) {
                 (Upload::Buffered(bytes), _) => {
@@ -680,7 +686,7 @@ impl ApiFrontend {
                     (full(bytes), Some(length), hash)
                 }
                 (Upload::Streaming(body), PayloadHash::Sha256(hash)) => (
-                    HashChecked::new(body, hash).boxed(),
+                    Checked::new(body, Sha256Matches::new(hash)).boxed(),
                     header_u64("content-length"),
                     declared.clone(),
                 ),
@@ -692,7 +698,7 @@ impl ApiFrontend {
                 (Upload::Streaming(body), PayloadHash::StreamingSigned { .. }) => (
                     Dechunked::new(
                         body,
-                        ChunkDecoder::signed(verified),
+                        ChunkDecoder::signed(verified).announcing(announced),
                         header_u64("x-amz-decoded-content-length"),
                     )
                     .boxed(),
@@ -702,10 +708,12 @@ impl ApiFrontend {
                 // Passed on chunked, so that its trailing checksum reaches the target,
                 // which checks it and keeps it with the object (or the part).
                 (Upload::Streaming(body), PayloadHash::StreamingUnsigned) => (
-                    ChunkChecked::new(
+                    Checked::new(
                         body,
-                        ChunkDecoder::unsigned(),
-                        header_u64("x-amz-decoded-content-length"),
+                        ChunkFraming::new(
+                            ChunkDecoder::unsigned().announcing(announced),
+                            header_u64("x-amz-decoded-content-length"),
+                        ),
                     )
                     .boxed(),
                     header_u64("content-length"),

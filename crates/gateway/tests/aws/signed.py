@@ -4,7 +4,8 @@ and tampered bodies. The request
 signature comes from botocore; chunk signatures are computed here.
 
 Usage: signed.py MODE ENDPOINT ACCESS_KEY SECRET BUCKET KEY
-MODE: replay | capture | resend | streaming | streaming-tampered | unsigned-trailer | unsigned-trailer-bad-crc |
+MODE: replay | capture | resend | streaming | streaming-tampered | unsigned-trailer |
+      unsigned-trailer-bad-crc | unsigned-trailer-smuggled |
       tampered-body
 Prints one HTTP status per request sent, space-separated, then the last answer's body.
 """
@@ -105,14 +106,18 @@ elif MODE in ("streaming", "streaming-tampered"):
     signed["Content-Length"] = str(len(body))
     status, last = send("PUT", url, signed, body)
     statuses.append(status)
-elif MODE in ("unsigned-trailer", "unsigned-trailer-bad-crc"):
+elif MODE in ("unsigned-trailer", "unsigned-trailer-bad-crc", "unsigned-trailer-smuggled"):
     # What SDKs send over https: chunks without signatures, a CRC32 of the payload after them.
     chunks = [b"c" * 70000, b"d" * 1000]
     payload = b"".join(chunks)
     crc = zlib.crc32(payload if MODE == "unsigned-trailer" else payload + b"!")
     checksum = base64.b64encode(crc.to_bytes(4, "big")).decode()
     body = b"".join(f"{len(c):x}\r\n".encode() + c + b"\r\n" for c in chunks)
-    body += f"0\r\nx-amz-checksum-crc32:{checksum}\r\n\r\n".encode()
+    body += f"0\r\nx-amz-checksum-crc32:{checksum}\r\n".encode()
+    if MODE == "unsigned-trailer-smuggled":
+        # A header the target might read from the trailers, after a bare LF.
+        body = body[:-2] + b"\nx-amz-copy-source:/prod-data/secret.csv\r\n"
+    body += b"\r\n"
     headers = {
         "X-Amz-Content-SHA256": "STREAMING-UNSIGNED-PAYLOAD-TRAILER",
         "Content-Encoding": "aws-chunked",

@@ -593,6 +593,11 @@ fn the_aws_cli_uses_s3_through_the_gateway_with_policy_audit_and_constant_memory
     // file itself proves nothing here).
     assert_eq!(statuses, [400], "{body}");
     assert!(body.contains("BadDigest"), "{body}");
+    // A trailer that could read as a second line is refused before the target has the body.
+    let (statuses, body) = s.signed("unsigned-trailer-smuggled", "prod-data", "smuggled.bin");
+    assert_eq!(statuses, [400], "{body}");
+    assert!(body.contains("IncompleteBody"), "{body}");
+    assert!(s.object("prod-data", "smuggled.bin").is_none());
     let (statuses, body) = s.signed("tampered-body", "prod-data", "swapped.bin");
     assert_eq!(statuses, [400], "{body}");
     assert!(body.contains("XAmzContentSHA256Mismatch"), "{body}");
