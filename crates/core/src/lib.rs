@@ -144,6 +144,9 @@ pub struct ApiCall {
     pub resource: String,
     /// What else the call reads (a copy's source), judged as a read of it.
     pub source: Option<String>,
+    /// The call sends a body that neither its text nor its params pin down (no hash of it
+    /// is known before it is sent): an approval given for it could not say what it approved.
+    pub body_unbound: bool,
 }
 
 impl ApiCall {

@@ -369,6 +369,18 @@ impl GatewayPipeline {
                 held.runs.join(";\n")
             )
         };
+        if held.mode == ReviewMode::Fail && request.call.as_ref().is_some_and(|c| c.body_unbound) {
+            // Run again later, it could carry another body under the same approval.
+            return (
+                Decision::Deny {
+                    reason: format!(
+                        "needs review by policy \"{}\", which is given for a call run again later, but this call's body is not bound by a hash: send it with a signed payload hash, or have the rule hold it for review (mode: wait)",
+                        held.rule
+                    ),
+                },
+                None,
+            );
+        }
         if held.mode == ReviewMode::Fail {
             match self
                 .reviews

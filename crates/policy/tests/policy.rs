@@ -619,6 +619,7 @@ fn call(service: &str, action: &str, resource: &str, source: Option<&str>) -> sl
         action: action.into(),
         resource: resource.into(),
         source: source.map(str::to_owned),
+        body_unbound: false,
     }
 }
 

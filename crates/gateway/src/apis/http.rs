@@ -178,6 +178,9 @@ impl ApiFrontend {
                 v.starts_with("application/x-www-form-urlencoded")
                     || v.starts_with("multipart/form-data")
             });
+        // A form is read whole and its hash recorded; another body streams, unhashed.
+        let mut body_hash = None;
+        let body_unbound = super::has_body(&parts.headers) && !form;
         let body: BoxBody = if form {
             let _turn = self.buffering.acquire().await.map_err(|_| {
                 refusal(
@@ -210,6 +213,7 @@ impl ApiFrontend {
                     "a form field _method is refused: send the method itself",
                 ));
             }
+            body_hash = Some(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)));
             super::full(bytes)
         } else {
             body.map_err(|e| -> super::body::BoxError { Box::new(e) })
@@ -242,8 +246,10 @@ impl ApiFrontend {
             params: parts
                 .uri
                 .query()
-                .map(|q| vec![Some(format!("query: {}", super::recorded_query(q)))])
-                .unwrap_or_default(),
+                .map(|q| Some(format!("query: {}", super::recorded_query(q))))
+                .into_iter()
+                .chain(body_hash.map(|h| Some(format!("body sha256: {h}"))))
+                .collect(),
             statement_name: None,
             refusal: None,
             call: Some(ApiCall {
@@ -251,6 +257,7 @@ impl ApiFrontend {
                 action,
                 resource: resource.clone(),
                 source: None,
+                body_unbound,
             }),
         };
         let decision = self

@@ -104,6 +104,15 @@ struct ClientConnection {
     peer: TcpStream,
 }
 
+/// Whether a request carries a body (a length over zero, or chunked).
+pub(super) fn has_body(headers: &hyper::HeaderMap) -> bool {
+    headers.contains_key(hyper::header::TRANSFER_ENCODING)
+        || headers
+            .get(hyper::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() != "0")
+}
+
 /// Whether the client's first byte opens a TLS handshake (record type 22).
 async fn starts_tls(tcp: &TcpStream) -> std::io::Result<bool> {
     let mut first = [0u8; 1];
@@ -588,6 +597,11 @@ impl ApiFrontend {
             (Upload::Streaming(_), Some(other)) => format!("body: {}", other.as_str()),
             (Upload::Streaming(_), None) => "body: unsigned".to_owned(),
         }));
+        let body_unbound = has_body(&parts.headers)
+            && !matches!(
+                (&body, &info.payload),
+                (Upload::Buffered(_), _) | (_, Some(PayloadHash::Sha256(_)))
+            );
         let call = CallRequest {
             id: request_id,
             kind: RequestKind::Execute,
@@ -600,6 +614,7 @@ impl ApiFrontend {
                 action: op.action.clone(),
                 resource: op.resource.clone(),
                 source: op.source.clone(),
+                body_unbound,
             }),
         };
         let mut calls = vec![call];
@@ -631,6 +646,8 @@ impl ApiFrontend {
                         action: "DeleteObject".into(),
                         resource,
                         source: None,
+                        // Named by the batch's body, which was read and hashed.
+                        body_unbound: false,
                     }),
                 });
             }

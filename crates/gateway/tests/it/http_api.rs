@@ -75,6 +75,7 @@ fn an_http_api_behind_the_gateway_gets_its_own_token_and_only_allowed_calls() {
     let yaml = r#"policies:
   - { name: no-admin, connections: [billing], match: { actions: ["http:*"], resources: ["/admin/*"] }, action: deny }
   - { name: no-deletes, match: { actions: ["http:DELETE"], resources: ["/v1/*"] }, action: deny }
+  - { name: charges, connections: [billing], match: { actions: ["http:POST"], resources: ["/v1/charges"] }, action: review, mode: fail, reviewers: [user:bob] }
 masking:
   - { connections: [billing], detectors: [email] }
   - { connections: [billing], fields: ["team"], style: hash }
@@ -184,6 +185,27 @@ masking:
     let (status, body) = curl(&gw, &token, "delete", "/billing/v1/users/7", &[]);
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("no-deletes"), "{body}");
+    // A fail-mode review binds what it approves: a streamed JSON body (no hash known
+    // before it is sent) could change under the approval, so it is refused outright; a
+    // form (read whole, its hash recorded) is held for review.
+    let (status, body) = curl(
+        &gw,
+        &token,
+        "POST",
+        "/billing/v1/charges",
+        &["-H", "Content-Type: application/json", "-d", r#"{"amount":5}"#],
+    );
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("not bound by a hash"), "{body}");
+    let (status, body) = curl(
+        &gw,
+        &token,
+        "POST",
+        "/billing/v1/charges",
+        &["--data-urlencode", "amount=5"],
+    );
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("held for review r-"), "{body}");
     let (status, _) = curl(&gw, "slu_wrong_token", "GET", "/billing/v1/users/7", &[]);
     assert_eq!(status, 401);
     let (status, body) = curl(&gw, &token, "GET", "/nosuch/v1", &[]);
