@@ -55,6 +55,9 @@ pub(super) const MAX_BUFFERED_BODY: usize = 8 * 1024 * 1024;
 const BUFFERING_AT_ONCE: usize = 8;
 /// How long a client may take to send a request's headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a new connection may take to send its first byte and, for https://, to finish
+/// the TLS handshake (before the header timeout starts).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Headers a request may carry once: sluice and the service must read the same value.
 const SINGLE_HEADERS: &[&str] = &[
     "host",
@@ -288,9 +291,11 @@ impl ApiFrontend {
             .header_read_timeout(HEADER_TIMEOUT)
             .clone();
         // One port for http:// and https://: a TLS ClientHello starts with a handshake record.
-        let served = match tokio::time::timeout(HEADER_TIMEOUT, starts_tls(&tcp)).await {
+        // The first byte and the whole handshake come within one deadline.
+        let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
+        let served = match tokio::time::timeout_at(deadline, starts_tls(&tcp)).await {
             Ok(Ok(true)) => {
-                match tokio::time::timeout(HEADER_TIMEOUT, self.tls.accept(tcp)).await {
+                match tokio::time::timeout_at(deadline, self.tls.accept(tcp)).await {
                     Ok(Ok(tls)) => http.serve_connection(TokioIo::new(tls), service).await,
                     Ok(Err(e)) => {
                         debug!(error = %e, client = %client.addr, "TLS with an AWS/HTTP client failed");
