@@ -76,7 +76,7 @@ pub enum PayloadHash {
 }
 
 impl PayloadHash {
-    fn parse(value: &str) -> Result<PayloadHash, SigError> {
+    pub fn parse(value: &str) -> Result<PayloadHash, SigError> {
         Ok(match value {
             "UNSIGNED-PAYLOAD" => PayloadHash::Unsigned,
             "STREAMING-AWS4-HMAC-SHA256-PAYLOAD" => PayloadHash::StreamingSigned { trailer: false },

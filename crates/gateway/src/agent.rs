@@ -55,6 +55,7 @@ pub fn run(args: Args<'_>) -> Result<ExitCode> {
         tls,
         allowed_targets,
         allowed_secrets,
+        calls: Some(Arc::new(crate::apis::remote::AgentCalls::default())),
     };
     // One thread by default: the agent relays bytes and shares its host with the targets
     // (measured on 2 cores: one thread left more for the rest; bench/README.md).

@@ -779,12 +779,6 @@ impl Config {
                 at("kind")
             );
         }
-        if c.agent != "embedded" {
-            bail!(
-                "{}: kind: http connections are served by the embedded agent for now (remote agents carry PostgreSQL sessions only)",
-                at("agent")
-            );
-        }
         let Some(url) = &c.url else {
             bail!("{}: kind: http needs the API's base URL", at("url"));
         };
@@ -822,12 +816,6 @@ impl Config {
             bail!(
                 "{}: kind: aws needs listen.http, where AWS clients send their requests",
                 at("kind")
-            );
-        }
-        if c.agent != "embedded" {
-            bail!(
-                "{}: kind: aws connections are served by the embedded agent for now (remote agents carry PostgreSQL sessions only)",
-                at("agent")
             );
         }
         match c.region.as_deref() {
@@ -1022,16 +1010,17 @@ mod tests {
     fn aws_connections_are_checked() {
         let ok = "listen: { http: 127.0.0.1:18080 }\nconnections:\n  - { name: a, kind: aws, region: eu-west-1, services: [s3], access_key_id: env:K, secret_access_key: env:S";
         parse(&format!("{ok} }}\n")).unwrap();
+        // A remote agent may serve it, once agents can dial in.
+        parse(
+            &format!("{ok}, agent: vpc }}\n").replace("18080 }", "18080, tunnel: 127.0.0.1:8443 }"),
+        )
+        .unwrap();
         let bad = [
             (
                 ok.replace("listen: { http: 127.0.0.1:18080 }", "listen: {}"),
                 "listen.http",
             ),
-            (
-                format!("{ok}, agent: vpc }}")
-                    .replace("18080 }", "18080, tunnel: 127.0.0.1:8443 }"),
-                "embedded agent",
-            ),
+            (format!("{ok}, agent: vpc }}"), "listen.tunnel"),
             (format!("{ok}, address: 'h:1' }}"), "connections[0].address"),
             (
                 format!("{ok}, endpoint: 'http://h:9000/path' }}"),

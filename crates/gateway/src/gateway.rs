@@ -163,10 +163,7 @@ pub async fn run(config: Config) -> Result<File> {
                 pipeline.clone(),
                 store.clone(),
                 sluice_auth::Sealer::new(&config.sealing_key()?),
-                crate::apis::ApiTargets {
-                    aws: aws_targets(&config)?,
-                    http: http_targets(&config)?,
-                },
+                api_targets(&config, remote_agents.clone())?,
                 masking.clone(),
                 crate::apis::ListenOptions {
                     virtual_host: config.listen.s3_virtual_host.clone(),
@@ -344,76 +341,88 @@ fn postgres_targets(config: &Config) -> Result<HashMap<String, PostgresTarget>> 
     Ok(targets)
 }
 
-fn aws_targets(config: &Config) -> Result<Vec<crate::apis::AwsTarget>> {
-    config
-        .connections
-        .iter()
-        .filter(|c| c.kind == config::Kind::Aws)
-        .map(|c| {
-            let secret = |s: &Option<String>| s.as_deref().map(SecretRef::parse);
-            Ok(crate::apis::AwsTarget {
+/// The `kind: aws` and `kind: http` connections as written (credentials as references),
+/// with their CA files read: what the embedded agent builds its targets from, and what a
+/// remote agent is sent.
+fn api_specs(config: &Config) -> Result<Vec<crate::apis::remote::TargetSpec>> {
+    use crate::apis::remote::{AwsSpec, HttpSpec, TargetSpec};
+    let mut specs = Vec::new();
+    for c in &config.connections {
+        let ca_pem = c
+            .ca_file
+            .as_deref()
+            .map(crate::tls::read_ca_file)
+            .transpose()
+            .with_context(|| format!("connection {}: ca_file", c.name))?;
+        match c.kind {
+            config::Kind::Aws => specs.push(TargetSpec::Aws(AwsSpec {
                 name: c.name.clone(),
                 region: c.region.clone().unwrap_or_default(),
                 services: c.services.clone(),
-                endpoint: c
-                    .endpoint
-                    .as_deref()
-                    .map(str::parse)
-                    .transpose()
-                    .with_context(|| format!("connection {}: endpoint", c.name))?,
-                access_key_id: secret(&c.access_key_id).context("access_key_id")?,
-                secret_access_key: secret(&c.secret_access_key).context("secret_access_key")?,
-                session_token: secret(&c.session_token),
-                role: match &c.role_arn {
-                    Some(arn) => {
-                        let region = c.region.as_deref().unwrap_or_default();
-                        let sts = c
-                            .sts_endpoint
-                            .clone()
-                            .unwrap_or_else(|| format!("https://sts.{region}.amazonaws.com"))
-                            .parse()
-                            .with_context(|| format!("connection {}: sts_endpoint", c.name))?;
-                        Some(crate::apis::AssumeRole::new(
-                            arn.clone(),
-                            c.external_id.clone(),
-                            format!("sluice-{}", c.name),
-                            sts,
-                        ))
-                    }
-                    None => None,
-                },
-                tls: crate::tls::client_config(c.ca_file.as_deref())
-                    .with_context(|| format!("connection {}: ca_file", c.name))?,
-            })
-        })
-        .collect()
-}
-
-fn http_targets(config: &Config) -> Result<Vec<crate::apis::HttpTarget>> {
-    config
-        .connections
-        .iter()
-        .filter(|c| c.kind == config::Kind::Http)
-        .map(|c| {
-            Ok(crate::apis::HttpTarget {
+                endpoint: c.endpoint.clone(),
+                access_key_id: c.access_key_id.clone().unwrap_or_default(),
+                secret_access_key: c.secret_access_key.clone().unwrap_or_default(),
+                session_token: c.session_token.clone(),
+                role_arn: c.role_arn.clone(),
+                external_id: c.external_id.clone(),
+                sts_endpoint: c.sts_endpoint.clone(),
+                ca_pem,
+            })),
+            config::Kind::Http => specs.push(TargetSpec::Http(HttpSpec {
                 name: c.name.clone(),
-                url: c
-                    .url
-                    .as_deref()
-                    .unwrap_or_default()
-                    .parse()
-                    .with_context(|| format!("connection {}: url", c.name))?,
+                url: c.url.clone().unwrap_or_default(),
                 headers: c
                     .headers
                     .iter()
-                    .map(|(k, v)| crate::apis::InjectedHeader::parse(k, v))
-                    .collect::<Result<_>>()
-                    .with_context(|| format!("connection {}: headers", c.name))?,
-                tls: crate::tls::client_config(c.ca_file.as_deref())
-                    .with_context(|| format!("connection {}: ca_file", c.name))?,
-            })
-        })
-        .collect()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                ca_pem,
+            })),
+            _ => {}
+        }
+    }
+    Ok(specs)
+}
+
+/// The AWS and HTTP connections, and which of them remote agents serve.
+fn api_targets(
+    config: &Config,
+    agents: Arc<sluice_tunnel::gateway::Agents>,
+) -> Result<crate::apis::ApiTargets> {
+    use crate::apis::remote::TargetSpec;
+    let mut targets = crate::apis::ApiTargets {
+        aws: Vec::new(),
+        http: Vec::new(),
+        remote: crate::apis::remote::RemoteApis {
+            agents,
+            routes: std::collections::HashMap::new(),
+        },
+    };
+    for spec in api_specs(config)? {
+        let name = match &spec {
+            TargetSpec::Aws(s) => {
+                targets.aws.push(s.target()?);
+                &s.name
+            }
+            TargetSpec::Http(s) => {
+                targets.http.push(s.target()?);
+                &s.name
+            }
+        };
+        let agent = config
+            .connections
+            .iter()
+            .find(|c| &c.name == name)
+            .map(|c| c.agent.clone())
+            .unwrap_or_default();
+        if agent != "embedded" {
+            targets
+                .remote
+                .routes
+                .insert(name.clone(), (agent, spec.clone()));
+        }
+    }
+    Ok(targets)
 }
 
 fn create_private_dir(path: &std::path::Path) -> Result<()> {

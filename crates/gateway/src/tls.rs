@@ -25,15 +25,31 @@ fn files(config: &Config) -> Result<(PathBuf, PathBuf)> {
 /// one, the Mozilla roots bundled with the binary. Every verifying client of this binary
 /// (identity providers, webhooks, the CLI towards the gateway, agents with `--ca`) uses it.
 pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>> {
-    let mut roots = rustls::RootCertStore::empty();
     match ca_file {
         Some(path) => {
-            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-                .with_context(|| format!("cannot read CA file {}", path.display()))?
+            let pem = read_ca_file(path)?;
+            client_config_pem(Some(pem.as_bytes()))
+                .with_context(|| format!("invalid CA file {}", path.display()))
+        }
+        None => client_config_pem(None),
+    }
+}
+
+/// A CA file's PEM text (to check a target's certificate where an agent runs).
+pub fn read_ca_file(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("cannot read CA file {}", path.display()))
+}
+
+/// [`client_config`] with the CA certificates as PEM text.
+pub fn client_config_pem(ca_pem: Option<&[u8]>) -> Result<Arc<rustls::ClientConfig>> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_pem {
+        Some(pem) => {
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem)
                 .collect::<Result<_, _>>()
-                .with_context(|| format!("invalid CA file {}", path.display()))?;
+                .context("invalid CA certificates")?;
             if certs.is_empty() {
-                anyhow::bail!("CA file {} holds no certificate", path.display());
+                anyhow::bail!("the CA file holds no certificate");
             }
             for cert in certs {
                 roots.add(cert).context("adding a CA certificate")?;

@@ -18,7 +18,9 @@ use tracing::{debug, info, warn};
 
 use crate::h2stream::H2Stream;
 use crate::protocol::{Hello, Reply, Request, Welcome};
-use crate::{frame, ping, CONNECTION_WINDOW, MAX_HEADERS, MAX_STREAMS, STREAM_WINDOW, VERSION};
+use crate::{
+    frame, ping, CallStream, CONNECTION_WINDOW, MAX_HEADERS, MAX_STREAMS, STREAM_WINDOW, VERSION,
+};
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(15);
@@ -40,6 +42,20 @@ pub struct AgentOptions {
     /// for the gateway (empty: any). Without it a compromised gateway could name any
     /// variable or file the agent can read.
     pub allowed_secrets: Vec<String>,
+    /// Makes the API calls (AWS, HTTP) the gateway sends; `None`: this agent serves
+    /// PostgreSQL only.
+    pub calls: Option<Arc<dyn CallService>>,
+}
+
+/// Makes one API call the gateway sent through the tunnel: reads `call` and the upload from
+/// `stream`, opens only what `permits` allows, writes the answer back.
+pub trait CallService: Send + Sync {
+    fn serve<'a>(
+        &'a self,
+        call: serde_json::Value,
+        stream: CallStream,
+        permits: Arc<Permits>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
 }
 
 impl std::fmt::Debug for AgentOptions {
@@ -148,7 +164,7 @@ async fn serve(mut connection: Connection, options: &AgentOptions) -> Result<(),
         .ok_or_else(|| TunnelError::Lost("no ping handle".into()))?;
     let heartbeat = ping::run(pings);
     tokio::pin!(heartbeat);
-    let allowed = Arc::new(Allowed {
+    let allowed = Arc::new(Permits {
         targets: options.allowed_targets.clone(),
         secrets: options.allowed_secrets.clone(),
     });
@@ -157,8 +173,8 @@ async fn serve(mut connection: Connection, options: &AgentOptions) -> Result<(),
             // Accepting also drives the connection.
             inbound = connection.accept() => match inbound {
                 Some(Ok((request, respond))) => {
-                    let allowed = allowed.clone();
-                    tokio::spawn(serve_stream(request.into_body(), respond, allowed));
+                    let (allowed, calls) = (allowed.clone(), options.calls.clone());
+                    tokio::spawn(serve_stream(request.into_body(), respond, allowed, calls));
                 }
                 Some(Err(e)) => return Err(TunnelError::Lost(e.to_string())),
                 None => return Err(TunnelError::Lost("the gateway closed the tunnel".into())),
@@ -169,18 +185,20 @@ async fn serve(mut connection: Connection, options: &AgentOptions) -> Result<(),
 }
 
 /// What this agent agrees to open and resolve.
-struct Allowed {
+pub struct Permits {
     targets: Vec<String>,
     secrets: Vec<String>,
 }
 
-impl Allowed {
-    fn target(&self, address: &str) -> bool {
+impl Permits {
+    /// Whether `address` (`host:port`) is among `--allow-target` (or none is given).
+    pub fn target(&self, address: &str) -> bool {
         self.targets.is_empty() || self.targets.iter().any(|p| address_matches(p, address))
     }
 
-    /// Literals come from the gateway itself; references are checked.
-    fn secret(&self, reference: Option<&str>) -> bool {
+    /// Whether `reference` may be resolved: literals come from the gateway itself;
+    /// `env:` and `file:` references must be among `--allow-secret` (or none is given).
+    pub fn secret(&self, reference: Option<&str>) -> bool {
         let Some(reference) = reference.filter(|r| r.starts_with("env:") || r.starts_with("file:"))
         else {
             return true;
@@ -200,7 +218,12 @@ pub fn address_matches(pattern: &str, address: &str) -> bool {
     pl.len() == al.len() && pl.iter().zip(&al).all(|(p, a)| glob_exact(p, a)) && glob_exact(pp, ap)
 }
 
-async fn serve_stream(recv: RecvStream, mut respond: SendResponse<Bytes>, allowed: Arc<Allowed>) {
+async fn serve_stream(
+    recv: RecvStream,
+    mut respond: SendResponse<Bytes>,
+    allowed: Arc<Permits>,
+    calls: Option<Arc<dyn CallService>>,
+) {
     let send = match respond.send_response(http::Response::new(()), false) {
         Ok(send) => send,
         Err(e) => {
@@ -216,8 +239,18 @@ async fn serve_stream(recv: RecvStream, mut respond: SendResponse<Bytes>, allowe
             return;
         }
     };
-    let target = match &request {
-        Request::Connect { target, .. } | Request::Cancel { target, .. } => target,
+    let target = match request {
+        Request::Connect { ref target, .. } | Request::Cancel { ref target, .. } => target,
+        Request::Call { call } => {
+            match calls {
+                Some(service) => service.serve(call, Box::new(stream), allowed).await,
+                None => {
+                    let message = "this agent does not serve API calls".to_owned();
+                    reply(&mut stream, Reply::Failed { message }).await;
+                }
+            }
+            return;
+        }
     };
     if !allowed.secret(target.password.as_deref()) {
         warn!(target = %target.address, "refused: the target's secret is not among this agent's --allow-secret");
@@ -269,6 +302,7 @@ async fn serve_stream(recv: RecvStream, mut respond: SendResponse<Bytes>, allowe
                 }
             }
         }
+        Request::Call { .. } => {}
         Request::Cancel { target, pid, key } => {
             // A cancel needs no credential: none is resolved.
             let answer = match target.options_without_password() {
@@ -308,7 +342,7 @@ mod tests {
         assert!(!address_matches("db-*:5432", "db-x.evil.com:5432"));
         assert!(!address_matches("db.internal:5432", "DB.internal:5432"));
         assert!(!address_matches("nocolon", "db:5432"));
-        let allowed = Allowed {
+        let allowed = Permits {
             targets: vec![],
             secrets: vec!["env:PG_*".into()],
         };

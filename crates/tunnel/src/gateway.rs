@@ -17,7 +17,7 @@ use tracing::{debug, info, warn};
 
 use crate::h2stream::H2Stream;
 use crate::protocol::{Hello, Reply, Request, Target, Welcome};
-use crate::{frame, ping, CONNECTION_WINDOW, MAX_HEADERS, MAX_STREAMS, STREAM_WINDOW};
+use crate::{frame, ping, CallStream, CONNECTION_WINDOW, MAX_HEADERS, MAX_STREAMS, STREAM_WINDOW};
 
 /// How long a new tunnel may take to finish TLS and say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -304,8 +304,34 @@ impl Agents {
     }
 }
 
-/// Opens a stream on `link`, sends `request` and reads the agent's reply.
-async fn exchange(link: &Link, request: &Request) -> Result<(H2Stream, Reply), UpstreamError> {
+impl Agents {
+    /// Opens a stream for one API call through agent `agent` and sends it `call`; the
+    /// call's body and answer follow on the stream.
+    pub async fn open_call(
+        &self,
+        agent: &str,
+        call: serde_json::Value,
+    ) -> Result<CallStream, UpstreamError> {
+        let request = Request::Call { call };
+        for link in self.candidates(agent) {
+            link.sessions.fetch_add(1, Ordering::Relaxed);
+            let counted = Counting(link.clone());
+            match tokio::time::timeout(ping::SILENCE * 2, open(&link, &request)).await {
+                Ok(Ok(stream)) => {
+                    return Ok(Box::new(Counted {
+                        stream,
+                        _count: counted,
+                    }))
+                }
+                Ok(Err(_)) | Err(_) => continue,
+            }
+        }
+        Err(UpstreamError::AgentUnavailable(agent.to_owned()))
+    }
+}
+
+/// Opens a stream on `link` and sends `request`.
+async fn open(link: &Link, request: &Request) -> Result<H2Stream, UpstreamError> {
     let unavailable = |_| UpstreamError::AgentUnavailable(link.name.clone());
     let mut requests = link.requests.clone().ready().await.map_err(unavailable)?;
     let head = http::Request::post("/stream")
@@ -317,6 +343,12 @@ async fn exchange(link: &Link, request: &Request) -> Result<(H2Stream, Reply), U
     frame::write(&mut stream, request).await?;
     let response = response.await.map_err(unavailable)?;
     stream.set_recv(response.into_body());
+    Ok(stream)
+}
+
+/// Opens a stream on `link`, sends `request` and reads the agent's reply.
+async fn exchange(link: &Link, request: &Request) -> Result<(H2Stream, Reply), UpstreamError> {
+    let mut stream = open(link, request).await?;
     let reply = frame::read::<_, Reply>(&mut stream).await?;
     Ok((stream, reply))
 }

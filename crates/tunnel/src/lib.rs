@@ -14,7 +14,7 @@
 //! `file:` where the agent runs), and relays bytes.
 
 pub mod agent;
-mod frame;
+pub mod frame;
 pub mod gateway;
 mod h2stream;
 pub mod pin;
@@ -22,6 +22,13 @@ mod ping;
 mod protocol;
 
 pub use protocol::Target;
+
+/// A stream the tunnel carries, as the two ends' API-call code sees it.
+pub trait CallIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> CallIo for T {}
+
+pub type CallStream = Box<dyn CallIo>;
 
 /// Version string agents report (shown by `sluice agents list`).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

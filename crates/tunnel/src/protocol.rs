@@ -32,6 +32,10 @@ pub enum Request {
         pid: i32,
         key: Vec<u8>,
     },
+    /// An API call (AWS, HTTP) the agent makes with the connection's credential. `call` is
+    /// for the agent's [`crate::agent::CallService`]; the call's body and its answer follow
+    /// on the stream in that service's framing.
+    Call { call: serde_json::Value },
 }
 
 /// Agent → gateway, the answer on a stream.

@@ -25,6 +25,22 @@ pub enum UploadError {
     Client(#[from] hyper::Error),
 }
 
+/// Reads `body` whole, up to `max` bytes.
+pub async fn read_whole(mut body: BoxBody, max: usize) -> Result<Bytes, String> {
+    use http_body_util::BodyExt;
+    let mut whole = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| e.to_string())?;
+        if let Ok(data) = frame.into_data() {
+            if whole.len() + data.len() > max {
+                return Err("length limit exceeded".into());
+            }
+            whole.extend_from_slice(&data);
+        }
+    }
+    Ok(Bytes::from(whole))
+}
+
 /// What an upload must pass on its way: fed every frame, asked once at the end.
 pub trait UploadCheck {
     fn update(&mut self, data: &[u8]) -> Result<(), UploadError>;

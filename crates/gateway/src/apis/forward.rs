@@ -93,7 +93,7 @@ impl Address {
 
 impl AwsTarget {
     /// Where requests for `service` go.
-    fn endpoint(&self, service: &str) -> Address {
+    pub(super) fn endpoint(&self, service: &str) -> Address {
         if let Some(uri) = &self.endpoint {
             return Address::of(uri);
         }
@@ -283,8 +283,8 @@ where
 }
 
 /// Why an exchange failed: the client's upload failing its check, or the target.
-fn failure(e: &hyper::Error) -> ForwardError {
-    let mut cause: &(dyn std::error::Error + 'static) = e;
+pub(super) fn failure(e: &(dyn std::error::Error + 'static)) -> ForwardError {
+    let mut cause = e;
     loop {
         if let Some(upload) = cause.downcast_ref::<UploadError>() {
             let code = match upload {

@@ -316,6 +316,8 @@ impl ApiFrontend {
         .await
     }
 
+    /// Sends the call through the agent that serves `target`: the client's request with
+    /// its hop headers dropped, the path under the API's base.
     async fn http_send(
         &self,
         target: &HttpTarget,
@@ -323,8 +325,7 @@ impl ApiFrontend {
         rest: &str,
         body: BoxBody,
         bytes_in: Arc<AtomicU64>,
-    ) -> Result<Response<Incoming>, ForwardError> {
-        let address = Address::of(&target.url);
+    ) -> Result<Response<BoxBody>, ForwardError> {
         let base = target.url.path().trim_end_matches('/');
         let path_and_query = match parts.uri.query() {
             Some(q) => format!("{base}/{rest}?{q}"),
@@ -339,24 +340,58 @@ impl ApiFrontend {
         if let Some(length) = parts.headers.get(hyper::header::CONTENT_LENGTH) {
             headers.insert(hyper::header::CONTENT_LENGTH, length.clone());
         }
-        headers.insert(
-            hyper::header::HOST,
-            HeaderValue::from_str(&address.host_header)
-                .map_err(|e| ForwardError::Connect(address.authority.clone(), e.to_string()))?,
-        );
-        for injected in &target.headers {
-            headers.insert(injected.name.clone(), injected.value()?);
-        }
-        let uri: Uri = path_and_query
-            .parse()
-            .map_err(|e: hyper::http::uri::InvalidUri| ForwardError::Send(e.to_string()))?;
         let body: BoxBody = Counted::new(body, bytes_in, None).boxed();
-        let mut request = Request::new(body);
-        *request.method_mut() = parts.method;
-        *request.uri_mut() = uri;
-        *request.headers_mut() = headers;
-        deliver(&address, &target.tls, request).await
+        match self.remote.route(&target.name) {
+            Some((agent, spec)) => {
+                let call = super::remote::Outgoing {
+                    service: "http",
+                    method: parts.method,
+                    path_and_query: &path_and_query,
+                    headers: &headers,
+                    body,
+                    length: None,
+                    payload: &sluice_aws::PayloadHash::Unsigned,
+                };
+                self.remote.send(agent, spec, call).await
+            }
+            None => send(target, parts.method, &path_and_query, headers, body)
+                .await
+                .map(|r| {
+                    r.map(|b| {
+                        b.map_err(|e| -> super::body::BoxError { Box::new(e) })
+                            .boxed()
+                    })
+                }),
+        }
     }
+}
+
+/// Sends a call to `target` where its agent runs: with the `Host` of the API and the
+/// headers the connection adds (its credential resolved here).
+pub(super) async fn send(
+    target: &HttpTarget,
+    method: hyper::Method,
+    path_and_query: &str,
+    mut headers: hyper::HeaderMap,
+    body: BoxBody,
+) -> Result<Response<Incoming>, ForwardError> {
+    let address = Address::of(&target.url);
+    headers.insert(
+        hyper::header::HOST,
+        HeaderValue::from_str(&address.host_header)
+            .map_err(|e| ForwardError::Connect(address.authority.clone(), e.to_string()))?,
+    );
+    for injected in &target.headers {
+        headers.insert(injected.name.clone(), injected.value()?);
+    }
+    let uri: Uri = path_and_query
+        .parse()
+        .map_err(|e: hyper::http::uri::InvalidUri| ForwardError::Send(e.to_string()))?;
+    let mut request = Request::new(body);
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.headers_mut() = headers;
+    deliver(&address, &target.tls, request).await
 }
 
 /// Headers some frameworks read as the request's method.

@@ -14,6 +14,7 @@ mod forward;
 mod http;
 pub mod keys;
 mod masking;
+pub mod remote;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -45,7 +46,7 @@ pub use assume_role::AssumeRole;
 use body::{BoxBody, Checked, ChunkFraming, Counted, Dechunked, Sha256Matches};
 use errors::{error, Shape};
 pub use forward::AwsTarget;
-pub use http::{HttpTarget, InjectedHeader};
+pub use http::HttpTarget;
 
 /// The largest body read whole: services other than S3 sign the body's hash without
 /// declaring it, so it must be read before the signature can be checked.
@@ -97,6 +98,8 @@ pub struct ApiFrontend {
     /// Client connections at once (`limits.max_connections`).
     connections: Arc<tokio::sync::Semaphore>,
     tls: TlsAcceptor,
+    /// The connections remote agents serve.
+    remote: remote::RemoteApis,
 }
 
 /// One client TCP connection: its sessions by (user, connection).
@@ -225,6 +228,8 @@ pub struct ListenOptions {
 pub struct ApiTargets {
     pub aws: Vec<AwsTarget>,
     pub http: Vec<HttpTarget>,
+    /// Those of them that remote agents serve.
+    pub remote: remote::RemoteApis,
 }
 
 impl ApiFrontend {
@@ -242,6 +247,7 @@ impl ApiFrontend {
             sealer: Arc::new(sealer),
             targets: targets.aws,
             http_targets: targets.http,
+            remote: targets.remote,
             virtual_host: listen.virtual_host,
             masking,
             buffering: tokio::sync::Semaphore::new(BUFFERING_AT_ONCE),
@@ -294,16 +300,14 @@ impl ApiFrontend {
         // The first byte and the whole handshake come within one deadline.
         let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
         let served = match tokio::time::timeout_at(deadline, starts_tls(&tcp)).await {
-            Ok(Ok(true)) => {
-                match tokio::time::timeout_at(deadline, self.tls.accept(tcp)).await {
-                    Ok(Ok(tls)) => http.serve_connection(TokioIo::new(tls), service).await,
-                    Ok(Err(e)) => {
-                        debug!(error = %e, client = %client.addr, "TLS with an AWS/HTTP client failed");
-                        return;
-                    }
-                    Err(_) => return,
+            Ok(Ok(true)) => match tokio::time::timeout_at(deadline, self.tls.accept(tcp)).await {
+                Ok(Ok(tls)) => http.serve_connection(TokioIo::new(tls), service).await,
+                Ok(Err(e)) => {
+                    debug!(error = %e, client = %client.addr, "TLS with an AWS/HTTP client failed");
+                    return;
                 }
-            }
+                Err(_) => return,
+            },
             Ok(Ok(false)) => http.serve_connection(TokioIo::new(tcp), service).await,
             Ok(Err(_)) | Err(_) => return,
         };
@@ -754,17 +758,32 @@ impl ApiFrontend {
             // client's query-string signature names the sluice key.
             path_and_query = without_presigning(&path_and_query);
         }
-        let answer = forward::send(
-            target,
-            &info.service,
-            parts.method.clone(),
-            &path_and_query,
-            &parts.headers,
-            upstream_body,
-            length,
-            &upstream_payload,
-        )
-        .await;
+        let answer = match self.remote.route(&target.name) {
+            Some((agent, spec)) => {
+                let call = remote::Outgoing {
+                    service: &info.service,
+                    method: parts.method.clone(),
+                    path_and_query: &path_and_query,
+                    headers: &parts.headers,
+                    body: upstream_body,
+                    length,
+                    payload: &upstream_payload,
+                };
+                self.remote.send(agent, spec, call).await
+            }
+            None => forward::send(
+                target,
+                &info.service,
+                parts.method.clone(),
+                &path_and_query,
+                &parts.headers,
+                upstream_body,
+                length,
+                &upstream_payload,
+            )
+            .await
+            .map(|r| r.map(|b| b.map_err(|e| -> body::BoxError { Box::new(e) }).boxed())),
+        };
         let response = match answer {
             Ok(response) => response,
             Err(e) => {
@@ -853,7 +872,7 @@ impl ApiFrontend {
         head_only: bool,
         started: Instant,
         bytes_in: Arc<AtomicU64>,
-        response: Response<Incoming>,
+        response: Response<BoxBody>,
     ) -> Result<Response<BoxBody>, Refusal> {
         let (mut head, answer_body) = response.into_parts();
         let status = head.status.as_u16();
@@ -909,11 +928,8 @@ impl ApiFrontend {
             }
         }
         let answer_body: BoxBody = if let Some((masking, kind)) = kind {
-            let whole = match Limited::new(answer_body, masking::MAX_MASKED_BODY)
-                .collect()
-                .await
-            {
-                Ok(whole) => whole.to_bytes(),
+            let whole = match body::read_whole(answer_body, masking::MAX_MASKED_BODY).await {
+                Ok(whole) => whole,
                 Err(e) => {
                     let message = format!(
                         "the answer cannot be masked (over {} bytes, or cut off: {e}), so it is not passed on",
@@ -947,8 +963,6 @@ impl ApiFrontend {
             full(body)
         } else {
             answer_body
-                .map_err(|e| -> body::BoxError { Box::new(e) })
-                .boxed()
         };
         let pipeline = self.pipeline.clone();
         let info_for_end = session.info.clone();

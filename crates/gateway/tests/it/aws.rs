@@ -911,3 +911,160 @@ fn boto3_puts_gets_multiparts_and_presigns_through_the_gateway() {
     assert!(body.contains("already used"), "{body}");
     assert!(s.gw.verify().status.success());
 }
+
+/// A remote agent serves an AWS and an HTTP connection: their credentials are only in the
+/// agent's environment; the gateway judges, records and masks as for the embedded agent.
+#[test]
+fn a_remote_agent_serves_aws_and_http_connections_with_credentials_only_it_has() {
+    use crate::http_api::{api, API_TOKEN};
+    use crate::tunnel::{add_agent, agent_state, wait_until, Agent};
+    pg().create_db("aws_remote");
+    let s3 = s3_server();
+    let api = api();
+    let connections = format!(
+        "  - name: s3-edge\n    kind: aws\n    agent: edge\n    region: us-east-1\n    services: [s3]\n    endpoint: http://127.0.0.1:{}\n    access_key_id: env:EDGE_AWS_KEY\n    secret_access_key: env:EDGE_AWS_SECRET\n\
+         \x20 - name: billing-edge\n    kind: http\n    agent: edge\n    url: http://127.0.0.1:{}/api\n    headers:\n      Authorization: Bearer env:EDGE_API_TOKEN\n",
+        s3.port, api.port
+    );
+    let policies = "policies:\n  - { name: keep-edge, match: { actions: [\"s3:DeleteObject\"], resources: [\"edge-*\"] }, action: deny }\n";
+    let gw = Gateway::start_with_tunnel_and_http("aws_remote", &connections, policies);
+    let (key, fingerprint) = add_agent(&gw, "edge");
+    let credentials = [
+        ("EDGE_AWS_KEY", REAL_KEY),
+        ("EDGE_AWS_SECRET", REAL_SECRET),
+        ("EDGE_API_TOKEN", API_TOKEN),
+    ];
+    let agent = Agent::start_env(&gw, gw.tunnel_port, &key, &fingerprint, &[], &credentials);
+    wait_until(Duration::from_secs(10), "the agent connects", || {
+        agent_state(&gw, "edge")["state"] == "connected"
+    });
+    gw.cli_ok(&["users", "add", "alice"]);
+    let issued = gw.cli_json(&[
+        "aws-keys",
+        "issue",
+        "--user",
+        "alice",
+        "--connection",
+        "s3-edge",
+        "--json",
+    ]);
+    let work = tempfile::tempdir().unwrap();
+    let aws = |args: &[&str]| {
+        Command::new(tool("venv/bin/aws"))
+            .args(args)
+            .current_dir(work.path())
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", work.path())
+            .env(
+                "AWS_ACCESS_KEY_ID",
+                issued["access_key_id"].as_str().unwrap(),
+            )
+            .env(
+                "AWS_SECRET_ACCESS_KEY",
+                issued["secret_access_key"].as_str().unwrap(),
+            )
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .env(
+                "AWS_ENDPOINT_URL",
+                format!("http://127.0.0.1:{}", gw.http_port),
+            )
+            .env("AWS_MAX_ATTEMPTS", "1")
+            .output()
+            .unwrap()
+    };
+    let ok = |args: &[&str]| {
+        let out = aws(args);
+        assert!(
+            out.status.success(),
+            "aws {args:?}: {}\n{}\nagent log:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            agent.log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    ok(&["s3", "mb", "s3://edge-data"]);
+    let up = work.path().join("up.bin");
+    write_big_file(&up, 12 * 1024 * 1024 + 5);
+    ok(&["s3", "cp", up.to_str().unwrap(), "s3://edge-data/up.bin"]);
+    let back = work.path().join("back.bin");
+    ok(&["s3", "cp", "s3://edge-data/up.bin", back.to_str().unwrap()]);
+    assert!(same_file(&up, &back));
+    assert!(ok(&["s3", "ls", "s3://edge-data/"]).contains("up.bin"));
+    let refused = aws(&["s3", "rm", "s3://edge-data/up.bin"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("keep-edge"));
+
+    // The HTTP API through the same agent: it adds the API's token, the client sends its own.
+    let token = gw.user_token("hank");
+    let out = Command::new("curl")
+        .args(["-s", "--fail-with-body", "-H"])
+        .arg(format!("Authorization: Bearer {token}"))
+        .arg(format!(
+            "http://127.0.0.1:{}/billing-edge/v1/users/7",
+            gw.http_port
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["auth_ok"], true, "{answer}");
+
+    // An upload that fails its chunk signatures on the gateway is abandoned on the way:
+    // the target never gets it whole.
+    let signed = |mode: &str, name: &str| {
+        let out = Command::new(tool("venv/bin/python"))
+            .arg(script("signed.py"))
+            .args([
+                mode,
+                &format!("http://127.0.0.1:{}", gw.http_port),
+                issued["access_key_id"].as_str().unwrap(),
+                issued["secret_access_key"].as_str().unwrap(),
+                "edge-data",
+                name,
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(signed("streaming", "streamed.bin").starts_with("200"));
+    let tampered = signed("streaming-tampered", "tampered.bin");
+    assert!(tampered.starts_with("400"), "{tampered}");
+    assert!(tampered.contains("SignatureDoesNotMatch"), "{tampered}");
+    let listed = ok(&["s3", "ls", "s3://edge-data/"]);
+    assert!(
+        listed.contains("streamed.bin") && !listed.contains("tampered.bin"),
+        "{listed}"
+    );
+
+    // None of the credentials reached the gateway.
+    let written = gw.everything_written();
+    for secret in [REAL_SECRET, API_TOKEN] {
+        assert!(!written.contains(secret));
+    }
+
+    // An agent opens only the targets it allows, whatever the gateway asks.
+    drop(agent);
+    let agent = Agent::start_env(
+        &gw,
+        gw.tunnel_port,
+        &key,
+        &fingerprint,
+        &["--allow-target", "db.internal:5432"],
+        &credentials,
+    );
+    wait_until(Duration::from_secs(10), "the agent reconnects", || {
+        agent_state(&gw, "edge")["state"] == "connected"
+    });
+    let refused = aws(&["s3", "ls", "s3://edge-data/"]);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("does not serve that target"), "{err}");
+    assert!(agent.log().contains("refused"), "{}", agent.log());
+    assert!(gw.verify().status.success());
+}

@@ -8,11 +8,11 @@ use serde_json::Value;
 
 use crate::support::{free_port, pg, spawn_ready, Gateway};
 
-const API_TOKEN: &str = "api-token-only-the-agent-knows";
+pub(crate) const API_TOKEN: &str = "api-token-only-the-agent-knows";
 
-struct Api {
+pub(crate) struct Api {
     child: Child,
-    port: u16,
+    pub(crate) port: u16,
 }
 
 impl Drop for Api {
@@ -22,7 +22,7 @@ impl Drop for Api {
     }
 }
 
-fn api() -> Api {
+pub(crate) fn api() -> Api {
     let port = free_port();
     let child = spawn_ready(
         Command::new("python3")
@@ -193,7 +193,12 @@ masking:
         &token,
         "POST",
         "/billing/v1/charges",
-        &["-H", "Content-Type: application/json", "-d", r#"{"amount":5}"#],
+        &[
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            r#"{"amount":5}"#,
+        ],
     );
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("not bound by a hash"), "{body}");

@@ -189,6 +189,7 @@ enum Listeners {
     Base,
     Tunnel,
     Http,
+    TunnelAndHttp,
 }
 
 pub fn sluice_bin() -> &'static str {
@@ -229,6 +230,21 @@ impl Gateway {
         )
     }
 
+    /// Like [`Gateway::start_with_http`], also accepting remote agents on `tunnel_port`.
+    pub fn start_with_tunnel_and_http(
+        db: &str,
+        extra_connections: &str,
+        extra_yaml: &str,
+    ) -> Gateway {
+        Gateway::start_full(
+            free_port(),
+            db,
+            extra_connections,
+            extra_yaml,
+            Listeners::TunnelAndHttp,
+        )
+    }
+
     fn start_full(
         api_port: u16,
         db: &str,
@@ -243,6 +259,9 @@ impl Gateway {
         let tunnel_listen = match listeners {
             Listeners::Tunnel => format!(", tunnel: 127.0.0.1:{tunnel_port}"),
             Listeners::Http => format!(", http: 127.0.0.1:{http_port}"),
+            Listeners::TunnelAndHttp => {
+                format!(", tunnel: 127.0.0.1:{tunnel_port}, http: 127.0.0.1:{http_port}")
+            }
             Listeners::Base => String::new(),
         };
         let config = dir.path().join("sluice.yaml");

@@ -33,10 +33,12 @@ fn gateway(db: &str) -> Gateway {
 }
 
 /// A running `sluice agent` process.
-struct Agent {
+pub(crate) struct Agent {
     child: Option<Child>,
     log: PathBuf,
     args: Vec<String>,
+    /// Its environment besides the key (the credentials it resolves).
+    env: Vec<(String, String)>,
 }
 
 impl Agent {
@@ -49,6 +51,19 @@ impl Agent {
     }
 
     fn start_with(gw: &Gateway, port: u16, key: &str, fingerprint: &str, extra: &[&str]) -> Agent {
+        let env = [(AGENT_ENV, PG_PASSWORD)];
+        Agent::start_env(gw, port, key, fingerprint, extra, &env)
+    }
+
+    /// An agent with `env` (and nothing else of the test's environment that matters).
+    pub(crate) fn start_env(
+        gw: &Gateway,
+        port: u16,
+        key: &str,
+        fingerprint: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Agent {
         static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = gw.dir.path().join(format!("agent-{port}-{n}.log"));
@@ -65,6 +80,10 @@ impl Agent {
             .into_iter()
             .chain(extra.iter().map(|a| a.to_string()))
             .collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         agent.spawn(key);
         agent
@@ -79,7 +98,7 @@ impl Agent {
         let child = Command::new(sluice_bin())
             .args(&self.args)
             .env("SLUICE_AGENT_KEY", key)
-            .env(AGENT_ENV, PG_PASSWORD)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("SLUICE_LOG", "info,sluice_tunnel=debug")
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -95,7 +114,7 @@ impl Agent {
         }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
@@ -107,7 +126,7 @@ impl Drop for Agent {
 }
 
 /// `sluice agents add NAME --json`: (key, fingerprint).
-fn add_agent(gw: &Gateway, name: &str) -> (String, String) {
+pub(crate) fn add_agent(gw: &Gateway, name: &str) -> (String, String) {
     let added = gw.cli_json(&["agents", "add", name, "--json"]);
     (
         added["key"].as_str().unwrap().to_owned(),
@@ -115,7 +134,7 @@ fn add_agent(gw: &Gateway, name: &str) -> (String, String) {
     )
 }
 
-fn agent_state(gw: &Gateway, name: &str) -> Value {
+pub(crate) fn agent_state(gw: &Gateway, name: &str) -> Value {
     gw.cli_json(&["agents", "list", "--json"])
         .as_array()
         .unwrap()
@@ -126,7 +145,7 @@ fn agent_state(gw: &Gateway, name: &str) -> Value {
 }
 
 /// Waits until `check` holds, up to `limit`; returns how long it took.
-fn wait_until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) -> Duration {
+pub(crate) fn wait_until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) -> Duration {
     let started = Instant::now();
     while started.elapsed() < limit {
         if check() {

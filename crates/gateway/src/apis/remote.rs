@@ -1,0 +1,542 @@
+//! API calls served by a remote agent. The gateway judges and records the call as for the
+//! embedded agent, then sends it through the tunnel: the connection as configured (its
+//! credential as a reference), the request's method, path and headers, then its body in
+//! frames. The agent — the only place the credential is resolved — signs the call again
+//! (AWS) or adds the API's headers (HTTP), sends it, and streams the answer back.
+//!
+//! On the stream after the tunnel's `Call` request: gateway → agent, body frames (`u32`
+//! length, bytes; length 0 ends the body, `u32::MAX` abandons it, so the target never gets
+//! it whole); agent → gateway, one [`Answer`] message, then the answer's body until the
+//! end of the stream.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use anyhow::{Context as _, Result};
+use http_body_util::BodyExt;
+use hyper::body::{Body, Bytes, Frame, SizeHint};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Response, StatusCode};
+use serde::{Deserialize, Serialize};
+use sluice_agent::SecretRef;
+use sluice_aws::PayloadHash;
+use sluice_tunnel::agent::{CallService, Permits};
+use sluice_tunnel::gateway::Agents;
+use sluice_tunnel::{frame, CallStream};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tracing::warn;
+
+use super::body::{BoxBody, BoxError};
+use super::forward::{self, Address, AwsTarget, ForwardError};
+use super::http::{HttpTarget, InjectedHeader};
+use super::AssumeRole;
+
+/// Ends a body: nothing more follows.
+const END: u32 = 0;
+/// Abandons a body: it failed its check on the gateway.
+const ABANDON: u32 = u32::MAX;
+/// Largest body frame (what one read of the client's body yields is far less).
+const MAX_FRAME: u32 = 16 * 1024 * 1024;
+/// Body frames buffered between the tunnel and the HTTP client at each end.
+const QUEUED_FRAMES: usize = 4;
+
+/// A `kind: aws` connection as written in the configuration (credentials as references).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct AwsSpec {
+    pub name: String,
+    pub region: String,
+    pub services: Vec<String>,
+    pub endpoint: Option<String>,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub session_token: Option<String>,
+    pub role_arn: Option<String>,
+    pub external_id: Option<String>,
+    pub sts_endpoint: Option<String>,
+    /// The CA that signs the target's certificate (PEM), when not a public one.
+    pub ca_pem: Option<String>,
+}
+
+/// A `kind: http` connection as written in the configuration (header secrets as references).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct HttpSpec {
+    pub name: String,
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    pub ca_pem: Option<String>,
+}
+
+impl AwsSpec {
+    /// The target this describes; nothing is resolved yet.
+    pub fn target(&self) -> Result<AwsTarget> {
+        let name = &self.name;
+        let role = match &self.role_arn {
+            Some(arn) => {
+                let sts = self
+                    .sts_endpoint
+                    .clone()
+                    .unwrap_or_else(|| format!("https://sts.{}.amazonaws.com", self.region))
+                    .parse()
+                    .with_context(|| format!("connection {name}: sts_endpoint"))?;
+                Some(AssumeRole::new(
+                    arn.clone(),
+                    self.external_id.clone(),
+                    format!("sluice-{name}"),
+                    sts,
+                ))
+            }
+            None => None,
+        };
+        Ok(AwsTarget {
+            name: name.clone(),
+            region: self.region.clone(),
+            services: self.services.clone(),
+            endpoint: self
+                .endpoint
+                .as_deref()
+                .map(str::parse)
+                .transpose()
+                .with_context(|| format!("connection {name}: endpoint"))?,
+            access_key_id: SecretRef::parse(&self.access_key_id),
+            secret_access_key: SecretRef::parse(&self.secret_access_key),
+            session_token: self.session_token.as_deref().map(SecretRef::parse),
+            role,
+            tls: crate::tls::client_config_pem(self.ca_pem.as_deref().map(str::as_bytes))
+                .with_context(|| format!("connection {name}: ca_file"))?,
+        })
+    }
+
+    /// The secret references the agent resolves for it.
+    fn secrets(&self) -> Vec<&str> {
+        [&self.access_key_id, &self.secret_access_key]
+            .into_iter()
+            .map(String::as_str)
+            .chain(self.session_token.as_deref())
+            .collect()
+    }
+}
+
+impl HttpSpec {
+    pub fn target(&self) -> Result<HttpTarget> {
+        let name = &self.name;
+        Ok(HttpTarget {
+            name: name.clone(),
+            url: self
+                .url
+                .parse()
+                .with_context(|| format!("connection {name}: url"))?,
+            headers: self
+                .headers
+                .iter()
+                .map(|(k, v)| InjectedHeader::parse(k, v))
+                .collect::<Result<_>>()
+                .with_context(|| format!("connection {name}: headers"))?,
+            tls: crate::tls::client_config_pem(self.ca_pem.as_deref().map(str::as_bytes))
+                .with_context(|| format!("connection {name}: ca_file"))?,
+        })
+    }
+
+    /// The secret references among its headers (a value's last word).
+    fn secrets(&self) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter_map(|(_, v)| v.rsplit(' ').next())
+            .filter(|w| w.starts_with("env:") || w.starts_with("file:"))
+            .collect()
+    }
+}
+
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum TargetSpec {
+    Aws(AwsSpec),
+    Http(HttpSpec),
+}
+
+/// One call, as the agent gets it.
+#[derive(Serialize, Deserialize)]
+struct RemoteCall {
+    target: TargetSpec,
+    /// AWS: the signing name of the service.
+    service: String,
+    method: String,
+    path_and_query: String,
+    /// AWS: the client's headers (the agent drops its signature and hop headers); HTTP: the
+    /// headers to send, without the API's own.
+    headers: Vec<(String, Vec<u8>)>,
+    length: Option<u64>,
+    /// AWS: the payload hash to sign with.
+    payload: String,
+}
+
+/// The agent's answer to a call, before the answer's body.
+#[derive(Serialize, Deserialize)]
+enum Answer {
+    Response {
+        status: u16,
+        headers: Vec<(String, Vec<u8>)>,
+    },
+    Failed {
+        message: String,
+        /// The gateway abandoned the body (it failed a check there).
+        abandoned: bool,
+    },
+}
+
+/// Which connections remote agents serve, and how to reach them.
+pub struct RemoteApis {
+    pub agents: Arc<Agents>,
+    /// Connection → (agent, the connection as the agent gets it).
+    pub routes: HashMap<String, (String, TargetSpec)>,
+}
+
+/// What the gateway sends for one call (the parts the target gets).
+pub struct Outgoing<'a> {
+    pub service: &'a str,
+    pub method: Method,
+    pub path_and_query: &'a str,
+    pub headers: &'a HeaderMap,
+    pub body: BoxBody,
+    pub length: Option<u64>,
+    pub payload: &'a PayloadHash,
+}
+
+impl RemoteApis {
+    /// The agent serving `connection`, if a remote one does.
+    pub fn route(&self, connection: &str) -> Option<&(String, TargetSpec)> {
+        self.routes.get(connection)
+    }
+
+    /// Sends one call through `agent` and returns the target's answer, its body streaming.
+    pub async fn send(
+        &self,
+        agent: &str,
+        target: &TargetSpec,
+        call: Outgoing<'_>,
+    ) -> Result<Response<BoxBody>, ForwardError> {
+        let head = RemoteCall {
+            target: target.clone(),
+            service: call.service.to_owned(),
+            method: call.method.as_str().to_owned(),
+            path_and_query: call.path_and_query.to_owned(),
+            headers: call
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec()))
+                .collect(),
+            length: call.length,
+            payload: call.payload.as_str().to_owned(),
+        };
+        let head = serde_json::to_value(head).map_err(|e| ForwardError::Send(e.to_string()))?;
+        let stream = self
+            .agents
+            .open_call(agent, head)
+            .await
+            .map_err(|e| ForwardError::Connect(format!("agent {agent}"), e.to_string()))?;
+        let (mut reader, writer) = tokio::io::split(stream);
+        // The body goes out while the answer is awaited (a target may answer early).
+        let failed_upload = Arc::new(Mutex::new(None));
+        tokio::spawn(send_body(call.body, writer, failed_upload.clone()));
+        let answer: Answer = frame::read(&mut reader)
+            .await
+            .map_err(|e| ForwardError::Send(format!("agent {agent}: {e}")))?;
+        match answer {
+            Answer::Failed { message, abandoned } => {
+                let upload = failed_upload
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take();
+                Err(match upload {
+                    Some(e) if abandoned => e,
+                    _ => ForwardError::Send(message),
+                })
+            }
+            Answer::Response { status, headers } => {
+                let mut response = Response::new(receive_body(reader));
+                *response.status_mut() =
+                    StatusCode::from_u16(status).map_err(|e| ForwardError::Send(e.to_string()))?;
+                *response.headers_mut() = header_map(&headers);
+                Ok(response)
+            }
+        }
+    }
+}
+
+/// Copies `body` into the stream in frames; a body that fails its check is abandoned and
+/// why is kept for the client's error.
+async fn send_body<W: AsyncWrite + Unpin>(
+    mut body: BoxBody,
+    mut writer: W,
+    failed: Arc<Mutex<Option<ForwardError>>>,
+) {
+    loop {
+        let (marker, data) = match body.frame().await {
+            None => (END, Bytes::new()),
+            Some(Err(e)) => {
+                *failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(forward::failure(&*e));
+                (ABANDON, Bytes::new())
+            }
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) if !data.is_empty() => (data.len() as u32, data),
+                _ => continue,
+            },
+        };
+        if writer.write_all(&marker.to_be_bytes()).await.is_err()
+            || writer.write_all(&data).await.is_err()
+        {
+            return;
+        }
+        if marker == END || marker == ABANDON {
+            let _ = writer.flush().await;
+            return;
+        }
+    }
+}
+
+/// A body fed from a channel (the far end of the tunnel).
+struct ChannelBody(mpsc::Receiver<Result<Bytes, BoxError>>);
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|item| item.map(|r| r.map(Frame::data)))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+/// The answer's body: what the stream carries after the [`Answer`], to its end.
+fn receive_body(mut reader: tokio::io::ReadHalf<CallStream>) -> BoxBody {
+    let (tx, rx) = mpsc::channel(QUEUED_FRAMES);
+    tokio::spawn(async move {
+        loop {
+            let mut buf = vec![0u8; 64 * 1024];
+            match reader.read(&mut buf).await {
+                Ok(0) => return,
+                Ok(n) => {
+                    buf.truncate(n);
+                    if tx.send(Ok(Bytes::from(buf))).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(Box::new(e) as BoxError)).await;
+                    return;
+                }
+            }
+        }
+    });
+    ChannelBody(rx).boxed()
+}
+
+/// The upload, as the agent reads it from the stream: frames until the end marker; an
+/// abandoned or cut-off body is an error, so the target never gets it whole.
+fn receive_upload(
+    mut reader: tokio::io::ReadHalf<CallStream>,
+    abandoned: Arc<AtomicBool>,
+) -> BoxBody {
+    let (tx, rx) = mpsc::channel(QUEUED_FRAMES);
+    tokio::spawn(async move {
+        let fail = |why: &str| Err(Box::new(std::io::Error::other(why.to_owned())) as BoxError);
+        loop {
+            let length = match reader.read_u32().await {
+                Ok(n) => n,
+                Err(_) => {
+                    let _ = tx.send(fail("the upload was cut off")).await;
+                    return;
+                }
+            };
+            match length {
+                END => return,
+                ABANDON => {
+                    abandoned.store(true, Ordering::SeqCst);
+                    let _ = tx.send(fail("the gateway abandoned the upload")).await;
+                    return;
+                }
+                n if n > MAX_FRAME => {
+                    let _ = tx.send(fail("an upload frame is too large")).await;
+                    return;
+                }
+                n => {
+                    let mut data = vec![0u8; n as usize];
+                    if reader.read_exact(&mut data).await.is_err() {
+                        let _ = tx.send(fail("the upload was cut off")).await;
+                        return;
+                    }
+                    if tx.send(Ok(Bytes::from(data))).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    ChannelBody(rx).boxed()
+}
+
+fn header_map(headers: &[(String, Vec<u8>)]) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for (name, value) in headers {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(value),
+        ) {
+            map.append(name, value);
+        }
+    }
+    map
+}
+
+/// The agent's side: makes the calls the gateway sends.
+#[derive(Default)]
+pub struct AgentCalls {
+    /// Targets built from their specs, kept so that a role's credentials are cached.
+    built: Mutex<HashMap<String, (TargetSpec, Arc<Built>)>>,
+}
+
+enum Built {
+    Aws(Box<AwsTarget>),
+    Http(HttpTarget),
+}
+
+impl AgentCalls {
+    fn built(&self, spec: &TargetSpec) -> Result<Arc<Built>> {
+        let name = match spec {
+            TargetSpec::Aws(s) => &s.name,
+            TargetSpec::Http(s) => &s.name,
+        };
+        let mut built = self.built.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((known, target)) = built.get(name) {
+            if known == spec {
+                return Ok(target.clone());
+            }
+        }
+        let target = Arc::new(match spec {
+            TargetSpec::Aws(s) => Built::Aws(Box::new(s.target()?)),
+            TargetSpec::Http(s) => Built::Http(s.target()?),
+        });
+        built.insert(name.clone(), (spec.clone(), target.clone()));
+        Ok(target)
+    }
+
+    async fn call(
+        &self,
+        call: RemoteCall,
+        body: BoxBody,
+        permits: &Permits,
+    ) -> Result<Response<hyper::body::Incoming>, ForwardError> {
+        let refused = |what: String| {
+            warn!(refused = %what, "refused: not among this agent's --allow-target / --allow-secret");
+            ForwardError::Send("this agent does not serve that target (see the agent's log)".into())
+        };
+        let secrets = match &call.target {
+            TargetSpec::Aws(s) => s.secrets(),
+            TargetSpec::Http(s) => s.secrets(),
+        };
+        if let Some(secret) = secrets.into_iter().find(|s| !permits.secret(Some(s))) {
+            return Err(refused(secret.to_owned()));
+        }
+        let built = self.built(&call.target).map_err(|e| {
+            warn!(error = format!("{e:#}"), "bad API target from the gateway");
+            ForwardError::Send("the agent cannot use the target's settings".into())
+        })?;
+        let method = Method::from_bytes(call.method.as_bytes())
+            .map_err(|e| ForwardError::Send(e.to_string()))?;
+        let headers = header_map(&call.headers);
+        match &*built {
+            Built::Aws(target) => {
+                let mut addresses = vec![target.endpoint(&call.service).authority];
+                if let Some(role) = &target.role {
+                    addresses.push(Address::of(&role.sts).authority);
+                }
+                if let Some(address) = addresses.into_iter().find(|a| !permits.target(a)) {
+                    return Err(refused(address));
+                }
+                let payload = PayloadHash::parse(&call.payload)
+                    .map_err(|e| ForwardError::Sign(e.to_string()))?;
+                forward::send(
+                    target,
+                    &call.service,
+                    method,
+                    &call.path_and_query,
+                    &headers,
+                    body,
+                    call.length,
+                    &payload,
+                )
+                .await
+            }
+            Built::Http(target) => {
+                let address = Address::of(&target.url).authority;
+                if !permits.target(&address) {
+                    return Err(refused(address));
+                }
+                super::http::send(target, method, &call.path_and_query, headers, body).await
+            }
+        }
+    }
+}
+
+impl CallService for AgentCalls {
+    fn serve<'a>(
+        &'a self,
+        call: serde_json::Value,
+        stream: CallStream,
+        permits: Arc<Permits>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+        Box::pin(async move {
+            let (reader, mut writer) = tokio::io::split(stream);
+            let abandoned = Arc::new(AtomicBool::new(false));
+            let body = receive_upload(reader, abandoned.clone());
+            let answer = match serde_json::from_value::<RemoteCall>(call) {
+                Ok(call) => self.call(call, body, &permits).await,
+                Err(e) => Err(ForwardError::Send(format!("unreadable call: {e}"))),
+            };
+            let response = match answer {
+                Ok(response) => response,
+                Err(e) => {
+                    let message = e.to_string();
+                    let abandoned = abandoned.load(Ordering::SeqCst);
+                    let _ = frame::write(&mut writer, &Answer::Failed { message, abandoned }).await;
+                    let _ = writer.shutdown().await;
+                    return;
+                }
+            };
+            let (head, mut body) = response.into_parts();
+            let answer = Answer::Response {
+                status: head.status.as_u16(),
+                headers: head
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec()))
+                    .collect(),
+            };
+            if frame::write(&mut writer, &answer).await.is_err() {
+                return;
+            }
+            while let Some(frame) = body.frame().await {
+                let Ok(frame) = frame else {
+                    // Cut short: the gateway sees the stream end early.
+                    return;
+                };
+                if let Ok(data) = frame.into_data() {
+                    if writer.write_all(&data).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            let _ = writer.shutdown().await;
+        })
+    }
+}
