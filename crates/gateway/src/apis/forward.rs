@@ -61,6 +61,9 @@ pub enum ForwardError {
     /// The client's upload failed its check on the way (the target got no whole body).
     #[error("{message}")]
     Upload { code: &'static str, message: String },
+    /// What the remote agent serving the connection said went wrong.
+    #[error("{0}")]
+    Agent(String),
 }
 
 /// Where a target listens, from its URL.

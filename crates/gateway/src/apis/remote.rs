@@ -239,7 +239,7 @@ impl RemoteApis {
         let (mut reader, writer) = tokio::io::split(stream);
         // The body goes out while the answer is awaited (a target may answer early).
         let failed_upload = Arc::new(Mutex::new(None));
-        tokio::spawn(send_body(call.body, writer, failed_upload.clone()));
+        tokio::spawn(send_frames(call.body, writer, Some(failed_upload.clone())));
         let answer: Answer = frame::read(&mut reader)
             .await
             .map_err(|e| ForwardError::Send(format!("agent {agent}: {e}")))?;
@@ -251,11 +251,11 @@ impl RemoteApis {
                     .take();
                 Err(match upload {
                     Some(e) if abandoned => e,
-                    _ => ForwardError::Send(message),
+                    _ => ForwardError::Agent(message),
                 })
             }
             Answer::Response { status, headers } => {
-                let mut response = Response::new(receive_body(reader));
+                let mut response = Response::new(receive_frames(reader, None));
                 *response.status_mut() =
                     StatusCode::from_u16(status).map_err(|e| ForwardError::Send(e.to_string()))?;
                 *response.headers_mut() = header_map(&headers);
@@ -265,33 +265,44 @@ impl RemoteApis {
     }
 }
 
-/// Copies `body` into the stream in frames; a body that fails its check is abandoned and
-/// why is kept for the client's error.
-async fn send_body<W: AsyncWrite + Unpin>(
+/// Copies `body` into the stream in frames. A body that fails is abandoned (the far end
+/// sees an error, not an end), and why is kept in `failed`, if given, for the client.
+async fn send_frames<W: AsyncWrite + Unpin>(
     mut body: BoxBody,
     mut writer: W,
-    failed: Arc<Mutex<Option<ForwardError>>>,
+    failed: Option<Arc<Mutex<Option<ForwardError>>>>,
 ) {
     loop {
-        let (marker, data) = match body.frame().await {
-            None => (END, Bytes::new()),
+        let data = match body.frame().await {
+            None => {
+                let _ = writer.write_all(&END.to_be_bytes()).await;
+                let _ = writer.flush().await;
+                return;
+            }
             Some(Err(e)) => {
-                *failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(forward::failure(&*e));
-                (ABANDON, Bytes::new())
+                if let Some(failed) = &failed {
+                    *failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(forward::failure(&*e));
+                }
+                let _ = writer.write_all(&ABANDON.to_be_bytes()).await;
+                let _ = writer.flush().await;
+                return;
             }
             Some(Ok(frame)) => match frame.into_data() {
-                Ok(data) if !data.is_empty() => (data.len() as u32, data),
-                _ => continue,
+                Ok(data) => data,
+                Err(_) => continue,
             },
         };
-        if writer.write_all(&marker.to_be_bytes()).await.is_err()
-            || writer.write_all(&data).await.is_err()
-        {
-            return;
-        }
-        if marker == END || marker == ABANDON {
-            let _ = writer.flush().await;
-            return;
+        for piece in data.chunks(MAX_FRAME as usize) {
+            // At most MAX_FRAME, so never one of the markers.
+            let length = u32::try_from(piece.len()).unwrap_or(MAX_FRAME);
+            if length == END {
+                continue;
+            }
+            if writer.write_all(&length.to_be_bytes()).await.is_err()
+                || writer.write_all(piece).await.is_err()
+            {
+                return;
+            }
         }
     }
 }
@@ -317,35 +328,12 @@ impl Body for ChannelBody {
     }
 }
 
-/// The answer's body: what the stream carries after the [`Answer`], to its end.
-fn receive_body(mut reader: tokio::io::ReadHalf<CallStream>) -> BoxBody {
-    let (tx, rx) = mpsc::channel(QUEUED_FRAMES);
-    tokio::spawn(async move {
-        loop {
-            let mut buf = vec![0u8; 64 * 1024];
-            match reader.read(&mut buf).await {
-                Ok(0) => return,
-                Ok(n) => {
-                    buf.truncate(n);
-                    if tx.send(Ok(Bytes::from(buf))).await.is_err() {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    let _ = tx.send(Err(Box::new(e) as BoxError)).await;
-                    return;
-                }
-            }
-        }
-    });
-    ChannelBody(rx).boxed()
-}
-
-/// The upload, as the agent reads it from the stream: frames until the end marker; an
-/// abandoned or cut-off body is an error, so the target never gets it whole.
-fn receive_upload(
+/// A body read from the stream in frames, until the end marker. One abandoned, or cut off
+/// before its end marker, fails (so an HTTP client never takes it for complete, and a
+/// target never gets an upload whole); `abandoned` tells which.
+fn receive_frames(
     mut reader: tokio::io::ReadHalf<CallStream>,
-    abandoned: Arc<AtomicBool>,
+    abandoned: Option<Arc<AtomicBool>>,
 ) -> BoxBody {
     let (tx, rx) = mpsc::channel(QUEUED_FRAMES);
     tokio::spawn(async move {
@@ -354,25 +342,31 @@ fn receive_upload(
             let length = match reader.read_u32().await {
                 Ok(n) => n,
                 Err(_) => {
-                    let _ = tx.send(fail("the upload was cut off")).await;
+                    let _ = tx.send(fail("the tunnel stream was cut off")).await;
                     return;
                 }
             };
             match length {
                 END => return,
                 ABANDON => {
-                    abandoned.store(true, Ordering::SeqCst);
-                    let _ = tx.send(fail("the gateway abandoned the upload")).await;
+                    if let Some(abandoned) = &abandoned {
+                        abandoned.store(true, Ordering::SeqCst);
+                    }
+                    let _ = tx.send(fail("the body was abandoned on the way")).await;
                     return;
                 }
                 n if n > MAX_FRAME => {
-                    let _ = tx.send(fail("an upload frame is too large")).await;
+                    let _ = tx.send(fail("a body frame is too large")).await;
                     return;
                 }
                 n => {
-                    let mut data = vec![0u8; n as usize];
-                    if reader.read_exact(&mut data).await.is_err() {
-                        let _ = tx.send(fail("the upload was cut off")).await;
+                    let mut data = Vec::new();
+                    let read = (&mut reader)
+                        .take(u64::from(n))
+                        .read_to_end(&mut data)
+                        .await;
+                    if read.is_err() || data.len() != n as usize {
+                        let _ = tx.send(fail("the tunnel stream was cut off")).await;
                         return;
                     }
                     if tx.send(Ok(Bytes::from(data))).await.is_err() {
@@ -453,6 +447,10 @@ impl AgentCalls {
         })?;
         let method = Method::from_bytes(call.method.as_bytes())
             .map_err(|e| ForwardError::Send(e.to_string()))?;
+        // Only a path on the target: an absolute URI or CONNECT could aim past it.
+        if method == Method::CONNECT || !call.path_and_query.starts_with('/') {
+            return Err(refused(format!("{} {}", call.method, call.path_and_query)));
+        }
         let headers = header_map(&call.headers);
         match &*built {
             Built::Aws(target) => {
@@ -482,6 +480,10 @@ impl AgentCalls {
                 if !permits.target(&address) {
                     return Err(refused(address));
                 }
+                let base = format!("{}/", target.url.path().trim_end_matches('/'));
+                if !call.path_and_query.starts_with(&base) {
+                    return Err(refused(format!("{} outside {base}", call.path_and_query)));
+                }
                 super::http::send(target, method, &call.path_and_query, headers, body).await
             }
         }
@@ -498,7 +500,7 @@ impl CallService for AgentCalls {
         Box::pin(async move {
             let (reader, mut writer) = tokio::io::split(stream);
             let abandoned = Arc::new(AtomicBool::new(false));
-            let body = receive_upload(reader, abandoned.clone());
+            let body = receive_frames(reader, Some(abandoned.clone()));
             let answer = match serde_json::from_value::<RemoteCall>(call) {
                 Ok(call) => self.call(call, body, &permits).await,
                 Err(e) => Err(ForwardError::Send(format!("unreadable call: {e}"))),
@@ -506,14 +508,16 @@ impl CallService for AgentCalls {
             let response = match answer {
                 Ok(response) => response,
                 Err(e) => {
-                    let message = e.to_string();
+                    let message = e
+                        .to_string()
+                        .replace("the gateway's log", "the agent's log");
                     let abandoned = abandoned.load(Ordering::SeqCst);
                     let _ = frame::write(&mut writer, &Answer::Failed { message, abandoned }).await;
                     let _ = writer.shutdown().await;
                     return;
                 }
             };
-            let (head, mut body) = response.into_parts();
+            let (head, body) = response.into_parts();
             let answer = Answer::Response {
                 status: head.status.as_u16(),
                 headers: head
@@ -525,17 +529,8 @@ impl CallService for AgentCalls {
             if frame::write(&mut writer, &answer).await.is_err() {
                 return;
             }
-            while let Some(frame) = body.frame().await {
-                let Ok(frame) = frame else {
-                    // Cut short: the gateway sees the stream end early.
-                    return;
-                };
-                if let Ok(data) = frame.into_data() {
-                    if writer.write_all(&data).await.is_err() {
-                        return;
-                    }
-                }
-            }
+            let body = body.map_err(|e| -> BoxError { Box::new(e) }).boxed();
+            send_frames(body, &mut writer, None).await;
             let _ = writer.shutdown().await;
         })
     }
