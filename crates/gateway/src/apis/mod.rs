@@ -474,8 +474,12 @@ impl ApiFrontend {
                 return Err(e.into());
             }
         };
-        if !info.presigned() {
-            // Header-signed requests are not meant to be sent twice (presigned URLs are).
+        // A header-signed request that changes something is not meant to be sent twice
+        // (presigned URLs are). Reads are exempt: the same read signed within the same
+        // second has the same signature (a listing run twice, a quick retry), and repeating
+        // one changes nothing.
+        let changes = !matches!(parts.method, hyper::Method::GET | hyper::Method::HEAD);
+        if !info.presigned() && changes {
             // Remembered in the store for as long as the signature is accepted: up to the
             // skew window after the time it names (which may be ahead of the gateway's
             // clock), so a restart does not reopen the window.

@@ -71,21 +71,33 @@ def chunked(headers, chunks):
 url = f"{ENDPOINT}/{BUCKET}/{NAME}"
 creds = Credentials(KEY, SECRET)
 statuses, last = [], ""
+REPLAYED = b"written once, replayed"
 if MODE == "capture":
-    # Sent once; its signed headers printed as the body, for "resend" (SIGNED_HEADERS).
-    req = AWSRequest(method="GET", url=url)
+    # A write sent once; its signed headers printed as the body, for "resend"
+    # (SIGNED_HEADERS).
+    req = AWSRequest(method="PUT", url=url, data=REPLAYED)
     S3SigV4Auth(creds, "s3", REGION).add_auth(req)
-    status, _ = send("GET", url, dict(req.headers), b"")
+    headers = dict(req.headers)
+    headers["Content-Length"] = str(len(REPLAYED))
+    status, _ = send("PUT", url, headers, REPLAYED)
     statuses.append(status)
-    last = json.dumps(dict(req.headers))
+    last = json.dumps(headers)
 elif MODE == "resend":
-    status, last = send("GET", url, json.loads(os.environ["SIGNED_HEADERS"]), b"")
+    status, last = send("PUT", url, json.loads(os.environ["SIGNED_HEADERS"]), REPLAYED)
     statuses.append(status)
 elif MODE == "replay":
+    # A write sent twice, then a read sent twice (reads may repeat).
+    req = AWSRequest(method="PUT", url=url, data=REPLAYED)
+    S3SigV4Auth(creds, "s3", REGION).add_auth(req)
+    headers = dict(req.headers)
+    headers["Content-Length"] = str(len(REPLAYED))
+    for _ in range(2):
+        status, last = send("PUT", url, headers, REPLAYED)
+        statuses.append(status)
     req = AWSRequest(method="GET", url=url)
     S3SigV4Auth(creds, "s3", REGION).add_auth(req)
     for _ in range(2):
-        status, last = send("GET", url, dict(req.headers), b"")
+        status, _ = send("GET", url, dict(req.headers), b"")
         statuses.append(status)
 elif MODE in ("streaming", "streaming-tampered"):
     chunks = [b"a" * 65536, b"b" * 65536, b"tail"]

@@ -49,6 +49,24 @@ fn curl(gw: &Gateway, token: &str, method: &str, path: &str, extra: &[&str]) -> 
     (status.parse().unwrap(), body.to_owned())
 }
 
+/// A successful GET with a sluice token as bearer token: its JSON answer.
+pub(crate) fn get_json(url: &str, token: &str, extra: &[&str]) -> Value {
+    let out = Command::new("curl")
+        .args(["-s", "--fail-with-body", "-H"])
+        .arg(format!("Authorization: Bearer {token}"))
+        .args(extra)
+        .arg(url)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{url}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 fn hits(api: &Api) -> Vec<String> {
     let out = Command::new("curl")
         .args(["-s", &format!("http://127.0.0.1:{}/hits", api.port)])
@@ -93,22 +111,8 @@ masking:
     // The same port speaks https:// with the gateway's certificate, so the token need not
     // cross the network in the clear.
     let ca = gw.data_dir().join("tls/server.crt");
-    let out = Command::new("curl")
-        .args(["-s", "--fail-with-body", "--cacert"])
-        .arg(&ca)
-        .args(["-H", &format!("Authorization: Bearer {token}")])
-        .arg(format!(
-            "https://localhost:{}/billing/v1/users/7",
-            gw.http_port
-        ))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let over_tls: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let url = format!("https://localhost:{}/billing/v1/users/7", gw.http_port);
+    let over_tls = get_json(&url, &token, &["--cacert", ca.to_str().unwrap()]);
     assert_eq!(over_tls["auth_ok"], true, "{over_tls}");
     let forwarded: Vec<&str> = answer["forwarded_headers"]
         .as_array()
