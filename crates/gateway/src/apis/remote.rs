@@ -40,6 +40,8 @@ const END: u32 = 0;
 const ABANDON: u32 = u32::MAX;
 /// Largest body frame (what one read of the client's body yields is far less).
 const MAX_FRAME: u32 = 16 * 1024 * 1024;
+/// Connections whose targets an agent keeps built (and their role credentials cached).
+const MAX_BUILT: usize = 256;
 /// Body frames buffered between the tunnel and the HTTP client at each end.
 const QUEUED_FRAMES: usize = 4;
 
@@ -420,6 +422,11 @@ impl AgentCalls {
             TargetSpec::Aws(s) => Built::Aws(Box::new(s.target()?)),
             TargetSpec::Http(s) => Built::Http(s.target()?),
         });
+        // A gateway serves a handful of connections; one naming ever new ones (broken or
+        // hostile) must not grow this without end.
+        if built.len() >= MAX_BUILT {
+            built.clear();
+        }
         built.insert(name.clone(), (spec.clone(), target.clone()));
         Ok(target)
     }
