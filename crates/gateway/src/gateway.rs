@@ -342,9 +342,9 @@ fn postgres_targets(config: &Config) -> Result<HashMap<String, PostgresTarget>> 
 }
 
 /// The `kind: aws` and `kind: http` connections as written (credentials as references),
-/// with their CA files read: what the embedded agent builds its targets from, and what a
-/// remote agent is sent.
-fn api_specs(config: &Config) -> Result<Vec<crate::apis::remote::TargetSpec>> {
+/// with their CA files read — what the embedded agent builds its targets from, and what a
+/// remote agent is sent — each with the agent that serves it.
+fn api_specs(config: &Config) -> Result<Vec<(String, crate::apis::remote::TargetSpec)>> {
     use crate::apis::remote::{AwsSpec, HttpSpec, TargetSpec};
     let mut specs = Vec::new();
     for c in &config.connections {
@@ -354,8 +354,8 @@ fn api_specs(config: &Config) -> Result<Vec<crate::apis::remote::TargetSpec>> {
             .map(crate::tls::read_ca_file)
             .transpose()
             .with_context(|| format!("connection {}: ca_file", c.name))?;
-        match c.kind {
-            config::Kind::Aws => specs.push(TargetSpec::Aws(AwsSpec {
+        let spec = match c.kind {
+            config::Kind::Aws => TargetSpec::Aws(AwsSpec {
                 name: c.name.clone(),
                 region: c.region.clone().unwrap_or_default(),
                 services: c.services.clone(),
@@ -367,8 +367,8 @@ fn api_specs(config: &Config) -> Result<Vec<crate::apis::remote::TargetSpec>> {
                 external_id: c.external_id.clone(),
                 sts_endpoint: c.sts_endpoint.clone(),
                 ca_pem,
-            })),
-            config::Kind::Http => specs.push(TargetSpec::Http(HttpSpec {
+            }),
+            config::Kind::Http => TargetSpec::Http(HttpSpec {
                 name: c.name.clone(),
                 url: c.url.clone().unwrap_or_default(),
                 headers: c
@@ -377,9 +377,10 @@ fn api_specs(config: &Config) -> Result<Vec<crate::apis::remote::TargetSpec>> {
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect(),
                 ca_pem,
-            })),
-            _ => {}
-        }
+            }),
+            _ => continue,
+        };
+        specs.push((c.agent.clone(), spec));
     }
     Ok(specs)
 }
@@ -398,7 +399,7 @@ fn api_targets(
             routes: std::collections::HashMap::new(),
         },
     };
-    for spec in api_specs(config)? {
+    for (agent, spec) in api_specs(config)? {
         let name = match &spec {
             TargetSpec::Aws(s) => {
                 targets.aws.push(s.target()?);
@@ -409,12 +410,6 @@ fn api_targets(
                 &s.name
             }
         };
-        let agent = config
-            .connections
-            .iter()
-            .find(|c| &c.name == name)
-            .map(|c| c.agent.clone())
-            .unwrap_or_default();
         if agent != "embedded" {
             targets
                 .remote

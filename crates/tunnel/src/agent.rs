@@ -302,6 +302,7 @@ async fn serve_stream(
                 }
             }
         }
+        // Handed to the call service above.
         Request::Call { .. } => {}
         Request::Cancel { target, pid, key } => {
             // A cancel needs no credential: none is resolved.

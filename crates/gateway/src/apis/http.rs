@@ -13,6 +13,7 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode, Uri};
 use percent_encoding::percent_decode_str;
+use sha2::{Digest, Sha256};
 use sluice_agent::SecretRef;
 use sluice_core::{
     ApiCall, Decision, Outcome, OutcomeStatus, Pipeline, Request as CallRequest, RequestKind,
@@ -213,7 +214,7 @@ impl ApiFrontend {
                     "a form field _method is refused: send the method itself",
                 ));
             }
-            body_hash = Some(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)));
+            body_hash = Some(hex::encode(Sha256::digest(&bytes)));
             super::full(bytes)
         } else {
             body.map_err(|e| -> super::body::BoxError { Box::new(e) })

@@ -1202,15 +1202,6 @@ pub(crate) fn recorded_query(query: &str) -> String {
 
 /// `path?query` without the query parameters of a presigned URL's signature.
 fn without_presigning(path_and_query: &str) -> String {
-    const SIGNING: &[&str] = &[
-        "X-Amz-Algorithm",
-        "X-Amz-Credential",
-        "X-Amz-Date",
-        "X-Amz-Expires",
-        "X-Amz-SignedHeaders",
-        "X-Amz-Signature",
-        "X-Amz-Security-Token",
-    ];
     let Some((path, query)) = path_and_query.split_once('?') else {
         return path_and_query.to_owned();
     };
@@ -1218,7 +1209,7 @@ fn without_presigning(path_and_query: &str) -> String {
         .split('&')
         .filter(|pair| {
             let name = pair.split_once('=').map_or(*pair, |(k, _)| k);
-            !pair.is_empty() && !SIGNING.contains(&name)
+            !pair.is_empty() && !sluice_aws::PRESIGNING.contains(&name)
         })
         .collect();
     if kept.is_empty() {

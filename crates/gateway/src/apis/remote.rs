@@ -16,7 +16,7 @@ use std::task::{Context, Poll};
 
 use anyhow::{Context as _, Result};
 use http_body_util::BodyExt;
-use hyper::body::{Body, Bytes, Frame, SizeHint};
+use hyper::body::{Body, Bytes, Frame};
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Response, StatusCode};
 use serde::{Deserialize, Serialize};
@@ -295,11 +295,8 @@ async fn send_frames<W: AsyncWrite + Unpin>(
             },
         };
         for piece in data.chunks(MAX_FRAME as usize) {
-            // At most MAX_FRAME, so never one of the markers.
+            // Non-empty and at most MAX_FRAME, so never one of the markers.
             let length = u32::try_from(piece.len()).unwrap_or(MAX_FRAME);
-            if length == END {
-                continue;
-            }
             if writer.write_all(&length.to_be_bytes()).await.is_err()
                 || writer.write_all(piece).await.is_err()
             {
@@ -323,10 +320,6 @@ impl Body for ChannelBody {
         self.0
             .poll_recv(cx)
             .map(|item| item.map(|r| r.map(Frame::data)))
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::default()
     }
 }
 
