@@ -91,7 +91,7 @@ PGB_PIDFILE=""
 PGBENCH_PID=""
 RELAY_PID=""
 declare -a SLUICE_PIDS=()
-declare -A SLUICE_PID=() SLUICE_ENV=()
+declare -A SLUICE_PID=() SLUICE_ENV=() AGENT_PID=()
 
 cleanup() {
   local rc=$?
@@ -280,6 +280,7 @@ start_agent() { # gateway-name config tunnel-port: registers bench-agent, starts
   NO_COLOR=1 BENCH_PG_PASSWORD="$PG_PASSWORD" SLUICE_AGENT_KEY="$key" \
     "$SLUICE_BIN" agent --gateway "https://127.0.0.1:$tunnel" --fingerprint "$fp" >"$TMP/$name-agent.log" 2>&1 &
   SLUICE_PIDS+=("$!")
+  AGENT_PID[$name]=$!
   for i in $(seq 1 100); do
     "$SLUICE_BIN" agents list --json --config "$cfg" 2>/dev/null | grep -q '"connected"' && return 0
     sleep 0.1
@@ -316,7 +317,27 @@ fi
 
 # ---------------------------------------------------------------- runs
 FAILED=0
-declare -A TPS=() TXNS=()
+declare -A TPS=() TXNS=() CPU_US=()
+CLK_TCK="$(getconf CLK_TCK)"
+
+proxy_pids() { # target -> the processes that carry its hop (none for direct)
+  case "$1" in
+    direct) ;;
+    pgbouncer) cat "$PGB_PIDFILE" ;;
+    relay) echo "$RELAY_PID" ;;
+    *) echo "${SLUICE_PID[$1]} ${AGENT_PID[$1]:-}" ;;
+  esac
+}
+
+cpu_ticks() { # pids... -> user+system clock ticks used so far, all threads of all of them
+  local pid total=0 fields
+  for pid in "$@"; do
+    # Fields after the ")" closing the command name: utime and stime are the 12th and 13th.
+    fields="$(sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null)" || continue
+    total=$((total + $(awk '{ print $12 + $13 }' <<<"$fields")))
+  done
+  echo "$total"
+}
 
 run_pgbench() { # target mode clients -> TPS[target,mode,clients]
   local target="$1" mode="$2" clients="$3" envvar out rc tps txns
@@ -330,11 +351,16 @@ run_pgbench() { # target mode clients -> TPS[target,mode,clients]
   out="$TMP/run-$target-$mode-$clients.log"
   log "pgbench -S -M $mode -c $clients -j $jobs -T $DURATION  -> $target"
   rc=0
+  local -a pids
+  read -r -a pids <<<"$(proxy_pids "$target")"
+  local ticks_before ticks_after
+  ticks_before="$(cpu_ticks "${pids[@]}")"
   # In the background so that a signal to this script is handled at once, not after the run.
   env $envvar "$PGBENCH" -n -S -M "$mode" -c "$clients" -j "$jobs" -T "$DURATION" >"$out" 2>&1 &
   PGBENCH_PID=$!
   wait "$PGBENCH_PID" || rc=$?
   PGBENCH_PID=""
+  ticks_after="$(cpu_ticks "${pids[@]}")"
   tps="$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time).*/\1/p' "$out")"
   txns="$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$out")"
   if [[ $rc -ne 0 || -z "$tps" ]]; then
@@ -345,6 +371,12 @@ run_pgbench() { # target mode clients -> TPS[target,mode,clients]
   fi
   TPS[$target,$mode,$clients]="$tps"
   TXNS[$target,$mode,$clients]="${txns:-0}"
+  # The proxy's own CPU per transaction: a steadier measure than tps on a busy machine, and
+  # the one that decides the ratios when pgbench, PostgreSQL and the proxy share the cores.
+  if [[ ${#pids[@]} -gt 0 && "${txns:-0}" -gt 0 && "$tps" != error ]]; then
+    CPU_US[$target,$mode,$clients]="$(awk -v t="$((ticks_after - ticks_before))" -v hz="$CLK_TCK" -v n="$txns" \
+      'BEGIN { printf "%.1f", t * 1000000 / hz / n }')"
+  fi
 }
 
 if [[ "$WARMUP" -gt 0 ]]; then
@@ -438,6 +470,21 @@ fs_type="$(df -T "$TMP" | awk 'NR == 2 { print $2 }')"
     echo "${line%"${line##*[! ]}"}"
   done; done
   echo
+  echo "CPU per transaction of the proxy processes, µs (utime+stime from /proc/PID/stat over the run;"
+  echo "sluice_remote counts gateway and agent; clock ticks of $((1000000 / CLK_TCK)) µs, so short runs are coarse):"
+  cpu_targets=""
+  for target in $TARGETS; do [[ "$target" == direct ]] || cpu_targets="$cpu_targets $target"; done
+  cpu_header="$(printf '%-9s %-8s' mode clients)"
+  for target in $cpu_targets; do cpu_header="$(printf '%s %-15s' "$cpu_header" "$target")"; done
+  echo "${cpu_header%"${cpu_header##*[! ]}"}"
+  for mode in $MODES; do for clients in $CLIENTS; do
+    line="$(printf '%-9s %-8s' "$mode" "$clients")"
+    for target in $cpu_targets; do
+      line="$(printf '%s %-15s' "$line" "${CPU_US[$target,$mode,$clients]:--}")"
+    done
+    echo "${line%"${line##*[! ]}"}"
+  done; done
+  echo
   for l in "${AUDIT_LINES[@]}"; do echo "$l"; done
 } >"$TMP/report.txt"
 
@@ -468,6 +515,10 @@ cp "$TMP/report.txt" "$RESULTS_DIR/pgbench-latest.txt"
       m="${TPS[sluice_remote,$mode,$clients]:-}"
       printf ', "remote_tps": %s, "remote_ratio": %s' "$(num "$m")" "$(num "$(ratio "$m" "$d")")"
     fi
+    for target in $TARGETS; do
+      [[ "$target" == direct ]] && continue
+      printf ', "%s_cpu_us": %s' "$target" "$(num "${CPU_US[$target,$mode,$clients]:-}")"
+    done
     printf '}'
   done; done
   echo
