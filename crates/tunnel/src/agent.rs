@@ -185,6 +185,7 @@ async fn serve(mut connection: Connection, options: &AgentOptions) -> Result<(),
 }
 
 /// What this agent agrees to open and resolve.
+#[derive(Default)]
 pub struct Permits {
     targets: Vec<String>,
     secrets: Vec<String>,

@@ -405,13 +405,13 @@ const METHOD_OVERRIDES: &[&str] = &[
     "x-rewrite-url",
 ];
 
-/// The path a call acts on, as policy sees it: decoded. A path the target could read
-/// differently from the policy — with `.` or `..` segments, encoded separators or
-/// backslashes — is refused, so `/public/../admin` cannot pass for `/public/…`.
-fn resource_of(rest: &str) -> Result<String, Refusal> {
+/// Whether a target could read `rest` (a path below the API's base, without its query)
+/// differently from how it is written: `.` or `..` segments, empty segments, `;`, encoded
+/// separators or backslashes.
+pub(super) fn is_ambiguous(rest: &str) -> bool {
     let lower = rest.to_ascii_lowercase();
     let decoded = percent_decode_str(rest).decode_utf8_lossy();
-    let ambiguous = lower.contains("%2f")
+    lower.contains("%2f")
         || lower.contains("%5c")
         || decoded.contains('\\')
         || decoded.contains(';')
@@ -419,15 +419,21 @@ fn resource_of(rest: &str) -> Result<String, Refusal> {
         || decoded.contains("//")
         || decoded
             .split('/')
-            .any(|segment| segment == "." || segment == "..");
-    if ambiguous {
+            .any(|segment| segment == "." || segment == "..")
+}
+
+/// The path a call acts on, as policy sees it: decoded. A path the target could read
+/// differently from the policy — with `.` or `..` segments, encoded separators or
+/// backslashes — is refused, so `/public/../admin` cannot pass for `/public/…`.
+fn resource_of(rest: &str) -> Result<String, Refusal> {
+    if is_ambiguous(rest) {
         return Err(refusal(
             StatusCode::BAD_REQUEST,
             "AmbiguousPath",
             "paths with . or .. segments, empty segments, ';', encoded slashes or backslashes are refused",
         ));
     }
-    Ok(format!("/{decoded}"))
+    Ok(format!("/{}", percent_decode_str(rest).decode_utf8_lossy()))
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ use sluice_aws::PayloadHash;
 use sluice_tunnel::agent::{CallService, Permits};
 use sluice_tunnel::gateway::Agents;
 use sluice_tunnel::{frame, CallStream};
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tracing::warn;
 
@@ -326,8 +326,8 @@ impl Body for ChannelBody {
 /// A body read from the stream in frames, until the end marker. One abandoned, or cut off
 /// before its end marker, fails (so an HTTP client never takes it for complete, and a
 /// target never gets an upload whole); `abandoned` tells which.
-fn receive_frames(
-    mut reader: tokio::io::ReadHalf<CallStream>,
+fn receive_frames<R: AsyncRead + Unpin + Send + 'static>(
+    mut reader: R,
     abandoned: Option<Arc<AtomicBool>>,
 ) -> BoxBody {
     let (tx, rx) = mpsc::channel(QUEUED_FRAMES);
@@ -480,8 +480,14 @@ impl AgentCalls {
                 if !permits.target(&address) {
                     return Err(refused(address));
                 }
+                // Under the API's base, in a form the target cannot read as a path past it
+                // (`/api/../admin`): the gateway refuses such paths from clients too.
                 let base = format!("{}/", target.url.path().trim_end_matches('/'));
-                if !call.path_and_query.starts_with(&base) {
+                let rest = call
+                    .path_and_query
+                    .strip_prefix(&base)
+                    .map(|rest| rest.split_once('?').map_or(rest, |(path, _)| path));
+                if rest.is_none_or(|rest| !rest.is_empty() && super::http::is_ambiguous(rest)) {
                     return Err(refused(format!("{} outside {base}", call.path_and_query)));
                 }
                 super::http::send(target, method, &call.path_and_query, headers, body).await
@@ -533,5 +539,194 @@ impl CallService for AgentCalls {
             send_frames(body, &mut writer, None).await;
             let _ = writer.shutdown().await;
         })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// A body of `chunks`, then an error if `fails`.
+    fn body_of(chunks: Vec<Vec<u8>>, fails: bool) -> BoxBody {
+        let (tx, rx) = mpsc::channel(chunks.len() + 1);
+        for chunk in chunks {
+            tx.try_send(Ok(Bytes::from(chunk))).unwrap();
+        }
+        if fails {
+            let e: BoxError = Box::new(std::io::Error::other("checksum mismatch"));
+            tx.try_send(Err(e)).unwrap();
+        }
+        ChannelBody(rx).boxed()
+    }
+
+    /// Everything `body` yields, or its error.
+    async fn collect(body: BoxBody) -> Result<Vec<u8>, String> {
+        body.collect()
+            .await
+            .map(|c| c.to_bytes().to_vec())
+            .map_err(|e| e.to_string())
+    }
+
+    async fn frames_of(body: BoxBody) -> Vec<u8> {
+        let mut wire = Vec::new();
+        send_frames(body, &mut wire, None).await;
+        wire
+    }
+
+    #[tokio::test]
+    async fn a_body_crosses_in_frames_and_ends_with_the_end_marker() {
+        let wire = frames_of(body_of(vec![b"hello ".to_vec(), b"world".to_vec()], false)).await;
+        assert_eq!(&wire[wire.len() - 4..], &END.to_be_bytes());
+        let body = receive_frames(std::io::Cursor::new(wire), None);
+        assert_eq!(collect(body).await.unwrap(), b"hello world");
+    }
+
+    #[tokio::test]
+    async fn a_large_piece_is_split_into_frames_of_at_most_the_limit() {
+        let big = vec![7u8; MAX_FRAME as usize * 2 + 3];
+        let wire = frames_of(body_of(vec![big.clone()], false)).await;
+        let mut lengths = Vec::new();
+        let mut at = 0;
+        loop {
+            let n = u32::from_be_bytes(wire[at..at + 4].try_into().unwrap());
+            at += 4;
+            if n == END {
+                break;
+            }
+            lengths.push(n);
+            at += n as usize;
+        }
+        assert_eq!(lengths, vec![MAX_FRAME, MAX_FRAME, 3]);
+        assert_eq!(at, wire.len());
+        let body = receive_frames(std::io::Cursor::new(wire), None);
+        assert_eq!(collect(body).await.unwrap(), big);
+    }
+
+    #[tokio::test]
+    async fn a_body_cut_off_before_its_end_marker_fails_instead_of_looking_complete() {
+        let wire = frames_of(body_of(vec![b"partial".to_vec()], false)).await;
+        // Without the end marker.
+        let cut = wire[..wire.len() - 4].to_vec();
+        let err = collect(receive_frames(std::io::Cursor::new(cut), None))
+            .await
+            .unwrap_err();
+        assert!(err.contains("cut off"), "{err}");
+        // In the middle of a frame.
+        let cut = wire[..6].to_vec();
+        let err = collect(receive_frames(std::io::Cursor::new(cut), None))
+            .await
+            .unwrap_err();
+        assert!(err.contains("cut off"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_failing_body_is_abandoned_and_the_far_end_is_told() {
+        let failed = Arc::new(Mutex::new(None));
+        let mut wire = Vec::new();
+        send_frames(
+            body_of(vec![b"some".to_vec()], true),
+            &mut wire,
+            Some(failed.clone()),
+        )
+        .await;
+        assert_eq!(&wire[wire.len() - 4..], &ABANDON.to_be_bytes());
+        assert!(failed.lock().unwrap().is_some(), "why it failed is kept");
+        let abandoned = Arc::new(AtomicBool::new(false));
+        let err = collect(receive_frames(
+            std::io::Cursor::new(wire),
+            Some(abandoned.clone()),
+        ))
+        .await
+        .unwrap_err();
+        assert!(err.contains("abandoned"), "{err}");
+        assert!(abandoned.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test]
+    async fn a_frame_longer_than_the_limit_is_refused() {
+        let mut wire = (MAX_FRAME + 1).to_be_bytes().to_vec();
+        wire.extend_from_slice(&[0u8; 16]);
+        let err = collect(receive_frames(std::io::Cursor::new(wire), None))
+            .await
+            .unwrap_err();
+        assert!(err.contains("too large"), "{err}");
+    }
+
+    fn http_spec(name: &str) -> TargetSpec {
+        TargetSpec::Http(HttpSpec {
+            name: name.into(),
+            // Nothing listens there: a call that got past the checks would fail to connect.
+            url: "http://127.0.0.1:9/api".into(),
+            headers: vec![("authorization".into(), "Bearer env:API_TOKEN".into())],
+            ca_pem: None,
+        })
+    }
+
+    fn call_to(target: TargetSpec, method: &str, path: &str) -> RemoteCall {
+        RemoteCall {
+            target,
+            service: String::new(),
+            method: method.into(),
+            path_and_query: path.into(),
+            headers: Vec::new(),
+            length: Some(0),
+            payload: String::new(),
+        }
+    }
+
+    async fn refusal(calls: &AgentCalls, call: RemoteCall) -> String {
+        let permits = Permits::default();
+        match calls.call(call, body_of(Vec::new(), false), &permits).await {
+            Ok(_) => panic!("the call was made"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_agent_sends_only_paths_under_the_apis_base() {
+        let calls = AgentCalls::default();
+        for (method, path) in [
+            ("GET", "http://169.254.169.254/latest/meta-data/"),
+            ("GET", "//evil.example/api/x"),
+            ("CONNECT", "/api/x"),
+            ("GET", "/other/x"),
+            ("GET", "/apix"),
+            ("GET", "*"),
+            ("GET", "/api/../admin"),
+            ("GET", "/api/x/%2e%2e/%2E%2E/admin?q=1"),
+            ("GET", "/api/x%2f..%2fadmin"),
+            ("GET", "/api//x"),
+        ] {
+            let why = refusal(&calls, call_to(http_spec("api"), method, path)).await;
+            assert!(
+                why.contains("does not serve that target"),
+                "{method} {path}: {why}"
+            );
+        }
+        // A path under the base gets past the checks: it fails only for want of a server.
+        for path in ["/api/x", "/api/", "/api/a/b.json?x=../y"] {
+            let why = refusal(&calls, call_to(http_spec("api"), "GET", path)).await;
+            assert!(!why.contains("does not serve that target"), "{path}: {why}");
+        }
+    }
+
+    #[test]
+    fn built_targets_stay_bounded_however_many_connections_are_named() {
+        let calls = AgentCalls::default();
+        for i in 0..MAX_BUILT * 2 + 1 {
+            calls.built(&http_spec(&format!("api-{i}"))).unwrap();
+            assert!(calls.built.lock().unwrap().len() <= MAX_BUILT);
+        }
+        // A changed spec under a known name is built again, not served from the cache.
+        let first = calls.built(&http_spec("api-x")).unwrap();
+        let same = calls.built(&http_spec("api-x")).unwrap();
+        assert!(Arc::ptr_eq(&first, &same));
+        let TargetSpec::Http(mut changed) = http_spec("api-x") else {
+            unreachable!()
+        };
+        changed.url = "http://127.0.0.1:10/api".into();
+        let rebuilt = calls.built(&TargetSpec::Http(changed)).unwrap();
+        assert!(!Arc::ptr_eq(&first, &rebuilt));
     }
 }
