@@ -509,7 +509,14 @@ impl CallService for AgentCalls {
             let body = receive_frames(reader, Some(abandoned.clone()));
             let answer = match serde_json::from_value::<RemoteCall>(call) {
                 Ok(call) => self.call(call, body, &permits).await,
-                Err(e) => Err(ForwardError::Send(format!("unreadable call: {e}"))),
+                Err(e) => {
+                    // Not serde's message, here or to the gateway: it can quote a value of
+                    // the call (a path with a presigned signature, a header).
+                    warn!(kind = ?e.classify(), "unreadable API call from the gateway (different versions?)");
+                    Err(ForwardError::Send(
+                        "the agent cannot read the call (see the agent's log)".into(),
+                    ))
+                }
             };
             let response = match answer {
                 Ok(response) => response,
