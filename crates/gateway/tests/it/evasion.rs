@@ -326,6 +326,98 @@ fn skipped_or_deallocated_definitions_cannot_hide_a_statement() {
     assert_eq!(last["rows"], 1);
 }
 
+/// SQL that drops prepared statements (`DEALLOCATE`, `DISCARD ALL`) pipelined in one write
+/// with a redefinition and its Execute: the Execute is recorded with the text the server
+/// runs, in the redefinition's batch and in a later one.
+#[test]
+fn deallocating_with_sql_in_the_same_write_cannot_hide_a_statement() {
+    let (gw, token) = victim_gateway("evade_dealloc");
+    let mut s = logged_in(&gw, "evade_dealloc", "eve", &token);
+    let mut out = BytesMut::new();
+    parse(&mut out, "s", "SELECT 'harmless'");
+    sync(&mut out);
+    s.write_all(&out).unwrap();
+    read_messages(&mut s, b'Z');
+
+    let mut out = BytesMut::new();
+    query(&mut out, "DEALLOCATE ALL");
+    parse(&mut out, "s", "DELETE FROM victim WHERE id = 1");
+    bind(&mut out, "", "s");
+    execute(&mut out, "");
+    sync(&mut out);
+    query(&mut out, "DISCARD ALL");
+    parse(&mut out, "s", "DELETE FROM victim WHERE id = 2");
+    sync(&mut out);
+    // A later batch: it waits until the server has answered the redefinition.
+    bind(&mut out, "", "s");
+    execute(&mut out, "");
+    sync(&mut out);
+    s.write_all(&out).unwrap();
+    for _ in 0..5 {
+        read_messages(&mut s, b'Z');
+    }
+    drop(s);
+    assert_eq!(rows("evade_dealloc"), "0", "the server ran both DELETEs");
+
+    gw.wait_sessions_closed();
+    let events = gw.session(gw.sessions()[0]["id"].as_str().unwrap())["events"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let runs: Vec<_> = events
+        .iter()
+        .filter(|e| e["kind"] == "statement" && e["statement_name"] == "s")
+        .collect();
+    assert_eq!(runs.len(), 2, "{events:#?}");
+    assert_eq!(runs[0]["statement"], "DELETE FROM victim WHERE id = 1");
+    assert_eq!(runs[0]["rows"], 1);
+    assert_eq!(runs[1]["statement"], "DELETE FROM victim WHERE id = 2");
+    assert_eq!(runs[1]["rows"], 1);
+    assert!(
+        !events
+            .iter()
+            .any(|e| e["kind"] == "statement" && e["statement"] == "SELECT 'harmless'"),
+        "{events:#?}"
+    );
+}
+
+/// A second Parse of a name the server still has fails, and the Execute pipelined after it
+/// in its batch does not run: nothing is recorded as having run.
+#[test]
+fn a_rejected_redefinition_runs_nothing_after_it_in_its_batch() {
+    let (gw, token) = victim_gateway("evade_dup");
+    let mut s = logged_in(&gw, "evade_dup", "eve", &token);
+    let mut out = BytesMut::new();
+    parse(&mut out, "s", "DELETE FROM victim");
+    sync(&mut out);
+    parse(&mut out, "s", "SELECT 1");
+    bind(&mut out, "", "s");
+    execute(&mut out, "");
+    sync(&mut out);
+    s.write_all(&out).unwrap();
+    read_messages(&mut s, b'Z');
+    let answer = read_messages(&mut s, b'Z');
+    assert!(
+        answer
+            .iter()
+            .any(|(tag, body)| *tag == b'E' && body.windows(5).any(|w| w == b"42P05")),
+        "the server rejected the redefinition: {answer:?}"
+    );
+    drop(s);
+    assert_eq!(rows("evade_dup"), "2", "nothing ran");
+    gw.wait_sessions_closed();
+    let events = gw.session(gw.sessions()[0]["id"].as_str().unwrap())["events"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let run = events
+        .iter()
+        .find(|e| e["kind"] == "statement" && e["statement_name"] == "s")
+        .unwrap();
+    assert_eq!(run["statement"], "SELECT 1", "{events:#?}");
+    assert_eq!(run["status"], "not_executed", "{events:#?}");
+}
+
 /// In SJIS (and similar encodings) a multibyte character can end in `\`, so the server can
 /// split a string differently from the gateway: non-ASCII statements are refused there,
 /// even when the encoding is switched by a statement pipelined just before.

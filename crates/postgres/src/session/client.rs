@@ -73,7 +73,6 @@ enum Action {
         range: Range<usize>,
         request: Option<usize>,
         undo: Option<Undo>,
-        redefine: Option<(String, Statement)>,
         /// The text of an unnamed statement, recorded unless this read also executes it.
         unnamed_text: Option<String>,
     },
@@ -584,36 +583,22 @@ impl<P: Pipeline> ClientToServer<P> {
                     state.names.parse(name, statement, self.batches)
                 };
                 match define {
-                    Define::Ambiguous => return Ok(ambiguous("prepared statement", name)),
-                    // Recorded too: the server accepts it after all if the name was
-                    // deallocated with SQL, which the gateway does not track.
-                    Define::Duplicate(statement) => {
-                        let index = self.push_prepare(requests, text, Some(name));
-                        Action::Parse {
-                            range,
-                            request: Some(index),
-                            undo: None,
-                            redefine: statement.map(|st| (name.to_owned(), st)),
-                            unnamed_text: None,
-                        }
-                    }
+                    None => return Ok(ambiguous("prepared statement", name)),
                     // Named statements live on and run later by name: their text is
                     // recorded now, before the server ever sees it.
-                    Define::Defined(undo) if !name.is_empty() => {
+                    Some(undo) if !name.is_empty() => {
                         let index = self.push_prepare(requests, text, Some(name));
                         Action::Parse {
                             range,
                             request: Some(index),
                             undo: Some(undo),
-                            redefine: None,
                             unnamed_text: None,
                         }
                     }
-                    Define::Defined(undo) => Action::Parse {
+                    Some(undo) => Action::Parse {
                         range,
                         request: None,
                         undo: Some(undo),
-                        redefine: None,
                         unnamed_text: Some(text),
                     },
                 }
@@ -647,7 +632,7 @@ impl<P: Pipeline> ClientToServer<P> {
                     .bind(portal, statement, sql, params, epoch, self.batches)
                 {
                     Define::Ambiguous => return Ok(ambiguous("portal", portal)),
-                    Define::Duplicate(_) => Action::Bind {
+                    Define::Duplicate => Action::Bind {
                         range,
                         undo: None,
                         from_unnamed,
@@ -790,7 +775,6 @@ impl<P: Pipeline> ClientToServer<P> {
                     range,
                     request,
                     undo,
-                    redefine,
                     unnamed_text: _,
                 } => {
                     let denied = request.and_then(|i| deny_reason(decision(i)));
@@ -813,7 +797,6 @@ impl<P: Pipeline> ClientToServer<P> {
                     outcomes.extend(state.push(Expect::ParseComplete {
                         exec: request.map(exec),
                         undo,
-                        redefine,
                     }));
                     out.extend_from_slice(&buf[range]);
                 }

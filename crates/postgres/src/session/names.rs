@@ -2,10 +2,13 @@
 //! recorded with the SQL that really runs.
 //!
 //! The gateway sees Parse/Bind/Close before the server answers them, so it predicts the
-//! server: an unnamed statement or portal is always replaced; a second definition of a
-//! named one is rejected by the server (42P05 / 42P03), so the first stays; a Close takes
-//! effect only once CloseComplete confirms it; named portals end with their transaction.
-//! Where the prediction could be wrong, the definition is refused instead.
+//! server: a definition stands until the server fails or skips it, then the previous one is
+//! put back; a Close takes effect only once CloseComplete confirms it; named portals end
+//! with their transaction. A second Parse of a named statement usually fails (42P05), but
+//! SQL (`DEALLOCATE`, `DISCARD ALL`) may have dropped the first one meanwhile, so it too
+//! stands until answered: whatever runs after it in its batch uses it, or nothing runs (an
+//! error skips the rest of the batch), and later batches wait for its answer. Where the
+//! prediction could be wrong, the definition is refused instead.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -109,14 +112,14 @@ impl<T> Table<T> {
     }
 }
 
-/// The result of a Parse or Bind, as the server will see it.
+/// The result of a Bind, as the server will see it.
 #[derive(Debug)]
 pub(super) enum Define {
     /// Defined; undo it if the server skips or fails the message.
     Defined(Undo),
-    /// The server should reject the definition (the name exists); the existing one stays
-    /// unless the server accepts it after all (SQL `DEALLOCATE` is not tracked here).
-    Duplicate(Option<Statement>),
+    /// The server rejects the definition (a portal of the same name exists in this
+    /// transaction); the existing one stays.
+    Duplicate,
     /// The gateway cannot tell what the server will have; the message must be refused.
     Ambiguous,
 }
@@ -151,15 +154,16 @@ impl Names {
         self.last_id
     }
 
+    /// Defines statement `name`; `None` when the gateway cannot tell what the server will
+    /// have (a Close of that name is unanswered), and the Parse must be refused.
     /// `batch`: the client's count of batch ends (Sync, Query, FunctionCall) before it.
-    pub fn parse(&mut self, name: &str, statement: Statement, batch: u64) -> Define {
+    pub fn parse(&mut self, name: &str, statement: Statement, batch: u64) -> Option<Undo> {
         match self.statements.entries.get(name) {
-            Some(e) if !name.is_empty() && e.closing => Define::Ambiguous,
-            Some(_) if !name.is_empty() => Define::Duplicate(Some(statement)),
+            Some(e) if !name.is_empty() && e.closing => None,
             _ => {
                 let id = self.next_id();
                 let previous = self.statements.define(name, statement, batch, id);
-                Define::Defined(Undo::Statement {
+                Some(Undo::Statement {
                     name: name.to_owned(),
                     previous,
                     id,
@@ -181,7 +185,7 @@ impl Names {
         match self.portals.entries.get(name) {
             // Same batch: the server rejects the duplicate.
             Some(e) if !name.is_empty() && e.value.epoch == epoch && !e.closing => {
-                Define::Duplicate(None)
+                Define::Duplicate
             }
             // An earlier batch: whether its transaction (and so the portal) ended is not
             // known yet.
@@ -250,11 +254,6 @@ impl Names {
         }
     }
 
-    /// The server accepted a definition the gateway took for a duplicate.
-    pub fn redefine(&mut self, name: String, statement: Statement) {
-        self.statements.restore(name, Some(statement));
-    }
-
     pub fn set_reported(&mut self, statement: &str, types: Vec<u32>) {
         if let Some(e) = self.statements.entries.get_mut(statement) {
             e.value.reported = Some(types);
@@ -311,26 +310,27 @@ mod tests {
     }
 
     #[test]
-    fn named_statements_are_not_redefined() {
+    fn a_second_definition_of_a_name_stands_until_the_server_fails_it() {
         let mut n = Names::default();
-        assert!(matches!(
-            n.parse("s", stmt("DELETE FROM t"), 0),
-            Define::Defined(_)
-        ));
-        assert!(matches!(
-            n.parse("s", stmt("SELECT 1"), 0),
-            Define::Duplicate(_)
-        ));
-        assert_eq!(
-            &*n.statement("s").map(|s| s.sql.clone()).unwrap_or_default(),
-            "DELETE FROM t"
-        );
-        assert!(matches!(
-            n.parse("", stmt("SELECT 1"), 0),
-            Define::Defined(_)
-        ));
+        let Some(first) = n.parse("s", stmt("DELETE FROM t"), 0) else {
+            panic!()
+        };
+        n.confirm(&first);
+        // What runs after it in its batch uses it (if the server accepts it: SQL may have
+        // deallocated the first)...
+        let Some(second) = n.parse("s", stmt("SELECT 1"), 1) else {
+            panic!()
+        };
+        assert_eq!(&*n.statement("s").unwrap().sql, "SELECT 1");
+        // ...later batches wait for its answer...
+        assert!(n.statement_unsettled("s", 2));
+        // ...and when the server rejects it, the first one is back.
+        n.undo(second, true);
+        assert_eq!(&*n.statement("s").unwrap().sql, "DELETE FROM t");
+        assert!(!n.statement_unsettled("s", 2));
+        assert!(n.parse("", stmt("SELECT 1"), 0).is_some());
         // A skipped Parse of the unnamed statement leaves the old one in place...
-        let Define::Defined(undo) = n.parse("", stmt("SELECT 2"), 0) else {
+        let Some(undo) = n.parse("", stmt("SELECT 2"), 0) else {
             panic!()
         };
         n.undo(undo, false);
@@ -339,7 +339,7 @@ mod tests {
             "SELECT 1"
         );
         // ...a failed one drops it, as the server does.
-        let Define::Defined(undo) = n.parse("", stmt("SELEC 3"), 0) else {
+        let Some(undo) = n.parse("", stmt("SELEC 3"), 0) else {
             panic!()
         };
         n.undo(undo, true);
@@ -349,7 +349,7 @@ mod tests {
     #[test]
     fn definitions_from_an_earlier_batch_are_unsettled_until_confirmed() {
         let mut n = Names::default();
-        let Define::Defined(undo) = n.parse("s", stmt("DELETE FROM t"), 3) else {
+        let Some(undo) = n.parse("s", stmt("DELETE FROM t"), 3) else {
             panic!()
         };
         assert!(
@@ -364,7 +364,7 @@ mod tests {
     #[test]
     fn a_confirmation_settles_only_its_own_definition() {
         let mut n = Names::default();
-        let Define::Defined(first) = n.parse("", stmt("DELETE FROM t"), 0) else {
+        let Some(first) = n.parse("", stmt("DELETE FROM t"), 0) else {
             panic!()
         };
         n.parse("", stmt("SELECT 1"), 1);
@@ -380,10 +380,7 @@ mod tests {
         let mut n = Names::default();
         n.parse("s", stmt("DELETE FROM t"), 0);
         n.start_close(b'S', "s");
-        assert!(matches!(
-            n.parse("s", stmt("SELECT 1"), 0),
-            Define::Ambiguous
-        ));
+        assert!(n.parse("s", stmt("SELECT 1"), 0).is_none(), "ambiguous");
         n.finish_close(b'S', "s", false);
         assert!(
             n.statement("s").is_some(),
@@ -391,10 +388,7 @@ mod tests {
         );
         n.start_close(b'S', "s");
         n.finish_close(b'S', "s", true);
-        assert!(matches!(
-            n.parse("s", stmt("SELECT 1"), 0),
-            Define::Defined(_)
-        ));
+        assert!(n.parse("s", stmt("SELECT 1"), 0).is_some());
     }
 
     #[test]
@@ -407,7 +401,7 @@ mod tests {
         ));
         assert!(matches!(
             n.bind("p", "s", sql.clone(), vec![], 0, 0),
-            Define::Duplicate(_)
+            Define::Duplicate
         ));
         assert!(matches!(
             n.bind("p", "s", sql.clone(), vec![], 1, 1),

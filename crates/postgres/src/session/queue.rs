@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use sluice_core::{Outcome, OutcomeStatus};
 
-use super::names::{Names, Statement, Undo};
+use super::names::{Names, Undo};
 use crate::codec;
 
 /// One answer the server owes.
@@ -25,8 +25,6 @@ pub(super) enum Expect {
     ParseComplete {
         exec: Option<Exec>,
         undo: Option<Undo>,
-        /// A definition taken for a duplicate name; applied if the server accepts it.
-        redefine: Option<(String, Statement)>,
     },
     BindComplete {
         undo: Option<Undo>,
@@ -345,17 +343,9 @@ impl State {
             }
             b'1' => {
                 if let Some(Expect::ParseComplete { .. }) = self.queue.front() {
-                    if let Some(Expect::ParseComplete {
-                        exec,
-                        redefine,
-                        undo,
-                    }) = self.queue.pop_front()
-                    {
+                    if let Some(Expect::ParseComplete { exec, undo }) = self.queue.pop_front() {
                         if let Some(undo) = &undo {
                             self.names.confirm(undo);
-                        }
-                        if let Some((name, statement)) = redefine {
-                            self.names.redefine(name, statement);
                         }
                         if let Some(e) = exec {
                             outcomes.push(e.finish(OutcomeStatus::Ok {
@@ -689,7 +679,6 @@ mod tests {
         s.push(Expect::ParseComplete {
             exec: None,
             undo: None,
-            redefine: None,
         });
         s.push(Expect::BindComplete { undo: None });
         s.push(Expect::Exec(Exec::new(1, None)));
