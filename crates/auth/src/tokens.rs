@@ -127,12 +127,13 @@ impl Tokens {
         };
         self.store.touch_token(&record.id, now_ms)?;
         Ok(Verified {
-            token_id: record.id,
             identity: Identity {
                 user: user.name,
                 groups: user.groups,
+                credential: Some(record.id.clone()),
                 actor: user.actor,
             },
+            token_id: record.id,
             role: user.role,
         })
     }
@@ -185,6 +186,7 @@ mod tests {
                 identity: Identity {
                     user: "alice".to_string(),
                     groups: vec!["dba".to_string(), "dev".to_string()],
+                    credential: Some(issued.id.clone()),
                     actor: sluice_core::ActorKind::Human,
                 },
                 role: Role::User,

@@ -88,6 +88,9 @@ pub struct Identity {
     pub user: String,
     pub groups: Vec<String>,
     pub actor: ActorKind,
+    /// The id of the sluice token that established it, when one did: its sessions end
+    /// when that token is revoked.
+    pub credential: Option<String>,
 }
 
 /// One client session through the gateway, as the pipeline sees it.

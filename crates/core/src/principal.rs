@@ -103,11 +103,13 @@ mod tests {
         let alice = Identity {
             user: "alice".into(),
             groups: vec!["dba".into()],
+            credential: None,
             actor: ActorKind::Human,
         };
         let cursor = Identity {
             user: "cursor".into(),
             groups: vec![],
+            credential: None,
             actor: ActorKind::Agent,
         };
         assert!(Principal::parse("group:dba")

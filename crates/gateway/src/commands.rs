@@ -820,6 +820,7 @@ pub fn policy_check(
     let identity = sluice_core::Identity {
         user: subject.user.clone(),
         groups,
+        credential: None,
         actor: if subject.agent {
             sluice_core::ActorKind::Agent
         } else {

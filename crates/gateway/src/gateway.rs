@@ -131,6 +131,7 @@ pub async fn run(config: Config) -> Result<File> {
             .map(|c| (c.name.clone(), c.kind.as_str()))
             .collect(),
     }));
+    tokio::spawn(pipeline.clone().end_revoked_sessions());
     let masking = config.masking().context("masking")?;
     let frontend = Arc::new(Frontend::new(
         pipeline.clone(),

@@ -59,8 +59,10 @@ struct OpenSession {
     /// Requests let through by a `fail`-mode approval, until their outcome: one that does
     /// not run gives its approval back.
     spent_approvals: HashMap<u64, String>,
-    /// Ends the session from the gateway's side (access window, shutdown).
+    /// Ends the session from the gateway's side (access window, revoked token, shutdown).
     control: Arc<dyn SessionControl>,
+    /// The token it signed in with (see [`GatewayPipeline::end_revoked_sessions`]).
+    credential: Option<String>,
 }
 
 /// What the pipeline is built from.
@@ -120,6 +122,42 @@ impl GatewayPipeline {
                 reason: failure.to_string(),
             },
         ));
+    }
+
+    /// Ends every open session whose token was revoked, or deleted with its user, since it
+    /// signed in; checks every [`CREDENTIAL_CHECK`], forever.
+    pub async fn end_revoked_sessions(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(CREDENTIAL_CHECK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let open: Vec<(String, Arc<dyn SessionControl>)> = self
+                .sessions()
+                .values()
+                .filter_map(|s| Some((s.credential.clone()?, s.control.clone())))
+                .collect();
+            if open.is_empty() {
+                continue;
+            }
+            let ids: Vec<String> = open.iter().map(|(id, _)| id.clone()).collect();
+            let store = self.store.clone();
+            let live = match tokio::task::spawn_blocking(move || store.live_token_ids(&ids)).await {
+                Ok(Ok(live)) => live,
+                // A store that cannot answer ends nothing: sign-in fails meanwhile anyway.
+                Ok(Err(e)) => {
+                    warn!(error = %e, "cannot check the tokens of open sessions");
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            for (credential, control) in open {
+                if !live.contains(&credential) {
+                    control.end(&format!(
+                        "terminating connection: the sluice token this session signed in with (id {credential}) was revoked"
+                    ));
+                }
+            }
+        }
     }
 
     /// Whether `identity` needs an access grant for `connection` (`None`: no such
@@ -292,6 +330,9 @@ impl GatewayPipeline {
 
 /// How a `fail`-mode refusal starts; [`held_review_id`] reads the id back out of it.
 const HELD_FOR_REVIEW: &str = "statement held for review ";
+
+/// How often open sessions' tokens are checked for revocation.
+const CREDENTIAL_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The review id in a `fail`-mode refusal's message, for callers (the MCP tools) that
 /// answer with it as a field of its own.
@@ -611,6 +652,7 @@ impl Pipeline for GatewayPipeline {
                 grant_timer,
                 spent_approvals: HashMap::new(),
                 control,
+                credential: session.identity.credential.clone(),
             },
         );
         self.metrics.session_opened(session.protocol);

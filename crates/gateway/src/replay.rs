@@ -122,6 +122,7 @@ pub fn replay(
                 let identity = Identity {
                     groups: groups.get(&user).cloned().unwrap_or_default(),
                     user,
+                    credential: None,
                     actor: if actor == "agent" {
                         ActorKind::Agent
                     } else {

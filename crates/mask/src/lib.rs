@@ -964,6 +964,7 @@ mod tests {
         let who = Identity {
             user: "u".into(),
             groups: vec![],
+            credential: None,
             actor: ActorKind::Human,
         };
         masking

@@ -35,6 +35,7 @@ fn judge(c: &mut Criterion) {
     let alice = Identity {
         user: "alice".into(),
         groups: vec!["engineers".into()],
+        credential: None,
         actor: ActorKind::Human,
     };
     let mut session = SessionPolicy::default();

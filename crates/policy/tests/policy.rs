@@ -27,6 +27,7 @@ fn person(groups: &[&str]) -> Identity {
     Identity {
         user: "alice".into(),
         groups: groups.iter().map(|g| g.to_string()).collect(),
+        credential: None,
         actor: ActorKind::Human,
     }
 }
@@ -35,6 +36,7 @@ fn agent() -> Identity {
     Identity {
         user: "cursor".into(),
         groups: vec![],
+        credential: None,
         actor: ActorKind::Agent,
     }
 }

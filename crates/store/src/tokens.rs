@@ -1,5 +1,7 @@
 //! Access tokens. Only a hash of each token is stored, never the token itself.
 
+use std::collections::HashSet;
+
 use rusqlite::{params, OptionalExtension, Row};
 
 use crate::db::Store;
@@ -114,6 +116,22 @@ impl Store {
         })
     }
 
+    /// Those of `ids` that name a token that exists and is not revoked (removing a user
+    /// deletes their tokens).
+    pub fn live_token_ids(&self, ids: &[String]) -> Result<HashSet<String>, StoreError> {
+        self.read(|tx| {
+            let mut query =
+                tx.prepare_cached("SELECT 1 FROM tokens WHERE id = ?1 AND revoked_ms IS NULL")?;
+            let mut live = HashSet::new();
+            for id in ids {
+                if query.exists([id])? {
+                    live.insert(id.clone());
+                }
+            }
+            Ok(live)
+        })
+    }
+
     /// Tokens of one user, or of all users, ordered by user then creation time.
     /// Revoked and expired tokens are included.
     pub fn list_tokens(&self, user: Option<&str>) -> Result<Vec<TokenRecord>, StoreError> {
@@ -219,6 +237,27 @@ mod tests {
         assert!(!store.revoke_token("unknown1", 4_000).unwrap());
         let found = store.find_token_by_hash("hash-abcd1234").unwrap().unwrap();
         assert_eq!(found.revoked_ms, Some(3_000));
+    }
+
+    #[test]
+    fn live_tokens_are_those_neither_revoked_nor_removed() {
+        let store = Store::open_in_memory().unwrap();
+        store.add_user("alice", &[]).unwrap();
+        store.add_user("bob", &[]).unwrap();
+        for (id, user) in [
+            ("aaaa0001", "alice"),
+            ("aaaa0002", "alice"),
+            ("bbbb0001", "bob"),
+        ] {
+            store.insert_token(&new_token(id, user, 1_000)).unwrap();
+        }
+        store.revoke_token("aaaa0002", 2_000).unwrap();
+        store.remove_user("bob").unwrap();
+        let ids: Vec<String> = ["aaaa0001", "aaaa0002", "bbbb0001", "unknown1"]
+            .map(String::from)
+            .to_vec();
+        let live = store.live_token_ids(&ids).unwrap();
+        assert_eq!(live, HashSet::from(["aaaa0001".to_string()]));
     }
 
     #[test]

@@ -159,6 +159,7 @@ mod tests {
         let who = Identity {
             user: "a".into(),
             groups: vec![],
+            credential: None,
             actor: ActorKind::Human,
         };
         Masking::new(&specs, vec![1; 32])
@@ -190,6 +191,7 @@ mod tests {
         let who = Identity {
             user: "a".into(),
             groups: vec![],
+            credential: None,
             actor: ActorKind::Human,
         };
         let m = Masking::new(&specs, vec![1; 32])

@@ -1065,6 +1065,7 @@ impl ApiFrontend {
                 let identity = Identity {
                     user: row.name.clone(),
                     groups: row.groups.clone(),
+                    credential: None,
                     actor: row.actor,
                 };
                 (identity, row.role)

@@ -252,3 +252,53 @@ fn api_routes_need_a_token_and_metrics_count_traffic() {
     assert!(body.contains("\"user\":\"olivia\""), "{body}");
     assert_eq!(http_get(gw.api_port, "/api/v1/sessions", None).0, 401);
 }
+
+/// A token revoked, or deleted with its user, ends the sessions it opened within seconds;
+/// another token of the same user keeps its session.
+#[test]
+fn revoking_a_token_or_removing_its_user_ends_its_open_sessions() {
+    pg().create_db("auth_revoke");
+    let gw = std::sync::Arc::new(Gateway::start("auth_revoke", ""));
+    let revoked = gw.user_token("frank");
+    let kept = gw.cli_ok(&["tokens", "issue", "frank"]).trim().to_owned();
+    let removed = gw.user_token("grace");
+    let script = "select 'inside';\n\\! sleep 6\nselect 'after';\n";
+    let sessions: Vec<_> = [("frank", &revoked), ("frank", &kept), ("grace", &removed)]
+        .into_iter()
+        .map(|(user, token)| {
+            let (gw, conninfo) = (gw.clone(), gw.conninfo("auth_revoke", user, token));
+            std::thread::spawn(move || gw.psql_script(&conninfo, &[], script))
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(2000));
+    // The token's id is the part between the prefix and the secret.
+    let id = revoked.split('_').nth(1).unwrap();
+    gw.cli_ok(&["tokens", "revoke", id]);
+    gw.cli_ok(&["users", "remove", "grace"]);
+    let results: Vec<_> = sessions.into_iter().map(|s| s.join().unwrap()).collect();
+    for (i, (_, out, err)) in results.iter().enumerate() {
+        assert!(out.contains("inside"), "session {i}: {out}\n{err}");
+    }
+    for i in [0, 2] {
+        let (_, out, err) = &results[i];
+        assert!(!out.contains("after"), "session {i} went on: {out}");
+        assert!(
+            err.contains("this session signed in with") && err.contains("was revoked"),
+            "session {i}: {err}"
+        );
+    }
+    let (ok, out, err) = &results[1];
+    assert!(*ok && out.contains("after"), "{out}\n{err}");
+    gw.wait_sessions_closed();
+    let sessions = gw.sessions();
+    let ended_by_revocation = sessions
+        .iter()
+        .filter(|s| {
+            s["end_reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("was revoked"))
+        })
+        .count();
+    assert_eq!(ended_by_revocation, 2, "{sessions:#?}");
+    assert!(gw.verify().status.success());
+}
