@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
@@ -69,6 +69,44 @@ pub struct Frontend<P, C> {
     catalogs: Mutex<HashMap<String, Arc<Catalog>>>,
     /// `max_connections` sessions at once, network and in-process clients together.
     slots: Arc<tokio::sync::Semaphore>,
+    /// Connections from each address that have not authenticated yet.
+    handshakes: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+/// One connection that has not authenticated yet, counted against its address until
+/// dropped.
+struct Handshake {
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    addr: IpAddr,
+}
+
+impl Handshake {
+    /// Counts a new connection from `addr`; `None` when it already has
+    /// [`MAX_HANDSHAKES_PER_ADDRESS`] unauthenticated ones.
+    fn begin(counts: &Arc<Mutex<HashMap<IpAddr, usize>>>, addr: IpAddr) -> Option<Handshake> {
+        let mut map = lock(counts);
+        let n = map.entry(addr).or_insert(0);
+        if *n >= MAX_HANDSHAKES_PER_ADDRESS {
+            return None;
+        }
+        *n += 1;
+        Some(Handshake {
+            counts: counts.clone(),
+            addr,
+        })
+    }
+}
+
+impl Drop for Handshake {
+    fn drop(&mut self) {
+        let mut map = lock(&self.counts);
+        if let Some(n) = map.get_mut(&self.addr) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.addr);
+            }
+        }
+    }
 }
 
 /// Startup parameters the gateway owns and does not forward.
@@ -77,9 +115,15 @@ const GATEWAY_PARAMS: &[&str] = &["user", "database", "replication"];
 /// Largest password message accepted before authentication.
 const MAX_PASSWORD_MESSAGE: usize = 4096;
 
-/// How long a client may take from connecting to presenting its token (PostgreSQL's
-/// `authentication_timeout` default), so idle unauthenticated sockets cannot pile up.
-const AUTHENTICATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long a client may take from connecting to presenting its token, TLS and all, so
+/// idle unauthenticated sockets cannot pile up. Shorter than PostgreSQL's 60 s
+/// `authentication_timeout`: a token comes with the startup, not typed at a prompt (psql
+/// asks for a password before it connects again).
+const AUTHENTICATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Unauthenticated connections one address may hold at once: a host that opens sockets
+/// and sends nothing can take this many of the `max_connections` slots, not all of them.
+const MAX_HANDSHAKES_PER_ADDRESS: usize = 64;
 
 /// Who is on the other end of a session's client stream.
 struct Client {
@@ -89,6 +133,10 @@ struct Client {
     trusted_path: bool,
     agent_context: Option<AgentContext>,
     fail_fast_reviews: bool,
+    /// When it must have presented its token.
+    deadline: tokio::time::Instant,
+    /// Counts it against its address until it has authenticated (network clients).
+    handshake: Option<Handshake>,
 }
 
 /// How an in-process client cancels its running statement: a CancelRequest with the key
@@ -184,6 +232,7 @@ impl<P: Pipeline, C: Connector> Frontend<P, C> {
             pipeline,
             connector,
             slots: Arc::new(tokio::sync::Semaphore::new(config.max_connections)),
+            handshakes: Arc::default(),
             config,
             cancels: Mutex::new(HashMap::new()),
             catalogs: Mutex::new(HashMap::new()),
@@ -202,13 +251,17 @@ impl<P: Pipeline, C: Connector> Frontend<P, C> {
                     continue;
                 }
             };
+            let Some(handshake) = Handshake::begin(&self.handshakes, peer.ip()) else {
+                tokio::spawn(self.clone().refuse_busy(tcp, peer));
+                continue;
+            };
             let Ok(slot) = self.slots.clone().try_acquire_owned() else {
                 tokio::spawn(self.clone().refuse_busy(tcp, peer));
                 continue;
             };
             let fe = self.clone();
             tokio::spawn(async move {
-                fe.handle(tcp, peer).await;
+                fe.handle(tcp, peer, handshake).await;
                 drop(slot);
             });
         }
@@ -260,10 +313,10 @@ impl<P: Pipeline, C: Connector> Frontend<P, C> {
         };
         let result = async {
             let mut stream = stream;
-            let first =
-                tokio::time::timeout(AUTHENTICATION_TIMEOUT, read_first_packet(&mut stream))
-                    .await
-                    .map_err(|_| Early::Close)?;
+            let deadline = tokio::time::Instant::now() + AUTHENTICATION_TIMEOUT;
+            let first = tokio::time::timeout_at(deadline, read_first_packet(&mut stream))
+                .await
+                .map_err(|_| Early::Close)?;
             let body = match first {
                 Ok(body) => body,
                 Err(Some(refusal)) => return Err(Early::Refuse(stream, refusal)),
@@ -281,6 +334,8 @@ impl<P: Pipeline, C: Connector> Frontend<P, C> {
                 trusted_path: true,
                 agent_context: origin.agent_context,
                 fail_fast_reviews: origin.fail_fast_reviews,
+                deadline,
+                handshake: None,
             };
             self.session(stream, startup, client).await
         }
@@ -288,9 +343,9 @@ impl<P: Pipeline, C: Connector> Frontend<P, C> {
         self.finish_early(result, "in-process").await;
     }
 
-    async fn handle(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr) {
+    async fn handle(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr, handshake: Handshake) {
         let _ = tcp.set_nodelay(true);
-        let result = self.startup(tcp, peer).await;
+        let result = self.startup(tcp, peer, handshake).await;
         self.finish_early(result, &peer.to_string()).await;
     }
 
@@ -309,8 +364,14 @@ impl<P: Pipeline, C: Connector> Frontend<P, C> {
         }
     }
 
-    async fn startup(&self, tcp: TcpStream, peer: SocketAddr) -> Result<(), Early> {
-        let negotiated = tokio::time::timeout(AUTHENTICATION_TIMEOUT, self.negotiate(tcp))
+    async fn startup(
+        &self,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        handshake: Handshake,
+    ) -> Result<(), Early> {
+        let deadline = tokio::time::Instant::now() + AUTHENTICATION_TIMEOUT;
+        let negotiated = tokio::time::timeout_at(deadline, self.negotiate(tcp))
             .await
             .map_err(|_| Early::Close)?;
         let (stream, tls, startup) = match negotiated {
@@ -327,6 +388,8 @@ impl<P: Pipeline, C: Connector> Frontend<P, C> {
             trusted_path: tls || peer.ip().is_loopback(),
             agent_context: None,
             fail_fast_reviews: false,
+            deadline,
+            handshake: Some(handshake),
         };
         self.session(stream, startup, client).await
     }
@@ -398,7 +461,7 @@ impl<P: Pipeline, C: Connector> Frontend<P, C> {
         }
 
         let password =
-            tokio::time::timeout(AUTHENTICATION_TIMEOUT, self.read_password(&mut stream)).await;
+            tokio::time::timeout_at(client.deadline, self.read_password(&mut stream)).await;
         let token = match password {
             Ok(Ok(Some(token))) => token,
             Ok(Ok(None)) => return Err(Early::Close),
@@ -420,6 +483,7 @@ impl<P: Pipeline, C: Connector> Frontend<P, C> {
             Err(failure) => return Err(Early::Refuse(stream, auth_refusal(&failure))),
         };
         drop(token);
+        drop(client.handshake);
 
         let forwarded: Vec<(String, String)> = startup
             .params
@@ -610,6 +674,10 @@ impl<P: Pipeline, C: Connector> Frontend<P, C> {
         let mut pos = 0;
         let token = codec::read_cstr(&body, &mut pos, "password")
             .map_err(|_| Refusal::new("08P01", "invalid password message"))?;
+        // As PostgreSQL: the string and its terminator are the whole message.
+        if pos != body.len() {
+            return Err(Refusal::new("08P01", "invalid password packet size"));
+        }
         Ok(Some(token.to_owned()))
     }
 

@@ -46,7 +46,27 @@ pub fn error_code(messages: &[(u8, Vec<u8>)]) -> Option<(String, String)> {
 
 /// A raw client logged in through the gateway, positioned after ReadyForQuery.
 pub fn logged_in(gw: &Gateway, db: &str, user: &str, token: &str) -> TcpStream {
-    let mut s = connect(gw);
+    log_in(connect(gw), db, user, token)
+}
+
+/// A connection to the gateway from another loopback address (`127.0.0.2`, say).
+fn connect_from(gw: &Gateway, source: &str) -> TcpStream {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    let s = runtime.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+        let addr = format!("127.0.0.1:{}", gw.pg_port).parse().unwrap();
+        socket.connect(addr).await.unwrap().into_std().unwrap()
+    });
+    s.set_nonblocking(false).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+fn log_in(mut s: TcpStream, db: &str, user: &str, token: &str) -> TcpStream {
     let mut out = BytesMut::new();
     codec::startup_message(&mut out, &[("user", user), ("database", db)]);
     s.write_all(&out).unwrap();
@@ -250,6 +270,77 @@ fn a_connection_flood_is_turned_away_and_others_are_served_after_it() {
     let (ok, out, err) = gw.psql(&conn, &["-c", "SELECT 1"]);
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "1");
+}
+
+/// A password message is the token and its terminator, nothing after it (as PostgreSQL).
+#[test]
+fn a_password_message_with_bytes_after_the_token_is_refused() {
+    pg().create_db("pwjunk_db");
+    let gw = Gateway::start("pwjunk_db", "");
+    let token = gw.user_token("pat");
+    let mut s = connect(&gw);
+    let mut out = BytesMut::new();
+    codec::startup_message(&mut out, &[("user", "pat"), ("database", "pwjunk_db")]);
+    s.write_all(&out).unwrap();
+    assert_eq!(read_messages(&mut s, b'R').last().unwrap().0, b'R');
+    let mut out = BytesMut::new();
+    codec::password_message(&mut out, format!("{token}\0junk").as_bytes());
+    s.write_all(&out).unwrap();
+    let (code, message) = error_code(&read_messages(&mut s, 0)).unwrap();
+    assert_eq!(code, "08P01");
+    assert!(
+        message.contains("invalid password packet size"),
+        "{message}"
+    );
+    // The same token alone still signs in.
+    drop(logged_in(&gw, "pwjunk_db", "pat", &token));
+}
+
+/// Sockets that never authenticate take at most 64 slots per address: one host cannot
+/// lock everyone else out, and its own slots come back once they authenticate or leave.
+#[test]
+fn one_address_cannot_hold_every_slot_unauthenticated() {
+    pg().create_db("handshake_db");
+    let gw = Gateway::start("handshake_db", "");
+    let token = gw.user_token("hal");
+    let conn = gw.conninfo("handshake_db", "hal", &token);
+    let idle: Vec<TcpStream> = (0..64).map(|_| connect(&gw)).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let (ok, _, err) = gw.psql(&conn, &["-c", "SELECT 1"]);
+    assert!(!ok && err.contains("too many clients"), "{err}");
+    // Another address is served meanwhile.
+    let mut other = log_in(
+        connect_from(&gw, "127.0.0.2"),
+        "handshake_db",
+        "hal",
+        &token,
+    );
+    let mut out = BytesMut::new();
+    crate::evasion::query(&mut out, "SELECT 41 + 1");
+    other.write_all(&out).unwrap();
+    let answer = read_messages(&mut other, b'Z');
+    assert!(
+        answer
+            .iter()
+            .any(|(tag, body)| *tag == b'D' && body.ends_with(b"42")),
+        "{answer:?}"
+    );
+    // An authenticated session does not count against its address.
+    let _session = logged_in_after_freeing_one(&gw, idle, &token);
+    drop(other);
+}
+
+/// Frees one of `idle`'s handshake slots, takes it with a session that authenticates, and
+/// shows the address has room again for one more.
+fn logged_in_after_freeing_one(gw: &Gateway, mut idle: Vec<TcpStream>, token: &str) -> TcpStream {
+    idle.pop();
+    std::thread::sleep(Duration::from_millis(300));
+    let session = logged_in(gw, "handshake_db", "hal", token);
+    let conn = gw.conninfo("handshake_db", "hal", token);
+    let (ok, _, err) = gw.psql(&conn, &["-c", "SELECT 1"]);
+    assert!(ok, "a slot came back once the session authenticated: {err}");
+    drop(idle);
+    session
 }
 
 #[test]

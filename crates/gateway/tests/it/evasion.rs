@@ -29,7 +29,7 @@ pub(crate) fn execute(out: &mut BytesMut, portal: &str) {
     msg(out, b'E', format!("{portal}\0\0\0\0\0").as_bytes());
 }
 
-fn query(out: &mut BytesMut, sql: &str) {
+pub(crate) fn query(out: &mut BytesMut, sql: &str) {
     msg(out, b'Q', format!("{sql}\0").as_bytes());
 }
 
