@@ -13,13 +13,14 @@ const REDACTED_TEXT: &str = "***";
 
 /// Replaces the passwords in `sql` with `***`, keeping every other byte as it is.
 ///
-/// - A string constant (`'...'`, `E'...'`, `U&'...'`, `$$...$$`, `$tag$...$tag$`) following the
-///   keyword `password` or `passwd`, optionally after `=`, `:`, `:=` or `=>`, becomes `'***'`.
-///   This covers `CREATE|ALTER ROLE|USER|GROUP ... [ENCRYPTED] PASSWORD '...'` (also the SCRAM
-///   verifier psql's `\password` sends) and `OPTIONS (password '...')` of user mappings and
-///   servers. `PASSWORD NULL` has no constant and stays. The rule is lexical, so the value of a
-///   column named `password` goes too (`UPDATE users SET password = 'x'`): it looks like a
-///   secret, and the audit log is better without it.
+/// - In `CREATE|ALTER ROLE|USER|GROUP|SERVER|FOREIGN …` statements, a string constant (`'...'`,
+///   `E'...'`, `U&'...'`, `$$...$$`, `$tag$...$tag$`) following the keyword `password` or
+///   `passwd` becomes `'***'`: `[ENCRYPTED] PASSWORD '...'` (also the SCRAM verifier psql's
+///   `\password` sends) and `OPTIONS (password '...')` of user mappings and servers.
+///   `PASSWORD NULL` has no constant and stays. Only there: elsewhere the same words are an
+///   argument name, a column or a type (`run(password => '…')`, `SET password = '…'`), and
+///   blanking the constant would let any statement hide text from the record by passing it
+///   to a function through a parameter named `password`.
 /// - Inside any string constant, the value of a libpq `password=...` (or `sslpassword=...`)
 ///   keyword and the password of a `scheme://user:password@host` URI become `***`: dblink
 ///   connection strings, `CREATE SUBSCRIPTION ... CONNECTION '...'`.
@@ -80,9 +81,10 @@ struct Edit {
 /// The edits that remove the secrets, in order, not overlapping.
 fn find_secrets(sql: &str, tokens: &[Token]) -> Vec<Edit> {
     let mut edits = Vec::new();
+    let sets_passwords = sets_passwords(sql, tokens);
     let mut index = 0;
     while let Some(token) = tokens.get(index) {
-        if is_password_keyword(sql, token) {
+        if sets_passwords && is_password_keyword(sql, token) {
             if let Some((range, last)) = literal_after(sql, tokens, index) {
                 if sql[range.clone()] != *REDACTED_LITERAL {
                     edits.push(Edit {
@@ -106,6 +108,24 @@ fn find_secrets(sql: &str, tokens: &[Token]) -> Vec<Edit> {
         index += 1;
     }
     edits
+}
+
+/// Whether the statement is one whose `PASSWORD '…'` or `OPTIONS (password '…')` sets a
+/// password: `CREATE` or `ALTER` of a role, user, group, user mapping, server or foreign
+/// data wrapper.
+fn sets_passwords(sql: &str, tokens: &[Token]) -> bool {
+    let mut words = tokens
+        .iter()
+        .filter(|t| !t.is_trivia())
+        .map(|t| (t.kind == TokenKind::Word).then(|| t.text(sql)));
+    let is = |word: Option<&str>, among: &[&str]| {
+        word.is_some_and(|w| among.iter().any(|a| w.eq_ignore_ascii_case(a)))
+    };
+    is(words.next().flatten(), &["create", "alter"])
+        && is(
+            words.next().flatten(),
+            &["role", "user", "group", "server", "foreign"],
+        )
 }
 
 /// `password` or `passwd`, unquoted or quoted (`OPTIONS ("password" 'x')`).
@@ -230,14 +250,14 @@ mod tests {
             "CREATE SERVER s FOREIGN DATA WRAPPER w OPTIONS (host 'h', passwd 'x')",
             "CREATE SERVER s FOREIGN DATA WRAPPER w OPTIONS (host 'h', passwd '***')",
         ),
-        ("OPTIONS (\"password\" 'x')", "OPTIONS (\"password\" '***')"),
-        // Assignment-like operators.
         (
-            "UPDATE users SET password = 'x'",
-            "UPDATE users SET password = '***'",
+            "ALTER SERVER s OPTIONS (\"password\" 'x')",
+            "ALTER SERVER s OPTIONS (\"password\" '***')",
         ),
-        ("CALL f(password => 'x')", "CALL f(password => '***')"),
-        ("SELECT f(passwd := 'x')", "SELECT f(passwd := '***')"),
+        (
+            "/* why */ create role r login password 'x'",
+            "/* why */ create role r login password '***'",
+        ),
         // libpq connection strings in any string constant.
         (
             "SELECT dblink_connect('host=h user=u password=secret dbname=d')",
@@ -311,6 +331,14 @@ mod tests {
         "SELECT 'postgres://u:***@h'",
         "SELECT password FROM users",
         "SELECT 'password' AS password",
+        // Not a password being set: an argument, a column, a typed constant. Blanking these
+        // would let a function hide any text from the record.
+        "UPDATE users SET password = 'x'",
+        "CALL f(password => 'x')",
+        "SELECT f(passwd := 'x')",
+        "SELECT run(password => 'create table hidden(x int)')",
+        "SELECT run(password 'drop table t')",
+        "OPTIONS (\"password\" 'x')",
     ];
 
     #[test]
