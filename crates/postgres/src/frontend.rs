@@ -543,6 +543,15 @@ impl<P: Pipeline, C: Connector> Frontend<P, C> {
         } else {
             info!(session = %info.id, user = %info.identity.user, %connection, "session started");
             let encoding = client_encoding(&upstream.startup_frames);
+            let cancel_target = {
+                let (connector, connection) = (self.connector.clone(), connection.clone());
+                let key = upstream_cancel.clone();
+                Box::pin(async move {
+                    if let Err(e) = connector.cancel(&connection, &key).await {
+                        warn!(%connection, error = %e, "cancel request to the target failed");
+                    }
+                })
+            };
             session::run(
                 self.pipeline.clone(),
                 info.clone(),
@@ -555,6 +564,7 @@ impl<P: Pipeline, C: Connector> Frontend<P, C> {
                     cancel,
                     end: end.clone(),
                     masking,
+                    cancel_target,
                 },
             )
             .await

@@ -272,6 +272,50 @@ fn a_connection_flood_is_turned_away_and_others_are_served_after_it() {
     assert_eq!(out.trim(), "1");
 }
 
+/// A client that leaves while its statement runs: the gateway records the answers for a
+/// while, then cancels what the target still runs, so nothing finishes (and commits)
+/// unrecorded; the record says how it ended.
+#[test]
+fn a_statement_left_running_by_a_client_that_left_is_cancelled_and_recorded() {
+    pg().create_db("orphan_db");
+    pg().psql_admin("orphan_db", "CREATE TABLE t(x int)");
+    let gw = Gateway::start("orphan_db", "");
+    let token = gw.user_token("olive");
+    let mut s = logged_in(&gw, "orphan_db", "olive", &token);
+    let mut out = BytesMut::new();
+    crate::evasion::query(&mut out, "INSERT INTO t SELECT 777 FROM pg_sleep(60)");
+    s.write_all(&out).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    drop(s);
+    // 10 s of reading what the target still owes, then the cancel.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let result = loop {
+        let sessions = gw.sessions();
+        if let Some(id) = sessions
+            .iter()
+            .find(|s| !s["end"].is_null())
+            .and_then(|s| s["id"].as_str())
+        {
+            let events = gw.session(id)["events"].as_array().unwrap().clone();
+            break events
+                .into_iter()
+                .find(|e| e["kind"] == "statement")
+                .unwrap();
+        }
+        assert!(std::time::Instant::now() < deadline, "{sessions:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(result["status"], "error", "{result:#}");
+    assert_eq!(result["error"]["code"], "57014", "{result:#}");
+    assert_eq!(
+        pg().psql_admin("orphan_db", "SELECT count(*) FROM t")
+            .trim(),
+        "0",
+        "the INSERT did not finish on its own"
+    );
+    assert!(gw.verify().status.success());
+}
+
 /// A password message is the token and its terminator, nothing after it (as PostgreSQL).
 #[test]
 fn a_password_message_with_bytes_after_the_token_is_refused() {

@@ -43,6 +43,10 @@ const FATAL_DELIVERY: Duration = Duration::from_secs(30);
 /// How long the server's remaining answers are read (and recorded) after the client left.
 const DRAIN: Duration = Duration::from_secs(10);
 
+/// How long the answers are read after the gateway cancelled what the target still ran
+/// for a client that left.
+const DRAIN_AFTER_CANCEL: Duration = Duration::from_secs(5);
+
 /// State both directions share.
 struct Shared {
     state: Mutex<State>,
@@ -215,6 +219,8 @@ pub(crate) struct Start<'a> {
         Arc<sluice_mask::SessionMasking>,
         Arc<crate::catalog::Catalog>,
     )>,
+    /// Sends a CancelRequest for this session to the target.
+    pub cancel_target: Pin<Box<dyn Future<Output = ()> + Send>>,
 }
 
 /// Runs the session until either side closes. Returns why it ended.
@@ -232,6 +238,7 @@ pub(crate) async fn run<P: Pipeline>(
         cancel,
         end,
         masking,
+        cancel_target,
     } = start;
     let (client_r, client_w) = tokio::io::split(client);
     let (up_r, up_w) = tokio::io::split(upstream);
@@ -285,12 +292,18 @@ pub(crate) async fn run<P: Pipeline>(
         r = &mut c2s => {
             // Let the server direction deliver a queued FATAL error, or read and record
             // the answers still owed after the client left — but not forever.
-            let (reason, wait) = match r {
-                Ok(()) => (None, DRAIN),
-                Err(C2sEnd::Io(e)) => (Some(e), DRAIN),
-                Err(C2sEnd::Fatal(m)) => (Some(m), FATAL_DELIVERY),
+            let (reason, wait, client_left) = match r {
+                Ok(()) => (None, DRAIN, true),
+                Err(C2sEnd::Io(e)) => (Some(e), DRAIN, true),
+                Err(C2sEnd::Fatal(m)) => (Some(m), FATAL_DELIVERY, false),
             };
-            let _ = tokio::time::timeout(wait, &mut s2c).await;
+            let drained = tokio::time::timeout(wait, &mut s2c).await.is_ok();
+            if !drained && client_left && lock(&shared.state).owed() > 0 {
+                // The target still runs what the client left behind, and would finish it
+                // (and commit it) unrecorded: cancel it, and record how it ended.
+                cancel_target.await;
+                let _ = tokio::time::timeout(DRAIN_AFTER_CANCEL, &mut s2c).await;
+            }
             reason
         }
         r = &mut s2c => r.err(),

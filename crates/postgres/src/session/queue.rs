@@ -635,7 +635,7 @@ impl State {
             .drain(..)
             .filter_map(|e| match e {
                 Expect::Exec(e) | Expect::QueryExec(e) | Expect::FunctionCall(e) => {
-                    Some(e.error("08006", "the session ended before the statement completed"))
+                    Some(e.error("08006", "the session ended before the statement completed; whether it ran to the end on the target is not known"))
                 }
                 _ => None,
             })
