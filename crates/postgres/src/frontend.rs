@@ -782,8 +782,17 @@ fn auth_refusal(failure: &AuthFailure) -> Refusal {
 /// What the client is told when the target cannot be reached: the kind of failure, not
 /// the gateway's internals (addresses, variable names, file paths stay in its log).
 fn upstream_refusal(connection: &str, e: &UpstreamError) -> Refusal {
+    // A target that is full or starting up says so with a code clients and poolers retry
+    // on; it is passed on as it is.
+    let code = match e {
+        UpstreamError::Rejected { code, .. } => ["53000", "53100", "53200", "53300", "57P03"]
+            .into_iter()
+            .find(|retryable| code == retryable)
+            .unwrap_or("08001"),
+        _ => "08001",
+    };
     Refusal::new(
-        "08001",
+        code,
         format!(
             "cannot open connection \"{connection}\": {}",
             refusal_detail(e)
@@ -794,8 +803,13 @@ fn upstream_refusal(connection: &str, e: &UpstreamError) -> Refusal {
 /// The part of a connect refusal a client may see; remote agents send theirs the same way.
 pub fn refusal_detail(e: &UpstreamError) -> String {
     match e {
-        UpstreamError::Rejected { code, .. } => {
+        // The target's own words would name the account the gateway logs in with.
+        UpstreamError::Rejected { code, .. } if code.starts_with("28") => {
             format!("the target refused the gateway's credentials (SQLSTATE {code})")
+        }
+        // Too many connections, no such database, a bad startup setting the client gave.
+        UpstreamError::Rejected { code, message } => {
+            format!("the target refused the connection: {message} (SQLSTATE {code})")
         }
         UpstreamError::Connect { .. } | UpstreamError::Timeout(_) => {
             "the target is unreachable".to_owned()

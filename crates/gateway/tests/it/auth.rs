@@ -104,6 +104,7 @@ fn allow_lists_and_upstream_auth_methods() {
          \x20 - {{ name: md5-unverified, kind: postgres, address: 127.0.0.1:{target}, database: auth_methods, user: md5user, password: md5-pass-1, tls: prefer }}\n\
          \x20 - {{ name: no-secret, kind: postgres, address: 127.0.0.1:{target}, database: auth_methods, user: postgres, password: env:SLUICE_TEST_SURELY_UNSET_VAR }}\n\
          \x20 - {{ name: down, kind: postgres, address: 127.0.0.1:1, database: x, user: postgres, connect_timeout: 2s }}\n\
+         \x20 - {{ name: no-database, kind: postgres, address: 127.0.0.1:{target}, database: surely_no_such_db, user: postgres, password: env:SLUICE_TEST_TARGET_PASSWORD }}\n\
          \x20 - {{ name: admins-only, kind: postgres, address: 127.0.0.1:{target}, database: auth_methods, user: postgres, password: env:SLUICE_TEST_TARGET_PASSWORD, allow: [group:dba] }}\n"
     );
     let gw = Gateway::start("auth_methods", &extra);
@@ -147,6 +148,14 @@ fn allow_lists_and_upstream_auth_methods() {
         "{err}"
     );
     assert!(!err.contains("wrong-Target-Pass"));
+    // Any other refusal says what it was, not "credentials".
+    let (ok, _, err) = run("no-database");
+    assert!(
+        !ok && err.contains(
+            "the target refused the connection: database \"surely_no_such_db\" does not exist (SQLSTATE 3D000)"
+        ),
+        "{err}"
+    );
     // MD5 would hand a replayable hash to whoever answers; only to a verified server or
     // over a connection explicitly configured as plain.
     let (ok, _, err) = run("md5-unverified");
