@@ -316,6 +316,32 @@ fn a_statement_left_running_by_a_client_that_left_is_cancelled_and_recorded() {
     assert!(gw.verify().status.success());
 }
 
+/// A backend the target ends (pg_terminate_backend, a shutdown) ends the session with the
+/// target's FATAL error for the client, and the record says the target closed it.
+#[test]
+fn a_session_the_target_ends_is_recorded_as_ended_by_the_target() {
+    pg().create_db("terminated_db");
+    let gw = Gateway::start("terminated_db", "");
+    let token = gw.user_token("tess");
+    let mut s = logged_in(&gw, "terminated_db", "tess", &token);
+    let mut out = BytesMut::new();
+    crate::evasion::query(&mut out, "SELECT 'tess-session', pg_backend_pid()");
+    s.write_all(&out).unwrap();
+    read_messages(&mut s, b'Z');
+    pg().psql_admin(
+        "terminated_db",
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE '%tess-session%' AND pid <> pg_backend_pid()",
+    );
+    let (code, _) = error_code(&read_messages(&mut s, 0)).unwrap();
+    assert_eq!(code, "57P01");
+    gw.wait_sessions_closed();
+    let sessions = gw.sessions();
+    assert_eq!(
+        sessions[0]["end_reason"], "the target closed the connection",
+        "{sessions:#?}"
+    );
+}
+
 /// A password message is the token and its terminator, nothing after it (as PostgreSQL).
 #[test]
 fn a_password_message_with_bytes_after_the_token_is_refused() {

@@ -306,7 +306,7 @@ pub(crate) async fn run<P: Pipeline>(
             }
             reason
         }
-        r = &mut s2c => r.err(),
+        r = &mut s2c => Some(r.err().unwrap_or_else(|| "the target closed the connection".into())),
     };
     // Whatever is still owed an answer ended with the session; record that. Neither
     // direction is polled again, so nothing else records it.
