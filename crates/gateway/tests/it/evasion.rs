@@ -457,6 +457,24 @@ fn multibyte_encodings_cannot_hide_a_statement() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("client_encoding SJIS"));
+
+    // Both attempts are on the record, refused.
+    gw.wait_sessions_closed();
+    let refused: Vec<_> = gw
+        .all_statements()
+        .into_iter()
+        .filter(|e| {
+            e["decision"] == "deny"
+                && e["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("client_encoding SJIS"))
+        })
+        .collect();
+    assert_eq!(refused.len(), 2, "{refused:#?}");
+    assert!(refused[0]["statement"]
+        .as_str()
+        .unwrap()
+        .contains("DELETE FROM victim"));
 }
 
 #[test]

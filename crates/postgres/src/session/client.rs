@@ -411,25 +411,33 @@ impl<P: Pipeline> ClientToServer<P> {
     /// can contain `\` or `;`. Stops a Query or Parse (returns its action) while a
     /// statement that may change client_encoding is unanswered, and refuses non-ASCII
     /// text in an encoding where the split could differ from the server's.
-    fn encoding_gate(&mut self, tag: u8, body: &[u8], sql: &str) -> Option<Action> {
+    fn encoding_gate(
+        &mut self,
+        requests: &mut Vec<Request>,
+        body: &[u8],
+        refused: Refused<'_>,
+    ) -> Option<Action> {
+        let sql = refused.text;
         let (unsafe_encoding, owed) = {
             let state = lock(&self.shared.state);
             (state.unsafe_encoding.clone(), state.owed())
         };
         match self.encoding_barrier {
             Some(scan) if scan == self.scans || owed > 0 => {
-                return Some(self.wait_or_refuse("client encoding", "client_encoding"));
+                return Some(self.wait_or_refuse(
+                    requests,
+                    refused,
+                    "client encoding",
+                    "client_encoding",
+                ));
             }
             Some(_) => self.encoding_barrier = None,
             None => {}
         }
         if let Some(encoding) = unsafe_encoding {
             if body.iter().any(|b| *b >= 0x80) {
-                return Some(Action::Refuse {
-                    message: format!("sluice cannot record statements in client_encoding {encoding} faithfully when they hold non-ASCII characters; use client_encoding UTF8 (the server converts)"),
-                    query: tag == b'Q',
-                    recorded: None,
-                });
+                let message = format!("sluice cannot record statements in client_encoding {encoding} faithfully when they hold non-ASCII characters; use client_encoding UTF8 (the server converts)");
+                return Some(self.refuse_recorded(requests, refused, message));
             }
         }
         // Case-insensitive search without copying the statement (this runs per statement).
@@ -450,13 +458,19 @@ impl<P: Pipeline> ClientToServer<P> {
     /// Waits for the server to settle a definition from an earlier batch; refuses instead
     /// once it has waited [`SETTLE_WAIT`] (a server that never answers must not hang the
     /// session).
-    fn wait_or_refuse(&mut self, what: &str, name: &str) -> Action {
+    fn wait_or_refuse(
+        &mut self,
+        requests: &mut Vec<Request>,
+        refused: Refused<'_>,
+        what: &str,
+        name: &str,
+    ) -> Action {
         let started = *self.waiting_since.get_or_insert_with(Instant::now);
         if started.elapsed() < SETTLE_WAIT {
             Action::Wait
         } else {
             self.waiting_since = None;
-            ambiguous(what, name)
+            self.refuse_recorded(requests, refused, ambiguous(what, name))
         }
     }
 
@@ -467,32 +481,31 @@ impl<P: Pipeline> ClientToServer<P> {
             *request = Some(index);
         }
     }
-    /// Refuses a text whose reading depends on `standard_conforming_strings`, recording it
-    /// (as a denied statement) so the attempt is on the record.
-    /// `parsed`: the name of the prepared statement a refused Parse defines (`""` for the
-    /// unnamed one); `None` for a Query.
+    /// Refuses a message, recording what it would have run (as a denied statement) so the
+    /// attempt is on the record: `refused.text`; `refused.parsed` is the name of the
+    /// prepared statement a refused Parse defines (`""` for the unnamed one).
     fn refuse_recorded(
         &mut self,
         requests: &mut Vec<Request>,
-        sql: &str,
-        parsed: Option<&str>,
+        refused: Refused<'_>,
+        message: String,
     ) -> Action {
         let id = self.next_id();
         requests.push(Request {
             call: None,
             id,
-            kind: match parsed {
+            kind: match refused.parsed {
                 Some(_) => RequestKind::Prepare,
                 None => RequestKind::Execute,
             },
-            text: sluice_sql::redact_secrets(sql).into_owned(),
+            text: sluice_sql::redact_secrets(refused.text).into_owned(),
             params: Vec::new(),
-            statement_name: parsed.filter(|n| !n.is_empty()).map(str::to_owned),
-            refusal: Some(AMBIGUOUS_BACKSLASH.into()),
+            statement_name: refused.parsed.filter(|n| !n.is_empty()).map(str::to_owned),
+            refusal: Some(message.clone()),
         });
         Action::Refuse {
-            message: AMBIGUOUS_BACKSLASH.into(),
-            query: parsed.is_none(),
+            message,
+            query: refused.query,
             recorded: Some(id),
         }
     }
@@ -533,11 +546,12 @@ impl<P: Pipeline> ClientToServer<P> {
         let msg = codec::parse_frontend(tag, body).map_err(|e| e.to_string())?;
         let action = match (tag, msg) {
             (_, Some(FrontendMessage::Query { sql })) => {
-                if let Some(stop) = self.encoding_gate(tag, body, &sql) {
+                let refused = Refused::query(&sql);
+                if let Some(stop) = self.encoding_gate(requests, body, refused) {
                     return Ok(stop);
                 }
                 let Some(statements) = sluice_sql::split_statements_strict(&sql) else {
-                    return Ok(self.refuse_recorded(requests, &sql, None));
+                    return Ok(self.refuse_recorded(requests, refused, AMBIGUOUS_BACKSLASH.into()));
                 };
                 let first = requests.len();
                 for stmt in statements {
@@ -566,11 +580,12 @@ impl<P: Pipeline> ClientToServer<P> {
                     param_types,
                 }),
             ) => {
-                if let Some(stop) = self.encoding_gate(tag, body, &sql) {
+                let refused = Refused::parse(&sql, name);
+                if let Some(stop) = self.encoding_gate(requests, body, refused) {
                     return Ok(stop);
                 }
                 if !sluice_sql::reads_the_same_either_way(&sql) {
-                    return Ok(self.refuse_recorded(requests, &sql, Some(name)));
+                    return Ok(self.refuse_recorded(requests, refused, AMBIGUOUS_BACKSLASH.into()));
                 }
                 let text = sluice_sql::redact_secrets(&sql).into_owned();
                 let statement = Statement {
@@ -583,7 +598,10 @@ impl<P: Pipeline> ClientToServer<P> {
                     state.names.parse(name, statement, self.batches)
                 };
                 match define {
-                    None => return Ok(ambiguous("prepared statement", name)),
+                    None => {
+                        let message = ambiguous("prepared statement", name);
+                        return Ok(self.refuse_recorded(requests, refused, message));
+                    }
                     // Named statements live on and run later by name: their text is
                     // recorded now, before the server ever sees it.
                     Some(undo) if !name.is_empty() => {
@@ -614,8 +632,15 @@ impl<P: Pipeline> ClientToServer<P> {
                 let shared = self.shared.clone();
                 let mut state = lock(&shared.state);
                 if state.names.statement_unsettled(statement, self.batches) {
+                    let text = state.names.statement(statement).map(|s| s.sql.clone());
                     drop(state);
-                    return Ok(self.wait_or_refuse("prepared statement", statement));
+                    let text = text.as_deref().unwrap_or("<unknown prepared statement>");
+                    return Ok(self.wait_or_refuse(
+                        requests,
+                        Refused::message(text),
+                        "prepared statement",
+                        statement,
+                    ));
                 }
                 let (sql, types) = match state.names.statement(statement) {
                     Some(s) => (s.sql.clone(), state.names.param_types(s)),
@@ -629,9 +654,13 @@ impl<P: Pipeline> ClientToServer<P> {
                 let from_unnamed = statement.is_empty().then(|| portal.to_owned());
                 match state
                     .names
-                    .bind(portal, statement, sql, params, epoch, self.batches)
+                    .bind(portal, statement, sql.clone(), params, epoch, self.batches)
                 {
-                    Define::Ambiguous => return Ok(ambiguous("portal", portal)),
+                    Define::Ambiguous => {
+                        drop(state);
+                        let message = ambiguous("portal", portal);
+                        return Ok(self.refuse_recorded(requests, Refused::message(&sql), message));
+                    }
                     Define::Duplicate => Action::Bind {
                         range,
                         undo: None,
@@ -649,8 +678,15 @@ impl<P: Pipeline> ClientToServer<P> {
                 let (text, params, statement_name) = {
                     let state = lock(&shared.state);
                     if state.names.portal_unsettled(portal, self.batches) {
+                        let text = state.names.portal(portal).map(|p| p.sql.clone());
                         drop(state);
-                        return Ok(self.wait_or_refuse("portal", portal));
+                        let text = text.as_deref().unwrap_or("<unknown portal>");
+                        return Ok(self.wait_or_refuse(
+                            requests,
+                            Refused::message(text),
+                            "portal",
+                            portal,
+                        ));
                     }
                     match state.names.portal(portal) {
                         Some(p) => (
@@ -1007,12 +1043,45 @@ fn deny_reason(d: &Decision) -> Option<(&'static str, String)> {
     }
 }
 
-fn ambiguous(what: &str, name: &str) -> Action {
-    Action::Refuse {
-        message: format!(
-            "sluice cannot tell which definition of {what} \"{name}\" the server will use; wait for the answer to the previous Close or Sync before redefining it"
-        ),
-        query: false,
-        recorded: None,
+fn ambiguous(what: &str, name: &str) -> String {
+    format!(
+        "sluice cannot tell which definition of {what} \"{name}\" the server will use; wait for the answer to the previous Close or Sync before redefining it"
+    )
+}
+
+/// What a refused message would have run, for its record.
+#[derive(Clone, Copy)]
+struct Refused<'a> {
+    text: &'a str,
+    /// A Parse: the statement it defines.
+    parsed: Option<&'a str>,
+    /// A Query (its refusal ends with ReadyForQuery).
+    query: bool,
+}
+
+impl<'a> Refused<'a> {
+    fn query(text: &'a str) -> Self {
+        Refused {
+            text,
+            parsed: None,
+            query: true,
+        }
+    }
+
+    fn parse(text: &'a str, name: &'a str) -> Self {
+        Refused {
+            text,
+            parsed: Some(name),
+            query: false,
+        }
+    }
+
+    /// Another extended-protocol message (Bind, Execute).
+    fn message(text: &'a str) -> Self {
+        Refused {
+            text,
+            parsed: None,
+            query: false,
+        }
     }
 }
