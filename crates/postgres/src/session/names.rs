@@ -321,12 +321,18 @@ mod tests {
         let Some(second) = n.parse("s", stmt("SELECT 1"), 1) else {
             panic!()
         };
-        assert_eq!(&*n.statement("s").unwrap().sql, "SELECT 1");
+        assert_eq!(
+            &*n.statement("s").map(|s| s.sql.clone()).unwrap_or_default(),
+            "SELECT 1"
+        );
         // ...later batches wait for its answer...
         assert!(n.statement_unsettled("s", 2));
         // ...and when the server rejects it, the first one is back.
         n.undo(second, true);
-        assert_eq!(&*n.statement("s").unwrap().sql, "DELETE FROM t");
+        assert_eq!(
+            &*n.statement("s").map(|s| s.sql.clone()).unwrap_or_default(),
+            "DELETE FROM t"
+        );
         assert!(!n.statement_unsettled("s", 2));
         assert!(n.parse("", stmt("SELECT 1"), 0).is_some());
         // A skipped Parse of the unnamed statement leaves the old one in place...
