@@ -5,6 +5,7 @@
 //! masks, without knowing which wire format carried the request. Nothing here does I/O.
 
 pub mod context;
+pub mod handshakes;
 mod principal;
 pub mod text;
 

@@ -35,6 +35,12 @@ pub fn run(args: Args<'_>) -> Result<ExitCode> {
     if sluice_auth::agent_key_hash(key).is_none() {
         bail!("--key is not an agent key (sla_…); see `sluice agents add`");
     }
+    if let Some(fp) = fingerprint {
+        let digits = sluice_tunnel::pin::normalize(fp);
+        if digits.len() != 64 || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+            bail!("--fingerprint must be the 64 hex digits of the gateway certificate's SHA-256, as `sluice agents add` prints it");
+        }
+    }
     let tls = match (fingerprint, ca) {
         (Some(fp), None) => Arc::new(
             rustls::ClientConfig::builder_with_provider(Arc::new(

@@ -3,11 +3,12 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
 use rand::Rng;
+use sluice_core::handshakes::{Handshake, Handshakes};
 use sluice_core::{AgentContext, AuthFailure, Pipeline, SessionInfo};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -70,43 +71,7 @@ pub struct Frontend<P, C> {
     /// `max_connections` sessions at once, network and in-process clients together.
     slots: Arc<tokio::sync::Semaphore>,
     /// Connections from each address that have not authenticated yet.
-    handshakes: Arc<Mutex<HashMap<IpAddr, usize>>>,
-}
-
-/// One connection that has not authenticated yet, counted against its address until
-/// dropped.
-struct Handshake {
-    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
-    addr: IpAddr,
-}
-
-impl Handshake {
-    /// Counts a new connection from `addr`; `None` when it already has
-    /// [`MAX_HANDSHAKES_PER_ADDRESS`] unauthenticated ones.
-    fn begin(counts: &Arc<Mutex<HashMap<IpAddr, usize>>>, addr: IpAddr) -> Option<Handshake> {
-        let mut map = lock(counts);
-        let n = map.entry(addr).or_insert(0);
-        if *n >= MAX_HANDSHAKES_PER_ADDRESS {
-            return None;
-        }
-        *n += 1;
-        Some(Handshake {
-            counts: counts.clone(),
-            addr,
-        })
-    }
-}
-
-impl Drop for Handshake {
-    fn drop(&mut self) {
-        let mut map = lock(&self.counts);
-        if let Some(n) = map.get_mut(&self.addr) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.addr);
-            }
-        }
-    }
+    handshakes: Handshakes,
 }
 
 /// Startup parameters the gateway owns and does not forward.
@@ -232,7 +197,7 @@ impl<P: Pipeline, C: Connector> Frontend<P, C> {
             pipeline,
             connector,
             slots: Arc::new(tokio::sync::Semaphore::new(config.max_connections)),
-            handshakes: Arc::default(),
+            handshakes: Handshakes::new(MAX_HANDSHAKES_PER_ADDRESS),
             config,
             cancels: Mutex::new(HashMap::new()),
             catalogs: Mutex::new(HashMap::new()),
@@ -251,7 +216,7 @@ impl<P: Pipeline, C: Connector> Frontend<P, C> {
                     continue;
                 }
             };
-            let Some(handshake) = Handshake::begin(&self.handshakes, peer.ip()) else {
+            let Some(handshake) = self.handshakes.begin(peer.ip()) else {
                 tokio::spawn(self.clone().refuse_busy(tcp, peer));
                 continue;
             };

@@ -3,7 +3,7 @@
 //! the target with the real credential and relaying.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use h2::server::SendResponse;
@@ -24,8 +24,6 @@ use crate::{
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(15);
-/// A tunnel that stayed up this long resets the backoff.
-const STABLE: Duration = Duration::from_secs(30);
 
 /// Where the gateway is and how to trust it.
 pub struct AgentOptions {
@@ -83,12 +81,14 @@ pub enum TunnelError {
 pub async fn run(options: AgentOptions) {
     let mut backoff = FIRST_BACKOFF;
     loop {
-        let started = Instant::now();
-        match connect_once(&options).await {
-            Ok(()) => {}
-            Err(e) => warn!(error = %e, "agent tunnel"),
+        let (accepted, ended) = connect_once(&options).await;
+        if let Err(e) = ended {
+            warn!(error = %e, "agent tunnel");
         }
-        if started.elapsed() > STABLE {
+        // The backoff grows over failed attempts; a tunnel the gateway accepted (one that
+        // was then lost, say to a gateway restart) starts it afresh, so the agent is back
+        // as soon as the gateway is.
+        if accepted {
             backoff = FIRST_BACKOFF;
         }
         // Full jitter on a doubling backoff, so agents restarted together do not
@@ -103,13 +103,18 @@ pub async fn run(options: AgentOptions) {
 /// Everything from TCP connect to the end of the HTTP/2 handshake must fit in this.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 
-async fn connect_once(options: &AgentOptions) -> Result<(), TunnelError> {
-    let connection = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(options))
-        .await
-        .map_err(|_| {
-            TunnelError::Lost("the gateway did not complete the handshake in time".into())
-        })??;
-    serve(connection, options).await
+/// One tunnel, from connecting to its end: whether the gateway accepted it, and why it
+/// ended.
+async fn connect_once(options: &AgentOptions) -> (bool, Result<(), TunnelError>) {
+    let connection = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(options)).await {
+        Ok(Ok(connection)) => connection,
+        Ok(Err(e)) => return (false, Err(e)),
+        Err(_) => {
+            let late = "the gateway did not complete the handshake in time";
+            return (false, Err(TunnelError::Lost(late.into())));
+        }
+    };
+    (true, serve(connection, options).await)
 }
 
 type Connection = h2::server::Connection<tokio_rustls::client::TlsStream<TcpStream>, Bytes>;
@@ -204,6 +209,20 @@ impl Permits {
         else {
             return true;
         };
+        if let Some(path) = reference.strip_prefix("file:") {
+            // A path is matched segment by segment, and only a plain absolute one: with
+            // `..` (or `.`, or `//`) a name under an allowed directory could lead out of it.
+            let plain = path.starts_with('/')
+                && path[1..]
+                    .split('/')
+                    .all(|segment| !matches!(segment, "" | "." | ".."));
+            return plain
+                && (self.secrets.is_empty()
+                    || self.secrets.iter().any(|p| {
+                        p.strip_prefix("file:")
+                            .is_some_and(|pattern| path_matches(pattern, path))
+                    }));
+        }
         self.secrets.is_empty() || self.secrets.iter().any(|p| glob_exact(p, reference))
     }
 }
@@ -217,6 +236,14 @@ pub fn address_matches(pattern: &str, address: &str) -> bool {
     };
     let (pl, al): (Vec<&str>, Vec<&str>) = (ph.split('.').collect(), ah.split('.').collect());
     pl.len() == al.len() && pl.iter().zip(&al).all(|(p, a)| glob_exact(p, a)) && glob_exact(pp, ap)
+}
+
+/// A file path against a pattern whose `*` stays within one path segment:
+/// `/run/secrets/*` matches `/run/secrets/pg` but not `/run/secrets/a/b`.
+fn path_matches(pattern: &str, path: &str) -> bool {
+    let (ps, ts): (Vec<&str>, Vec<&str>) =
+        (pattern.split('/').collect(), path.split('/').collect());
+    ps.len() == ts.len() && ps.iter().zip(&ts).all(|(p, t)| glob_exact(p, t))
 }
 
 async fn serve_stream(
@@ -352,6 +379,26 @@ mod tests {
         assert!(!allowed.secret(Some("env:AWS_SECRET_ACCESS_KEY")));
         assert!(!allowed.secret(Some("file:/root/.aws/credentials")));
         assert!(allowed.secret(Some("a literal from the gateway")));
+        let files = Permits {
+            targets: vec![],
+            secrets: vec!["file:/run/secrets/*".into()],
+        };
+        assert!(files.secret(Some("file:/run/secrets/pg")));
+        for escape in [
+            "file:/run/secrets/../../etc/shadow",
+            "file:/run/secrets/..",
+            "file:/run/secrets/./pg",
+            "file:/run/secrets//pg",
+            "file:/run/secrets/a/b",
+            "file:run/secrets/pg",
+            "file:/run/secrets",
+        ] {
+            assert!(!files.secret(Some(escape)), "{escape}");
+        }
+        // Even without --allow-secret, a path must be plain.
+        let open = Permits::default();
+        assert!(open.secret(Some("file:/etc/sluice/pg")));
+        assert!(!open.secret(Some("file:/etc/sluice/../shadow")));
         assert!(allowed.secret(None));
         assert!(allowed.target("anything:1"));
     }

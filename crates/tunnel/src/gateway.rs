@@ -4,10 +4,11 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use h2::client::SendRequest;
+use sluice_core::handshakes::{Handshake, Handshakes};
 use sluice_postgres::{CancelKey, Upstream, UpstreamError};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
@@ -24,6 +25,11 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Tunnels still in TLS or hello at once: what unauthenticated peers can make the
 /// gateway hold. More are dropped at once.
 const MAX_HANDSHAKES: usize = 256;
+/// Of those, what one address may hold: a host that opens sockets and says nothing cannot
+/// keep every agent out.
+const MAX_HANDSHAKES_PER_ADDRESS: usize = 16;
+/// How often dropped handshakes are reported while they go on.
+const DROP_WARNING_EVERY: Duration = Duration::from_secs(10);
 /// The largest hello accepted (a key and a version string).
 const MAX_HELLO: usize = 4096;
 /// Tunnels one agent name may keep open at once (standbys included).
@@ -111,6 +117,8 @@ impl Agents {
         keys: Arc<dyn AgentKeys>,
     ) -> std::io::Result<()> {
         let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+        let per_address = Handshakes::new(MAX_HANDSHAKES_PER_ADDRESS);
+        let (mut dropped, mut last_warned) = (0u64, None);
         loop {
             let (tcp, addr) = match listener.accept().await {
                 Ok(accepted) => accepted,
@@ -122,10 +130,22 @@ impl Agents {
                     continue;
                 }
             };
-            let Ok(permit) = handshakes.clone().try_acquire_owned() else {
-                debug!(agent_addr = %addr, "too many tunnel handshakes at once; dropped");
+            let counted = per_address.begin(addr.ip());
+            let permit = handshakes.clone().try_acquire_owned();
+            let (Some(counted), Ok(permit)) = (counted, permit) else {
+                // Visible to the operator (agents may be locked out), but not a line per
+                // dropped socket during a flood.
+                dropped += 1;
+                if last_warned.is_none_or(|at: Instant| at.elapsed() >= DROP_WARNING_EVERY) {
+                    warn!(agent_addr = %addr, dropped, "too many tunnel handshakes at once (from this address, or in all); dropping new ones");
+                    last_warned = Some(Instant::now());
+                    dropped = 0;
+                } else {
+                    debug!(agent_addr = %addr, "tunnel handshake dropped");
+                }
                 continue;
             };
+            let permit = (permit, counted);
             let (agents, tls, keys) = (self.clone(), tls.clone(), keys.clone());
             tokio::spawn(async move {
                 if let Err(e) = agents
@@ -144,7 +164,7 @@ impl Agents {
         address: String,
         tls: TlsAcceptor,
         keys: Arc<dyn AgentKeys>,
-        handshake: tokio::sync::OwnedSemaphorePermit,
+        handshake: (tokio::sync::OwnedSemaphorePermit, Handshake),
     ) -> Result<(), String> {
         tcp.set_nodelay(true).map_err(|e| e.to_string())?;
         let hello = async {
@@ -205,7 +225,13 @@ impl Agents {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             name: name.clone(),
             address: address.clone(),
-            version: hello.version.chars().take(64).collect(),
+            // Shown in logs and `agents list`: printable ASCII only.
+            version: hello
+                .version
+                .chars()
+                .filter(|c| c.is_ascii_graphic() || *c == ' ')
+                .take(64)
+                .collect(),
             since: SystemTime::now(),
             sessions: AtomicUsize::new(0),
             requests,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use sluice_postgres::codec;
 
-use crate::support::{pg, Gateway};
+use crate::support::{connect_from, pg, Gateway};
 
 pub fn connect(gw: &Gateway) -> TcpStream {
     let s = TcpStream::connect(("127.0.0.1", gw.pg_port)).unwrap();
@@ -47,23 +47,6 @@ pub fn error_code(messages: &[(u8, Vec<u8>)]) -> Option<(String, String)> {
 /// A raw client logged in through the gateway, positioned after ReadyForQuery.
 pub fn logged_in(gw: &Gateway, db: &str, user: &str, token: &str) -> TcpStream {
     log_in(connect(gw), db, user, token)
-}
-
-/// A connection to the gateway from another loopback address (`127.0.0.2`, say).
-fn connect_from(gw: &Gateway, source: &str) -> TcpStream {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()
-        .unwrap();
-    let s = runtime.block_on(async {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
-        let addr = format!("127.0.0.1:{}", gw.pg_port).parse().unwrap();
-        socket.connect(addr).await.unwrap().into_std().unwrap()
-    });
-    s.set_nonblocking(false).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s
 }
 
 fn log_in(mut s: TcpStream, db: &str, user: &str, token: &str) -> TcpStream {
@@ -380,7 +363,7 @@ fn one_address_cannot_hold_every_slot_unauthenticated() {
     assert!(!ok && err.contains("too many clients"), "{err}");
     // Another address is served meanwhile.
     let mut other = log_in(
-        connect_from(&gw, "127.0.0.2"),
+        connect_from("127.0.0.2", gw.pg_port),
         "handshake_db",
         "hal",
         &token,

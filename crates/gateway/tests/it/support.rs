@@ -770,3 +770,21 @@ pub fn spawn_ready(command: &mut Command) -> Child {
     assert_eq!(ready.trim(), "ready", "the test peer did not start");
     child
 }
+
+/// A TCP connection to 127.0.0.1:`port` from another loopback address (`127.0.0.2`, say):
+/// a second client host.
+pub fn connect_from(source: &str, port: u16) -> std::net::TcpStream {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    let s = runtime.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+        let addr = format!("127.0.0.1:{port}").parse().unwrap();
+        socket.connect(addr).await.unwrap().into_std().unwrap()
+    });
+    s.set_nonblocking(false).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}

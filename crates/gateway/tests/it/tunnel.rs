@@ -299,13 +299,16 @@ fn agent_and_gateway_failures_recover() {
         || remote_ok(&gw, &token),
     );
 
-    // The gateway restarts: the agent reconnects by itself.
-    gw.restart();
-    wait_until(
-        Duration::from_secs(20),
-        "the agent reconnects to a restarted gateway",
-        || remote_ok(&gw, &token),
-    );
+    // The gateway restarts, again and again: the agent reconnects by itself each time,
+    // promptly (a tunnel the gateway accepted starts the backoff afresh).
+    for _ in 0..4 {
+        gw.restart();
+        wait_until(
+            Duration::from_secs(5),
+            "the agent reconnects to a restarted gateway",
+            || remote_ok(&gw, &token),
+        );
+    }
 }
 
 #[test]
@@ -313,6 +316,17 @@ fn agent_keys_and_certificates_are_checked() {
     let gw = gateway("tunnel_keys_db");
     let token = gw.user_token("rita");
     let (key, fingerprint) = add_agent(&gw, "edge");
+
+    // A fingerprint that cannot be one is a usage error, not a retry loop.
+    let out = Command::new(sluice_bin())
+        .args(["agent", "--gateway"])
+        .arg(format!("https://127.0.0.1:{}", gw.tunnel_port))
+        .args(["--fingerprint", "abc"])
+        .env("SLUICE_AGENT_KEY", &key)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("64 hex digits"));
 
     // A wrong key.
     let forged = format!("sla_{}_{}", &key[4..12], "x".repeat(32));
@@ -352,6 +366,24 @@ fn agent_keys_and_certificates_are_checked() {
     assert_eq!(agent_state(&gw, "edge")["state"], "revoked");
     // Keys never show up in the gateway's files.
     assert!(!gw.everything_written().contains(&key));
+}
+
+/// A host that opens tunnel sockets and says nothing holds at most 16 handshake slots: an
+/// agent from elsewhere still gets in.
+#[test]
+fn idle_sockets_from_one_address_cannot_keep_agents_out() {
+    let gw = gateway("tunnel_flood_db");
+    let token = gw.user_token("rita");
+    let (key, fingerprint) = add_agent(&gw, "edge");
+    let idle: Vec<_> = (0..300)
+        .map(|_| crate::support::connect_from("127.0.0.2", gw.tunnel_port))
+        .collect();
+    let _agent = Agent::start(&gw, &key, &fingerprint);
+    wait_until(Duration::from_secs(10), "the agent connects", || {
+        remote_ok(&gw, &token)
+    });
+    assert!(gw.log().contains("too many tunnel handshakes"));
+    drop(idle);
 }
 
 #[test]
