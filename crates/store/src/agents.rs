@@ -48,7 +48,8 @@ fn agent_from_row(row: &Row<'_>) -> rusqlite::Result<AgentRow> {
 }
 
 impl Store {
-    /// Registers an agent. Fails with [`StoreError::AgentExists`] if the name is taken.
+    /// Registers an agent, or gives a revoked one a new key (how a key is rotated: revoke,
+    /// then add again). Fails with [`StoreError::AgentExists`] if the name is in use.
     pub fn add_agent(
         &self,
         name: &str,
@@ -59,7 +60,9 @@ impl Store {
         self.write(|tx| {
             let inserted = tx.execute(
                 "INSERT INTO agents (name, key_id, key_hash, created_ms) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (name) DO NOTHING",
+                 ON CONFLICT (name) DO UPDATE
+                 SET key_id = ?2, key_hash = ?3, created_ms = ?4, revoked_ms = NULL, state = '[]'
+                 WHERE agents.revoked_ms IS NOT NULL",
                 params![name, key_id, key_hash, now_ms],
             )?;
             if inserted == 0 {
@@ -148,5 +151,14 @@ mod tests {
             Some(9)
         );
         assert_eq!(store.agent_by_key_hash("nope").unwrap(), None);
+        // A revoked name takes a new key; the old one stays unknown.
+        store.add_agent("edge", "k3", "hash-3", 10).unwrap();
+        assert_eq!(store.agent_by_key_hash("hash-1").unwrap(), None);
+        let renewed = store.agent_by_key_hash("hash-3").unwrap().unwrap();
+        assert_eq!((renewed.name.as_str(), renewed.revoked_ms), ("edge", None));
+        assert!(matches!(
+            store.add_agent("edge", "k4", "hash-4", 11),
+            Err(StoreError::AgentExists(_))
+        ));
     }
 }

@@ -36,7 +36,7 @@ pub enum StoreError {
         "a refresh handle of user \"{0}\" was used twice: all of their refresh handles are revoked"
     )]
     RefreshReused(String),
-    #[error("agent \"{0}\" already exists")]
+    #[error("agent \"{0}\" already exists (to give it a new key: sluice agents revoke {0}, then add it again)")]
     AgentExists(String),
     #[error("user \"{0}\" belongs to another identity at the provider")]
     IdentityMismatch(String),

@@ -364,8 +364,25 @@ fn agent_keys_and_certificates_are_checked() {
         || agent.log().contains("has been revoked"),
     );
     assert_eq!(agent_state(&gw, "edge")["state"], "revoked");
+    // A name in use cannot be added again; a revoked one can, with a new key (rotation):
+    // the new key serves the same connections, the old one stays refused.
+    let taken = gw.cli(&["agents", "add", "other-edge"]);
+    assert!(taken.status.success());
+    let again = gw.cli(&["agents", "add", "other-edge"]);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+    let (new_key, _) = add_agent(&gw, "edge");
+    drop(agent);
+    let renewed = Agent::start(&gw, &new_key, &fingerprint);
+    wait_until(Duration::from_secs(10), "the new key serves", || {
+        remote_ok(&gw, &token)
+    });
+    wait_until(Duration::from_secs(5), "agents list shows it", || {
+        agent_state(&gw, "edge")["state"] == "connected"
+    });
+    drop(renewed);
     // Keys never show up in the gateway's files.
     assert!(!gw.everything_written().contains(&key));
+    assert!(!gw.everything_written().contains(&new_key));
 }
 
 /// A host that opens tunnel sockets and says nothing holds at most 16 handshake slots: an
