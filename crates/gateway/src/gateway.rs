@@ -12,7 +12,7 @@ use sluice_auth::Tokens;
 use sluice_postgres::{Frontend, FrontendConfig, TlsMode};
 use sluice_store::Store;
 use tokio::net::TcpListener;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::access::Access;
 use crate::agents::{Connectors, StoreKeys};
@@ -53,6 +53,7 @@ pub async fn run(config: Config) -> Result<File> {
             config.store_path().display()
         )
     })?);
+    warn_unregistered_agents(&config, &store)?;
     let stale = store.end_open_sessions(now_ms(), "gateway restarted")?;
     if stale > 0 {
         info!(
@@ -275,7 +276,28 @@ pub async fn run(config: Config) -> Result<File> {
     let (seq, hash) = audit.synced_head();
     store.set_audit_anchor(seq, &hash, now_ms())?;
     store.end_open_sessions(now_ms(), "gateway stopped")?;
+    // Its tunnels end with it: `agents list` must not show them connected meanwhile.
+    store.set_agent_states(&[], now_ms())?;
     Ok(lock)
+}
+
+/// Warns about connections whose agent cannot serve them as things stand: not registered
+/// (a typo, or `sluice agents add` not run yet), or revoked. They start anyway: the agent
+/// may be added while the gateway runs.
+fn warn_unregistered_agents(config: &Config, store: &Store) -> Result<()> {
+    let agents = store.list_agents()?;
+    for connection in config.connections.iter().filter(|c| c.agent != "embedded") {
+        match agents.iter().find(|a| a.name == connection.agent) {
+            None => warn!(connection = %connection.name, agent = %connection.agent,
+                "the connection names an agent that is not registered; add it with `sluice agents add`"),
+            Some(a) if a.revoked_ms.is_some() => {
+                warn!(connection = %connection.name, agent = %connection.agent,
+                "the connection names an agent whose key is revoked; give it a new one with `sluice agents add`")
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
 }
 
 /// Notes the audit log's durable head in the metadata store every few seconds, so that

@@ -309,6 +309,12 @@ fn agent_and_gateway_failures_recover() {
             || remote_ok(&gw, &token),
         );
     }
+    // A stopped gateway has no tunnels: `agents list` says so at once.
+    wait_until(Duration::from_secs(5), "agents list shows it", || {
+        agent_state(&gw, "edge")["state"] == "connected"
+    });
+    gw.stop();
+    assert_eq!(agent_state(&gw, "edge")["state"], "disconnected");
 }
 
 #[test]
@@ -390,6 +396,10 @@ fn agent_keys_and_certificates_are_checked() {
 #[test]
 fn idle_sockets_from_one_address_cannot_keep_agents_out() {
     let gw = gateway("tunnel_flood_db");
+    // Started before its agent was added: the gateway says so.
+    assert!(gw
+        .log()
+        .contains("the connection names an agent that is not registered"));
     let token = gw.user_token("rita");
     let (key, fingerprint) = add_agent(&gw, "edge");
     let idle: Vec<_> = (0..300)
