@@ -70,6 +70,10 @@ pub enum EventBody {
         /// The agent context the whole session runs under (an MCP tool call's).
         #[serde(skip_serializing_if = "Option::is_none", default)]
         context: Option<Box<AgentContext>>,
+        /// The remote agent that opened the target connection (`NAME (ADDRESS)`), when
+        /// not the gateway itself.
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        served_by: Option<String>,
     },
     /// A session ended.
     SessionClose {

@@ -117,6 +117,9 @@ pub struct SessionInfo {
     /// The client cannot wait on a held statement (an MCP tool call): a review answers at
     /// once with its id, and the same statement passes once approved (`fail` mode).
     pub fail_fast_reviews: bool,
+    /// The remote agent that opened the target connection (`NAME (ADDRESS)`); `None` when
+    /// the gateway opened it itself.
+    pub served_by: Option<String>,
 }
 
 /// One statement (or API call) a client asked to run, already split and with secrets redacted.

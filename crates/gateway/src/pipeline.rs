@@ -609,6 +609,7 @@ impl Pipeline for GatewayPipeline {
                 application_name: session.application_name.clone(),
                 settings: session.client_settings.clone(),
                 context: self.context.session(session),
+                served_by: session.served_by.clone(),
             },
         );
         let positions = self

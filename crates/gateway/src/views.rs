@@ -345,11 +345,12 @@ fn add_event(events: &mut Vec<Value>, by_statement: &mut HashMap<u64, usize>, r:
             client_addr,
             settings,
             context,
+            served_by,
             ..
         } => events.push(with_statement_keys(json!({
             "seq": r.seq, "time": time, "kind": "session_open",
             "client_addr": client_addr, "tls": tls, "application_name": application_name,
-            "context": context,
+            "context": context, "served_by": served_by,
             "settings": settings.into_iter().map(|(k, v)| (k, Value::String(v))).collect::<serde_json::Map<String, Value>>(),
         }))),
         EventBody::Statement {

@@ -485,6 +485,7 @@ impl<P: Pipeline, C: Connector> Frontend<P, C> {
             client_settings,
             agent_context: client.agent_context,
             fail_fast_reviews: client.fail_fast_reviews,
+            served_by: upstream.served_by.clone(),
         });
         let masking = match self.session_masking(&info) {
             Ok(m) => m,

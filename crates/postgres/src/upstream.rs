@@ -56,6 +56,8 @@ pub struct Upstream {
     pub cancel: CancelKey,
     /// Transaction status of the first ReadyForQuery (normally `I`).
     pub txn_status: u8,
+    /// The remote agent that opened it (`NAME (ADDRESS)`); `None`: this process did.
+    pub served_by: Option<String>,
 }
 
 /// Errors safe to show to a client: none carries a credential.
@@ -159,6 +161,7 @@ async fn connect_inner(
                     startup_frames,
                     cancel,
                     txn_status,
+                    served_by: None,
                 });
             }
             b'E' => return Err(rejected(&body)),

@@ -294,6 +294,7 @@ impl Agents {
                     startup_frames: BytesMut::from(&startup_frames[..]),
                     cancel: CancelKey { pid, key },
                     txn_status,
+                    served_by: Some(format!("{} ({})", link.name, link.address)),
                 }),
                 (_, Reply::Failed { message }) => Err(UpstreamError::Remote(message)),
                 (_, Reply::Done) => Err(UpstreamError::Protocol("unexpected agent reply".into())),

@@ -26,6 +26,7 @@ pub fn every_kind() -> Vec<Event> {
             application_name: Some("psql".into()),
             settings: vec![("options".into(), "-c search_path=app".into())],
             context: None,
+            served_by: Some("edge (10.0.0.9:40000)".into()),
         },
         EventBody::SessionOpen {
             user: "bot".into(),
@@ -36,6 +37,7 @@ pub fn every_kind() -> Vec<Event> {
             tls: false,
             application_name: None,
             settings: Vec::new(),
+            served_by: None,
             context: Some(Box::new(sluice_audit::AgentContext::from_pairs(&[
                 ("client", "cursor"),
                 ("conversation", "c-1"),

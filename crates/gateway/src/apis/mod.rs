@@ -1100,6 +1100,7 @@ impl ApiFrontend {
             client_settings: Vec::new(),
             agent_context: None,
             fail_fast_reviews: false,
+            served_by: None,
         };
         let control = Arc::new(EndFlag::default());
         self.pipeline

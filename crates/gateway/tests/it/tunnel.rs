@@ -232,6 +232,22 @@ fn remote_agent_serves_psql_and_pgbench() {
         .all_statements()
         .iter()
         .any(|s| s["statement"] == "SELECT current_database(), current_user"));
+    // Each session's record names the agent (and its address) that served it; embedded
+    // ones name none.
+    for session in gw.sessions() {
+        let events = gw.session(session["id"].as_str().unwrap())["events"].clone();
+        let open = &events[0];
+        assert_eq!(open["kind"], "session_open");
+        match session["connection"].as_str() {
+            Some("remote_db") => assert!(
+                open["served_by"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("edge (127.0.0.1:")),
+                "{open}"
+            ),
+            _ => assert!(open["served_by"].is_null(), "{open}"),
+        }
+    }
     // The credential never reached the gateway: it could not resolve it, and nothing
     // it wrote contains it.
     assert!(!gw.everything_written().contains(PG_PASSWORD));
