@@ -7,6 +7,8 @@
 
 use bytes::{BufMut, BytesMut};
 
+use crate::client_text::ClientText;
+
 /// Request codes of the untyped first packet.
 pub const SSL_REQUEST: i32 = 80_877_103;
 pub const GSSENC_REQUEST: i32 = 80_877_104;
@@ -66,13 +68,23 @@ pub fn read_cstr<'a>(
     Ok(s)
 }
 
-/// Like [`read_cstr`] for SQL text: bytes that are not UTF-8 (a client_encoding such as
-/// LATIN1) are recorded with replacement characters rather than ending the session. The
-/// statement delimiters the gateway looks for are ASCII, so they are unaffected.
+/// Like [`read_cstr`] for text a server sent (names, messages): what is not UTF-8 gets
+/// replacement characters rather than failing.
 pub fn read_cstr_lossy<'a>(
     body: &'a [u8],
     pos: &mut usize,
     what: &'static str,
+) -> Result<std::borrow::Cow<'a, str>, CodecError> {
+    read_cstr_in(body, pos, what, ClientText::Utf8)
+}
+
+/// Like [`read_cstr`] for SQL text, read in the session's client encoding (`text`). The
+/// statement delimiters the gateway looks for are ASCII, so no encoding moves them.
+pub fn read_cstr_in<'a>(
+    body: &'a [u8],
+    pos: &mut usize,
+    what: &'static str,
+    text: ClientText,
 ) -> Result<std::borrow::Cow<'a, str>, CodecError> {
     let rest = body.get(*pos..).ok_or(CodecError::Malformed { what })?;
     let end = rest
@@ -80,7 +92,7 @@ pub fn read_cstr_lossy<'a>(
         .position(|&b| b == 0)
         .ok_or(CodecError::Malformed { what })?;
     *pos += end + 1;
-    Ok(String::from_utf8_lossy(&rest[..end]))
+    Ok(text.decode(&rest[..end]))
 }
 
 pub fn read_i16(body: &[u8], pos: &mut usize, what: &'static str) -> Result<i16, CodecError> {
@@ -208,15 +220,19 @@ pub struct Param<'a> {
 }
 
 /// Parses the body of an inspected frontend message; `Ok(None)` for other tags.
-pub fn parse_frontend(tag: u8, body: &[u8]) -> Result<Option<FrontendMessage<'_>>, CodecError> {
+pub fn parse_frontend(
+    tag: u8,
+    body: &[u8],
+    text: ClientText,
+) -> Result<Option<FrontendMessage<'_>>, CodecError> {
     let mut pos = 0;
     let msg = match tag {
         b'Q' => FrontendMessage::Query {
-            sql: read_cstr_lossy(body, &mut pos, "Query")?,
+            sql: read_cstr_in(body, &mut pos, "Query", text)?,
         },
         b'P' => {
             let name = read_cstr(body, &mut pos, "Parse")?;
-            let sql = read_cstr_lossy(body, &mut pos, "Parse")?;
+            let sql = read_cstr_in(body, &mut pos, "Parse", text)?;
             let n = read_i16(body, &mut pos, "Parse")?;
             let mut param_types = Vec::with_capacity(n.max(0) as usize);
             for _ in 0..n.max(0) {
@@ -606,17 +622,24 @@ mod tests {
         for tag in [b'Q', b'P', b'B', b'E', b'C', b'F'] {
             for len in 0..24 {
                 let body: Vec<u8> = (0..len).map(|i| (i * 37 % 256) as u8).collect();
-                let _ = parse_frontend(tag, &body);
+                let _ = parse_frontend(tag, &body, ClientText::Utf8);
             }
         }
-        assert!(parse_frontend(b'B', b"\0\0\0\x01\0\x01\0\x01\xff\xff\xff\x00").is_err());
+        assert!(parse_frontend(
+            b'B',
+            b"\0\0\0\x01\0\x01\0\x01\xff\xff\xff\x00",
+            ClientText::Utf8
+        )
+        .is_err());
     }
 
     #[test]
     fn bind_params_with_formats() {
         // portal "", statement "s1", 1 format (binary), 2 params: 4 bytes, NULL
         let body = b"\0s1\0\0\x01\0\x01\0\x02\0\0\0\x04\0\0\0\x2a\xff\xff\xff\xff\0\0";
-        let m = parse_frontend(b'B', body).unwrap().unwrap();
+        let m = parse_frontend(b'B', body, ClientText::Utf8)
+            .unwrap()
+            .unwrap();
         let FrontendMessage::Bind {
             params, statement, ..
         } = m

@@ -9,6 +9,7 @@
 //! This crate knows wire formats and nothing of policy, audit storage or configuration.
 
 pub mod catalog;
+pub mod client_text;
 pub mod codec;
 pub mod frontend;
 pub mod inprocess;

@@ -1,5 +1,6 @@
 //! Rendering bind parameter values as text for the audit record.
 
+use crate::client_text::ClientText;
 use crate::codec::Param;
 
 /// Longest rendered value kept in the audit record; longer ones are cut and marked, so
@@ -7,17 +8,17 @@ use crate::codec::Param;
 const MAX_RENDERED: usize = 1024;
 
 /// Renders each parameter: text-format values as they are, binary ones decoded by type
-/// OID where the type is known, hex (`\x…`) otherwise.
-pub fn render_params(params: &[Param<'_>], types: &[u32]) -> Vec<Option<String>> {
+/// OID where the type is known, hex (`\x…`) otherwise; text read in the client encoding.
+pub fn render_params(params: &[Param<'_>], types: &[u32], text: ClientText) -> Vec<Option<String>> {
     params
         .iter()
         .enumerate()
         .map(|(i, p)| {
             p.value.map(|v| {
                 let text = if p.binary {
-                    render_binary(types.get(i).copied().unwrap_or(0), v)
+                    render_binary(types.get(i).copied().unwrap_or(0), v, text)
                 } else {
-                    String::from_utf8_lossy(v).into_owned()
+                    text.decode(v).into_owned()
                 };
                 truncate(text)
             })
@@ -25,7 +26,7 @@ pub fn render_params(params: &[Param<'_>], types: &[u32]) -> Vec<Option<String>>
         .collect()
 }
 
-fn render_binary(oid: u32, v: &[u8]) -> String {
+fn render_binary(oid: u32, v: &[u8], text: ClientText) -> String {
     let decoded = match (oid, v.len()) {
         (16, 1) => Some((v[0] != 0).to_string()),
         (21, 2) => Some(i16::from_be_bytes([v[0], v[1]]).to_string()),
@@ -34,9 +35,10 @@ fn render_binary(oid: u32, v: &[u8]) -> String {
         (700, 4) => v.try_into().ok().map(|b| f32::from_be_bytes(b).to_string()),
         (701, 8) => v.try_into().ok().map(|b| f64::from_be_bytes(b).to_string()),
         // text, varchar, bpchar, name, json, xml, unknown: binary form is the text itself
-        (25 | 1043 | 1042 | 19 | 114 | 142 | 705, _) => {
-            std::str::from_utf8(v).ok().map(str::to_owned)
-        }
+        (25 | 1043 | 1042 | 19 | 114 | 142 | 705, _) => match text {
+            ClientText::Utf8 => std::str::from_utf8(v).ok().map(str::to_owned),
+            _ => Some(text.decode(v).into_owned()),
+        },
         (2950, 16) => Some(uuid(v)),
         _ => None,
     };
@@ -98,7 +100,7 @@ mod tests {
             },
             p(true, &[1, 2]),
         ];
-        let out = render_params(&params, &[25, 23, 0, 0]);
+        let out = render_params(&params, &[25, 23, 0, 0], ClientText::Utf8);
         assert_eq!(
             out,
             vec![
@@ -113,7 +115,7 @@ mod tests {
     #[test]
     fn long_values_are_cut_on_char_boundaries() {
         let long = "é".repeat(2000);
-        let out = render_params(&[p(false, long.as_bytes())], &[]);
+        let out = render_params(&[p(false, long.as_bytes())], &[], ClientText::Utf8);
         let s = out[0].as_deref().unwrap_or_default();
         assert!(s.ends_with("…(4000 bytes)"));
         assert!(s.len() < 1100);

@@ -418,6 +418,75 @@ fn a_rejected_redefinition_runs_nothing_after_it_in_its_batch() {
     assert_eq!(run["status"], "not_executed", "{events:#?}");
 }
 
+/// In a single-byte client_encoding (LATIN1, WIN1252, …) non-ASCII text is read as the
+/// server reads it: a rule naming a non-ASCII table applies, and the record holds the
+/// characters that ran (and tells `'café'` from `'cafè'`).
+#[test]
+fn single_byte_encodings_are_read_as_the_server_reads_them() {
+    pg().create_db("enc_latin1");
+    pg().psql_admin(
+        "enc_latin1",
+        "CREATE TABLE \"cafés\"(id int); INSERT INTO \"cafés\" VALUES (1); CREATE TABLE t(s text)",
+    );
+    let gw = Gateway::start_with(
+        "enc_latin1",
+        "",
+        "policies:\n  - { name: no-cafes, match: { tables: [\"cafés\"] }, action: deny }\n",
+    );
+    let token = gw.user_token("eve");
+    let mut s = logged_in(&gw, "enc_latin1", "eve", &token);
+    let mut out = BytesMut::new();
+    query(&mut out, "SET client_encoding TO 'LATIN1'");
+    msg(&mut out, b'Q', b"SELECT * FROM caf\xe9s\0");
+    msg(
+        &mut out,
+        b'Q',
+        b"INSERT INTO t VALUES ('caf\xe9'), ('caf\xe8')\0",
+    );
+    s.write_all(&out).unwrap();
+    read_messages(&mut s, b'Z');
+    let (code, message) = error_code(&read_messages(&mut s, b'Z')).expect("refused");
+    assert_eq!(code, "42501", "{message}");
+    assert!(error_code(&read_messages(&mut s, b'Z')).is_none());
+    // A text parameter in the same encoding.
+    let mut out = BytesMut::new();
+    parse(&mut out, "", "INSERT INTO t VALUES ($1)");
+    let mut body = b"\0\0\0\0\0\x01".to_vec();
+    body.extend_from_slice(&4i32.to_be_bytes());
+    body.extend_from_slice(b"\xfcber");
+    body.extend_from_slice(&[0, 0]);
+    msg(&mut out, b'B', &body);
+    execute(&mut out, "");
+    sync(&mut out);
+    s.write_all(&out).unwrap();
+    assert!(error_code(&read_messages(&mut s, b'Z')).is_none());
+    drop(s);
+    assert_eq!(
+        pg().psql_admin(
+            "enc_latin1",
+            "SELECT string_agg(s, ',' ORDER BY s COLLATE \"C\") FROM t"
+        )
+        .trim(),
+        "cafè,café,über"
+    );
+    gw.wait_sessions_closed();
+    let statements = gw.all_statements();
+    let texts: Vec<&str> = statements
+        .iter()
+        .filter_map(|e| e["statement"].as_str())
+        .collect();
+    assert!(texts.contains(&"SELECT * FROM cafés"), "{texts:?}");
+    assert!(
+        texts.contains(&"INSERT INTO t VALUES ('café'), ('cafè')"),
+        "{texts:?}"
+    );
+    let bound = statements
+        .iter()
+        .find(|e| e["statement"] == "INSERT INTO t VALUES ($1)")
+        .unwrap();
+    assert_eq!(bound["params"][0], "über", "{bound:#}");
+}
+
 /// In SJIS (and similar encodings) a multibyte character can end in `\`, so the server can
 /// split a string differently from the gateway: non-ASCII statements are refused there,
 /// even when the encoding is switched by a statement pipelined just before.

@@ -543,7 +543,8 @@ impl<P: Pipeline> ClientToServer<P> {
         range: Range<usize>,
         requests: &mut Vec<Request>,
     ) -> Result<Action, String> {
-        let msg = codec::parse_frontend(tag, body).map_err(|e| e.to_string())?;
+        let client_text = lock(&self.shared.state).client_text;
+        let msg = codec::parse_frontend(tag, body, client_text).map_err(|e| e.to_string())?;
         let action = match (tag, msg) {
             (_, Some(FrontendMessage::Query { sql })) => {
                 let refused = Refused::query(&sql);
@@ -649,7 +650,7 @@ impl<P: Pipeline> ClientToServer<P> {
                         Vec::new(),
                     ),
                 };
-                let params = render_params(&params, &types);
+                let params = render_params(&params, &types, state.client_text);
                 let epoch = state.epoch();
                 let from_unnamed = statement.is_empty().then(|| portal.to_owned());
                 match state
@@ -722,7 +723,7 @@ impl<P: Pipeline> ClientToServer<P> {
                     id,
                     kind: RequestKind::Execute,
                     text: format!("<fast-path function call, oid {oid}>"),
-                    params: render_params(&args, &[]),
+                    params: render_params(&args, &[], lock(&self.shared.state).client_text),
                     statement_name: None,
                     refusal: None,
                 });

@@ -15,6 +15,7 @@ use bytes::BytesMut;
 use sluice_core::{Outcome, OutcomeStatus};
 
 use super::names::{Names, Undo};
+use crate::client_text::ClientText;
 use crate::codec;
 
 /// One answer the server owes.
@@ -183,6 +184,8 @@ pub(super) struct State {
     /// The session's client_encoding when it is one whose multibyte characters can
     /// contain `\` or `;` (see `codec::encoding_hides_delimiters`).
     pub unsafe_encoding: Option<String>,
+    /// How the client's text reads in its client_encoding.
+    pub client_text: ClientText,
     /// Frames to send instead of the server's ErrorResponse just observed (a refusal).
     replacement: Option<BytesMut>,
     /// The frame just observed answered the gateway's own Describe: not for the client.
@@ -204,6 +207,7 @@ impl State {
     pub fn set_client_encoding(&mut self, encoding: &str) {
         self.unsafe_encoding =
             codec::encoding_hides_delimiters(encoding).then(|| encoding.to_owned());
+        self.client_text = ClientText::named(encoding);
     }
 
     /// ReadyForQuery-producing messages queued so far (the epoch of a Bind).
