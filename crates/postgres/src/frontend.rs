@@ -72,6 +72,7 @@ pub struct Frontend<P, C> {
     slots: Arc<tokio::sync::Semaphore>,
     /// Connections from each address that have not authenticated yet.
     handshakes: Handshakes,
+    large_messages: Arc<session::LargeMessages>,
 }
 
 /// Startup parameters the gateway owns and does not forward.
@@ -198,6 +199,7 @@ impl<P: Pipeline, C: Connector> Frontend<P, C> {
             connector,
             slots: Arc::new(tokio::sync::Semaphore::new(config.max_connections)),
             handshakes: Handshakes::new(MAX_HANDSHAKES_PER_ADDRESS),
+            large_messages: Arc::new(session::LargeMessages::new(config.max_message_bytes)),
             config,
             cancels: Mutex::new(HashMap::new()),
             catalogs: Mutex::new(HashMap::new()),
@@ -531,6 +533,7 @@ impl<P: Pipeline, C: Connector> Frontend<P, C> {
                     end: end.clone(),
                     masking,
                     cancel_target,
+                    large_messages: self.large_messages.clone(),
                 },
             )
             .await

@@ -325,6 +325,43 @@ fn a_session_the_target_ends_is_recorded_as_ended_by_the_target() {
     );
 }
 
+/// Large statements from many sessions at once are all served (they take turns within
+/// the memory budget for large messages), and each session's buffer shrinks after one.
+#[test]
+fn large_statements_from_many_sessions_at_once_are_all_served() {
+    pg().create_db("large_db");
+    let gw = std::sync::Arc::new(Gateway::start("large_db", ""));
+    let token = gw.user_token("lars");
+    let clients: Vec<_> = (0..6)
+        .map(|i| {
+            let (gw, token) = (gw.clone(), token.clone());
+            std::thread::spawn(move || {
+                let mut s = logged_in(&gw, "large_db", "lars", &token);
+                let filler = "x".repeat(3 << 20);
+                let mut out = BytesMut::new();
+                crate::evasion::query(
+                    &mut out,
+                    &format!("SELECT {i} AS n, length('{filler}') AS len"),
+                );
+                // Twice in a row: the second one reuses or re-takes its share.
+                let first = out.clone();
+                out.extend_from_slice(&first);
+                s.write_all(&out).unwrap();
+                for _ in 0..2 {
+                    let answer = read_messages(&mut s, b'Z');
+                    assert!(error_code(&answer).is_none(), "{:?}", error_code(&answer));
+                    let row = answer.iter().find(|(tag, _)| *tag == b'D').unwrap();
+                    assert!(row.1.ends_with(b"3145728"), "session {i}");
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    assert!(gw.verify().status.success());
+}
+
 /// A password message is the token and its terminator, nothing after it (as PostgreSQL).
 #[test]
 fn a_password_message_with_bytes_after_the_token_is_refused() {

@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 
 use super::names::{Define, Statement, Undo};
 use super::queue::{not_executed, Exec, Expect, State};
-use super::{io_reason, lock, refusal_portal, ClientHold, Shared, READ_BUFFER};
+use super::{io_reason, lock, refusal_portal, ClientHold, LargeMessages, Shared, READ_BUFFER};
 
 /// Sent in place of a refused Query: it fails to parse, so it has no effect but the error.
 const REFUSAL_QUERY: &str = "SLUICE REFUSED THIS STATEMENT";
@@ -24,6 +24,9 @@ use crate::stream::BoxStream;
 
 /// Answers a session may owe before the gateway stops reading from its client.
 const MAX_OWED: usize = 100_000;
+
+/// A message longer than this takes its size from [`LargeMessages`] while it is read.
+const LARGE_MESSAGE: usize = 1 << 20;
 
 /// Longest wait for the server to settle a definition a message depends on.
 const SETTLE_WAIT: Duration = Duration::from_secs(30);
@@ -59,6 +62,8 @@ pub(super) struct ClientToServer<P> {
     /// The scan in which a statement that may change client_encoding was read; later
     /// statements wait until the server has answered it.
     pub encoding_barrier: Option<u64>,
+    /// What all sessions may hold at once of large messages being read.
+    pub large_messages: Arc<LargeMessages>,
 }
 
 /// One frontend message of a read, and what to do with it once decided.
@@ -148,6 +153,9 @@ struct Scan {
     actions: Vec<Action>,
     requests: Vec<Request>,
     consumed: usize,
+    /// The length of the message the read ends inside of (other than CopyData), which
+    /// must be whole before it is read.
+    incomplete: Option<usize>,
     streaming: Option<usize>,
     /// Stopped before a message that must wait for the server's answers.
     waiting: bool,
@@ -160,6 +168,8 @@ impl<P: Pipeline> ClientToServer<P> {
         let mut passthrough: usize = 0;
         // A message at the front of `buf` waits for the server's answers.
         let mut waiting = false;
+        // The share of the sessions' budget for large messages held while one is read.
+        let mut large: Option<(usize, tokio::sync::OwnedSemaphorePermit)> = None;
         // `buf` got more input while the pipeline held a statement.
         let mut read_ahead = false;
         loop {
@@ -203,6 +213,20 @@ impl<P: Pipeline> ClientToServer<P> {
                     return Err(C2sEnd::Fatal(message));
                 }
             };
+            // A large message is read only with its size taken from the budget all sessions
+            // share, so that many of them at once cannot exhaust memory: the client waits
+            // (its socket is not read) until there is room.
+            match scan.incomplete.filter(|n| *n > LARGE_MESSAGE) {
+                Some(n) if large.as_ref().is_none_or(|(held, _)| *held != n) => {
+                    // The share for an earlier message goes back before more is taken.
+                    drop(large.take());
+                    let want = n.min(self.large_messages.budget) as u32;
+                    let budget = self.large_messages.available.clone();
+                    large = budget.acquire_many_owned(want).await.ok().map(|p| (n, p));
+                }
+                Some(_) => {}
+                None => large = None,
+            }
             waiting = scan.waiting;
             if !waiting {
                 self.waiting_since = None;
@@ -290,7 +314,10 @@ impl<P: Pipeline> ClientToServer<P> {
             if terminate {
                 return Ok(());
             }
-            if buf.capacity() - buf.len() < 1024 {
+            if buf.is_empty() && buf.capacity() > 4 * READ_BUFFER {
+                // What a large message took goes back, instead of staying with the session.
+                buf = BytesMut::with_capacity(READ_BUFFER);
+            } else if buf.capacity() - buf.len() < 1024 {
                 buf.reserve(READ_BUFFER);
             }
         }
@@ -309,6 +336,7 @@ impl<P: Pipeline> ClientToServer<P> {
             actions: Vec::new(),
             requests: Vec::new(),
             consumed: 0,
+            incomplete: None,
             streaming: None,
             waiting: false,
         };
@@ -332,6 +360,7 @@ impl<P: Pipeline> ClientToServer<P> {
                         h.body_len, self.max_message
                     ));
                 }
+                scan.incomplete = Some(total);
                 break;
             }
             let range = pos..pos + total;

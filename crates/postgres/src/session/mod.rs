@@ -47,6 +47,30 @@ const DRAIN: Duration = Duration::from_secs(10);
 /// for a client that left.
 const DRAIN_AFTER_CANCEL: Duration = Duration::from_secs(5);
 
+/// Memory all sessions together may hold for large client messages (Query, Parse, Bind of
+/// more than 1 MiB) while they are read whole; each may be up to `max_message_bytes`.
+pub(crate) struct LargeMessages {
+    available: Arc<tokio::sync::Semaphore>,
+    budget: usize,
+}
+
+impl LargeMessages {
+    /// Bytes all sessions may hold at once: [`LARGE_MESSAGE_BUDGET`], or one largest
+    /// message if that is more.
+    pub(crate) fn new(max_message: usize) -> Self {
+        let budget = LARGE_MESSAGE_BUDGET
+            .max(max_message)
+            .min(tokio::sync::Semaphore::MAX_PERMITS)
+            .min(u32::MAX as usize);
+        LargeMessages {
+            available: Arc::new(tokio::sync::Semaphore::new(budget)),
+            budget,
+        }
+    }
+}
+
+const LARGE_MESSAGE_BUDGET: usize = 256 << 20;
+
 /// State both directions share.
 struct Shared {
     state: Mutex<State>,
@@ -221,6 +245,7 @@ pub(crate) struct Start<'a> {
     )>,
     /// Sends a CancelRequest for this session to the target.
     pub cancel_target: Pin<Box<dyn Future<Output = ()> + Send>>,
+    pub large_messages: Arc<LargeMessages>,
 }
 
 /// Runs the session until either side closes. Returns why it ended.
@@ -239,6 +264,7 @@ pub(crate) async fn run<P: Pipeline>(
         end,
         masking,
         cancel_target,
+        large_messages,
     } = start;
     let (client_r, client_w) = tokio::io::split(client);
     let (up_r, up_w) = tokio::io::split(upstream);
@@ -269,6 +295,7 @@ pub(crate) async fn run<P: Pipeline>(
         batches: 0,
         scans: 0,
         encoding_barrier: None,
+        large_messages,
     };
     let s2c = ServerToClient {
         pipeline: pipeline.clone(),
