@@ -134,6 +134,28 @@ pub enum EventBody {
         action: String,
         reason: String,
     },
+    /// A remote agent's tunnel was accepted (its key checked).
+    AgentConnected {
+        agent: String,
+        /// Where the tunnel came from, `ip:port`.
+        address: String,
+        /// The version the agent reported.
+        version: String,
+    },
+    /// A remote agent's tunnel ended.
+    AgentDisconnected {
+        agent: String,
+        address: String,
+        /// Closed, failed, silent (heartbeats), or the key was revoked.
+        reason: String,
+    },
+    /// A tunnel presented the key of a registered agent and was refused (the key is
+    /// revoked). Unknown keys are only logged.
+    AgentRefused {
+        agent: String,
+        address: String,
+        reason: String,
+    },
     /// A request, recorded before it is forwarded.
     Statement {
         /// Position of the statement within its session, from 1; with `session` it identifies the statement.

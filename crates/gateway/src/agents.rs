@@ -7,9 +7,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
 use sluice_agent::{EmbeddedAgent, PostgresTarget};
+use sluice_audit::{AuditWriter, Event, EventBody};
 use sluice_postgres::{CancelKey, Connector, Upstream, UpstreamError};
 use sluice_store::Store;
-use sluice_tunnel::gateway::{AgentKeys, Agents};
+use sluice_tunnel::gateway::{AgentRegistry, Agents};
 use sluice_tunnel::Target;
 use tracing::warn;
 
@@ -74,15 +75,58 @@ impl Connector for Connectors {
     }
 }
 
-/// Agent keys as the store has them.
-pub struct StoreKeys(pub Arc<Store>);
+/// How often a revoked key's attempts are recorded, per agent: its holder may keep trying.
+const REFUSALS_RECORDED_EVERY: Duration = Duration::from_secs(60);
 
-impl AgentKeys for StoreKeys {
-    fn authenticate(&self, key: &str) -> Result<String, String> {
+/// Agent keys as the store has them; agents' tunnels recorded in the audit log.
+pub struct StoreRegistry {
+    pub store: Arc<Store>,
+    pub audit: AuditWriter,
+    /// When a revoked key of each agent was last recorded.
+    refusals: std::sync::Mutex<HashMap<String, std::time::Instant>>,
+}
+
+impl StoreRegistry {
+    pub fn new(store: Arc<Store>, audit: AuditWriter) -> Self {
+        StoreRegistry {
+            store,
+            audit,
+            refusals: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Records a revoked key's attempt, at most once per [`REFUSALS_RECORDED_EVERY`].
+    fn refused(&self, agent: &str, address: &str, reason: &str) {
+        {
+            let mut last = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
+            let now = std::time::Instant::now();
+            if last
+                .get(agent)
+                .is_some_and(|at| now.duration_since(*at) < REFUSALS_RECORDED_EVERY)
+            {
+                return;
+            }
+            last.insert(agent.to_owned(), now);
+        }
+        self.audit.append(Event::now(
+            None,
+            EventBody::AgentRefused {
+                agent: agent.to_owned(),
+                address: address.to_owned(),
+                reason: reason.to_owned(),
+            },
+        ));
+    }
+}
+
+impl AgentRegistry for StoreRegistry {
+    fn authenticate(&self, key: &str, address: &str) -> Result<String, String> {
         let hash = sluice_auth::agent_key_hash(key).ok_or("malformed agent key")?;
-        match self.0.agent_by_key_hash(&hash) {
+        match self.store.agent_by_key_hash(&hash) {
             Ok(Some(agent)) if agent.revoked_ms.is_some() => {
-                Err(format!("the key of agent {} has been revoked", agent.name))
+                let reason = format!("the key of agent {} has been revoked", agent.name);
+                self.refused(&agent.name, address, &reason);
+                Err(reason)
             }
             Ok(Some(agent)) => Ok(agent.name),
             Ok(None) => Err("unknown agent key".into()),
@@ -91,6 +135,28 @@ impl AgentKeys for StoreKeys {
                 Err("the gateway cannot check agent keys right now".into())
             }
         }
+    }
+
+    fn connected(&self, name: &str, address: &str, version: &str) {
+        self.audit.append(Event::now(
+            None,
+            EventBody::AgentConnected {
+                agent: name.to_owned(),
+                address: address.to_owned(),
+                version: version.to_owned(),
+            },
+        ));
+    }
+
+    fn disconnected(&self, name: &str, address: &str, reason: &str) {
+        self.audit.append(Event::now(
+            None,
+            EventBody::AgentDisconnected {
+                agent: name.to_owned(),
+                address: address.to_owned(),
+                reason: reason.to_owned(),
+            },
+        ));
     }
 }
 

@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use tracing::{error, info, warn};
 
 use crate::access::Access;
-use crate::agents::{Connectors, StoreKeys};
+use crate::agents::{Connectors, StoreRegistry};
 use crate::api::{self, ApiState, ConnectionView};
 use crate::config::{self, Config, UpstreamTls};
 use crate::metrics::Metrics;
@@ -238,7 +238,11 @@ pub async fn run(config: Config) -> Result<File> {
                 info!(tunnel = ?config.listen.tunnel, "accepting remote agents");
                 remote_agents
                     .clone()
-                    .serve(listener, tunnel_tls, Arc::new(StoreKeys(store.clone())))
+                    .serve(
+                        listener,
+                        tunnel_tls,
+                        Arc::new(StoreRegistry::new(store.clone(), audit.clone())),
+                    )
                     .await
             }
             None => std::future::pending().await,

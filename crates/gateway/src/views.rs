@@ -448,6 +448,9 @@ fn add_event(events: &mut Vec<Value>, by_statement: &mut HashMap<u64, usize>, r:
         | EventBody::AccessDecided { .. }
         | EventBody::SignIn { .. }
         | EventBody::SignInFailure { .. }
+        | EventBody::AgentConnected { .. }
+        | EventBody::AgentDisconnected { .. }
+        | EventBody::AgentRefused { .. }
         | EventBody::Denied { .. } => {}
     }
 }

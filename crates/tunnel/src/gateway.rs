@@ -35,10 +35,15 @@ const MAX_HELLO: usize = 4096;
 /// Tunnels one agent name may keep open at once (standbys included).
 const MAX_TUNNELS_PER_AGENT: usize = 16;
 
-/// Who an agent key belongs to. Blocking (called off the async threads).
-pub trait AgentKeys: Send + Sync + 'static {
-    /// The agent's name, or why the key is refused (unknown, revoked).
-    fn authenticate(&self, key: &str) -> Result<String, String>;
+/// Who an agent key belongs to, and where its tunnels are put on record.
+pub trait AgentRegistry: Send + Sync + 'static {
+    /// The agent's name, or why the key (presented from `address`) is refused (unknown,
+    /// revoked). Blocking (called off the async threads).
+    fn authenticate(&self, key: &str, address: &str) -> Result<String, String>;
+    /// A tunnel of agent `name`, from `address`, was accepted.
+    fn connected(&self, name: &str, address: &str, version: &str);
+    /// That tunnel ended, and why.
+    fn disconnected(&self, name: &str, address: &str, reason: &str);
 }
 
 /// One connected agent.
@@ -114,7 +119,7 @@ impl Agents {
         self: Arc<Self>,
         listener: TcpListener,
         tls: TlsAcceptor,
-        keys: Arc<dyn AgentKeys>,
+        keys: Arc<dyn AgentRegistry>,
     ) -> std::io::Result<()> {
         let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
         let per_address = Handshakes::new(MAX_HANDSHAKES_PER_ADDRESS);
@@ -163,7 +168,7 @@ impl Agents {
         tcp: tokio::net::TcpStream,
         address: String,
         tls: TlsAcceptor,
-        keys: Arc<dyn AgentKeys>,
+        keys: Arc<dyn AgentRegistry>,
         handshake: (tokio::sync::OwnedSemaphorePermit, Handshake),
     ) -> Result<(), String> {
         tcp.set_nodelay(true).map_err(|e| e.to_string())?;
@@ -178,7 +183,8 @@ impl Agents {
             .await
             .map_err(|_| "no hello in time".to_string())??;
         let key = hello.key;
-        let checked = tokio::task::spawn_blocking(move || keys.authenticate(&key))
+        let (registry, from) = (keys.clone(), address.clone());
+        let checked = tokio::task::spawn_blocking(move || registry.authenticate(&key, &from))
             .await
             .map_err(|e| e.to_string())?;
         let checked = checked.and_then(|name| {
@@ -240,6 +246,7 @@ impl Agents {
         drop(handshake);
         self.add(link.clone());
         info!(agent = %name, agent_addr = %address, version = %link.version, "agent connected");
+        keys.connected(&name, &address, &link.version);
         let why = tokio::select! {
             r = connection => match r {
                 Ok(()) => "tunnel closed".to_string(),
@@ -251,6 +258,7 @@ impl Agents {
         // Dropping the connection ends every stream on it: their sessions see an error.
         self.remove(&link);
         info!(agent = %name, agent_addr = %address, reason = %why, "agent disconnected");
+        keys.disconnected(&name, &address, &why);
         Ok(())
     }
 

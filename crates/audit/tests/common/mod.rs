@@ -43,6 +43,21 @@ pub fn every_kind() -> Vec<Event> {
                 ("conversation", "c-1"),
             ]))),
         },
+        EventBody::AgentConnected {
+            agent: "edge".into(),
+            address: "10.0.0.9:40000".into(),
+            version: "0.1.0".into(),
+        },
+        EventBody::AgentDisconnected {
+            agent: "edge".into(),
+            address: "10.0.0.9:40000".into(),
+            reason: "the agent's key was revoked".into(),
+        },
+        EventBody::AgentRefused {
+            agent: "edge".into(),
+            address: "10.0.0.9:40001".into(),
+            reason: "the key of agent edge has been revoked".into(),
+        },
         EventBody::AuthFailure {
             user: "mallory".into(),
             connection: "prod".into(),

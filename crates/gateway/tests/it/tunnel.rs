@@ -402,6 +402,32 @@ fn agent_keys_and_certificates_are_checked() {
         agent_state(&gw, "edge")["state"] == "connected"
     });
     drop(renewed);
+    // The tunnels are on the audit record: accepted, cut off by the revocation, and the
+    // revoked key's attempts (once a minute).
+    let records = || -> Vec<serde_json::Value> {
+        sluice_audit::read_all(&gw.data_dir().join("audit"))
+            .unwrap()
+            .map(|r| serde_json::to_value(r.unwrap().event).unwrap())
+            .filter(|e| e["kind"].as_str().is_some_and(|k| k.starts_with("agent_")))
+            .collect()
+    };
+    wait_until(Duration::from_secs(5), "agent records", || {
+        records().iter().any(|e| e["kind"] == "agent_disconnected")
+    });
+    let records = records();
+    let of = |kind: &str| records.iter().filter(|e| e["kind"] == kind).count();
+    assert!(of("agent_connected") >= 2, "{records:#?}");
+    assert_eq!(of("agent_refused"), 1, "{records:#?}");
+    assert!(
+        records.iter().any(|e| e["kind"] == "agent_disconnected"
+            && e["agent"] == "edge"
+            && e["reason"] == "the agent's key was revoked"),
+        "{records:#?}"
+    );
+    assert!(records
+        .iter()
+        .all(|e| e["address"].as_str().unwrap().starts_with("127.0.0.1:")));
+    assert!(gw.verify().status.success());
     // Keys never show up in the gateway's files.
     assert!(!gw.everything_written().contains(&key));
     assert!(!gw.everything_written().contains(&new_key));
