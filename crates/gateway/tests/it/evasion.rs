@@ -37,6 +37,12 @@ pub(crate) fn sync(out: &mut BytesMut) {
     msg(out, b'S', b"");
 }
 
+/// The events of the gateway's (only, or newest) session.
+fn first_session_events(gw: &Gateway) -> Vec<serde_json::Value> {
+    let id = gw.sessions()[0]["id"].as_str().unwrap().to_owned();
+    gw.session(&id)["events"].as_array().unwrap().clone()
+}
+
 /// A database with a two-row `victim` table behind a fresh gateway, and a token for eve.
 fn victim_gateway(db: &str) -> (Gateway, String) {
     pg().create_db(db);
@@ -164,9 +170,7 @@ fn redefining_a_named_statement_cannot_change_what_is_recorded() {
     assert_eq!(executed[0]["statement"], "DELETE FROM victim");
     assert_eq!(executed[0]["statement_name"], "s");
     assert_eq!(executed[0]["rows"], 2);
-    let prepared: Vec<_> = gw.session(gw.sessions()[0]["id"].as_str().unwrap())["events"]
-        .as_array()
-        .unwrap()
+    let prepared: Vec<_> = first_session_events(&gw)
         .iter()
         .filter(|e| e["kind"] == "prepare")
         .cloned()
@@ -301,10 +305,7 @@ fn skipped_or_deallocated_definitions_cannot_hide_a_statement() {
     assert_eq!(rows("evade_defs"), "0", "the server ran both DELETEs");
 
     gw.wait_sessions_closed();
-    let events = gw.session(gw.sessions()[0]["id"].as_str().unwrap())["events"]
-        .as_array()
-        .unwrap()
-        .clone();
+    let events = first_session_events(&gw);
     let recorded = |text: &str| events.iter().any(|e| e["statement"] == text);
     assert!(recorded("DELETE FROM victim WHERE id = 1"), "{events:#?}");
     // The Execute after the skipped redefinition waited for the server to settle the
@@ -360,10 +361,7 @@ fn deallocating_with_sql_in_the_same_write_cannot_hide_a_statement() {
     assert_eq!(rows("evade_dealloc"), "0", "the server ran both DELETEs");
 
     gw.wait_sessions_closed();
-    let events = gw.session(gw.sessions()[0]["id"].as_str().unwrap())["events"]
-        .as_array()
-        .unwrap()
-        .clone();
+    let events = first_session_events(&gw);
     let runs: Vec<_> = events
         .iter()
         .filter(|e| e["kind"] == "statement" && e["statement_name"] == "s")
@@ -406,10 +404,7 @@ fn a_rejected_redefinition_runs_nothing_after_it_in_its_batch() {
     drop(s);
     assert_eq!(rows("evade_dup"), "2", "nothing ran");
     gw.wait_sessions_closed();
-    let events = gw.session(gw.sessions()[0]["id"].as_str().unwrap())["events"]
-        .as_array()
-        .unwrap()
-        .clone();
+    let events = first_session_events(&gw);
     let run = events
         .iter()
         .find(|e| e["kind"] == "statement" && e["statement_name"] == "s")
