@@ -487,3 +487,70 @@ SELECT (chr(233) || ' ' || email)::int FROM users WHERE id = 1;
     // The notifications did arrive, masked.
     assert!(out.contains("Asynchronous notification \"ch\""), "{out}");
 }
+
+/// SQL that redefines a name the protocol defined (`DEALLOCATE` + `PREPARE`, `CLOSE` +
+/// `DECLARE`) makes the gateway forget what it knew of it: running it by name is recorded
+/// as unknown, and its computed columns are masked as if it named every masked column.
+#[test]
+fn names_redefined_with_sql_are_not_run_under_their_old_text() {
+    use crate::bad_input::{error_code, logged_in, read_messages};
+    use crate::evasion::{bind, execute, parse, query, sync};
+    use std::io::Write;
+    let (gw, token) = masked_gateway("mask_redefine");
+    let mut s = logged_in(&gw, "mask_redefine", "erin", &token);
+    let mut out = bytes::BytesMut::new();
+    parse(&mut out, "s", "SELECT 'hello'::text AS one");
+    sync(&mut out);
+    s.write_all(&out).unwrap();
+    read_messages(&mut s, b'Z');
+    // In one write, and in the next: both are forgotten at once.
+    let mut out = bytes::BytesMut::new();
+    query(
+        &mut out,
+        "DEALLOCATE s; PREPARE s AS SELECT lower(email) AS one FROM users",
+    );
+    bind(&mut out, "", "s");
+    execute(&mut out, "");
+    sync(&mut out);
+    query(&mut out, "BEGIN");
+    parse(&mut out, "", "SELECT 'benign'::text AS x");
+    bind(&mut out, "cur", "");
+    sync(&mut out);
+    query(
+        &mut out,
+        "CLOSE cur; DECLARE cur CURSOR FOR SELECT lower(email) AS x FROM users",
+    );
+    execute(&mut out, "cur");
+    sync(&mut out);
+    s.write_all(&out).unwrap();
+    let mut answers = Vec::new();
+    for _ in 0..6 {
+        answers.extend(read_messages(&mut s, b'Z'));
+    }
+    assert!(error_code(&answers).is_none(), "{:?}", error_code(&answers));
+    let rows: Vec<String> = answers
+        .iter()
+        .filter(|(tag, _)| *tag == b'D')
+        .map(|(_, body)| String::from_utf8_lossy(body).into_owned())
+        .collect();
+    assert_eq!(rows.len(), 6, "{rows:?}");
+    assert!(
+        rows.iter().all(|r| !r.contains("@example")),
+        "an email came through: {rows:?}"
+    );
+    drop(s);
+    gw.wait_sessions_closed();
+    let statements = gw.all_statements();
+    let texts: Vec<&str> = statements
+        .iter()
+        .filter_map(|e| e["statement"].as_str())
+        .collect();
+    for stale in ["SELECT 'hello'::text AS one", "SELECT 'benign'::text AS x"] {
+        assert!(!texts.contains(&stale), "{texts:?}");
+    }
+    assert!(
+        texts.contains(&"<unknown prepared statement \"s\">"),
+        "{texts:?}"
+    );
+    assert!(texts.contains(&"FETCH ALL FROM \"cur\""), "{texts:?}");
+}

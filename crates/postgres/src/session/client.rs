@@ -585,6 +585,9 @@ impl<P: Pipeline> ClientToServer<P> {
                 };
                 let first = requests.len();
                 for stmt in statements {
+                    lock(&self.shared.state)
+                        .names
+                        .forget_if_changed_by(stmt.text);
                     let id = self.next_id();
                     requests.push(Request {
                         call: None,
@@ -728,6 +731,7 @@ impl<P: Pipeline> ClientToServer<P> {
                         None => (format!("FETCH ALL FROM \"{portal}\""), Vec::new(), None),
                     }
                 };
+                lock(&shared.state).names.forget_if_changed_by(&text);
                 let id = self.next_id();
                 requests.push(Request {
                     call: None,

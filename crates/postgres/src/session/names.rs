@@ -291,6 +291,33 @@ impl Names {
         }
     }
 
+    /// SQL may have changed the named prepared statements and portals (`DEALLOCATE`,
+    /// `PREPARE`, `DISCARD`, `DECLARE`, `CLOSE` share their names): forget them, so that
+    /// running one by name is recorded as unknown (and masked as hidden) instead of with
+    /// a text the server may no longer have. `sql`: the statement about to run.
+    pub fn forget_if_changed_by(&mut self, sql: &str) {
+        // A plain search, not a parse: this runs for every statement, and a word anywhere
+        // (a DO block, a function body) may be what changes them.
+        let mentions = |word: &[u8]| {
+            sql.as_bytes()
+                .windows(word.len())
+                .any(|w| w.eq_ignore_ascii_case(word))
+        };
+        if [
+            &b"dealloc"[..],
+            b"prepare",
+            b"discard",
+            b"declare",
+            b"close",
+        ]
+        .into_iter()
+        .any(mentions)
+        {
+            self.statements.entries.retain(|name, _| name.is_empty());
+            self.portals.entries.retain(|name, _| name.is_empty());
+        }
+    }
+
     /// A transaction ended at the `epoch`-th ReadyForQuery: portals bound before it are gone.
     pub fn transaction_ended(&mut self, epoch: u64) {
         self.portals.entries.retain(|_, e| e.value.epoch >= epoch);
@@ -395,6 +422,22 @@ mod tests {
         n.start_close(b'S', "s");
         n.finish_close(b'S', "s", true);
         assert!(n.parse("s", stmt("SELECT 1"), 0).is_some());
+    }
+
+    #[test]
+    fn sql_that_may_change_names_makes_them_unknown() {
+        let mut n = Names::default();
+        n.parse("s", stmt("SELECT 'hello'"), 0);
+        n.parse("", stmt("SELECT 1"), 0);
+        n.bind("p", "s", Arc::from("SELECT 'hello'"), vec![], 0, 0);
+        n.forget_if_changed_by("SELECT count(*) FROM t");
+        assert!(n.statement("s").is_some() && n.portal("p").is_some());
+        n.forget_if_changed_by("deallocate s; prepare s as select email from users");
+        assert!(n.statement("s").is_none() && n.portal("p").is_none());
+        assert!(
+            n.statement("").is_some(),
+            "the unnamed statement is the protocol's own"
+        );
     }
 
     #[test]
