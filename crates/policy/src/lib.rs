@@ -140,10 +140,16 @@ impl SessionPolicy {
     /// A session whose client set these parameters at startup (PostgreSQL: `search_path`
     /// itself, or `options` that may set it).
     pub fn with_startup_settings(settings: &[(String, String)]) -> SessionPolicy {
-        let sets_path = settings.iter().any(|(key, value)| {
-            key.eq_ignore_ascii_case("search_path")
-                || value.to_ascii_lowercase().contains("search_path")
-        });
+        // PostgreSQL reads `-` as `_` in option names (`--search-path=x`, `-c search-path=x`),
+        // and names are case-insensitive: any spelling that could set it counts.
+        let mentions_path = |text: &str| {
+            text.to_ascii_lowercase()
+                .replace('-', "_")
+                .contains("search_path")
+        };
+        let sets_path = settings
+            .iter()
+            .any(|(key, value)| mentions_path(key) || mentions_path(value));
         SessionPolicy {
             search_path: if sets_path {
                 SearchPath::Unknown

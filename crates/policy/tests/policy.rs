@@ -262,12 +262,23 @@ fn tables_follow_the_search_path() {
         p.judge(&alice, "prod", "select * from keys", &mut session),
         Verdict::Deny { .. }
     ));
-    let mut started_with_path =
-        SessionPolicy::with_startup_settings(&[("options".into(), "-c search_path=secret".into())]);
-    assert!(matches!(
-        p.judge(&alice, "prod", "select * from keys", &mut started_with_path),
-        Verdict::Deny { .. }
-    ));
+    // However the startup spells it: PostgreSQL reads `-` as `_` in option names.
+    for options in [
+        "-c search_path=secret",
+        "--search-path=secret",
+        "-csearch-path=secret",
+        "-c SEARCH-PATH=secret",
+    ] {
+        let mut started_with_path =
+            SessionPolicy::with_startup_settings(&[("options".into(), options.into())]);
+        assert!(
+            matches!(
+                p.judge(&alice, "prod", "select * from keys", &mut started_with_path),
+                Verdict::Deny { .. }
+            ),
+            "{options}"
+        );
+    }
 }
 
 #[test]
