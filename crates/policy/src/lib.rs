@@ -417,7 +417,9 @@ impl Policy {
                 .iter()
                 .any(|e| matches!(e, SessionEffect::SearchPath(PathChange::Set(_))))
         });
-        if constant_dependent {
+        // Nor is a refusal to understand: the parser's message quotes the statement, and
+        // another one of the same shape (another user's) must not be answered with it.
+        if constant_dependent || classified.is_err() {
             return classified;
         }
         let mut cache = lock(&self.cache);

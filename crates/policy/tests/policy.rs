@@ -726,3 +726,20 @@ fn api_calls_are_judged_by_action_and_resource_and_copies_by_their_source_too() 
         .to_string()
         .contains("service:Action"));
 }
+
+/// A statement the parser cannot read is refused with the parser's words about it, never
+/// with those about another statement of the same shape (another user's constants).
+#[test]
+fn a_refusal_to_understand_quotes_only_its_own_statement() {
+    let p = policy(Unparsed::Deny);
+    let alice = person(&[]);
+    let reason = |sql: &str| match p.judge(&alice, "prod", sql, &mut SessionPolicy::default()) {
+        Verdict::NotUnderstood { reason } => reason,
+        other => panic!("{sql}: {other:?}"),
+    };
+    let first = reason("select 1 as a 'alice-private-token'");
+    assert!(first.contains("alice-private-token"), "{first}");
+    let second = reason("select 2 as a 'bobvalue'");
+    assert!(!second.contains("alice"), "{second}");
+    assert!(second.contains("bobvalue"), "{second}");
+}
