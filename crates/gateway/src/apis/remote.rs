@@ -16,7 +16,7 @@ use std::task::{Context, Poll};
 
 use anyhow::{Context as _, Result};
 use http_body_util::BodyExt;
-use hyper::body::{Body, Bytes, Frame};
+use hyper::body::{Body, Bytes, Frame, SizeHint};
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Response, StatusCode};
 use serde::{Deserialize, Serialize};
@@ -219,6 +219,10 @@ impl RemoteApis {
         target: &TargetSpec,
         call: Outgoing<'_>,
     ) -> Result<Response<BoxBody>, ForwardError> {
+        let head_only = call.method == Method::HEAD;
+        // Known from the client's request (a Content-Length, or no body at all), so that
+        // the agent sends the body as the client did, not chunked.
+        let length = call.length.or_else(|| call.body.size_hint().exact());
         let head = RemoteCall {
             target: target.clone(),
             service: call.service.to_owned(),
@@ -229,7 +233,7 @@ impl RemoteApis {
                 .iter()
                 .map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec()))
                 .collect(),
-            length: call.length,
+            length,
             payload: call.payload.as_str().to_owned(),
         };
         let head = serde_json::to_value(head).map_err(|e| ForwardError::Send(e.to_string()))?;
@@ -257,7 +261,14 @@ impl RemoteApis {
                 })
             }
             Answer::Response { status, headers } => {
-                let mut response = Response::new(receive_frames(reader, None));
+                // No body follows a HEAD or a 204/304, whatever Content-Length says.
+                let bodiless = head_only || matches!(status, 204 | 304);
+                let length = if bodiless {
+                    Some(0)
+                } else {
+                    content_length(&headers)
+                };
+                let mut response = Response::new(receive_frames(reader, None, length));
                 *response.status_mut() =
                     StatusCode::from_u16(status).map_err(|e| ForwardError::Send(e.to_string()))?;
                 *response.headers_mut() = header_map(&headers);
@@ -306,8 +317,29 @@ async fn send_frames<W: AsyncWrite + Unpin>(
     }
 }
 
-/// A body fed from a channel (the far end of the tunnel).
-struct ChannelBody(mpsc::Receiver<Result<Bytes, BoxError>>);
+/// A body fed from a channel (the far end of the tunnel). It tells when it has ended the
+/// way a body read off a socket does: by its length, when the far end gave one (so an HTTP
+/// server that stops at Content-Length sees a complete body, and an HTTP client sends an
+/// empty one as no body at all), or by its end marker.
+struct ChannelBody {
+    rx: mpsc::Receiver<Result<Bytes, BoxError>>,
+    /// Bytes still to come, when the length is known.
+    remaining: Option<u64>,
+    /// Ended with its end marker (not cut off, not abandoned).
+    ended: bool,
+    failed: bool,
+}
+
+impl ChannelBody {
+    fn new(rx: mpsc::Receiver<Result<Bytes, BoxError>>, length: Option<u64>) -> Self {
+        ChannelBody {
+            rx,
+            remaining: length,
+            ended: false,
+            failed: false,
+        }
+    }
+}
 
 impl Body for ChannelBody {
     type Data = Bytes;
@@ -317,18 +349,46 @@ impl Body for ChannelBody {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        self.0
-            .poll_recv(cx)
-            .map(|item| item.map(|r| r.map(Frame::data)))
+        let this = &mut *self;
+        match this.rx.poll_recv(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(data))) => {
+                if let Some(remaining) = &mut this.remaining {
+                    *remaining = remaining.saturating_sub(data.len() as u64);
+                }
+                Poll::Ready(Some(Ok(Frame::data(data))))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.failed = true;
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(None) => {
+                this.ended = !this.failed;
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        !self.failed && (self.ended || self.remaining == Some(0))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.remaining {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
     }
 }
 
 /// A body read from the stream in frames, until the end marker. One abandoned, or cut off
 /// before its end marker, fails (so an HTTP client never takes it for complete, and a
 /// target never gets an upload whole); `abandoned` tells which.
+/// `length`: the body's length, when the far end gave one.
 fn receive_frames<R: AsyncRead + Unpin + Send + 'static>(
     mut reader: R,
     abandoned: Option<Arc<AtomicBool>>,
+    length: Option<u64>,
 ) -> BoxBody {
     let (tx, rx) = mpsc::channel(QUEUED_FRAMES);
     tokio::spawn(async move {
@@ -371,7 +431,15 @@ fn receive_frames<R: AsyncRead + Unpin + Send + 'static>(
             }
         }
     });
-    ChannelBody(rx).boxed()
+    ChannelBody::new(rx, length).boxed()
+}
+
+/// The Content-Length among an answer's headers, if one is there and readable.
+fn content_length(headers: &[(String, Vec<u8>)]) -> Option<u64> {
+    headers
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, value)| std::str::from_utf8(value).ok()?.trim().parse().ok())
 }
 
 fn header_map(headers: &[(String, Vec<u8>)]) -> HeaderMap {
@@ -506,9 +574,11 @@ impl CallService for AgentCalls {
         Box::pin(async move {
             let (reader, mut writer) = tokio::io::split(stream);
             let abandoned = Arc::new(AtomicBool::new(false));
-            let body = receive_frames(reader, Some(abandoned.clone()));
             let answer = match serde_json::from_value::<RemoteCall>(call) {
-                Ok(call) => self.call(call, body, &permits).await,
+                Ok(call) => {
+                    let body = receive_frames(reader, Some(abandoned.clone()), call.length);
+                    self.call(call, body, &permits).await
+                }
                 Err(e) => {
                     // Not serde's message, here or to the gateway: it can quote a value of
                     // the call (a path with a presigned signature, a header).
@@ -564,7 +634,7 @@ mod tests {
             let e: BoxError = Box::new(std::io::Error::other("checksum mismatch"));
             tx.try_send(Err(e)).unwrap();
         }
-        ChannelBody(rx).boxed()
+        ChannelBody::new(rx, None).boxed()
     }
 
     /// Everything `body` yields, or its error.
@@ -585,7 +655,7 @@ mod tests {
     async fn a_body_crosses_in_frames_and_ends_with_the_end_marker() {
         let wire = frames_of(body_of(vec![b"hello ".to_vec(), b"world".to_vec()], false)).await;
         assert_eq!(&wire[wire.len() - 4..], &END.to_be_bytes());
-        let body = receive_frames(std::io::Cursor::new(wire), None);
+        let body = receive_frames(std::io::Cursor::new(wire), None, None);
         assert_eq!(collect(body).await.unwrap(), b"hello world");
     }
 
@@ -606,7 +676,7 @@ mod tests {
         }
         assert_eq!(lengths, vec![MAX_FRAME, MAX_FRAME, 3]);
         assert_eq!(at, wire.len());
-        let body = receive_frames(std::io::Cursor::new(wire), None);
+        let body = receive_frames(std::io::Cursor::new(wire), None, None);
         assert_eq!(collect(body).await.unwrap(), big);
     }
 
@@ -615,13 +685,13 @@ mod tests {
         let wire = frames_of(body_of(vec![b"partial".to_vec()], false)).await;
         // Without the end marker.
         let cut = wire[..wire.len() - 4].to_vec();
-        let err = collect(receive_frames(std::io::Cursor::new(cut), None))
+        let err = collect(receive_frames(std::io::Cursor::new(cut), None, None))
             .await
             .unwrap_err();
         assert!(err.contains("cut off"), "{err}");
         // In the middle of a frame.
         let cut = wire[..6].to_vec();
-        let err = collect(receive_frames(std::io::Cursor::new(cut), None))
+        let err = collect(receive_frames(std::io::Cursor::new(cut), None, None))
             .await
             .unwrap_err();
         assert!(err.contains("cut off"), "{err}");
@@ -643,6 +713,7 @@ mod tests {
         let err = collect(receive_frames(
             std::io::Cursor::new(wire),
             Some(abandoned.clone()),
+            None,
         ))
         .await
         .unwrap_err();
@@ -654,7 +725,7 @@ mod tests {
     async fn a_frame_longer_than_the_limit_is_refused() {
         let mut wire = (MAX_FRAME + 1).to_be_bytes().to_vec();
         wire.extend_from_slice(&[0u8; 16]);
-        let err = collect(receive_frames(std::io::Cursor::new(wire), None))
+        let err = collect(receive_frames(std::io::Cursor::new(wire), None, None))
             .await
             .unwrap_err();
         assert!(err.contains("too large"), "{err}");

@@ -3,7 +3,8 @@ given on the command line (the one sluice injects), and answers JSON that says w
 
 Usage: api_server.py PORT TOKEN — prints "ready" once listening.
 GET  /api/v1/users/N  -> {"id": N, "email": "...", "auth_ok": true, "headers": {...}}
-any  /api/...          -> {"method": ..., "path": ..., "body": ...}
+any  /api/...          -> {"method": ..., "path": ..., "body": ..., "transfer_encoding": ...,
+                            "content_length": ...}
 GET  /hits            -> how many requests reached /api (no auth; for the test)
 """
 import http.server
@@ -45,7 +46,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 "team": headers.get("x-team"),
                 "forwarded_headers": sorted(headers),
             })
-        self.answer(200, {"method": self.command, "path": self.path, "body": body})
+        self.answer(200, {"method": self.command, "path": self.path, "body": body,
+                          "transfer_encoding": headers.get("transfer-encoding"),
+                          "content_length": headers.get("content-length")})
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = handle_any
 

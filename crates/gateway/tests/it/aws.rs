@@ -1001,6 +1001,12 @@ fn a_remote_agent_serves_aws_and_http_connections_with_credentials_only_it_has()
     let url = format!("http://127.0.0.1:{}/billing-edge/v1/users/7", gw.http_port);
     let answer = get_json(&url, &token, &[]);
     assert_eq!(answer["auth_ok"], true, "{answer}");
+    // A request without a body reaches the target without one (not as an empty chunked
+    // body, which S3 refuses with 411), as through the embedded agent.
+    let url = format!("http://127.0.0.1:{}/billing-edge/v1/items/3", gw.http_port);
+    let answer = get_json(&url, &token, &["-X", "DELETE"]);
+    assert_eq!(answer["method"], "DELETE", "{answer}");
+    assert!(answer["transfer_encoding"].is_null(), "{answer}");
 
     // An upload that fails its chunk signatures on the gateway is abandoned on the way:
     // the target never gets it whole.
@@ -1028,6 +1034,13 @@ fn a_remote_agent_serves_aws_and_http_connections_with_credentials_only_it_has()
         listed.contains("streamed.bin") && !listed.contains("tampered.bin"),
         "{listed}"
     );
+    // Whole answers through the agent are recorded as whole: none was "cut off".
+    let cut: Vec<_> = gw
+        .all_statements()
+        .into_iter()
+        .filter(|e| e.to_string().contains("cut off"))
+        .collect();
+    assert!(cut.is_empty(), "{cut:#?}");
 
     // None of the credentials reached the gateway.
     let written = gw.everything_written();
