@@ -165,8 +165,9 @@ impl ApiFrontend {
             .any(|h| parts.headers.contains_key(*h))
             || parts.uri.query().is_some_and(|q| {
                 q.split('&').any(|p| {
-                    percent_decode_str(p.split('=').next().unwrap_or("")).decode_utf8_lossy()
-                        == "_method"
+                    percent_decode_str(p.split('=').next().unwrap_or(""))
+                        .decode_utf8_lossy()
+                        .eq_ignore_ascii_case("_method")
                 })
             });
         // A form body can carry `_method` too: forms are read whole and looked at.
@@ -204,7 +205,9 @@ impl ApiFrontend {
                     )
                 })?
                 .to_bytes();
-            if bytes
+            // Decoded first: a form parser reads `%5Fmethod` as `_method`.
+            let decoded: Vec<u8> = percent_encoding::percent_decode(&bytes).collect();
+            if decoded
                 .windows(b"_method".len())
                 .any(|w| w.eq_ignore_ascii_case(b"_method"))
             {
@@ -400,9 +403,15 @@ const METHOD_OVERRIDES: &[&str] = &[
     "x-http-method-override",
     "x-http-method",
     "x-method-override",
-    // … and the path (IIS, some Symfony set-ups).
+    "x-original-method",
+    // … and the path (IIS, some Symfony set-ups, proxies' own headers that targets behind
+    // them may trust).
     "x-original-url",
     "x-rewrite-url",
+    "x-override-url",
+    "x-original-uri",
+    "x-forwarded-uri",
+    "x-envoy-original-path",
 ];
 
 /// Whether a target could read `rest` (a path below the API's base, without its query)

@@ -186,6 +186,25 @@ masking:
         &["--data-urlencode", "_method=DELETE"],
     );
     assert_eq!(status, 400, "{body}");
+    // However the override is spelled: form parsers decode field names, and some
+    // frameworks trust what proxies say the path was.
+    for extra in [
+        &["--data-binary", "%5Fmethod=DELETE"][..],
+        &["--data-binary", "a=1&_%6Dethod=DELETE"],
+        &["-H", "X-Forwarded-Uri: /admin/reset"],
+        &["-H", "X-Original-Method: DELETE"],
+    ] {
+        let (status, body) = curl(&gw, &token, "POST", "/billing/v1/users/7", extra);
+        assert_eq!(status, 400, "{extra:?}: {body}");
+    }
+    let (status, body) = curl(
+        &gw,
+        &token,
+        "POST",
+        "/billing/v1/users/7?_METHOD=DELETE",
+        &[],
+    );
+    assert_eq!(status, 400, "{body}");
     let (status, body) = curl(&gw, &token, "delete", "/billing/v1/users/7", &[]);
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("no-deletes"), "{body}");
