@@ -191,9 +191,13 @@ impl ApiFrontend {
                     "the gateway is stopping",
                 )
             })?;
-            let bytes = Limited::new(body, super::MAX_BUFFERED_BODY)
-                .collect()
+            let read = Limited::new(body, super::MAX_BUFFERED_BODY).collect();
+            let bytes = tokio::time::timeout(super::BUFFERING_DEADLINE, read)
                 .await
+                .map_err(|_| {
+                    let (status, code, message) = super::too_slow();
+                    refusal(status, code, &message)
+                })?
                 .map_err(|e| {
                     refusal(
                         StatusCode::PAYLOAD_TOO_LARGE,

@@ -54,6 +54,21 @@ pub(super) const MAX_BUFFERED_BODY: usize = 8 * 1024 * 1024;
 /// Bodies being read whole at once (each up to [`MAX_BUFFERED_BODY`]), so that a flood of
 /// them cannot take the gateway's memory.
 const BUFFERING_AT_ONCE: usize = 8;
+/// How long a body read whole may take to arrive: a client that trickles one in holds one
+/// of the [`BUFFERING_AT_ONCE`] turns, and must give it back.
+pub(super) const BUFFERING_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The refusal of a body that did not arrive within [`BUFFERING_DEADLINE`].
+pub(super) fn too_slow() -> (StatusCode, &'static str, String) {
+    (
+        StatusCode::REQUEST_TIMEOUT,
+        "RequestTimeout",
+        format!(
+            "the request body did not arrive within {} s",
+            BUFFERING_DEADLINE.as_secs()
+        ),
+    )
+}
 /// How long a client may take to send a request's headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a new connection may take to send its first byte and, for https://, to finish
@@ -432,9 +447,13 @@ impl ApiFrontend {
                     "the gateway is stopping".into(),
                 )
             })?;
-            let bytes = Limited::new(body, MAX_BUFFERED_BODY)
-                .collect()
+            let read = Limited::new(body, MAX_BUFFERED_BODY).collect();
+            let bytes = tokio::time::timeout(BUFFERING_DEADLINE, read)
                 .await
+                .map_err(|_| {
+                    let (status, code, message) = too_slow();
+                    Refusal(status, code, message)
+                })?
                 .map_err(|e| {
                     Refusal(
                         StatusCode::PAYLOAD_TOO_LARGE,
