@@ -481,6 +481,10 @@ mod tests {
             super::super::recorded_query("draft=1&api_key=s3cr3t&Access%5FToken=t&q"),
             "draft=1&api_key=[redacted]&Access%5FToken=[redacted]&q"
         );
+        assert_eq!(
+            super::super::recorded_query("pass=p&jwt=j&x=1;token=t"),
+            "pass=[redacted]&jwt=[redacted]&x=1&token=[redacted]"
+        );
     }
 
     #[test]

@@ -1201,9 +1201,15 @@ pub(crate) fn recorded_query(query: &str) -> String {
         "signature",
         "session",
         "sig",
+        "pass",
+        "jwt",
+        "bearer",
+        "otp",
+        "code",
     ];
+    // `;` separates parameters too, for some servers.
     query
-        .split('&')
+        .split(['&', ';'])
         .map(|pair| match pair.split_once('=') {
             Some((name, _)) => {
                 let lower = percent_encoding::percent_decode_str(name)
