@@ -420,19 +420,25 @@ const METHOD_OVERRIDES: &[&str] = &[
 
 /// Whether a target could read `rest` (a path below the API's base, without its query)
 /// differently from how it is written: `.` or `..` segments, empty segments, `;`, encoded
-/// separators or backslashes.
+/// separators or backslashes, an encoded `%` (decoded twice), control characters or bytes
+/// that are not UTF-8 (a NUL cut, an overlong `.`), or a segment ending in a dot or a space
+/// (which some servers strip).
 pub(super) fn is_ambiguous(rest: &str) -> bool {
     let lower = rest.to_ascii_lowercase();
     let decoded = percent_decode_str(rest).decode_utf8_lossy();
     lower.contains("%2f")
         || lower.contains("%5c")
+        || lower.contains("%25")
         || decoded.contains('\\')
         || decoded.contains(';')
         || decoded.starts_with('/')
         || decoded.contains("//")
         || decoded
+            .chars()
+            .any(|c| c.is_control() || c == char::REPLACEMENT_CHARACTER)
+        || decoded
             .split('/')
-            .any(|segment| segment == "." || segment == "..")
+            .any(|segment| segment == "." || segment == ".." || segment.ends_with(['.', ' ']))
 }
 
 /// The path a call acts on, as policy sees it: decoded. A path the target could read
@@ -470,8 +476,17 @@ mod tests {
             "a\\b",
             "a%5cb",
             "./x",
+            "admin%00x",
+            "admin%09",
+            "admin%20/x",
+            "admin.",
+            "v1/%252e%252e/admin",
+            "%c0%ae%c0%ae/admin",
         ] {
             assert!(resource_of(bad).is_err(), "{bad}");
+        }
+        for good in ["v1/users.json", "v1/a.b/c", "v1/caf%C3%A9", "v1/x-y_z~1"] {
+            assert!(resource_of(good).is_ok(), "{good}");
         }
     }
 
