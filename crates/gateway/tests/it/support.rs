@@ -476,6 +476,14 @@ impl Gateway {
     }
 
     /// Every statement event of every session, oldest session first.
+    /// The text of every statement event, oldest session first.
+    pub fn statement_texts(&self) -> Vec<String> {
+        self.all_statements()
+            .iter()
+            .filter_map(|e| e["statement"].as_str().map(str::to_owned))
+            .collect()
+    }
+
     pub fn all_statements(&self) -> Vec<serde_json::Value> {
         let mut sessions = self.sessions();
         sessions.reverse();
