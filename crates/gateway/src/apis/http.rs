@@ -156,6 +156,14 @@ impl ApiFrontend {
             return Err(refusal(StatusCode::FORBIDDEN, "AccessDenied", message));
         }
 
+        // A tunnel through the API is not a call on it (and an agent never opens one).
+        if parts.method == hyper::Method::CONNECT {
+            return Err(refusal(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                "CONNECT is not a call on an API",
+            ));
+        }
         let resource = resource_of(rest)?;
         let action = parts.method.as_str().to_ascii_uppercase();
         // Frameworks that let a header or parameter stand for the method would run another

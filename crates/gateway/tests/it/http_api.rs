@@ -205,6 +205,8 @@ masking:
         &[],
     );
     assert_eq!(status, 400, "{body}");
+    let (status, body) = curl(&gw, &token, "CONNECT", "/billing/v1/users/7", &[]);
+    assert_eq!(status, 405, "{body}");
     let (status, body) = curl(&gw, &token, "delete", "/billing/v1/users/7", &[]);
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("no-deletes"), "{body}");
