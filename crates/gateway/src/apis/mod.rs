@@ -178,6 +178,35 @@ impl EndFlag {
     }
 }
 
+/// A body that fails as soon as its session is ended.
+struct UntilEnded {
+    inner: BoxBody,
+    control: Arc<EndFlag>,
+}
+
+impl hyper::body::Body for UntilEnded {
+    type Data = hyper::body::Bytes;
+    type Error = body::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        if let Some(message) = self.control.ended() {
+            return std::task::Poll::Ready(Some(Err(Box::new(std::io::Error::other(message)))));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// An HTTP client cannot be told anything while its call is held; it waits for the answer,
 /// and withdraws the call by hanging up.
 struct Waiting<'a> {
@@ -1020,6 +1049,13 @@ impl ApiFrontend {
                 transfer: Some(transfer),
             });
         });
+        // An answer still streaming when the session is ended (its token revoked, its
+        // access window closed) stops there, as a PostgreSQL session does.
+        let answer_body = UntilEnded {
+            inner: answer_body,
+            control: session.control.clone(),
+        }
+        .boxed();
         let counted = Counted::new(answer_body, Arc::new(AtomicU64::new(0)), Some(on_end));
         Ok(Response::from_parts(head, counted.boxed()))
     }

@@ -3,6 +3,7 @@ given on the command line (the one sluice injects), and answers JSON that says w
 
 Usage: api_server.py PORT TOKEN — prints "ready" once listening.
 GET  /api/v1/users/N  -> {"id": N, "email": "...", "auth_ok": true, "headers": {...}}
+GET  /api/big/N       -> N bytes (application/octet-stream)
 any  /api/...          -> {"method": ..., "path": ..., "body": ..., "transfer_encoding": ...,
                             "content_length": ...}
 GET  /hits            -> how many requests reached /api (no auth; for the test)
@@ -38,6 +39,20 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if self.headers.get("authorization") != f"Bearer {TOKEN}":
             return self.answer(401, {"error": "bad token", "got": self.headers.get("authorization")})
         headers = {k.lower(): v for k, v in self.headers.items()}
+        if self.command == "GET" and self.path.startswith("/api/big/"):
+            size = int(self.path.rsplit("/", 1)[1])
+            self.send_response(200)
+            self.send_header("content-type", "application/octet-stream")
+            self.send_header("content-length", str(size))
+            self.end_headers()
+            chunk = b"x" * 65536
+            try:
+                while size > 0:
+                    self.wfile.write(chunk[:size])
+                    size -= len(chunk)
+            except OSError:
+                pass
+            return
         if self.command == "GET" and self.path.startswith("/api/v1/users/"):
             return self.answer(200, {
                 "id": self.path.rsplit("/", 1)[1],

@@ -293,3 +293,40 @@ masking:
     );
     assert!(written.contains("api_key=[redacted]"));
 }
+
+/// Revoking the token a call was made with stops its answer mid-stream within seconds, as
+/// it ends a PostgreSQL session.
+#[test]
+fn revoking_the_token_stops_an_answer_still_streaming() {
+    let db = "http_api_revoke";
+    pg().create_db(db);
+    let api = api();
+    let connections = format!(
+        "  - name: files\n    kind: http\n    url: http://127.0.0.1:{}/api\n    headers:\n      Authorization: Bearer env:TEST_API_TOKEN\n",
+        api.port
+    );
+    std::env::set_var("TEST_API_TOKEN", API_TOKEN);
+    let gw = Gateway::start_with_http(db, &connections, "");
+    let token = gw.user_token("dora");
+    let started = std::time::Instant::now();
+    // 30 MB at 1 MB/s: half a minute, unless it is stopped.
+    let mut download = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "--limit-rate", "1M", "-H"])
+        .arg(format!("Authorization: Bearer {token}"))
+        .arg(format!(
+            "http://127.0.0.1:{}/files/big/30000000",
+            gw.http_port
+        ))
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let id = token.split('_').nth(1).unwrap();
+    gw.cli_ok(&["tokens", "revoke", id]);
+    let status = download.wait().unwrap();
+    assert!(!status.success(), "the download completed");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(15),
+        "stopped after {:?}",
+        started.elapsed()
+    );
+}
