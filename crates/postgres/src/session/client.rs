@@ -9,15 +9,18 @@ use bytes::{Buf, BytesMut};
 use sluice_core::{Decision, Outcome, Pipeline, Request, RequestKind, SessionInfo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 
-use super::names::{Define, Statement, Undo};
+use super::names::{may_change_names, Define, Statement, Undo};
 use super::queue::{not_executed, Exec, Expect, State};
-use super::{io_reason, lock, refusal_portal, ClientHold, LargeMessages, Shared, READ_BUFFER};
+use super::{
+    io_reason, lock, mentions_any, refusal_portal, ClientHold, LargeMessages, Shared, READ_BUFFER,
+};
 
 /// Sent in place of a refused Query: it fails to parse, so it has no effect but the error.
 const REFUSAL_QUERY: &str = "SLUICE REFUSED THIS STATEMENT";
 
 /// How much client input is read ahead while a statement is held for review.
 const HOLD_READ_AHEAD: usize = 1 << 20;
+use crate::client_text::ClientText;
 use crate::codec::{self, FrontendMessage};
 use crate::params::render_params;
 use crate::stream::BoxStream;
@@ -469,16 +472,7 @@ impl<P: Pipeline> ClientToServer<P> {
                 return Some(self.refuse_recorded(requests, refused, message));
             }
         }
-        // Case-insensitive search without copying the statement (this runs per statement).
-        let mentions = |word: &[u8]| {
-            sql.as_bytes()
-                .windows(word.len())
-                .any(|w| w.eq_ignore_ascii_case(word))
-        };
-        if [&b"client_encoding"[..], b"names", b"reset", b"discard"]
-            .into_iter()
-            .any(mentions)
-        {
+        if mentions_any(sql, &[b"client_encoding", b"names", b"reset", b"discard"]) {
             self.encoding_barrier = Some(self.scans);
         }
         None
@@ -572,7 +566,12 @@ impl<P: Pipeline> ClientToServer<P> {
         range: Range<usize>,
         requests: &mut Vec<Request>,
     ) -> Result<Action, String> {
-        let client_text = lock(&self.shared.state).client_text;
+        // Only a Query's and a Parse's text is read here (a Bind's parameters, with the
+        // state locked anyway).
+        let client_text = match tag {
+            b'Q' | b'P' => lock(&self.shared.state).client_text,
+            _ => ClientText::Utf8,
+        };
         let msg = codec::parse_frontend(tag, body, client_text).map_err(|e| e.to_string())?;
         let action = match (tag, msg) {
             (_, Some(FrontendMessage::Query { sql })) => {
@@ -585,9 +584,9 @@ impl<P: Pipeline> ClientToServer<P> {
                 };
                 let first = requests.len();
                 for stmt in statements {
-                    lock(&self.shared.state)
-                        .names
-                        .forget_if_changed_by(stmt.text);
+                    if may_change_names(stmt.text) {
+                        lock(&self.shared.state).names.forget_named();
+                    }
                     let id = self.next_id();
                     requests.push(Request {
                         call: None,
@@ -731,7 +730,9 @@ impl<P: Pipeline> ClientToServer<P> {
                         None => (format!("FETCH ALL FROM \"{portal}\""), Vec::new(), None),
                     }
                 };
-                lock(&shared.state).names.forget_if_changed_by(&text);
+                if may_change_names(&text) {
+                    lock(&shared.state).names.forget_named();
+                }
                 let id = self.next_id();
                 requests.push(Request {
                     call: None,

@@ -223,6 +223,16 @@ pub(super) fn refusal_portal() -> String {
     format!("sluice-refused-{bits:032x}")
 }
 
+/// Whether `text` contains any of `words`, ASCII case-insensitively, without copying it
+/// (this runs for every statement).
+fn mentions_any(text: &str, words: &[&[u8]]) -> bool {
+    words.iter().any(|word| {
+        text.as_bytes()
+            .windows(word.len())
+            .any(|w| w.eq_ignore_ascii_case(word))
+    })
+}
+
 fn io_reason(e: std::io::Error) -> String {
     format!("connection error: {e}")
 }

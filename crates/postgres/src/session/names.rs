@@ -140,6 +140,17 @@ pub(super) enum Undo {
     },
 }
 
+/// Whether running `sql` may change the named prepared statements and portals
+/// (`DEALLOCATE`, `PREPARE`, `DISCARD`, `DECLARE`, `CLOSE` share their names). A plain
+/// search, not a parse: a word anywhere (a DO block, a function body) may be what changes
+/// them.
+pub(super) fn may_change_names(sql: &str) -> bool {
+    super::mentions_any(
+        sql,
+        &[b"dealloc", b"prepare", b"discard", b"declare", b"close"],
+    )
+}
+
 #[derive(Default)]
 pub(super) struct Names {
     statements: Table<Statement>,
@@ -291,31 +302,12 @@ impl Names {
         }
     }
 
-    /// SQL may have changed the named prepared statements and portals (`DEALLOCATE`,
-    /// `PREPARE`, `DISCARD`, `DECLARE`, `CLOSE` share their names): forget them, so that
-    /// running one by name is recorded as unknown (and masked as hidden) instead of with
-    /// a text the server may no longer have. `sql`: the statement about to run.
-    pub fn forget_if_changed_by(&mut self, sql: &str) {
-        // A plain search, not a parse: this runs for every statement, and a word anywhere
-        // (a DO block, a function body) may be what changes them.
-        let mentions = |word: &[u8]| {
-            sql.as_bytes()
-                .windows(word.len())
-                .any(|w| w.eq_ignore_ascii_case(word))
-        };
-        if [
-            &b"dealloc"[..],
-            b"prepare",
-            b"discard",
-            b"declare",
-            b"close",
-        ]
-        .into_iter()
-        .any(mentions)
-        {
-            self.statements.entries.retain(|name, _| name.is_empty());
-            self.portals.entries.retain(|name, _| name.is_empty());
-        }
+    /// SQL may have changed the named prepared statements and portals (see
+    /// [`may_change_names`]): forget them, so that running one by name is recorded as
+    /// unknown (and masked as hidden) instead of with a text the server may no longer have.
+    pub fn forget_named(&mut self) {
+        self.statements.entries.retain(|name, _| name.is_empty());
+        self.portals.entries.retain(|name, _| name.is_empty());
     }
 
     /// A transaction ended at the `epoch`-th ReadyForQuery: portals bound before it are gone.
@@ -430,9 +422,12 @@ mod tests {
         n.parse("s", stmt("SELECT 'hello'"), 0);
         n.parse("", stmt("SELECT 1"), 0);
         n.bind("p", "s", Arc::from("SELECT 'hello'"), vec![], 0, 0);
-        n.forget_if_changed_by("SELECT count(*) FROM t");
+        assert!(!may_change_names("SELECT count(*) FROM t"));
         assert!(n.statement("s").is_some() && n.portal("p").is_some());
-        n.forget_if_changed_by("deallocate s; prepare s as select email from users");
+        assert!(may_change_names(
+            "deallocate s; prepare s as select email from users"
+        ));
+        n.forget_named();
         assert!(n.statement("s").is_none() && n.portal("p").is_none());
         assert!(
             n.statement("").is_some(),
