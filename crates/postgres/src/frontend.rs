@@ -776,7 +776,11 @@ pub fn refusal_detail(e: &UpstreamError) -> String {
         UpstreamError::Rejected { code, .. } if code.starts_with("28") => {
             format!("the target refused the gateway's credentials (SQLSTATE {code})")
         }
-        // Too many connections, no such database, a bad startup setting the client gave.
+        // Full or starting up: said in the gateway's words, as the target's name the role.
+        UpstreamError::Rejected { code, .. } if code.starts_with("53") || code == "57P03" => {
+            format!("the target cannot take the connection now (SQLSTATE {code})")
+        }
+        // No such database, a bad startup setting the client gave.
         UpstreamError::Rejected { code, message } => {
             format!("the target refused the connection: {message} (SQLSTATE {code})")
         }

@@ -161,16 +161,22 @@ struct CallSession {
 #[derive(Default)]
 struct EndFlag {
     message: Mutex<Option<String>>,
+    /// Set with `message`: read for every frame of a streamed answer without locking.
+    is_ended: std::sync::atomic::AtomicBool,
 }
 
 impl SessionControl for EndFlag {
     fn end(&self, message: &str) {
         *self.message.lock().unwrap_or_else(|e| e.into_inner()) = Some(message.to_owned());
+        self.is_ended.store(true, Ordering::Release);
     }
 }
 
 impl EndFlag {
     fn ended(&self) -> Option<String> {
+        if !self.is_ended.load(Ordering::Acquire) {
+            return None;
+        }
         self.message
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -434,6 +434,13 @@ fn receive_frames<R: AsyncRead + Unpin + Send + 'static>(
     ChannelBody::new(rx, length).boxed()
 }
 
+/// A path without its query, for the log: a query may carry a key or token.
+fn path_only(path_and_query: &str) -> &str {
+    path_and_query
+        .split_once('?')
+        .map_or(path_and_query, |(path, _)| path)
+}
+
 /// The Content-Length among an answer's headers, if one is there and readable.
 fn content_length(headers: &[(String, Vec<u8>)]) -> Option<u64> {
     headers
@@ -517,7 +524,11 @@ impl AgentCalls {
             .map_err(|e| ForwardError::Send(e.to_string()))?;
         // Only a path on the target: an absolute URI or CONNECT could aim past it.
         if method == Method::CONNECT || !call.path_and_query.starts_with('/') {
-            return Err(refused(format!("{} {}", call.method, call.path_and_query)));
+            return Err(refused(format!(
+                "{} {}",
+                call.method,
+                path_only(&call.path_and_query)
+            )));
         }
         let headers = header_map(&call.headers);
         match &*built {
@@ -556,7 +567,8 @@ impl AgentCalls {
                     .strip_prefix(&base)
                     .map(|rest| rest.split_once('?').map_or(rest, |(path, _)| path));
                 if rest.is_none_or(|rest| !rest.is_empty() && super::http::is_ambiguous(rest)) {
-                    return Err(refused(format!("{} outside {base}", call.path_and_query)));
+                    let path = path_only(&call.path_and_query);
+                    return Err(refused(format!("{path} outside {base}")));
                 }
                 super::http::send(target, method, &call.path_and_query, headers, body).await
             }

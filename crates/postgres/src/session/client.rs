@@ -15,15 +15,16 @@ use super::{
     io_reason, lock, mentions_any, refusal_portal, ClientHold, LargeMessages, Shared, READ_BUFFER,
 };
 
+use crate::client_text::ClientText;
+use crate::codec::{self, FrontendMessage};
+use crate::params::render_params;
+use crate::stream::BoxStream;
+
 /// Sent in place of a refused Query: it fails to parse, so it has no effect but the error.
 const REFUSAL_QUERY: &str = "SLUICE REFUSED THIS STATEMENT";
 
 /// How much client input is read ahead while a statement is held for review.
 const HOLD_READ_AHEAD: usize = 1 << 20;
-use crate::client_text::ClientText;
-use crate::codec::{self, FrontendMessage};
-use crate::params::render_params;
-use crate::stream::BoxStream;
 
 /// Answers a session may owe before the gateway stops reading from its client.
 const MAX_OWED: usize = 100_000;
@@ -708,7 +709,7 @@ impl<P: Pipeline> ClientToServer<P> {
             (_, Some(FrontendMessage::Execute { portal })) => {
                 let shared = self.shared.clone();
                 let (text, params, statement_name) = {
-                    let state = lock(&shared.state);
+                    let mut state = lock(&shared.state);
                     if state.names.portal_unsettled(portal, self.batches) {
                         let text = state.names.portal(portal).map(|p| p.sql.clone());
                         drop(state);
@@ -720,7 +721,7 @@ impl<P: Pipeline> ClientToServer<P> {
                             portal,
                         ));
                     }
-                    match state.names.portal(portal) {
+                    let (text, params, statement_name) = match state.names.portal(portal) {
                         Some(p) => (
                             p.sql.to_string(),
                             p.params.clone(),
@@ -728,11 +729,12 @@ impl<P: Pipeline> ClientToServer<P> {
                         ),
                         // A cursor opened with DECLARE is a portal the client may Execute.
                         None => (format!("FETCH ALL FROM \"{portal}\""), Vec::new(), None),
+                    };
+                    if may_change_names(&text) {
+                        state.names.forget_named();
                     }
+                    (text, params, statement_name)
                 };
-                if may_change_names(&text) {
-                    lock(&shared.state).names.forget_named();
-                }
                 let id = self.next_id();
                 requests.push(Request {
                     call: None,
